@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// FrameError reports a length field outside 0..MaxMsgLen. After it the byte
+// stream cannot be trusted: the connection must be closed.
+type FrameError struct {
+	Length int64 // the length field read as a signed 32-bit int, like the C struct
+}
+
+func (e *FrameError) Error() string {
+	return fmt.Sprintf("framing error: length field %d outside 5..%d", e.Length, MaxMsgLen)
+}
+
+// ErrTruncated is returned when the stream ends inside a message.
+var ErrTruncated = errors.New("stream ended inside a message")
+
+// Msg is one decoded message. Data aliases the decoder's buffer and is valid
+// only until the next call to Next.
+type Msg struct {
+	Type Type
+	Data []byte
+}
+
+// DefaultBufferSize holds many full-size messages, so one read system call
+// usually carries a batch.
+const DefaultBufferSize = 64 << 10
+
+// Decoder reassembles messages from a byte stream, whatever the segmentation.
+type Decoder struct {
+	r    io.Reader
+	buf  []byte
+	head int // start of unconsumed bytes
+	tail int // end of buffered bytes
+	err  error
+}
+
+// NewDecoder returns a decoder reading from r with a buffer of size bytes
+// (at least MaxMsgLen; DefaultBufferSize when size is 0).
+func NewDecoder(r io.Reader, size int) *Decoder {
+	if size == 0 {
+		size = DefaultBufferSize
+	}
+	if size < MaxMsgLen {
+		size = MaxMsgLen
+	}
+	return &Decoder{r: r, buf: make([]byte, size)}
+}
+
+// Buffered reports how many bytes have been read but not yet decoded.
+func (d *Decoder) Buffered() int { return d.tail - d.head }
+
+// Next returns the next message. Lengths 0..4 are header-only messages (one
+// known client sends them); a length above MaxMsgLen, or negative, yields a
+// *FrameError. io.EOF means the stream ended cleanly between messages.
+func (d *Decoder) Next() (Msg, error) {
+	if err := d.fill(HeaderLen); err != nil {
+		return Msg{}, err
+	}
+	h := d.buf[d.head:]
+	raw := int64(int32(binary.LittleEndian.Uint32(h)))
+	if raw < 0 || raw > MaxMsgLen {
+		d.err = &FrameError{Length: raw}
+		return Msg{}, d.err
+	}
+	n := int(raw)
+	if n < HeaderLen {
+		n = HeaderLen
+	}
+	if err := d.fill(n); err != nil {
+		return Msg{}, err
+	}
+	m := Msg{Type: Type(d.buf[d.head+4]), Data: d.buf[d.head+HeaderLen : d.head+n : d.head+n]}
+	d.head += n
+	return m, nil
+}
+
+// fill makes sure at least n unconsumed bytes are buffered.
+func (d *Decoder) fill(n int) error {
+	if d.tail-d.head >= n {
+		return nil
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if d.head+n > len(d.buf) {
+		// Not enough room after head: move the partial message to the front.
+		d.tail = copy(d.buf, d.buf[d.head:d.tail])
+		d.head = 0
+	}
+	for d.tail-d.head < n {
+		m, err := d.r.Read(d.buf[d.tail:])
+		d.tail += m
+		if err != nil {
+			if d.tail-d.head >= n {
+				// Keep the error for the next call; this message is whole.
+				d.err = err
+				return nil
+			}
+			if err == io.EOF && d.tail > d.head {
+				err = ErrTruncated
+			}
+			d.err = err
+			return err
+		}
+	}
+	return nil
+}
