@@ -1,0 +1,133 @@
+// Package ctlink is the data plane's gRPC client of the controller: it
+// implements dataplane.Controller over controlplanev1.LeaseService and maps
+// gRPC status codes to the data plane's error kinds.
+package ctlink
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/wire"
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Link talks to one controller.
+type Link struct {
+	c cpv1.LeaseServiceClient
+}
+
+// New wraps a gRPC connection to the controller.
+func New(cc grpc.ClientConnInterface) *Link {
+	return &Link{c: cpv1.NewLeaseServiceClient(cc)}
+}
+
+var _ dataplane.Controller = (*Link)(nil)
+
+// Register implements dataplane.Controller.
+func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplane.PoolInfo, error) {
+	resp, err := l.c.RegisterDataplane(ctx, &cpv1.RegisterDataplaneRequest{
+		DataplaneId: r.DataplaneID, Version: r.Version, ClientListen: r.ClientListen,
+	})
+	if err != nil {
+		return dataplane.PoolInfo{}, mapErr("register", err)
+	}
+	gw, err := netip.ParseAddr(resp.GetGateway())
+	if err != nil || !gw.Is4() {
+		return dataplane.PoolInfo{}, fmt.Errorf("controller sent gateway %q: not an IPv4 address", resp.GetGateway())
+	}
+	pool, err := netip.ParsePrefix(resp.GetPool())
+	if err != nil || !pool.Addr().Is4() || !pool.Contains(gw) {
+		return dataplane.PoolInfo{}, fmt.Errorf("controller sent pool %q: not an IPv4 prefix holding the gateway %s", resp.GetPool(), gw)
+	}
+	return dataplane.PoolInfo{Gateway: gw, Pool: pool}, nil
+}
+
+// Allocate implements dataplane.Controller.
+func (l *Link) Allocate(ctx context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
+	resp, err := l.c.AllocateAddress(ctx, &cpv1.AllocateAddressRequest{
+		DataplaneId: r.DataplaneID, SessionId: r.SessionID,
+		ClientIpv6: r.Client.Addr().String(), ClientPort: uint32(r.Client.Port()),
+	})
+	if err != nil {
+		return wire.AddrResponse{}, mapErr("allocate", err)
+	}
+	return leaseToAddrResponse(resp.GetLease())
+}
+
+func leaseToAddrResponse(l *cpv1.Lease) (wire.AddrResponse, error) {
+	var out wire.AddrResponse
+	parse := func(what, s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			return netip.Addr{}, fmt.Errorf("controller sent %s %q: not an IPv4 address", what, s)
+		}
+		return a, nil
+	}
+	var err error
+	if out.Addr, err = parse("address", l.GetAddress()); err != nil {
+		return out, err
+	}
+	if out.Route, err = parse("route", l.GetRoute()); err != nil {
+		return out, err
+	}
+	if len(l.GetDns()) != 3 {
+		return out, fmt.Errorf("controller sent %d DNS servers, want 3", len(l.GetDns()))
+	}
+	for i, s := range l.GetDns() {
+		if out.DNS[i], err = parse("DNS server", s); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// Release implements dataplane.Controller.
+func (l *Link) Release(ctx context.Context, r dataplane.ReleaseRequest) error {
+	_, err := l.c.ReleaseAddress(ctx, &cpv1.ReleaseAddressRequest{
+		DataplaneId: r.DataplaneID, SessionId: r.SessionID, Address: r.Addr.String(), Reason: r.Reason,
+	})
+	return mapErr("release", err)
+}
+
+// Report implements dataplane.Controller.
+func (l *Link) Report(ctx context.Context, id string, sessions []dataplane.SessionReport) ([]string, error) {
+	req := &cpv1.ReportSessionsRequest{DataplaneId: id, Sessions: make([]*cpv1.SessionReport, 0, len(sessions))}
+	for _, s := range sessions {
+		req.Sessions = append(req.Sessions, &cpv1.SessionReport{
+			SessionId: s.SessionID, Address: s.Addr.String(),
+			ClientIpv6: s.Client.Addr().String(), ClientPort: uint32(s.Client.Port()),
+			ConnectedAt: timestamppb.New(s.ConnectedAt), LastHeard: timestamppb.New(s.LastHeard),
+			Counters: &cpv1.Counters{
+				BytesFromClient: s.Counters.BytesFromClient, PacketsFromClient: s.Counters.PacketsFromClient,
+				BytesToClient: s.Counters.BytesToClient, PacketsToClient: s.Counters.PacketsToClient,
+			},
+		})
+	}
+	resp, err := l.c.ReportSessions(ctx, req)
+	if err != nil {
+		return nil, mapErr("report", err)
+	}
+	return resp.GetUnknownSessionIds(), nil
+}
+
+// mapErr turns gRPC status codes into the error kinds the data plane acts on,
+// keeping the controller's message.
+func mapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	st, _ := status.FromError(err)
+	switch st.Code() {
+	case codes.ResourceExhausted:
+		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrPoolExhausted, st.Message())
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrControllerUnavailable, st.Message())
+	}
+	return fmt.Errorf("%s: controller said %s: %s", op, st.Code(), st.Message())
+}

@@ -1,0 +1,494 @@
+package dataplane_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/session"
+	"github.com/fourover6/fourover6/dataplane/wire"
+)
+
+type harness struct {
+	t    *testing.T
+	dp   *dataplane.Dataplane
+	tun  *memTUN
+	ctl  *memController
+	addr string
+	stop func()
+}
+
+func start(t *testing.T, mod func(*dataplane.Config)) *harness {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, tun: newMemTUN(), ctl: newMemController(253), addr: ln.Addr().String()}
+	cfg := dataplane.Config{
+		ID: "dp-test", Listener: ln, TUN: h.tun, Controller: h.ctl,
+		Pool:              dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")},
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second,
+		ReportInterval: time.Hour,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.dp, err = dataplane.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.dp.Run(ctx); close(done) }()
+	h.stop = func() { cancel(); <-done }
+	t.Cleanup(h.stop)
+	return h
+}
+
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	dec  *wire.Decoder
+}
+
+func (h *harness) dial() *client {
+	h.t.Helper()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return &client{t: h.t, conn: c, dec: wire.NewDecoder(c, 0)}
+}
+
+func (c *client) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// next reads the next message, failing after a generous deadline.
+func (c *client) next() wire.Msg {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	m, err := c.dec.Next()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return m
+}
+
+// nextOf skips keepalives.
+func (c *client) nextOf(t wire.Type) wire.Msg {
+	c.t.Helper()
+	for {
+		m := c.next()
+		if m.Type == t {
+			return m
+		}
+		if m.Type != wire.TypeKeepalive {
+			c.t.Fatalf("got %v, want %v", m.Type, t)
+		}
+	}
+}
+
+func (c *client) lease() netip.Addr {
+	c.t.Helper()
+	c.write(wire.AddrRequest[:])
+	m := c.next()
+	if m.Type != wire.TypeAddrResponse {
+		c.t.Fatalf("first message is %v, want 101", m.Type)
+	}
+	r, err := wire.ParseAddrResponse(m.Data)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return r.Addr
+}
+
+// expectClosed waits for the server to close the connection.
+func (c *client) expectClosed() {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, err := c.dec.Next()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncated) || strings.Contains(err.Error(), "reset") {
+			return
+		}
+		c.t.Fatalf("connection not closed by server: %v", err)
+	}
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func echo(src netip.Addr, seq uint16) []byte {
+	return packet.BuildICMPEcho(src, netip.MustParseAddr("13.8.0.1"), 1, seq, []byte("payload"), false)
+}
+
+func TestAddrResponseExactBytes(t *testing.T) {
+	h := start(t, nil)
+	c := h.dial()
+	c.write(wire.AddrRequest[:])
+	m := c.next()
+	want := "13.8.0.2 0.0.0.0 202.38.120.242 8.8.8.8 202.106.0.20 "
+	if m.Type != wire.TypeAddrResponse || string(m.Data) != want {
+		t.Fatalf("101 = %v %q, want %q", m.Type, m.Data, want)
+	}
+	// A repeated 100 gets the same address again.
+	c.write(wire.AddrRequest[:])
+	if m := c.nextOf(wire.TypeAddrResponse); string(m.Data) != want {
+		t.Fatalf("second 101 = %q", m.Data)
+	}
+	if h.ctl.leased() != 1 {
+		t.Fatalf("controller holds %d leases, want 1", h.ctl.leased())
+	}
+}
+
+func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
+	h := start(t, nil)
+	c := h.dial()
+	var stream []byte
+	stream = append(stream, wire.Keepalive[:]...)
+	stream = append(stream, wire.AddrRequest[:]...)
+	for _, b := range stream {
+		c.write([]byte{b})
+		time.Sleep(time.Millisecond)
+	}
+	m := c.next()
+	if m.Type != wire.TypeAddrResponse {
+		t.Fatalf("first message %v, want 101", m.Type)
+	}
+	addr, _ := wire.ParseAddrResponse(m.Data)
+	// 16 data messages in one write.
+	var batch []byte
+	for i := 0; i < 16; i++ {
+		batch = wire.AppendMsg(batch, wire.TypeNetRequest, echo(addr.Addr, uint16(i)))
+	}
+	c.write(batch)
+	for i := 0; i < 16; i++ {
+		select {
+		case p := <-h.tun.Written:
+			if !bytes.Equal(p, echo(addr.Addr, uint16(i))) {
+				t.Fatalf("packet %d differs", i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of 16 packets reached the TUN", i)
+		}
+	}
+	// And one 102 byte by byte.
+	for _, b := range wire.AppendMsg(nil, wire.TypeNetRequest, echo(addr.Addr, 99)) {
+		c.write([]byte{b})
+	}
+	select {
+	case p := <-h.tun.Written:
+		if !bytes.Equal(p, echo(addr.Addr, 99)) {
+			t.Fatal("byte-by-byte packet differs")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("byte-by-byte 102 never reached the TUN")
+	}
+}
+
+func TestTUNToRightClient(t *testing.T) {
+	h := start(t, nil)
+	a, b := h.dial(), h.dial()
+	addrA, addrB := a.lease(), b.lease()
+	if addrA == addrB {
+		t.Fatal("two clients got one address")
+	}
+	for i, dst := range []netip.Addr{addrB, addrA, addrB} {
+		h.tun.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), dst, 2, uint16(i), nil, true))
+	}
+	for _, c := range []*client{b, a, b} {
+		m := c.nextOf(wire.TypeNetResponse)
+		if _, prob := packet.CheckIPv4(m.Data); prob != packet.OK {
+			t.Fatalf("103 carries a bad packet: %v", prob)
+		}
+	}
+	// A packet for nobody is dropped and counted.
+	h.tun.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), netip.MustParseAddr("13.8.0.200"), 2, 9, nil, true))
+	eventually(t, "no_route drop", func() bool { return h.dp.Drops()["no_route"] == 1 })
+	st := h.dp.Status()
+	if st.Counters.PacketsToClient != 3 || st.LeasedSessions != 2 {
+		t.Fatalf("status counters %+v leased %d", st.Counters, st.LeasedSessions)
+	}
+}
+
+func TestChecksOnDataFromClient(t *testing.T) {
+	h := start(t, nil)
+	c := h.dial()
+	// 102 before the lease.
+	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(netip.MustParseAddr("13.8.0.2"), 1)))
+	addr := c.lease()
+	good := echo(addr, 2)
+	spoofed := echo(netip.MustParseAddr("13.8.0.77"), 3)
+	v6 := append([]byte{0x60}, good[1:]...)
+	shortTotal := append([]byte(nil), good...)
+	shortTotal[3] = 10
+	var stream []byte
+	for _, p := range [][]byte{spoofed, v6, shortTotal, good[:10]} {
+		stream = wire.AppendMsg(stream, wire.TypeNetRequest, p)
+	}
+	stream = wire.AppendMsg(stream, 199, []byte("fork extension"))
+	stream = wire.AppendMsg(stream, wire.TypeNetRequest, good)
+	c.write(stream)
+	select {
+	case p := <-h.tun.Written:
+		if !bytes.Equal(p, good) {
+			t.Fatal("a bad packet reached the TUN")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the good packet never reached the TUN")
+	}
+	want := map[string]uint64{"data_before_lease": 1, "spoofed_source": 1, "ipv4_bad_version": 1, "ipv4_bad_total_len": 1, "ipv4_too_short": 1, "unknown_type": 1}
+	eventually(t, "drop counters", func() bool {
+		got := h.dp.Drops()
+		for k, v := range want {
+			if got[k] != v {
+				return false
+			}
+		}
+		return true
+	})
+	if len(h.tun.Written) != 0 {
+		t.Fatal("extra packets reached the TUN")
+	}
+}
+
+func TestKeepaliveAndTimeout(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) {
+		c.KeepaliveInterval = 100 * time.Millisecond
+		c.KeepaliveTimeout = 400 * time.Millisecond
+	})
+	c := h.dial()
+	c.lease()
+	if m := c.next(); m.Type != wire.TypeKeepalive || len(m.Data) != 0 {
+		t.Fatalf("got %v, want 104", m.Type)
+	}
+	// Stay silent: the server must cut us and release the address.
+	c.expectClosed()
+	select {
+	case <-h.ctl.released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("address not released after timeout")
+	}
+	eventually(t, "pool empty", func() bool { return h.ctl.leased() == 0 })
+}
+
+func TestAnyMessageKeepsClientAlive(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) {
+		c.KeepaliveInterval = 50 * time.Millisecond
+		c.KeepaliveTimeout = 300 * time.Millisecond
+	})
+	c := h.dial()
+	addr := c.lease()
+	go func() { // drain
+		for {
+			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.dec.Next(); err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; i < 15; i++ { // 1.5 s of 102s only, never a 104
+		if _, err := c.conn.Write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(addr, uint16(i)))); err != nil {
+			t.Fatalf("client cut while sending data: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := h.dp.Status(); st.LeasedSessions != 1 {
+		t.Fatalf("client dropped although it sent data: %+v", st)
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) {
+		c.KeepaliveInterval = 50 * time.Millisecond
+		c.KeepaliveTimeout = 300 * time.Millisecond
+	})
+	c := h.dial()
+	stop := make(chan struct{})
+	go func() { // 104s but never a 100
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				c.conn.Write(wire.Keepalive[:])
+			}
+		}
+	}()
+	defer close(stop)
+	c.expectClosed()
+}
+
+func TestDisconnectReleasesAtOnce(t *testing.T) {
+	h := start(t, nil)
+	c := h.dial()
+	c.lease()
+	c.conn.Close()
+	select {
+	case <-h.ctl.released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no release after disconnect")
+	}
+	eventually(t, "session gone", func() bool { return h.dp.Status().Sessions == 0 })
+}
+
+func TestFrameErrorClosesOnlyThatConnection(t *testing.T) {
+	h := start(t, nil)
+	good, bad := h.dial(), h.dial()
+	gaddr := good.lease()
+	bad.lease()
+	bad.write([]byte{0xff, 0xff, 0, 0, 102, 1, 2, 3})
+	bad.expectClosed()
+	good.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(gaddr, 1)))
+	select {
+	case <-h.tun.Written:
+	case <-time.After(10 * time.Second):
+		t.Fatal("good client lost service")
+	}
+	if h.dp.Drops()["frame_error"] != 1 {
+		t.Fatalf("drops %v", h.dp.Drops())
+	}
+}
+
+func TestPoolExhaustedClosesConnection(t *testing.T) {
+	h := start(t, nil)
+	h.ctl.size = 1
+	a := h.dial()
+	a.lease()
+	b := h.dial()
+	b.write(wire.AddrRequest[:])
+	b.expectClosed()
+}
+
+func TestControllerDownFailsAfterRetries(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) { c.AllocateTimeout = 300 * time.Millisecond })
+	h.ctl.mu.Lock()
+	h.ctl.down = true
+	h.ctl.mu.Unlock()
+	c := h.dial()
+	c.write(wire.AddrRequest[:])
+	c.expectClosed()
+	if h.dp.Status().ControllerConnected {
+		t.Fatal("status still claims the controller is reachable")
+	}
+}
+
+func TestConcurrentClientsDistinctAddresses(t *testing.T) {
+	h := start(t, nil)
+	const n = 200
+	addrs := make(chan netip.Addr, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", h.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.Write(wire.AddrRequest[:])
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			m, err := wire.NewDecoder(c, 0).Next()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			r, err := wire.ParseAddrResponse(m.Data)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			addrs <- r.Addr
+			time.Sleep(200 * time.Millisecond) // hold the lease while others connect
+		}()
+	}
+	wg.Wait()
+	close(addrs)
+	seen := map[netip.Addr]bool{}
+	for a := range addrs {
+		if seen[a] {
+			t.Fatalf("%s handed out twice", a)
+		}
+		seen[a] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d distinct addresses, want %d", len(seen), n)
+	}
+}
+
+func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) {
+		c.WriteTimeout = 500 * time.Millisecond
+		c.SendQueueLen = 16
+	})
+	slow, fast := h.dial(), h.dial()
+	slowAddr, fastAddr := slow.lease(), fast.lease()
+	// Flood the slow client, which never reads; interleave packets for the
+	// fast one, which must get every one.
+	big := make([]byte, 1400)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 200; i++ {
+			m := fast.nextOf(wire.TypeNetResponse)
+			if len(m.Data) != 20+8+len(big) {
+				t.Errorf("fast client got %d bytes", len(m.Data))
+				return
+			}
+		}
+	}()
+	gw := netip.MustParseAddr("13.8.0.1")
+	for i := 0; i < 200; i++ {
+		for j := 0; j < 50; j++ {
+			h.tun.Inject(packet.BuildICMPEcho(gw, slowAddr, 3, uint16(i), big, true))
+		}
+		h.tun.Inject(packet.BuildICMPEcho(gw, fastAddr, 3, uint16(i), big, true))
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("fast client starved")
+	}
+	eventually(t, "slow client cut", func() bool {
+		for _, s := range h.dp.Sessions() {
+			if s.Addr == slowAddr {
+				return false
+			}
+		}
+		return true
+	})
+	if h.dp.Drops()[session.DropSendQueueFull.String()] == 0 {
+		t.Fatal("no send_queue_full drops counted")
+	}
+}

@@ -1,0 +1,485 @@
+// Package session runs one client connection: a reader goroutine that
+// decodes the stream, checks 102s and hands them to the TUN, and a writer
+// goroutine that drains a bounded send queue with one writev per batch.
+//
+// A session moves Accepted -> Leased -> Closing -> Closed. Every exit path
+// goes through Close, which runs once: it releases the lease (if any) and
+// all resources exactly once, whichever goroutine notices the end first.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/tun"
+	"github.com/fourover6/fourover6/dataplane/wire"
+)
+
+// State of a session.
+type State int32
+
+// States.
+const (
+	Accepted State = iota // connected, no 101 sent yet
+	Leased                // 101 sent: traffic flows
+	Closing               // being torn down
+	Closed
+)
+
+func (s State) String() string {
+	switch s {
+	case Accepted:
+		return "accepted"
+	case Leased:
+		return "leased"
+	case Closing:
+		return "closing"
+	case Closed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// Host is what a session needs from its data plane.
+type Host interface {
+	// Lease obtains the 101 for s on its first 100. It may block (it asks
+	// the controller); ctx ends when s closes.
+	Lease(ctx context.Context, s *Session) (wire.AddrResponse, error)
+	// Leased is called once the 101 is queued: from now on packets for
+	// s.Addr() go to s. It runs under the session's lock, so a concurrent
+	// Close waits for it; it must be quick.
+	Leased(s *Session)
+	// Release gives up addr: remove the route, return the address to the
+	// pool. Called once per lease, never under a lock; must not block long.
+	Release(s *Session, addr netip.Addr, reason string)
+	// Closed is called last, once, when s is gone.
+	Closed(s *Session, reason string)
+}
+
+// Config is shared by all sessions of a data plane.
+type Config struct {
+	Host   Host
+	TUN    tun.Device
+	Drops  *Drops
+	Logger *slog.Logger
+
+	KeepaliveInterval time.Duration // 104 every interval once leased
+	KeepaliveTimeout  time.Duration // silence (or no 100) longer than this closes
+	SendQueueLen      int           // messages waiting per client; more are dropped
+	WriteTimeout      time.Duration // a client that does not read for this long is cut
+	ReadBufferSize    int           // decoder buffer per client
+
+	// Epoch is the base of the monotonic clock sessions keep (Now).
+	Epoch time.Time
+}
+
+// Now returns nanoseconds since c.Epoch (monotonic).
+func (c *Config) Now() int64 { return int64(time.Since(c.Epoch)) }
+
+// Session is one client connection.
+type Session struct {
+	cfg    *Config
+	id     string
+	conn   net.Conn
+	remote netip.AddrPort
+	since  time.Time
+	born   int64 // cfg.Now() at accept
+
+	ctx    context.Context // ends when the session closes
+	cancel context.CancelFunc
+	done   chan struct{}
+	q      chan *Buf
+
+	state     atomic.Int32
+	addr4     atomic.Uint32 // leased address as packet.Addr4, 0 before
+	lastHeard atomic.Int64  // cfg.Now() of the last complete message
+	nextKA    atomic.Int64  // cfg.Now() when the next 104 is due
+	logged    atomic.Uint32 // drop reasons already logged (bit per Drop)
+	c         counters
+
+	mu     sync.Mutex // guards the transitions below
+	lease  wire.AddrResponse
+	reason string
+
+	// Writer-goroutine state, kept here so a batch write allocates nothing.
+	wvec  [][]byte
+	wbufs []*Buf
+	nb    net.Buffers
+
+	tunVec     [1][]byte // reader-goroutine scratch for TUN writes
+	writerDone chan struct{}
+}
+
+// New wraps an accepted connection. Call Serve to run it.
+func New(cfg *Config, id string, conn net.Conn) *Session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Session{
+		cfg: cfg, id: id, conn: conn,
+		since: time.Now(), born: cfg.Now(),
+		ctx: ctx, cancel: cancel,
+		done:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		q:          make(chan *Buf, cfg.SendQueueLen),
+	}
+	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
+		s.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	s.lastHeard.Store(s.born)
+	return s
+}
+
+// ID is unique among the data plane's sessions.
+func (s *Session) ID() string { return s.id }
+
+// Remote is the client's IPv6 address and port.
+func (s *Session) Remote() netip.AddrPort { return s.remote }
+
+// State returns the current state.
+func (s *Session) State() State { return State(s.state.Load()) }
+
+// Addr returns the leased address, or the zero Addr before the lease.
+func (s *Session) Addr() netip.Addr {
+	a := s.addr4.Load()
+	if a == 0 {
+		return netip.Addr{}
+	}
+	return netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)})
+}
+
+// Done is closed when the session starts closing.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Info is a snapshot of a session for status output and reports.
+type Info struct {
+	ID          string
+	State       State
+	Addr        netip.Addr
+	Remote      netip.AddrPort
+	ConnectedAt time.Time
+	LastHeard   time.Time
+	Counters    Counters
+	SendQueue   int
+}
+
+// Info returns a snapshot.
+func (s *Session) Info() Info {
+	return Info{
+		ID: s.id, State: s.State(), Addr: s.Addr(), Remote: s.remote,
+		ConnectedAt: s.since,
+		LastHeard:   s.cfg.Epoch.Add(time.Duration(s.lastHeard.Load())),
+		Counters:    s.c.snapshot(),
+		SendQueue:   len(s.q),
+	}
+}
+
+// Counters returns the session's traffic counters.
+func (s *Session) Counters() Counters { return s.c.snapshot() }
+
+// Serve runs the session until it closes: the writer in a new goroutine, the
+// reader in this one. It returns once both have stopped.
+func (s *Session) Serve() {
+	s.wvec = make([][]byte, 0, 64)
+	s.wbufs = make([]*Buf, 0, 64)
+	go s.writeLoop()
+	s.readLoop()
+	<-s.writerDone
+}
+
+// Send queues a framed message for the client without blocking. It returns
+// false (and the caller keeps the buffer) when the session is closing or its
+// queue is full.
+func (s *Session) Send(b *Buf) bool {
+	if s.state.Load() >= int32(Closing) {
+		return false
+	}
+	select {
+	case s.q <- b:
+		return true
+	default:
+		return false
+	}
+}
+
+// SendData queues a 103 that the caller framed in b, counting a drop when
+// it cannot; on false the caller keeps b.
+func (s *Session) SendData(b *Buf) bool {
+	if s.Send(b) {
+		return true
+	}
+	if s.state.Load() < int32(Closing) {
+		s.drop(DropSendQueueFull, nil)
+	}
+	return false
+}
+
+// Close ends the session; only the first call does anything.
+func (s *Session) Close(reason string) {
+	s.mu.Lock()
+	if s.state.Load() >= int32(Closing) {
+		s.mu.Unlock()
+		return
+	}
+	s.state.Store(int32(Closing))
+	s.reason = reason
+	leased := s.Addr()
+	s.mu.Unlock()
+
+	s.cancel()
+	close(s.done)
+	s.conn.Close() // unblocks the reader and the writer
+	if leased.IsValid() {
+		s.cfg.Host.Release(s, leased, reason)
+	}
+	s.state.Store(int32(Closed))
+	s.cfg.Host.Closed(s, reason)
+}
+
+// Reason returns why the session closed ("" while open).
+func (s *Session) Reason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reason
+}
+
+// Tick runs the keepalive rules at time now (cfg.Now()); one sweeper calls
+// it for every session, like the seed's once-a-second keepalive thread.
+func (s *Session) Tick(now int64) {
+	st := State(s.state.Load())
+	if st >= Closing {
+		return
+	}
+	timeout := int64(s.cfg.KeepaliveTimeout)
+	if st == Accepted && now-s.born > timeout {
+		s.Close(fmt.Sprintf("no address request (100) within %s", s.cfg.KeepaliveTimeout))
+		return
+	}
+	if now-s.lastHeard.Load() > timeout {
+		s.Close(fmt.Sprintf("keepalive timeout: silent for more than %s", s.cfg.KeepaliveTimeout))
+		return
+	}
+	if st == Leased && now >= s.nextKA.Load() {
+		s.nextKA.Store(now + int64(s.cfg.KeepaliveInterval))
+		if !s.Send(keepaliveBuf) {
+			s.drop(DropSendQueueFull, nil)
+		}
+	}
+}
+
+func (s *Session) readLoop() {
+	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
+	for {
+		m, err := dec.Next()
+		if err != nil {
+			var fe *wire.FrameError
+			if errors.As(err, &fe) {
+				s.drop(DropFrameError, []any{"length", fe.Length})
+			}
+			s.Close(readErrReason(err))
+			return
+		}
+		s.lastHeard.Store(s.cfg.Now())
+		switch m.Type {
+		case wire.TypeAddrRequest:
+			if !s.addrRequest() {
+				return
+			}
+		case wire.TypeNetRequest:
+			s.netRequest(m.Data)
+		case wire.TypeKeepalive:
+			// Liveness is all it carries; noted above.
+		case wire.TypeAddrResponse, wire.TypeNetResponse:
+			s.drop(DropUnexpectedType, []any{"type", m.Type})
+		default:
+			s.drop(DropUnknownType, []any{"type", m.Type, "length", wire.HeaderLen + len(m.Data)})
+		}
+	}
+}
+
+func readErrReason(err error) string {
+	var fe *wire.FrameError
+	switch {
+	case errors.Is(err, io.EOF):
+		return "client closed the connection"
+	case errors.As(err, &fe):
+		return fe.Error()
+	case errors.Is(err, wire.ErrTruncated):
+		return "client closed the connection inside a message"
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset by client"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "read timeout"
+	}
+	return "read error: " + err.Error()
+}
+
+// addrRequest answers a 100. It returns false when the session closed.
+func (s *Session) addrRequest() bool {
+	if s.State() == Leased {
+		// A repeated 100 gets the same address again.
+		s.mu.Lock()
+		lease := s.lease
+		s.mu.Unlock()
+		s.send101(lease)
+		return true
+	}
+	lease, err := s.cfg.Host.Lease(s.ctx, s)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.Close("no address: " + err.Error())
+		}
+		return false
+	}
+	s.mu.Lock()
+	if s.state.Load() >= int32(Closing) {
+		// Closed while the controller answered: nobody else knows about
+		// this lease, so give it back here.
+		s.mu.Unlock()
+		s.cfg.Host.Release(s, lease.Addr, "closed while leasing")
+		return false
+	}
+	s.lease = lease
+	// The 101 goes into the queue before the session can receive 103s or
+	// 104s, so it is the first message the client gets.
+	s.send101(lease)
+	s.addr4.Store(packet.Addr4(lease.Addr))
+	s.nextKA.Store(s.cfg.Now() + int64(s.cfg.KeepaliveInterval))
+	s.state.Store(int32(Leased))
+	s.cfg.Host.Leased(s)
+	s.mu.Unlock()
+	return true
+}
+
+func (s *Session) send101(lease wire.AddrResponse) {
+	b := GetBuf()
+	msg, err := wire.AppendAddrResponse(b.B[:0], lease)
+	if err != nil {
+		PutBuf(b)
+		s.cfg.Logger.Error("cannot format 101", "session", s.id, "err", err)
+		return
+	}
+	b.N = len(msg)
+	if !s.Send(b) {
+		PutBuf(b)
+		s.drop(DropSendQueueFull, nil)
+	}
+}
+
+// netRequest checks a 102 and writes its packet to the TUN.
+func (s *Session) netRequest(p []byte) {
+	addr := s.addr4.Load()
+	if addr == 0 {
+		s.drop(DropBeforeLease, nil)
+		return
+	}
+	n, prob := packet.CheckIPv4(p)
+	if prob != packet.OK {
+		s.drop(dropFor(prob), nil)
+		return
+	}
+	if packet.Src4(p) != addr {
+		s.drop(DropSpoofedSource, []any{"src", packet.Src(p)})
+		return
+	}
+	s.tunVec[0] = p[:n]
+	if _, err := s.cfg.TUN.Write(s.tunVec[:], 0); err != nil {
+		s.drop(DropTUNWriteError, []any{"err", err})
+		return
+	}
+	s.c.bytesFrom.Add(uint64(n))
+	s.c.pktsFrom.Add(1)
+}
+
+// drop counts a drop and logs the first of each reason per connection.
+func (s *Session) drop(r Drop, attrs []any) {
+	s.cfg.Drops.Add(r)
+	bit := uint32(1) << r
+	if s.logged.Or(bit)&bit != 0 {
+		return
+	}
+	args := append([]any{"session", s.id, "client", s.remote, "addr", s.Addr(), "reason", r.String()}, attrs...)
+	s.cfg.Logger.Warn("dropped message from or to client (further drops of this kind on this connection are only counted)", args...)
+}
+
+func (s *Session) writeLoop() {
+	defer close(s.writerDone)
+	for {
+		var b *Buf
+		select {
+		case b = <-s.q:
+		case <-s.done:
+			s.drainQueue()
+			return
+		}
+		s.wbufs = append(s.wbufs[:0], b)
+		// Coalesce what else is waiting into one writev.
+	more:
+		for len(s.wbufs) < cap(s.wbufs) {
+			select {
+			case b = <-s.q:
+				s.wbufs = append(s.wbufs, b)
+			default:
+				break more
+			}
+		}
+		s.wvec = s.wvec[:0]
+		for _, b := range s.wbufs {
+			s.wvec = append(s.wvec, b.Message())
+		}
+		s.nb = s.wvec
+		if s.cfg.WriteTimeout > 0 {
+			s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		}
+		_, err := s.nb.WriteTo(s.conn)
+		for i, b := range s.wbufs {
+			if err == nil && b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
+				s.c.bytesTo.Add(uint64(b.N - wire.HeaderLen))
+				s.c.pktsTo.Add(1)
+			}
+			PutBuf(b)
+			s.wbufs[i] = nil
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.Close(fmt.Sprintf("client stopped reading: write blocked for %s", s.cfg.WriteTimeout))
+			} else {
+				s.Close(writeErrReason(err))
+			}
+			s.drainQueue()
+			return
+		}
+	}
+}
+
+func writeErrReason(err error) string {
+	switch {
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
+	case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
+		return "connection reset by client"
+	}
+	return "write error: " + err.Error()
+}
+
+func (s *Session) drainQueue() {
+	for {
+		select {
+		case b := <-s.q:
+			PutBuf(b)
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,120 @@
+package session
+
+import (
+	"sync/atomic"
+
+	"github.com/fourover6/fourover6/dataplane/packet"
+)
+
+// Drop is a reason a message or packet was dropped.
+type Drop uint8
+
+// Drop reasons. Their names are stable: they appear in status output,
+// logs and metrics.
+const (
+	DropFrameError     Drop = iota // length field out of range: connection closed
+	DropUnknownType                // skipped by length
+	DropUnexpectedType             // a server-to-client type (101, 103) sent by a client
+	DropBeforeLease                // 102 before the 101 was sent
+	DropSpoofedSource              // 102 whose source is not the leased address
+	DropIPv4TooShort
+	DropIPv4BadVersion
+	DropIPv4BadHeaderLen
+	DropIPv4BadTotalLen
+	DropSendQueueFull // 103 or 104 for a client whose send queue is full
+	DropNoRoute       // packet from the TUN for an address no session holds
+	DropTUNNotIPv4    // packet from the TUN that is not IPv4
+	DropTUNWriteError // the kernel refused a 102's packet
+	NumDrops
+)
+
+var dropNames = [NumDrops]string{
+	DropFrameError:       "frame_error",
+	DropUnknownType:      "unknown_type",
+	DropUnexpectedType:   "unexpected_type",
+	DropBeforeLease:      "data_before_lease",
+	DropSpoofedSource:    "spoofed_source",
+	DropIPv4TooShort:     "ipv4_too_short",
+	DropIPv4BadVersion:   "ipv4_bad_version",
+	DropIPv4BadHeaderLen: "ipv4_bad_header_len",
+	DropIPv4BadTotalLen:  "ipv4_bad_total_len",
+	DropSendQueueFull:    "send_queue_full",
+	DropNoRoute:          "no_route",
+	DropTUNNotIPv4:       "tun_not_ipv4",
+	DropTUNWriteError:    "tun_write_error",
+}
+
+func (d Drop) String() string {
+	if d < NumDrops {
+		return dropNames[d]
+	}
+	return "unknown"
+}
+
+// dropFor maps an IPv4 check failure to its drop reason.
+func dropFor(p packet.Problem) Drop {
+	switch p {
+	case packet.TooShort:
+		return DropIPv4TooShort
+	case packet.NotIPv4:
+		return DropIPv4BadVersion
+	case packet.BadHeaderLen:
+		return DropIPv4BadHeaderLen
+	default:
+		return DropIPv4BadTotalLen
+	}
+}
+
+// Drops counts drops by reason. One instance is shared by all sessions of a
+// data plane; drops are rare, so the shared counters are not a hot spot.
+type Drops struct {
+	n [NumDrops]atomic.Uint64
+}
+
+// Add counts one drop.
+func (d *Drops) Add(r Drop) { d.n[r].Add(1) }
+
+// Get returns the count for one reason.
+func (d *Drops) Get(r Drop) uint64 { return d.n[r].Load() }
+
+// Map returns the non-zero counters by name.
+func (d *Drops) Map() map[string]uint64 {
+	m := make(map[string]uint64)
+	for i := range d.n {
+		if v := d.n[i].Load(); v > 0 {
+			m[Drop(i).String()] = v
+		}
+	}
+	return m
+}
+
+// Counters are traffic totals. From-client is 102 traffic, to-client is 103;
+// bytes are IPv4 packet bytes (without the 5-byte header).
+type Counters struct {
+	BytesFromClient, PacketsFromClient uint64
+	BytesToClient, PacketsToClient     uint64
+}
+
+// Add sums two counters.
+func (c Counters) Add(o Counters) Counters {
+	return Counters{
+		BytesFromClient:   c.BytesFromClient + o.BytesFromClient,
+		PacketsFromClient: c.PacketsFromClient + o.PacketsFromClient,
+		BytesToClient:     c.BytesToClient + o.BytesToClient,
+		PacketsToClient:   c.PacketsToClient + o.PacketsToClient,
+	}
+}
+
+// counters are a session's live counters: the reader goroutine writes the
+// from-client pair, the writer goroutine the to-client pair.
+type counters struct {
+	bytesFrom, pktsFrom atomic.Uint64
+	bytesTo, pktsTo     atomic.Uint64
+}
+
+func (c *counters) snapshot() Counters {
+	return Counters{
+		BytesFromClient: c.bytesFrom.Load(), PacketsFromClient: c.pktsFrom.Load(),
+		BytesToClient: c.bytesTo.Load(), PacketsToClient: c.pktsTo.Load(),
+	}
+}

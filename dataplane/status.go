@@ -1,0 +1,74 @@
+package dataplane
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/fourover6/fourover6/dataplane/session"
+)
+
+// Status is the data plane's health at a glance.
+type Status struct {
+	ID                  string
+	Version             string
+	ClientListen        string
+	TUN                 string
+	MTU                 int
+	Gateway             netip.Addr
+	Pool                netip.Prefix
+	Controller          string
+	ControllerConnected bool
+	StartedAt           time.Time
+	Sessions            int
+	LeasedSessions      int
+	Accepted, Closed    uint64
+	Counters            session.Counters
+	Drops               map[string]uint64
+	KeepaliveInterval   time.Duration
+	KeepaliveTimeout    time.Duration
+}
+
+// Status returns a snapshot.
+func (d *Dataplane) Status() Status {
+	st := Status{
+		ID: d.cfg.ID, Version: d.cfg.Version,
+		ClientListen: d.cfg.Listener.Addr().String(),
+		TUN:          d.cfg.TUN.Name(), MTU: d.cfg.MTU,
+		Gateway: d.cfg.Pool.Gateway, Pool: d.cfg.Pool.Pool,
+		Controller: d.cfg.ControllerAddr, ControllerConnected: d.ctrlOK.Load(),
+		StartedAt: d.started,
+		Accepted:  d.accepted.Load(), Closed: d.closed.Load(),
+		Drops:             d.drops.Map(),
+		KeepaliveInterval: d.cfg.KeepaliveInterval, KeepaliveTimeout: d.cfg.KeepaliveTimeout,
+	}
+	d.mu.Lock()
+	st.Counters = d.gone
+	live := make([]*session.Session, 0, len(d.sessions))
+	for s := range d.sessions {
+		live = append(live, s)
+	}
+	d.mu.Unlock()
+	for _, s := range live {
+		st.Sessions++
+		if s.State() == session.Leased {
+			st.LeasedSessions++
+		}
+		st.Counters = st.Counters.Add(s.Counters())
+	}
+	return st
+}
+
+// Sessions returns a snapshot of every open session, ordered by id.
+func (d *Dataplane) Sessions() []session.Info {
+	live := d.snapshot()
+	out := make([]session.Info, 0, len(live))
+	for _, s := range live {
+		out = append(out, s.Info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ConnectedAt.Before(out[j].ConnectedAt) })
+	return out
+}
+
+// Drops returns the drop counters by reason name.
+func (d *Dataplane) Drops() map[string]uint64 { return d.drops.Map() }
