@@ -119,6 +119,21 @@ func (c *client) lease() netip.Addr {
 	return r.Addr
 }
 
+// leaseRouted leases and then makes sure the data plane routes the address:
+// the route goes in right after the 101 is queued, on the session's reader
+// goroutine, so once a later 102 reached the TUN the route is there.
+func (h *harness) leaseRouted(c *client) netip.Addr {
+	h.t.Helper()
+	a := c.lease()
+	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(a, 0)))
+	select {
+	case <-h.tun.Written:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("sync packet never reached the TUN")
+	}
+	return a
+}
+
 // expectClosed waits for the server to close the connection.
 func (c *client) expectClosed() {
 	c.t.Helper()
@@ -217,7 +232,7 @@ func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
 func TestTUNToRightClient(t *testing.T) {
 	h := start(t, nil)
 	a, b := h.dial(), h.dial()
-	addrA, addrB := a.lease(), b.lease()
+	addrA, addrB := h.leaseRouted(a), h.leaseRouted(b)
 	if addrA == addrB {
 		t.Fatal("two clients got one address")
 	}
@@ -452,7 +467,7 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 		c.SendQueueLen = 16
 	})
 	slow, fast := h.dial(), h.dial()
-	slowAddr, fastAddr := slow.lease(), fast.lease()
+	slowAddr, fastAddr := h.leaseRouted(slow), h.leaseRouted(fast)
 	// Flood the slow client, which never reads; interleave packets for the
 	// fast one, which must get every one.
 	big := make([]byte, 1400)
