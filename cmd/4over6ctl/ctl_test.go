@@ -1,0 +1,761 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
+)
+
+// ---- in-test daemons ----
+
+var (
+	t0 = time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
+	// Fractional seconds and a non-UTC zone: the CLI prints whole-second UTC.
+	t1 = time.Date(2025, 3, 1, 11, 5, 7, 500_000_000, time.FixedZone("CET", 3600))
+)
+
+type fakeController struct {
+	cpv1.UnimplementedControllerServiceServer
+	version string
+	clients []*cpv1.Client
+	pool    *cpv1.Pool
+	hang    bool // GetPool waits for the caller to give up
+
+	mu         sync.Mutex
+	lastFilter string
+	getCalls   int
+}
+
+func (f *fakeController) ListClients(req *cpv1.ListClientsRequest, stream grpc.ServerStreamingServer[cpv1.ListClientsResponse]) error {
+	f.mu.Lock()
+	f.lastFilter = req.GetDataplaneId()
+	f.mu.Unlock()
+	for _, c := range f.clients {
+		if req.GetDataplaneId() != "" && c.GetDataplaneId() != req.GetDataplaneId() {
+			continue
+		}
+		if err := stream.Send(&cpv1.ListClientsResponse{Client: c}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *fakeController) GetClient(_ context.Context, req *cpv1.GetClientRequest) (*cpv1.GetClientResponse, error) {
+	f.mu.Lock()
+	f.getCalls++
+	f.mu.Unlock()
+	for _, c := range f.clients {
+		if c.GetAddress() == req.GetAddress() {
+			return &cpv1.GetClientResponse{Client: c}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "no lease for %s", req.GetAddress())
+}
+
+func (f *fakeController) GetPool(ctx context.Context, _ *cpv1.GetPoolRequest) (*cpv1.GetPoolResponse, error) {
+	if f.hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if f.pool == nil {
+		return nil, status.Error(codes.Internal, "pool store is broken")
+	}
+	return &cpv1.GetPoolResponse{Pool: f.pool}, nil
+}
+
+func (f *fakeController) GetVersion(context.Context, *cpv1.GetVersionRequest) (*cpv1.GetVersionResponse, error) {
+	return &cpv1.GetVersionResponse{Version: f.version}, nil
+}
+
+type fakeDataplane struct {
+	dpv1.UnimplementedDataplaneServiceServer
+	status   *dpv1.Status
+	sessions []*dpv1.Session
+}
+
+func (f *fakeDataplane) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetStatusResponse, error) {
+	return &dpv1.GetStatusResponse{Status: f.status}, nil
+}
+
+func (f *fakeDataplane) ListSessions(_ *dpv1.ListSessionsRequest, stream grpc.ServerStreamingServer[dpv1.ListSessionsResponse]) error {
+	for _, s := range f.sessions {
+		if err := stream.Send(&dpv1.ListSessionsResponse{Session: s}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newController() *fakeController {
+	return &fakeController{
+		version: "v1.2.3-test",
+		clients: []*cpv1.Client{
+			// Out of order on purpose: the CLI sorts numerically (.10 after .2).
+			{Address: "13.8.0.10", ClientIpv6: "fd00:46::10", ClientPort: 40000, DataplaneId: "dp2", SessionId: "s-10",
+				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1)},
+			{Address: "13.8.0.2", ClientIpv6: "fd00:46::2", ClientPort: 51234, DataplaneId: "dp1", SessionId: "s-2",
+				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
+				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7}},
+		},
+		pool: &cpv1.Pool{Prefix: "13.8.0.0/24", Gateway: "13.8.0.1", RangeFirst: "13.8.0.2", RangeLast: "13.8.0.128",
+			Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", Dns: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"}},
+	}
+}
+
+func newDataplane(id string) *fakeDataplane {
+	return &fakeDataplane{
+		status: &dpv1.Status{
+			DataplaneId: id, Version: "v1.2.3-test", ClientListen: "[::]:5678", Tun: "4o6", Mtu: 1500,
+			Gateway: "13.8.0.1", Pool: "13.8.0.0/24", Controller: "unix:///run/fourover6/controller.sock",
+			ControllerConnected: true, StartedAt: timestamppb.New(t0), Sessions: 3, LeasedSessions: 2,
+			AcceptedTotal: 10, ClosedTotal: 7,
+			Counters:            &dpv1.Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 5 << 30, PacketsToClient: 4},
+			Drops:               map[string]uint64{"spoofed_source": 5, "queue_full": 1},
+			KeepaliveIntervalMs: 20_000, KeepaliveTimeoutMs: 60_000,
+		},
+		sessions: []*dpv1.Session{
+			{SessionId: "s-9", State: dpv1.SessionState_SESSION_STATE_ACCEPTED, ClientIpv6: "fd00:46::9", ClientPort: 1000,
+				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t0)},
+			{SessionId: "s-2", State: dpv1.SessionState_SESSION_STATE_LEASED, Address: "13.8.0.2", ClientIpv6: "fd00:46::2",
+				ClientPort: 51234, ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
+				Counters: &dpv1.Counters{BytesFromClient: 11, PacketsFromClient: 1, BytesToClient: 22, PacketsToClient: 2}, SendQueue: 3},
+			{SessionId: "s-3", State: dpv1.SessionState_SESSION_STATE_CLOSING, Address: "13.8.0.3", ClientIpv6: "fd00:46::3", ClientPort: 2000},
+		},
+	}
+}
+
+// serve starts a gRPC server with the given services on a unix socket in a
+// fresh temporary directory and returns its address ("unix:///...").
+func serve(t *testing.T, ctrl cpv1.ControllerServiceServer, dp dpv1.DataplaneServiceServer) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "d.sock")
+	if len(path) > 100 { // sun_path limit
+		dir, err := os.MkdirTemp("", "ctl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		path = filepath.Join(dir, "d.sock")
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	if ctrl != nil {
+		cpv1.RegisterControllerServiceServer(s, ctrl)
+	}
+	if dp != nil {
+		dpv1.RegisterDataplaneServiceServer(s, dp)
+	}
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return "unix://" + path
+}
+
+// ---- running the CLI ----
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func ctl(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb, func(k string) string { return env[k] })
+	return result{out.String(), errb.String(), code}
+}
+
+func (r result) expect(t *testing.T, code int) result {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func keysOf(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func sorted(s ...string) []string { sort.Strings(s); return s }
+
+var clientKeys = sorted("ipv4", "ipv6", "port", "dataplane", "session", "connected_since", "last_heard",
+	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client")
+
+// ---- tests ----
+
+func TestClientsList(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	addr := serve(t, ctrl, nil)
+
+	r := ctl(t, nil, "--controller", addr, "clients", "list", "-o", "json").expect(t, 0)
+	var raw []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatalf("json: %v\n%s", err, r.stdout)
+	}
+	if len(raw) != 2 {
+		t.Fatalf("%d clients, want 2", len(raw))
+	}
+	if got := keysOf(raw[0]); !reflect.DeepEqual(got, clientKeys) {
+		t.Errorf("client keys %v\nwant %v", got, clientKeys)
+	}
+	var cs []Client
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil {
+		t.Fatal(err)
+	}
+	want := Client{IPv4: "13.8.0.2", IPv6: "fd00:46::2", Port: 51234, Dataplane: "dp1", Session: "s-2",
+		ConnectedSince: "2025-03-01T10:00:00Z", LastHeard: "2025-03-01T10:05:07Z",
+		Counters: Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7}}
+	if cs[0] != want {
+		t.Errorf("first client (sorted numerically)\n got %+v\nwant %+v", cs[0], want)
+	}
+	if cs[1].IPv4 != "13.8.0.10" {
+		t.Errorf("second client %q, want 13.8.0.10", cs[1].IPv4)
+	}
+
+	r = ctl(t, nil, "--controller", addr, "clients", "list", "-o", "yaml").expect(t, 0)
+	var ys []Client
+	if err := yaml.Unmarshal([]byte(r.stdout), &ys); err != nil {
+		t.Fatalf("yaml: %v\n%s", err, r.stdout)
+	}
+	if len(ys) != 2 || ys[0] != want {
+		t.Errorf("yaml gave %+v", ys)
+	}
+	var yraw []map[string]any
+	if err := yaml.Unmarshal([]byte(r.stdout), &yraw); err != nil || !reflect.DeepEqual(keysOf(yraw[0]), clientKeys) {
+		t.Errorf("yaml keys %v (%v)", keysOf(yraw[0]), err)
+	}
+
+	r = ctl(t, nil, "--controller", addr, "clients", "list").expect(t, 0)
+	for _, s := range []string{"IPV4", "13.8.0.2", "fd00:46::2", "51234", "dp1", "13.8.0.10", "3.0 MiB (2500 pkts)", "ago"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	if strings.Index(r.stdout, "13.8.0.2 ") > strings.Index(r.stdout, "13.8.0.10") {
+		t.Errorf("table not sorted by address:\n%s", r.stdout)
+	}
+
+	// The filter reaches the controller.
+	r = ctl(t, nil, "--controller", addr, "clients", "list", "--dataplane-id", "dp2", "-o", "json").expect(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 1 || cs[0].Dataplane != "dp2" {
+		t.Errorf("filtered list: %v %+v", err, cs)
+	}
+	ctrl.mu.Lock()
+	if ctrl.lastFilter != "dp2" {
+		t.Errorf("filter sent %q", ctrl.lastFilter)
+	}
+	ctrl.mu.Unlock()
+}
+
+func TestClientsListEmpty(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, &fakeController{}, nil)
+	r := ctl(t, nil, "--controller", addr, "clients", "list", "-o", "json").expect(t, 0)
+	if strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("empty list printed %q, want []", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "list", "-o", "yaml").expect(t, 0)
+	if strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("empty yaml list printed %q, want []", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "list").expect(t, 0)
+	if !strings.Contains(r.stdout, "No clients") {
+		t.Errorf("empty table: %q", r.stdout)
+	}
+}
+
+func TestClientsGet(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	addr := serve(t, ctrl, nil)
+
+	r := ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.2", "-o", "json").expect(t, 0)
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatalf("json: %v\n%s", err, r.stdout)
+	}
+	if !reflect.DeepEqual(keysOf(raw), clientKeys) || raw["ipv6"] != "fd00:46::2" || raw["port"] != 51234.0 {
+		t.Errorf("clients get: %v", raw)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.2", "-o", "yaml").expect(t, 0)
+	var c Client
+	if err := yaml.Unmarshal([]byte(r.stdout), &c); err != nil || c.Session != "s-2" || c.BytesToClient != 1234 {
+		t.Errorf("yaml: %v %+v", err, c)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.2").expect(t, 0)
+	if !strings.Contains(r.stdout, "fd00:46::2 port 51234") || !strings.Contains(r.stdout, "2025-03-01 10:00:00 UTC") {
+		t.Errorf("table:\n%s", r.stdout)
+	}
+
+	// Not found: exit 4, in every format.
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.99").expect(t, 4)
+	if !strings.Contains(r.stderr, "13.8.0.99") || r.stdout != "" {
+		t.Errorf("not found: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	r = ctl(t, nil, "--controller", addr, "-o", "json", "clients", "get", "13.8.0.99").expect(t, 4)
+	var e errorOutput
+	if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 4 || !strings.Contains(e.Error, "13.8.0.99") {
+		t.Errorf("json error %q: %v", r.stderr, err)
+	}
+
+	// Bad ADDR: exit 2 without asking the controller.
+	ctrl.mu.Lock()
+	before := ctrl.getCalls
+	ctrl.mu.Unlock()
+	for _, bad := range [][]string{{"fd00:46::2"}, {"13.8.0"}, {"banana"}, {}, {"13.8.0.2", "13.8.0.3"}} {
+		r = ctl(t, nil, append([]string{"--controller", addr, "clients", "get"}, bad...)...).expect(t, 2)
+		if !strings.Contains(r.stderr, "clients get") && !strings.Contains(r.stderr, "invalid ADDR") {
+			t.Errorf("%v: stderr %q", bad, r.stderr)
+		}
+	}
+	ctrl.mu.Lock()
+	if ctrl.getCalls != before {
+		t.Errorf("invalid ADDR reached the controller")
+	}
+	ctrl.mu.Unlock()
+}
+
+func TestPoolShow(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, newController(), nil)
+	r := ctl(t, nil, "--controller", addr, "pool", "show", "-o", "json").expect(t, 0)
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatal(err)
+	}
+	want := sorted("prefix", "gateway", "range_first", "range_last", "size", "leased", "free", "reserved", "route", "dns")
+	if !reflect.DeepEqual(keysOf(raw), want) {
+		t.Errorf("pool keys %v", keysOf(raw))
+	}
+	var p Pool
+	_ = json.Unmarshal([]byte(r.stdout), &p)
+	wantPool := Pool{Prefix: "13.8.0.0/24", Gateway: "13.8.0.1", RangeFirst: "13.8.0.2", RangeLast: "13.8.0.128",
+		Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", DNS: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"}}
+	if !reflect.DeepEqual(p, wantPool) {
+		t.Errorf("pool %+v", p)
+	}
+	r = ctl(t, nil, "--controller", addr, "pool", "show", "-o", "yaml").expect(t, 0)
+	var yp Pool
+	if err := yaml.Unmarshal([]byte(r.stdout), &yp); err != nil || !reflect.DeepEqual(yp, wantPool) {
+		t.Errorf("yaml pool %+v %v", yp, err)
+	}
+	r = ctl(t, nil, "--controller", addr, "pool", "show").expect(t, 0)
+	for _, s := range []string{"13.8.0.0/24", "13.8.0.2 - 13.8.0.128", "2 leased", "8.8.8.8"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("pool table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+}
+
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, nil, newDataplane("dp1"))
+	r := ctl(t, nil, "--dataplane", addr, "status", "-o", "json").expect(t, 0)
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatal(err)
+	}
+	want := sorted("dataplane", "version", "client_listen", "tun", "mtu", "gateway", "pool", "controller",
+		"controller_connected", "started_at", "sessions", "leased_sessions", "accepted_total", "closed_total",
+		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "drops",
+		"keepalive_interval", "keepalive_timeout")
+	if !reflect.DeepEqual(keysOf(raw), want) {
+		t.Errorf("status keys %v\nwant %v", keysOf(raw), want)
+	}
+	var s Status
+	_ = json.Unmarshal([]byte(r.stdout), &s)
+	if s.Dataplane != "dp1" || s.MTU != 1500 || !s.ControllerConnected || s.StartedAt != "2025-03-01T10:00:00Z" ||
+		s.KeepaliveInterval != "20s" || s.KeepaliveTimeout != "1m0s" || s.Drops["spoofed_source"] != 5 ||
+		s.BytesToClient != 5<<30 || s.LeasedSessions != 2 || s.ClientListen != "[::]:5678" {
+		t.Errorf("status %+v", s)
+	}
+	r = ctl(t, nil, "--dataplane", addr, "status", "-o", "yaml").expect(t, 0)
+	var ys Status
+	if err := yaml.Unmarshal([]byte(r.stdout), &ys); err != nil || !reflect.DeepEqual(ys, s) {
+		t.Errorf("yaml status %+v %v", ys, err)
+	}
+	r = ctl(t, nil, "--dataplane", addr, "status").expect(t, 0)
+	for _, s := range []string{"dp1", "[::]:5678", "4o6", "MTU 1500", "(connected)", "5.0 GiB", "queue_full 1", "every 20s"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("status table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+
+	// No drops: {} rather than null.
+	dp := newDataplane("dp2")
+	dp.status.Drops = nil
+	addr2 := serve(t, nil, dp)
+	r = ctl(t, nil, "--dataplane", addr2, "status", "-o", "json").expect(t, 0)
+	if !strings.Contains(r.stdout, `"drops": {}`) {
+		t.Errorf("empty drops: %s", r.stdout)
+	}
+}
+
+func TestSessionsList(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, nil, newDataplane("dp1"))
+	r := ctl(t, nil, "--dataplane", addr, "sessions", "list", "-o", "json").expect(t, 0)
+	var raw []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatal(err)
+	}
+	want := sorted("ipv4", "ipv6", "port", "session", "state", "connected_since", "last_heard",
+		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "send_queue")
+	if len(raw) != 3 || !reflect.DeepEqual(keysOf(raw[0]), want) {
+		t.Fatalf("sessions %v", raw)
+	}
+	var ss []Session
+	_ = json.Unmarshal([]byte(r.stdout), &ss)
+	wantFirst := Session{IPv4: "13.8.0.2", IPv6: "fd00:46::2", Port: 51234, Session: "s-2", State: "leased",
+		ConnectedSince: "2025-03-01T10:00:00Z", LastHeard: "2025-03-01T10:05:07Z",
+		Counters: Counters{BytesFromClient: 11, PacketsFromClient: 1, BytesToClient: 22, PacketsToClient: 2}, SendQueue: 3}
+	if ss[0] != wantFirst || ss[1].State != "closing" || ss[2].State != "accepted" || ss[2].IPv4 != "" || ss[1].LastHeard != "" {
+		t.Errorf("sessions %+v", ss)
+	}
+	r = ctl(t, nil, "--dataplane", addr, "sessions", "list", "-o", "yaml").expect(t, 0)
+	var ys []Session
+	if err := yaml.Unmarshal([]byte(r.stdout), &ys); err != nil || !reflect.DeepEqual(ys, ss) {
+		t.Errorf("yaml sessions %+v %v", ys, err)
+	}
+	r = ctl(t, nil, "--dataplane", addr, "sessions", "list").expect(t, 0)
+	for _, s := range []string{"STATE", "13.8.0.2", "fd00:46::9", "leased", "accepted", "closing"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("sessions table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	r = ctl(t, nil, "--dataplane", serve(t, nil, &fakeDataplane{}), "sessions", "list", "-o", "json").expect(t, 0)
+	if strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("no sessions: %q", r.stdout)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, newController(), nil)
+	r := ctl(t, nil, "--controller", addr, "version", "-o", "json").expect(t, 0)
+	var v map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v["client"] == "" || v["controller"] != "v1.2.3-test" || v["controller_address"] != addr {
+		t.Errorf("version %v", v)
+	}
+	if _, ok := v["controller_error"]; ok {
+		t.Errorf("controller_error present on success: %v", v)
+	}
+
+	// The controller down is not an error for version.
+	missing := "unix://" + filepath.Join(t.TempDir(), "none.sock")
+	r = ctl(t, nil, "--controller", missing, "version", "-o", "yaml").expect(t, 0)
+	var y Version
+	if err := yaml.Unmarshal([]byte(r.stdout), &y); err != nil || y.Controller != "" || y.Client == "" ||
+		!strings.Contains(y.ControllerError, "cannot reach controller at "+missing) {
+		t.Errorf("version with controller down: %+v %v", y, err)
+	}
+	r = ctl(t, nil, "--controller", missing, "version").expect(t, 0)
+	if !strings.Contains(r.stdout, "Client:") || !strings.Contains(r.stdout, "cannot reach") {
+		t.Errorf("version table: %q", r.stdout)
+	}
+}
+
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	missing := "unix://" + filepath.Join(t.TempDir(), "missing.sock")
+	tcp := freeTCPAddr(t)
+
+	cases := []struct {
+		args   []string
+		daemon string
+		addr   string
+		reason string
+	}{
+		{[]string{"--controller", missing, "clients", "list"}, "controller", missing, "no such file or directory"},
+		{[]string{"--controller", missing, "clients", "get", "13.8.0.2"}, "controller", missing, "no such file or directory"},
+		{[]string{"--controller", tcp, "pool", "show"}, "controller", tcp, "connection refused"},
+		{[]string{"--dataplane", missing, "status"}, "dataplane", missing, "no such file or directory"},
+		{[]string{"--dataplane", tcp, "sessions", "list"}, "dataplane", tcp, "connection refused"},
+	}
+	for _, c := range cases {
+		start := time.Now()
+		// A long timeout: failing must not wait for it.
+		r := ctl(t, nil, append([]string{"--timeout", "30s"}, c.args...)...).expect(t, 3)
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%v took %v", c.args, d)
+		}
+		want := "4over6ctl: cannot reach " + c.daemon + " at " + c.addr + ": " + c.reason + "\n"
+		if r.stderr != want || r.stdout != "" {
+			t.Errorf("%v:\nstderr %q\nwant   %q\nstdout %q", c.args, r.stderr, want, r.stdout)
+		}
+
+		r = ctl(t, nil, append([]string{"-o", "json"}, c.args...)...).expect(t, 3)
+		var e errorOutput
+		if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 3 ||
+			e.Error != strings.TrimSuffix(strings.TrimPrefix(want, "4over6ctl: "), "\n") {
+			t.Errorf("json error %q: %v", r.stderr, err)
+		}
+		if strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("json error is not one line: %q", r.stderr)
+		}
+
+		r = ctl(t, nil, append([]string{"-o", "yaml"}, c.args...)...).expect(t, 3)
+		var ye map[string]any
+		if err := yaml.Unmarshal([]byte(r.stderr), &ye); err != nil || ye["code"] != 3 || !strings.Contains(ye["error"].(string), c.addr) {
+			t.Errorf("yaml error %q: %v", r.stderr, err)
+		}
+	}
+}
+
+func TestDaemonErrors(t *testing.T) {
+	t.Parallel()
+	// Reachable but too slow: exit 1, not 3.
+	slow := newController()
+	slow.hang = true
+	r := ctl(t, nil, "--controller", serve(t, slow, nil), "--timeout", "300ms", "pool", "show").expect(t, 1)
+	if !strings.Contains(r.stderr, "did not answer within 300ms") {
+		t.Errorf("slow: %q", r.stderr)
+	}
+	// A daemon error: exit 1 with its message.
+	broken := newController()
+	broken.pool = nil
+	r = ctl(t, nil, "--controller", serve(t, broken, nil), "pool", "show").expect(t, 1)
+	if !strings.Contains(r.stderr, "pool store is broken") {
+		t.Errorf("internal: %q", r.stderr)
+	}
+	// The wrong daemon (a data plane where the controller should be).
+	r = ctl(t, nil, "--controller", serve(t, nil, newDataplane("dp1")), "pool", "show").expect(t, 1)
+	if !strings.Contains(r.stderr, "does not implement") {
+		t.Errorf("unimplemented: %q", r.stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, newController(), newDataplane("dp1"))
+	for _, args := range [][]string{
+		{"--nope"},
+		{"clients", "list", "--nope"},
+		{"status", "--nope", "-o", "json"},
+		{"-o", "xml", "pool", "show"},
+		{"bogus"},
+		{"clients", "bogus"},
+		{"pool", "show", "extra"},
+		{"--timeout", "-1s", "pool", "show"},
+		{"--timeout", "soon", "pool", "show"},
+		{"--controller", "no-port", "pool", "show"},
+		{"--controller", "http://x:1", "clients", "list"},
+		{"--dataplane", "unix://", "status"},
+	} {
+		r := ctl(t, nil, append([]string{"--controller", addr, "--dataplane", addr}, args...)...).expect(t, 2)
+		if r.stdout != "" || r.stderr == "" {
+			t.Errorf("%v: stdout %q stderr %q", args, r.stdout, r.stderr)
+		}
+	}
+	r := ctl(t, nil, "clients", "list", "--nope").expect(t, 2)
+	if !strings.Contains(r.stderr, "--nope") {
+		t.Errorf("bad flag not named: %q", r.stderr)
+	}
+	// The error is in the format asked for, even when -o comes after the bad flag.
+	r = ctl(t, nil, "clients", "list", "--nope", "-o", "json").expect(t, 2)
+	var e errorOutput
+	if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 2 || !strings.Contains(e.Error, "--nope") {
+		t.Errorf("json usage error %q: %v", r.stderr, err)
+	}
+	r = ctl(t, nil, "-o", "xml", "pool", "show").expect(t, 2)
+	if !strings.Contains(r.stderr, `"xml"`) {
+		t.Errorf("bad -o: %q", r.stderr)
+	}
+	r = ctl(t, nil, "clinets").expect(t, 2)
+	if !strings.Contains(r.stderr, `did you mean "clients"`) {
+		t.Errorf("no suggestion: %q", r.stderr)
+	}
+	r = ctl(t, map[string]string{"FOUROVER6_CONTROLLER": "nonsense"}, "pool", "show").expect(t, 2)
+	if !strings.Contains(r.stderr, "$FOUROVER6_CONTROLLER") {
+		t.Errorf("bad env address: %q", r.stderr)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	r := ctl(t, nil, "--help").expect(t, 0)
+	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "--controller", "FOUROVER6_DATAPLANE",
+		"clients", "pool", "status", "sessions", "version"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("help lacks %q", s)
+		}
+	}
+	ctl(t, nil).expect(t, 0)
+	ctl(t, nil, "clients").expect(t, 0)
+	ctl(t, nil, "clients", "get", "--help").expect(t, 0)
+	if r := ctl(t, nil, "completion", "bash").expect(t, 0); !strings.Contains(r.stdout, "4over6ctl") {
+		t.Error("no bash completion")
+	}
+}
+
+// Addresses come from the flag, then the environment, then the default.
+func TestAddressResolution(t *testing.T) {
+	t.Parallel()
+	ca, cb := newController(), newController()
+	ca.version, cb.version = "A", "B"
+	addrA, addrB := serve(t, ca, newDataplane("dpA")), serve(t, cb, newDataplane("dpB"))
+
+	ctrlVersion := func(env map[string]string, args ...string) Version {
+		t.Helper()
+		r := ctl(t, env, append(args, "version", "-o", "json")...).expect(t, 0)
+		var v Version
+		if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	env := map[string]string{"FOUROVER6_CONTROLLER": addrB, "FOUROVER6_DATAPLANE": addrB}
+	if v := ctrlVersion(env, "--controller", addrA); v.Controller != "A" {
+		t.Errorf("flag did not win over env: %+v", v)
+	}
+	if v := ctrlVersion(env); v.Controller != "B" {
+		t.Errorf("env not used: %+v", v)
+	}
+	for _, e := range []map[string]string{nil, {"FOUROVER6_CONTROLLER": ""}} {
+		if v := ctrlVersion(e); v.ControllerAddress != "unix:///run/fourover6/controller.sock" {
+			t.Errorf("default not used: %+v", v)
+		}
+	}
+
+	dpID := func(env map[string]string, args ...string) string {
+		t.Helper()
+		r := ctl(t, env, append(args, "status", "-o", "json")...).expect(t, 0)
+		var s Status
+		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s.Dataplane
+	}
+	if id := dpID(env, "--dataplane", addrA); id != "dpA" {
+		t.Errorf("flag did not win over env: %q", id)
+	}
+	if id := dpID(env); id != "dpB" {
+		t.Errorf("env not used: %q", id)
+	}
+	if _, err := os.Stat("/run/fourover6/dataplane.sock"); os.IsNotExist(err) {
+		r := ctl(t, nil, "status").expect(t, 3)
+		if !strings.Contains(r.stderr, "at unix:///run/fourover6/dataplane.sock:") {
+			t.Errorf("default dataplane not used: %q", r.stderr)
+		}
+	}
+}
+
+// A command dials only the daemon it needs: a broken address of the other
+// one does not matter.
+func TestLazyDial(t *testing.T) {
+	t.Parallel()
+	addr := serve(t, newController(), newDataplane("dp1"))
+	ctl(t, nil, "--controller", addr, "--dataplane", "garbage", "clients", "list").expect(t, 0)
+	ctl(t, map[string]string{"FOUROVER6_DATAPLANE": "garbage"}, "--controller", addr, "pool", "show").expect(t, 0)
+	ctl(t, nil, "--dataplane", addr, "--controller", "garbage", "status").expect(t, 0)
+	ctl(t, map[string]string{"FOUROVER6_CONTROLLER": "garbage"}, "--dataplane", addr, "sessions", "list").expect(t, 0)
+}
+
+func TestHelpers(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+	for d, want := range map[time.Duration]string{-time.Second: "0s", 42 * time.Second: "42s", 312 * time.Second: "5m12s",
+		3*time.Hour + 4*time.Minute: "3h4m", 51 * time.Hour: "2d3h"} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+	for args, want := range map[string]string{"": "table", "-o json": "json", "-ojson": "json", "-o=yaml": "yaml",
+		"--output yaml": "yaml", "--output=json -o yaml": "yaml", "-- -o json": "table", "--nope --output": "table"} {
+		if got := outputArg(strings.Fields(args), "table"); got != want {
+			t.Errorf("outputArg(%q) = %q, want %q", args, got, want)
+		}
+	}
+	for msg, want := range map[string]string{
+		`connection error: desc = "transport: Error while dialing: dial unix /x.sock: connect: no such file or directory"`: "no such file or directory",
+		`connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`:     "connection refused",
+		`connection closed before server preface received`:                                                                 "connection closed before server preface received",
+		`connection error: desc = "transport: something: odd thing"`:                                                       "odd thing",
+	} {
+		if got := connectReason(msg); got != want {
+			t.Errorf("connectReason(%q) = %q, want %q", msg, got, want)
+		}
+	}
+}
+
+// A listener that accepts connections but never speaks gRPC: the connection
+// never becomes ready, so running out of time means "unreachable" (3).
+func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	r := ctl(t, nil, "--controller", l.Addr().String(), "--timeout", "300ms", "pool", "show").expect(t, 3)
+	want := "4over6ctl: cannot reach controller at " + l.Addr().String() + ": "
+	if !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("stderr %q, want prefix %q", r.stderr, want)
+	}
+}

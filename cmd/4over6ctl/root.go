@@ -1,0 +1,417 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/cmd/internal/version"
+)
+
+// Exit codes. They are part of the CLI's contract: scripts rely on them.
+const (
+	exitOK          = 0 // success
+	exitError       = 1 // any other error
+	exitUsage       = 2 // bad arguments or flags
+	exitUnreachable = 3 // a daemon could not be reached
+	exitNotFound    = 4 // the daemon answered NOT_FOUND
+)
+
+const exitCodesHelp = `Exit codes:
+  0  success
+  1  other error (the daemon answered with an error, a timeout on an open connection, ...)
+  2  bad arguments or flags (unknown flag or command, invalid ADDR, bad -o value)
+  3  daemon unreachable (no socket, connection refused, connect timeout)
+  4  not found (e.g. clients get ADDR for an address nobody holds)`
+
+// Annotation key naming the daemons a command talks to (comma separated).
+// The root's PersistentPreRunE dials exactly these and nothing else.
+const needsAnnotation = "fourover6.io/needs"
+
+const (
+	needController = "controller"
+	needDataplane  = "dataplane"
+)
+
+// daemon is one gRPC server the CLI may talk to.
+type daemon struct {
+	name   string // "controller" or "dataplane"; also the flag name
+	envVar string
+	def    string
+
+	flagValue string // bound to --<name>
+
+	// Set by connect.
+	addr   string // as resolved, before parsing
+	source string // where addr came from: "--controller", "$FOUROVER6_CONTROLLER", "default"
+	ep     endpoint.Endpoint
+	conn   *grpc.ClientConn
+}
+
+// app is one invocation of the CLI. Nothing is global, so tests can run many
+// in parallel.
+type app struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	now            func() time.Time
+
+	output  string // -o as given
+	format  format // -o once validated
+	timeout time.Duration
+
+	controller *daemon
+	dataplane  *daemon
+}
+
+func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	return &app{
+		stdout: stdout,
+		stderr: stderr,
+		getenv: getenv,
+		now:    time.Now,
+		controller: &daemon{
+			name:   "controller",
+			envVar: "FOUROVER6_CONTROLLER",
+			def:    "unix:///run/fourover6/controller.sock",
+		},
+		dataplane: &daemon{
+			name:   "dataplane",
+			envVar: "FOUROVER6_DATAPLANE",
+			def:    "unix:///run/fourover6/dataplane.sock",
+		},
+	}
+}
+
+// run is the whole CLI: it parses args, runs the command and returns the
+// process exit code. Errors are printed to stderr in the -o format.
+func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	a := newApp(stdout, stderr, getenv)
+	root := a.rootCommand()
+	root.SetArgs(args)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd, err := root.ExecuteContextC(ctx)
+	a.closeConns()
+	if err == nil {
+		return exitOK
+	}
+	ce := asCLIError(err)
+	a.printError(cmd, args, ce)
+	return ce.code
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "4over6ctl",
+		Short: "Inspect a fourover6 controller and its data planes",
+		Long: `4over6ctl talks gRPC to the fourover6 controller (clients, pool, version)
+and to one data plane (status, sessions).
+
+Addresses are unix:///path/to.sock or host:port. Each is taken from its flag,
+else from the environment, else the default:
+  --controller  $FOUROVER6_CONTROLLER  unix:///run/fourover6/controller.sock
+  --dataplane   $FOUROVER6_DATAPLANE   unix:///run/fourover6/dataplane.sock
+A command connects only to the daemon it needs.
+
+Output: -o table (default, for people), -o json or -o yaml (stable, for
+scripts; see the README's "JSON output"). Errors go to stderr in the same
+format: {"error":"...","code":N}.
+
+` + exitCodesHelp,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		Args:              noSubcommand,
+		RunE:              showHelp,
+		PersistentPreRunE: a.preRun,
+	}
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return usageError(err.Error())
+	})
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.controller.flagValue, "controller", "",
+		"controller address, unix:///path or host:port (default $FOUROVER6_CONTROLLER, else "+a.controller.def+")")
+	pf.StringVar(&a.dataplane.flagValue, "dataplane", "",
+		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+")")
+	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
+	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none)")
+	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return formatNames, cobra.ShellCompDirectiveNoFileComp
+	})
+
+	root.AddCommand(
+		a.clientsCommand(),
+		a.poolCommand(),
+		a.statusCommand(),
+		a.sessionsCommand(),
+		a.versionCommand(),
+	)
+	return root
+}
+
+// groupCommand is a command that only holds subcommands: alone it prints
+// its help, with an unknown subcommand it is a usage error.
+func groupCommand(use, short string, subs ...*cobra.Command) *cobra.Command {
+	c := &cobra.Command{Use: use, Short: short, Args: noSubcommand, RunE: showHelp}
+	c.AddCommand(subs...)
+	return c
+}
+
+func showHelp(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+
+// noSubcommand rejects any positional argument of a group command (cobra
+// would otherwise print the help and exit 0 for "clients bogus").
+func noSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	return usageError(msg)
+}
+
+// exactArgs is cobra.ExactArgs with a usage error (exit 2).
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			plural := "s"
+			if len(names) == 1 {
+				plural = ""
+			}
+			return usageErrorf("%q takes %d argument%s (%s), got %d", cmd.CommandPath(), len(names), plural, strings.Join(names, " "), len(args))
+		}
+		return nil
+	}
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%q takes no arguments, got %q", cmd.CommandPath(), args[0])
+	}
+	return nil
+}
+
+func needs(cmd *cobra.Command, daemons ...string) *cobra.Command {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[needsAnnotation] = strings.Join(daemons, ",")
+	return cmd
+}
+
+// preRun validates the global flags and dials the daemons the command needs.
+func (a *app) preRun(cmd *cobra.Command, _ []string) error {
+	f, err := parseFormat(a.output)
+	if err != nil {
+		return err
+	}
+	a.format = f
+	if a.timeout < 0 {
+		return usageErrorf("invalid --timeout %v: must not be negative", a.timeout)
+	}
+	for _, n := range strings.Split(cmd.Annotations[needsAnnotation], ",") {
+		switch n {
+		case needController:
+			err = a.connect(cmd.Flags(), a.controller)
+		case needDataplane:
+			err = a.connect(cmd.Flags(), a.dataplane)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resolve picks a daemon's address: flag, then environment, then default.
+func (a *app) resolve(flags *pflag.FlagSet, d *daemon) {
+	switch {
+	case flags.Changed(d.name):
+		d.addr, d.source = d.flagValue, "--"+d.name
+	case a.getenv(d.envVar) != "":
+		d.addr, d.source = a.getenv(d.envVar), "$"+d.envVar
+	default:
+		d.addr, d.source = d.def, "default"
+	}
+}
+
+// connect resolves and parses a daemon's address and creates its client
+// connection. grpc.NewClient does not connect: the first RPC does, and fails
+// fast (no WaitForReady) when nothing listens there.
+func (a *app) connect(flags *pflag.FlagSet, d *daemon) error {
+	if d.conn != nil {
+		return nil
+	}
+	a.resolve(flags, d)
+	ep, err := endpoint.Parse(d.addr)
+	if err != nil {
+		return usageErrorf("invalid %s address (from %s): %v", d.name, d.source, err)
+	}
+	d.ep = ep
+	opts, err := dialOptions(ep)
+	if err != nil {
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, ep, err)}
+	}
+	conn, err := grpc.NewClient(ep.Target(), opts...)
+	if err != nil {
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, ep, err)}
+	}
+	d.conn = conn
+	return nil
+}
+
+// dialOptions builds the gRPC dial options for one daemon. It is the single
+// place where transport security is chosen: for now every connection is
+// plaintext (unix sockets and loopback). TLS/mTLS (a later issue) plugs in
+// here, e.g. picking credentials from flags when !ep.IsLoopback().
+func dialOptions(ep endpoint.Endpoint) ([]grpc.DialOption, error) {
+	_ = ep
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUserAgent("4over6ctl/" + version.String()),
+	}, nil
+}
+
+func (a *app) closeConns() {
+	for _, d := range []*daemon{a.controller, a.dataplane} {
+		if d.conn != nil {
+			_ = d.conn.Close()
+			d.conn = nil
+		}
+	}
+}
+
+// callContext bounds one command's requests by --timeout.
+func (a *app) callContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if a.timeout > 0 {
+		return context.WithTimeout(ctx, a.timeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+// cliError is an error with its exit code.
+type cliError struct {
+	code  int
+	msg   string
+	usage bool // print a hint to --help in table mode
+}
+
+func (e *cliError) Error() string { return e.msg }
+
+func usageError(msg string) error { return &cliError{code: exitUsage, msg: msg, usage: true} }
+
+func usageErrorf(format string, args ...any) error {
+	return usageError(fmt.Sprintf(format, args...))
+}
+
+func asCLIError(err error) *cliError {
+	var ce *cliError
+	if errors.As(err, &ce) {
+		return ce
+	}
+	msg := err.Error()
+	// Errors cobra builds itself (e.g. in its help and completion commands).
+	if strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
+		strings.HasPrefix(msg, "invalid argument") || strings.Contains(msg, "required flag") {
+		return &cliError{code: exitUsage, msg: msg, usage: true}
+	}
+	if errors.Is(err, context.Canceled) {
+		return &cliError{code: exitError, msg: "interrupted"}
+	}
+	return &cliError{code: exitError, msg: msg}
+}
+
+// rpcError turns the error of a call to d into a cliError with the right
+// exit code and a one-line message naming the daemon and its address.
+func (a *app) rpcError(d *daemon, err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, context.Canceled) {
+			return &cliError{code: exitError, msg: "interrupted"}
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, d.ep, err)}
+	}
+	// The connection never became ready: the daemon is unreachable. Once it
+	// is ready, Unavailable or DeadlineExceeded came from the daemon itself.
+	ready := d.conn != nil && d.conn.GetState() == connectivity.Ready
+	switch st.Code() {
+	case codes.Unavailable:
+		if !ready {
+			return a.unreachable(d, connectReason(st.Message()))
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: unavailable: %s", d.name, d.ep, st.Message())}
+	case codes.DeadlineExceeded:
+		if !ready {
+			return a.unreachable(d, fmt.Sprintf("no connection within %v", a.timeout))
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, d.ep, a.timeout)}
+	case codes.NotFound:
+		return &cliError{code: exitNotFound, msg: st.Message()}
+	case codes.InvalidArgument:
+		return &cliError{code: exitUsage, msg: fmt.Sprintf("%s at %s: %s", d.name, d.ep, st.Message())}
+	case codes.Unimplemented:
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s does not implement this request (is it a fourover6 %s of a matching version?): %s", d.name, d.ep, d.name, st.Message())}
+	case codes.Canceled:
+		return &cliError{code: exitError, msg: "interrupted"}
+	}
+	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, d.ep, strings.ToLower(st.Code().String()), st.Message())}
+}
+
+func (a *app) unreachable(d *daemon, reason string) error {
+	return &cliError{code: exitUnreachable, msg: fmt.Sprintf("cannot reach %s at %s: %s", d.name, d.ep, reason)}
+}
+
+// connectReason reduces gRPC's connection error text, e.g.
+//
+//	connection error: desc = "transport: Error while dialing: dial unix /x.sock: connect: no such file or directory"
+//
+// to its cause ("no such file or directory").
+func connectReason(msg string) string {
+	for _, s := range []string{
+		"no such file or directory", "connection refused", "permission denied",
+		"network is unreachable", "no route to host", "connection reset by peer",
+		"connection timed out", "i/o timeout", "host is down", "no such host",
+	} {
+		if strings.Contains(msg, s) {
+			return s
+		}
+	}
+	msg = strings.TrimSuffix(strings.TrimSpace(msg), `"`)
+	if i := strings.LastIndex(msg, ": "); i >= 0 && i+2 < len(msg) {
+		return msg[i+2:]
+	}
+	return msg
+}

@@ -1,0 +1,141 @@
+// Package table is the client table as the operator sees it: one row per
+// leased IPv4 address, created when the address is leased, refreshed by the
+// data plane's session reports and deleted when the lease is released.
+package table
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Counters of one session. "From client" is 102 traffic (client to the IPv4
+// side), "to client" is 103 traffic.
+type Counters struct {
+	BytesFromClient   uint64
+	PacketsFromClient uint64
+	BytesToClient     uint64
+	PacketsToClient   uint64
+}
+
+// Row is one client.
+type Row struct {
+	Addr        netip.Addr
+	ClientIPv6  netip.Addr
+	ClientPort  uint16
+	DataplaneID string
+	SessionID   string
+	LeasedAt    time.Time // when the controller leased Addr
+	ConnectedAt time.Time // when the client connected, per its data plane
+	LastHeard   time.Time // last message from the client, per its data plane
+	Counters    Counters
+}
+
+// Update is what a session report changes in a row. Zero fields are left
+// alone, so a report that lacks a value does not erase what is known.
+type Update struct {
+	ClientIPv6  netip.Addr
+	ClientPort  uint16
+	ConnectedAt time.Time
+	LastHeard   time.Time
+	Counters    Counters
+}
+
+// Filter selects rows in List. The zero Filter selects all.
+type Filter struct {
+	DataplaneID string
+}
+
+// Table is safe for concurrent use.
+type Table struct {
+	mu   sync.RWMutex
+	rows map[netip.Addr]*Row
+}
+
+// New returns an empty table.
+func New() *Table {
+	return &Table{rows: make(map[netip.Addr]*Row)}
+}
+
+// Insert adds r, replacing any row for the same address.
+func (t *Table) Insert(r Row) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.rows[r.Addr] = &r
+}
+
+// Update applies u to the row for addr, only if that row belongs to the same
+// data plane and session: a late report from a session that has since lost
+// the address must not overwrite its new holder. It reports whether a row
+// was updated.
+func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r, ok := t.rows[addr]
+	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
+		return false
+	}
+	if u.ClientIPv6.IsValid() {
+		r.ClientIPv6 = u.ClientIPv6
+	}
+	if u.ClientPort != 0 {
+		r.ClientPort = u.ClientPort
+	}
+	if !u.ConnectedAt.IsZero() {
+		r.ConnectedAt = u.ConnectedAt
+	}
+	// The data plane's clock is the authority on when its client was heard,
+	// even if it lags the controller's clock that set the initial value.
+	if !u.LastHeard.IsZero() {
+		r.LastHeard = u.LastHeard
+	}
+	r.Counters = u.Counters
+	return true
+}
+
+// Delete removes the row for addr if it belongs to that data plane and
+// session, and reports whether it did.
+func (t *Table) Delete(addr netip.Addr, dataplaneID, sessionID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r, ok := t.rows[addr]
+	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
+		return false
+	}
+	delete(t.rows, addr)
+	return true
+}
+
+// Get returns a copy of the row for addr.
+func (t *Table) Get(addr netip.Addr) (Row, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	r, ok := t.rows[addr]
+	if !ok {
+		return Row{}, false
+	}
+	return *r, true
+}
+
+// List returns copies of the selected rows, sorted by address.
+func (t *Table) List(f Filter) []Row {
+	t.mu.RLock()
+	out := make([]Row, 0, len(t.rows))
+	for _, r := range t.rows {
+		if f.DataplaneID != "" && r.DataplaneID != f.DataplaneID {
+			continue
+		}
+		out = append(out, *r)
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Row) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// Len returns the number of rows.
+func (t *Table) Len() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.rows)
+}
