@@ -29,6 +29,9 @@ type Status struct {
 	KeepaliveTimeout    time.Duration
 }
 
+// ID is the data plane's name.
+func (d *Dataplane) ID() string { return d.cfg.ID }
+
 // Status returns a snapshot.
 func (d *Dataplane) Status() Status {
 	st := Status{

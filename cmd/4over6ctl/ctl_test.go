@@ -427,7 +427,7 @@ func TestSessionsList(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatal(err)
 	}
-	want := sorted("ipv4", "ipv6", "port", "session", "state", "connected_since", "last_heard",
+	want := sorted("ipv4", "ipv6", "port", "session", "dataplane", "state", "connected_since", "last_heard",
 		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "send_queue")
 	if len(raw) != 3 || !reflect.DeepEqual(keysOf(raw[0]), want) {
 		t.Fatalf("sessions %v", raw)

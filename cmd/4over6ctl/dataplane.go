@@ -111,6 +111,7 @@ func sessionFromProto(s *dpv1.Session) Session {
 		IPv6:           s.GetClientIpv6(),
 		Port:           s.GetClientPort(),
 		Session:        s.GetSessionId(),
+		Dataplane:      s.GetDataplaneId(),
 		State:          sessionState(s.GetState()),
 		ConnectedSince: timestamp(s.GetConnectedAt()),
 		LastHeard:      timestamp(s.GetLastHeard()),

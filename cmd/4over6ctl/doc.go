@@ -59,7 +59,7 @@
 // waiting to be sent.
 //
 //	{"ipv4":"13.8.0.2", "ipv6":"fd00:46::2", "port":51234, "session":"s-2",
-//	 "state":"leased", "connected_since":"...", "last_heard":"...",
+//	 "dataplane":"dp1", "state":"leased", "connected_since":"...", "last_heard":"...",
 //	 "bytes_from_client":0, "packets_from_client":0, "bytes_to_client":0,
 //	 "packets_to_client":0, "send_queue":0}
 //

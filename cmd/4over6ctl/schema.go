@@ -73,7 +73,8 @@ type Session struct {
 	IPv6           string `json:"ipv6" yaml:"ipv6"`
 	Port           uint32 `json:"port" yaml:"port"`
 	Session        string `json:"session" yaml:"session"`
-	State          string `json:"state" yaml:"state"` // "accepted", "leased", "closing" ("unknown")
+	Dataplane      string `json:"dataplane" yaml:"dataplane"` // data plane id
+	State          string `json:"state" yaml:"state"`         // "accepted", "leased", "closing" ("unknown")
 	ConnectedSince string `json:"connected_since" yaml:"connected_since"`
 	LastHeard      string `json:"last_heard" yaml:"last_heard"`
 	Counters       `yaml:",inline"`

@@ -51,8 +51,10 @@ func (s *Server) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetSt
 
 // ListSessions implements dpv1.DataplaneServiceServer.
 func (s *Server) ListSessions(_ *dpv1.ListSessionsRequest, stream grpc.ServerStreamingServer[dpv1.ListSessionsResponse]) error {
+	id := s.dp.ID()
 	for _, in := range s.dp.Sessions() {
 		sess := &dpv1.Session{
+			DataplaneId: id,
 			SessionId:   in.ID,
 			State:       state(in.State),
 			Address:     addrString(in.Addr.String(), in.Addr.IsValid()),

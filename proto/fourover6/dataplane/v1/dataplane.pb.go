@@ -508,7 +508,9 @@ type Session struct {
 	LastHeard   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_heard,json=lastHeard,proto3" json:"last_heard,omitempty"`
 	Counters    *Counters              `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
 	// Messages waiting in the session's send queue.
-	SendQueue     uint32 `protobuf:"varint,9,opt,name=send_queue,json=sendQueue,proto3" json:"send_queue,omitempty"`
+	SendQueue uint32 `protobuf:"varint,9,opt,name=send_queue,json=sendQueue,proto3" json:"send_queue,omitempty"`
+	// The data plane serving the session.
+	DataplaneId   string `protobuf:"bytes,10,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +608,13 @@ func (x *Session) GetSendQueue() uint32 {
 	return 0
 }
 
+func (x *Session) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
 var File_fourover6_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
@@ -648,7 +657,7 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x11bytes_from_client\x18\x01 \x01(\x04R\x0fbytesFromClient\x12.\n" +
 	"\x13packets_from_client\x18\x02 \x01(\x04R\x11packetsFromClient\x12&\n" +
 	"\x0fbytes_to_client\x18\x03 \x01(\x04R\rbytesToClient\x12*\n" +
-	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\x97\x03\n" +
+	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\xba\x03\n" +
 	"\aSession\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12:\n" +
@@ -663,7 +672,9 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"last_heard\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12<\n" +
 	"\bcounters\x18\b \x01(\v2 .fourover6.dataplane.v1.CountersR\bcounters\x12\x1d\n" +
 	"\n" +
-	"send_queue\x18\t \x01(\rR\tsendQueue*~\n" +
+	"send_queue\x18\t \x01(\rR\tsendQueue\x12!\n" +
+	"\fdataplane_id\x18\n" +
+	" \x01(\tR\vdataplaneId*~\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SESSION_STATE_ACCEPTED\x10\x01\x12\x18\n" +
