@@ -1,0 +1,485 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/tun"
+	"github.com/fourover6/fourover6/dataplane/wire"
+)
+
+// Reasons a session ends, for the disconnect log line.
+var (
+	errServerClosed = errors.New("server closed the connection")
+	errStopping     = errors.New("client stopping")
+)
+
+// dialError marks a session that never connected, for the log.
+type dialError struct{ error }
+
+func (e *dialError) Unwrap() error { return e.error }
+
+// client owns the TUN for its whole life and runs one session (one TCP
+// connection) at a time over it.
+//
+// Goroutines: run (control: dial, lease, routes, reconnect; the only one that
+// touches netlink, because netlink acts on the calling thread's network
+// namespace), tunLoop (TUN -> 102, for the client's lifetime) and, per
+// session, readLoop (server -> TUN) and keepaliveLoop (104s).
+type client struct {
+	cfg   config
+	log   *slog.Logger
+	epoch time.Time // origin of the monotonic timestamps in session.heard
+
+	dev tun.Device
+	ns  netState
+
+	// cur is the leased session the TUN reader sends to; nil while there is
+	// none (packets are then dropped: the kernel retransmits what matters).
+	cur atomic.Pointer[session]
+
+	stats stats
+
+	// Seams for tests.
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	backoff *backoff
+
+	// Used by tunLoop only: reused for every batch.
+	out [][]byte
+	nb  net.Buffers
+}
+
+// stats are cumulative over the client's life.
+type stats struct {
+	up, upDropped     atomic.Uint64 // TUN -> 102
+	down, downDropped atomic.Uint64 // 103 -> TUN
+}
+
+func newClient(cfg config, log *slog.Logger) *client {
+	d := &net.Dialer{}
+	return &client{
+		cfg:     cfg,
+		log:     log,
+		epoch:   time.Now(),
+		ns:      netState{log: log, ifName: cfg.tunName, mtu: cfg.mtu, resolvConf: cfg.resolvConf},
+		dial:    d.DialContext,
+		backoff: newBackoff(cfg.reconnectMin, cfg.reconnectMax),
+	}
+}
+
+// now is a monotonic timestamp, cheap enough for every message.
+func (c *client) now() int64 { return int64(time.Since(c.epoch)) }
+
+// run creates the TUN and keeps a session up until ctx is done (or, with
+// --once, until the first session ends). It returns nil when stopped by ctx,
+// and the reason otherwise.
+//
+// run must be called on the thread whose network namespace the client should
+// configure (any thread, in a normal process): every netlink call happens on
+// this goroutine.
+func (c *client) run(parent context.Context) (err error) {
+	dev, err := tun.Open(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend})
+	if err != nil {
+		return err
+	}
+	c.dev = dev
+	c.ns.ifName = dev.Name()
+
+	// A failing TUN ends the client with that cause.
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	tunDone := make(chan struct{})
+	go func() {
+		defer close(tunDone)
+		if err := c.tunLoop(); err != nil {
+			cancel(err)
+		}
+	}()
+	defer func() {
+		// Undo in reverse: routes and DNS while the TUN still exists, then
+		// the TUN itself (which also ends tunLoop).
+		c.cleanup()
+		if cerr := dev.Close(); cerr != nil && !tun.IsClosed(cerr) {
+			c.log.Warn("close TUN", "err", cerr)
+		}
+		<-tunDone
+		if cause := context.Cause(ctx); err == nil && parent.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
+	}()
+
+	for {
+		start := time.Now()
+		leased, err := c.session(ctx)
+		level := slog.LevelWarn
+		if ctx.Err() != nil {
+			level = slog.LevelInfo
+		}
+		msg := "disconnected"
+		if _, ok := errors.AsType[*dialError](err); ok {
+			msg = "connect failed"
+		}
+		c.log.Log(context.Background(), level, msg, "reason", err.Error(), "leased", leased,
+			"duration", time.Since(start).Round(time.Millisecond).String(),
+			"up_packets", c.stats.up.Load(), "down_packets", c.stats.down.Load(),
+			"up_dropped", c.stats.upDropped.Load(), "down_dropped", c.stats.downDropped.Load())
+		if ctx.Err() != nil {
+			return nil // stopped; the deferred function reports a TUN failure
+		}
+		// Give the host its own default route back while reconnecting, so
+		// IPv4 keeps working (outside the tunnel) instead of black-holing.
+		if werr := c.ns.withdraw(); werr != nil {
+			c.log.Warn("remove routes", "err", werr)
+		}
+		if c.cfg.once {
+			return err
+		}
+		// Back to the shortest delay only after a session that had a lease and
+		// lasted: a server that leases and then drops us at once must not be
+		// hammered at --reconnect-min.
+		if leased && time.Since(start) >= c.cfg.reconnectMax {
+			c.backoff.reset()
+		}
+		d := c.backoff.next()
+		c.log.Info("reconnecting", "delay", d.String())
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// cleanup restores everything the client changed on the host.
+func (c *client) cleanup() {
+	if err := c.ns.withdraw(); err != nil {
+		c.log.Warn("remove routes", "err", err)
+	}
+	if err := c.ns.restoreDNS(); err != nil {
+		c.log.Warn("restore DNS", "file", c.cfg.resolvConf, "err", err)
+	}
+}
+
+// session runs one connection: 100 until a 101 arrives, apply it, then
+// carry traffic until the connection fails, the server falls silent or ctx
+// ends. It always returns a non-nil reason; leased reports whether a 101 was
+// applied.
+func (c *client) session(ctx context.Context) (leased bool, err error) {
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.keepaliveTimeout)
+	conn, err := c.dial(dctx, "tcp6", c.cfg.server)
+	cancel()
+	if err != nil {
+		return false, &dialError{fmt.Errorf("connect to %s: %w", c.cfg.server, err)}
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		// Go sets it by default; say it anyway: each message must leave at once.
+		_ = tc.SetNoDelay(true)
+	}
+	c.log.Info("connected", "server", c.cfg.server, "local", conn.LocalAddr().String(), "remote", conn.RemoteAddr().String())
+
+	s := newSession(conn)
+	s.heard.Store(c.now())
+	s.wg.Add(1)
+	go c.readLoop(s)
+	defer func() {
+		// After this no goroutine of s runs: the caller may reconfigure.
+		c.cur.CompareAndSwap(s, nil)
+		s.close(errStopping)
+		s.wg.Wait()
+	}()
+
+	timeout := c.cfg.keepaliveTimeout
+	_ = s.write(wire.AddrRequest[:]) // a failure closes s: seen below
+	hello := time.NewTicker(c.cfg.helloResend)
+	defer hello.Stop()
+	giveUp := time.NewTimer(timeout)
+	defer giveUp.Stop()
+	// The watchdog runs once leased; before that giveUp bounds the wait.
+	watchdog := time.NewTimer(timeout)
+	watchdog.Stop()
+	defer watchdog.Stop()
+	helloC, giveUpC := hello.C, giveUp.C
+	var watchdogC <-chan time.Time
+
+	for {
+		select {
+		case <-ctx.Done():
+			s.close(errStopping)
+			return leased, errStopping
+
+		case <-s.done:
+			return leased, s.reason
+
+		case <-helloC:
+			_ = s.write(wire.AddrRequest[:])
+
+		case <-giveUpC:
+			s.close(fmt.Errorf("no 101 (address response) within %s", timeout))
+
+		case l := <-s.leases:
+			if leased && l.Addr == c.ns.addr {
+				// A repeated 101 for the same address: nothing to do.
+				c.log.Debug("repeated 101 ignored", "lease", l.String())
+				continue
+			}
+			if err := c.apply(s, l); err != nil {
+				s.close(fmt.Errorf("apply lease %s: %w", l.Addr, err))
+				continue
+			}
+			if !leased {
+				leased = true
+				helloC, giveUpC = nil, nil
+				hello.Stop()
+				giveUp.Stop()
+				c.cur.Store(s)
+				s.wg.Add(1)
+				go c.keepaliveLoop(s)
+				watchdog.Reset(timeout)
+				watchdogC = watchdog.C
+			}
+
+		case <-watchdogC:
+			// Fires when nothing may have been heard for timeout; re-armed
+			// for the rest of the window otherwise. One timer per session, no
+			// clock read per tick beyond this.
+			idle := time.Duration(c.now() - s.heard.Load())
+			if idle >= timeout {
+				s.close(fmt.Errorf("server silent for %s (keepalive timeout %s)", idle.Round(time.Millisecond), timeout))
+				continue
+			}
+			watchdog.Reset(timeout - idle)
+		}
+	}
+}
+
+// apply configures the TUN, routes and DNS for lease l (the first one of a
+// session, or a new address mid-session).
+func (c *client) apply(s *session, l lease) error {
+	// Stop delivering 103s for the old address while the TUN changes.
+	s.addr4.Store(0)
+	if err := c.ns.configure(l.Addr); err != nil {
+		return err
+	}
+	want := planRoutes(l, &c.cfg)
+	if err := c.ns.setRoutes(want, l.Addr); err != nil {
+		return err
+	}
+	if err := c.ns.writeDNS(l.DNS); err != nil {
+		// DNS is a convenience: the tunnel works without it.
+		c.log.Warn("write DNS servers", "file", c.cfg.resolvConf, "err", err)
+	}
+	s.addr4.Store(packet.Addr4(l.Addr))
+	routes := make([]string, len(want))
+	for i, p := range want {
+		routes[i] = p.String()
+	}
+	c.log.Info("lease", "addr", l.Addr.String(), "route", l.route.String(), "dns", dnsList(l.DNS),
+		"tun", c.ns.ifName, "mtu", c.cfg.mtu, "routes", routes)
+	return nil
+}
+
+// session is one TCP connection to the server.
+type session struct {
+	conn   net.Conn
+	leases chan lease // 101s, from readLoop to the control loop
+
+	// wmu makes each message one uninterrupted write: 102s from tunLoop and
+	// 104s from keepaliveLoop must never interleave on the stream.
+	wmu sync.Mutex
+
+	done      chan struct{}
+	closeOnce sync.Once
+	reason    error // why it ended; read after done is closed
+
+	heard atomic.Int64  // client.now() when the server was last heard from
+	addr4 atomic.Uint32 // leased address (packet.Addr4 form); 0 drops 103s
+
+	wg sync.WaitGroup // readLoop and keepaliveLoop
+}
+
+func newSession(conn net.Conn) *session {
+	return &session{conn: conn, leases: make(chan lease, 1), done: make(chan struct{})}
+}
+
+// close ends the session once, recording the first reason. Closing the
+// connection unblocks any reader or writer stuck on it.
+func (s *session) close(reason error) {
+	s.closeOnce.Do(func() {
+		s.reason = reason
+		close(s.done)
+		_ = s.conn.Close()
+	})
+}
+
+// write sends whole messages with one write.
+func (s *session) write(b []byte) error {
+	s.wmu.Lock()
+	_, err := s.conn.Write(b)
+	s.wmu.Unlock()
+	if err != nil {
+		s.close(fmt.Errorf("write: %w", err))
+	}
+	return err
+}
+
+// writeBatch sends several framed messages with one writev. nb is scratch
+// space owned by the caller, so no allocation happens here.
+func (s *session) writeBatch(msgs [][]byte, nb *net.Buffers) error {
+	if len(msgs) == 1 {
+		return s.write(msgs[0])
+	}
+	*nb = msgs
+	s.wmu.Lock()
+	_, err := nb.WriteTo(s.conn)
+	s.wmu.Unlock()
+	if err != nil {
+		s.close(fmt.Errorf("write: %w", err))
+	}
+	return err
+}
+
+// readLoop decodes the server's stream: 103 -> TUN, 101 -> control loop,
+// 104 and anything else only prove the server is alive.
+func (c *client) readLoop(s *session) {
+	defer s.wg.Done()
+	dec := wire.NewDecoder(s.conn, 0)
+	wb := make([][]byte, 1) // reused for every TUN write
+	gotLease := false
+	for {
+		m, err := dec.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errServerClosed
+			} else {
+				err = fmt.Errorf("read: %w", err)
+			}
+			s.close(err)
+			return
+		}
+		s.heard.Store(c.now())
+		switch m.Type {
+		case wire.TypeNetResponse:
+			c.down(s, wb, m.Data)
+		case wire.TypeAddrResponse:
+			l, err := parseLease(m.Data)
+			if err != nil {
+				if !gotLease {
+					// Nothing to run the tunnel with: fail, reconnect.
+					s.close(fmt.Errorf("bad 101: %w", err))
+					return
+				}
+				c.log.Warn("ignoring a bad 101 during the session", "err", err)
+				continue
+			}
+			gotLease = true
+			select {
+			case s.leases <- l:
+			case <-s.done:
+				return
+			}
+		case wire.TypeKeepalive:
+			// Liveness only, noted above.
+		default:
+			// Unknown types (forks send 105/106/199/200) are skipped by length.
+		}
+	}
+}
+
+// down writes the IPv4 packet of a 103 to the TUN. The packet is written
+// straight from the decoder's buffer (offset 0: the water backend needs no
+// headroom).
+func (c *client) down(s *session, wb [][]byte, p []byte) {
+	addr := s.addr4.Load()
+	total, prob := packet.CheckIPv4(p)
+	// Only packets for our address: the server sends nothing else, and a
+	// host with forwarding enabled must not route what a server injects.
+	if addr == 0 || prob != packet.OK || packet.Dst4(p) != addr {
+		c.stats.downDropped.Add(1)
+		return
+	}
+	wb[0] = p[:total]
+	if _, err := c.dev.Write(wb, 0); err != nil {
+		c.stats.downDropped.Add(1)
+		return
+	}
+	c.stats.down.Add(1)
+}
+
+// keepaliveLoop sends a 104 every --keepalive-interval. If the server stops
+// reading, the write blocks until the watchdog closes the connection.
+func (c *client) keepaliveLoop(s *session) {
+	defer s.wg.Done()
+	t := time.NewTicker(c.cfg.keepaliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			if s.write(wire.Keepalive[:]) != nil {
+				return
+			}
+		}
+	}
+}
+
+// tunLoop reads packets from the TUN for the client's lifetime and sends
+// them as 102 on the current session. Each buffer keeps wire.HeaderLen bytes
+// of headroom, so the header is written in place and the message goes out in
+// one write with no copy. It returns nil when the TUN is closed.
+func (c *client) tunLoop() error {
+	bs := max(c.dev.BatchSize(), 1)
+	bufs := make([][]byte, bs)
+	for i := range bufs {
+		bufs[i] = make([]byte, wire.HeaderLen+maxMTU)
+	}
+	sizes := make([]int, bs)
+	c.out = make([][]byte, 0, bs)
+	for {
+		n, err := c.dev.Read(bufs, sizes, wire.HeaderLen)
+		if err != nil {
+			if tun.IsClosed(err) {
+				return nil
+			}
+			return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
+		}
+		c.up(bufs[:n], sizes[:n])
+	}
+}
+
+// up frames a batch read from the TUN as 102s and sends it.
+func (c *client) up(bufs [][]byte, sizes []int) {
+	s := c.cur.Load()
+	out := c.out[:0]
+	for i, b := range bufs {
+		p := b[wire.HeaderLen : wire.HeaderLen+sizes[i]]
+		total, prob := packet.CheckIPv4(p)
+		if s == nil || prob != packet.OK {
+			// No session (reconnecting), or not IPv4 (IPv6 is disabled on
+			// the TUN, but a packet socket may still write anything).
+			c.stats.upDropped.Add(1)
+			continue
+		}
+		wire.PutHeader(b, wire.TypeNetRequest, total)
+		out = append(out, b[:wire.HeaderLen+total])
+	}
+	c.out = out[:0]
+	if len(out) == 0 {
+		return
+	}
+	if err := s.writeBatch(out, &c.nb); err != nil {
+		c.stats.upDropped.Add(uint64(len(out)))
+		return
+	}
+	c.stats.up.Add(uint64(len(out)))
+}
