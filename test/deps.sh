@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian machine, as
+# root: iproute2 (ip netns, veth), gcc (go test -race needs cgo), curl and
+# ping for the demo, and the tun module. Idempotent and quiet when all is
+# there already.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v curl >/dev/null || need+=(curl)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v modprobe >/dev/null || need+=(kmod)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing ${need[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+  echo "deps: Go is not on PATH (expected /usr/local/go/bin); the module needs Go 1.26" >&2
+  exit 1
+fi
+
+if [ ! -c /dev/net/tun ] && [ "$(id -u)" -eq 0 ]; then
+  modprobe tun 2>/dev/null || true
+  if [ ! -c /dev/net/tun ]; then
+    mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun
+  fi
+fi
