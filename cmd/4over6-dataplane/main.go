@@ -202,7 +202,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return fmt.Errorf("configure TUN %s: %w", dev.Name(), err)
 	}
 
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
 	if err != nil {
 		dev.Close()
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
@@ -284,4 +284,13 @@ func stopGRPC(gs *grpc.Server, grace time.Duration) {
 	case <-time.After(grace):
 		gs.Stop()
 	}
+}
+
+// listenNetwork keeps an IPv6 listener IPv6-only ("tcp6" sets IPV6_V6ONLY):
+// this is IPv4 over IPv6, and the controller leases to IPv6 clients only.
+func listenNetwork(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		return "tcp6"
+	}
+	return "tcp"
 }

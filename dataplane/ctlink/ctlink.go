@@ -52,7 +52,7 @@ func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplan
 func (l *Link) Allocate(ctx context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
 	resp, err := l.c.AllocateAddress(ctx, &cpv1.AllocateAddressRequest{
 		DataplaneId: r.DataplaneID, SessionId: r.SessionID,
-		ClientIpv6: r.Client.Addr().String(), ClientPort: uint32(r.Client.Port()),
+		ClientIpv6: addrString(r.Client.Addr()), ClientPort: uint32(r.Client.Port()),
 	})
 	if err != nil {
 		return wire.AddrResponse{}, mapErr("allocate", err)
@@ -90,7 +90,7 @@ func leaseToAddrResponse(l *cpv1.Lease) (wire.AddrResponse, error) {
 // Release implements dataplane.Controller.
 func (l *Link) Release(ctx context.Context, r dataplane.ReleaseRequest) error {
 	_, err := l.c.ReleaseAddress(ctx, &cpv1.ReleaseAddressRequest{
-		DataplaneId: r.DataplaneID, SessionId: r.SessionID, Address: r.Addr.String(), Reason: r.Reason,
+		DataplaneId: r.DataplaneID, SessionId: r.SessionID, Address: addrString(r.Addr), Reason: r.Reason,
 	})
 	return mapErr("release", err)
 }
@@ -100,8 +100,8 @@ func (l *Link) Report(ctx context.Context, id string, sessions []dataplane.Sessi
 	req := &cpv1.ReportSessionsRequest{DataplaneId: id, Sessions: make([]*cpv1.SessionReport, 0, len(sessions))}
 	for _, s := range sessions {
 		req.Sessions = append(req.Sessions, &cpv1.SessionReport{
-			SessionId: s.SessionID, Address: s.Addr.String(),
-			ClientIpv6: s.Client.Addr().String(), ClientPort: uint32(s.Client.Port()),
+			SessionId: s.SessionID, Address: addrString(s.Addr),
+			ClientIpv6: addrString(s.Client.Addr()), ClientPort: uint32(s.Client.Port()),
 			ConnectedAt: timestamppb.New(s.ConnectedAt), LastHeard: timestamppb.New(s.LastHeard),
 			Counters: &cpv1.Counters{
 				BytesFromClient: s.Counters.BytesFromClient, PacketsFromClient: s.Counters.PacketsFromClient,
@@ -130,4 +130,13 @@ func mapErr(op string, err error) error {
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrControllerUnavailable, st.Message())
 	}
 	return fmt.Errorf("%s: controller said %s: %s", op, st.Code(), st.Message())
+}
+
+// addrString renders an unset address as "" (netip prints "invalid IP"),
+// which the controller reads as "not given".
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

@@ -99,7 +99,10 @@ func DeleteRoute(ifName string, dst netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("find link %q: %w", ifName, err)
 	}
-	err = netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(dst)})
+	// The kernel deletes only a route of the scope asked for, unless that
+	// is "nowhere" (as ip route del sends): ReplaceRoute adds link-scope
+	// routes, and a zero (universe) scope would not match them.
+	err = netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(dst), Scope: netlink.SCOPE_NOWHERE})
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("delete route %s dev %s: %w", dst, ifName, err)
 	}

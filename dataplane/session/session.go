@@ -67,7 +67,8 @@ type Host interface {
 	Closed(s *Session, reason string)
 }
 
-// Config is shared by all sessions of a data plane.
+// Config is shared by all sessions of a data plane. Every field but the
+// durations and sizes is required.
 type Config struct {
 	Host   Host
 	TUN    tun.Device

@@ -23,7 +23,7 @@ func New(w io.Writer, o Options) (*slog.Logger, *slog.LevelVar, error) {
 	}
 	ho := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler
-	switch orDefault(o.Format, "text") {
+	switch strings.ToLower(orDefault(o.Format, "text")) {
 	case "text":
 		h = slog.NewTextHandler(w, ho)
 	case "json":

@@ -1,0 +1,460 @@
+package ctlink_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/fourover6/fourover6/controlplane/controller"
+	"github.com/fourover6/fourover6/controlplane/pool"
+	"github.com/fourover6/fourover6/controlplane/server"
+	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/ctlink"
+	"github.com/fourover6/fourover6/dataplane/session"
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+)
+
+var testDNS = [3]netip.Addr{
+	netip.MustParseAddr("202.38.120.242"),
+	netip.MustParseAddr("8.8.8.8"),
+	netip.MustParseAddr("202.106.0.20"),
+}
+
+// ctl is a real controller served over gRPC on a unix socket, and a Link to
+// it.
+type ctl struct {
+	link *ctlink.Link
+	ops  cpv1.ControllerServiceClient // the operators' view, to check what the link sent
+	sock string
+	stop func() // stops the gRPC server; idempotent
+}
+
+// startController serves the real controller (controlplane/controller behind
+// controlplane/server) on a unix socket in a temporary directory and dials it
+// the way the data plane does.
+func startController(t *testing.T, prefix, rng string) *ctl {
+	t.Helper()
+	r, err := pool.ParseRange(rng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(controller.Config{
+		Pool:    pool.Config{Prefix: netip.MustParsePrefix(prefix), Range: r},
+		DNS:     testDNS,
+		Version: "ctl-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "controller.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(server.Options(nil)...)
+	server.Register(gs, c)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		gs.Serve(ln)
+	}()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			gs.Stop()
+			<-served
+		}
+	}
+	t.Cleanup(stop)
+	cc := dial(t, sock)
+	return &ctl{link: ctlink.New(cc), ops: cpv1.NewControllerServiceClient(cc), sock: sock, stop: stop}
+}
+
+func dial(t *testing.T, sock string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// ctx bounds every call so that a hang fails the test instead of stalling it.
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+var client1 = netip.MustParseAddrPort("[2001:db8::2]:40001")
+
+func alloc(dp, sess string) dataplane.AllocateRequest {
+	return dataplane.AllocateRequest{DataplaneID: dp, SessionID: sess, Client: client1}
+}
+
+func TestRegister(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "")
+	info, err := c.link.Register(ctx(t), dataplane.Registration{DataplaneID: "dp1", Version: "v9", ClientListen: "[::]:5678"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Gateway != netip.MustParseAddr("13.8.0.1") {
+		t.Errorf("gateway = %s, want 13.8.0.1", info.Gateway)
+	}
+	if info.Pool != netip.MustParsePrefix("13.8.0.0/24") {
+		t.Errorf("pool = %s, want 13.8.0.0/24", info.Pool)
+	}
+	// An empty id is the caller's mistake: neither exhaustion nor an
+	// unreachable controller, and the controller's words are kept.
+	_, err = c.link.Register(ctx(t), dataplane.Registration{})
+	if err == nil || errors.Is(err, dataplane.ErrControllerUnavailable) || errors.Is(err, dataplane.ErrPoolExhausted) {
+		t.Fatalf("register with empty id: err = %v, want a plain error", err)
+	}
+	if !strings.Contains(err.Error(), "dataplane id is empty") || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Errorf("register with empty id: err = %q, want the controller's message and code", err)
+	}
+}
+
+func TestAllocate(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "")
+	resp, err := c.link.Allocate(ctx(t), alloc("dp1", "s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Addr != netip.MustParseAddr("13.8.0.2") {
+		t.Errorf("address = %s, want 13.8.0.2 (the first client address)", resp.Addr)
+	}
+	if resp.Route != netip.IPv4Unspecified() {
+		t.Errorf("route = %s, want 0.0.0.0", resp.Route)
+	}
+	if resp.DNS != testDNS {
+		t.Errorf("DNS = %v, want %v", resp.DNS, testDNS)
+	}
+
+	// Idempotent per session: a retry (say, after a lost reply) gets the
+	// same lease and does not use up another address.
+	again, err := c.link.Allocate(ctx(t), alloc("dp1", "s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != resp {
+		t.Errorf("repeated allocate = %v, want %v", again, resp)
+	}
+	other, err := c.link.Allocate(ctx(t), alloc("dp1", "s2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Addr != netip.MustParseAddr("13.8.0.3") {
+		t.Errorf("second session got %s, want 13.8.0.3", other.Addr)
+	}
+
+	// The link carried the client's address and port to the client table.
+	got, err := c.ops.GetClient(ctx(t), &cpv1.GetClientRequest{Address: "13.8.0.2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := got.GetClient()
+	if cl.GetClientIpv6() != client1.Addr().String() || cl.GetClientPort() != uint32(client1.Port()) ||
+		cl.GetDataplaneId() != "dp1" || cl.GetSessionId() != "s1" {
+		t.Errorf("client table row = %v, want %s dp1/s1", cl, client1)
+	}
+	pi, err := c.ops.GetPool(ctx(t), &cpv1.GetPoolRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pi.GetPool().GetLeased() != 2 {
+		t.Errorf("pool has %d leases, want 2", pi.GetPool().GetLeased())
+	}
+}
+
+func TestAllocateRejectsIPv4Client(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "")
+	_, err := c.link.Allocate(ctx(t), dataplane.AllocateRequest{
+		DataplaneID: "dp1", SessionID: "s1", Client: netip.MustParseAddrPort("192.0.2.1:4000"),
+	})
+	if err == nil {
+		t.Fatal("allocate for an IPv4 client succeeded; the controller wants IPv6 clients")
+	}
+	if errors.Is(err, dataplane.ErrControllerUnavailable) || errors.Is(err, dataplane.ErrPoolExhausted) {
+		t.Errorf("err = %v: an invalid argument is neither exhaustion nor unavailability", err)
+	}
+}
+
+func TestPoolExhausted(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "13.8.0.2-13.8.0.3")
+	for _, s := range []string{"s1", "s2"} {
+		if _, err := c.link.Allocate(ctx(t), alloc("dp1", s)); err != nil {
+			t.Fatalf("allocate %s: %v", s, err)
+		}
+	}
+	_, err := c.link.Allocate(ctx(t), alloc("dp1", "s3"))
+	if !errors.Is(err, dataplane.ErrPoolExhausted) {
+		t.Fatalf("third allocate from a pool of 2: err = %v, want ErrPoolExhausted", err)
+	}
+	if errors.Is(err, dataplane.ErrControllerUnavailable) {
+		t.Errorf("err = %v also matches ErrControllerUnavailable", err)
+	}
+	if !strings.Contains(err.Error(), "2 of 2") {
+		t.Errorf("err = %q: the controller's message (2 of 2 leased) is lost", err)
+	}
+	// Holders keep their leases: a retry of s1 still works.
+	if r, err := c.link.Allocate(ctx(t), alloc("dp1", "s1")); err != nil || r.Addr != netip.MustParseAddr("13.8.0.2") {
+		t.Fatalf("repeat for s1 on a full pool = %v, %v; want 13.8.0.2", r.Addr, err)
+	}
+}
+
+func TestReleaseThenAllocate(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "13.8.0.2-13.8.0.3")
+	a1, err := c.link.Allocate(ctx(t), alloc("dp1", "s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s3")); !errors.Is(err, dataplane.ErrPoolExhausted) {
+		t.Fatalf("allocate on a full pool: %v", err)
+	}
+	if err := c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a1.Addr, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ops.GetClient(ctx(t), &cpv1.GetClientRequest{Address: a1.Addr.String()}); status.Code(err) != codes.NotFound {
+		t.Errorf("released %s is still in the client table (err %v)", a1.Addr, err)
+	}
+	// A duplicate (or stale) release is harmless.
+	if err := c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a1.Addr, Reason: "again"}); err != nil {
+		t.Fatalf("duplicate release: %v", err)
+	}
+	a3, err := c.link.Allocate(ctx(t), alloc("dp1", "s3"))
+	if err != nil {
+		t.Fatalf("allocate after release: %v", err)
+	}
+	if a3.Addr != a1.Addr {
+		t.Errorf("after release got %s, want the freed %s", a3.Addr, a1.Addr)
+	}
+}
+
+func TestReport(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "")
+	a, err := c.link.Allocate(ctx(t), alloc("dp1", "s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Truncate(time.Second)
+	reps := []dataplane.SessionReport{
+		{SessionID: "s1", Addr: a.Addr, Client: client1, ConnectedAt: now.Add(-time.Minute), LastHeard: now,
+			Counters: session.Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}},
+		{SessionID: "ghost", Addr: netip.MustParseAddr("13.8.0.77"), Client: client1, ConnectedAt: now, LastHeard: now},
+		// Holds a lease, but not the address the data plane believes.
+		{SessionID: "s1-wrong", Addr: a.Addr, Client: client1, ConnectedAt: now, LastHeard: now},
+	}
+	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s1-wrong")); err != nil {
+		t.Fatal(err)
+	}
+	unknown, err := c.link.Report(ctx(t), "dp1", reps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(unknown)
+	if want := []string{"ghost", "s1-wrong"}; !slices.Equal(unknown, want) {
+		t.Errorf("unknown = %q, want %q", unknown, want)
+	}
+	got, err := c.ops.GetClient(ctx(t), &cpv1.GetClientRequest{Address: a.Addr.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := got.GetClient()
+	cn := cl.GetCounters()
+	if cn.GetBytesFromClient() != 100 || cn.GetPacketsFromClient() != 2 || cn.GetBytesToClient() != 300 || cn.GetPacketsToClient() != 4 {
+		t.Errorf("counters in the client table = %v, want 100/2/300/4", cn)
+	}
+	if !cl.GetLastHeard().AsTime().Equal(now) || !cl.GetConnectedAt().AsTime().Equal(now.Add(-time.Minute)) {
+		t.Errorf("times in the client table: connected %v heard %v, want %v and %v",
+			cl.GetConnectedAt().AsTime(), cl.GetLastHeard().AsTime(), now.Add(-time.Minute), now)
+	}
+
+	// A report from a data plane without leases names every session.
+	unknown, err = c.link.Report(ctx(t), "dp2", reps[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(unknown, []string{"s1"}) {
+		t.Errorf("report from another data plane: unknown = %q, want [s1]", unknown)
+	}
+	// An empty report is fine and names nothing.
+	if unknown, err := c.link.Report(ctx(t), "dp1", nil); err != nil || len(unknown) != 0 {
+		t.Errorf("empty report = %q, %v", unknown, err)
+	}
+}
+
+func TestControllerUnavailable(t *testing.T) {
+	t.Run("missing socket", func(t *testing.T) {
+		link := ctlink.New(dial(t, filepath.Join(t.TempDir(), "nobody-here.sock")))
+		_, err := link.Register(ctx(t), dataplane.Registration{DataplaneID: "dp1"})
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
+			t.Fatalf("register with no controller: err = %v, want ErrControllerUnavailable", err)
+		}
+		if errors.Is(err, dataplane.ErrPoolExhausted) {
+			t.Errorf("err = %v also matches ErrPoolExhausted", err)
+		}
+		_, err = link.Allocate(ctx(t), alloc("dp1", "s1"))
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
+			t.Errorf("allocate with no controller: err = %v, want ErrControllerUnavailable", err)
+		}
+	})
+	t.Run("stopped server", func(t *testing.T) {
+		c := startController(t, "13.8.0.0/24", "")
+		a, err := c.link.Allocate(ctx(t), alloc("dp1", "s1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.stop()
+		_, err = c.link.Allocate(ctx(t), alloc("dp1", "s2"))
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
+			t.Errorf("allocate after stop: err = %v, want ErrControllerUnavailable", err)
+		}
+		err = c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a.Addr})
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
+			t.Errorf("release after stop: err = %v, want ErrControllerUnavailable", err)
+		}
+		_, err = c.link.Report(ctx(t), "dp1", []dataplane.SessionReport{{SessionID: "s1", Addr: a.Addr, Client: client1}})
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
+			t.Errorf("report after stop: err = %v, want ErrControllerUnavailable", err)
+		}
+	})
+}
+
+// fakeLease answers LeaseService calls with whatever the test sets, to see
+// how the link treats responses and codes the real controller never sends.
+type fakeLease struct {
+	cpv1.UnimplementedLeaseServiceServer
+	reg   *cpv1.RegisterDataplaneResponse
+	lease *cpv1.Lease
+	err   error
+}
+
+func (f *fakeLease) RegisterDataplane(context.Context, *cpv1.RegisterDataplaneRequest) (*cpv1.RegisterDataplaneResponse, error) {
+	return f.reg, f.err
+}
+
+func (f *fakeLease) AllocateAddress(context.Context, *cpv1.AllocateAddressRequest) (*cpv1.AllocateAddressResponse, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &cpv1.AllocateAddressResponse{Lease: f.lease}, nil
+}
+
+func (f *fakeLease) ReleaseAddress(context.Context, *cpv1.ReleaseAddressRequest) (*cpv1.ReleaseAddressResponse, error) {
+	return &cpv1.ReleaseAddressResponse{}, f.err
+}
+
+func startFake(t *testing.T, f *fakeLease) *ctlink.Link {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "fake.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	cpv1.RegisterLeaseServiceServer(gs, f)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	return ctlink.New(dial(t, sock))
+}
+
+func TestErrorMapping(t *testing.T) {
+	cases := []struct {
+		code               codes.Code
+		exhausted, unavail bool
+	}{
+		{codes.ResourceExhausted, true, false},
+		{codes.Unavailable, false, true},
+		{codes.DeadlineExceeded, false, true},
+		{codes.Aborted, false, true},
+		{codes.InvalidArgument, false, false},
+		{codes.Internal, false, false},
+		{codes.PermissionDenied, false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.code.String(), func(t *testing.T) {
+			link := startFake(t, &fakeLease{err: status.Error(c.code, "the controller's words")})
+			_, err := link.Allocate(ctx(t), alloc("dp1", "s1"))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if errors.Is(err, dataplane.ErrPoolExhausted) != c.exhausted || errors.Is(err, dataplane.ErrControllerUnavailable) != c.unavail {
+				t.Errorf("%s: err = %v: exhausted=%v unavailable=%v, want %v %v", c.code, err,
+					errors.Is(err, dataplane.ErrPoolExhausted), errors.Is(err, dataplane.ErrControllerUnavailable), c.exhausted, c.unavail)
+			}
+			if !strings.Contains(err.Error(), "the controller's words") || !strings.HasPrefix(err.Error(), "allocate: ") {
+				t.Errorf("err = %q: want the operation and the controller's message", err)
+			}
+			rerr := link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: netip.MustParseAddr("13.8.0.2")})
+			if errors.Is(rerr, dataplane.ErrControllerUnavailable) != c.unavail {
+				t.Errorf("release: err = %v, unavailable want %v", rerr, c.unavail)
+			}
+		})
+	}
+	t.Run("Unimplemented", func(t *testing.T) {
+		link := startFake(t, &fakeLease{})
+		_, err := link.Report(ctx(t), "dp1", nil)
+		if err == nil || errors.Is(err, dataplane.ErrControllerUnavailable) || errors.Is(err, dataplane.ErrPoolExhausted) {
+			t.Errorf("report to a server without it: err = %v, want a plain error", err)
+		}
+	})
+}
+
+// TestBadResponses: the link refuses what a data plane cannot use, instead
+// of configuring a TUN or sending a 101 with garbage.
+func TestBadResponses(t *testing.T) {
+	okDNS := []string{"1.1.1.1", "8.8.8.8", "9.9.9.9"}
+	regs := []*cpv1.RegisterDataplaneResponse{
+		{Gateway: "nonsense", Pool: "13.8.0.0/24"},
+		{Gateway: "2001:db8::1", Pool: "13.8.0.0/24"},
+		{Gateway: "13.8.0.1", Pool: "13.8.0.0"},
+		{Gateway: "13.8.0.1", Pool: "13.9.0.0/24"}, // gateway outside the pool
+		{Gateway: "13.8.0.1", Pool: "2001:db8::/64"},
+		{},
+	}
+	for _, r := range regs {
+		link := startFake(t, &fakeLease{reg: r})
+		if info, err := link.Register(ctx(t), dataplane.Registration{DataplaneID: "dp1"}); err == nil {
+			t.Errorf("register response %v accepted as %+v", r, info)
+		}
+	}
+	leases := []*cpv1.Lease{
+		{Address: "13.8.0.2", Route: "0.0.0.0", Dns: okDNS[:2]},
+		{Address: "13.8.0.2", Route: "0.0.0.0", Dns: append(okDNS, "4.4.4.4")},
+		{Address: "2001:db8::2", Route: "0.0.0.0", Dns: okDNS},
+		{Address: "13.8.0.2", Route: "", Dns: okDNS},
+		{Address: "13.8.0.2", Route: "0.0.0.0", Dns: []string{"1.1.1.1", "dns.example", "9.9.9.9"}},
+		nil,
+	}
+	for _, l := range leases {
+		link := startFake(t, &fakeLease{lease: l})
+		if r, err := link.Allocate(ctx(t), alloc("dp1", "s1")); err == nil {
+			t.Errorf("lease %v accepted as %v", l, r)
+		}
+	}
+	link := startFake(t, &fakeLease{lease: &cpv1.Lease{Address: "13.8.0.9", Route: "10.0.0.0", Dns: okDNS}})
+	r, err := link.Allocate(ctx(t), alloc("dp1", "s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Addr != netip.MustParseAddr("13.8.0.9") || r.Route != netip.MustParseAddr("10.0.0.0") || r.DNS[2] != netip.MustParseAddr("9.9.9.9") {
+		t.Errorf("good lease parsed as %v", r)
+	}
+}
