@@ -9,6 +9,7 @@ package controlplanev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,10 +22,123 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ClientEvent_Type int32
+
+const (
+	ClientEvent_TYPE_UNSPECIFIED ClientEvent_Type = 0
+	// Part of the initial set.
+	ClientEvent_TYPE_EXISTING ClientEvent_Type = 1
+	// The initial set is complete; events follow.
+	ClientEvent_TYPE_SYNCED       ClientEvent_Type = 2
+	ClientEvent_TYPE_CONNECTED    ClientEvent_Type = 3
+	ClientEvent_TYPE_DISCONNECTED ClientEvent_Type = 4
+)
+
+// Enum value maps for ClientEvent_Type.
+var (
+	ClientEvent_Type_name = map[int32]string{
+		0: "TYPE_UNSPECIFIED",
+		1: "TYPE_EXISTING",
+		2: "TYPE_SYNCED",
+		3: "TYPE_CONNECTED",
+		4: "TYPE_DISCONNECTED",
+	}
+	ClientEvent_Type_value = map[string]int32{
+		"TYPE_UNSPECIFIED":  0,
+		"TYPE_EXISTING":     1,
+		"TYPE_SYNCED":       2,
+		"TYPE_CONNECTED":    3,
+		"TYPE_DISCONNECTED": 4,
+	}
+)
+
+func (x ClientEvent_Type) Enum() *ClientEvent_Type {
+	p := new(ClientEvent_Type)
+	*p = x
+	return p
+}
+
+func (x ClientEvent_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClientEvent_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_fourover6_controlplane_v1_controller_proto_enumTypes[0].Descriptor()
+}
+
+func (ClientEvent_Type) Type() protoreflect.EnumType {
+	return &file_fourover6_controlplane_v1_controller_proto_enumTypes[0]
+}
+
+func (x ClientEvent_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClientEvent_Type.Descriptor instead.
+func (ClientEvent_Type) EnumDescriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{13, 0}
+}
+
+type Dataplane_State int32
+
+const (
+	Dataplane_STATE_UNSPECIFIED Dataplane_State = 0
+	Dataplane_STATE_UP          Dataplane_State = 1
+	// Up, but accepts no new clients.
+	Dataplane_STATE_DRAINING Dataplane_State = 2
+	// Stopped heartbeating; its leases go after the grace period.
+	Dataplane_STATE_DOWN Dataplane_State = 3
+)
+
+// Enum value maps for Dataplane_State.
+var (
+	Dataplane_State_name = map[int32]string{
+		0: "STATE_UNSPECIFIED",
+		1: "STATE_UP",
+		2: "STATE_DRAINING",
+		3: "STATE_DOWN",
+	}
+	Dataplane_State_value = map[string]int32{
+		"STATE_UNSPECIFIED": 0,
+		"STATE_UP":          1,
+		"STATE_DRAINING":    2,
+		"STATE_DOWN":        3,
+	}
+)
+
+func (x Dataplane_State) Enum() *Dataplane_State {
+	p := new(Dataplane_State)
+	*p = x
+	return p
+}
+
+func (x Dataplane_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Dataplane_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_fourover6_controlplane_v1_controller_proto_enumTypes[1].Descriptor()
+}
+
+func (Dataplane_State) Type() protoreflect.EnumType {
+	return &file_fourover6_controlplane_v1_controller_proto_enumTypes[1]
+}
+
+func (x Dataplane_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Dataplane_State.Descriptor instead.
+func (Dataplane_State) EnumDescriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{31, 0}
+}
+
 type ListClientsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only clients on this data plane, when set.
-	DataplaneId   string `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	DataplaneId string `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	// Only clients whose IPv6 address is inside this prefix, when set.
+	Ipv6Prefix    string `protobuf:"bytes,2,opt,name=ipv6_prefix,json=ipv6Prefix,proto3" json:"ipv6_prefix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -62,6 +176,13 @@ func (*ListClientsRequest) Descriptor() ([]byte, []int) {
 func (x *ListClientsRequest) GetDataplaneId() string {
 	if x != nil {
 		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *ListClientsRequest) GetIpv6Prefix() string {
+	if x != nil {
+		return x.Ipv6Prefix
 	}
 	return ""
 }
@@ -359,13 +480,1441 @@ func (x *GetVersionResponse) GetVersion() string {
 	return ""
 }
 
+type GetStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusRequest) Reset() {
+	*x = GetStatusRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusRequest) ProtoMessage() {}
+
+func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetStatusRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{8}
+}
+
+type GetStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *ControllerStatus      `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatusResponse) Reset() {
+	*x = GetStatusResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatusResponse) ProtoMessage() {}
+
+func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetStatusResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetStatusResponse) GetStatus() *ControllerStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// ControllerStatus is one controller's view of itself.
+type ControllerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This controller's id (host name unless configured).
+	ControllerId string `protobuf:"bytes,1,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	Version      string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Where state lives, e.g. "bbolt:/var/lib/fourover6/controller.db" or
+	// "etcd://10.0.0.1:2379".
+	Store string `protobuf:"bytes,3,opt,name=store,proto3" json:"store,omitempty"`
+	// Whether this controller is the active one, and who is.
+	Leader        bool                   `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderId      string                 `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControllerStatus) Reset() {
+	*x = ControllerStatus{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControllerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControllerStatus) ProtoMessage() {}
+
+func (x *ControllerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControllerStatus.ProtoReflect.Descriptor instead.
+func (*ControllerStatus) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ControllerStatus) GetControllerId() string {
+	if x != nil {
+		return x.ControllerId
+	}
+	return ""
+}
+
+func (x *ControllerStatus) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ControllerStatus) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *ControllerStatus) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *ControllerStatus) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *ControllerStatus) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+type WatchClientsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId   string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	Ipv6Prefix    string                 `protobuf:"bytes,2,opt,name=ipv6_prefix,json=ipv6Prefix,proto3" json:"ipv6_prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchClientsRequest) Reset() {
+	*x = WatchClientsRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchClientsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchClientsRequest) ProtoMessage() {}
+
+func (x *WatchClientsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchClientsRequest.ProtoReflect.Descriptor instead.
+func (*WatchClientsRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchClientsRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *WatchClientsRequest) GetIpv6Prefix() string {
+	if x != nil {
+		return x.Ipv6Prefix
+	}
+	return ""
+}
+
+type WatchClientsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *ClientEvent           `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchClientsResponse) Reset() {
+	*x = WatchClientsResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchClientsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchClientsResponse) ProtoMessage() {}
+
+func (x *WatchClientsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchClientsResponse.ProtoReflect.Descriptor instead.
+func (*WatchClientsResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchClientsResponse) GetEvent() *ClientEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// ClientEvent is one change of the client table.
+type ClientEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  ClientEvent_Type       `protobuf:"varint,1,opt,name=type,proto3,enum=fourover6.controlplane.v1.ClientEvent_Type" json:"type,omitempty"`
+	// Empty for SYNCED.
+	Client *Client `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	// Why a client disconnected.
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientEvent) Reset() {
+	*x = ClientEvent{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientEvent) ProtoMessage() {}
+
+func (x *ClientEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientEvent.ProtoReflect.Descriptor instead.
+func (*ClientEvent) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ClientEvent) GetType() ClientEvent_Type {
+	if x != nil {
+		return x.Type
+	}
+	return ClientEvent_TYPE_UNSPECIFIED
+}
+
+func (x *ClientEvent) GetClient() *Client {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
+func (x *ClientEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ClientEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+type KickClientRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickClientRequest) Reset() {
+	*x = KickClientRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickClientRequest) ProtoMessage() {}
+
+func (x *KickClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickClientRequest.ProtoReflect.Descriptor instead.
+func (*KickClientRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *KickClientRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *KickClientRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type KickClientResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId   string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	SessionId     string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickClientResponse) Reset() {
+	*x = KickClientResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickClientResponse) ProtoMessage() {}
+
+func (x *KickClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickClientResponse.ProtoReflect.Descriptor instead.
+func (*KickClientResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *KickClientResponse) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *KickClientResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+// Reservation binds a client to a fixed IPv4 address.
+type Reservation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A client IPv6 address ("fd00:46::2") or prefix ("fd00:46::/64").
+	Client string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The IPv4 address it always gets.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reservation) Reset() {
+	*x = Reservation{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reservation) ProtoMessage() {}
+
+func (x *Reservation) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
+func (*Reservation) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Reservation) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *Reservation) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type ListReservationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReservationsRequest) Reset() {
+	*x = ListReservationsRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReservationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReservationsRequest) ProtoMessage() {}
+
+func (x *ListReservationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReservationsRequest.ProtoReflect.Descriptor instead.
+func (*ListReservationsRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{17}
+}
+
+type ListReservationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reservation   *Reservation           `protobuf:"bytes,1,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReservationsResponse) Reset() {
+	*x = ListReservationsResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReservationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReservationsResponse) ProtoMessage() {}
+
+func (x *ListReservationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReservationsResponse.ProtoReflect.Descriptor instead.
+func (*ListReservationsResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListReservationsResponse) GetReservation() *Reservation {
+	if x != nil {
+		return x.Reservation
+	}
+	return nil
+}
+
+type SetReservationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reservation   *Reservation           `protobuf:"bytes,1,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReservationRequest) Reset() {
+	*x = SetReservationRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReservationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReservationRequest) ProtoMessage() {}
+
+func (x *SetReservationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReservationRequest.ProtoReflect.Descriptor instead.
+func (*SetReservationRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetReservationRequest) GetReservation() *Reservation {
+	if x != nil {
+		return x.Reservation
+	}
+	return nil
+}
+
+type SetReservationResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Reservation *Reservation           `protobuf:"bytes,1,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	// False when the same binding existed already.
+	Changed       bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetReservationResponse) Reset() {
+	*x = SetReservationResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetReservationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetReservationResponse) ProtoMessage() {}
+
+func (x *SetReservationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetReservationResponse.ProtoReflect.Descriptor instead.
+func (*SetReservationResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetReservationResponse) GetReservation() *Reservation {
+	if x != nil {
+		return x.Reservation
+	}
+	return nil
+}
+
+func (x *SetReservationResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+type DeleteReservationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client address or prefix, as in the reservation.
+	Client        string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteReservationRequest) Reset() {
+	*x = DeleteReservationRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteReservationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteReservationRequest) ProtoMessage() {}
+
+func (x *DeleteReservationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteReservationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteReservationRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeleteReservationRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+type DeleteReservationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteReservationResponse) Reset() {
+	*x = DeleteReservationResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteReservationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteReservationResponse) ProtoMessage() {}
+
+func (x *DeleteReservationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteReservationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteReservationResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteReservationResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type GetDNSRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDNSRequest) Reset() {
+	*x = GetDNSRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDNSRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDNSRequest) ProtoMessage() {}
+
+func (x *GetDNSRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDNSRequest.ProtoReflect.Descriptor instead.
+func (*GetDNSRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{23}
+}
+
+type GetDNSResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Servers       []string               `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDNSResponse) Reset() {
+	*x = GetDNSResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDNSResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDNSResponse) ProtoMessage() {}
+
+func (x *GetDNSResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDNSResponse.ProtoReflect.Descriptor instead.
+func (*GetDNSResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetDNSResponse) GetServers() []string {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+type SetDNSRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One to three IPv4 servers; fewer than three are padded as at startup.
+	Servers       []string `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDNSRequest) Reset() {
+	*x = SetDNSRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDNSRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDNSRequest) ProtoMessage() {}
+
+func (x *SetDNSRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDNSRequest.ProtoReflect.Descriptor instead.
+func (*SetDNSRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SetDNSRequest) GetServers() []string {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+type SetDNSResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Servers       []string               `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	Changed       bool                   `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDNSResponse) Reset() {
+	*x = SetDNSResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDNSResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDNSResponse) ProtoMessage() {}
+
+func (x *SetDNSResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDNSResponse.ProtoReflect.Descriptor instead.
+func (*SetDNSResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetDNSResponse) GetServers() []string {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *SetDNSResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+type UpdatePoolRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new client range; both empty means the whole prefix.
+	RangeFirst    string `protobuf:"bytes,1,opt,name=range_first,json=rangeFirst,proto3" json:"range_first,omitempty"`
+	RangeLast     string `protobuf:"bytes,2,opt,name=range_last,json=rangeLast,proto3" json:"range_last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePoolRequest) Reset() {
+	*x = UpdatePoolRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePoolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePoolRequest) ProtoMessage() {}
+
+func (x *UpdatePoolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePoolRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePoolRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpdatePoolRequest) GetRangeFirst() string {
+	if x != nil {
+		return x.RangeFirst
+	}
+	return ""
+}
+
+func (x *UpdatePoolRequest) GetRangeLast() string {
+	if x != nil {
+		return x.RangeLast
+	}
+	return ""
+}
+
+type UpdatePoolResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          *Pool                  `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Changed       bool                   `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdatePoolResponse) Reset() {
+	*x = UpdatePoolResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePoolResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePoolResponse) ProtoMessage() {}
+
+func (x *UpdatePoolResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePoolResponse.ProtoReflect.Descriptor instead.
+func (*UpdatePoolResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UpdatePoolResponse) GetPool() *Pool {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+func (x *UpdatePoolResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+type ListDataplanesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDataplanesRequest) Reset() {
+	*x = ListDataplanesRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDataplanesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDataplanesRequest) ProtoMessage() {}
+
+func (x *ListDataplanesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDataplanesRequest.ProtoReflect.Descriptor instead.
+func (*ListDataplanesRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{29}
+}
+
+type ListDataplanesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dataplane     *Dataplane             `protobuf:"bytes,1,opt,name=dataplane,proto3" json:"dataplane,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDataplanesResponse) Reset() {
+	*x = ListDataplanesResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDataplanesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDataplanesResponse) ProtoMessage() {}
+
+func (x *ListDataplanesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDataplanesResponse.ProtoReflect.Descriptor instead.
+func (*ListDataplanesResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListDataplanesResponse) GetDataplane() *Dataplane {
+	if x != nil {
+		return x.Dataplane
+	}
+	return nil
+}
+
+// Dataplane is one registered data plane.
+type Dataplane struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId  string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	InstanceId   string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	Version      string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	ClientListen string                 `protobuf:"bytes,4,opt,name=client_listen,json=clientListen,proto3" json:"client_listen,omitempty"`
+	ApiAddress   string                 `protobuf:"bytes,5,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	State        Dataplane_State        `protobuf:"varint,6,opt,name=state,proto3,enum=fourover6.controlplane.v1.Dataplane_State" json:"state,omitempty"`
+	Sessions     uint32                 `protobuf:"varint,7,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	// Leases the controller holds for it.
+	Leases        uint32                 `protobuf:"varint,8,opt,name=leases,proto3" json:"leases,omitempty"`
+	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dataplane) Reset() {
+	*x = Dataplane{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dataplane) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dataplane) ProtoMessage() {}
+
+func (x *Dataplane) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dataplane.ProtoReflect.Descriptor instead.
+func (*Dataplane) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Dataplane) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *Dataplane) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *Dataplane) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Dataplane) GetClientListen() string {
+	if x != nil {
+		return x.ClientListen
+	}
+	return ""
+}
+
+func (x *Dataplane) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *Dataplane) GetState() Dataplane_State {
+	if x != nil {
+		return x.State
+	}
+	return Dataplane_STATE_UNSPECIFIED
+}
+
+func (x *Dataplane) GetSessions() uint32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *Dataplane) GetLeases() uint32 {
+	if x != nil {
+		return x.Leases
+	}
+	return 0
+}
+
+func (x *Dataplane) GetRegisteredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RegisteredAt
+	}
+	return nil
+}
+
+func (x *Dataplane) GetLastHeartbeat() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHeartbeat
+	}
+	return nil
+}
+
+type DrainDataplaneRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId   string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	Draining      bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainDataplaneRequest) Reset() {
+	*x = DrainDataplaneRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainDataplaneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainDataplaneRequest) ProtoMessage() {}
+
+func (x *DrainDataplaneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainDataplaneRequest.ProtoReflect.Descriptor instead.
+func (*DrainDataplaneRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DrainDataplaneRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *DrainDataplaneRequest) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type DrainDataplaneResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dataplane     *Dataplane             `protobuf:"bytes,1,opt,name=dataplane,proto3" json:"dataplane,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainDataplaneResponse) Reset() {
+	*x = DrainDataplaneResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainDataplaneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainDataplaneResponse) ProtoMessage() {}
+
+func (x *DrainDataplaneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainDataplaneResponse.ProtoReflect.Descriptor instead.
+func (*DrainDataplaneResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DrainDataplaneResponse) GetDataplane() *Dataplane {
+	if x != nil {
+		return x.Dataplane
+	}
+	return nil
+}
+
+type SetLogLevelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// debug, info, warn or error.
+	Level         string `protobuf:"bytes,1,opt,name=level,proto3" json:"level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLogLevelRequest) Reset() {
+	*x = SetLogLevelRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLogLevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLogLevelRequest) ProtoMessage() {}
+
+func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
+func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SetLogLevelRequest) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+type SetLogLevelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Previous      string                 `protobuf:"bytes,1,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLogLevelResponse) Reset() {
+	*x = SetLogLevelResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLogLevelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLogLevelResponse) ProtoMessage() {}
+
+func (x *SetLogLevelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLogLevelResponse.ProtoReflect.Descriptor instead.
+func (*SetLogLevelResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SetLogLevelResponse) GetPrevious() string {
+	if x != nil {
+		return x.Previous
+	}
+	return ""
+}
+
 var File_fourover6_controlplane_v1_controller_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\n" +
-	"*fourover6/controlplane/v1/controller.proto\x12\x19fourover6.controlplane.v1\x1a%fourover6/controlplane/v1/types.proto\"7\n" +
+	"*fourover6/controlplane/v1/controller.proto\x12\x19fourover6.controlplane.v1\x1a%fourover6/controlplane/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n" +
 	"\x12ListClientsRequest\x12!\n" +
-	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\"P\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vipv6_prefix\x18\x02 \x01(\tR\n" +
+	"ipv6Prefix\"P\n" +
 	"\x13ListClientsResponse\x129\n" +
 	"\x06client\x18\x01 \x01(\v2!.fourover6.controlplane.v1.ClientR\x06client\",\n" +
 	"\x10GetClientRequest\x12\x18\n" +
@@ -377,13 +1926,125 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\x04pool\x18\x01 \x01(\v2\x1f.fourover6.controlplane.v1.PoolR\x04pool\"\x13\n" +
 	"\x11GetVersionRequest\".\n" +
 	"\x12GetVersionResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion2\xb8\x03\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"\x12\n" +
+	"\x10GetStatusRequest\"X\n" +
+	"\x11GetStatusResponse\x12C\n" +
+	"\x06status\x18\x01 \x01(\v2+.fourover6.controlplane.v1.ControllerStatusR\x06status\"\xd7\x01\n" +
+	"\x10ControllerStatus\x12#\n" +
+	"\rcontroller_id\x18\x01 \x01(\tR\fcontrollerId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
+	"\x05store\x18\x03 \x01(\tR\x05store\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1b\n" +
+	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"Y\n" +
+	"\x13WatchClientsRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vipv6_prefix\x18\x02 \x01(\tR\n" +
+	"ipv6Prefix\"T\n" +
+	"\x14WatchClientsResponse\x12<\n" +
+	"\x05event\x18\x01 \x01(\v2&.fourover6.controlplane.v1.ClientEventR\x05event\"\xbe\x02\n" +
+	"\vClientEvent\x12?\n" +
+	"\x04type\x18\x01 \x01(\x0e2+.fourover6.controlplane.v1.ClientEvent.TypeR\x04type\x129\n" +
+	"\x06client\x18\x02 \x01(\v2!.fourover6.controlplane.v1.ClientR\x06client\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"k\n" +
+	"\x04Type\x12\x14\n" +
+	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rTYPE_EXISTING\x10\x01\x12\x0f\n" +
+	"\vTYPE_SYNCED\x10\x02\x12\x12\n" +
+	"\x0eTYPE_CONNECTED\x10\x03\x12\x15\n" +
+	"\x11TYPE_DISCONNECTED\x10\x04\"E\n" +
+	"\x11KickClientRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"V\n" +
+	"\x12KickClientResponse\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\"?\n" +
+	"\vReservation\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x19\n" +
+	"\x17ListReservationsRequest\"d\n" +
+	"\x18ListReservationsResponse\x12H\n" +
+	"\vreservation\x18\x01 \x01(\v2&.fourover6.controlplane.v1.ReservationR\vreservation\"a\n" +
+	"\x15SetReservationRequest\x12H\n" +
+	"\vreservation\x18\x01 \x01(\v2&.fourover6.controlplane.v1.ReservationR\vreservation\"|\n" +
+	"\x16SetReservationResponse\x12H\n" +
+	"\vreservation\x18\x01 \x01(\v2&.fourover6.controlplane.v1.ReservationR\vreservation\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"2\n" +
+	"\x18DeleteReservationRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\"5\n" +
+	"\x19DeleteReservationResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x0f\n" +
+	"\rGetDNSRequest\"*\n" +
+	"\x0eGetDNSResponse\x12\x18\n" +
+	"\aservers\x18\x01 \x03(\tR\aservers\")\n" +
+	"\rSetDNSRequest\x12\x18\n" +
+	"\aservers\x18\x01 \x03(\tR\aservers\"D\n" +
+	"\x0eSetDNSResponse\x12\x18\n" +
+	"\aservers\x18\x01 \x03(\tR\aservers\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"S\n" +
+	"\x11UpdatePoolRequest\x12\x1f\n" +
+	"\vrange_first\x18\x01 \x01(\tR\n" +
+	"rangeFirst\x12\x1d\n" +
+	"\n" +
+	"range_last\x18\x02 \x01(\tR\trangeLast\"c\n" +
+	"\x12UpdatePoolResponse\x123\n" +
+	"\x04pool\x18\x01 \x01(\v2\x1f.fourover6.controlplane.v1.PoolR\x04pool\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"\x17\n" +
+	"\x15ListDataplanesRequest\"\\\n" +
+	"\x16ListDataplanesResponse\x12B\n" +
+	"\tdataplane\x18\x01 \x01(\v2$.fourover6.controlplane.v1.DataplaneR\tdataplane\"\xfb\x03\n" +
+	"\tDataplane\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12#\n" +
+	"\rclient_listen\x18\x04 \x01(\tR\fclientListen\x12\x1f\n" +
+	"\vapi_address\x18\x05 \x01(\tR\n" +
+	"apiAddress\x12@\n" +
+	"\x05state\x18\x06 \x01(\x0e2*.fourover6.controlplane.v1.Dataplane.StateR\x05state\x12\x1a\n" +
+	"\bsessions\x18\a \x01(\rR\bsessions\x12\x16\n" +
+	"\x06leases\x18\b \x01(\rR\x06leases\x12?\n" +
+	"\rregistered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12A\n" +
+	"\x0elast_heartbeat\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"P\n" +
+	"\x05State\x12\x15\n" +
+	"\x11STATE_UNSPECIFIED\x10\x00\x12\f\n" +
+	"\bSTATE_UP\x10\x01\x12\x12\n" +
+	"\x0eSTATE_DRAINING\x10\x02\x12\x0e\n" +
+	"\n" +
+	"STATE_DOWN\x10\x03\"V\n" +
+	"\x15DrainDataplaneRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\\\n" +
+	"\x16DrainDataplaneResponse\x12B\n" +
+	"\tdataplane\x18\x01 \x01(\v2$.fourover6.controlplane.v1.DataplaneR\tdataplane\"*\n" +
+	"\x12SetLogLevelRequest\x12\x14\n" +
+	"\x05level\x18\x01 \x01(\tR\x05level\"1\n" +
+	"\x13SetLogLevelResponse\x12\x1a\n" +
+	"\bprevious\x18\x01 \x01(\tR\bprevious2\xfb\r\n" +
 	"\x11ControllerService\x12n\n" +
 	"\vListClients\x12-.fourover6.controlplane.v1.ListClientsRequest\x1a..fourover6.controlplane.v1.ListClientsResponse0\x01\x12f\n" +
 	"\tGetClient\x12+.fourover6.controlplane.v1.GetClientRequest\x1a,.fourover6.controlplane.v1.GetClientResponse\x12`\n" +
 	"\aGetPool\x12).fourover6.controlplane.v1.GetPoolRequest\x1a*.fourover6.controlplane.v1.GetPoolResponse\x12i\n" +
 	"\n" +
-	"GetVersion\x12,.fourover6.controlplane.v1.GetVersionRequest\x1a-.fourover6.controlplane.v1.GetVersionResponseBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"GetVersion\x12,.fourover6.controlplane.v1.GetVersionRequest\x1a-.fourover6.controlplane.v1.GetVersionResponse\x12f\n" +
+	"\tGetStatus\x12+.fourover6.controlplane.v1.GetStatusRequest\x1a,.fourover6.controlplane.v1.GetStatusResponse\x12q\n" +
+	"\fWatchClients\x12..fourover6.controlplane.v1.WatchClientsRequest\x1a/.fourover6.controlplane.v1.WatchClientsResponse0\x01\x12i\n" +
+	"\n" +
+	"KickClient\x12,.fourover6.controlplane.v1.KickClientRequest\x1a-.fourover6.controlplane.v1.KickClientResponse\x12}\n" +
+	"\x10ListReservations\x122.fourover6.controlplane.v1.ListReservationsRequest\x1a3.fourover6.controlplane.v1.ListReservationsResponse0\x01\x12u\n" +
+	"\x0eSetReservation\x120.fourover6.controlplane.v1.SetReservationRequest\x1a1.fourover6.controlplane.v1.SetReservationResponse\x12~\n" +
+	"\x11DeleteReservation\x123.fourover6.controlplane.v1.DeleteReservationRequest\x1a4.fourover6.controlplane.v1.DeleteReservationResponse\x12]\n" +
+	"\x06GetDNS\x12(.fourover6.controlplane.v1.GetDNSRequest\x1a).fourover6.controlplane.v1.GetDNSResponse\x12]\n" +
+	"\x06SetDNS\x12(.fourover6.controlplane.v1.SetDNSRequest\x1a).fourover6.controlplane.v1.SetDNSResponse\x12i\n" +
+	"\n" +
+	"UpdatePool\x12,.fourover6.controlplane.v1.UpdatePoolRequest\x1a-.fourover6.controlplane.v1.UpdatePoolResponse\x12w\n" +
+	"\x0eListDataplanes\x120.fourover6.controlplane.v1.ListDataplanesRequest\x1a1.fourover6.controlplane.v1.ListDataplanesResponse0\x01\x12u\n" +
+	"\x0eDrainDataplane\x120.fourover6.controlplane.v1.DrainDataplaneRequest\x1a1.fourover6.controlplane.v1.DrainDataplaneResponse\x12l\n" +
+	"\vSetLogLevel\x12-.fourover6.controlplane.v1.SetLogLevelRequest\x1a..fourover6.controlplane.v1.SetLogLevelResponseBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_controller_proto_rawDescOnce sync.Once
@@ -397,36 +2058,107 @@ func file_fourover6_controlplane_v1_controller_proto_rawDescGZIP() []byte {
 	return file_fourover6_controlplane_v1_controller_proto_rawDescData
 }
 
-var file_fourover6_controlplane_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_fourover6_controlplane_v1_controller_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_fourover6_controlplane_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_fourover6_controlplane_v1_controller_proto_goTypes = []any{
-	(*ListClientsRequest)(nil),  // 0: fourover6.controlplane.v1.ListClientsRequest
-	(*ListClientsResponse)(nil), // 1: fourover6.controlplane.v1.ListClientsResponse
-	(*GetClientRequest)(nil),    // 2: fourover6.controlplane.v1.GetClientRequest
-	(*GetClientResponse)(nil),   // 3: fourover6.controlplane.v1.GetClientResponse
-	(*GetPoolRequest)(nil),      // 4: fourover6.controlplane.v1.GetPoolRequest
-	(*GetPoolResponse)(nil),     // 5: fourover6.controlplane.v1.GetPoolResponse
-	(*GetVersionRequest)(nil),   // 6: fourover6.controlplane.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),  // 7: fourover6.controlplane.v1.GetVersionResponse
-	(*Client)(nil),              // 8: fourover6.controlplane.v1.Client
-	(*Pool)(nil),                // 9: fourover6.controlplane.v1.Pool
+	(ClientEvent_Type)(0),             // 0: fourover6.controlplane.v1.ClientEvent.Type
+	(Dataplane_State)(0),              // 1: fourover6.controlplane.v1.Dataplane.State
+	(*ListClientsRequest)(nil),        // 2: fourover6.controlplane.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),       // 3: fourover6.controlplane.v1.ListClientsResponse
+	(*GetClientRequest)(nil),          // 4: fourover6.controlplane.v1.GetClientRequest
+	(*GetClientResponse)(nil),         // 5: fourover6.controlplane.v1.GetClientResponse
+	(*GetPoolRequest)(nil),            // 6: fourover6.controlplane.v1.GetPoolRequest
+	(*GetPoolResponse)(nil),           // 7: fourover6.controlplane.v1.GetPoolResponse
+	(*GetVersionRequest)(nil),         // 8: fourover6.controlplane.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),        // 9: fourover6.controlplane.v1.GetVersionResponse
+	(*GetStatusRequest)(nil),          // 10: fourover6.controlplane.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),         // 11: fourover6.controlplane.v1.GetStatusResponse
+	(*ControllerStatus)(nil),          // 12: fourover6.controlplane.v1.ControllerStatus
+	(*WatchClientsRequest)(nil),       // 13: fourover6.controlplane.v1.WatchClientsRequest
+	(*WatchClientsResponse)(nil),      // 14: fourover6.controlplane.v1.WatchClientsResponse
+	(*ClientEvent)(nil),               // 15: fourover6.controlplane.v1.ClientEvent
+	(*KickClientRequest)(nil),         // 16: fourover6.controlplane.v1.KickClientRequest
+	(*KickClientResponse)(nil),        // 17: fourover6.controlplane.v1.KickClientResponse
+	(*Reservation)(nil),               // 18: fourover6.controlplane.v1.Reservation
+	(*ListReservationsRequest)(nil),   // 19: fourover6.controlplane.v1.ListReservationsRequest
+	(*ListReservationsResponse)(nil),  // 20: fourover6.controlplane.v1.ListReservationsResponse
+	(*SetReservationRequest)(nil),     // 21: fourover6.controlplane.v1.SetReservationRequest
+	(*SetReservationResponse)(nil),    // 22: fourover6.controlplane.v1.SetReservationResponse
+	(*DeleteReservationRequest)(nil),  // 23: fourover6.controlplane.v1.DeleteReservationRequest
+	(*DeleteReservationResponse)(nil), // 24: fourover6.controlplane.v1.DeleteReservationResponse
+	(*GetDNSRequest)(nil),             // 25: fourover6.controlplane.v1.GetDNSRequest
+	(*GetDNSResponse)(nil),            // 26: fourover6.controlplane.v1.GetDNSResponse
+	(*SetDNSRequest)(nil),             // 27: fourover6.controlplane.v1.SetDNSRequest
+	(*SetDNSResponse)(nil),            // 28: fourover6.controlplane.v1.SetDNSResponse
+	(*UpdatePoolRequest)(nil),         // 29: fourover6.controlplane.v1.UpdatePoolRequest
+	(*UpdatePoolResponse)(nil),        // 30: fourover6.controlplane.v1.UpdatePoolResponse
+	(*ListDataplanesRequest)(nil),     // 31: fourover6.controlplane.v1.ListDataplanesRequest
+	(*ListDataplanesResponse)(nil),    // 32: fourover6.controlplane.v1.ListDataplanesResponse
+	(*Dataplane)(nil),                 // 33: fourover6.controlplane.v1.Dataplane
+	(*DrainDataplaneRequest)(nil),     // 34: fourover6.controlplane.v1.DrainDataplaneRequest
+	(*DrainDataplaneResponse)(nil),    // 35: fourover6.controlplane.v1.DrainDataplaneResponse
+	(*SetLogLevelRequest)(nil),        // 36: fourover6.controlplane.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),       // 37: fourover6.controlplane.v1.SetLogLevelResponse
+	(*Client)(nil),                    // 38: fourover6.controlplane.v1.Client
+	(*Pool)(nil),                      // 39: fourover6.controlplane.v1.Pool
+	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
 }
 var file_fourover6_controlplane_v1_controller_proto_depIdxs = []int32{
-	8, // 0: fourover6.controlplane.v1.ListClientsResponse.client:type_name -> fourover6.controlplane.v1.Client
-	8, // 1: fourover6.controlplane.v1.GetClientResponse.client:type_name -> fourover6.controlplane.v1.Client
-	9, // 2: fourover6.controlplane.v1.GetPoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
-	0, // 3: fourover6.controlplane.v1.ControllerService.ListClients:input_type -> fourover6.controlplane.v1.ListClientsRequest
-	2, // 4: fourover6.controlplane.v1.ControllerService.GetClient:input_type -> fourover6.controlplane.v1.GetClientRequest
-	4, // 5: fourover6.controlplane.v1.ControllerService.GetPool:input_type -> fourover6.controlplane.v1.GetPoolRequest
-	6, // 6: fourover6.controlplane.v1.ControllerService.GetVersion:input_type -> fourover6.controlplane.v1.GetVersionRequest
-	1, // 7: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
-	3, // 8: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
-	5, // 9: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
-	7, // 10: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
-	7, // [7:11] is the sub-list for method output_type
-	3, // [3:7] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	38, // 0: fourover6.controlplane.v1.ListClientsResponse.client:type_name -> fourover6.controlplane.v1.Client
+	38, // 1: fourover6.controlplane.v1.GetClientResponse.client:type_name -> fourover6.controlplane.v1.Client
+	39, // 2: fourover6.controlplane.v1.GetPoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
+	12, // 3: fourover6.controlplane.v1.GetStatusResponse.status:type_name -> fourover6.controlplane.v1.ControllerStatus
+	40, // 4: fourover6.controlplane.v1.ControllerStatus.started_at:type_name -> google.protobuf.Timestamp
+	15, // 5: fourover6.controlplane.v1.WatchClientsResponse.event:type_name -> fourover6.controlplane.v1.ClientEvent
+	0,  // 6: fourover6.controlplane.v1.ClientEvent.type:type_name -> fourover6.controlplane.v1.ClientEvent.Type
+	38, // 7: fourover6.controlplane.v1.ClientEvent.client:type_name -> fourover6.controlplane.v1.Client
+	40, // 8: fourover6.controlplane.v1.ClientEvent.time:type_name -> google.protobuf.Timestamp
+	18, // 9: fourover6.controlplane.v1.ListReservationsResponse.reservation:type_name -> fourover6.controlplane.v1.Reservation
+	18, // 10: fourover6.controlplane.v1.SetReservationRequest.reservation:type_name -> fourover6.controlplane.v1.Reservation
+	18, // 11: fourover6.controlplane.v1.SetReservationResponse.reservation:type_name -> fourover6.controlplane.v1.Reservation
+	39, // 12: fourover6.controlplane.v1.UpdatePoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
+	33, // 13: fourover6.controlplane.v1.ListDataplanesResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
+	1,  // 14: fourover6.controlplane.v1.Dataplane.state:type_name -> fourover6.controlplane.v1.Dataplane.State
+	40, // 15: fourover6.controlplane.v1.Dataplane.registered_at:type_name -> google.protobuf.Timestamp
+	40, // 16: fourover6.controlplane.v1.Dataplane.last_heartbeat:type_name -> google.protobuf.Timestamp
+	33, // 17: fourover6.controlplane.v1.DrainDataplaneResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
+	2,  // 18: fourover6.controlplane.v1.ControllerService.ListClients:input_type -> fourover6.controlplane.v1.ListClientsRequest
+	4,  // 19: fourover6.controlplane.v1.ControllerService.GetClient:input_type -> fourover6.controlplane.v1.GetClientRequest
+	6,  // 20: fourover6.controlplane.v1.ControllerService.GetPool:input_type -> fourover6.controlplane.v1.GetPoolRequest
+	8,  // 21: fourover6.controlplane.v1.ControllerService.GetVersion:input_type -> fourover6.controlplane.v1.GetVersionRequest
+	10, // 22: fourover6.controlplane.v1.ControllerService.GetStatus:input_type -> fourover6.controlplane.v1.GetStatusRequest
+	13, // 23: fourover6.controlplane.v1.ControllerService.WatchClients:input_type -> fourover6.controlplane.v1.WatchClientsRequest
+	16, // 24: fourover6.controlplane.v1.ControllerService.KickClient:input_type -> fourover6.controlplane.v1.KickClientRequest
+	19, // 25: fourover6.controlplane.v1.ControllerService.ListReservations:input_type -> fourover6.controlplane.v1.ListReservationsRequest
+	21, // 26: fourover6.controlplane.v1.ControllerService.SetReservation:input_type -> fourover6.controlplane.v1.SetReservationRequest
+	23, // 27: fourover6.controlplane.v1.ControllerService.DeleteReservation:input_type -> fourover6.controlplane.v1.DeleteReservationRequest
+	25, // 28: fourover6.controlplane.v1.ControllerService.GetDNS:input_type -> fourover6.controlplane.v1.GetDNSRequest
+	27, // 29: fourover6.controlplane.v1.ControllerService.SetDNS:input_type -> fourover6.controlplane.v1.SetDNSRequest
+	29, // 30: fourover6.controlplane.v1.ControllerService.UpdatePool:input_type -> fourover6.controlplane.v1.UpdatePoolRequest
+	31, // 31: fourover6.controlplane.v1.ControllerService.ListDataplanes:input_type -> fourover6.controlplane.v1.ListDataplanesRequest
+	34, // 32: fourover6.controlplane.v1.ControllerService.DrainDataplane:input_type -> fourover6.controlplane.v1.DrainDataplaneRequest
+	36, // 33: fourover6.controlplane.v1.ControllerService.SetLogLevel:input_type -> fourover6.controlplane.v1.SetLogLevelRequest
+	3,  // 34: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
+	5,  // 35: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
+	7,  // 36: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
+	9,  // 37: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
+	11, // 38: fourover6.controlplane.v1.ControllerService.GetStatus:output_type -> fourover6.controlplane.v1.GetStatusResponse
+	14, // 39: fourover6.controlplane.v1.ControllerService.WatchClients:output_type -> fourover6.controlplane.v1.WatchClientsResponse
+	17, // 40: fourover6.controlplane.v1.ControllerService.KickClient:output_type -> fourover6.controlplane.v1.KickClientResponse
+	20, // 41: fourover6.controlplane.v1.ControllerService.ListReservations:output_type -> fourover6.controlplane.v1.ListReservationsResponse
+	22, // 42: fourover6.controlplane.v1.ControllerService.SetReservation:output_type -> fourover6.controlplane.v1.SetReservationResponse
+	24, // 43: fourover6.controlplane.v1.ControllerService.DeleteReservation:output_type -> fourover6.controlplane.v1.DeleteReservationResponse
+	26, // 44: fourover6.controlplane.v1.ControllerService.GetDNS:output_type -> fourover6.controlplane.v1.GetDNSResponse
+	28, // 45: fourover6.controlplane.v1.ControllerService.SetDNS:output_type -> fourover6.controlplane.v1.SetDNSResponse
+	30, // 46: fourover6.controlplane.v1.ControllerService.UpdatePool:output_type -> fourover6.controlplane.v1.UpdatePoolResponse
+	32, // 47: fourover6.controlplane.v1.ControllerService.ListDataplanes:output_type -> fourover6.controlplane.v1.ListDataplanesResponse
+	35, // 48: fourover6.controlplane.v1.ControllerService.DrainDataplane:output_type -> fourover6.controlplane.v1.DrainDataplaneResponse
+	37, // 49: fourover6.controlplane.v1.ControllerService.SetLogLevel:output_type -> fourover6.controlplane.v1.SetLogLevelResponse
+	34, // [34:50] is the sub-list for method output_type
+	18, // [18:34] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_controlplane_v1_controller_proto_init() }
@@ -440,13 +2172,14 @@ func file_fourover6_controlplane_v1_controller_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_controller_proto_rawDesc), len(file_fourover6_controlplane_v1_controller_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   8,
+			NumEnums:      2,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_fourover6_controlplane_v1_controller_proto_goTypes,
 		DependencyIndexes: file_fourover6_controlplane_v1_controller_proto_depIdxs,
+		EnumInfos:         file_fourover6_controlplane_v1_controller_proto_enumTypes,
 		MessageInfos:      file_fourover6_controlplane_v1_controller_proto_msgTypes,
 	}.Build()
 	File_fourover6_controlplane_v1_controller_proto = out.File

@@ -19,10 +19,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ControllerService_ListClients_FullMethodName = "/fourover6.controlplane.v1.ControllerService/ListClients"
-	ControllerService_GetClient_FullMethodName   = "/fourover6.controlplane.v1.ControllerService/GetClient"
-	ControllerService_GetPool_FullMethodName     = "/fourover6.controlplane.v1.ControllerService/GetPool"
-	ControllerService_GetVersion_FullMethodName  = "/fourover6.controlplane.v1.ControllerService/GetVersion"
+	ControllerService_ListClients_FullMethodName       = "/fourover6.controlplane.v1.ControllerService/ListClients"
+	ControllerService_GetClient_FullMethodName         = "/fourover6.controlplane.v1.ControllerService/GetClient"
+	ControllerService_GetPool_FullMethodName           = "/fourover6.controlplane.v1.ControllerService/GetPool"
+	ControllerService_GetVersion_FullMethodName        = "/fourover6.controlplane.v1.ControllerService/GetVersion"
+	ControllerService_GetStatus_FullMethodName         = "/fourover6.controlplane.v1.ControllerService/GetStatus"
+	ControllerService_WatchClients_FullMethodName      = "/fourover6.controlplane.v1.ControllerService/WatchClients"
+	ControllerService_KickClient_FullMethodName        = "/fourover6.controlplane.v1.ControllerService/KickClient"
+	ControllerService_ListReservations_FullMethodName  = "/fourover6.controlplane.v1.ControllerService/ListReservations"
+	ControllerService_SetReservation_FullMethodName    = "/fourover6.controlplane.v1.ControllerService/SetReservation"
+	ControllerService_DeleteReservation_FullMethodName = "/fourover6.controlplane.v1.ControllerService/DeleteReservation"
+	ControllerService_GetDNS_FullMethodName            = "/fourover6.controlplane.v1.ControllerService/GetDNS"
+	ControllerService_SetDNS_FullMethodName            = "/fourover6.controlplane.v1.ControllerService/SetDNS"
+	ControllerService_UpdatePool_FullMethodName        = "/fourover6.controlplane.v1.ControllerService/UpdatePool"
+	ControllerService_ListDataplanes_FullMethodName    = "/fourover6.controlplane.v1.ControllerService/ListDataplanes"
+	ControllerService_DrainDataplane_FullMethodName    = "/fourover6.controlplane.v1.ControllerService/DrainDataplane"
+	ControllerService_SetLogLevel_FullMethodName       = "/fourover6.controlplane.v1.ControllerService/SetLogLevel"
 )
 
 // ControllerServiceClient is the client API for ControllerService service.
@@ -39,6 +51,35 @@ type ControllerServiceClient interface {
 	GetPool(ctx context.Context, in *GetPoolRequest, opts ...grpc.CallOption) (*GetPoolResponse, error)
 	// GetVersion returns the controller's software version.
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*GetVersionResponse, error)
+	// GetStatus returns the controller's own health: store, leadership.
+	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// WatchClients streams the current clients (type EXISTING, then one
+	// SYNCED marker), then CONNECTED / DISCONNECTED events as they happen.
+	WatchClients(ctx context.Context, in *WatchClientsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchClientsResponse], error)
+	// KickClient asks the data plane holding an address to close that
+	// client; its lease is released as for any disconnect. NOT_FOUND when
+	// nobody holds the address.
+	KickClient(ctx context.Context, in *KickClientRequest, opts ...grpc.CallOption) (*KickClientResponse, error)
+	// ListReservations streams every reservation, one per message.
+	ListReservations(ctx context.Context, in *ListReservationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListReservationsResponse], error)
+	// SetReservation binds a client IPv6 address or prefix to a fixed IPv4
+	// address (creating or replacing the binding for that client).
+	SetReservation(ctx context.Context, in *SetReservationRequest, opts ...grpc.CallOption) (*SetReservationResponse, error)
+	// DeleteReservation removes the binding of a client address or prefix.
+	DeleteReservation(ctx context.Context, in *DeleteReservationRequest, opts ...grpc.CallOption) (*DeleteReservationResponse, error)
+	// GetDNS returns the three DNS servers sent in every 101.
+	GetDNS(ctx context.Context, in *GetDNSRequest, opts ...grpc.CallOption) (*GetDNSResponse, error)
+	// SetDNS replaces them (durably); new leases carry the new servers.
+	SetDNS(ctx context.Context, in *SetDNSRequest, opts ...grpc.CallOption) (*SetDNSResponse, error)
+	// UpdatePool changes the client range within the pool prefix. Refused
+	// when a leased or reserved address would fall outside it.
+	UpdatePool(ctx context.Context, in *UpdatePoolRequest, opts ...grpc.CallOption) (*UpdatePoolResponse, error)
+	// ListDataplanes streams every registered data plane.
+	ListDataplanes(ctx context.Context, in *ListDataplanesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListDataplanesResponse], error)
+	// DrainDataplane stops (or resumes) new clients on one data plane.
+	DrainDataplane(ctx context.Context, in *DrainDataplaneRequest, opts ...grpc.CallOption) (*DrainDataplaneResponse, error)
+	// SetLogLevel changes the controller's log level at run time.
+	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
 }
 
 type controllerServiceClient struct {
@@ -98,6 +139,153 @@ func (c *controllerServiceClient) GetVersion(ctx context.Context, in *GetVersion
 	return out, nil
 }
 
+func (c *controllerServiceClient) GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatusResponse)
+	err := c.cc.Invoke(ctx, ControllerService_GetStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) WatchClients(ctx context.Context, in *WatchClientsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchClientsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControllerService_ServiceDesc.Streams[1], ControllerService_WatchClients_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchClientsRequest, WatchClientsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_WatchClientsClient = grpc.ServerStreamingClient[WatchClientsResponse]
+
+func (c *controllerServiceClient) KickClient(ctx context.Context, in *KickClientRequest, opts ...grpc.CallOption) (*KickClientResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KickClientResponse)
+	err := c.cc.Invoke(ctx, ControllerService_KickClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) ListReservations(ctx context.Context, in *ListReservationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListReservationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControllerService_ServiceDesc.Streams[2], ControllerService_ListReservations_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListReservationsRequest, ListReservationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_ListReservationsClient = grpc.ServerStreamingClient[ListReservationsResponse]
+
+func (c *controllerServiceClient) SetReservation(ctx context.Context, in *SetReservationRequest, opts ...grpc.CallOption) (*SetReservationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetReservationResponse)
+	err := c.cc.Invoke(ctx, ControllerService_SetReservation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) DeleteReservation(ctx context.Context, in *DeleteReservationRequest, opts ...grpc.CallOption) (*DeleteReservationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteReservationResponse)
+	err := c.cc.Invoke(ctx, ControllerService_DeleteReservation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) GetDNS(ctx context.Context, in *GetDNSRequest, opts ...grpc.CallOption) (*GetDNSResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDNSResponse)
+	err := c.cc.Invoke(ctx, ControllerService_GetDNS_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) SetDNS(ctx context.Context, in *SetDNSRequest, opts ...grpc.CallOption) (*SetDNSResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetDNSResponse)
+	err := c.cc.Invoke(ctx, ControllerService_SetDNS_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) UpdatePool(ctx context.Context, in *UpdatePoolRequest, opts ...grpc.CallOption) (*UpdatePoolResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdatePoolResponse)
+	err := c.cc.Invoke(ctx, ControllerService_UpdatePool_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) ListDataplanes(ctx context.Context, in *ListDataplanesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListDataplanesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControllerService_ServiceDesc.Streams[3], ControllerService_ListDataplanes_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListDataplanesRequest, ListDataplanesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_ListDataplanesClient = grpc.ServerStreamingClient[ListDataplanesResponse]
+
+func (c *controllerServiceClient) DrainDataplane(ctx context.Context, in *DrainDataplaneRequest, opts ...grpc.CallOption) (*DrainDataplaneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainDataplaneResponse)
+	err := c.cc.Invoke(ctx, ControllerService_DrainDataplane_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetLogLevelResponse)
+	err := c.cc.Invoke(ctx, ControllerService_SetLogLevel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControllerServiceServer is the server API for ControllerService service.
 // All implementations must embed UnimplementedControllerServiceServer
 // for forward compatibility.
@@ -112,6 +300,35 @@ type ControllerServiceServer interface {
 	GetPool(context.Context, *GetPoolRequest) (*GetPoolResponse, error)
 	// GetVersion returns the controller's software version.
 	GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error)
+	// GetStatus returns the controller's own health: store, leadership.
+	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// WatchClients streams the current clients (type EXISTING, then one
+	// SYNCED marker), then CONNECTED / DISCONNECTED events as they happen.
+	WatchClients(*WatchClientsRequest, grpc.ServerStreamingServer[WatchClientsResponse]) error
+	// KickClient asks the data plane holding an address to close that
+	// client; its lease is released as for any disconnect. NOT_FOUND when
+	// nobody holds the address.
+	KickClient(context.Context, *KickClientRequest) (*KickClientResponse, error)
+	// ListReservations streams every reservation, one per message.
+	ListReservations(*ListReservationsRequest, grpc.ServerStreamingServer[ListReservationsResponse]) error
+	// SetReservation binds a client IPv6 address or prefix to a fixed IPv4
+	// address (creating or replacing the binding for that client).
+	SetReservation(context.Context, *SetReservationRequest) (*SetReservationResponse, error)
+	// DeleteReservation removes the binding of a client address or prefix.
+	DeleteReservation(context.Context, *DeleteReservationRequest) (*DeleteReservationResponse, error)
+	// GetDNS returns the three DNS servers sent in every 101.
+	GetDNS(context.Context, *GetDNSRequest) (*GetDNSResponse, error)
+	// SetDNS replaces them (durably); new leases carry the new servers.
+	SetDNS(context.Context, *SetDNSRequest) (*SetDNSResponse, error)
+	// UpdatePool changes the client range within the pool prefix. Refused
+	// when a leased or reserved address would fall outside it.
+	UpdatePool(context.Context, *UpdatePoolRequest) (*UpdatePoolResponse, error)
+	// ListDataplanes streams every registered data plane.
+	ListDataplanes(*ListDataplanesRequest, grpc.ServerStreamingServer[ListDataplanesResponse]) error
+	// DrainDataplane stops (or resumes) new clients on one data plane.
+	DrainDataplane(context.Context, *DrainDataplaneRequest) (*DrainDataplaneResponse, error)
+	// SetLogLevel changes the controller's log level at run time.
+	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
 	mustEmbedUnimplementedControllerServiceServer()
 }
 
@@ -133,6 +350,42 @@ func (UnimplementedControllerServiceServer) GetPool(context.Context, *GetPoolReq
 }
 func (UnimplementedControllerServiceServer) GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVersion not implemented")
+}
+func (UnimplementedControllerServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedControllerServiceServer) WatchClients(*WatchClientsRequest, grpc.ServerStreamingServer[WatchClientsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchClients not implemented")
+}
+func (UnimplementedControllerServiceServer) KickClient(context.Context, *KickClientRequest) (*KickClientResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method KickClient not implemented")
+}
+func (UnimplementedControllerServiceServer) ListReservations(*ListReservationsRequest, grpc.ServerStreamingServer[ListReservationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListReservations not implemented")
+}
+func (UnimplementedControllerServiceServer) SetReservation(context.Context, *SetReservationRequest) (*SetReservationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetReservation not implemented")
+}
+func (UnimplementedControllerServiceServer) DeleteReservation(context.Context, *DeleteReservationRequest) (*DeleteReservationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteReservation not implemented")
+}
+func (UnimplementedControllerServiceServer) GetDNS(context.Context, *GetDNSRequest) (*GetDNSResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDNS not implemented")
+}
+func (UnimplementedControllerServiceServer) SetDNS(context.Context, *SetDNSRequest) (*SetDNSResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetDNS not implemented")
+}
+func (UnimplementedControllerServiceServer) UpdatePool(context.Context, *UpdatePoolRequest) (*UpdatePoolResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdatePool not implemented")
+}
+func (UnimplementedControllerServiceServer) ListDataplanes(*ListDataplanesRequest, grpc.ServerStreamingServer[ListDataplanesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ListDataplanes not implemented")
+}
+func (UnimplementedControllerServiceServer) DrainDataplane(context.Context, *DrainDataplaneRequest) (*DrainDataplaneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainDataplane not implemented")
+}
+func (UnimplementedControllerServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
 }
 func (UnimplementedControllerServiceServer) mustEmbedUnimplementedControllerServiceServer() {}
 func (UnimplementedControllerServiceServer) testEmbeddedByValue()                           {}
@@ -220,6 +473,201 @@ func _ControllerService_GetVersion_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControllerService_GetStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).GetStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_GetStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).GetStatus(ctx, req.(*GetStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_WatchClients_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchClientsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControllerServiceServer).WatchClients(m, &grpc.GenericServerStream[WatchClientsRequest, WatchClientsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_WatchClientsServer = grpc.ServerStreamingServer[WatchClientsResponse]
+
+func _ControllerService_KickClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KickClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).KickClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_KickClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).KickClient(ctx, req.(*KickClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_ListReservations_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListReservationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControllerServiceServer).ListReservations(m, &grpc.GenericServerStream[ListReservationsRequest, ListReservationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_ListReservationsServer = grpc.ServerStreamingServer[ListReservationsResponse]
+
+func _ControllerService_SetReservation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetReservationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).SetReservation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_SetReservation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).SetReservation(ctx, req.(*SetReservationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_DeleteReservation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteReservationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).DeleteReservation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_DeleteReservation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).DeleteReservation(ctx, req.(*DeleteReservationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_GetDNS_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDNSRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).GetDNS(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_GetDNS_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).GetDNS(ctx, req.(*GetDNSRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_SetDNS_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDNSRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).SetDNS(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_SetDNS_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).SetDNS(ctx, req.(*SetDNSRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_UpdatePool_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePoolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).UpdatePool(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_UpdatePool_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).UpdatePool(ctx, req.(*UpdatePoolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_ListDataplanes_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListDataplanesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControllerServiceServer).ListDataplanes(m, &grpc.GenericServerStream[ListDataplanesRequest, ListDataplanesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_ListDataplanesServer = grpc.ServerStreamingServer[ListDataplanesResponse]
+
+func _ControllerService_DrainDataplane_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainDataplaneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).DrainDataplane(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_DrainDataplane_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).DrainDataplane(ctx, req.(*DrainDataplaneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_SetLogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLogLevelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).SetLogLevel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_SetLogLevel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).SetLogLevel(ctx, req.(*SetLogLevelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControllerService_ServiceDesc is the grpc.ServiceDesc for ControllerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -239,11 +687,62 @@ var ControllerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetVersion",
 			Handler:    _ControllerService_GetVersion_Handler,
 		},
+		{
+			MethodName: "GetStatus",
+			Handler:    _ControllerService_GetStatus_Handler,
+		},
+		{
+			MethodName: "KickClient",
+			Handler:    _ControllerService_KickClient_Handler,
+		},
+		{
+			MethodName: "SetReservation",
+			Handler:    _ControllerService_SetReservation_Handler,
+		},
+		{
+			MethodName: "DeleteReservation",
+			Handler:    _ControllerService_DeleteReservation_Handler,
+		},
+		{
+			MethodName: "GetDNS",
+			Handler:    _ControllerService_GetDNS_Handler,
+		},
+		{
+			MethodName: "SetDNS",
+			Handler:    _ControllerService_SetDNS_Handler,
+		},
+		{
+			MethodName: "UpdatePool",
+			Handler:    _ControllerService_UpdatePool_Handler,
+		},
+		{
+			MethodName: "DrainDataplane",
+			Handler:    _ControllerService_DrainDataplane_Handler,
+		},
+		{
+			MethodName: "SetLogLevel",
+			Handler:    _ControllerService_SetLogLevel_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "ListClients",
 			Handler:       _ControllerService_ListClients_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchClients",
+			Handler:       _ControllerService_WatchClients_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListReservations",
+			Handler:       _ControllerService_ListReservations_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ListDataplanes",
+			Handler:       _ControllerService_ListDataplanes_Handler,
 			ServerStreams: true,
 		},
 	},

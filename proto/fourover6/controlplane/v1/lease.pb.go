@@ -29,7 +29,12 @@ type RegisterDataplaneRequest struct {
 	// Software version of the data plane.
 	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	// Address the data plane accepts clients on, for operators.
-	ClientListen  string `protobuf:"bytes,3,opt,name=client_listen,json=clientListen,proto3" json:"client_listen,omitempty"`
+	ClientListen string `protobuf:"bytes,3,opt,name=client_listen,json=clientListen,proto3" json:"client_listen,omitempty"`
+	// Random per process start: a new instance id means the previous
+	// instance is gone, and so are its sessions.
+	InstanceId string `protobuf:"bytes,4,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The data plane's own gRPC API address, for operators.
+	ApiAddress    string `protobuf:"bytes,5,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -85,6 +90,20 @@ func (x *RegisterDataplaneRequest) GetClientListen() string {
 	return ""
 }
 
+func (x *RegisterDataplaneRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *RegisterDataplaneRequest) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
 type RegisterDataplaneResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The gateway: the data plane's own TUN address, e.g. "13.8.0.1".
@@ -93,8 +112,12 @@ type RegisterDataplaneResponse struct {
 	Pool string `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
 	// Software version of the controller.
 	ControllerVersion string `protobuf:"bytes,3,opt,name=controller_version,json=controllerVersion,proto3" json:"controller_version,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How often the data plane should call Heartbeat, in milliseconds.
+	HeartbeatIntervalMs uint64 `protobuf:"varint,4,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
+	// Whether the data plane is drained (accepts no new clients).
+	Draining      bool `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterDataplaneResponse) Reset() {
@@ -146,6 +169,20 @@ func (x *RegisterDataplaneResponse) GetControllerVersion() string {
 		return x.ControllerVersion
 	}
 	return ""
+}
+
+func (x *RegisterDataplaneResponse) GetHeartbeatIntervalMs() uint64 {
+	if x != nil {
+		return x.HeartbeatIntervalMs
+	}
+	return 0
+}
+
+func (x *RegisterDataplaneResponse) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 type AllocateAddressRequest struct {
@@ -378,9 +415,12 @@ func (x *ReleaseAddressResponse) GetReleased() bool {
 }
 
 type ReportSessionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DataplaneId   string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
-	Sessions      []*SessionReport       `protobuf:"bytes,2,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	Sessions    []*SessionReport       `protobuf:"bytes,2,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	InstanceId  string                 `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The report lists every leased session of this instance.
+	Complete      bool `protobuf:"varint,4,opt,name=complete,proto3" json:"complete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -429,6 +469,20 @@ func (x *ReportSessionsRequest) GetSessions() []*SessionReport {
 	return nil
 }
 
+func (x *ReportSessionsRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *ReportSessionsRequest) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
 type ReportSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sessions in the report that hold no lease at the controller.
@@ -474,6 +528,418 @@ func (x *ReportSessionsResponse) GetUnknownSessionIds() []string {
 	return nil
 }
 
+type HeartbeatRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	InstanceId  string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Open client connections and those holding a lease.
+	Sessions       uint32 `protobuf:"varint,3,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	LeasedSessions uint32 `protobuf:"varint,4,opt,name=leased_sessions,json=leasedSessions,proto3" json:"leased_sessions,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HeartbeatRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetSessions() uint32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetLeasedSessions() uint32 {
+	if x != nil {
+		return x.LeasedSessions
+	}
+	return 0
+}
+
+type HeartbeatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the controller does not know this instance (for example
+	// after its state was lost): the data plane must register again.
+	Known bool `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	// Whether the data plane is drained.
+	Draining      bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeartbeatResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *HeartbeatResponse) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type WatchCommandsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId   string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	InstanceId    string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCommandsRequest) Reset() {
+	*x = WatchCommandsRequest{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCommandsRequest) ProtoMessage() {}
+
+func (x *WatchCommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCommandsRequest.ProtoReflect.Descriptor instead.
+func (*WatchCommandsRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchCommandsRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *WatchCommandsRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+type WatchCommandsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Command       *Command               `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCommandsResponse) Reset() {
+	*x = WatchCommandsResponse{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCommandsResponse) ProtoMessage() {}
+
+func (x *WatchCommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCommandsResponse.ProtoReflect.Descriptor instead.
+func (*WatchCommandsResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchCommandsResponse) GetCommand() *Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+// Command is something the controller asks a data plane to do.
+type Command struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Command_Kick
+	//	*Command_Drain
+	Kind          isCommand_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Command) Reset() {
+	*x = Command{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Command) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Command) ProtoMessage() {}
+
+func (x *Command) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Command.ProtoReflect.Descriptor instead.
+func (*Command) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Command) GetKind() isCommand_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Command) GetKick() *KickCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDrain() *DrainCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
+type isCommand_Kind interface {
+	isCommand_Kind()
+}
+
+type Command_Kick struct {
+	Kick *KickCommand `protobuf:"bytes,1,opt,name=kick,proto3,oneof"`
+}
+
+type Command_Drain struct {
+	Drain *DrainCommand `protobuf:"bytes,2,opt,name=drain,proto3,oneof"`
+}
+
+func (*Command_Kick) isCommand_Kind() {}
+
+func (*Command_Drain) isCommand_Kind() {}
+
+// KickCommand closes the client session holding an address; its lease is
+// released as for any disconnect.
+type KickCommand struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// When set, only this session is closed (protects a newer holder).
+	SessionId     string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickCommand) Reset() {
+	*x = KickCommand{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickCommand) ProtoMessage() {}
+
+func (x *KickCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickCommand.ProtoReflect.Descriptor instead.
+func (*KickCommand) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *KickCommand) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *KickCommand) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *KickCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// DrainCommand stops (or resumes) accepting new clients. Established
+// sessions continue.
+type DrainCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Draining      bool                   `protobuf:"varint,1,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainCommand) Reset() {
+	*x = DrainCommand{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainCommand) ProtoMessage() {}
+
+func (x *DrainCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainCommand.ProtoReflect.Descriptor instead.
+func (*DrainCommand) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DrainCommand) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 // SessionReport is a data plane's view of one leased client session.
 type SessionReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -490,7 +956,7 @@ type SessionReport struct {
 
 func (x *SessionReport) Reset() {
 	*x = SessionReport{}
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[8]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +968,7 @@ func (x *SessionReport) String() string {
 func (*SessionReport) ProtoMessage() {}
 
 func (x *SessionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[8]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +981,7 @@ func (x *SessionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionReport.ProtoReflect.Descriptor instead.
 func (*SessionReport) Descriptor() ([]byte, []int) {
-	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{8}
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SessionReport) GetSessionId() string {
@@ -571,15 +1037,21 @@ var File_fourover6_controlplane_v1_lease_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\n" +
-	"%fourover6/controlplane/v1/lease.proto\x12\x19fourover6.controlplane.v1\x1a%fourover6/controlplane/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n" +
+	"%fourover6/controlplane/v1/lease.proto\x12\x19fourover6.controlplane.v1\x1a%fourover6/controlplane/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n" +
 	"\x18RegisterDataplaneRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
-	"\rclient_listen\x18\x03 \x01(\tR\fclientListen\"x\n" +
+	"\rclient_listen\x18\x03 \x01(\tR\fclientListen\x12\x1f\n" +
+	"\vinstance_id\x18\x04 \x01(\tR\n" +
+	"instanceId\x12\x1f\n" +
+	"\vapi_address\x18\x05 \x01(\tR\n" +
+	"apiAddress\"\xc8\x01\n" +
 	"\x19RegisterDataplaneResponse\x12\x18\n" +
 	"\agateway\x18\x01 \x01(\tR\agateway\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12-\n" +
-	"\x12controller_version\x18\x03 \x01(\tR\x11controllerVersion\"\x9c\x01\n" +
+	"\x12controller_version\x18\x03 \x01(\tR\x11controllerVersion\x122\n" +
+	"\x15heartbeat_interval_ms\x18\x04 \x01(\x04R\x13heartbeatIntervalMs\x12\x1a\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\"\x9c\x01\n" +
 	"\x16AllocateAddressRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
 	"\n" +
@@ -597,12 +1069,41 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\"4\n" +
 	"\x16ReleaseAddressResponse\x12\x1a\n" +
-	"\breleased\x18\x01 \x01(\bR\breleased\"\x80\x01\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\"\xbd\x01\n" +
 	"\x15ReportSessionsRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12D\n" +
-	"\bsessions\x18\x02 \x03(\v2(.fourover6.controlplane.v1.SessionReportR\bsessions\"H\n" +
+	"\bsessions\x18\x02 \x03(\v2(.fourover6.controlplane.v1.SessionReportR\bsessions\x12\x1f\n" +
+	"\vinstance_id\x18\x03 \x01(\tR\n" +
+	"instanceId\x12\x1a\n" +
+	"\bcomplete\x18\x04 \x01(\bR\bcomplete\"H\n" +
 	"\x16ReportSessionsResponse\x12.\n" +
-	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"\xc5\x02\n" +
+	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"\x9b\x01\n" +
+	"\x10HeartbeatRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\x12\x1a\n" +
+	"\bsessions\x18\x03 \x01(\rR\bsessions\x12'\n" +
+	"\x0fleased_sessions\x18\x04 \x01(\rR\x0eleasedSessions\"E\n" +
+	"\x11HeartbeatResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"Z\n" +
+	"\x14WatchCommandsRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\"U\n" +
+	"\x15WatchCommandsResponse\x12<\n" +
+	"\acommand\x18\x01 \x01(\v2\".fourover6.controlplane.v1.CommandR\acommand\"\x90\x01\n" +
+	"\aCommand\x12<\n" +
+	"\x04kick\x18\x01 \x01(\v2&.fourover6.controlplane.v1.KickCommandH\x00R\x04kick\x12?\n" +
+	"\x05drain\x18\x02 \x01(\v2'.fourover6.controlplane.v1.DrainCommandH\x00R\x05drainB\x06\n" +
+	"\x04kind\"^\n" +
+	"\vKickCommand\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
+	"\fDrainCommand\x12\x1a\n" +
+	"\bdraining\x18\x01 \x01(\bR\bdraining\"\xc5\x02\n" +
 	"\rSessionReport\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
@@ -614,12 +1115,14 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\fconnected_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x129\n" +
 	"\n" +
 	"last_heard\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12?\n" +
-	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters2\xf6\x03\n" +
+	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters2\xd4\x05\n" +
 	"\fLeaseService\x12~\n" +
 	"\x11RegisterDataplane\x123.fourover6.controlplane.v1.RegisterDataplaneRequest\x1a4.fourover6.controlplane.v1.RegisterDataplaneResponse\x12x\n" +
 	"\x0fAllocateAddress\x121.fourover6.controlplane.v1.AllocateAddressRequest\x1a2.fourover6.controlplane.v1.AllocateAddressResponse\x12u\n" +
 	"\x0eReleaseAddress\x120.fourover6.controlplane.v1.ReleaseAddressRequest\x1a1.fourover6.controlplane.v1.ReleaseAddressResponse\x12u\n" +
-	"\x0eReportSessions\x120.fourover6.controlplane.v1.ReportSessionsRequest\x1a1.fourover6.controlplane.v1.ReportSessionsResponseBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"\x0eReportSessions\x120.fourover6.controlplane.v1.ReportSessionsRequest\x1a1.fourover6.controlplane.v1.ReportSessionsResponse\x12f\n" +
+	"\tHeartbeat\x12+.fourover6.controlplane.v1.HeartbeatRequest\x1a,.fourover6.controlplane.v1.HeartbeatResponse\x12t\n" +
+	"\rWatchCommands\x12/.fourover6.controlplane.v1.WatchCommandsRequest\x1a0.fourover6.controlplane.v1.WatchCommandsResponse0\x01BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_lease_proto_rawDescOnce sync.Once
@@ -633,7 +1136,7 @@ func file_fourover6_controlplane_v1_lease_proto_rawDescGZIP() []byte {
 	return file_fourover6_controlplane_v1_lease_proto_rawDescData
 }
 
-var file_fourover6_controlplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_fourover6_controlplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_fourover6_controlplane_v1_lease_proto_goTypes = []any{
 	(*RegisterDataplaneRequest)(nil),  // 0: fourover6.controlplane.v1.RegisterDataplaneRequest
 	(*RegisterDataplaneResponse)(nil), // 1: fourover6.controlplane.v1.RegisterDataplaneResponse
@@ -643,30 +1146,44 @@ var file_fourover6_controlplane_v1_lease_proto_goTypes = []any{
 	(*ReleaseAddressResponse)(nil),    // 5: fourover6.controlplane.v1.ReleaseAddressResponse
 	(*ReportSessionsRequest)(nil),     // 6: fourover6.controlplane.v1.ReportSessionsRequest
 	(*ReportSessionsResponse)(nil),    // 7: fourover6.controlplane.v1.ReportSessionsResponse
-	(*SessionReport)(nil),             // 8: fourover6.controlplane.v1.SessionReport
-	(*Lease)(nil),                     // 9: fourover6.controlplane.v1.Lease
-	(*timestamppb.Timestamp)(nil),     // 10: google.protobuf.Timestamp
-	(*Counters)(nil),                  // 11: fourover6.controlplane.v1.Counters
+	(*HeartbeatRequest)(nil),          // 8: fourover6.controlplane.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),         // 9: fourover6.controlplane.v1.HeartbeatResponse
+	(*WatchCommandsRequest)(nil),      // 10: fourover6.controlplane.v1.WatchCommandsRequest
+	(*WatchCommandsResponse)(nil),     // 11: fourover6.controlplane.v1.WatchCommandsResponse
+	(*Command)(nil),                   // 12: fourover6.controlplane.v1.Command
+	(*KickCommand)(nil),               // 13: fourover6.controlplane.v1.KickCommand
+	(*DrainCommand)(nil),              // 14: fourover6.controlplane.v1.DrainCommand
+	(*SessionReport)(nil),             // 15: fourover6.controlplane.v1.SessionReport
+	(*Lease)(nil),                     // 16: fourover6.controlplane.v1.Lease
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
+	(*Counters)(nil),                  // 18: fourover6.controlplane.v1.Counters
 }
 var file_fourover6_controlplane_v1_lease_proto_depIdxs = []int32{
-	9,  // 0: fourover6.controlplane.v1.AllocateAddressResponse.lease:type_name -> fourover6.controlplane.v1.Lease
-	8,  // 1: fourover6.controlplane.v1.ReportSessionsRequest.sessions:type_name -> fourover6.controlplane.v1.SessionReport
-	10, // 2: fourover6.controlplane.v1.SessionReport.connected_at:type_name -> google.protobuf.Timestamp
-	10, // 3: fourover6.controlplane.v1.SessionReport.last_heard:type_name -> google.protobuf.Timestamp
-	11, // 4: fourover6.controlplane.v1.SessionReport.counters:type_name -> fourover6.controlplane.v1.Counters
-	0,  // 5: fourover6.controlplane.v1.LeaseService.RegisterDataplane:input_type -> fourover6.controlplane.v1.RegisterDataplaneRequest
-	2,  // 6: fourover6.controlplane.v1.LeaseService.AllocateAddress:input_type -> fourover6.controlplane.v1.AllocateAddressRequest
-	4,  // 7: fourover6.controlplane.v1.LeaseService.ReleaseAddress:input_type -> fourover6.controlplane.v1.ReleaseAddressRequest
-	6,  // 8: fourover6.controlplane.v1.LeaseService.ReportSessions:input_type -> fourover6.controlplane.v1.ReportSessionsRequest
-	1,  // 9: fourover6.controlplane.v1.LeaseService.RegisterDataplane:output_type -> fourover6.controlplane.v1.RegisterDataplaneResponse
-	3,  // 10: fourover6.controlplane.v1.LeaseService.AllocateAddress:output_type -> fourover6.controlplane.v1.AllocateAddressResponse
-	5,  // 11: fourover6.controlplane.v1.LeaseService.ReleaseAddress:output_type -> fourover6.controlplane.v1.ReleaseAddressResponse
-	7,  // 12: fourover6.controlplane.v1.LeaseService.ReportSessions:output_type -> fourover6.controlplane.v1.ReportSessionsResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	16, // 0: fourover6.controlplane.v1.AllocateAddressResponse.lease:type_name -> fourover6.controlplane.v1.Lease
+	15, // 1: fourover6.controlplane.v1.ReportSessionsRequest.sessions:type_name -> fourover6.controlplane.v1.SessionReport
+	12, // 2: fourover6.controlplane.v1.WatchCommandsResponse.command:type_name -> fourover6.controlplane.v1.Command
+	13, // 3: fourover6.controlplane.v1.Command.kick:type_name -> fourover6.controlplane.v1.KickCommand
+	14, // 4: fourover6.controlplane.v1.Command.drain:type_name -> fourover6.controlplane.v1.DrainCommand
+	17, // 5: fourover6.controlplane.v1.SessionReport.connected_at:type_name -> google.protobuf.Timestamp
+	17, // 6: fourover6.controlplane.v1.SessionReport.last_heard:type_name -> google.protobuf.Timestamp
+	18, // 7: fourover6.controlplane.v1.SessionReport.counters:type_name -> fourover6.controlplane.v1.Counters
+	0,  // 8: fourover6.controlplane.v1.LeaseService.RegisterDataplane:input_type -> fourover6.controlplane.v1.RegisterDataplaneRequest
+	2,  // 9: fourover6.controlplane.v1.LeaseService.AllocateAddress:input_type -> fourover6.controlplane.v1.AllocateAddressRequest
+	4,  // 10: fourover6.controlplane.v1.LeaseService.ReleaseAddress:input_type -> fourover6.controlplane.v1.ReleaseAddressRequest
+	6,  // 11: fourover6.controlplane.v1.LeaseService.ReportSessions:input_type -> fourover6.controlplane.v1.ReportSessionsRequest
+	8,  // 12: fourover6.controlplane.v1.LeaseService.Heartbeat:input_type -> fourover6.controlplane.v1.HeartbeatRequest
+	10, // 13: fourover6.controlplane.v1.LeaseService.WatchCommands:input_type -> fourover6.controlplane.v1.WatchCommandsRequest
+	1,  // 14: fourover6.controlplane.v1.LeaseService.RegisterDataplane:output_type -> fourover6.controlplane.v1.RegisterDataplaneResponse
+	3,  // 15: fourover6.controlplane.v1.LeaseService.AllocateAddress:output_type -> fourover6.controlplane.v1.AllocateAddressResponse
+	5,  // 16: fourover6.controlplane.v1.LeaseService.ReleaseAddress:output_type -> fourover6.controlplane.v1.ReleaseAddressResponse
+	7,  // 17: fourover6.controlplane.v1.LeaseService.ReportSessions:output_type -> fourover6.controlplane.v1.ReportSessionsResponse
+	9,  // 18: fourover6.controlplane.v1.LeaseService.Heartbeat:output_type -> fourover6.controlplane.v1.HeartbeatResponse
+	11, // 19: fourover6.controlplane.v1.LeaseService.WatchCommands:output_type -> fourover6.controlplane.v1.WatchCommandsResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_controlplane_v1_lease_proto_init() }
@@ -675,13 +1192,17 @@ func file_fourover6_controlplane_v1_lease_proto_init() {
 		return
 	}
 	file_fourover6_controlplane_v1_types_proto_init()
+	file_fourover6_controlplane_v1_lease_proto_msgTypes[12].OneofWrappers = []any{
+		(*Command_Kick)(nil),
+		(*Command_Drain)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_lease_proto_rawDesc), len(file_fourover6_controlplane_v1_lease_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,8 @@ const (
 	LeaseService_AllocateAddress_FullMethodName   = "/fourover6.controlplane.v1.LeaseService/AllocateAddress"
 	LeaseService_ReleaseAddress_FullMethodName    = "/fourover6.controlplane.v1.LeaseService/ReleaseAddress"
 	LeaseService_ReportSessions_FullMethodName    = "/fourover6.controlplane.v1.LeaseService/ReportSessions"
+	LeaseService_Heartbeat_FullMethodName         = "/fourover6.controlplane.v1.LeaseService/Heartbeat"
+	LeaseService_WatchCommands_FullMethodName     = "/fourover6.controlplane.v1.LeaseService/WatchCommands"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -44,7 +46,16 @@ type LeaseServiceClient interface {
 	// that is not held by that session is a no-op (released = false).
 	ReleaseAddress(ctx context.Context, in *ReleaseAddressRequest, opts ...grpc.CallOption) (*ReleaseAddressResponse, error)
 	// ReportSessions refreshes liveness and counters of a data plane's sessions.
+	// A complete report lists every leased session of that data plane
+	// instance: the controller reconciles its leases against it.
 	ReportSessions(ctx context.Context, in *ReportSessionsRequest, opts ...grpc.CallOption) (*ReportSessionsResponse, error)
+	// Heartbeat tells the controller the data plane is alive. A data plane
+	// that stops heartbeating is marked down and, after a grace period, its
+	// leases are released.
+	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// WatchCommands is the stream on which the controller pushes commands
+	// (kick a client, drain) to a data plane. The data plane keeps it open.
+	WatchCommands(ctx context.Context, in *WatchCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCommandsResponse], error)
 }
 
 type leaseServiceClient struct {
@@ -95,6 +106,35 @@ func (c *leaseServiceClient) ReportSessions(ctx context.Context, in *ReportSessi
 	return out, nil
 }
 
+func (c *leaseServiceClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeartbeatResponse)
+	err := c.cc.Invoke(ctx, LeaseService_Heartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) WatchCommands(ctx context.Context, in *WatchCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCommandsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[0], LeaseService_WatchCommands_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchCommandsRequest, WatchCommandsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_WatchCommandsClient = grpc.ServerStreamingClient[WatchCommandsResponse]
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -114,7 +154,16 @@ type LeaseServiceServer interface {
 	// that is not held by that session is a no-op (released = false).
 	ReleaseAddress(context.Context, *ReleaseAddressRequest) (*ReleaseAddressResponse, error)
 	// ReportSessions refreshes liveness and counters of a data plane's sessions.
+	// A complete report lists every leased session of that data plane
+	// instance: the controller reconciles its leases against it.
 	ReportSessions(context.Context, *ReportSessionsRequest) (*ReportSessionsResponse, error)
+	// Heartbeat tells the controller the data plane is alive. A data plane
+	// that stops heartbeating is marked down and, after a grace period, its
+	// leases are released.
+	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// WatchCommands is the stream on which the controller pushes commands
+	// (kick a client, drain) to a data plane. The data plane keeps it open.
+	WatchCommands(*WatchCommandsRequest, grpc.ServerStreamingServer[WatchCommandsResponse]) error
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -136,6 +185,12 @@ func (UnimplementedLeaseServiceServer) ReleaseAddress(context.Context, *ReleaseA
 }
 func (UnimplementedLeaseServiceServer) ReportSessions(context.Context, *ReportSessionsRequest) (*ReportSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportSessions not implemented")
+}
+func (UnimplementedLeaseServiceServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedLeaseServiceServer) WatchCommands(*WatchCommandsRequest, grpc.ServerStreamingServer[WatchCommandsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchCommands not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -230,6 +285,35 @@ func _LeaseService_ReportSessions_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LeaseService_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).Heartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_Heartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).Heartbeat(ctx, req.(*HeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_WatchCommands_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCommandsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LeaseServiceServer).WatchCommands(m, &grpc.GenericServerStream[WatchCommandsRequest, WatchCommandsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_WatchCommandsServer = grpc.ServerStreamingServer[WatchCommandsResponse]
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -253,7 +337,17 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReportSessions",
 			Handler:    _LeaseService_ReportSessions_Handler,
 		},
+		{
+			MethodName: "Heartbeat",
+			Handler:    _LeaseService_Heartbeat_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchCommands",
+			Handler:       _LeaseService_WatchCommands_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "fourover6/controlplane/v1/lease.proto",
 }

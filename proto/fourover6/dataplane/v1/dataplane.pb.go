@@ -113,6 +113,297 @@ func (*GetStatusRequest) Descriptor() ([]byte, []int) {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
 }
 
+type KickSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's IPv4 address, or
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// its session id.
+	SessionId     string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickSessionRequest) Reset() {
+	*x = KickSessionRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickSessionRequest) ProtoMessage() {}
+
+func (x *KickSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickSessionRequest.ProtoReflect.Descriptor instead.
+func (*KickSessionRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *KickSessionRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *KickSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *KickSessionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type KickSessionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickSessionResponse) Reset() {
+	*x = KickSessionResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickSessionResponse) ProtoMessage() {}
+
+func (x *KickSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickSessionResponse.ProtoReflect.Descriptor instead.
+func (*KickSessionResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *KickSessionResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *KickSessionResponse) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type SetDrainingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Draining      bool                   `protobuf:"varint,1,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainingRequest) Reset() {
+	*x = SetDrainingRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainingRequest) ProtoMessage() {}
+
+func (x *SetDrainingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainingRequest.ProtoReflect.Descriptor instead.
+func (*SetDrainingRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SetDrainingRequest) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type SetDrainingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Draining      bool                   `protobuf:"varint,1,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainingResponse) Reset() {
+	*x = SetDrainingResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainingResponse) ProtoMessage() {}
+
+func (x *SetDrainingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainingResponse.ProtoReflect.Descriptor instead.
+func (*SetDrainingResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetDrainingResponse) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+type SetLogLevelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// debug, info, warn or error.
+	Level         string `protobuf:"bytes,1,opt,name=level,proto3" json:"level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLogLevelRequest) Reset() {
+	*x = SetLogLevelRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLogLevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLogLevelRequest) ProtoMessage() {}
+
+func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
+func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SetLogLevelRequest) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+type SetLogLevelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Previous      string                 `protobuf:"bytes,1,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLogLevelResponse) Reset() {
+	*x = SetLogLevelResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLogLevelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLogLevelResponse) ProtoMessage() {}
+
+func (x *SetLogLevelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLogLevelResponse.ProtoReflect.Descriptor instead.
+func (*SetLogLevelResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetLogLevelResponse) GetPrevious() string {
+	if x != nil {
+		return x.Previous
+	}
+	return ""
+}
+
 type GetStatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Status        *Status                `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
@@ -122,7 +413,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +425,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +438,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetStatusResponse) GetStatus() *Status {
@@ -165,7 +456,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +468,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +481,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{2}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{8}
 }
 
 type ListSessionsResponse struct {
@@ -202,7 +493,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +505,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +518,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{3}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListSessionsResponse) GetSession() *Session {
@@ -265,13 +556,23 @@ type Status struct {
 	// Keepalive settings, in milliseconds.
 	KeepaliveIntervalMs uint64 `protobuf:"varint,17,opt,name=keepalive_interval_ms,json=keepaliveIntervalMs,proto3" json:"keepalive_interval_ms,omitempty"`
 	KeepaliveTimeoutMs  uint64 `protobuf:"varint,18,opt,name=keepalive_timeout_ms,json=keepaliveTimeoutMs,proto3" json:"keepalive_timeout_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Accepting no new clients.
+	Draining bool `protobuf:"varint,19,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Random per process start.
+	InstanceId string `protobuf:"bytes,20,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Resource use, to spot leaks.
+	Goroutines uint32 `protobuf:"varint,21,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
+	OpenFds    uint32 `protobuf:"varint,22,opt,name=open_fds,json=openFds,proto3" json:"open_fds,omitempty"`
+	// Connections refused by a limit, by limit name.
+	Refused       map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Limits        *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +584,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +597,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Status) GetDataplaneId() string {
@@ -425,6 +726,133 @@ func (x *Status) GetKeepaliveTimeoutMs() uint64 {
 	return 0
 }
 
+func (x *Status) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Status) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *Status) GetGoroutines() uint32 {
+	if x != nil {
+		return x.Goroutines
+	}
+	return 0
+}
+
+func (x *Status) GetOpenFds() uint32 {
+	if x != nil {
+		return x.OpenFds
+	}
+	return 0
+}
+
+func (x *Status) GetRefused() map[string]uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+func (x *Status) GetLimits() *Limits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// Limits protect the data plane from floods; 0 means unlimited.
+type Limits struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MaxClients        uint32                 `protobuf:"varint,1,opt,name=max_clients,json=maxClients,proto3" json:"max_clients,omitempty"`
+	MaxConnsPerIp     uint32                 `protobuf:"varint,2,opt,name=max_conns_per_ip,json=maxConnsPerIp,proto3" json:"max_conns_per_ip,omitempty"`
+	MaxConnsPerPrefix uint32                 `protobuf:"varint,3,opt,name=max_conns_per_prefix,json=maxConnsPerPrefix,proto3" json:"max_conns_per_prefix,omitempty"`
+	PrefixLength      uint32                 `protobuf:"varint,4,opt,name=prefix_length,json=prefixLength,proto3" json:"prefix_length,omitempty"`
+	AcceptRate        float64                `protobuf:"fixed64,5,opt,name=accept_rate,json=acceptRate,proto3" json:"accept_rate,omitempty"`
+	AcceptBurst       uint32                 `protobuf:"varint,6,opt,name=accept_burst,json=acceptBurst,proto3" json:"accept_burst,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Limits) Reset() {
+	*x = Limits{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Limits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Limits) ProtoMessage() {}
+
+func (x *Limits) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Limits.ProtoReflect.Descriptor instead.
+func (*Limits) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Limits) GetMaxClients() uint32 {
+	if x != nil {
+		return x.MaxClients
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxConnsPerIp() uint32 {
+	if x != nil {
+		return x.MaxConnsPerIp
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxConnsPerPrefix() uint32 {
+	if x != nil {
+		return x.MaxConnsPerPrefix
+	}
+	return 0
+}
+
+func (x *Limits) GetPrefixLength() uint32 {
+	if x != nil {
+		return x.PrefixLength
+	}
+	return 0
+}
+
+func (x *Limits) GetAcceptRate() float64 {
+	if x != nil {
+		return x.AcceptRate
+	}
+	return 0
+}
+
+func (x *Limits) GetAcceptBurst() uint32 {
+	if x != nil {
+		return x.AcceptBurst
+	}
+	return 0
+}
+
 // Counters of one session or of all. "from client" is 102 traffic,
 // "to client" is 103 traffic.
 type Counters struct {
@@ -439,7 +867,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +879,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +892,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{5}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Counters) GetBytesFromClient() uint64 {
@@ -517,7 +945,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +957,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +970,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{6}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Session) GetSessionId() string {
@@ -620,12 +1048,29 @@ var File_fourover6_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\n" +
 	"&fourover6/dataplane/v1/dataplane.proto\x12\x16fourover6.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
-	"\x10GetStatusRequest\"K\n" +
+	"\x10GetStatusRequest\"e\n" +
+	"\x12KickSessionRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"N\n" +
+	"\x13KickSessionResponse\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"0\n" +
+	"\x12SetDrainingRequest\x12\x1a\n" +
+	"\bdraining\x18\x01 \x01(\bR\bdraining\"1\n" +
+	"\x13SetDrainingResponse\x12\x1a\n" +
+	"\bdraining\x18\x01 \x01(\bR\bdraining\"*\n" +
+	"\x12SetLogLevelRequest\x12\x14\n" +
+	"\x05level\x18\x01 \x01(\tR\x05level\"1\n" +
+	"\x13SetLogLevelResponse\x12\x1a\n" +
+	"\bprevious\x18\x01 \x01(\tR\bprevious\"K\n" +
 	"\x11GetStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.fourover6.dataplane.v1.StatusR\x06status\"\x15\n" +
 	"\x13ListSessionsRequest\"Q\n" +
 	"\x14ListSessionsResponse\x129\n" +
-	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xf8\x05\n" +
+	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xab\b\n" +
 	"\x06Status\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
@@ -648,11 +1093,32 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\bcounters\x18\x0f \x01(\v2 .fourover6.dataplane.v1.CountersR\bcounters\x12?\n" +
 	"\x05drops\x18\x10 \x03(\v2).fourover6.dataplane.v1.Status.DropsEntryR\x05drops\x122\n" +
 	"\x15keepalive_interval_ms\x18\x11 \x01(\x04R\x13keepaliveIntervalMs\x120\n" +
-	"\x14keepalive_timeout_ms\x18\x12 \x01(\x04R\x12keepaliveTimeoutMs\x1a8\n" +
+	"\x14keepalive_timeout_ms\x18\x12 \x01(\x04R\x12keepaliveTimeoutMs\x12\x1a\n" +
+	"\bdraining\x18\x13 \x01(\bR\bdraining\x12\x1f\n" +
+	"\vinstance_id\x18\x14 \x01(\tR\n" +
+	"instanceId\x12\x1e\n" +
+	"\n" +
+	"goroutines\x18\x15 \x01(\rR\n" +
+	"goroutines\x12\x19\n" +
+	"\bopen_fds\x18\x16 \x01(\rR\aopenFds\x12E\n" +
+	"\arefused\x18\x17 \x03(\v2+.fourover6.dataplane.v1.Status.RefusedEntryR\arefused\x126\n" +
+	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xba\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a:\n" +
+	"\fRefusedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xec\x01\n" +
+	"\x06Limits\x12\x1f\n" +
+	"\vmax_clients\x18\x01 \x01(\rR\n" +
+	"maxClients\x12'\n" +
+	"\x10max_conns_per_ip\x18\x02 \x01(\rR\rmaxConnsPerIp\x12/\n" +
+	"\x14max_conns_per_prefix\x18\x03 \x01(\rR\x11maxConnsPerPrefix\x12#\n" +
+	"\rprefix_length\x18\x04 \x01(\rR\fprefixLength\x12\x1f\n" +
+	"\vaccept_rate\x18\x05 \x01(\x01R\n" +
+	"acceptRate\x12!\n" +
+	"\faccept_burst\x18\x06 \x01(\rR\vacceptBurst\"\xba\x01\n" +
 	"\bCounters\x12*\n" +
 	"\x11bytes_from_client\x18\x01 \x01(\x04R\x0fbytesFromClient\x12.\n" +
 	"\x13packets_from_client\x18\x02 \x01(\x04R\x11packetsFromClient\x12&\n" +
@@ -679,10 +1145,13 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SESSION_STATE_ACCEPTED\x10\x01\x12\x18\n" +
 	"\x14SESSION_STATE_LEASED\x10\x02\x12\x19\n" +
-	"\x15SESSION_STATE_CLOSING\x10\x032\xe1\x01\n" +
+	"\x15SESSION_STATE_CLOSING\x10\x032\x99\x04\n" +
 	"\x10DataplaneService\x12`\n" +
 	"\tGetStatus\x12(.fourover6.dataplane.v1.GetStatusRequest\x1a).fourover6.dataplane.v1.GetStatusResponse\x12k\n" +
-	"\fListSessions\x12+.fourover6.dataplane.v1.ListSessionsRequest\x1a,.fourover6.dataplane.v1.ListSessionsResponse0\x01BIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
+	"\fListSessions\x12+.fourover6.dataplane.v1.ListSessionsRequest\x1a,.fourover6.dataplane.v1.ListSessionsResponse0\x01\x12f\n" +
+	"\vKickSession\x12*.fourover6.dataplane.v1.KickSessionRequest\x1a+.fourover6.dataplane.v1.KickSessionResponse\x12f\n" +
+	"\vSetDraining\x12*.fourover6.dataplane.v1.SetDrainingRequest\x1a+.fourover6.dataplane.v1.SetDrainingResponse\x12f\n" +
+	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponseBIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
 
 var (
 	file_fourover6_dataplane_v1_dataplane_proto_rawDescOnce sync.Once
@@ -697,38 +1166,54 @@ func file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 }
 
 var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(SessionState)(0),             // 0: fourover6.dataplane.v1.SessionState
 	(*GetStatusRequest)(nil),      // 1: fourover6.dataplane.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 2: fourover6.dataplane.v1.GetStatusResponse
-	(*ListSessionsRequest)(nil),   // 3: fourover6.dataplane.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 4: fourover6.dataplane.v1.ListSessionsResponse
-	(*Status)(nil),                // 5: fourover6.dataplane.v1.Status
-	(*Counters)(nil),              // 6: fourover6.dataplane.v1.Counters
-	(*Session)(nil),               // 7: fourover6.dataplane.v1.Session
-	nil,                           // 8: fourover6.dataplane.v1.Status.DropsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*KickSessionRequest)(nil),    // 2: fourover6.dataplane.v1.KickSessionRequest
+	(*KickSessionResponse)(nil),   // 3: fourover6.dataplane.v1.KickSessionResponse
+	(*SetDrainingRequest)(nil),    // 4: fourover6.dataplane.v1.SetDrainingRequest
+	(*SetDrainingResponse)(nil),   // 5: fourover6.dataplane.v1.SetDrainingResponse
+	(*SetLogLevelRequest)(nil),    // 6: fourover6.dataplane.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),   // 7: fourover6.dataplane.v1.SetLogLevelResponse
+	(*GetStatusResponse)(nil),     // 8: fourover6.dataplane.v1.GetStatusResponse
+	(*ListSessionsRequest)(nil),   // 9: fourover6.dataplane.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 10: fourover6.dataplane.v1.ListSessionsResponse
+	(*Status)(nil),                // 11: fourover6.dataplane.v1.Status
+	(*Limits)(nil),                // 12: fourover6.dataplane.v1.Limits
+	(*Counters)(nil),              // 13: fourover6.dataplane.v1.Counters
+	(*Session)(nil),               // 14: fourover6.dataplane.v1.Session
+	nil,                           // 15: fourover6.dataplane.v1.Status.DropsEntry
+	nil,                           // 16: fourover6.dataplane.v1.Status.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_fourover6_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	5,  // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
-	7,  // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
-	9,  // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
-	8,  // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
-	0,  // 5: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
-	9,  // 6: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
-	9,  // 7: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
-	6,  // 8: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
-	1,  // 9: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
-	3,  // 10: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
-	2,  // 11: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
-	4,  // 12: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	11, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
+	14, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
+	17, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
+	13, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
+	15, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
+	16, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
+	12, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
+	0,  // 7: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
+	17, // 8: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
+	17, // 9: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
+	13, // 10: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
+	1,  // 11: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
+	9,  // 12: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
+	2,  // 13: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
+	4,  // 14: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
+	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
+	8,  // 16: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
+	10, // 17: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
+	3,  // 18: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
+	5,  // 19: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
+	7,  // 20: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_dataplane_v1_dataplane_proto_init() }
@@ -742,7 +1227,7 @@ func file_fourover6_dataplane_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_dataplane_v1_dataplane_proto_rawDesc), len(file_fourover6_dataplane_v1_dataplane_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

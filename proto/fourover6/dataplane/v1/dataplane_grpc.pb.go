@@ -21,6 +21,9 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	DataplaneService_GetStatus_FullMethodName    = "/fourover6.dataplane.v1.DataplaneService/GetStatus"
 	DataplaneService_ListSessions_FullMethodName = "/fourover6.dataplane.v1.DataplaneService/ListSessions"
+	DataplaneService_KickSession_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/KickSession"
+	DataplaneService_SetDraining_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
+	DataplaneService_SetLogLevel_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
 )
 
 // DataplaneServiceClient is the client API for DataplaneService service.
@@ -33,6 +36,13 @@ type DataplaneServiceClient interface {
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// ListSessions streams every client connection, one per message.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListSessionsResponse], error)
+	// KickSession closes one client connection (by address or session id);
+	// its lease is released as for any disconnect.
+	KickSession(ctx context.Context, in *KickSessionRequest, opts ...grpc.CallOption) (*KickSessionResponse, error)
+	// SetDraining stops (or resumes) accepting new clients.
+	SetDraining(ctx context.Context, in *SetDrainingRequest, opts ...grpc.CallOption) (*SetDrainingResponse, error)
+	// SetLogLevel changes the data plane's log level at run time.
+	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
 }
 
 type dataplaneServiceClient struct {
@@ -72,6 +82,36 @@ func (c *dataplaneServiceClient) ListSessions(ctx context.Context, in *ListSessi
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DataplaneService_ListSessionsClient = grpc.ServerStreamingClient[ListSessionsResponse]
 
+func (c *dataplaneServiceClient) KickSession(ctx context.Context, in *KickSessionRequest, opts ...grpc.CallOption) (*KickSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KickSessionResponse)
+	err := c.cc.Invoke(ctx, DataplaneService_KickSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *dataplaneServiceClient) SetDraining(ctx context.Context, in *SetDrainingRequest, opts ...grpc.CallOption) (*SetDrainingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetDrainingResponse)
+	err := c.cc.Invoke(ctx, DataplaneService_SetDraining_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *dataplaneServiceClient) SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetLogLevelResponse)
+	err := c.cc.Invoke(ctx, DataplaneService_SetLogLevel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DataplaneServiceServer is the server API for DataplaneService service.
 // All implementations must embed UnimplementedDataplaneServiceServer
 // for forward compatibility.
@@ -82,6 +122,13 @@ type DataplaneServiceServer interface {
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// ListSessions streams every client connection, one per message.
 	ListSessions(*ListSessionsRequest, grpc.ServerStreamingServer[ListSessionsResponse]) error
+	// KickSession closes one client connection (by address or session id);
+	// its lease is released as for any disconnect.
+	KickSession(context.Context, *KickSessionRequest) (*KickSessionResponse, error)
+	// SetDraining stops (or resumes) accepting new clients.
+	SetDraining(context.Context, *SetDrainingRequest) (*SetDrainingResponse, error)
+	// SetLogLevel changes the data plane's log level at run time.
+	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
 	mustEmbedUnimplementedDataplaneServiceServer()
 }
 
@@ -97,6 +144,15 @@ func (UnimplementedDataplaneServiceServer) GetStatus(context.Context, *GetStatus
 }
 func (UnimplementedDataplaneServiceServer) ListSessions(*ListSessionsRequest, grpc.ServerStreamingServer[ListSessionsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ListSessions not implemented")
+}
+func (UnimplementedDataplaneServiceServer) KickSession(context.Context, *KickSessionRequest) (*KickSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method KickSession not implemented")
+}
+func (UnimplementedDataplaneServiceServer) SetDraining(context.Context, *SetDrainingRequest) (*SetDrainingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetDraining not implemented")
+}
+func (UnimplementedDataplaneServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
 }
 func (UnimplementedDataplaneServiceServer) mustEmbedUnimplementedDataplaneServiceServer() {}
 func (UnimplementedDataplaneServiceServer) testEmbeddedByValue()                          {}
@@ -148,6 +204,60 @@ func _DataplaneService_ListSessions_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type DataplaneService_ListSessionsServer = grpc.ServerStreamingServer[ListSessionsResponse]
 
+func _DataplaneService_KickSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KickSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DataplaneServiceServer).KickSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DataplaneService_KickSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DataplaneServiceServer).KickSession(ctx, req.(*KickSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DataplaneService_SetDraining_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDrainingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DataplaneServiceServer).SetDraining(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DataplaneService_SetDraining_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DataplaneServiceServer).SetDraining(ctx, req.(*SetDrainingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DataplaneService_SetLogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLogLevelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DataplaneServiceServer).SetLogLevel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DataplaneService_SetLogLevel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DataplaneServiceServer).SetLogLevel(ctx, req.(*SetLogLevelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DataplaneService_ServiceDesc is the grpc.ServiceDesc for DataplaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -158,6 +268,18 @@ var DataplaneService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStatus",
 			Handler:    _DataplaneService_GetStatus_Handler,
+		},
+		{
+			MethodName: "KickSession",
+			Handler:    _DataplaneService_KickSession_Handler,
+		},
+		{
+			MethodName: "SetDraining",
+			Handler:    _DataplaneService_SetDraining_Handler,
+		},
+		{
+			MethodName: "SetLogLevel",
+			Handler:    _DataplaneService_SetLogLevel_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
