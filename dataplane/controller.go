@@ -21,20 +21,68 @@ type Controller interface {
 	Release(ctx context.Context, r ReleaseRequest) error
 	// Report sends live sessions' liveness and counters; it returns the
 	// ids of sessions the controller holds no lease for.
-	Report(ctx context.Context, dataplaneID string, sessions []SessionReport) (unknown []string, err error)
+	Report(ctx context.Context, r Report) (unknown []string, err error)
+	// Heartbeat says the data plane is alive.
+	Heartbeat(ctx context.Context, h Heartbeat) (HeartbeatReply, error)
+	// WatchCommands receives the controller's commands and calls fn for
+	// each, until ctx ends or the stream breaks (then it returns why).
+	WatchCommands(ctx context.Context, dataplaneID, instanceID string, fn func(Command)) error
 }
 
 // Registration describes this data plane to the controller.
 type Registration struct {
 	DataplaneID  string
+	InstanceID   string // random per process start
 	Version      string
 	ClientListen string
+	APIAddress   string
 }
 
-// PoolInfo is what the data plane needs to configure its TUN.
+// PoolInfo is what the data plane needs to configure its TUN, and the
+// controller's instructions at registration.
 type PoolInfo struct {
-	Gateway netip.Addr   // the TUN's address, e.g. 13.8.0.1
-	Pool    netip.Prefix // e.g. 13.8.0.0/24
+	Gateway           netip.Addr   // the TUN's address, e.g. 13.8.0.1
+	Pool              netip.Prefix // e.g. 13.8.0.0/24
+	HeartbeatInterval time.Duration
+	Draining          bool
+}
+
+// Report is a batch of session reports. Complete means it lists every
+// leased session of the instance, so the controller may reconcile.
+type Report struct {
+	DataplaneID string
+	InstanceID  string
+	Complete    bool
+	Sessions    []SessionReport
+}
+
+// Heartbeat is the data plane's periodic sign of life.
+type Heartbeat struct {
+	DataplaneID    string
+	InstanceID     string
+	Sessions       int
+	LeasedSessions int
+}
+
+// HeartbeatReply is the controller's answer. Known is false when the
+// controller lost track of this instance: register again.
+type HeartbeatReply struct {
+	Known    bool
+	Draining bool
+}
+
+// Command is pushed by the controller: exactly one field is set.
+type Command struct {
+	Kick  *KickCommand
+	Drain *bool
+}
+
+// KickCommand closes the session holding Addr (only session SessionID,
+// when set).
+type KickCommand struct {
+	Addr      netip.Addr
+	SessionID string
+	Reason    string
 }
 
 // AllocateRequest asks for an address for one session.

@@ -2,6 +2,8 @@ package dataplane
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fourover6/fourover6/dataplane/limit"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/route"
 	"github.com/fourover6/fourover6/dataplane/session"
@@ -24,7 +27,9 @@ import (
 // defaults below.
 type Config struct {
 	ID             string
+	InstanceID     string // random per process start; generated when empty
 	Version        string
+	APIAddress     string       // the data plane's gRPC API, for the controller's registry
 	Listener       net.Listener // clients connect here (TCP over IPv6)
 	TUN            tun.Device   // configured with Gateway/Pool, up
 	MTU            int
@@ -39,8 +44,10 @@ type Config struct {
 	ReportInterval    time.Duration // default 5s
 	AllocateTimeout   time.Duration // how long a 100 waits for an unreachable controller; default 5s
 	ReleaseTimeout    time.Duration // per release attempt; default 3s
+	HeartbeatInterval time.Duration // default: what the controller said at registration, else 5s
 	SendQueueLen      int           // default 256 messages
 	ReadBufferSize    int           // default 16 KiB
+	Limits            limit.Config  // zero values: unlimited
 }
 
 func (c *Config) setDefaults() {
@@ -55,6 +62,13 @@ func (c *Config) setDefaults() {
 	def(&c.ReportInterval, 5*time.Second)
 	def(&c.AllocateTimeout, 5*time.Second)
 	def(&c.ReleaseTimeout, 3*time.Second)
+	def(&c.HeartbeatInterval, c.Pool.HeartbeatInterval)
+	def(&c.HeartbeatInterval, 5*time.Second)
+	if c.InstanceID == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		c.InstanceID = hex.EncodeToString(b[:])
+	}
 	if c.SendQueueLen <= 0 {
 		c.SendQueueLen = 256
 	}
@@ -78,8 +92,12 @@ type Dataplane struct {
 	routes route.Table[session.Session]
 
 	mu       sync.Mutex
-	sessions map[*session.Session]struct{}
-	gone     session.Counters // counters of closed sessions
+	sessions map[*session.Session]func() // value: the limiter's release
+	gone     session.Counters            // counters of closed sessions
+
+	limiter  *limit.Limiter
+	refused  sync.Map // reason -> *refusal
+	draining atomic.Bool
 
 	idPrefix string
 	seq      atomic.Uint64
@@ -111,13 +129,15 @@ func New(cfg Config) (*Dataplane, error) {
 	d := &Dataplane{
 		cfg:      cfg,
 		log:      cfg.Logger.With("dataplane", cfg.ID),
-		sessions: make(map[*session.Session]struct{}),
+		sessions: make(map[*session.Session]func()),
+		limiter:  limit.New(cfg.Limits),
 		started:  now,
 		// Session ids must not repeat across restarts of this data plane:
 		// the controller keys leases by them.
 		idPrefix: strconv.FormatInt(now.UnixNano()/int64(time.Millisecond), 36) + "-",
 	}
 	d.ctrlOK.Store(true)
+	d.draining.Store(cfg.Pool.Draining)
 	d.scfg = session.Config{
 		Host:              (*host)(d),
 		TUN:               cfg.TUN,
@@ -141,6 +161,8 @@ func (d *Dataplane) Run(ctx context.Context) error {
 	g.Go(func() error { return d.tunLoop(gctx) })
 	g.Go(func() error { d.sweepLoop(gctx); return nil })
 	g.Go(func() error { d.reportLoop(gctx); return nil })
+	g.Go(func() error { d.heartbeatLoop(gctx); return nil })
+	g.Go(func() error { d.commandLoop(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		d.shutdown()
@@ -183,13 +205,18 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 			}
 		}
 		backoff = 0
+		release, refused := d.admit(c)
+		if refused != "" {
+			c.Close()
+			continue
+		}
 		d.accepted.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
 		s := session.New(&d.scfg, d.idPrefix+strconv.FormatUint(d.seq.Add(1), 10), c)
 		d.mu.Lock()
-		d.sessions[s] = struct{}{}
+		d.sessions[s] = release
 		d.mu.Unlock()
 		d.log.Debug("client connected", "session", s.ID(), "client", s.Remote())
 		d.conns.Add(1)
@@ -287,6 +314,182 @@ func (d *Dataplane) reportLoop(ctx context.Context) {
 	}
 }
 
+// admit applies draining and the connection limits to a new connection.
+func (d *Dataplane) admit(c net.Conn) (release func(), refused string) {
+	remote, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	if d.draining.Load() {
+		d.refuse("draining", remote)
+		return nil, "draining"
+	}
+	release, why := d.limiter.Admit(remote.Addr(), time.Now())
+	if why != "" {
+		d.refuse(why, remote)
+	}
+	return release, why
+}
+
+// refusal counts connections refused for one reason and throttles the log:
+// a flood must not turn into a flood of log lines.
+type refusal struct {
+	n       atomic.Uint64
+	mu      sync.Mutex
+	logged  time.Time
+	pending uint64
+}
+
+func (d *Dataplane) refuse(reason string, remote netip.AddrPort) {
+	v, _ := d.refused.LoadOrStore(reason, new(refusal))
+	r := v.(*refusal)
+	r.n.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending++
+	if time.Since(r.logged) < 10*time.Second {
+		return
+	}
+	msg := "connection refused by a limit"
+	if reason == "draining" {
+		msg = "connection refused: data plane is draining"
+	}
+	d.log.Warn(msg, "limit", reason, "client", remote, "refused_since_last_log", r.pending, "refused_total", r.n.Load())
+	r.logged, r.pending = time.Now(), 0
+}
+
+// Refused returns connections refused, by reason.
+func (d *Dataplane) Refused() map[string]uint64 {
+	m := make(map[string]uint64)
+	d.refused.Range(func(k, v any) bool {
+		m[k.(string)] = v.(*refusal).n.Load()
+		return true
+	})
+	return m
+}
+
+// SetDraining stops (true) or resumes (false) accepting new clients;
+// established sessions go on.
+func (d *Dataplane) SetDraining(on bool) {
+	if d.draining.Swap(on) != on {
+		d.log.Info("draining changed", "draining", on)
+	}
+}
+
+// Draining reports whether new clients are refused.
+func (d *Dataplane) Draining() bool { return d.draining.Load() }
+
+// ErrNoSession is returned by Kick when no session matches.
+var ErrNoSession = errors.New("no such session")
+
+// Kick closes the session holding addr (when valid) or with id sessionID
+// (when not empty; both must match when both are given).
+func (d *Dataplane) Kick(addr netip.Addr, sessionID, reason string) (session.Info, error) {
+	var s *session.Session
+	if addr.IsValid() {
+		if addr.Is4() {
+			s = d.routes.Lookup(packet.Addr4(addr))
+		}
+		if s != nil && sessionID != "" && s.ID() != sessionID {
+			s = nil
+		}
+	} else if sessionID != "" {
+		for _, c := range d.snapshot() {
+			if c.ID() == sessionID {
+				s = c
+				break
+			}
+		}
+	}
+	if s == nil {
+		return session.Info{}, ErrNoSession
+	}
+	if reason == "" {
+		reason = "kicked by operator"
+	}
+	in := s.Info()
+	s.Close(reason)
+	return in, nil
+}
+
+func (d *Dataplane) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := d.Status()
+		hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
+		r, err := d.cfg.Controller.Heartbeat(hctx, Heartbeat{
+			DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
+			Sessions: st.Sessions, LeasedSessions: st.LeasedSessions,
+		})
+		cancel()
+		d.setControllerOK(err)
+		if err != nil {
+			continue
+		}
+		d.SetDraining(r.Draining)
+		if !r.Known {
+			// The controller lost track of us (e.g. its state was reset):
+			// register again, then tell it every live session at once.
+			d.log.Warn("controller does not know this data plane; registering again")
+			rctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
+			_, err := d.cfg.Controller.Register(rctx, d.registration())
+			cancel()
+			if err != nil {
+				d.log.Error("registering again failed", "err", err)
+				continue
+			}
+			d.report(ctx)
+		}
+	}
+}
+
+func (d *Dataplane) registration() Registration {
+	return Registration{
+		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Version: d.cfg.Version,
+		ClientListen: d.cfg.Listener.Addr().String(), APIAddress: d.cfg.APIAddress,
+	}
+}
+
+// commandLoop keeps the command stream from the controller open.
+func (d *Dataplane) commandLoop(ctx context.Context) {
+	wait := time.Second
+	for {
+		start := time.Now()
+		err := d.cfg.Controller.WatchCommands(ctx, d.cfg.ID, d.cfg.InstanceID, d.command)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			wait = time.Second
+		}
+		d.log.Debug("command stream from controller ended; reopening", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+func (d *Dataplane) command(c Command) {
+	switch {
+	case c.Kick != nil:
+		in, err := d.Kick(c.Kick.Addr, c.Kick.SessionID, c.Kick.Reason)
+		if err != nil {
+			d.log.Warn("controller asked to kick a client this data plane does not have",
+				"addr", c.Kick.Addr, "session", c.Kick.SessionID)
+			return
+		}
+		d.log.Info("client kicked on the controller's request", "addr", in.Addr, "session", in.ID, "reason", c.Kick.Reason)
+	case c.Drain != nil:
+		d.SetDraining(*c.Drain)
+	}
+}
+
 func (d *Dataplane) report(ctx context.Context) {
 	var reps []SessionReport
 	for _, s := range d.snapshot() {
@@ -301,7 +504,9 @@ func (d *Dataplane) report(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReportInterval)
 	defer cancel()
-	unknown, err := d.cfg.Controller.Report(rctx, d.cfg.ID, reps)
+	unknown, err := d.cfg.Controller.Report(rctx, Report{
+		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Complete: true, Sessions: reps,
+	})
 	d.setControllerOK(err)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -423,9 +628,13 @@ func (h *host) Closed(s *session.Session, reason string) {
 	d := h.dp()
 	in := s.Info()
 	d.mu.Lock()
+	release := d.sessions[s]
 	delete(d.sessions, s)
 	d.gone = d.gone.Add(in.Counters)
 	d.mu.Unlock()
+	if release != nil {
+		release()
+	}
 	d.closed.Add(1)
 	if in.Addr.IsValid() {
 		d.log.Info("client disconnected", "session", s.ID(), "client", in.Remote, "addr", in.Addr,

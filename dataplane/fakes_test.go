@@ -65,10 +65,11 @@ type memController struct {
 	used     map[netip.Addr]string
 	released chan string // session ids, as releases arrive
 	down     bool
+	commands chan dataplane.Command
 }
 
 func newMemController(size int) *memController {
-	return &memController{size: size, leases: map[string]netip.Addr{}, used: map[netip.Addr]string{}, released: make(chan string, 4096)}
+	return &memController{size: size, leases: map[string]netip.Addr{}, used: map[netip.Addr]string{}, released: make(chan string, 4096), commands: make(chan dataplane.Command, 16)}
 }
 
 func (c *memController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
@@ -112,8 +113,24 @@ func (c *memController) Release(_ context.Context, r dataplane.ReleaseRequest) e
 	return nil
 }
 
-func (c *memController) Report(context.Context, string, []dataplane.SessionReport) ([]string, error) {
+func (c *memController) Report(context.Context, dataplane.Report) ([]string, error) {
 	return nil, nil
+}
+
+func (c *memController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	return dataplane.HeartbeatReply{Known: true}, nil
+}
+
+// WatchCommands delivers commands sent on c.commands.
+func (c *memController) WatchCommands(ctx context.Context, _, _ string, fn func(dataplane.Command)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case cmd := <-c.commands:
+			fn(cmd)
+		}
+	}
 }
 
 func (c *memController) leased() int {

@@ -2,9 +2,12 @@ package dataplane
 
 import (
 	"net/netip"
+	"os"
+	"runtime"
 	"sort"
 	"time"
 
+	"github.com/fourover6/fourover6/dataplane/limit"
 	"github.com/fourover6/fourover6/dataplane/session"
 )
 
@@ -27,6 +30,12 @@ type Status struct {
 	Drops               map[string]uint64
 	KeepaliveInterval   time.Duration
 	KeepaliveTimeout    time.Duration
+	Draining            bool
+	InstanceID          string
+	Goroutines          int
+	OpenFDs             int // -1 when unknown
+	Refused             map[string]uint64
+	Limits              limit.Config
 }
 
 // ID is the data plane's name.
@@ -44,6 +53,9 @@ func (d *Dataplane) Status() Status {
 		Accepted:  d.accepted.Load(), Closed: d.closed.Load(),
 		Drops:             d.drops.Map(),
 		KeepaliveInterval: d.cfg.KeepaliveInterval, KeepaliveTimeout: d.cfg.KeepaliveTimeout,
+		Draining: d.draining.Load(), InstanceID: d.cfg.InstanceID,
+		Goroutines: runtime.NumGoroutine(), OpenFDs: openFDs(),
+		Refused: d.Refused(), Limits: d.limiter.Config(),
 	}
 	d.mu.Lock()
 	st.Counters = d.gone
@@ -75,3 +87,12 @@ func (d *Dataplane) Sessions() []session.Info {
 
 // Drops returns the drop counters by reason name.
 func (d *Dataplane) Drops() map[string]uint64 { return d.drops.Map() }
+
+// openFDs counts this process's open file descriptors (Linux).
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents) - 1 // the directory being read
+}

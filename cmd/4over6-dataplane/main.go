@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +25,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
+	"github.com/fourover6/fourover6/dataplane/limit"
 	"github.com/fourover6/fourover6/dataplane/netcfg"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
@@ -53,6 +56,12 @@ type options struct {
 	reportInterval    time.Duration
 	allocateTimeout   time.Duration
 	sendQueue         int
+	maxClients        int
+	maxConnsPerIP     int
+	maxConnsPerPrefix int
+	prefixLen         int
+	acceptRate        float64
+	acceptBurst       int
 	logLevel          string
 	logFormat         string
 }
@@ -118,6 +127,12 @@ func newCommand(o *options) *cobra.Command {
 	f.DurationVar(&o.reportInterval, "report-interval", 5*time.Second, "how often sessions' liveness and counters are reported to the controller")
 	f.DurationVar(&o.allocateTimeout, "allocate-timeout", 5*time.Second, "how long a 100 waits for an unreachable controller before the connection is closed")
 	f.IntVar(&o.sendQueue, "send-queue", 256, "messages queued per client before drops")
+	f.IntVar(&o.maxClients, "max-clients", 20000, "most client connections at once (0: unlimited)")
+	f.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", 256, "most connections from one client IPv6 address (0: unlimited)")
+	f.IntVar(&o.maxConnsPerPrefix, "max-conns-per-prefix", 1024, "most connections from one client prefix of --prefix-length bits (0: unlimited)")
+	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix (a /64 is one subscriber)")
+	f.Float64Var(&o.acceptRate, "accept-rate", 1000, "new connections accepted per second, on average (0: unlimited)")
+	f.IntVar(&o.acceptBurst, "accept-burst", 2000, "new connections accepted at once above --accept-rate")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -158,6 +173,17 @@ func (o *options) validate() error {
 	if o.sendQueue < 1 || o.sendQueue > 65536 {
 		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)
 	}
+	for name, v := range map[string]int{"--max-clients": o.maxClients, "--max-conns-per-ip": o.maxConnsPerIP, "--max-conns-per-prefix": o.maxConnsPerPrefix, "--accept-burst": o.acceptBurst} {
+		if v < 0 {
+			return fmt.Errorf("%s %d: must be 0 (unlimited) or more", name, v)
+		}
+	}
+	if o.prefixLen < 1 || o.prefixLen > 128 {
+		return fmt.Errorf("--prefix-length %d: want 1..128", o.prefixLen)
+	}
+	if o.acceptRate < 0 {
+		return fmt.Errorf("--accept-rate %g: must be 0 (unlimited) or more", o.acceptRate)
+	}
 	valid := false
 	for _, b := range tun.Backends() {
 		valid = valid || string(b) == o.tunBackend
@@ -172,7 +198,7 @@ func (o *options) validate() error {
 }
 
 func serve(ctx context.Context, o *options, stderr io.Writer) error {
-	log, _, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
+	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
 	if err != nil {
 		return usageError{err}
 	}
@@ -187,7 +213,10 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	defer cc.Close()
 	link := ctlink.New(cc)
 
-	pool, err := register(ctx, log, link, dataplane.Registration{DataplaneID: o.id, Version: version.String(), ClientListen: o.listen}, ctlEP.String())
+	instance := newInstanceID()
+	apiEP, _ := endpoint.Parse(o.api)
+	reg := dataplane.Registration{DataplaneID: o.id, InstanceID: instance, Version: version.String(), ClientListen: o.listen, APIAddress: apiEP.String()}
+	pool, err := register(ctx, log, link, reg, ctlEP.String())
 	if err != nil {
 		return err
 	}
@@ -209,12 +238,16 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 
 	dp, err := dataplane.New(dataplane.Config{
-		ID: o.id, Version: version.String(),
+		ID: o.id, InstanceID: instance, Version: version.String(), APIAddress: apiEP.String(),
 		Listener: ln, TUN: dev, MTU: o.mtu, Pool: pool,
 		Controller: link, ControllerAddr: ctlEP.String(), Logger: log,
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
+		Limits: limit.Config{
+			MaxClients: o.maxClients, MaxConnsPerIP: o.maxConnsPerIP, MaxConnsPerPrefix: o.maxConnsPerPrefix,
+			PrefixLen: o.prefixLen, AcceptRate: o.acceptRate, AcceptBurst: o.acceptBurst,
+		},
 	})
 	if err != nil {
 		ln.Close()
@@ -222,7 +255,6 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 
-	apiEP, _ := endpoint.Parse(o.api)
 	apiLn, err := apiEP.Listen()
 	if err != nil {
 		ln.Close()
@@ -230,7 +262,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return fmt.Errorf("--api: %w", err)
 	}
 	gs := grpc.NewServer()
-	api.New(dp).Register(gs)
+	api.New(dp, level, log).Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	go gs.Serve(apiLn)
@@ -293,4 +325,12 @@ func listenNetwork(addr string) string {
 		return "tcp6"
 	}
 	return "tcp"
+}
+
+// newInstanceID names this process start: the controller tells a restarted
+// data plane (whose old sessions are all gone) from a reconnecting one.
+func newInstanceID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -4,22 +4,36 @@ package api
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
 
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/session"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Server implements dpv1.DataplaneServiceServer.
 type Server struct {
 	dpv1.UnimplementedDataplaneServiceServer
-	dp *dataplane.Dataplane
+	dp    *dataplane.Dataplane
+	level *slog.LevelVar
+	log   *slog.Logger
 }
 
-// New returns the API over dp.
-func New(dp *dataplane.Dataplane) *Server { return &Server{dp: dp} }
+// New returns the API over dp. level, when not nil, is the daemon's log
+// level, changed by SetLogLevel.
+func New(dp *dataplane.Dataplane, level *slog.LevelVar, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{dp: dp, level: level, log: log}
+}
 
 // Register adds the service to a gRPC server.
 func (s *Server) Register(g *grpc.Server) { dpv1.RegisterDataplaneServiceServer(g, s) }
@@ -46,7 +60,64 @@ func (s *Server) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetSt
 		Drops:               st.Drops,
 		KeepaliveIntervalMs: uint64(st.KeepaliveInterval.Milliseconds()),
 		KeepaliveTimeoutMs:  uint64(st.KeepaliveTimeout.Milliseconds()),
+		Draining:            st.Draining,
+		InstanceId:          st.InstanceID,
+		Goroutines:          uint32(st.Goroutines),
+		OpenFds:             uint32(max(st.OpenFDs, 0)),
+		Refused:             st.Refused,
+		Limits: &dpv1.Limits{
+			MaxClients:        uint32(st.Limits.MaxClients),
+			MaxConnsPerIp:     uint32(st.Limits.MaxConnsPerIP),
+			MaxConnsPerPrefix: uint32(st.Limits.MaxConnsPerPrefix),
+			PrefixLength:      uint32(st.Limits.PrefixLen),
+			AcceptRate:        st.Limits.AcceptRate,
+			AcceptBurst:       uint32(st.Limits.AcceptBurst),
+		},
 	}}, nil
+}
+
+// KickSession implements dpv1.DataplaneServiceServer.
+func (s *Server) KickSession(_ context.Context, r *dpv1.KickSessionRequest) (*dpv1.KickSessionResponse, error) {
+	var addr netip.Addr
+	if r.GetAddress() != "" {
+		a, err := netip.ParseAddr(r.GetAddress())
+		if err != nil || !a.Is4() {
+			return nil, status.Errorf(codes.InvalidArgument, "address %q: want an IPv4 address", r.GetAddress())
+		}
+		addr = a
+	}
+	if !addr.IsValid() && r.GetSessionId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "give an address or a session id")
+	}
+	in, err := s.dp.Kick(addr, r.GetSessionId(), r.GetReason())
+	if errors.Is(err, dataplane.ErrNoSession) {
+		return nil, status.Errorf(codes.NotFound, "no session holds %s", strings.TrimSpace(r.GetAddress()+" "+r.GetSessionId()))
+	}
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &dpv1.KickSessionResponse{SessionId: in.ID, Address: addrString(in.Addr.String(), in.Addr.IsValid())}, nil
+}
+
+// SetDraining implements dpv1.DataplaneServiceServer.
+func (s *Server) SetDraining(_ context.Context, r *dpv1.SetDrainingRequest) (*dpv1.SetDrainingResponse, error) {
+	s.dp.SetDraining(r.GetDraining())
+	return &dpv1.SetDrainingResponse{Draining: s.dp.Draining()}, nil
+}
+
+// SetLogLevel implements dpv1.DataplaneServiceServer.
+func (s *Server) SetLogLevel(_ context.Context, r *dpv1.SetLogLevelRequest) (*dpv1.SetLogLevelResponse, error) {
+	if s.level == nil {
+		return nil, status.Error(codes.Unimplemented, "this data plane has no adjustable log level")
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToUpper(r.GetLevel()))); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "log level %q: want debug, info, warn or error", r.GetLevel())
+	}
+	prev := s.level.Level()
+	s.level.Set(l)
+	s.log.Info("log level changed", "from", prev.String(), "to", l.String())
+	return &dpv1.SetLogLevelResponse{Previous: strings.ToLower(prev.String())}, nil
 }
 
 // ListSessions implements dpv1.DataplaneServiceServer.

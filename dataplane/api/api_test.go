@@ -97,7 +97,16 @@ func (c *fakeController) Release(_ context.Context, r dataplane.ReleaseRequest) 
 	return nil
 }
 
-func (c *fakeController) Report(context.Context, string, []dataplane.SessionReport) ([]string, error) {
+func (c *fakeController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	return dataplane.HeartbeatReply{Known: true}, nil
+}
+
+func (c *fakeController) WatchCommands(ctx context.Context, _, _ string, _ func(dataplane.Command)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (c *fakeController) Report(context.Context, dataplane.Report) ([]string, error) {
 	return nil, nil
 }
 
@@ -152,7 +161,7 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	api.New(dp).Register(gs)
+	api.New(dp, nil, nil).Register(gs)
 	go gs.Serve(apiLn)
 	t.Cleanup(gs.Stop)
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))

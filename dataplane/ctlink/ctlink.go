@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -33,6 +34,7 @@ var _ dataplane.Controller = (*Link)(nil)
 func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplane.PoolInfo, error) {
 	resp, err := l.c.RegisterDataplane(ctx, &cpv1.RegisterDataplaneRequest{
 		DataplaneId: r.DataplaneID, Version: r.Version, ClientListen: r.ClientListen,
+		InstanceId: r.InstanceID, ApiAddress: r.APIAddress,
 	})
 	if err != nil {
 		return dataplane.PoolInfo{}, mapErr("register", err)
@@ -45,7 +47,11 @@ func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplan
 	if err != nil || !pool.Addr().Is4() || !pool.Contains(gw) {
 		return dataplane.PoolInfo{}, fmt.Errorf("controller sent pool %q: not an IPv4 prefix holding the gateway %s", resp.GetPool(), gw)
 	}
-	return dataplane.PoolInfo{Gateway: gw, Pool: pool}, nil
+	return dataplane.PoolInfo{
+		Gateway: gw, Pool: pool,
+		HeartbeatInterval: time.Duration(resp.GetHeartbeatIntervalMs()) * time.Millisecond,
+		Draining:          resp.GetDraining(),
+	}, nil
 }
 
 // Allocate implements dataplane.Controller.
@@ -96,9 +102,12 @@ func (l *Link) Release(ctx context.Context, r dataplane.ReleaseRequest) error {
 }
 
 // Report implements dataplane.Controller.
-func (l *Link) Report(ctx context.Context, id string, sessions []dataplane.SessionReport) ([]string, error) {
-	req := &cpv1.ReportSessionsRequest{DataplaneId: id, Sessions: make([]*cpv1.SessionReport, 0, len(sessions))}
-	for _, s := range sessions {
+func (l *Link) Report(ctx context.Context, r dataplane.Report) ([]string, error) {
+	req := &cpv1.ReportSessionsRequest{
+		DataplaneId: r.DataplaneID, InstanceId: r.InstanceID, Complete: r.Complete,
+		Sessions: make([]*cpv1.SessionReport, 0, len(r.Sessions)),
+	}
+	for _, s := range r.Sessions {
 		req.Sessions = append(req.Sessions, &cpv1.SessionReport{
 			SessionId: s.SessionID, Address: addrString(s.Addr),
 			ClientIpv6: addrString(s.Client.Addr()), ClientPort: uint32(s.Client.Port()),
@@ -114,6 +123,42 @@ func (l *Link) Report(ctx context.Context, id string, sessions []dataplane.Sessi
 		return nil, mapErr("report", err)
 	}
 	return resp.GetUnknownSessionIds(), nil
+}
+
+// Heartbeat implements dataplane.Controller.
+func (l *Link) Heartbeat(ctx context.Context, h dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	resp, err := l.c.Heartbeat(ctx, &cpv1.HeartbeatRequest{
+		DataplaneId: h.DataplaneID, InstanceId: h.InstanceID,
+		Sessions: uint32(h.Sessions), LeasedSessions: uint32(h.LeasedSessions),
+	})
+	if err != nil {
+		return dataplane.HeartbeatReply{}, mapErr("heartbeat", err)
+	}
+	return dataplane.HeartbeatReply{Known: resp.GetKnown(), Draining: resp.GetDraining()}, nil
+}
+
+// WatchCommands implements dataplane.Controller.
+func (l *Link) WatchCommands(ctx context.Context, id, instance string, fn func(dataplane.Command)) error {
+	stream, err := l.c.WatchCommands(ctx, &cpv1.WatchCommandsRequest{DataplaneId: id, InstanceId: instance})
+	if err != nil {
+		return mapErr("watch commands", err)
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return mapErr("watch commands", err)
+		}
+		c := m.GetCommand()
+		switch {
+		case c.GetKick() != nil:
+			k := c.GetKick()
+			addr, _ := netip.ParseAddr(k.GetAddress())
+			fn(dataplane.Command{Kick: &dataplane.KickCommand{Addr: addr, SessionID: k.GetSessionId(), Reason: k.GetReason()}})
+		case c.GetDrain() != nil:
+			on := c.GetDrain().GetDraining()
+			fn(dataplane.Command{Drain: &on})
+		}
+	}
 }
 
 // mapErr turns gRPC status codes into the error kinds the data plane acts on,

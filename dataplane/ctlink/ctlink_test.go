@@ -264,7 +264,7 @@ func TestReport(t *testing.T) {
 	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s1-wrong")); err != nil {
 		t.Fatal(err)
 	}
-	unknown, err := c.link.Report(ctx(t), "dp1", reps)
+	unknown, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: reps})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestReport(t *testing.T) {
 	}
 
 	// A report from a data plane without leases names every session.
-	unknown, err = c.link.Report(ctx(t), "dp2", reps[:1])
+	unknown, err = c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp2", Sessions: reps[:1]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func TestReport(t *testing.T) {
 		t.Errorf("report from another data plane: unknown = %q, want [s1]", unknown)
 	}
 	// An empty report is fine and names nothing.
-	if unknown, err := c.link.Report(ctx(t), "dp1", nil); err != nil || len(unknown) != 0 {
+	if unknown, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: nil}); err != nil || len(unknown) != 0 {
 		t.Errorf("empty report = %q, %v", unknown, err)
 	}
 }
@@ -330,7 +330,7 @@ func TestControllerUnavailable(t *testing.T) {
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Errorf("release after stop: err = %v, want ErrControllerUnavailable", err)
 		}
-		_, err = c.link.Report(ctx(t), "dp1", []dataplane.SessionReport{{SessionID: "s1", Addr: a.Addr, Client: client1}})
+		_, err = c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: []dataplane.SessionReport{{SessionID: "s1", Addr: a.Addr, Client: client1}}})
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Errorf("report after stop: err = %v, want ErrControllerUnavailable", err)
 		}
@@ -410,7 +410,7 @@ func TestErrorMapping(t *testing.T) {
 	}
 	t.Run("Unimplemented", func(t *testing.T) {
 		link := startFake(t, &fakeLease{})
-		_, err := link.Report(ctx(t), "dp1", nil)
+		_, err := link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: nil})
 		if err == nil || errors.Is(err, dataplane.ErrControllerUnavailable) || errors.Is(err, dataplane.ErrPoolExhausted) {
 			t.Errorf("report to a server without it: err = %v, want a plain error", err)
 		}
