@@ -21,6 +21,7 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
@@ -30,7 +31,6 @@ import (
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -64,6 +64,7 @@ type options struct {
 	acceptBurst       int
 	logLevel          string
 	logFormat         string
+	tls               tlsconf.Files
 }
 
 // usageError marks errors in flags: exit code 2.
@@ -133,6 +134,9 @@ func newCommand(o *options) *cobra.Command {
 	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix (a /64 is one subscriber)")
 	f.Float64Var(&o.acceptRate, "accept-rate", 1000, "new connections accepted per second, on average (0: unlimited)")
 	f.IntVar(&o.acceptBurst, "accept-burst", 2000, "new connections accepted at once above --accept-rate")
+	f.StringVar(&o.tls.Cert, "tls-cert", "", "certificate (PEM) for the gRPC API and for calls to the controller (mutual TLS)")
+	f.StringVar(&o.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
+	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -145,8 +149,15 @@ func (o *options) validate() error {
 	if _, err := endpoint.Parse(o.controller); err != nil {
 		return fmt.Errorf("--controller: %v", err)
 	}
-	if _, err := endpoint.Parse(o.api); err != nil {
+	apiEP, err := endpoint.Parse(o.api)
+	if err != nil {
 		return fmt.Errorf("--api: %v", err)
+	}
+	if err := o.tls.Validate(); err != nil {
+		return err
+	}
+	if err := o.tls.RequireFor("--api", apiEP); err != nil {
+		return err
 	}
 	if _, err := netip.ParseAddrPort(o.listen); err != nil {
 		if _, _, err2 := net.SplitHostPort(o.listen); err2 != nil {
@@ -206,7 +217,11 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	defer stop()
 
 	ctlEP, _ := endpoint.Parse(o.controller)
-	cc, err := grpc.NewClient(ctlEP.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := o.tls.DialOption()
+	if err != nil {
+		return usageError{err}
+	}
+	cc, err := grpc.NewClient(ctlEP.Target(), creds)
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", ctlEP, err)
 	}
@@ -261,7 +276,14 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		dev.Close()
 		return fmt.Errorf("--api: %w", err)
 	}
-	gs := grpc.NewServer()
+	sopt, err := o.tls.ServerOption()
+	if err != nil {
+		ln.Close()
+		apiLn.Close()
+		dev.Close()
+		return usageError{err}
+	}
+	gs := grpc.NewServer(sopt)
 	api.New(dp, level, log).Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
