@@ -507,3 +507,39 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 		t.Fatal("no send_queue_full drops counted")
 	}
 }
+
+func TestLimitsDrainingAndKick(t *testing.T) {
+	h := start(t, func(c *dataplane.Config) { c.Limits.MaxConnsPerIP = 2 })
+	a, b := h.dial(), h.dial()
+	addrA := h.leaseRouted(a)
+	h.leaseRouted(b)
+	c := h.dial()
+	c.expectClosed()
+	if got := h.dp.Refused()["max_conns_per_ip"]; got != 1 {
+		t.Fatalf("refused %v", h.dp.Refused())
+	}
+	// Kicking by address through the controller's command stream.
+	h.ctl.commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
+	a.expectClosed()
+	select {
+	case <-h.ctl.released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("kicked client's address not released")
+	}
+	// Draining refuses new clients; b keeps working.
+	on := true
+	h.ctl.commands <- dataplane.Command{Drain: &on}
+	eventually(t, "draining", h.dp.Draining)
+	d := h.dial()
+	d.expectClosed()
+	if h.dp.Refused()["draining"] != 1 {
+		t.Fatalf("refused %v", h.dp.Refused())
+	}
+	b.write(wire.Keepalive[:])
+	if st := h.dp.Status(); st.LeasedSessions != 1 || !st.Draining {
+		t.Fatalf("status %+v", st)
+	}
+	if _, err := h.dp.Kick(netip.MustParseAddr("13.8.0.200"), "", ""); err != dataplane.ErrNoSession {
+		t.Fatalf("kick of nobody: %v", err)
+	}
+}

@@ -108,8 +108,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.waitFor("controller socket", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
 	e.start(e.srv, "4over6-dataplane", append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)...)
 	e.waitFor("data plane API", func() bool {
-		_, _, code := e.ctl("status")
-		return code == 0
+		_, err := os.Stat(e.dpSock)
+		return err == nil
 	})
 	return e
 }
