@@ -234,6 +234,7 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 	bufs := make([]*session.Buf, n)
 	vecs := make([][]byte, n)
 	sizes := make([]int, n)
+	var failures int
 	for {
 		for i := range bufs {
 			if bufs[i] == nil {
@@ -246,13 +247,20 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 			if tun.IsClosed(err) || ctx.Err() != nil {
 				return nil
 			}
-			d.log.Error("TUN read failed", "err", err)
-			select {
-			case <-time.After(100 * time.Millisecond):
-				continue
-			case <-ctx.Done():
-				return nil
+			// One bad read (an odd offload packet) loses that packet
+			// only; a stream of them must not spin or flood the log.
+			failures++
+			if failures == 1 || failures%1000 == 0 {
+				d.log.Error("TUN read failed", "err", err, "failures", failures)
 			}
+			if failures%100 == 0 {
+				select {
+				case <-time.After(10 * time.Millisecond):
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			continue
 		}
 		for i := 0; i < count; i++ {
 			size := sizes[i]

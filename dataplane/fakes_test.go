@@ -24,10 +24,11 @@ func newMemTUN() *memTUN {
 	return &memTUN{in: make(chan []byte, 1024), Written: make(chan []byte, 4096), closed: make(chan struct{})}
 }
 
-func (m *memTUN) Name() string    { return "mem0" }
-func (m *memTUN) BatchSize() int  { return 4 }
-func (m *memTUN) Close() error    { m.once.Do(func() { close(m.closed) }); return nil }
-func (m *memTUN) Inject(p []byte) { m.in <- p }
+func (m *memTUN) Name() string       { return "mem0" }
+func (m *memTUN) BatchSize() int     { return 4 }
+func (m *memTUN) WriteHeadroom() int { return 16 }
+func (m *memTUN) Close() error       { m.once.Do(func() { close(m.closed) }); return nil }
+func (m *memTUN) Inject(p []byte)    { m.in <- p }
 
 func (m *memTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
 	select {

@@ -86,7 +86,7 @@ func (c *client) now() int64 { return int64(time.Since(c.epoch)) }
 // configure (any thread, in a normal process): every netlink call happens on
 // this goroutine.
 func (c *client) run(parent context.Context) (err error) {
-	dev, err := tun.Open(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend})
+	dev, err := tun.Open(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend, MTU: c.cfg.mtu})
 	if err != nil {
 		return err
 	}
@@ -353,9 +353,13 @@ func (s *session) writeBatch(msgs [][]byte, nb *net.Buffers) error {
 func (c *client) readLoop(s *session) {
 	defer s.wg.Done()
 	dec := wire.NewDecoder(s.conn, 0)
-	wb := make([][]byte, 1) // reused for every TUN write
+	batch := tun.NewBatch(c.dev) // 103s from one read go to the TUN in one write
+	defer c.flushDown(batch)
 	gotLease := false
 	for {
+		if batch.Len() > 0 && !dec.Ready() {
+			c.flushDown(batch) // Next would block
+		}
 		m, err := dec.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -369,7 +373,7 @@ func (c *client) readLoop(s *session) {
 		s.heard.Store(c.now())
 		switch m.Type {
 		case wire.TypeNetResponse:
-			c.down(s, wb, m.Data)
+			c.down(s, batch, m.Data)
 		case wire.TypeAddrResponse:
 			l, err := parseLease(m.Data)
 			if err != nil {
@@ -395,10 +399,10 @@ func (c *client) readLoop(s *session) {
 	}
 }
 
-// down writes the IPv4 packet of a 103 to the TUN. The packet is written
-// straight from the decoder's buffer (offset 0: the water backend needs no
-// headroom).
-func (c *client) down(s *session, wb [][]byte, p []byte) {
+// down queues the IPv4 packet of a 103 for the TUN. With the water
+// backend it is written at once, straight from the decoder's buffer; with
+// offloads it joins a batch that the TUN coalesces.
+func (c *client) down(s *session, batch *tun.Batch, p []byte) {
 	addr := s.addr4.Load()
 	total, prob := packet.CheckIPv4(p)
 	// Only packets for our address: the server sends nothing else, and a
@@ -407,12 +411,18 @@ func (c *client) down(s *session, wb [][]byte, p []byte) {
 		c.stats.downDropped.Add(1)
 		return
 	}
-	wb[0] = p[:total]
-	if _, err := c.dev.Write(wb, 0); err != nil {
+	if _, err := batch.Add(p[:total]); err != nil {
 		c.stats.downDropped.Add(1)
 		return
 	}
 	c.stats.down.Add(1)
+}
+
+func (c *client) flushDown(batch *tun.Batch) {
+	n := batch.Len()
+	if _, err := batch.Flush(); err != nil {
+		c.stats.downDropped.Add(uint64(n))
+	}
 }
 
 // keepaliveLoop sends a 104 every --keepalive-interval. If the server stops
@@ -445,14 +455,22 @@ func (c *client) tunLoop() error {
 	}
 	sizes := make([]int, bs)
 	c.out = make([][]byte, 0, bs)
+	failures := 0
 	for {
 		n, err := c.dev.Read(bufs, sizes, wire.HeaderLen)
 		if err != nil {
 			if tun.IsClosed(err) {
 				return nil
 			}
-			return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
+			// A malformed offload packet costs that packet, not the
+			// client; only a persistent failure ends it.
+			if failures++; failures >= 1000 {
+				return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
+			}
+			c.stats.upDropped.Add(1)
+			continue
 		}
+		failures = 0
 		c.up(bufs[:n], sizes[:n])
 	}
 }

@@ -546,6 +546,8 @@ func TestOnceNoLease(t *testing.T) {
 type fakeDev struct{ tun.Device }
 
 func (fakeDev) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (fakeDev) BatchSize() int                          { return 1 }
+func (fakeDev) WriteHeadroom() int                      { return 0 }
 
 type fakeConn struct {
 	net.Conn
@@ -584,7 +586,7 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 	}
 
 	down := packet.BuildICMPEcho(gateway, addr, 1, 1, make([]byte, 56), false)
-	wb := make([][]byte, 1)
+	wb := tun.NewBatch(c.dev)
 	before := c.stats.down.Load()
 	if a := testing.AllocsPerRun(200, func() { c.down(s, wb, down) }); a != 0 {
 		t.Errorf("103 -> TUN: %v allocations per packet", a)

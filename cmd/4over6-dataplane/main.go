@@ -236,7 +236,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 
-	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend)})
+	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
 	if err != nil {
 		return err
 	}

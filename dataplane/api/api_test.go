@@ -38,9 +38,10 @@ func newMemTUN() *memTUN {
 	return &memTUN{in: make(chan []byte, 16), written: make(chan []byte, 16), closed: make(chan struct{})}
 }
 
-func (m *memTUN) Name() string   { return "mem0" }
-func (m *memTUN) BatchSize() int { return 1 }
-func (m *memTUN) Close() error   { m.once.Do(func() { close(m.closed) }); return nil }
+func (m *memTUN) Name() string       { return "mem0" }
+func (m *memTUN) BatchSize() int     { return 1 }
+func (m *memTUN) WriteHeadroom() int { return 0 }
+func (m *memTUN) Close() error       { m.once.Do(func() { close(m.closed) }); return nil }
 
 func (m *memTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
 	select {

@@ -83,6 +83,17 @@ type Config struct {
 
 	// Epoch is the base of the monotonic clock sessions keep (Now).
 	Epoch time.Time
+
+	// batches recycles TUN write batches: a session holds one only while
+	// it has decoded 102s to write, so idle sessions cost nothing.
+	batches sync.Pool
+}
+
+func (c *Config) getBatch() *tun.Batch {
+	if b, ok := c.batches.Get().(*tun.Batch); ok {
+		return b
+	}
+	return tun.NewBatch(c.TUN)
 }
 
 // Now returns nanoseconds since c.Epoch (monotonic).
@@ -118,7 +129,7 @@ type Session struct {
 	wbufs []*Buf
 	nb    net.Buffers
 
-	tunVec     [1][]byte // reader-goroutine scratch for TUN writes
+	batch      *tun.Batch // reader goroutine: 102s waiting for the TUN
 	writerDone chan struct{}
 }
 
@@ -279,7 +290,12 @@ func (s *Session) Tick(now int64) {
 
 func (s *Session) readLoop() {
 	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
+	defer s.flushTUN()
 	for {
+		if s.batch != nil && !dec.Ready() {
+			// Next would block: hand what the last read carried to the TUN.
+			s.flushTUN()
+		}
 		m, err := dec.Next()
 		if err != nil {
 			var fe *wire.FrameError
@@ -394,13 +410,26 @@ func (s *Session) netRequest(p []byte) {
 		s.drop(DropSpoofedSource, []any{"src", packet.Src(p)})
 		return
 	}
-	s.tunVec[0] = p[:n]
-	if _, err := s.cfg.TUN.Write(s.tunVec[:], 0); err != nil {
+	if s.batch == nil {
+		s.batch = s.cfg.getBatch()
+	}
+	if _, err := s.batch.Add(p[:n]); err != nil {
 		s.drop(DropTUNWriteError, []any{"err", err})
-		return
 	}
 	s.c.bytesFrom.Add(uint64(n))
 	s.c.pktsFrom.Add(1)
+}
+
+// flushTUN writes the batched 102 packets and gives the batch back.
+func (s *Session) flushTUN() {
+	if s.batch == nil {
+		return
+	}
+	if _, err := s.batch.Flush(); err != nil {
+		s.drop(DropTUNWriteError, []any{"err", err})
+	}
+	s.cfg.batches.Put(s.batch)
+	s.batch = nil
 }
 
 // drop counts a drop and logs the first of each reason per connection.

@@ -48,9 +48,10 @@ func newFakeTUN() *fakeTUN {
 	return &fakeTUN{written: make(chan []byte, 64), closed: make(chan struct{})}
 }
 
-func (f *fakeTUN) Name() string   { return "fake0" }
-func (f *fakeTUN) BatchSize() int { return 1 }
-func (f *fakeTUN) Close() error   { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *fakeTUN) Name() string       { return "fake0" }
+func (f *fakeTUN) BatchSize() int     { return 1 }
+func (f *fakeTUN) WriteHeadroom() int { return 0 }
+func (f *fakeTUN) Close() error       { f.once.Do(func() { close(f.closed) }); return nil }
 
 func (f *fakeTUN) Read([][]byte, []int, int) (int, error) {
 	<-f.closed

@@ -29,8 +29,13 @@ type Device interface {
 	// packet is available or the device is closed (os.ErrClosed).
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
 	// Write writes the packets bufs[i][offset:] and returns how many were
-	// written. Safe for concurrent use.
+	// written. offset must be at least WriteHeadroom(). A backend may use
+	// the headroom and, to coalesce packets, spare capacity after a packet:
+	// the buffers are scratch for it. Safe for concurrent use.
 	Write(bufs [][]byte, offset int) (int, error)
+	// WriteHeadroom is the room a backend needs in front of each packet
+	// given to Write.
+	WriteHeadroom() int
 	// Close closes the device; a blocked Read returns.
 	Close() error
 }
@@ -40,11 +45,16 @@ type Backend string
 
 // Backends.
 const (
+	// BackendWater: github.com/songgao/water, one packet per system call.
 	BackendWater Backend = "water"
+	// BackendOffload: IFF_VNET_HDR with TSO/checksum offload through
+	// wireguard-go's tun package; reads split the kernel's TCP
+	// super-packets into MTU-sized packets, writes coalesce (GRO).
+	BackendOffload Backend = "offload"
 )
 
 // Backends lists the backends Open knows, for flag help and validation.
-func Backends() []Backend { return []Backend{BackendWater} }
+func Backends() []Backend { return []Backend{BackendWater, BackendOffload} }
 
 // Config describes the interface to create.
 type Config struct {
@@ -52,6 +62,9 @@ type Config struct {
 	Name string
 	// Backend to use; water when empty.
 	Backend Backend
+	// MTU, set by backends that configure it themselves (offload); others
+	// leave it to netcfg.
+	MTU int
 }
 
 // Open creates (or attaches to) the TUN interface.
@@ -59,6 +72,8 @@ func Open(c Config) (Device, error) {
 	switch c.Backend {
 	case "", BackendWater:
 		return openWater(c)
+	case BackendOffload:
+		return openOffload(c)
 	}
 	return nil, fmt.Errorf("unknown TUN backend %q (known: %v)", c.Backend, Backends())
 }

@@ -26,9 +26,10 @@ func openWater(c Config) (Device, error) {
 	return &waterDevice{ifce: ifce}, nil
 }
 
-func (d *waterDevice) Name() string   { return d.ifce.Name() }
-func (d *waterDevice) BatchSize() int { return 1 }
-func (d *waterDevice) Close() error   { return d.ifce.Close() }
+func (d *waterDevice) Name() string       { return d.ifce.Name() }
+func (d *waterDevice) BatchSize() int     { return 1 }
+func (d *waterDevice) WriteHeadroom() int { return 0 }
+func (d *waterDevice) Close() error       { return d.ifce.Close() }
 
 func (d *waterDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := d.ifce.Read(bufs[0][offset:])

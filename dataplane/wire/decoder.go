@@ -55,6 +55,20 @@ func NewDecoder(r io.Reader, size int) *Decoder {
 // Buffered reports how many bytes have been read but not yet decoded.
 func (d *Decoder) Buffered() int { return d.tail - d.head }
 
+// Ready reports whether Next can return without reading: a whole message
+// (or a framing error) is buffered. Callers batching work flush before a
+// Next that would block.
+func (d *Decoder) Ready() bool {
+	if d.tail-d.head < HeaderLen {
+		return false
+	}
+	raw := int32(binary.LittleEndian.Uint32(d.buf[d.head:]))
+	if raw < 0 || raw > MaxMsgLen {
+		return true
+	}
+	return d.tail-d.head >= max(int(raw), HeaderLen)
+}
+
 // Next returns the next message. Lengths 0..4 are header-only messages (one
 // known client sends them); a length above MaxMsgLen, or negative, yields a
 // *FrameError. io.EOF means the stream ended cleanly between messages.

@@ -200,11 +200,19 @@ func TestDisconnectReleasesAtOnce(t *testing.T) {
 // HTTP between the IPv6-only client namespace and an IPv4 host beyond the
 // server, checking SHA-256 sums; then the client table shows the client.
 func TestTunnelHTTP(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, envOptions{dataplaneArgs: []string{"--report-interval", "200ms"}})
+	for _, backend := range []string{"water", "offload"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			testTunnelHTTP(t, backend)
+		})
+	}
+}
+
+func testTunnelHTTP(t *testing.T, backend string) {
+	e := newEnv(t, envOptions{dataplaneArgs: []string{"--report-interval", "200ms", "--tun-backend", backend}})
 	srv := e.startHTTP()
 	defer srv.Close()
-	e.start(e.cli, "4over6-client", "--server", serverAddr, "--tun", "4o6c")
+	e.start(e.cli, "4over6-client", "--server", serverAddr, "--tun", "4o6c", "--tun-backend", backend)
 	e.waitFor("client lease", func() bool { return len(e.clients()) == 1 })
 
 	hc := &http.Client{Transport: &http.Transport{DialContext: e.cli.Dial}, Timeout: 60 * time.Second}

@@ -1,0 +1,401 @@
+package metrics_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/fourover6/fourover6/dataplane"
+	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
+	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/wire"
+)
+
+// memTUN is an in-memory TUN (as in the data plane's own tests).
+type memTUN struct {
+	in      chan []byte
+	written chan []byte
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func newMemTUN() *memTUN {
+	return &memTUN{in: make(chan []byte, 64), written: make(chan []byte, 64), closed: make(chan struct{})}
+}
+
+func (m *memTUN) Name() string       { return "mem0" }
+func (m *memTUN) BatchSize() int     { return 1 }
+func (m *memTUN) WriteHeadroom() int { return 0 }
+func (m *memTUN) Close() error       { m.once.Do(func() { close(m.closed) }); return nil }
+
+func (m *memTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
+	select {
+	case p := <-m.in:
+		sizes[0] = copy(bufs[0][off:], p)
+		return 1, nil
+	case <-m.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+func (m *memTUN) Write(bufs [][]byte, off int) (int, error) {
+	for _, b := range bufs {
+		m.written <- append([]byte(nil), b[off:]...)
+	}
+	return len(bufs), nil
+}
+
+// fakeController leases 13.8.0.2 upward; down makes it unreachable.
+type fakeController struct {
+	mu     sync.Mutex
+	leases map[string]netip.Addr
+	next   byte
+	down   bool
+}
+
+var poolInfo = dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
+
+func (c *fakeController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
+	return poolInfo, nil
+}
+
+func (c *fakeController) Allocate(_ context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.down {
+		return wire.AddrResponse{}, dataplane.ErrControllerUnavailable
+	}
+	a, ok := c.leases[r.SessionID]
+	if !ok {
+		a = netip.AddrFrom4([4]byte{13, 8, 0, c.next})
+		c.next++
+		c.leases[r.SessionID] = a
+	}
+	dns := netip.MustParseAddr("9.9.9.9")
+	return wire.AddrResponse{Addr: a, Route: netip.IPv4Unspecified(), DNS: [3]netip.Addr{dns, dns, dns}}, nil
+}
+
+func (c *fakeController) Release(context.Context, dataplane.ReleaseRequest) error { return nil }
+func (c *fakeController) Report(context.Context, dataplane.Report) ([]string, error) {
+	return nil, nil
+}
+func (c *fakeController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	return dataplane.HeartbeatReply{Known: true}, nil
+}
+func (c *fakeController) WatchCommands(ctx context.Context, _, _ string, _ func(dataplane.Command)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+type env struct {
+	t    *testing.T
+	dp   *dataplane.Dataplane
+	tun  *memTUN
+	ctl  *fakeController
+	addr string
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, tun: newMemTUN(), ctl: &fakeController{leases: map[string]netip.Addr{}, next: 2}, addr: ln.Addr().String()}
+	e.dp, err = dataplane.New(dataplane.Config{
+		ID: "dp-metrics", InstanceID: "inst-1", Version: "v1.2.3", Listener: ln, TUN: e.tun, Pool: poolInfo,
+		Controller: e.ctl, Logger: slog.New(slog.DiscardHandler),
+		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second, ReportInterval: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.dp.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return e
+}
+
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	dec  *wire.Decoder
+}
+
+func (e *env) dial() *client {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return &client{t: e.t, conn: c, dec: wire.NewDecoder(c, 0)}
+}
+
+func (c *client) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) next(want wire.Type) wire.Msg {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		m, err := c.dec.Next()
+		if err != nil {
+			c.t.Fatalf("read: %v", err)
+		}
+		if m.Type == want {
+			return m
+		}
+		if m.Type != wire.TypeKeepalive {
+			c.t.Fatalf("got %v, want %v", m.Type, want)
+		}
+	}
+}
+
+func (c *client) lease() netip.Addr {
+	c.t.Helper()
+	c.write(wire.AddrRequest[:])
+	r, err := wire.ParseAddrResponse(c.next(wire.TypeAddrResponse).Data)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return r.Addr
+}
+
+func (e *env) fromTUN() []byte {
+	e.t.Helper()
+	select {
+	case p := <-e.tun.written:
+		return p
+	case <-time.After(10 * time.Second):
+		e.t.Fatal("nothing reached the TUN")
+		return nil
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not so after 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var gw = netip.MustParseAddr("13.8.0.1")
+
+func TestCollectorCountsTraffic(t *testing.T) {
+	e := start(t)
+	col := dpmetrics.New(e.dp)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(col)
+
+	// Before any client: every drop and refusal reason is there, at 0.
+	if n := testutil.CollectAndCount(col, "fourover6_dataplane_drops_total"); n != 13 {
+		t.Errorf("drop series = %d, want 13 (session.NumDrops)", n)
+	}
+	if n := testutil.CollectAndCount(col, "fourover6_dataplane_connections_refused_total"); n != len(dpmetrics.RefusalReasons) {
+		t.Errorf("refusal series = %d, want %d", n, len(dpmetrics.RefusalReasons))
+	}
+
+	c := e.dial()
+	addr := c.lease()
+
+	// Three 102s of known size reach the TUN.
+	var fromBytes int
+	for i := range 3 {
+		p := packet.BuildICMPEcho(addr, gw, 1, uint16(i), []byte(strings.Repeat("x", 10*i)), false)
+		fromBytes += len(p)
+		c.write(wire.AppendMsg(nil, wire.TypeNetRequest, p))
+		e.fromTUN()
+	}
+	// Two 103s to the client: the route is in since a 102 reached the TUN.
+	var toBytes int
+	for i := range 2 {
+		p := packet.BuildICMPEcho(gw, addr, 1, uint16(i), []byte(strings.Repeat("y", 100+i)), true)
+		toBytes += len(p)
+		e.tun.in <- p
+		c.next(wire.TypeNetResponse)
+	}
+	// Drops: a spoofed source, a packet for nobody, a 101 from the client.
+	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.99"), gw, 1, 1, nil, false)))
+	e.tun.in <- packet.BuildICMPEcho(gw, netip.MustParseAddr("13.8.0.200"), 1, 1, nil, true)
+	c.write(wire.AppendMsg(nil, wire.TypeAddrResponse, []byte("x")))
+
+	eventually(t, "counters", func() bool {
+		st := e.dp.Status()
+		return st.Counters.PacketsToClient == 2 && len(st.Drops) == 3
+	})
+
+	want := `
+# HELP fourover6_dataplane_bytes_total IPv4 bytes carried (without the 5-byte header): from_client is 102 traffic, to_client is 103.
+# TYPE fourover6_dataplane_bytes_total counter
+fourover6_dataplane_bytes_total{direction="from_client"} ` + strconv.Itoa(fromBytes) + `
+fourover6_dataplane_bytes_total{direction="to_client"} ` + strconv.Itoa(toBytes) + `
+# HELP fourover6_dataplane_packets_total IPv4 packets carried: from_client is 102 traffic, to_client is 103.
+# TYPE fourover6_dataplane_packets_total counter
+fourover6_dataplane_packets_total{direction="from_client"} 3
+fourover6_dataplane_packets_total{direction="to_client"} 2
+# HELP fourover6_dataplane_sessions Open client connections (leased or not yet).
+# TYPE fourover6_dataplane_sessions gauge
+fourover6_dataplane_sessions 1
+# HELP fourover6_dataplane_sessions_leased Open client connections holding an address.
+# TYPE fourover6_dataplane_sessions_leased gauge
+fourover6_dataplane_sessions_leased 1
+# HELP fourover6_dataplane_sessions_accepted_total Client connections accepted (refused ones are not counted).
+# TYPE fourover6_dataplane_sessions_accepted_total counter
+fourover6_dataplane_sessions_accepted_total 1
+# HELP fourover6_dataplane_sessions_closed_total Client connections closed, for any reason.
+# TYPE fourover6_dataplane_sessions_closed_total counter
+fourover6_dataplane_sessions_closed_total 0
+# HELP fourover6_dataplane_info Data plane identity: always 1, labeled with id, version and instance (random per process start).
+# TYPE fourover6_dataplane_info gauge
+fourover6_dataplane_info{id="dp-metrics",instance="inst-1",version="v1.2.3"} 1
+# HELP fourover6_dataplane_controller_reachable 1 while the controller answers, 0 while it is unreachable.
+# TYPE fourover6_dataplane_controller_reachable gauge
+fourover6_dataplane_controller_reachable 1
+# HELP fourover6_dataplane_draining 1 while the data plane refuses new clients, else 0.
+# TYPE fourover6_dataplane_draining gauge
+fourover6_dataplane_draining 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"fourover6_dataplane_bytes_total", "fourover6_dataplane_packets_total",
+		"fourover6_dataplane_sessions", "fourover6_dataplane_sessions_leased",
+		"fourover6_dataplane_sessions_accepted_total", "fourover6_dataplane_sessions_closed_total",
+		"fourover6_dataplane_info", "fourover6_dataplane_controller_reachable", "fourover6_dataplane_draining",
+	); err != nil {
+		t.Error(err)
+	}
+
+	drops := map[string]float64{}
+	for _, r := range []string{"spoofed_source", "no_route", "unexpected_type", "frame_error", "send_queue_full"} {
+		drops[r] = value(t, reg, "fourover6_dataplane_drops_total", "reason", r)
+	}
+	wantDrops := map[string]float64{"spoofed_source": 1, "no_route": 1, "unexpected_type": 1, "frame_error": 0, "send_queue_full": 0}
+	for r, v := range wantDrops {
+		if drops[r] != v {
+			t.Errorf("drops_total{reason=%q} = %v, want %v", r, drops[r], v)
+		}
+	}
+
+	// The client leaves: counters stay (closed sessions are included).
+	c.conn.Close()
+	eventually(t, "close", func() bool { return e.dp.Status().Closed == 1 })
+	if got := value(t, reg, "fourover6_dataplane_bytes_total", "direction", "from_client"); got != float64(fromBytes) {
+		t.Errorf("bytes from client after close = %v, want %d", got, fromBytes)
+	}
+	if got := value(t, reg, "fourover6_dataplane_sessions", "", ""); got != 0 {
+		t.Errorf("sessions after close = %v", got)
+	}
+
+	// Draining: the next connection is refused and counted.
+	e.dp.SetDraining(true)
+	c2 := e.dial()
+	c2.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a draining data plane answered a new client")
+	}
+	eventually(t, "refused", func() bool { return e.dp.Refused()["draining"] == 1 })
+	if got := value(t, reg, "fourover6_dataplane_connections_refused_total", "reason", "draining"); got != 1 {
+		t.Errorf("refused{draining} = %v", got)
+	}
+	if got := value(t, reg, "fourover6_dataplane_connections_refused_total", "reason", "max_clients"); got != 0 {
+		t.Errorf("refused{max_clients} = %v", got)
+	}
+	if got := value(t, reg, "fourover6_dataplane_draining", "", ""); got != 1 {
+		t.Errorf("draining = %v", got)
+	}
+	// No keepalive counter in this data plane (yet): the series is absent.
+	if n := testutil.CollectAndCount(col, "fourover6_dataplane_keepalive_timeouts_total"); n != 0 {
+		t.Errorf("keepalive_timeouts_total present without a source for it")
+	}
+	if probs, err := testutil.GatherAndLint(reg); err != nil || len(probs) > 0 {
+		t.Errorf("lint: %v %v", probs, err)
+	}
+}
+
+func TestCollectorControllerUnreachable(t *testing.T) {
+	e := start(t)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(dpmetrics.New(e.dp))
+	e.ctl.mu.Lock()
+	e.ctl.down = true
+	e.ctl.mu.Unlock()
+	c := e.dial()
+	c.write(wire.AddrRequest[:]) // the allocation fails: the controller is marked unreachable
+	eventually(t, "unreachable", func() bool { return !e.dp.Status().ControllerConnected })
+	if got := value(t, reg, "fourover6_dataplane_controller_reachable", "", ""); got != 0 {
+		t.Errorf("controller_reachable = %v, want 0", got)
+	}
+}
+
+// withTimeouts adds the keepalive counter the data plane core is to grow.
+type withTimeouts struct {
+	dpmetrics.Source
+	n uint64
+}
+
+func (w withTimeouts) KeepaliveTimeouts() uint64 { return w.n }
+
+func TestCollectorKeepaliveTimeouts(t *testing.T) {
+	e := start(t)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(dpmetrics.New(withTimeouts{Source: e.dp, n: 4}))
+	want := `
+# HELP fourover6_dataplane_keepalive_timeouts_total Clients disconnected because they were silent longer than the keepalive timeout.
+# TYPE fourover6_dataplane_keepalive_timeouts_total counter
+fourover6_dataplane_keepalive_timeouts_total 4
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "fourover6_dataplane_keepalive_timeouts_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// value returns the value of the series of name whose label has value
+// (label "" for a series without labels).
+func value(t *testing.T, g prometheus.Gatherer, name, label, val string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || (l.GetName() == label && l.GetValue() == val)
+			}
+			if !match {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no series %s{%s=%q}", name, label, val)
+	return 0
+}
