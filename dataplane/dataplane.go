@@ -46,7 +46,8 @@ type Config struct {
 	ReleaseTimeout    time.Duration // per release attempt; default 3s
 	HeartbeatInterval time.Duration // default: what the controller said at registration, else 5s
 	SendQueueLen      int           // default 256 messages
-	ReadBufferSize    int           // default 16 KiB
+	ReadBufferSize    int           // first decoder buffer per client; default 8 KiB
+	MaxReadBufferSize int           // busy clients' buffers grow up to this; default 256 KiB
 	Limits            limit.Config  // zero values: unlimited
 }
 
@@ -73,7 +74,10 @@ func (c *Config) setDefaults() {
 		c.SendQueueLen = 256
 	}
 	if c.ReadBufferSize <= 0 {
-		c.ReadBufferSize = 16 << 10
+		c.ReadBufferSize = 8 << 10
+	}
+	if c.MaxReadBufferSize < c.ReadBufferSize {
+		c.MaxReadBufferSize = max(c.ReadBufferSize, 256<<10)
 	}
 	if c.MTU <= 0 {
 		c.MTU = 1500
@@ -148,6 +152,7 @@ func New(cfg Config) (*Dataplane, error) {
 		SendQueueLen:      cfg.SendQueueLen,
 		WriteTimeout:      cfg.WriteTimeout,
 		ReadBufferSize:    cfg.ReadBufferSize,
+		MaxReadBufferSize: cfg.MaxReadBufferSize,
 		Epoch:             now,
 	}
 	return d, nil

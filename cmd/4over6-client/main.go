@@ -50,6 +50,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/dataplane/tun"
@@ -84,6 +85,7 @@ type config struct {
 	helloResend       time.Duration
 	once              bool
 	log               logging.Options
+	pprof             string // debugging: net/http/pprof address
 }
 
 // usageError is a bad command line; main exits 2 on it.
@@ -173,6 +175,7 @@ func parseFlags(args []string, out io.Writer) (config, bool, error) {
 	fs.BoolVar(&c.once, "once", false, "exit instead of reconnecting (non-zero exit status when the session failed)")
 	fs.StringVar(&c.log.Level, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.log.Format, "log-format", "text", "text or json")
+	fs.StringVar(&c.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this `address`, for debugging")
 	fs.BoolVar(&showVers, "version", false, "print the version and exit")
 	fs.Usage = func() { usage(fs) }
 
@@ -308,6 +311,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	log, _, err := logging.New(stderr, cfg.log)
 	if err != nil { // validated already
 		fmt.Fprintf(stderr, "4over6-client: %v\n", err)
+		return 2
+	}
+	if err := debug.ServePprof(cfg.pprof, log); err != nil {
+		fmt.Fprintf(stderr, "4over6-client: --pprof: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

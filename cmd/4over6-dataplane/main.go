@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
@@ -65,6 +66,7 @@ type options struct {
 	logLevel          string
 	logFormat         string
 	tls               tlsconf.Files
+	pprof             string
 }
 
 // usageError marks errors in flags: exit code 2.
@@ -139,6 +141,8 @@ func newCommand(o *options) *cobra.Command {
 	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
+	f.MarkHidden("pprof")
 	return cmd
 }
 
@@ -216,6 +220,9 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if err := debug.ServePprof(o.pprof, log); err != nil {
+		return usageError{fmt.Errorf("--pprof: %w", err)}
+	}
 	ctlEP, _ := endpoint.Parse(o.controller)
 	creds, err := o.tls.DialOption()
 	if err != nil {

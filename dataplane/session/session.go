@@ -79,7 +79,8 @@ type Config struct {
 	KeepaliveTimeout  time.Duration // silence (or no 100) longer than this closes
 	SendQueueLen      int           // messages waiting per client; more are dropped
 	WriteTimeout      time.Duration // a client that does not read for this long is cut
-	ReadBufferSize    int           // decoder buffer per client
+	ReadBufferSize    int           // decoder buffer per client, to start with
+	MaxReadBufferSize int           // ... growing up to this for busy clients
 
 	// Epoch is the base of the monotonic clock sessions keep (Now).
 	Epoch time.Time
@@ -290,6 +291,7 @@ func (s *Session) Tick(now int64) {
 
 func (s *Session) readLoop() {
 	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
+	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
 	defer s.flushTUN()
 	for {
 		if s.batch != nil && !dec.Ready() {

@@ -15,6 +15,8 @@ type Batch struct {
 	max      int
 	bufs     [][]byte
 	owned    []*[]byte
+	co       *coalescer // offload backend: merge while adding
+	pending  int        // packets added since the last flush (coalescer)
 }
 
 // bigBufSize holds a coalesced TCP super-packet.
@@ -24,6 +26,9 @@ var bigBufs = sync.Pool{New: func() any { b := make([]byte, bigBufSize); return 
 
 // NewBatch returns an empty batch for dev.
 func NewBatch(dev Device) *Batch {
+	if od, ok := dev.(*offloadDevice); ok {
+		return &Batch{dev: dev, co: &coalescer{f: od.dev.File()}}
+	}
 	n := max(dev.BatchSize(), 1)
 	return &Batch{dev: dev, headroom: dev.WriteHeadroom(), max: n, bufs: make([][]byte, 0, n), owned: make([]*[]byte, 0, n)}
 }
@@ -32,6 +37,10 @@ func NewBatch(dev Device) *Batch {
 // error of a write that Add had to do: at once for a one-packet backend,
 // or because the batch was full.
 func (b *Batch) Add(pkt []byte) (int, error) {
+	if b.co != nil {
+		b.pending++
+		return 0, b.co.add(pkt)
+	}
 	if b.max == 1 {
 		b.bufs = append(b.bufs[:0], pkt)
 		n, err := b.dev.Write(b.bufs, 0)
@@ -53,10 +62,22 @@ func (b *Batch) Add(pkt []byte) (int, error) {
 }
 
 // Len is the number of packets waiting.
-func (b *Batch) Len() int { return len(b.bufs) }
+func (b *Batch) Len() int {
+	if b.co != nil {
+		return b.pending
+	}
+	return len(b.bufs)
+}
 
 // Flush writes the waiting packets.
 func (b *Batch) Flush() (int, error) {
+	if b.co != nil {
+		n := b.pending
+		err := b.co.flush()
+		b.co.release() // an idle session holds no 64 KiB buffer
+		b.pending = 0
+		return n, err
+	}
 	if len(b.bufs) == 0 {
 		return 0, nil
 	}

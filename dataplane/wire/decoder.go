@@ -38,6 +38,7 @@ type Decoder struct {
 	head int // start of unconsumed bytes
 	tail int // end of buffered bytes
 	err  error
+	max  int // the buffer may grow up to this size
 }
 
 // NewDecoder returns a decoder reading from r with a buffer of size bytes
@@ -51,6 +52,11 @@ func NewDecoder(r io.Reader, size int) *Decoder {
 	}
 	return &Decoder{r: r, buf: make([]byte, size)}
 }
+
+// SetMaxSize lets the buffer grow up to n bytes while reads keep filling
+// it: a busy stream then needs fewer, larger reads, while an idle one keeps
+// its small buffer (memory per client matters at ten thousand clients).
+func (d *Decoder) SetMaxSize(n int) { d.max = n }
 
 // Buffered reports how many bytes have been read but not yet decoded.
 func (d *Decoder) Buffered() int { return d.tail - d.head }
@@ -94,6 +100,14 @@ func (d *Decoder) Next() (Msg, error) {
 	return m, nil
 }
 
+// grow doubles the buffer (up to max), keeping the unconsumed bytes.
+func (d *Decoder) grow() {
+	nb := make([]byte, min(2*len(d.buf), d.max))
+	d.tail = copy(nb, d.buf[d.head:d.tail])
+	d.head = 0
+	d.buf = nb
+}
+
 // fill makes sure at least n unconsumed bytes are buffered.
 func (d *Decoder) fill(n int) error {
 	if d.tail-d.head >= n {
@@ -108,8 +122,12 @@ func (d *Decoder) fill(n int) error {
 		d.head = 0
 	}
 	for d.tail-d.head < n {
+		free := len(d.buf) - d.tail
 		m, err := d.r.Read(d.buf[d.tail:])
 		d.tail += m
+		if m == free && 2*free >= len(d.buf) && len(d.buf) < d.max {
+			d.grow() // a read filled most of the buffer: more is waiting
+		}
 		if err != nil {
 			if d.tail-d.head >= n {
 				// Keep the error for the next call; this message is whole.

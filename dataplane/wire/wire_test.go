@@ -226,3 +226,32 @@ func BenchmarkPutHeader(b *testing.B) {
 		PutHeader(buf, TypeNetResponse, 1500)
 	}
 }
+
+func TestDecoderGrows(t *testing.T) {
+	var stream []byte
+	for i := 0; i < 200; i++ {
+		stream = AppendMsg(stream, TypeNetRequest, bytes.Repeat([]byte{byte(i)}, 1400))
+	}
+	d := NewDecoder(bytes.NewReader(stream), MaxMsgLen)
+	d.SetMaxSize(256 << 10)
+	for i := 0; i < 200; i++ {
+		m, err := d.Next()
+		if err != nil || len(m.Data) != 1400 || m.Data[0] != byte(i) || m.Data[1399] != byte(i) {
+			t.Fatalf("message %d: %v %d", i, err, len(m.Data))
+		}
+	}
+	if len(d.buf) <= MaxMsgLen || len(d.buf) > 256<<10 {
+		t.Fatalf("buffer is %d bytes after a bulk stream", len(d.buf))
+	}
+	// A stream of small reads (one message each) keeps the small buffer.
+	small := NewDecoder(iotest.OneByteReader(bytes.NewReader(stream[:20*1405])), MaxMsgLen)
+	small.SetMaxSize(256 << 10)
+	for i := 0; i < 20; i++ {
+		if _, err := small.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(small.buf) != MaxMsgLen {
+		t.Fatalf("trickling stream grew the buffer to %d", len(small.buf))
+	}
+}
