@@ -420,11 +420,18 @@ func TestConcurrentClientsDistinctAddresses(t *testing.T) {
 	h := start(t, nil)
 	const n = 200
 	addrs := make(chan netip.Addr, n)
-	var wg sync.WaitGroup
+	var wg, leased sync.WaitGroup
+	leased.Add(n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			held := false
+			defer func() {
+				if !held {
+					leased.Done()
+				}
+			}()
 			c, err := net.Dial("tcp", h.addr)
 			if err != nil {
 				t.Error(err)
@@ -444,7 +451,11 @@ func TestConcurrentClientsDistinctAddresses(t *testing.T) {
 				return
 			}
 			addrs <- r.Addr
-			time.Sleep(200 * time.Millisecond) // hold the lease while others connect
+			// Hold the lease until everyone has one: released addresses
+			// are rightly reused.
+			held = true
+			leased.Done()
+			leased.Wait()
 		}()
 	}
 	wg.Wait()
