@@ -77,7 +77,7 @@ up() {
   start controller $SRV "$BIN/4over6-controller"
   wait_for "controller" test -S /run/fourover6/controller.sock
   start dataplane $SRV "$BIN/4over6-dataplane" --id demo-dp1
-  wait_for "data plane" "$BIN/4over6ctl" status
+  wait_for "data plane" "$BIN/4over6ctl" dataplane status
   start web $INET "$STATE/httpserve" --listen 198.51.100.2:80
   run "$BIN/4over6ctl" status
 

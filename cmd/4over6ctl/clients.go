@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -16,37 +19,120 @@ func (a *app) clientsCommand() *cobra.Command {
 	return groupCommand("clients", "Clients connected through the tunnel (the controller's client table)",
 		a.clientsListCommand(),
 		a.clientsGetCommand(),
+		a.clientsKickCommand(),
+		a.clientsWatchCommand(),
 	)
 }
 
+// clientFilter is the filter of clients list and clients watch.
+type clientFilter struct {
+	dataplane   string // --dataplane: shadows the global address flag
+	dataplaneID string // --dataplane-id: the same, older name
+	v6Prefix    string
+}
+
+const dataplaneFilterNote = `--dataplane is a data plane id here (as --dataplane-id), NOT the global
+--dataplane address: this command talks to the controller only.`
+
+func (f *clientFilter) addFlags(cmd *cobra.Command) {
+	// A local --dataplane shadows the persistent one of the root: on this
+	// command, wherever it is written, it is the filter.
+	cmd.Flags().StringVar(&f.dataplane, "dataplane", "", "only clients on the data plane with this id (a filter here, not an address)")
+	cmd.Flags().StringVar(&f.dataplaneID, "dataplane-id", "", "the same as --dataplane")
+	cmd.Flags().StringVar(&f.v6Prefix, "v6-prefix", "", "only clients whose IPv6 address is inside this prefix, e.g. fd00:46::/64 (an address means /128)")
+}
+
+// values checks the filter and returns the data plane id and the IPv6 prefix
+// to send ("" when unset).
+func (f *clientFilter) values(cmd *cobra.Command) (string, string, error) {
+	id := f.dataplaneID
+	if cmd.Flags().Changed("dataplane") {
+		if looksLikeAddress(f.dataplane) {
+			return "", "", usageErrorf("--dataplane %q looks like an address, but on %q it is a data plane id to filter by "+
+				"(see \"4over6ctl dataplanes list\"); this command talks to the controller only", f.dataplane, cmd.CommandPath())
+		}
+		if id != "" && id != f.dataplane {
+			return "", "", usageErrorf("--dataplane %q and --dataplane-id %q disagree: give one", f.dataplane, id)
+		}
+		id = f.dataplane
+	}
+	prefix := ""
+	if cmd.Flags().Changed("v6-prefix") {
+		p, err := parseIPv6Prefix(f.v6Prefix)
+		if err != nil {
+			return "", "", usageErrorf("invalid --v6-prefix %q: %v", f.v6Prefix, err)
+		}
+		prefix = p.String()
+	}
+	return id, prefix, nil
+}
+
+// looksLikeAddress tells a daemon address (unix:///x.sock, host:port) from
+// a data plane id.
+func looksLikeAddress(s string) bool {
+	if strings.HasPrefix(s, "unix:") || strings.Contains(s, "/") {
+		return true
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil || port == "" {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
+}
+
+// parseIPv6Prefix accepts an IPv6 prefix (host bits are cleared) or an IPv6
+// address (a /128).
+func parseIPv6Prefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if p, err := netip.ParsePrefix(s); err == nil {
+		if !p.Addr().Is6() || p.Addr().Is4In6() {
+			return netip.Prefix{}, fmt.Errorf("not an IPv6 prefix")
+		}
+		return p.Masked(), nil
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil || !addr.Is6() || addr.Zone() != "" || addr.Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("want an IPv6 prefix such as fd00:46::/64 or an IPv6 address")
+	}
+	return netip.PrefixFrom(addr, 128), nil
+}
+
 func (a *app) clientsListCommand() *cobra.Command {
-	var dataplaneID string
+	var f clientFilter
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the clients holding an address",
-		Long: `List every client holding an address, sorted by IPv4 address.
-With -o json: a JSON array of client objects ([] when there are none).`,
+		Long: `List every client holding an address, sorted by IPv4 address, optionally only
+those on one data plane (--dataplane ID) or from one IPv6 prefix (--v6-prefix).
+With -o json: a JSON array of client objects ([] when there are none).
+
+` + dataplaneFilterNote,
 		Example: `  4over6ctl clients list
+  4over6ctl clients list --dataplane dp1 --v6-prefix fd00:46::/64
   4over6ctl clients list -o json | jq -r '.[] | "\(.ipv4) \(.ipv6)"'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clients, err := a.listClients(cmd, dataplaneID)
+			id, prefix, err := f.values(cmd)
+			if err != nil {
+				return err
+			}
+			clients, err := a.listClients(cmd, &cpv1.ListClientsRequest{DataplaneId: id, Ipv6Prefix: prefix})
 			if err != nil {
 				return err
 			}
 			return a.emit(clients, func(w io.Writer) { a.clientsTable(w, clients) })
 		},
 	}
-	cmd.Flags().StringVar(&dataplaneID, "dataplane-id", "", "only clients on the data plane with this id")
+	f.addFlags(cmd)
 	return needs(cmd, needController)
 }
 
-func (a *app) listClients(cmd *cobra.Command, dataplaneID string) ([]Client, error) {
+func (a *app) listClients(cmd *cobra.Command, req *cpv1.ListClientsRequest) ([]Client, error) {
 	ctx, cancel := a.callContext(cmd)
 	defer cancel()
-	c := cpv1.NewControllerServiceClient(a.controller.conn)
-	stream, err := c.ListClients(ctx, &cpv1.ListClientsRequest{DataplaneId: dataplaneID})
+	stream, err := a.ctrl().ListClients(ctx, req)
 	if err != nil {
 		return nil, a.rpcError(a.controller, err)
 	}
@@ -63,8 +149,12 @@ func (a *app) listClients(cmd *cobra.Command, dataplaneID string) ([]Client, err
 			clients = append(clients, clientFromProto(m.GetClient()))
 		}
 	}
-	sort.SliceStable(clients, func(i, j int) bool { return addrLess(clients[i].IPv4, clients[j].IPv4) })
+	sortClients(clients)
 	return clients, nil
+}
+
+func sortClients(clients []Client) {
+	sort.SliceStable(clients, func(i, j int) bool { return addrLess(clients[i].IPv4, clients[j].IPv4) })
 }
 
 func (a *app) clientsGetCommand() *cobra.Command {
@@ -74,25 +164,14 @@ func (a *app) clientsGetCommand() *cobra.Command {
 		Long: `Show the client holding the IPv4 address ADDR.
 Exits 4 when no client holds it. With -o json: one client object.`,
 		Example: `  4over6ctl clients get 13.8.0.2 -o json`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := exactArgs("ADDR")(cmd, args); err != nil {
-				return err
-			}
-			_, err := parseIPv4(args[0])
-			return err
-		},
+		Args:    ipv4Arg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			addr, _ := parseIPv4(args[0])
 			ctx, cancel := a.callContext(cmd)
 			defer cancel()
-			c := cpv1.NewControllerServiceClient(a.controller.conn)
-			resp, err := c.GetClient(ctx, &cpv1.GetClientRequest{Address: addr.String()})
+			resp, err := a.ctrl().GetClient(ctx, &cpv1.GetClientRequest{Address: addr.String()})
 			if err != nil {
-				err = a.rpcError(a.controller, err)
-				if ce, ok := err.(*cliError); ok && ce.code == exitNotFound {
-					ce.msg = fmt.Sprintf("no client holds %s", addr)
-				}
-				return err
+				return notFound(a.rpcError(a.controller, err), "no client holds %s", addr)
 			}
 			if resp.GetClient() == nil {
 				return &cliError{code: exitNotFound, msg: fmt.Sprintf("no client holds %s", addr)}
@@ -102,6 +181,24 @@ Exits 4 when no client holds it. With -o json: one client object.`,
 		},
 	}
 	return needs(cmd, needController)
+}
+
+// ipv4Arg checks a command's single IPv4 ADDR argument.
+func ipv4Arg(cmd *cobra.Command, args []string) error {
+	if err := exactArgs("ADDR")(cmd, args); err != nil {
+		return err
+	}
+	_, err := parseIPv4(args[0])
+	return err
+}
+
+// notFound rewrites the message of a NOT_FOUND error (exit 4).
+func notFound(err error, format string, args ...any) error {
+	var ce *cliError
+	if errors.As(err, &ce) && ce.code == exitNotFound {
+		ce.msg = fmt.Sprintf(format, args...)
+	}
+	return err
 }
 
 // parseIPv4 accepts a dotted-quad IPv4 address only.
@@ -170,4 +267,35 @@ func (a *app) clientDetail(w io.Writer, c Client) {
 	fmt.Fprintf(w, "Last heard:\t%s\n", a.when(c.LastHeard))
 	fmt.Fprintf(w, "From client:\t%s\n", traffic(c.BytesFromClient, c.PacketsFromClient))
 	fmt.Fprintf(w, "To client:\t%s\n", traffic(c.BytesToClient, c.PacketsToClient))
+}
+
+func (a *app) clientsKickCommand() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "kick ADDR",
+		Short: "Disconnect the client holding an IPv4 address",
+		Long: `Ask the controller to have the data plane holding ADDR close that client. Its
+address is released as for any disconnect; the client may connect again (use
+"dataplane drain" to keep new clients away). Prints the data plane and session
+that were closed. Exits 4 when no client holds ADDR.`,
+		Example: `  4over6ctl clients kick 13.8.0.2
+  4over6ctl clients kick 13.8.0.2 --reason "abuse report 1234" -o json`,
+		Args: ipv4Arg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			addr, _ := parseIPv4(args[0])
+			ctx, cancel := a.callContext(cmd)
+			defer cancel()
+			resp, err := a.ctrl().KickClient(ctx, &cpv1.KickClientRequest{Address: addr.String(), Reason: reason})
+			if err != nil {
+				return notFound(a.rpcError(a.controller, err), "no client holds %s", addr)
+			}
+			k := Kick{IPv4: addr.String(), Dataplane: resp.GetDataplaneId(), Session: resp.GetSessionId()}
+			return a.emit(k, func(w io.Writer) {
+				fmt.Fprintf(w, "Kicked %s: data plane %s closed session %s; the address is released.\n",
+					k.IPv4, orDash(k.Dataplane), orDash(k.Session))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the data plane's log (default: the controller's)")
+	return needs(cmd, needController)
 }

@@ -1,212 +1,18 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
-	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
-
-// ---- in-test daemons ----
-
-var (
-	t0 = time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
-	// Fractional seconds and a non-UTC zone: the CLI prints whole-second UTC.
-	t1 = time.Date(2025, 3, 1, 11, 5, 7, 500_000_000, time.FixedZone("CET", 3600))
-)
-
-type fakeController struct {
-	cpv1.UnimplementedControllerServiceServer
-	version string
-	clients []*cpv1.Client
-	pool    *cpv1.Pool
-	hang    bool // GetPool waits for the caller to give up
-
-	mu         sync.Mutex
-	lastFilter string
-	getCalls   int
-}
-
-func (f *fakeController) ListClients(req *cpv1.ListClientsRequest, stream grpc.ServerStreamingServer[cpv1.ListClientsResponse]) error {
-	f.mu.Lock()
-	f.lastFilter = req.GetDataplaneId()
-	f.mu.Unlock()
-	for _, c := range f.clients {
-		if req.GetDataplaneId() != "" && c.GetDataplaneId() != req.GetDataplaneId() {
-			continue
-		}
-		if err := stream.Send(&cpv1.ListClientsResponse{Client: c}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (f *fakeController) GetClient(_ context.Context, req *cpv1.GetClientRequest) (*cpv1.GetClientResponse, error) {
-	f.mu.Lock()
-	f.getCalls++
-	f.mu.Unlock()
-	for _, c := range f.clients {
-		if c.GetAddress() == req.GetAddress() {
-			return &cpv1.GetClientResponse{Client: c}, nil
-		}
-	}
-	return nil, status.Errorf(codes.NotFound, "no lease for %s", req.GetAddress())
-}
-
-func (f *fakeController) GetPool(ctx context.Context, _ *cpv1.GetPoolRequest) (*cpv1.GetPoolResponse, error) {
-	if f.hang {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	if f.pool == nil {
-		return nil, status.Error(codes.Internal, "pool store is broken")
-	}
-	return &cpv1.GetPoolResponse{Pool: f.pool}, nil
-}
-
-func (f *fakeController) GetVersion(context.Context, *cpv1.GetVersionRequest) (*cpv1.GetVersionResponse, error) {
-	return &cpv1.GetVersionResponse{Version: f.version}, nil
-}
-
-type fakeDataplane struct {
-	dpv1.UnimplementedDataplaneServiceServer
-	status   *dpv1.Status
-	sessions []*dpv1.Session
-}
-
-func (f *fakeDataplane) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetStatusResponse, error) {
-	return &dpv1.GetStatusResponse{Status: f.status}, nil
-}
-
-func (f *fakeDataplane) ListSessions(_ *dpv1.ListSessionsRequest, stream grpc.ServerStreamingServer[dpv1.ListSessionsResponse]) error {
-	for _, s := range f.sessions {
-		if err := stream.Send(&dpv1.ListSessionsResponse{Session: s}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func newController() *fakeController {
-	return &fakeController{
-		version: "v1.2.3-test",
-		clients: []*cpv1.Client{
-			// Out of order on purpose: the CLI sorts numerically (.10 after .2).
-			{Address: "13.8.0.10", ClientIpv6: "fd00:46::10", ClientPort: 40000, DataplaneId: "dp2", SessionId: "s-10",
-				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1)},
-			{Address: "13.8.0.2", ClientIpv6: "fd00:46::2", ClientPort: 51234, DataplaneId: "dp1", SessionId: "s-2",
-				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
-				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7}},
-		},
-		pool: &cpv1.Pool{Prefix: "13.8.0.0/24", Gateway: "13.8.0.1", RangeFirst: "13.8.0.2", RangeLast: "13.8.0.128",
-			Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", Dns: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"}},
-	}
-}
-
-func newDataplane(id string) *fakeDataplane {
-	return &fakeDataplane{
-		status: &dpv1.Status{
-			DataplaneId: id, Version: "v1.2.3-test", ClientListen: "[::]:5678", Tun: "4o6", Mtu: 1500,
-			Gateway: "13.8.0.1", Pool: "13.8.0.0/24", Controller: "unix:///run/fourover6/controller.sock",
-			ControllerConnected: true, StartedAt: timestamppb.New(t0), Sessions: 3, LeasedSessions: 2,
-			AcceptedTotal: 10, ClosedTotal: 7,
-			Counters:            &dpv1.Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 5 << 30, PacketsToClient: 4},
-			Drops:               map[string]uint64{"spoofed_source": 5, "queue_full": 1},
-			KeepaliveIntervalMs: 20_000, KeepaliveTimeoutMs: 60_000,
-		},
-		sessions: []*dpv1.Session{
-			{SessionId: "s-9", State: dpv1.SessionState_SESSION_STATE_ACCEPTED, ClientIpv6: "fd00:46::9", ClientPort: 1000,
-				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t0)},
-			{SessionId: "s-2", State: dpv1.SessionState_SESSION_STATE_LEASED, Address: "13.8.0.2", ClientIpv6: "fd00:46::2",
-				ClientPort: 51234, ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
-				Counters: &dpv1.Counters{BytesFromClient: 11, PacketsFromClient: 1, BytesToClient: 22, PacketsToClient: 2}, SendQueue: 3},
-			{SessionId: "s-3", State: dpv1.SessionState_SESSION_STATE_CLOSING, Address: "13.8.0.3", ClientIpv6: "fd00:46::3", ClientPort: 2000},
-		},
-	}
-}
-
-// serve starts a gRPC server with the given services on a unix socket in a
-// fresh temporary directory and returns its address ("unix:///...").
-func serve(t *testing.T, ctrl cpv1.ControllerServiceServer, dp dpv1.DataplaneServiceServer) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "d.sock")
-	if len(path) > 100 { // sun_path limit
-		dir, err := os.MkdirTemp("", "ctl")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		path = filepath.Join(dir, "d.sock")
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	if ctrl != nil {
-		cpv1.RegisterControllerServiceServer(s, ctrl)
-	}
-	if dp != nil {
-		dpv1.RegisterDataplaneServiceServer(s, dp)
-	}
-	go s.Serve(l)
-	t.Cleanup(s.Stop)
-	return "unix://" + path
-}
-
-// ---- running the CLI ----
-
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
-func ctl(t *testing.T, env map[string]string, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, &out, &errb, func(k string) string { return env[k] })
-	return result{out.String(), errb.String(), code}
-}
-
-func (r result) expect(t *testing.T, code int) result {
-	t.Helper()
-	if r.code != code {
-		t.Fatalf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
-	}
-	return r
-}
-
-func keysOf(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func sorted(s ...string) []string { sort.Strings(s); return s }
-
-var clientKeys = sorted("ipv4", "ipv6", "port", "dataplane", "session", "connected_since", "last_heard",
-	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client")
 
 // ---- tests ----
 
@@ -375,10 +181,10 @@ func TestPoolShow(t *testing.T) {
 	}
 }
 
-func TestStatus(t *testing.T) {
+func TestDataplaneStatus(t *testing.T) {
 	t.Parallel()
 	addr := serve(t, nil, newDataplane("dp1"))
-	r := ctl(t, nil, "--dataplane", addr, "status", "-o", "json").expect(t, 0)
+	r := ctl(t, nil, "--dataplane", addr, "dataplane", "status", "-o", "json").expect(t, 0)
 	var raw map[string]any
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatal(err)
@@ -386,24 +192,33 @@ func TestStatus(t *testing.T) {
 	want := sorted("dataplane", "version", "client_listen", "tun", "mtu", "gateway", "pool", "controller",
 		"controller_connected", "started_at", "sessions", "leased_sessions", "accepted_total", "closed_total",
 		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "drops",
-		"keepalive_interval", "keepalive_timeout")
+		"keepalive_interval", "keepalive_timeout",
+		// added with issue 5
+		"draining", "instance_id", "goroutines", "open_fds", "refused", "limits")
 	if !reflect.DeepEqual(keysOf(raw), want) {
 		t.Errorf("status keys %v\nwant %v", keysOf(raw), want)
+	}
+	limitKeys := sorted("max_clients", "max_conns_per_ip", "max_conns_per_prefix", "prefix_length", "accept_rate", "accept_burst")
+	if got := keysOf(raw["limits"].(map[string]any)); !reflect.DeepEqual(got, limitKeys) {
+		t.Errorf("limits keys %v", got)
 	}
 	var s Status
 	_ = json.Unmarshal([]byte(r.stdout), &s)
 	if s.Dataplane != "dp1" || s.MTU != 1500 || !s.ControllerConnected || s.StartedAt != "2025-03-01T10:00:00Z" ||
 		s.KeepaliveInterval != "20s" || s.KeepaliveTimeout != "1m0s" || s.Drops["spoofed_source"] != 5 ||
-		s.BytesToClient != 5<<30 || s.LeasedSessions != 2 || s.ClientListen != "[::]:5678" {
+		s.BytesToClient != 5<<30 || s.LeasedSessions != 2 || s.ClientListen != "[::]:5678" ||
+		s.Draining || s.InstanceID != "i-1" || s.Goroutines != 42 || s.OpenFDs != 17 || s.Refused["max_clients"] != 2 ||
+		s.Limits != (Limits{MaxClients: 1000, MaxConnsPerIP: 4, MaxConnsPerPrefix: 16, PrefixLength: 64, AcceptRate: 50, AcceptBurst: 100}) {
 		t.Errorf("status %+v", s)
 	}
-	r = ctl(t, nil, "--dataplane", addr, "status", "-o", "yaml").expect(t, 0)
+	r = ctl(t, nil, "--dataplane", addr, "dataplane", "status", "-o", "yaml").expect(t, 0)
 	var ys Status
 	if err := yaml.Unmarshal([]byte(r.stdout), &ys); err != nil || !reflect.DeepEqual(ys, s) {
 		t.Errorf("yaml status %+v %v", ys, err)
 	}
-	r = ctl(t, nil, "--dataplane", addr, "status").expect(t, 0)
-	for _, s := range []string{"dp1", "[::]:5678", "4o6", "MTU 1500", "(connected)", "5.0 GiB", "queue_full 1", "every 20s"} {
+	r = ctl(t, nil, "--dataplane", addr, "dataplane", "status").expect(t, 0)
+	for _, s := range []string{"dp1", "[::]:5678", "4o6", "MTU 1500", "(connected)", "5.0 GiB", "queue_full 1", "every 20s",
+		"Draining:", "clients 1000", "per /64", "50/s (burst 100)", "max_clients 2", "42 goroutines"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("status table lacks %q:\n%s", s, r.stdout)
 		}
@@ -411,10 +226,10 @@ func TestStatus(t *testing.T) {
 
 	// No drops: {} rather than null.
 	dp := newDataplane("dp2")
-	dp.status.Drops = nil
+	dp.status.Drops, dp.status.Refused, dp.status.Draining = nil, nil, true
 	addr2 := serve(t, nil, dp)
-	r = ctl(t, nil, "--dataplane", addr2, "status", "-o", "json").expect(t, 0)
-	if !strings.Contains(r.stdout, `"drops": {}`) {
+	r = ctl(t, nil, "--dataplane", addr2, "dp", "status", "-o", "json").expect(t, 0)
+	if !strings.Contains(r.stdout, `"drops": {}`) || !strings.Contains(r.stdout, `"refused": {}`) || !strings.Contains(r.stdout, `"draining": true`) {
 		t.Errorf("empty drops: %s", r.stdout)
 	}
 }
@@ -511,7 +326,7 @@ func TestUnreachable(t *testing.T) {
 		{[]string{"--controller", missing, "clients", "list"}, "controller", missing, "no such file or directory"},
 		{[]string{"--controller", missing, "clients", "get", "13.8.0.2"}, "controller", missing, "no such file or directory"},
 		{[]string{"--controller", tcp, "pool", "show"}, "controller", tcp, "connection refused"},
-		{[]string{"--dataplane", missing, "status"}, "dataplane", missing, "no such file or directory"},
+		{[]string{"--dataplane", missing, "dataplane", "status"}, "dataplane", missing, "no such file or directory"},
 		{[]string{"--dataplane", tcp, "sessions", "list"}, "dataplane", tcp, "connection refused"},
 	}
 	for _, c := range cases {
@@ -617,7 +432,8 @@ func TestHelp(t *testing.T) {
 	t.Parallel()
 	r := ctl(t, nil, "--help").expect(t, 0)
 	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "--controller", "FOUROVER6_DATAPLANE",
-		"clients", "pool", "status", "sessions", "version"} {
+		"clients", "pool", "status", "sessions", "version", "reservations", "dns", "dataplane", "apply", "log-level",
+		"several comma-separated", "a data plane id filter"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("help lacks %q", s)
 		}
@@ -625,6 +441,18 @@ func TestHelp(t *testing.T) {
 	ctl(t, nil).expect(t, 0)
 	ctl(t, nil, "clients").expect(t, 0)
 	ctl(t, nil, "clients", "get", "--help").expect(t, 0)
+	for _, group := range []string{"clients", "pool", "reservations", "dns", "dataplane", "dataplanes", "sessions"} {
+		ctl(t, nil, group).expect(t, 0)
+		ctl(t, nil, group, "bogus").expect(t, 2)
+	}
+	// The main commands carry examples.
+	for _, cmd := range [][]string{{"status"}, {"clients", "list"}, {"clients", "watch"}, {"clients", "kick"}, {"apply"},
+		{"reservations", "set"}, {"dns", "set"}, {"dataplane", "drain"}, {"pool", "set-range"}} {
+		r := ctl(t, nil, append(cmd, "--help")...).expect(t, 0)
+		if !strings.Contains(r.stdout, "Examples:") {
+			t.Errorf("%v has no examples", cmd)
+		}
+	}
 	if r := ctl(t, nil, "completion", "bash").expect(t, 0); !strings.Contains(r.stdout, "4over6ctl") {
 		t.Error("no bash completion")
 	}
@@ -661,7 +489,7 @@ func TestAddressResolution(t *testing.T) {
 
 	dpID := func(env map[string]string, args ...string) string {
 		t.Helper()
-		r := ctl(t, env, append(args, "status", "-o", "json")...).expect(t, 0)
+		r := ctl(t, env, append(args, "dataplane", "status", "-o", "json")...).expect(t, 0)
 		var s Status
 		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 			t.Fatal(err)
@@ -675,7 +503,7 @@ func TestAddressResolution(t *testing.T) {
 		t.Errorf("env not used: %q", id)
 	}
 	if _, err := os.Stat("/run/fourover6/dataplane.sock"); os.IsNotExist(err) {
-		r := ctl(t, nil, "status").expect(t, 3)
+		r := ctl(t, nil, "dataplane", "status").expect(t, 3)
 		if !strings.Contains(r.stderr, "at unix:///run/fourover6/dataplane.sock:") {
 			t.Errorf("default dataplane not used: %q", r.stderr)
 		}
@@ -689,7 +517,7 @@ func TestLazyDial(t *testing.T) {
 	addr := serve(t, newController(), newDataplane("dp1"))
 	ctl(t, nil, "--controller", addr, "--dataplane", "garbage", "clients", "list").expect(t, 0)
 	ctl(t, map[string]string{"FOUROVER6_DATAPLANE": "garbage"}, "--controller", addr, "pool", "show").expect(t, 0)
-	ctl(t, nil, "--dataplane", addr, "--controller", "garbage", "status").expect(t, 0)
+	ctl(t, nil, "--dataplane", addr, "--controller", "garbage", "dataplane", "status").expect(t, 0)
 	ctl(t, map[string]string{"FOUROVER6_CONTROLLER": "garbage"}, "--dataplane", addr, "sessions", "list").expect(t, 0)
 }
 

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -13,25 +15,36 @@ import (
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
 
-func (a *app) statusCommand() *cobra.Command {
+func (a *app) dataplaneStatusCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show a data plane's settings, health and counters",
-		Long: `Show the status of the data plane at --dataplane: its settings, whether it
-reaches the controller, its sessions, traffic totals and drops by reason.`,
+		Short: "Show the local data plane's settings, health and counters",
+		Long: `Show the status of the data plane at --dataplane (not through the controller):
+its settings, whether it reaches the controller, whether it is draining, its
+sessions, traffic totals, drops by reason, limits and refused connections.
+This is what "4over6ctl status" printed before it showed the whole system.`,
+		Example: `  4over6ctl dataplane status
+  4over6ctl --dataplane '[2001:db8::1]:5679' dataplane status -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.callContext(cmd)
 			defer cancel()
-			resp, err := dpv1.NewDataplaneServiceClient(a.dataplane.conn).GetStatus(ctx, &dpv1.GetStatusRequest{})
+			s, err := a.dataplaneStatus(ctx)
 			if err != nil {
-				return a.rpcError(a.dataplane, err)
+				return err
 			}
-			s := statusFromProto(resp.GetStatus())
 			return a.emit(s, func(w io.Writer) { a.statusTable(w, s) })
 		},
 	}
 	return needs(cmd, needDataplane)
+}
+
+func (a *app) dataplaneStatus(ctx context.Context) (Status, error) {
+	resp, err := a.dp().GetStatus(ctx, &dpv1.GetStatusRequest{})
+	if err != nil {
+		return Status{}, a.rpcError(a.dataplane, err)
+	}
+	return statusFromProto(resp.GetStatus()), nil
 }
 
 func (a *app) sessionsCommand() *cobra.Command {
@@ -42,6 +55,8 @@ func (a *app) sessionsCommand() *cobra.Command {
 		Long: `List every client connection of the data plane at --dataplane, leased or
 not, sorted by IPv4 address (unleased last). With -o json: a JSON array of
 session objects ([] when there are none).`,
+		Example: `  4over6ctl sessions list
+  4over6ctl --dataplane unix:///run/fourover6/dp2.sock sessions list -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sessions, err := a.listSessions(cmd)
@@ -51,13 +66,46 @@ session objects ([] when there are none).`,
 			return a.emit(sessions, func(w io.Writer) { a.sessionsTable(w, sessions) })
 		},
 	}
-	return groupCommand("sessions", "Client connections on one data plane", needs(list, needDataplane))
+	var reason string
+	kick := &cobra.Command{
+		Use:   "kick ADDR|SESSION",
+		Short: "Close one client connection on the data plane directly",
+		Long: `Have the data plane at --dataplane close one client connection, given by its
+IPv4 address or its session id, without going through the controller (which
+"clients kick" does). Its address is released. Exits 4 when there is no such
+session.`,
+		Example: `  4over6ctl sessions kick 13.8.0.2
+  4over6ctl sessions kick s-9`,
+		Args: exactArgs("ADDR|SESSION"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &dpv1.KickSessionRequest{SessionId: args[0], Reason: reason}
+			if addr, err := netip.ParseAddr(args[0]); err == nil {
+				if !addr.Is4() {
+					return usageErrorf("invalid ADDR %q: want an IPv4 address or a session id", args[0])
+				}
+				req = &dpv1.KickSessionRequest{Address: addr.String(), Reason: reason}
+			}
+			ctx, cancel := a.callContext(cmd)
+			defer cancel()
+			resp, err := a.dp().KickSession(ctx, req)
+			if err != nil {
+				return notFound(a.rpcError(a.dataplane, err), "no session %s on data plane at %s", args[0], a.dataplane.ep)
+			}
+			out := SessionKick{IPv4: resp.GetAddress(), Session: resp.GetSessionId()}
+			return a.emit(out, func(w io.Writer) {
+				fmt.Fprintf(w, "Closed session %s (%s).\n", orDash(out.Session), orDash(out.IPv4))
+			})
+		},
+	}
+	kick.Flags().StringVar(&reason, "reason", "", "why, for the data plane's log")
+	return groupCommand("sessions", "Client connections on one data plane (--dataplane)",
+		needs(list, needDataplane), needs(kick, needDataplane))
 }
 
 func (a *app) listSessions(cmd *cobra.Command) ([]Session, error) {
 	ctx, cancel := a.callContext(cmd)
 	defer cancel()
-	stream, err := dpv1.NewDataplaneServiceClient(a.dataplane.conn).ListSessions(ctx, &dpv1.ListSessionsRequest{})
+	stream, err := a.dp().ListSessions(ctx, &dpv1.ListSessionsRequest{})
 	if err != nil {
 		return nil, a.rpcError(a.dataplane, err)
 	}
@@ -125,6 +173,11 @@ func statusFromProto(s *dpv1.Status) Status {
 	for k, v := range s.GetDrops() {
 		drops[k] = v
 	}
+	refused := make(map[string]uint64, len(s.GetRefused()))
+	for k, v := range s.GetRefused() {
+		refused[k] = v
+	}
+	l := s.GetLimits()
 	return Status{
 		Dataplane:           s.GetDataplaneId(),
 		Version:             s.GetVersion(),
@@ -144,6 +197,19 @@ func statusFromProto(s *dpv1.Status) Status {
 		Drops:               drops,
 		KeepaliveInterval:   msDuration(s.GetKeepaliveIntervalMs()),
 		KeepaliveTimeout:    msDuration(s.GetKeepaliveTimeoutMs()),
+		Draining:            s.GetDraining(),
+		InstanceID:          s.GetInstanceId(),
+		Goroutines:          s.GetGoroutines(),
+		OpenFDs:             s.GetOpenFds(),
+		Refused:             refused,
+		Limits: Limits{
+			MaxClients:        l.GetMaxClients(),
+			MaxConnsPerIP:     l.GetMaxConnsPerIp(),
+			MaxConnsPerPrefix: l.GetMaxConnsPerPrefix(),
+			PrefixLength:      l.GetPrefixLength(),
+			AcceptRate:        l.GetAcceptRate(),
+			AcceptBurst:       l.GetAcceptBurst(),
+		},
 	}
 }
 
@@ -170,20 +236,53 @@ func (a *app) statusTable(w io.Writer, s Status) {
 	fmt.Fprintf(w, "From clients:\t%s\n", traffic(s.BytesFromClient, s.PacketsFromClient))
 	fmt.Fprintf(w, "To clients:\t%s\n", traffic(s.BytesToClient, s.PacketsToClient))
 	fmt.Fprintf(w, "Keepalive:\tevery %s, timeout %s\n", s.KeepaliveInterval, s.KeepaliveTimeout)
-	if len(s.Drops) == 0 {
-		fmt.Fprintf(w, "Drops:\tnone\n")
-		return
+	if s.Draining {
+		fmt.Fprintf(w, "Draining:\tyes, accepting no new clients\n")
+	} else {
+		fmt.Fprintf(w, "Draining:\tno\n")
 	}
-	reasons := make([]string, 0, len(s.Drops))
-	for r := range s.Drops {
+	fmt.Fprintf(w, "Limits:\t%s\n", limitsText(s.Limits))
+	fmt.Fprintf(w, "Refused:\t%s\n", countsText(s.Refused))
+	fmt.Fprintf(w, "Drops:\t%s\n", countsText(s.Drops))
+	if s.Goroutines > 0 || s.OpenFDs > 0 {
+		fmt.Fprintf(w, "Resources:\t%d goroutines, %d open files\n", s.Goroutines, s.OpenFDs)
+	}
+}
+
+// countsText renders reason -> count as "a 1, b 5" (sorted), "none" when empty.
+func countsText(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	reasons := make([]string, 0, len(m))
+	for r := range m {
 		reasons = append(reasons, r)
 	}
 	sort.Strings(reasons)
 	parts := make([]string, len(reasons))
 	for i, r := range reasons {
-		parts[i] = fmt.Sprintf("%s %d", r, s.Drops[r])
+		parts[i] = fmt.Sprintf("%s %d", r, m[r])
 	}
-	fmt.Fprintf(w, "Drops:\t%s\n", strings.Join(parts, ", "))
+	return strings.Join(parts, ", ")
+}
+
+func limitsText(l Limits) string {
+	num := func(n uint32) string {
+		if n == 0 {
+			return "unlimited"
+		}
+		return fmt.Sprint(n)
+	}
+	rate := "unlimited"
+	if l.AcceptRate > 0 {
+		rate = fmt.Sprintf("%g/s (burst %d)", l.AcceptRate, l.AcceptBurst)
+	}
+	perPrefix := num(l.MaxConnsPerPrefix)
+	if l.PrefixLength > 0 {
+		perPrefix += fmt.Sprintf(" per /%d", l.PrefixLength)
+	}
+	return fmt.Sprintf("clients %s, per IPv6 address %s, per prefix %s, accept rate %s",
+		num(l.MaxClients), num(l.MaxConnsPerIP), perPrefix, rate)
 }
 
 func (a *app) sessionsTable(w io.Writer, sessions []Session) {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
 
 // Exit codes. They are part of the CLI's contract: scripts rely on them.
@@ -37,7 +39,8 @@ const exitCodesHelp = `Exit codes:
   1  other error (the daemon answered with an error, a timeout on an open connection, ...)
   2  bad arguments or flags (unknown flag or command, invalid ADDR, bad -o value)
   3  daemon unreachable (no socket, connection refused, connect timeout)
-  4  not found (e.g. clients get ADDR for an address nobody holds)`
+  4  not found (clients get/kick of an address nobody holds, reservations delete
+     of a client without one, dataplane drain of an unknown id)`
 
 // Annotation key naming the daemons a command talks to (comma separated).
 // The root's PersistentPreRunE dials exactly these and nothing else.
@@ -47,21 +50,6 @@ const (
 	needController = "controller"
 	needDataplane  = "dataplane"
 )
-
-// daemon is one gRPC server the CLI may talk to.
-type daemon struct {
-	name   string // "controller" or "dataplane"; also the flag name
-	envVar string
-	def    string
-
-	flagValue string // bound to --<name>
-
-	// Set by connect.
-	addr   string // as resolved, before parsing
-	source string // where addr came from: "--controller", "$FOUROVER6_CONTROLLER", "default"
-	ep     endpoint.Endpoint
-	conn   *grpc.ClientConn
-}
 
 // app is one invocation of the CLI. Nothing is global, so tests can run many
 // in parallel.
@@ -91,6 +79,8 @@ func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
 			name:   "controller",
 			envVar: "FOUROVER6_CONTROLLER",
 			def:    "unix:///run/fourover6/controller.sock",
+			multi:  true,
+			leader: controllerIsLeader,
 		},
 		dataplane: &daemon{
 			name:   "dataplane",
@@ -103,12 +93,16 @@ func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
 // run is the whole CLI: it parses args, runs the command and returns the
 // process exit code. Errors are printed to stderr in the -o format.
 func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runContext(ctx, args, stdout, stderr, getenv)
+}
+
+// runContext is run with a context whose end means Ctrl-C.
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	a := newApp(stdout, stderr, getenv)
 	root := a.rootCommand()
 	root.SetArgs(args)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	cmd, err := root.ExecuteContextC(ctx)
 	a.closeConns()
 	if err == nil {
@@ -122,21 +116,30 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "4over6ctl",
-		Short: "Inspect a fourover6 controller and its data planes",
-		Long: `4over6ctl talks gRPC to the fourover6 controller (clients, pool, version)
-and to one data plane (status, sessions).
+		Short: "Operate a fourover6 controller and its data planes",
+		Long: `4over6ctl talks gRPC to the fourover6 controller (clients, pool, reservations,
+DNS, data plane registry) and to one data plane (its status and sessions).
 
 Addresses are unix:///path/to.sock or host:port. Each is taken from its flag,
 else from the environment, else the default:
   --controller  $FOUROVER6_CONTROLLER  unix:///run/fourover6/controller.sock
   --dataplane   $FOUROVER6_DATAPLANE   unix:///run/fourover6/dataplane.sock
-A command connects only to the daemon it needs.
+The controller may be given as several comma-separated addresses
+(--controller a,b,c): they are tried in order and the leader is preferred.
+A command connects only to the daemons it needs.
+
+On "clients list" and "clients watch", --dataplane is a FILTER (a data plane
+id), not the data plane's address; those commands do not talk to a data plane.
 
 Output: -o table (default, for people), -o json or -o yaml (stable, for
 scripts; see the README's "JSON output"). Errors go to stderr in the same
 format: {"error":"...","code":N}.
 
 ` + exitCodesHelp,
+		Example: `  4over6ctl status                             # health of the whole system
+  4over6ctl clients list --dataplane dp1 -o json
+  4over6ctl --controller unix:///run/a.sock,10.0.0.2:7000 pool show
+  4over6ctl apply -f fourover6.yaml --dry-run`,
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		Args:              noSubcommand,
@@ -151,22 +154,39 @@ format: {"error":"...","code":N}.
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.controller.flagValue, "controller", "",
-		"controller address, unix:///path or host:port (default $FOUROVER6_CONTROLLER, else "+a.controller.def+")")
+		"controller address(es), unix:///path or host:port, several comma-separated (default $FOUROVER6_CONTROLLER, else "+a.controller.def+")")
 	pf.StringVar(&a.dataplane.flagValue, "dataplane", "",
-		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+")")
+		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+"); on clients list/watch: a data plane id filter")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
-	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none)")
+	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: connecting only)")
 	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return formatNames, cobra.ShellCompDirectiveNoFileComp
 	})
 
 	root.AddCommand(
+		a.statusCommand(),
 		a.clientsCommand(),
 		a.poolCommand(),
-		a.statusCommand(),
+		a.reservationsCommand(),
+		a.dnsCommand(),
+		a.dataplaneCommand(),
 		a.sessionsCommand(),
+		a.applyCommand(),
+		a.logLevelCommand(),
 		a.versionCommand(),
+		a.docsCommand(root),
 	)
+	// cobra's completion command, made now so that an unknown shell is a
+	// usage error (exit 2) like any unknown subcommand.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args, c.RunE = noSubcommand, showHelp
+			c.Example = `  source <(4over6ctl completion bash)
+  4over6ctl completion zsh > "${fpath[1]}/_4over6ctl"
+  4over6ctl completion fish > ~/.config/fish/completions/4over6ctl.fish`
+		}
+	}
 	return root
 }
 
@@ -261,29 +281,35 @@ func (a *app) resolve(flags *pflag.FlagSet, d *daemon) {
 	}
 }
 
-// connect resolves and parses a daemon's address and creates its client
-// connection. grpc.NewClient does not connect: the first RPC does, and fails
-// fast (no WaitForReady) when nothing listens there.
+// connect resolves and parses a daemon's address(es). Nothing is dialled:
+// the first request does (see conn.go), and fails fast (no WaitForReady)
+// when nothing listens there.
 func (a *app) connect(flags *pflag.FlagSet, d *daemon) error {
-	if d.conn != nil {
+	if d.eps != nil {
 		return nil
 	}
 	a.resolve(flags, d)
-	ep, err := endpoint.Parse(d.addr)
+	eps, err := parseAddrs(d.addr)
 	if err != nil {
 		return usageErrorf("invalid %s address (from %s): %v", d.name, d.source, err)
 	}
-	d.ep = ep
-	opts, err := dialOptions(ep)
-	if err != nil {
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, ep, err)}
+	if len(eps) > 1 && !d.multi {
+		return usageErrorf("invalid %s address (from %s): %d addresses given, a command talks to one %s", d.name, d.source, len(eps), d.name)
 	}
-	conn, err := grpc.NewClient(ep.Target(), opts...)
-	if err != nil {
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, ep, err)}
+	d.setAddrs(eps)
+	d.timeout = a.timeout
+	d.probeTimeout = maxProbeTimeout
+	if a.timeout > 0 && a.timeout < d.probeTimeout {
+		d.probeTimeout = a.timeout
 	}
-	d.conn = conn
 	return nil
+}
+
+// controllerIsLeader is the leadership question asked of each of several
+// controller addresses.
+func controllerIsLeader(ctx context.Context, cc grpc.ClientConnInterface) (bool, error) {
+	resp, err := cpv1.NewControllerServiceClient(cc).GetStatus(ctx, &cpv1.GetStatusRequest{})
+	return resp.GetStatus().GetLeader(), err
 }
 
 // dialOptions builds the gRPC dial options for one daemon. It is the single
@@ -299,12 +325,18 @@ func dialOptions(ep endpoint.Endpoint) ([]grpc.DialOption, error) {
 }
 
 func (a *app) closeConns() {
-	for _, d := range []*daemon{a.controller, a.dataplane} {
-		if d.conn != nil {
-			_ = d.conn.Close()
-			d.conn = nil
-		}
-	}
+	a.controller.close()
+	a.dataplane.close()
+}
+
+// ctrl is the controller's API (on whichever of its addresses is chosen).
+func (a *app) ctrl() cpv1.ControllerServiceClient {
+	return cpv1.NewControllerServiceClient(a.controller)
+}
+
+// dp is the API of the data plane at --dataplane.
+func (a *app) dp() dpv1.DataplaneServiceClient {
+	return dpv1.NewDataplaneServiceClient(a.dataplane)
 }
 
 // callContext bounds one command's requests by --timeout.
@@ -357,6 +389,10 @@ func (a *app) rpcError(d *daemon, err error) error {
 	if err == nil {
 		return nil
 	}
+	var ce *cliError
+	if errors.As(err, &ce) {
+		return ce // already explained, e.g. by choosing among several addresses
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		if errors.Is(err, context.Canceled) {
@@ -386,6 +422,10 @@ func (a *app) rpcError(d *daemon, err error) error {
 		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s does not implement this request (is it a fourover6 %s of a matching version?): %s", d.name, d.ep, d.name, st.Message())}
 	case codes.Canceled:
 		return &cliError{code: exitError, msg: "interrupted"}
+	}
+	if isNotLeader(st) {
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s is not the leader (%s); give every controller's address, e.g. --controller a,b,c",
+			d.name, d.ep, st.Message())}
 	}
 	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, d.ep, strings.ToLower(st.Code().String()), st.Message())}
 }

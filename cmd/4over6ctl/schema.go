@@ -44,7 +44,8 @@ type Pool struct {
 	DNS        []string `json:"dns" yaml:"dns"`     // the three DNS servers of 101
 }
 
-// Status is the object printed by "status" (one data plane).
+// Status is the object printed by "dataplane status" (one data plane), and
+// the "dataplane" object of "status".
 type Status struct {
 	Dataplane           string            `json:"dataplane" yaml:"dataplane"` // data plane id
 	Version             string            `json:"version" yaml:"version"`
@@ -64,6 +65,13 @@ type Status struct {
 	Drops               map[string]uint64 `json:"drops" yaml:"drops"`                           // reason -> count; {} when none
 	KeepaliveInterval   string            `json:"keepalive_interval" yaml:"keepalive_interval"` // "20s"
 	KeepaliveTimeout    string            `json:"keepalive_timeout" yaml:"keepalive_timeout"`   // "1m0s"
+	// Added with issue 5.
+	Draining   bool              `json:"draining" yaml:"draining"`       // accepting no new clients
+	InstanceID string            `json:"instance_id" yaml:"instance_id"` // random per process start
+	Goroutines uint32            `json:"goroutines" yaml:"goroutines"`
+	OpenFDs    uint32            `json:"open_fds" yaml:"open_fds"`
+	Refused    map[string]uint64 `json:"refused" yaml:"refused"` // limit -> connections refused; {} when none
+	Limits     Limits            `json:"limits" yaml:"limits"`
 }
 
 // Session is one element of the array printed by "sessions list": one
@@ -88,4 +96,159 @@ type Version struct {
 	ControllerAddress string `json:"controller_address" yaml:"controller_address"`
 	// Why the controller's version is missing; absent when it is known.
 	ControllerError string `json:"controller_error,omitempty" yaml:"controller_error,omitempty"`
+}
+
+// Limits are a data plane's connection limits (0: unlimited), in "dataplane
+// status".
+type Limits struct {
+	MaxClients        uint32  `json:"max_clients" yaml:"max_clients"`
+	MaxConnsPerIP     uint32  `json:"max_conns_per_ip" yaml:"max_conns_per_ip"`
+	MaxConnsPerPrefix uint32  `json:"max_conns_per_prefix" yaml:"max_conns_per_prefix"`
+	PrefixLength      uint32  `json:"prefix_length" yaml:"prefix_length"`
+	AcceptRate        float64 `json:"accept_rate" yaml:"accept_rate"` // connections per second
+	AcceptBurst       uint32  `json:"accept_burst" yaml:"accept_burst"`
+}
+
+// Kick is the object printed by "clients kick ADDR".
+type Kick struct {
+	IPv4      string `json:"ipv4" yaml:"ipv4"`           // the address kicked
+	Dataplane string `json:"dataplane" yaml:"dataplane"` // the data plane that closed the client
+	Session   string `json:"session" yaml:"session"`     // the session it closed
+}
+
+// SessionKick is the object printed by "sessions kick ADDR|SESSION".
+type SessionKick struct {
+	IPv4    string `json:"ipv4" yaml:"ipv4"` // "" when the session had no address
+	Session string `json:"session" yaml:"session"`
+}
+
+// ClientEvent is one line of "clients watch -o json" (JSON Lines) or one
+// document of "clients watch -o yaml".
+type ClientEvent struct {
+	// "existing" (part of the current set), "synced" (the current set is
+	// complete), "connected", "disconnected" ("unknown" from a newer
+	// controller).
+	Type   string  `json:"type" yaml:"type"`
+	Time   string  `json:"time" yaml:"time"`     // RFC 3339 UTC, "" when unknown
+	Client *Client `json:"client" yaml:"client"` // null for "synced"
+	Reason string  `json:"reason" yaml:"reason"` // why it disconnected, else ""
+}
+
+// PoolRangeChange is the object printed by "pool set-range".
+type PoolRangeChange struct {
+	Changed       bool   `json:"changed" yaml:"changed"`
+	PreviousRange string `json:"previous_range" yaml:"previous_range"` // "13.8.0.2-13.8.0.254"
+	Pool          Pool   `json:"pool" yaml:"pool"`                     // the pool afterwards
+}
+
+// Reservation binds a client IPv6 address or prefix to a fixed IPv4
+// address: an element of "reservations list".
+type Reservation struct {
+	Client string `json:"client" yaml:"client"` // "fd00:46::2" or "fd00:47::/64"
+	IPv4   string `json:"ipv4" yaml:"ipv4"`
+}
+
+// ReservationSet is the object printed by "reservations set".
+type ReservationSet struct {
+	Reservation `yaml:",inline"`
+	Changed     bool `json:"changed" yaml:"changed"` // false: the same binding existed
+}
+
+// ReservationDelete is the object printed by "reservations delete".
+type ReservationDelete struct {
+	Client  string `json:"client" yaml:"client"`
+	Deleted bool   `json:"deleted" yaml:"deleted"` // always true (exit 4 otherwise)
+}
+
+// DNS is the object printed by "dns show".
+type DNS struct {
+	Servers []string `json:"servers" yaml:"servers"`
+}
+
+// DNSSet is the object printed by "dns set".
+type DNSSet struct {
+	Servers  []string `json:"servers" yaml:"servers"`   // as the controller keeps them (padded to three)
+	Previous []string `json:"previous" yaml:"previous"` // before the change
+	Changed  bool     `json:"changed" yaml:"changed"`
+}
+
+// Dataplane is one registered data plane, as the controller knows it: an
+// element of "dataplanes list" and of status's "dataplanes", the object
+// printed by "dataplane drain".
+type Dataplane struct {
+	ID            string `json:"id" yaml:"id"`
+	InstanceID    string `json:"instance_id" yaml:"instance_id"` // random per process start
+	Version       string `json:"version" yaml:"version"`
+	ClientListen  string `json:"client_listen" yaml:"client_listen"` // where clients connect
+	APIAddress    string `json:"api_address" yaml:"api_address"`     // its gRPC API (--dataplane)
+	State         string `json:"state" yaml:"state"`                 // "up", "draining", "down" ("unknown")
+	Sessions      uint32 `json:"sessions" yaml:"sessions"`
+	Leases        uint32 `json:"leases" yaml:"leases"` // leases the controller holds for it
+	RegisteredAt  string `json:"registered_at" yaml:"registered_at"`
+	LastHeartbeat string `json:"last_heartbeat" yaml:"last_heartbeat"`
+}
+
+// LogLevel is the object printed by "log-level" and "dataplane log-level".
+type LogLevel struct {
+	Daemon   string `json:"daemon" yaml:"daemon"`   // "controller" or "dataplane"
+	Address  string `json:"address" yaml:"address"` // the daemon's address
+	Level    string `json:"level" yaml:"level"`     // the new level
+	Previous string `json:"previous" yaml:"previous"`
+}
+
+// ControllerStatus is the "controller" object of "status".
+type ControllerStatus struct {
+	Address   string `json:"address" yaml:"address"` // where it answered
+	ID        string `json:"id" yaml:"id"`
+	Version   string `json:"version" yaml:"version"`
+	Store     string `json:"store" yaml:"store"` // "bbolt:/var/lib/fourover6/controller.db"
+	Leader    bool   `json:"leader" yaml:"leader"`
+	LeaderID  string `json:"leader_id" yaml:"leader_id"`
+	StartedAt string `json:"started_at" yaml:"started_at"`
+}
+
+// SystemStatus is the object printed by "status": every part is null (or
+// dataplanes null) when it could not be fetched, and errors says why.
+type SystemStatus struct {
+	Controller *ControllerStatus `json:"controller" yaml:"controller"`
+	Pool       *Pool             `json:"pool" yaml:"pool"`
+	Dataplanes DataplaneList     `json:"dataplanes" yaml:"dataplanes"` // null when not fetched, [] when none
+	Dataplane  *Status           `json:"dataplane" yaml:"dataplane"`   // the local data plane (--dataplane)
+	Errors     []StatusError     `json:"errors" yaml:"errors"`         // [] when everything answered
+}
+
+// DataplaneList is a list of data planes that stays null in YAML when nil
+// (yaml.v3 would print a nil slice as []), as it does in JSON.
+type DataplaneList []Dataplane
+
+// MarshalYAML implements yaml.Marshaler.
+func (l DataplaneList) MarshalYAML() (any, error) {
+	if l == nil {
+		return nil, nil
+	}
+	return []Dataplane(l), nil
+}
+
+// StatusError is one failure in "status".
+type StatusError struct {
+	Daemon  string `json:"daemon" yaml:"daemon"`   // "controller" or "dataplane"
+	Address string `json:"address" yaml:"address"` // the address(es) tried
+	Error   string `json:"error" yaml:"error"`
+	Code    int    `json:"code" yaml:"code"` // the exit code it alone would give
+}
+
+// ApplyResult is the object printed by "apply".
+type ApplyResult struct {
+	File    string   `json:"file" yaml:"file"`
+	DryRun  bool     `json:"dry_run" yaml:"dry_run"` // true: nothing was changed
+	Changes []Change `json:"changes" yaml:"changes"` // [] when there was nothing to do
+}
+
+// Change is one difference between the file and the controller.
+type Change struct {
+	Kind   string `json:"kind" yaml:"kind"`     // "pool", "dns" or "reservation"
+	Key    string `json:"key" yaml:"key"`       // "range", "servers" or the reservation's client
+	Action string `json:"action" yaml:"action"` // "create", "update" or "delete"
+	From   string `json:"from" yaml:"from"`     // "" for create
+	To     string `json:"to" yaml:"to"`         // "" for delete
 }

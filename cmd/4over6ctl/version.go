@@ -17,17 +17,20 @@ func (a *app) versionCommand() *cobra.Command {
 		Long: `Show the version of 4over6ctl, and the controller's when it can be reached.
 An unreachable controller is not an error here: its version is left empty
 and controller_error says why.`,
+		Example: `  4over6ctl version
+  4over6ctl version -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v := Version{Client: version.String(), ControllerAddress: a.controller.ep.String()}
+			v := Version{Client: version.String()}
 			ctx, cancel := a.callContext(cmd)
 			defer cancel()
-			resp, err := cpv1.NewControllerServiceClient(a.controller.conn).GetVersion(ctx, &cpv1.GetVersionRequest{})
+			resp, err := a.ctrl().GetVersion(ctx, &cpv1.GetVersionRequest{})
 			if err != nil {
 				v.ControllerError = a.rpcError(a.controller, err).Error()
 			} else {
 				v.Controller = resp.GetVersion()
 			}
+			v.ControllerAddress = a.controller.addressText() // the one that answered, of several
 			return a.emit(v, func(w io.Writer) {
 				fmt.Fprintf(w, "Client:\t%s\n", v.Client)
 				if v.ControllerError != "" {
