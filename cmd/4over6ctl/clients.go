@@ -31,8 +31,9 @@ type clientFilter struct {
 	v6Prefix    string
 }
 
-const dataplaneFilterNote = `--dataplane is a data plane id here (as --dataplane-id), NOT the global
---dataplane address: this command talks to the controller only.`
+const dataplaneFilterNote = `--dataplane is a data plane id here (as --dataplane-id); a value that is an
+address (unix:///path or host:port) is the global data plane address and is
+ignored: this command talks to the controller only.`
 
 func (f *clientFilter) addFlags(cmd *cobra.Command) {
 	// A local --dataplane shadows the persistent one of the root: on this
@@ -47,14 +48,15 @@ func (f *clientFilter) addFlags(cmd *cobra.Command) {
 func (f *clientFilter) values(cmd *cobra.Command) (string, string, error) {
 	id := f.dataplaneID
 	if cmd.Flags().Changed("dataplane") {
-		if looksLikeAddress(f.dataplane) {
-			return "", "", usageErrorf("--dataplane %q looks like an address, but on %q it is a data plane id to filter by "+
-				"(see \"4over6ctl dataplanes list\"); this command talks to the controller only", f.dataplane, cmd.CommandPath())
+		// An address here is the global --dataplane flag written before
+		// the command (scripts set both daemons' addresses up front): this
+		// command does not talk to the data plane, so it is ignored.
+		if !looksLikeAddress(f.dataplane) {
+			if id != "" && id != f.dataplane {
+				return "", "", usageErrorf("--dataplane %q and --dataplane-id %q disagree: give one", f.dataplane, id)
+			}
+			id = f.dataplane
 		}
-		if id != "" && id != f.dataplane {
-			return "", "", usageErrorf("--dataplane %q and --dataplane-id %q disagree: give one", f.dataplane, id)
-		}
-		id = f.dataplane
 	}
 	prefix := ""
 	if cmd.Flags().Changed("v6-prefix") {
