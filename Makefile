@@ -64,5 +64,28 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime $(FUZZTIME) ./dataplane/wire
 	$(GO) test -run '^$$' -fuzz FuzzCheckIPv4 -fuzztime $(FUZZTIME) ./dataplane/packet
 
+## install: the four binaries to $(BINDIR), the systemd units to $(UNITDIR)
+## and example configurations to $(SYSCONFDIR)/fourover6 (an existing
+## configuration is never overwritten). DESTDIR stages the tree for a
+## package, e.g. make install DESTDIR=/tmp/pkg PREFIX=/usr UNITDIR=/lib/systemd/system
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(SYSCONFDIR)/systemd/system
+.PHONY: install
+install: build
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(SYSCONFDIR)/fourover6'
+	install -m 0755 $(addprefix $(BIN)/,$(CMDS)) '$(DESTDIR)$(BINDIR)/'
+	@set -e; for d in controller dataplane; do \
+	  unit='$(DESTDIR)$(UNITDIR)'/4over6-$$d.service; \
+	  sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/fourover6/|$(SYSCONFDIR)/fourover6/|g' \
+	    cmd/4over6-$$d/dist/4over6-$$d.service > "$$unit.tmp"; \
+	  chmod 0644 "$$unit.tmp"; mv "$$unit.tmp" "$$unit"; echo "installed $$unit"; \
+	  conf='$(DESTDIR)$(SYSCONFDIR)/fourover6'/$$d.yaml; \
+	  if [ -e "$$conf" ]; then echo "kept existing $$conf"; \
+	  else install -m 0644 cmd/4over6-$$d/dist/$$d.yaml "$$conf"; echo "installed $$conf"; fi; \
+	done
+	@echo 'then: systemctl daemon-reload && systemctl enable --now 4over6-controller 4over6-dataplane'
+
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,329 @@
+// Package metrics exports the controller's pool and lease activity to
+// Prometheus.
+//
+// Two halves, registered together or apart:
+//
+//   - Collector reads a Source at scrape time: the pool's size and use, the
+//     reservations and the data planes. The Source is a small interface (or
+//     a SourceFunc) so this package does not follow every change of the
+//     controller core.
+//   - Counters are atomic counters the controller core increments where
+//     leases happen (Allocated, AllocateFailed, Released...). Every method
+//     is a no-op on a nil *Counters, so the core can call them without
+//     checking whether metrics are on.
+//
+// Series:
+//
+//	fourover6_controller_info{version}                           gauge, always 1
+//	fourover6_controller_leader                                  gauge: 1 on the leader, 0 on a standby
+//	fourover6_controller_pool_info{prefix,gateway,first,last}    gauge, always 1
+//	fourover6_controller_pool_size                               gauge: client addresses in the pool
+//	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (they sum to the size)
+//	fourover6_controller_reservations                            gauge: reservation entries
+//	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down)
+//	fourover6_controller_allocations_total                       counter: fresh leases
+//	fourover6_controller_allocations_repeated_total              counter: retries answered with the same lease
+//	fourover6_controller_allocation_failures_total{reason}       counter: exhausted, invalid, not_leader, unavailable, canceled, other
+//	fourover6_controller_releases_total                          counter: addresses given back by data planes
+//	fourover6_controller_releases_ignored_total                  counter: releases of leases the session did not hold
+//	fourover6_controller_leases_reclaimed_total                  counter: leases the controller freed on its own
+package metrics
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fourover6/fourover6/controlplane/pool"
+)
+
+// PoolStats is the pool's use. Size = Leased + Free + Reserved.
+type PoolStats struct {
+	Prefix      netip.Prefix
+	Gateway     netip.Addr
+	First, Last netip.Addr // the client range
+	Size        uint32
+	Leased      uint32
+	Free        uint32
+	Reserved    uint32
+}
+
+// FromPool converts the pool package's snapshot.
+func FromPool(s pool.Stats) PoolStats {
+	return PoolStats{Prefix: s.Prefix, Gateway: s.Gateway, First: s.First, Last: s.Last,
+		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved}
+}
+
+// Snapshot is what the collector reads from the controller at each scrape.
+type Snapshot struct {
+	Version string
+	// Leader is true on the controller that serves (always, without
+	// leader election).
+	Leader bool
+	// Pool is nil when unknown (a standby, or the store is unreachable):
+	// then the pool and reservation series are left out of the scrape
+	// rather than shown as zero.
+	Pool         *PoolStats
+	Reservations int
+	// Dataplanes counts the known data planes by state ("up", "draining",
+	// "down"). Nil omits the series.
+	Dataplanes map[string]int
+}
+
+// Source gives the controller's state at scrape time. It is called from
+// the scraping goroutine and must be safe for concurrent use.
+type Source interface {
+	Snapshot() Snapshot
+}
+
+// SourceFunc adapts a function to Source.
+type SourceFunc func() Snapshot
+
+// Snapshot implements Source.
+func (f SourceFunc) Snapshot() Snapshot { return f() }
+
+const ns, sub = "fourover6", "controller"
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(ns, sub, name), help, labels, nil)
+}
+
+var (
+	descInfo       = desc("info", "Controller identity: always 1, labeled with its version.", "version")
+	descLeader     = desc("leader", "1 while this controller is the leader (serves leases), 0 while it is a standby.")
+	descPoolInfo   = desc("pool_info", "The address pool: always 1, labeled with its prefix, gateway and client range.", "prefix", "gateway", "first", "last")
+	descPoolSize   = desc("pool_size", "Client addresses in the pool (the gateway excluded).")
+	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).", "state")
+	descResv       = desc("reservations", "Reservations configured (IPv6 address or prefix to IPv4 address).")
+	descDataplanes = desc("dataplanes", "Data planes the controller knows, by state.", "state")
+
+	descAllocs    = desc("allocations_total", "Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).")
+	descRepeated  = desc("allocations_repeated_total", "Allocation retries answered with the lease the session already held.")
+	descFailures  = desc("allocation_failures_total", "Allocations that failed, by reason.", "reason")
+	descReleases  = desc("releases_total", "Leases released by their data plane.")
+	descIgnored   = desc("releases_ignored_total", "Releases ignored because the session did not hold that address (duplicates, stale releases).")
+	descReclaimed = desc("leases_reclaimed_total", "Leases the controller freed on its own (a data plane restarted, or no longer reports the session).")
+)
+
+// Collector is a prometheus.Collector over a Source and, optionally, the
+// Counters.
+type Collector struct {
+	src      Source
+	counters *Counters
+}
+
+// New returns a collector over src and counters; either may be nil.
+func New(src Source, counters *Counters) *Collector {
+	return &Collector{src: src, counters: counters}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	if c.src != nil {
+		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descResv, descDataplanes} {
+			ch <- d
+		}
+	}
+	if c.counters != nil {
+		c.counters.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	if c.src != nil {
+		s := c.src.Snapshot()
+		gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		}
+		gauge(descInfo, 1, s.Version)
+		leader := 0.0
+		if s.Leader {
+			leader = 1
+		}
+		gauge(descLeader, leader)
+		if p := s.Pool; p != nil {
+			gauge(descPoolInfo, 1, str(p.Prefix), str(p.Gateway), str(p.First), str(p.Last))
+			gauge(descPoolSize, float64(p.Size))
+			gauge(descPoolAddrs, float64(p.Leased), "leased")
+			gauge(descPoolAddrs, float64(p.Free), "free")
+			gauge(descPoolAddrs, float64(p.Reserved), "reserved")
+			gauge(descResv, float64(s.Reservations))
+		}
+		for _, state := range slices.Sorted(maps.Keys(s.Dataplanes)) {
+			gauge(descDataplanes, float64(s.Dataplanes[state]), state)
+		}
+	}
+	if c.counters != nil {
+		c.counters.Collect(ch)
+	}
+}
+
+func str[T interface {
+	IsValid() bool
+	String() string
+}](v T) string {
+	if !v.IsValid() {
+		return ""
+	}
+	return v.String()
+}
+
+// Reason is why an allocation failed.
+type Reason uint8
+
+// Failure reasons. Their names are the reason label's values.
+const (
+	ReasonExhausted   Reason = iota // no free address
+	ReasonInvalid                   // a bad request (empty id, wrong address family...)
+	ReasonNotLeader                 // this controller is a standby
+	ReasonUnavailable               // the lease store could not be reached
+	ReasonCanceled                  // the caller went away or its deadline passed
+	ReasonOther                     // anything else
+	NumReasons
+)
+
+var reasonNames = [NumReasons]string{
+	ReasonExhausted:   "exhausted",
+	ReasonInvalid:     "invalid",
+	ReasonNotLeader:   "not_leader",
+	ReasonUnavailable: "unavailable",
+	ReasonCanceled:    "canceled",
+	ReasonOther:       "other",
+}
+
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "other"
+}
+
+// ErrorReason maps errors matching Err (errors.Is) to Reason.
+type ErrorReason struct {
+	Err    error
+	Reason Reason
+}
+
+// ReasonFor classifies an allocation error: by the caller's own sentinels
+// first (e.g. controller.ErrInvalidArgument -> ReasonInvalid), then pool
+// exhaustion and context errors; anything else is ReasonOther.
+func ReasonFor(err error, known ...ErrorReason) Reason {
+	for _, k := range known {
+		if errors.Is(err, k.Err) {
+			return k.Reason
+		}
+	}
+	switch {
+	case errors.Is(err, pool.ErrExhausted):
+		return ReasonExhausted
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return ReasonCanceled
+	}
+	return ReasonOther
+}
+
+// Counters count lease activity. The zero value is ready; a nil *Counters
+// ignores every call. Safe for concurrent use.
+type Counters struct {
+	allocated, repeated          atomic.Uint64
+	failed                       [NumReasons]atomic.Uint64
+	released, ignored, reclaimed atomic.Uint64
+}
+
+// Allocated counts a fresh lease.
+func (c *Counters) Allocated() {
+	if c != nil {
+		c.allocated.Add(1)
+	}
+}
+
+// AllocateRepeated counts a retry answered with the session's existing lease.
+func (c *Counters) AllocateRepeated() {
+	if c != nil {
+		c.repeated.Add(1)
+	}
+}
+
+// AllocateFailed counts a failed allocation.
+func (c *Counters) AllocateFailed(r Reason) {
+	if c != nil {
+		if r >= NumReasons {
+			r = ReasonOther
+		}
+		c.failed[r].Add(1)
+	}
+}
+
+// Released counts a lease given back by its data plane.
+func (c *Counters) Released() {
+	if c != nil {
+		c.released.Add(1)
+	}
+}
+
+// ReleaseIgnored counts a release of a lease the session did not hold.
+func (c *Counters) ReleaseIgnored() {
+	if c != nil {
+		c.ignored.Add(1)
+	}
+}
+
+// Reclaimed counts n leases the controller freed on its own.
+func (c *Counters) Reclaimed(n int) {
+	if c != nil && n > 0 {
+		c.reclaimed.Add(uint64(n))
+	}
+}
+
+// CountersSnapshot is the counters' values, for tests and status output.
+type CountersSnapshot struct {
+	Allocated, Repeated          uint64
+	Failed                       map[string]uint64 // every reason, 0 included
+	Released, Ignored, Reclaimed uint64
+}
+
+// Snapshot returns the current values (zero for a nil *Counters).
+func (c *Counters) Snapshot() CountersSnapshot {
+	s := CountersSnapshot{Failed: make(map[string]uint64, NumReasons)}
+	for r := range NumReasons {
+		s.Failed[r.String()] = 0
+	}
+	if c == nil {
+		return s
+	}
+	s.Allocated, s.Repeated = c.allocated.Load(), c.repeated.Load()
+	for r := range NumReasons {
+		s.Failed[r.String()] = c.failed[r].Load()
+	}
+	s.Released, s.Ignored, s.Reclaimed = c.released.Load(), c.ignored.Load(), c.reclaimed.Load()
+	return s
+}
+
+// Describe implements prometheus.Collector.
+func (c *Counters) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Counters) Collect(ch chan<- prometheus.Metric) {
+	s := c.Snapshot()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descAllocs, s.Allocated)
+	counter(descRepeated, s.Repeated)
+	for r := range NumReasons {
+		counter(descFailures, s.Failed[r.String()], r.String())
+	}
+	counter(descReleases, s.Released)
+	counter(descIgnored, s.Ignored)
+	counter(descReclaimed, s.Reclaimed)
+}
