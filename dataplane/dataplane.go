@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,6 +108,7 @@ type Dataplane struct {
 	seq      atomic.Uint64
 	accepted atomic.Uint64
 	closed   atomic.Uint64
+	timeouts atomic.Uint64 // sessions cut by the keepalive timeout
 	ctrlOK   atomic.Bool
 	started  time.Time
 
@@ -649,6 +651,9 @@ func (h *host) Closed(s *session.Session, reason string) {
 		release()
 	}
 	d.closed.Add(1)
+	if strings.HasPrefix(reason, session.ReasonKeepaliveTimeout) {
+		d.timeouts.Add(1)
+	}
 	if in.Addr.IsValid() {
 		d.log.Info("client disconnected", "session", s.ID(), "client", in.Remote, "addr", in.Addr,
 			"reason", reason, "duration", time.Since(in.ConnectedAt).Round(time.Millisecond),

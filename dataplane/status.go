@@ -85,6 +85,9 @@ func (d *Dataplane) Sessions() []session.Info {
 	return out
 }
 
+// KeepaliveTimeouts counts sessions cut for silence since start.
+func (d *Dataplane) KeepaliveTimeouts() uint64 { return d.timeouts.Load() }
+
 // Drops returns the drop counters by reason name.
 func (d *Dataplane) Drops() map[string]uint64 { return d.drops.Map() }
 

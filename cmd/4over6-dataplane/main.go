@@ -5,35 +5,14 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"net/netip"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
-	"time"
 
-	"github.com/fourover6/fourover6/cmd/internal/debug"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
-	"github.com/fourover6/fourover6/cmd/internal/logging"
-	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
-	"github.com/fourover6/fourover6/cmd/internal/version"
-	"github.com/fourover6/fourover6/dataplane"
-	"github.com/fourover6/fourover6/dataplane/api"
-	"github.com/fourover6/fourover6/dataplane/ctlink"
-	"github.com/fourover6/fourover6/dataplane/limit"
-	"github.com/fourover6/fourover6/dataplane/netcfg"
-	"github.com/fourover6/fourover6/dataplane/tun"
+	"github.com/fourover6/fourover6/cmd/internal/clidoc"
+	"github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Exit codes.
@@ -43,34 +22,10 @@ const (
 	exitUsage   = 2
 )
 
-type options struct {
-	id                string
-	controller        string
-	listen            string
-	tunName           string
-	tunBackend        string
-	mtu               int
-	api               string
-	keepaliveInterval time.Duration
-	keepaliveTimeout  time.Duration
-	writeTimeout      time.Duration
-	reportInterval    time.Duration
-	allocateTimeout   time.Duration
-	sendQueue         int
-	maxClients        int
-	maxConnsPerIP     int
-	maxConnsPerPrefix int
-	prefixLen         int
-	acceptRate        float64
-	acceptBurst       int
-	logLevel          string
-	logFormat         string
-	tls               tlsconf.Files
-	pprof             string
-}
-
-// usageError marks errors in flags: exit code 2.
+// usageError marks errors in flags or the config file: exit code 2.
 type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
 
 func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
@@ -83,11 +38,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := config.ApplyFlag(cmd.Flags()); err != nil {
+			return usageError{err}
+		}
 		if err := o.validate(); err != nil {
 			return usageError{err}
 		}
-		return serve(cmd.Context(), &o, stderr)
+		return serve(cmd.Context(), &o, cmd.Flags(), stderr)
 	}
+	clidoc.AddTo(cmd)
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
@@ -98,268 +57,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	return exitFailure
-}
-
-func newCommand(o *options) *cobra.Command {
-	host, _ := os.Hostname()
-	cmd := &cobra.Command{
-		Use:   "4over6-dataplane",
-		Short: "4over6 data plane: TUN, client connections, 102/103 forwarding, keepalives",
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usageError{fmt.Errorf("unexpected argument %q: all settings are flags (see --help)", args[0])}
-			}
-			return nil
-		},
-		Version:       version.String(),
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	f := cmd.Flags()
-	f.StringVar(&o.id, "id", host, "unique name of this data plane")
-	f.StringVar(&o.controller, "controller", "unix:///run/fourover6/controller.sock", "controller gRPC address: unix:///path or host:port")
-	f.StringVar(&o.listen, "listen", "[::]:5678", "address clients connect to (TCP over IPv6)")
-	f.StringVar(&o.tunName, "tun", "4o6", "name of the TUN interface")
-	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendWater), fmt.Sprintf("TUN implementation %v", tun.Backends()))
-	f.IntVar(&o.mtu, "mtu", 1500, "TUN MTU; keeps every message within 2053 bytes as lab clients need")
-	f.StringVar(&o.api, "api", "unix:///run/fourover6/dataplane.sock", "this data plane's gRPC API: unix:///path or host:port")
-	f.DurationVar(&o.keepaliveInterval, "keepalive-interval", 20*time.Second, "send a 104 to every client this often")
-	f.DurationVar(&o.keepaliveTimeout, "keepalive-timeout", 60*time.Second, "drop a client silent for longer than this (also: time allowed before its 100)")
-	f.DurationVar(&o.writeTimeout, "write-timeout", 10*time.Second, "drop a client that does not read for this long")
-	f.DurationVar(&o.reportInterval, "report-interval", 5*time.Second, "how often sessions' liveness and counters are reported to the controller")
-	f.DurationVar(&o.allocateTimeout, "allocate-timeout", 5*time.Second, "how long a 100 waits for an unreachable controller before the connection is closed")
-	f.IntVar(&o.sendQueue, "send-queue", 256, "messages queued per client before drops")
-	f.IntVar(&o.maxClients, "max-clients", 20000, "most client connections at once (0: unlimited)")
-	f.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", 256, "most connections from one client IPv6 address (0: unlimited)")
-	f.IntVar(&o.maxConnsPerPrefix, "max-conns-per-prefix", 1024, "most connections from one client prefix of --prefix-length bits (0: unlimited)")
-	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix (a /64 is one subscriber)")
-	f.Float64Var(&o.acceptRate, "accept-rate", 1000, "new connections accepted per second, on average (0: unlimited)")
-	f.IntVar(&o.acceptBurst, "accept-burst", 2000, "new connections accepted at once above --accept-rate")
-	f.StringVar(&o.tls.Cert, "tls-cert", "", "certificate (PEM) for the gRPC API and for calls to the controller (mutual TLS)")
-	f.StringVar(&o.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
-	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
-	f.MarkHidden("pprof")
-	return cmd
-}
-
-func (o *options) validate() error {
-	if strings.TrimSpace(o.id) == "" {
-		return errors.New("--id is empty: give this data plane a unique name")
-	}
-	if _, err := endpoint.Parse(o.controller); err != nil {
-		return fmt.Errorf("--controller: %v", err)
-	}
-	apiEP, err := endpoint.Parse(o.api)
-	if err != nil {
-		return fmt.Errorf("--api: %v", err)
-	}
-	if err := o.tls.Validate(); err != nil {
-		return err
-	}
-	if err := o.tls.RequireFor("--api", apiEP); err != nil {
-		return err
-	}
-	if _, err := netip.ParseAddrPort(o.listen); err != nil {
-		if _, _, err2 := net.SplitHostPort(o.listen); err2 != nil {
-			return fmt.Errorf("--listen %q: want host:port, e.g. [::]:5678", o.listen)
-		}
-	}
-	if o.tunName == "" || len(o.tunName) > 15 {
-		return fmt.Errorf("--tun %q: want an interface name of 1 to 15 characters", o.tunName)
-	}
-	if o.mtu < 576 || o.mtu > 2048 {
-		return fmt.Errorf("--mtu %d: want 576..2048 (messages must stay within 2053 bytes)", o.mtu)
-	}
-	if o.keepaliveInterval <= 0 {
-		return fmt.Errorf("--keepalive-interval %s: must be positive", o.keepaliveInterval)
-	}
-	if o.keepaliveTimeout <= o.keepaliveInterval {
-		return fmt.Errorf("--keepalive-timeout %s must be longer than --keepalive-interval %s", o.keepaliveTimeout, o.keepaliveInterval)
-	}
-	for name, d := range map[string]time.Duration{"--write-timeout": o.writeTimeout, "--report-interval": o.reportInterval, "--allocate-timeout": o.allocateTimeout} {
-		if d <= 0 {
-			return fmt.Errorf("%s %s: must be positive", name, d)
-		}
-	}
-	if o.sendQueue < 1 || o.sendQueue > 65536 {
-		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)
-	}
-	for name, v := range map[string]int{"--max-clients": o.maxClients, "--max-conns-per-ip": o.maxConnsPerIP, "--max-conns-per-prefix": o.maxConnsPerPrefix, "--accept-burst": o.acceptBurst} {
-		if v < 0 {
-			return fmt.Errorf("%s %d: must be 0 (unlimited) or more", name, v)
-		}
-	}
-	if o.prefixLen < 1 || o.prefixLen > 128 {
-		return fmt.Errorf("--prefix-length %d: want 1..128", o.prefixLen)
-	}
-	if o.acceptRate < 0 {
-		return fmt.Errorf("--accept-rate %g: must be 0 (unlimited) or more", o.acceptRate)
-	}
-	valid := false
-	for _, b := range tun.Backends() {
-		valid = valid || string(b) == o.tunBackend
-	}
-	if !valid {
-		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
-	}
-	if _, _, err := logging.New(io.Discard, logging.Options{Level: o.logLevel, Format: o.logFormat}); err != nil {
-		return err
-	}
-	return nil
-}
-
-func serve(ctx context.Context, o *options, stderr io.Writer) error {
-	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
-	if err != nil {
-		return usageError{err}
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	if err := debug.ServePprof(o.pprof, log); err != nil {
-		return usageError{fmt.Errorf("--pprof: %w", err)}
-	}
-	ctlEP, _ := endpoint.Parse(o.controller)
-	creds, err := o.tls.DialOption()
-	if err != nil {
-		return usageError{err}
-	}
-	cc, err := grpc.NewClient(ctlEP.Target(), creds)
-	if err != nil {
-		return fmt.Errorf("controller %s: %w", ctlEP, err)
-	}
-	defer cc.Close()
-	link := ctlink.New(cc)
-
-	instance := newInstanceID()
-	apiEP, _ := endpoint.Parse(o.api)
-	reg := dataplane.Registration{DataplaneID: o.id, InstanceID: instance, Version: version.String(), ClientListen: o.listen, APIAddress: apiEP.String()}
-	pool, err := register(ctx, log, link, reg, ctlEP.String())
-	if err != nil {
-		return err
-	}
-
-	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
-	if err != nil {
-		return err
-	}
-	bits := pool.Pool.Bits()
-	if err := netcfg.Configure(netcfg.LinkConfig{Name: dev.Name(), MTU: o.mtu, Addr: netip.PrefixFrom(pool.Gateway, bits)}); err != nil {
-		dev.Close()
-		return fmt.Errorf("configure TUN %s: %w", dev.Name(), err)
-	}
-
-	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
-	if err != nil {
-		dev.Close()
-		return fmt.Errorf("--listen %s: %w", o.listen, err)
-	}
-
-	dp, err := dataplane.New(dataplane.Config{
-		ID: o.id, InstanceID: instance, Version: version.String(), APIAddress: apiEP.String(),
-		Listener: ln, TUN: dev, MTU: o.mtu, Pool: pool,
-		Controller: link, ControllerAddr: ctlEP.String(), Logger: log,
-		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
-		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
-		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
-		Limits: limit.Config{
-			MaxClients: o.maxClients, MaxConnsPerIP: o.maxConnsPerIP, MaxConnsPerPrefix: o.maxConnsPerPrefix,
-			PrefixLen: o.prefixLen, AcceptRate: o.acceptRate, AcceptBurst: o.acceptBurst,
-		},
-	})
-	if err != nil {
-		ln.Close()
-		dev.Close()
-		return err
-	}
-
-	apiLn, err := apiEP.Listen()
-	if err != nil {
-		ln.Close()
-		dev.Close()
-		return fmt.Errorf("--api: %w", err)
-	}
-	sopt, err := o.tls.ServerOption()
-	if err != nil {
-		ln.Close()
-		apiLn.Close()
-		dev.Close()
-		return usageError{err}
-	}
-	gs := grpc.NewServer(sopt)
-	api.New(dp, level, log).Register(gs)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
-	go gs.Serve(apiLn)
-
-	log.Info("data plane started",
-		"id", o.id, "version", version.String(), "listen", ln.Addr().String(),
-		"tun", dev.Name(), "gateway", pool.Gateway, "pool", pool.Pool, "mtu", o.mtu,
-		"api", apiEP.String(), "controller", ctlEP.String(),
-		"keepalive_interval", o.keepaliveInterval, "keepalive_timeout", o.keepaliveTimeout)
-
-	runErr := dp.Run(ctx)
-	log.Info("data plane stopping")
-	hs.Shutdown()
-	stopGRPC(gs, 5*time.Second)
-	if apiEP.Network == "unix" {
-		os.Remove(apiEP.Address)
-	}
-	return runErr
-}
-
-// register retries until the controller answers: a data plane without a
-// pool cannot configure its TUN or serve anyone.
-func register(ctx context.Context, log *slog.Logger, link dataplane.Controller, r dataplane.Registration, addr string) (dataplane.PoolInfo, error) {
-	wait := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		pool, err := link.Register(rctx, r)
-		cancel()
-		if err == nil {
-			log.Info("registered with controller", "controller", addr, "gateway", pool.Gateway, "pool", pool.Pool)
-			return pool, nil
-		}
-		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
-			return dataplane.PoolInfo{}, fmt.Errorf("register with controller %s: %w", addr, err)
-		}
-		log.Warn("controller not reachable yet; retrying", "controller", addr, "attempt", attempt, "retry_in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return dataplane.PoolInfo{}, fmt.Errorf("stopped before the controller at %s answered", addr)
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
-}
-
-func stopGRPC(gs *grpc.Server, grace time.Duration) {
-	done := make(chan struct{})
-	go func() { gs.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
-		gs.Stop()
-	}
-}
-
-// listenNetwork keeps an IPv6 listener IPv6-only ("tcp6" sets IPV6_V6ONLY):
-// this is IPv4 over IPv6, and the controller leases to IPv6 clients only.
-func listenNetwork(addr string) string {
-	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
-		return "tcp6"
-	}
-	return "tcp"
-}
-
-// newInstanceID names this process start: the controller tells a restarted
-// data plane (whose old sessions are all gone) from a reconnecting one.
-func newInstanceID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }

@@ -51,6 +51,10 @@ func (s State) String() string {
 	return "unknown"
 }
 
+// ReasonKeepaliveTimeout starts the close reason of a session cut for
+// silence, so the data plane can count them.
+const ReasonKeepaliveTimeout = "keepalive timeout"
+
 // Host is what a session needs from its data plane.
 type Host interface {
 	// Lease obtains the 101 for s on its first 100. It may block (it asks
@@ -278,7 +282,7 @@ func (s *Session) Tick(now int64) {
 		return
 	}
 	if now-s.lastHeard.Load() > timeout {
-		s.Close(fmt.Sprintf("keepalive timeout: silent for more than %s", s.cfg.KeepaliveTimeout))
+		s.Close(fmt.Sprintf("%s: silent for more than %s", ReasonKeepaliveTimeout, s.cfg.KeepaliveTimeout))
 		return
 	}
 	if st == Leased && now >= s.nextKA.Load() {

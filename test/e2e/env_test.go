@@ -69,6 +69,9 @@ type env struct {
 type envOptions struct {
 	controllerArgs []string
 	dataplaneArgs  []string
+	// noReturnRoute leaves the IPv4 host without a route to the pool, as
+	// on the internet: only NAT on the data plane gets answers back.
+	noReturnRoute bool
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -100,11 +103,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 	must(e.srv.AddAddr("v4i", serverV4+"/24"))
 	must(e.inet.AddAddr("v4s", internetV4+"/24"))
 	// Without NAT the IPv4 host needs a route back to the pool.
-	must(e.inet.Exec("ip", "route", "add", "13.8.0.0/16", "via", serverV4))
+	if !o.noReturnRoute {
+		must(e.inet.Exec("ip", "route", "add", "13.8.0.0/16", "via", serverV4))
+	}
 	must(e.srv.Sysctl("net.ipv4.ip_forward", "1"))
 	t.Cleanup(e.stopAll)
 
-	e.start(e.srv, "4over6-controller", append([]string{"--listen", "unix://" + e.ctlSock, "--dns", "192.0.2.53,192.0.2.54,192.0.2.55"}, o.controllerArgs...)...)
+	e.start(e.srv, "4over6-controller", append(e.controllerArgs(), o.controllerArgs...)...)
 	e.waitFor("controller socket", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
 	e.start(e.srv, "4over6-dataplane", append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)...)
 	e.waitFor("data plane API", func() bool {
@@ -112,6 +117,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 		return err == nil
 	})
 	return e
+}
+
+// controllerArgs are the controller's flags in newEnv: its state lives in
+// the test's directory (a restart with the same flags finds its leases).
+func (e *env) controllerArgs() []string {
+	return []string{"--listen", "unix://" + e.ctlSock, "--dns", "192.0.2.53,192.0.2.54,192.0.2.55",
+		"--state", filepath.Join(e.dir, "controller.db")}
 }
 
 type proc struct {
@@ -227,6 +239,7 @@ type ctlClient struct {
 	IPv6            string `json:"ipv6"`
 	Port            int    `json:"port"`
 	Dataplane       string `json:"dataplane"`
+	Session         string `json:"session"`
 	BytesFromClient uint64 `json:"bytes_from_client"`
 	BytesToClient   uint64 `json:"bytes_to_client"`
 }
