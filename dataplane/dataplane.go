@@ -47,7 +47,7 @@ type Config struct {
 	ReleaseTimeout    time.Duration // per release attempt; default 3s
 	HeartbeatInterval time.Duration // default: what the controller said at registration, else 5s
 	SendQueueLen      int           // default 256 messages
-	ReadBufferSize    int           // first decoder buffer per client; default 8 KiB
+	ReadBufferSize    int           // first decoder buffer per client; default 512 bytes
 	MaxReadBufferSize int           // busy clients' buffers grow up to this; default 256 KiB
 	Limits            limit.Config  // zero values: unlimited
 }
@@ -75,7 +75,8 @@ func (c *Config) setDefaults() {
 		c.SendQueueLen = 256
 	}
 	if c.ReadBufferSize <= 0 {
-		c.ReadBufferSize = 8 << 10
+		// Idle clients (ten thousand of them) only ever send keepalives.
+		c.ReadBufferSize = 512
 	}
 	if c.MaxReadBufferSize < c.ReadBufferSize {
 		c.MaxReadBufferSize = max(c.ReadBufferSize, 256<<10)
@@ -241,6 +242,7 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 	bufs := make([]*session.Buf, n)
 	vecs := make([][]byte, n)
 	sizes := make([]int, n)
+	runBufs := make([]*session.Buf, 0, n)
 	var failures int
 	for {
 		for i := range bufs {
@@ -269,6 +271,24 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 			}
 			continue
 		}
+		// Packets of one super-packet go to one client: hand each run of
+		// packets for the same session over with one queue operation.
+		var run []*session.Buf
+		var runOwner *session.Session
+		flush := func() {
+			if len(run) == 0 {
+				return
+			}
+			n := runOwner.SendData(run)
+			for j := range run[:n] {
+				run[j] = nil // the session owns it now
+			}
+			for _, b := range run[n:] {
+				session.PutBuf(b)
+			}
+			run = run[:0]
+		}
+		run = runBufs[:0]
 		for i := 0; i < count; i++ {
 			size := sizes[i]
 			p := vecs[i][wire.HeaderLen : wire.HeaderLen+size]
@@ -281,12 +301,17 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 				d.drops.Add(session.DropNoRoute)
 				continue
 			}
+			if s != runOwner {
+				flush()
+				runOwner = s
+			}
 			wire.PutHeader(vecs[i], wire.TypeNetResponse, size)
 			bufs[i].N = wire.HeaderLen + size
-			if s.SendData(bufs[i]) {
-				bufs[i] = nil // the session owns it now
-			}
+			run = append(run, bufs[i])
+			bufs[i] = nil // taken: refilled before the next read
 		}
+		flush()
+		runOwner = nil
 	}
 }
 

@@ -116,7 +116,15 @@ type Session struct {
 	ctx    context.Context // ends when the session closes
 	cancel context.CancelFunc
 	done   chan struct{}
-	q      chan *Buf
+
+	// The send queue. A writer goroutine runs only while there is
+	// something to write, so an idle client costs no goroutine and no
+	// buffers; one that does not read fills the queue and is dropped.
+	qmu     sync.Mutex
+	queue   []*Buf // oldest first, at most cfg.SendQueueLen
+	writing bool   // a writer goroutine is draining queue
+	qclosed bool
+	writers sync.WaitGroup
 
 	state     atomic.Int32
 	addr4     atomic.Uint32 // leased address as packet.Addr4, 0 before
@@ -129,13 +137,7 @@ type Session struct {
 	lease  wire.AddrResponse
 	reason string
 
-	// Writer-goroutine state, kept here so a batch write allocates nothing.
-	wvec  [][]byte
-	wbufs []*Buf
-	nb    net.Buffers
-
-	batch      *tun.Batch // reader goroutine: 102s waiting for the TUN
-	writerDone chan struct{}
+	batch *tun.Batch // reader goroutine: 102s waiting for the TUN
 }
 
 // New wraps an accepted connection. Call Serve to run it.
@@ -145,9 +147,7 @@ func New(cfg *Config, id string, conn net.Conn) *Session {
 		cfg: cfg, id: id, conn: conn,
 		since: time.Now(), born: cfg.Now(),
 		ctx: ctx, cancel: cancel,
-		done:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-		q:          make(chan *Buf, cfg.SendQueueLen),
+		done: make(chan struct{}),
 	}
 	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
 		s.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -196,48 +196,65 @@ func (s *Session) Info() Info {
 		ConnectedAt: s.since,
 		LastHeard:   s.cfg.Epoch.Add(time.Duration(s.lastHeard.Load())),
 		Counters:    s.c.snapshot(),
-		SendQueue:   len(s.q),
+		SendQueue:   s.queueLen(),
 	}
 }
 
 // Counters returns the session's traffic counters.
 func (s *Session) Counters() Counters { return s.c.snapshot() }
 
-// Serve runs the session until it closes: the writer in a new goroutine, the
-// reader in this one. It returns once both have stopped.
+// Serve runs the session's reader in this goroutine until the session
+// closes, then waits for its writer.
 func (s *Session) Serve() {
-	s.wvec = make([][]byte, 0, 64)
-	s.wbufs = make([]*Buf, 0, 64)
-	go s.writeLoop()
 	s.readLoop()
-	<-s.writerDone
+	s.writers.Wait()
 }
 
 // Send queues a framed message for the client without blocking. It returns
 // false (and the caller keeps the buffer) when the session is closing or its
 // queue is full.
 func (s *Session) Send(b *Buf) bool {
-	if s.state.Load() >= int32(Closing) {
-		return false
-	}
-	select {
-	case s.q <- b:
-		return true
-	default:
-		return false
-	}
+	one := [1]*Buf{b}
+	return s.enqueue(one[:]) == 1
 }
 
-// SendData queues a 103 that the caller framed in b, counting a drop when
-// it cannot; on false the caller keeps b.
-func (s *Session) SendData(b *Buf) bool {
-	if s.Send(b) {
-		return true
+// SendData queues 103s that the caller framed, counting a drop for each
+// that does not fit; it returns how many were queued (a prefix of bs, which
+// the session now owns; the caller keeps the rest).
+func (s *Session) SendData(bs []*Buf) int {
+	n := s.enqueue(bs)
+	if n < len(bs) && s.state.Load() < int32(Closing) {
+		for range len(bs) - n {
+			s.drop(DropSendQueueFull, nil)
+		}
 	}
-	if s.state.Load() < int32(Closing) {
-		s.drop(DropSendQueueFull, nil)
+	return n
+}
+
+func (s *Session) enqueue(bs []*Buf) int {
+	s.qmu.Lock()
+	if s.qclosed {
+		s.qmu.Unlock()
+		return 0
 	}
-	return false
+	n := min(len(bs), s.cfg.SendQueueLen-len(s.queue))
+	s.queue = append(s.queue, bs[:n]...)
+	start := n > 0 && !s.writing
+	if start {
+		s.writing = true
+		s.writers.Add(1)
+	}
+	s.qmu.Unlock()
+	if start {
+		go s.writeLoop()
+	}
+	return n
+}
+
+func (s *Session) queueLen() int {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return len(s.queue)
 }
 
 // Close ends the session; only the first call does anything.
@@ -255,6 +272,14 @@ func (s *Session) Close(reason string) {
 	s.cancel()
 	close(s.done)
 	s.conn.Close() // unblocks the reader and the writer
+	s.qmu.Lock()
+	s.qclosed = true
+	pending := s.queue
+	s.queue = nil
+	s.qmu.Unlock()
+	for _, b := range pending {
+		PutBuf(b)
+	}
 	if leased.IsValid() {
 		s.cfg.Host.Release(s, leased, reason)
 	}
@@ -287,7 +312,7 @@ func (s *Session) Tick(now int64) {
 	}
 	if st == Leased && now >= s.nextKA.Load() {
 		s.nextKA.Store(now + int64(s.cfg.KeepaliveInterval))
-		if !s.Send(keepaliveBuf) {
+		if !s.Send(keepaliveBuf) && s.state.Load() < int32(Closing) {
 			s.drop(DropSendQueueFull, nil)
 		}
 	}
@@ -449,53 +474,69 @@ func (s *Session) drop(r Drop, attrs []any) {
 	s.cfg.Logger.Warn("dropped message from or to client (further drops of this kind on this connection are only counted)", args...)
 }
 
+// writer is the scratch space of one writer goroutine run, pooled so a
+// burst of writes allocates nothing.
+type writer struct {
+	bufs []*Buf
+	vec  [][]byte
+	nb   net.Buffers
+}
+
+var writers = sync.Pool{New: func() any { return new(writer) }}
+
+// writeLoop drains the queue with one writev per turn and exits when the
+// queue is empty (the next Send starts a new one).
 func (s *Session) writeLoop() {
-	defer close(s.writerDone)
+	defer s.writers.Done()
+	w := writers.Get().(*writer)
+	defer writers.Put(w)
 	for {
-		var b *Buf
-		select {
-		case b = <-s.q:
-		case <-s.done:
-			s.drainQueue()
+		s.qmu.Lock()
+		if len(s.queue) == 0 || s.qclosed {
+			s.writing = false
+			if cap(s.queue) > 64 {
+				s.queue = nil // a burst is over: give its memory back
+			}
+			s.qmu.Unlock()
 			return
 		}
-		s.wbufs = append(s.wbufs[:0], b)
-		// Coalesce what else is waiting into one writev.
-	more:
-		for len(s.wbufs) < cap(s.wbufs) {
-			select {
-			case b = <-s.q:
-				s.wbufs = append(s.wbufs, b)
-			default:
-				break more
-			}
+		w.bufs = append(w.bufs[:0], s.queue...)
+		clear(s.queue)
+		s.queue = s.queue[:0]
+		s.qmu.Unlock()
+
+		w.vec = w.vec[:0]
+		for _, b := range w.bufs {
+			w.vec = append(w.vec, b.Message())
 		}
-		s.wvec = s.wvec[:0]
-		for _, b := range s.wbufs {
-			s.wvec = append(s.wvec, b.Message())
-		}
-		s.nb = s.wvec
+		w.nb = w.vec
 		if s.cfg.WriteTimeout > 0 {
 			s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		}
-		_, err := s.nb.WriteTo(s.conn)
-		for i, b := range s.wbufs {
-			if err == nil && b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
-				s.c.bytesTo.Add(uint64(b.N - wire.HeaderLen))
-				s.c.pktsTo.Add(1)
+		_, err := w.nb.WriteTo(s.conn)
+		var bytes, pkts uint64
+		for i, b := range w.bufs {
+			if b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
+				bytes += uint64(b.N - wire.HeaderLen)
+				pkts++
 			}
 			PutBuf(b)
-			s.wbufs[i] = nil
+			w.bufs[i] = nil
 		}
+		clear(w.vec)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				s.Close(fmt.Sprintf("client stopped reading: write blocked for %s", s.cfg.WriteTimeout))
 			} else {
 				s.Close(writeErrReason(err))
 			}
-			s.drainQueue()
+			s.qmu.Lock()
+			s.writing = false
+			s.qmu.Unlock()
 			return
 		}
+		s.c.bytesTo.Add(bytes)
+		s.c.pktsTo.Add(pkts)
 	}
 }
 
@@ -507,15 +548,4 @@ func writeErrReason(err error) string {
 		return "connection reset by client"
 	}
 	return "write error: " + err.Error()
-}
-
-func (s *Session) drainQueue() {
-	for {
-		select {
-		case b := <-s.q:
-			PutBuf(b)
-		default:
-			return
-		}
-	}
 }

@@ -604,7 +604,7 @@ func TestSendAfterClose(t *testing.T) {
 	if p.s.Send(b) {
 		t.Error("Send returned true after Close")
 	}
-	if p.s.SendData(b) {
+	if p.s.SendData([]*session.Buf{b}) != 0 {
 		t.Error("SendData returned true after Close")
 	}
 	if n := p.drops.Get(session.DropSendQueueFull); n != 0 {
@@ -627,7 +627,7 @@ func TestSendQueueFull(t *testing.T) {
 	if n := p.drops.Get(session.DropSendQueueFull); n != 0 {
 		t.Fatalf("Send counted %d drops; only SendData counts", n)
 	}
-	if p.s.SendData(b2) {
+	if p.s.SendData([]*session.Buf{b2}) != 0 {
 		t.Fatal("SendData to a full queue succeeded")
 	}
 	if n := p.drops.Get(session.DropSendQueueFull); n != 1 {

@@ -42,21 +42,20 @@ type Decoder struct {
 }
 
 // NewDecoder returns a decoder reading from r with a buffer of size bytes
-// (at least MaxMsgLen; DefaultBufferSize when size is 0).
+// (DefaultBufferSize when size is 0). A buffer smaller than a message grows
+// to fit it; see also SetMaxSize.
 func NewDecoder(r io.Reader, size int) *Decoder {
 	if size == 0 {
 		size = DefaultBufferSize
 	}
-	if size < MaxMsgLen {
-		size = MaxMsgLen
-	}
-	return &Decoder{r: r, buf: make([]byte, size)}
+	size = max(size, 2*HeaderLen)
+	return &Decoder{r: r, buf: make([]byte, size), max: size}
 }
 
 // SetMaxSize lets the buffer grow up to n bytes while reads keep filling
 // it: a busy stream then needs fewer, larger reads, while an idle one keeps
 // its small buffer (memory per client matters at ten thousand clients).
-func (d *Decoder) SetMaxSize(n int) { d.max = n }
+func (d *Decoder) SetMaxSize(n int) { d.max = max(n, len(d.buf)) }
 
 // Buffered reports how many bytes have been read but not yet decoded.
 func (d *Decoder) Buffered() int { return d.tail - d.head }
@@ -101,8 +100,10 @@ func (d *Decoder) Next() (Msg, error) {
 }
 
 // grow doubles the buffer (up to max), keeping the unconsumed bytes.
-func (d *Decoder) grow() {
-	nb := make([]byte, min(2*len(d.buf), d.max))
+func (d *Decoder) grow() { d.resize(min(2*len(d.buf), d.max)) }
+
+func (d *Decoder) resize(size int) {
+	nb := make([]byte, size)
 	d.tail = copy(nb, d.buf[d.head:d.tail])
 	d.head = 0
 	d.buf = nb
@@ -116,7 +117,10 @@ func (d *Decoder) fill(n int) error {
 	if d.err != nil {
 		return d.err
 	}
-	if d.head+n > len(d.buf) {
+	if n > len(d.buf) {
+		// A message larger than a small (idle client's) buffer.
+		d.resize(max(n, min(2*len(d.buf), MaxMsgLen)))
+	} else if d.head+n > len(d.buf) {
 		// Not enough room after head: move the partial message to the front.
 		d.tail = copy(d.buf, d.buf[d.head:d.tail])
 		d.head = 0

@@ -255,3 +255,21 @@ func TestDecoderGrows(t *testing.T) {
 		t.Fatalf("trickling stream grew the buffer to %d", len(small.buf))
 	}
 }
+
+func TestDecoderSmallBufferGrowsForLargeMessages(t *testing.T) {
+	var stream []byte
+	stream = append(stream, Keepalive[:]...)
+	stream = AppendMsg(stream, TypeNetRequest, bytes.Repeat([]byte{9}, MaxDataLen))
+	stream = append(stream, Keepalive[:]...)
+	for _, r := range []io.Reader{bytes.NewReader(stream), iotest.OneByteReader(bytes.NewReader(stream))} {
+		d := NewDecoder(r, 64)
+		m1, _ := d.Next()
+		m2, err := d.Next()
+		if m1.Type != TypeKeepalive || err != nil || len(m2.Data) != MaxDataLen || m2.Data[MaxDataLen-1] != 9 {
+			t.Fatalf("large message through a 64-byte decoder: %v %d", err, len(m2.Data))
+		}
+		if m3, err := d.Next(); err != nil || m3.Type != TypeKeepalive {
+			t.Fatalf("after the large message: %v", err)
+		}
+	}
+}
