@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine, as
 # root: iproute2 (ip netns, veth), gcc (go test -race needs cgo), curl and
-# ping for the demo, and the tun module. Idempotent and quiet when all is
+# ping for the demo, etcd (etcd-server) for the store tests, and the tun
+# module. Idempotent and quiet when all is
 # there already.
 set -euo pipefail
 
@@ -11,6 +12,11 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v curl >/dev/null || need+=(curl)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v modprobe >/dev/null || need+=(kmod)
+# make bench and its smoke test measure throughput with iperf3.
+command -v iperf3 >/dev/null || need+=(iperf3)
+# A real etcd for the store conformance suite, the etcd benchmarks and the
+# two-controller end-to-end test (they start their own on loopback).
+command -v etcd >/dev/null || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

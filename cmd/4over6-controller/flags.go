@@ -6,13 +6,18 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
+	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/dns"
 	"github.com/fourover6/fourover6/controlplane/pool"
+	"github.com/fourover6/fourover6/controlplane/store"
 )
 
 // Defaults. The flag names and these values are contracts (issue 2).
@@ -22,6 +27,7 @@ const (
 	defaultRoute      = "0.0.0.0"
 	defaultListen     = "unix:///run/fourover6/controller.sock"
 	defaultState      = "/var/lib/fourover6/controller.db"
+	defaultStore      = "bbolt"
 )
 
 // flags are the raw command-line values.
@@ -33,8 +39,18 @@ type flags struct {
 	route      string
 	listen     string
 	state      string
+	store      string
+	id         string
+	grace      time.Duration
+	dpTimeout  time.Duration
+	heartbeat  time.Duration
+	cooldown   time.Duration
+	electTTL   time.Duration
 	logLevel   string
 	logFormat  string
+	metrics    string
+	tls        tlsconf.Files
+	configFile *string
 }
 
 func (f *flags) register(cmd *cobra.Command) {
@@ -46,9 +62,22 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.resolvConf, "resolv-conf", defaultResolvConf, "resolv.conf to read DNS servers from when --dns is not given")
 	fs.StringVar(&f.route, "route", defaultRoute, "route field of the 101 message (0.0.0.0: default route through the tunnel)")
 	fs.StringVar(&f.listen, "listen", defaultListen, "gRPC `address`: unix:///path/to.sock or host:port")
-	fs.StringVar(&f.state, "state", defaultState, "`PATH` of the lease database (not used yet: leases are kept in memory in this version)")
+	fs.StringVar(&f.state, "state", defaultState, "`PATH` of the bbolt state file (leases, reservations, settings, data planes); its directory is created")
+	fs.StringVar(&f.store, "store", defaultStore, "where state lives: bbolt (the file at --state) or etcd://host:2379[,host:2379][/prefix] (several controllers, one leads)")
+	host, _ := os.Hostname()
+	fs.StringVar(&f.id, "controller-id", host, "this controller's name in status output and the leader election")
+	fs.DurationVar(&f.grace, "grace-period", controller.DefaultGracePeriod, "release the leases of a data plane down this long, and leases its complete reports stopped listing this long")
+	fs.DurationVar(&f.dpTimeout, "dataplane-timeout", controller.DefaultDataplaneTimeout, "a data plane not heard from for this long is marked DOWN")
+	fs.DurationVar(&f.heartbeat, "heartbeat-interval", controller.DefaultHeartbeatInterval, "how often data planes are told to heartbeat")
+	fs.DurationVar(&f.cooldown, "reuse-cooldown", controller.DefaultReuseCooldown, "a released address rests this long before it is reused, unless no other address is free")
+	fs.DurationVar(&f.electTTL, "election-ttl", 5*time.Second, "etcd only: session TTL of the leader election; a dead leader is replaced within about this long (whole seconds, at least 1s)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (host:port or unix:///path; empty: off)")
+	fs.StringVar(&f.tls.Cert, "tls-cert", "", "certificate (PEM) of the gRPC API; with --tls-key and --tls-ca it requires client certificates (mutual TLS)")
+	fs.StringVar(&f.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
+	fs.StringVar(&f.tls.CA, "tls-ca", "", "CA (PEM) that signs the clients' certificates")
+	f.configFile = cfgpkg.AddFlag(fs, "")
 }
 
 // config is the validated configuration.
@@ -59,7 +88,17 @@ type config struct {
 	route      netip.Addr
 	listen     endpoint.Endpoint
 	state      string
+	etcd       *store.EtcdConfig // nil: bbolt at state
+	id         string
+	grace      time.Duration
+	dpTimeout  time.Duration
+	heartbeat  time.Duration
+	cooldown   time.Duration
+	electTTL   time.Duration
 	log        logging.Options
+	metrics    string
+	tls        tlsconf.Files
+	configFile string
 }
 
 // config validates every flag before anything is started, so a typo fails
@@ -107,12 +146,61 @@ func (f *flags) config() (config, error) {
 
 	if c.listen, err = endpoint.Parse(f.listen); err != nil {
 		add(fmt.Errorf("--listen: %v", err))
+	} else if err := f.tls.RequireFor("--listen", c.listen); err != nil {
+		add(err)
+	}
+	if err := f.tls.Validate(); err != nil {
+		add(err)
+	}
+	c.tls = f.tls
+	if f.metrics != "" {
+		if _, err := endpoint.Parse(f.metrics); err != nil {
+			add(fmt.Errorf("--metrics: %v", err))
+		}
+	}
+	c.metrics = f.metrics
+	if f.configFile != nil {
+		c.configFile = *f.configFile
 	}
 
 	c.state = f.state
-	if err := checkStatePath(f.state); err != nil {
-		add(err)
+	switch st := strings.TrimSpace(f.store); {
+	case st == "bbolt" || st == "":
+		if err := checkStatePath(f.state); err != nil {
+			add(err)
+		}
+	case strings.HasPrefix(st, "etcd://"):
+		ec, err := store.ParseEtcdURL(st)
+		if err != nil {
+			add(fmt.Errorf("--store %v", err))
+		} else {
+			c.etcd = &ec
+		}
+	default:
+		add(fmt.Errorf("--store %q: want bbolt or etcd://host:2379[,host:2379]", f.store))
 	}
+	c.id = strings.TrimSpace(f.id)
+	if c.id == "" || len(c.id) > controller.MaxIDLen {
+		add(fmt.Errorf("--controller-id %q: give a name of 1 to %d bytes", f.id, controller.MaxIDLen))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--grace-period", f.grace}, {"--dataplane-timeout", f.dpTimeout}, {"--heartbeat-interval", f.heartbeat}, {"--election-ttl", f.electTTL}} {
+		if d.v <= 0 {
+			add(fmt.Errorf("%s %s: must be positive", d.name, d.v))
+		}
+	}
+	if f.heartbeat > 0 && f.dpTimeout > 0 && f.dpTimeout < 2*f.heartbeat {
+		add(fmt.Errorf("--dataplane-timeout %s: must be at least twice --heartbeat-interval %s, or one late heartbeat marks a data plane down", f.dpTimeout, f.heartbeat))
+	}
+	if f.cooldown < 0 {
+		add(fmt.Errorf("--reuse-cooldown %s: must be 0 or more", f.cooldown))
+	}
+	if f.electTTL > 0 && f.electTTL < time.Second {
+		add(fmt.Errorf("--election-ttl %s: etcd leases count whole seconds; give at least 1s", f.electTTL))
+	}
+	c.grace, c.dpTimeout, c.heartbeat, c.cooldown, c.electTTL = f.grace, f.dpTimeout, f.heartbeat, f.cooldown, f.electTTL
 
 	c.log = logging.Options{Level: f.logLevel, Format: f.logFormat}
 	if _, _, err := logging.New(nil, c.log); err != nil {
@@ -121,8 +209,7 @@ func (f *flags) config() (config, error) {
 	return c, errors.Join(errs...)
 }
 
-// checkStatePath validates --state without creating anything: durability
-// comes in a later version, but a bad path should fail now, not then.
+// checkStatePath validates --state before anything is started.
 func checkStatePath(p string) error {
 	if strings.TrimSpace(p) == "" {
 		return fmt.Errorf("--state is empty: give a file path such as %s", defaultState)

@@ -16,6 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fourover6/fourover6/cmd/internal/clidoc"
+	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 )
 
@@ -60,11 +62,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfgpkg.ApplyFlag(cmd.Flags()); err != nil {
+				return usageError{err}
+			}
 			cfg, err := f.config()
 			if err != nil {
 				return usageError{err}
 			}
-			return serve(cmd.Context(), cfg, stderr)
+			return serve(cmd.Context(), cfg, cmd.Flags(), stderr)
 		},
 	}
 	cmd.SetArgs(args)
@@ -73,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetVersionTemplate(name + " {{.Version}}\n")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f.register(cmd)
+	clidoc.AddTo(cmd)
 
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {

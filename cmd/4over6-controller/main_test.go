@@ -58,6 +58,14 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--listen", "ftp://x"}, "--listen"},
 		{[]string{"--state", dir}, "--state"},
 		{[]string{"--state", ""}, "--state"},
+		{[]string{"--store", "consul://x:1"}, "--store"},
+		{[]string{"--store", "etcd://nohostport"}, "--store"},
+		{[]string{"--controller-id", ""}, "--controller-id"},
+		{[]string{"--grace-period", "0s"}, "--grace-period"},
+		{[]string{"--dataplane-timeout", "-1s"}, "--dataplane-timeout"},
+		{[]string{"--heartbeat-interval", "5s", "--dataplane-timeout", "6s"}, "--dataplane-timeout"},
+		{[]string{"--reuse-cooldown", "-1s"}, "--reuse-cooldown"},
+		{[]string{"--election-ttl", "500ms"}, "--election-ttl"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--no-such-flag"}, "--no-such-flag"},
@@ -143,11 +151,11 @@ func TestServeAndStop(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("socket left behind: %v", err)
 	}
-	if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("--state file was created: %v", err)
+	if _, err := os.Stat(state); err != nil {
+		t.Fatalf("--state file was not created: %v", err)
 	}
 	logs := errb.String()
-	for _, want := range []string{"controller started", "range=13.9.0.2-13.9.0.128", "gateway=13.9.0.1", "dns=10.9.9.9,8.8.8.8,1.1.1.1", "leases are kept in memory", "controller stopped"} {
+	for _, want := range []string{"controller started", "range=13.9.0.2-13.9.0.128", "gateway=13.9.0.1", "dns=10.9.9.9,8.8.8.8,1.1.1.1", "store=bbolt:" + state, "state loaded", "controller stopped"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}

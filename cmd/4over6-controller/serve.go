@@ -12,15 +12,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/dns"
+	"github.com/fourover6/fourover6/controlplane/leader"
+	ctlmetrics "github.com/fourover6/fourover6/controlplane/metrics"
 	"github.com/fourover6/fourover6/controlplane/server"
+	"github.com/fourover6/fourover6/controlplane/store"
 	pb "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 )
 
@@ -29,34 +35,69 @@ import (
 const shutdownGrace = 5 * time.Second
 
 // serve runs the controller until ctx is done.
-func serve(ctx context.Context, cfg config, logw io.Writer) error {
-	log, _, err := logging.New(logw, cfg.log)
+func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writer) error {
+	log, level, err := logging.New(logw, cfg.log)
 	if err != nil {
 		return usageError{err}
 	}
-
 	servers, err := pickDNS(cfg, log)
 	if err != nil {
 		return usageError{fmt.Errorf("--dns: %v", err)}
 	}
+	st, elector, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing the store", "store", st.String(), "error", err)
+		}
+	}()
+	counters := new(ctlmetrics.Counters)
 	ctl, err := controller.New(controller.Config{
-		Pool:    cfg.pool,
-		Route:   cfg.route,
-		DNS:     servers,
-		Version: version.String(),
-		Logger:  log,
+		Metrics:           counters,
+		Pool:              cfg.pool,
+		Route:             cfg.route,
+		DNS:               servers,
+		Version:           version.String(),
+		ID:                cfg.id,
+		Store:             st,
+		Standby:           cfg.etcd != nil,
+		LogLevel:          level,
+		Logger:            log,
+		HeartbeatInterval: cfg.heartbeat,
+		DataplaneTimeout:  cfg.dpTimeout,
+		GracePeriod:       cfg.grace,
+		ReuseCooldown:     cfg.cooldown,
 	})
 	if err != nil {
-		return err // flags were validated; this is unexpected
+		return err
 	}
-
-	log.Info("leases are kept in memory in this version; they do not survive a restart",
-		"state", cfg.state)
-	if !cfg.listen.IsLoopback() {
-		log.Warn("listening on a non-loopback TCP address without TLS: anyone who can reach it can lease and release addresses",
-			"listen", cfg.listen.String())
+	tlsOpt, err := cfg.tls.ServerOption()
+	if err != nil {
+		return usageError{err}
 	}
-
+	grpcMetrics := metrics.NewGRPC()
+	var ms *metrics.Server
+	if cfg.metrics != "" {
+		reg := metrics.NewRegistry()
+		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), counters))
+		ms, err = metrics.Start(metrics.Config{Addr: cfg.metrics, Registry: reg, Logger: log,
+			Ready: func(context.Context) error {
+				if !ctl.Status().Leader {
+					return errors.New("standby: not the leader")
+				}
+				return nil
+			}})
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			defer cancel()
+			ms.Shutdown(sctx)
+		}()
+	}
 	lis, err := cfg.listen.Listen()
 	if err != nil {
 		return err
@@ -71,37 +112,92 @@ func serve(ctx context.Context, cfg config, logw io.Writer) error {
 		}()
 	}
 
-	gs := grpc.NewServer(server.Options(log)...)
+	// The metrics interceptor wraps the server's own (panic recovery).
+	opts := append(grpcMetrics.ServerOptions(), tlsOpt)
+	gs := grpc.NewServer(append(opts, server.Options(log)...)...)
 	server.Register(gs, ctl)
 	hs := health.NewServer()
-	for _, svc := range []string{"", pb.LeaseService_ServiceDesc.ServiceName, pb.ControllerService_ServiceDesc.ServiceName} {
-		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	setHealth := func(leading bool) {
+		// A standby is alive (overall health) but does not serve leases.
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		s := healthpb.HealthCheckResponse_NOT_SERVING
+		if leading {
+			s = healthpb.HealthCheckResponse_SERVING
+		}
+		hs.SetServingStatus(pb.LeaseService_ServiceDesc.ServiceName, s)
+		hs.SetServingStatus(pb.ControllerService_ServiceDesc.ServiceName, s)
 	}
+	setHealth(cfg.etcd == nil)
 	healthpb.RegisterHealthServer(gs, hs)
+	grpcMetrics.InitializeMethods(gs)
+	go cfgpkg.ReloadOnHUP(ctx, flagSet, cfg.configFile, level, log)
 
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 
-	info := ctl.PoolInfo()
+	// Leadership: always ours with bbolt; an etcd election otherwise.
+	ectx, stopElection := context.WithCancel(context.Background())
+	elected := make(chan struct{})
+	go func() {
+		defer close(elected)
+		err := elector.Run(ectx, leader.Callbacks{
+			Elected: func(ctx context.Context) error {
+				if err := ctl.Activate(ctx); err != nil {
+					return err
+				}
+				setHealth(true)
+				return nil
+			},
+			Lost: func(id string) {
+				setHealth(false)
+				ctl.Deactivate(id)
+			},
+			Leader: ctl.SetLeader,
+		})
+		if err != nil {
+			log.Error("leader election stopped", "error", err)
+		}
+	}()
+	rctx, stopReconcile := context.WithCancel(context.Background())
+	reconciled := make(chan struct{})
+	go func() { defer close(reconciled); ctl.Run(rctx) }()
+
+	status := ctl.Status()
 	log.Info("controller started",
 		"version", version.String(),
+		"id", cfg.id,
 		"listen", cfg.listen.String(),
-		"pool", info.Prefix,
-		"range", fmt.Sprintf("%s-%s", info.First, info.Last),
-		"size", info.Size,
-		"gateway", info.Gateway,
-		"route", info.Route,
-		"dns", joinAddrs(info.DNS[:]))
+		"store", st.String(),
+		"leader", status.Leader,
+		"pool", cfg.pool.Prefix,
+		"range", rangeString(ctl, cfg),
+		"gateway", gatewayOf(cfg.pool.Prefix),
+		"route", cfg.route,
+		"dns", joinAddrs(servers[:]),
+		"grace_period", cfg.grace,
+		"dataplane_timeout", cfg.dpTimeout,
+		"reuse_cooldown", cfg.cooldown)
 
+	var serveErr error
 	select {
 	case err := <-served:
 		// Serve only returns on its own when the listener fails.
-		return fmt.Errorf("serve gRPC on %s: %w", cfg.listen, err)
+		serveErr = fmt.Errorf("serve gRPC on %s: %w", cfg.listen, err)
 	case <-ctx.Done():
 	}
 
 	log.Info("shutting down", "grace", shutdownGrace)
+	if ms != nil {
+		ms.NotReady("shutting down")
+	}
 	hs.Shutdown() // health checkers see NOT_SERVING while calls drain
+	stopReconcile()
+	<-reconciled
+	// Resign (etcd) so a standby takes over at once, and end the command
+	// streams and watchers, which would otherwise hold GracefulStop.
+	stopElection()
+	<-elected
+	ctl.Deactivate("")
 	stopped := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
@@ -116,12 +212,43 @@ func serve(ctx context.Context, cfg config, logw io.Writer) error {
 		gs.Stop()
 		<-stopped
 	}
+	if serveErr != nil {
+		return serveErr
+	}
 	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve gRPC on %s: %w", cfg.listen, err)
 	}
-	log.Info("controller stopped", "leases_dropped", ctl.PoolInfo().Leased)
+	log.Info("controller stopped", "store", st.String())
 	return nil
 }
+
+// openStore opens the configured store and the matching elector.
+func openStore(ctx context.Context, cfg config, log *slog.Logger) (store.Store, leader.Elector, error) {
+	if cfg.etcd == nil {
+		b, err := store.OpenBolt(cfg.state)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--state: %w", err)
+		}
+		return b, leader.Static{}, nil
+	}
+	e, err := store.OpenEtcd(ctx, *cfg.etcd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--store: %w", err)
+	}
+	return e, &leader.Etcd{Store: e, ID: cfg.id, TTL: cfg.electTTL, Logger: log}, nil
+}
+
+func rangeString(ctl *controller.Controller, cfg config) string {
+	if info, err := ctl.PoolInfo(context.Background()); err == nil {
+		return fmt.Sprintf("%s-%s", info.First, info.Last)
+	}
+	if !cfg.pool.Range.IsZero() {
+		return cfg.pool.Range.String()
+	}
+	return "whole prefix"
+}
+
+func gatewayOf(p netip.Prefix) netip.Addr { return p.Addr().Next() }
 
 // pickDNS chooses the three DNS servers and logs where they came from.
 func pickDNS(cfg config, log *slog.Logger) ([dns.Count]netip.Addr, error) {
@@ -155,4 +282,28 @@ func joinAddrs(as []netip.Addr) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, ",")
+}
+
+// metricsSource reads what the collector needs at scrape time.
+func metricsSource(ctl *controller.Controller) ctlmetrics.Source {
+	return ctlmetrics.SourceFunc(func() ctlmetrics.Snapshot {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st := ctl.Status()
+		s := ctlmetrics.Snapshot{Version: st.Version, Leader: st.Leader}
+		if pi, err := ctl.PoolInfo(ctx); err == nil {
+			p := ctlmetrics.FromPool(pi.Stats)
+			s.Pool = &p
+		}
+		if rs, err := ctl.Reservations(ctx); err == nil {
+			s.Reservations = len(rs)
+		}
+		if dps, err := ctl.Dataplanes(ctx); err == nil {
+			s.Dataplanes = map[string]int{}
+			for _, d := range dps {
+				s.Dataplanes[strings.ToLower(d.State.String())]++
+			}
+		}
+		return s
+	})
 }

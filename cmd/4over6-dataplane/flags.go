@@ -15,6 +15,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/dataplane/ctlink"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
 )
@@ -67,7 +68,7 @@ func newCommand(o *options) *cobra.Command {
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f := cmd.Flags()
 	f.StringVar(&o.id, "id", host, "unique name of this data plane")
-	f.StringVar(&o.controller, "controller", "unix:///run/fourover6/controller.sock", "controller gRPC address: unix:///path or host:port")
+	f.StringVar(&o.controller, "controller", "unix:///run/fourover6/controller.sock", "controller gRPC address(es): unix:///path or host:port; several, comma separated, for controllers sharing etcd (the leader is followed)")
 	f.StringVar(&o.listen, "listen", "[::]:5678", "address clients connect to (TCP over IPv6)")
 	f.StringVar(&o.tunName, "tun", "4o6", "name of the TUN interface")
 	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendWater), fmt.Sprintf("TUN implementation %v", tun.Backends()))
@@ -103,7 +104,7 @@ func (o *options) validate() error {
 	if strings.TrimSpace(o.id) == "" {
 		return errors.New("--id is empty: give this data plane a unique name")
 	}
-	if _, err := endpoint.Parse(o.controller); err != nil {
+	if _, err := ctlink.ParseEndpoints(o.controller); err != nil {
 		return fmt.Errorf("--controller: %v", err)
 	}
 	apiEP, err := endpoint.Parse(o.api)

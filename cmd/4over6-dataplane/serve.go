@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -54,22 +53,21 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	if err := debug.ServePprof(o.pprof, log); err != nil {
 		return usageError{fmt.Errorf("--pprof: %w", err)}
 	}
-	ctlEP, _ := endpoint.Parse(o.controller)
+	ctlAddrs, _ := ctlink.ParseEndpoints(o.controller)
 	creds, err := o.tls.DialOption()
 	if err != nil {
 		return usageError{err}
 	}
-	cc, err := grpc.NewClient(ctlEP.Target(), creds)
+	link, err := ctlink.Dial(ctlAddrs, ctlink.WithDialOptions(creds))
 	if err != nil {
-		return fmt.Errorf("controller %s: %w", ctlEP, err)
+		return fmt.Errorf("controller %s: %w", o.controller, err)
 	}
-	undo = append(undo, func() { cc.Close() })
-	link := ctlink.New(cc)
+	undo = append(undo, func() { link.Close() })
 
 	instance := newInstanceID()
 	apiEP, _ := endpoint.Parse(o.api)
 	reg := dataplane.Registration{DataplaneID: o.id, InstanceID: instance, Version: version.String(), ClientListen: o.listen, APIAddress: apiEP.String()}
-	pool, err := register(ctx, log, link, reg, ctlEP.String())
+	pool, err := register(ctx, log, link, reg, link.String())
 	if err != nil {
 		return err
 	}
@@ -106,7 +104,7 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	dp, err := dataplane.New(dataplane.Config{
 		ID: o.id, InstanceID: instance, Version: version.String(), APIAddress: apiEP.String(),
 		Listener: ln, TUN: dev, MTU: o.mtu, Pool: pool,
-		Controller: link, ControllerAddr: ctlEP.String(), Logger: log,
+		Controller: link, ControllerAddr: link.String(), Logger: log,
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
@@ -150,12 +148,12 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 		return fmt.Errorf("--api: %w", err)
 	}
 	go gs.Serve(apiLn)
-	go reloadOnHUP(ctx, fs, *o.configFile, level, log)
+	go config.ReloadOnHUP(ctx, fs, *o.configFile, level, log)
 
 	log.Info("data plane started",
 		"id", o.id, "version", version.String(), "listen", ln.Addr().String(),
 		"tun", dev.Name(), "tun_backend", o.tunBackend, "gateway", pool.Gateway, "pool", pool.Pool, "mtu", o.mtu,
-		"api", apiEP.String(), "controller", ctlEP.String(), "metrics", o.metrics, "nat", o.nat,
+		"api", apiEP.String(), "controller", link.String(), "metrics", o.metrics, "nat", o.nat,
 		"keepalive_interval", o.keepaliveInterval, "keepalive_timeout", o.keepaliveTimeout)
 
 	runErr := dp.Run(ctx)
@@ -187,46 +185,6 @@ func readiness(dp *dataplane.Dataplane) metrics.ReadyFunc {
 			return errors.New("controller unreachable")
 		}
 		return nil
-	}
-}
-
-// reloadOnHUP re-reads the config file on SIGHUP and applies what can change
-// at run time: the log level. Other settings need a restart; saying so beats
-// silently ignoring them.
-func reloadOnHUP(ctx context.Context, fs *pflag.FlagSet, path string, level *slog.LevelVar, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		if path == "" {
-			log.Info("SIGHUP: no --config file to reload")
-			continue
-		}
-		settings, err := config.Read(fs, path)
-		if err != nil {
-			log.Error("SIGHUP: config not reloaded", "err", err)
-			continue
-		}
-		for _, s := range settings {
-			if s.Name != "log-level" {
-				continue
-			}
-			var l slog.Level
-			if err := l.UnmarshalText([]byte(strings.ToUpper(strings.Join(s.Values, "")))); err != nil {
-				log.Error("SIGHUP: bad log-level in config", "value", s.Values)
-				continue
-			}
-			if prev := level.Level(); prev != l {
-				level.Set(l)
-				log.Info("SIGHUP: log level changed", "from", prev.String(), "to", l.String())
-			}
-		}
-		log.Info("SIGHUP: config reloaded; settings other than log-level take effect on restart", "file", path)
 	}
 }
 

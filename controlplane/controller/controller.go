@@ -1,22 +1,32 @@
 // Package controller is the control plane's core: it leases pool addresses to
 // data plane sessions, hands out the route and DNS servers of the 101
-// message, and keeps the client table true from the data planes' reports.
-// It speaks plain Go; controlplane/server adapts it to gRPC.
+// message, keeps the client table true from the data planes' reports, and
+// keeps the data-plane registry. Every lease lives in a store.Store (bbolt or
+// etcd) and is committed before it is answered; the in-memory pool and
+// tables are an index of the store, rebuilt when the controller starts
+// leading. It speaks plain Go; controlplane/server adapts it to gRPC.
+//
+// A Controller is either active (the leader: it serves) or standby (every
+// call but Status fails with an error matching ErrNotLeader). With the
+// bbolt store it is always active; with etcd, package leader tells it when
+// it wins or loses the election (Activate, Deactivate).
 package controller
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/dns"
+	ctlmetrics "github.com/fourover6/fourover6/controlplane/metrics"
 	"github.com/fourover6/fourover6/controlplane/pool"
+	"github.com/fourover6/fourover6/controlplane/store"
 	"github.com/fourover6/fourover6/controlplane/table"
 )
 
@@ -26,8 +36,18 @@ var (
 	// ErrInvalidArgument: the request itself is wrong (empty id, an
 	// address of the wrong family...); retrying it cannot succeed.
 	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrNotFound: no client holds the address asked about.
+	// ErrNotFound: no client holds the address asked about (or no such
+	// data plane or reservation).
 	ErrNotFound = errors.New("not found")
+	// ErrNotLeader: this controller is a standby (or lost its
+	// leadership); NotLeaderError says who leads.
+	ErrNotLeader = errors.New("not the leader")
+	// ErrUnavailable: a dependency (the store, a data plane's command
+	// stream) cannot be reached now; retrying later may work.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrFailedPrecondition: the request conflicts with the current state
+	// (e.g. a reservation for an address another client holds).
+	ErrFailedPrecondition = errors.New("failed precondition")
 )
 
 // kindError carries a human message while matching a sentinel, so the
@@ -44,8 +64,45 @@ func invalid(format string, args ...any) error {
 	return &kindError{kind: ErrInvalidArgument, msg: fmt.Sprintf(format, args...)}
 }
 
+func notFound(format string, args ...any) error {
+	return &kindError{kind: ErrNotFound, msg: fmt.Sprintf(format, args...)}
+}
+
+func unavailable(format string, args ...any) error {
+	return &kindError{kind: ErrUnavailable, msg: fmt.Sprintf(format, args...)}
+}
+
+func precondition(format string, args ...any) error {
+	return &kindError{kind: ErrFailedPrecondition, msg: fmt.Sprintf(format, args...)}
+}
+
+// NotLeaderError is returned by a standby. LeaderID is empty when no
+// leader is known.
+type NotLeaderError struct{ LeaderID string }
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderID == "" {
+		return "not the leader; no leader is elected right now"
+	}
+	return "not the leader; leader is " + e.LeaderID
+}
+
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// storeErr classifies an error of the store: a lost fence means lost
+// leadership; anything else but the caller's own context is "unavailable".
+func (c *Controller) storeErr(op string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrFenced):
+		return &NotLeaderError{}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	return &kindError{kind: ErrUnavailable, msg: fmt.Sprintf("%s: store %s: %v", op, c.store, err)}
+}
+
 // MaxIDLen bounds data plane and session ids: they come from the network
-// and are kept in memory and in logs.
+// and are kept in memory, in the store and in logs.
 const MaxIDLen = 256
 
 // maxTextLen bounds free-form text (versions, reasons) kept or logged.
@@ -60,6 +117,14 @@ type Counters = table.Counters
 // Filter selects clients; the zero Filter selects all.
 type Filter = table.Filter
 
+// Defaults of the timing settings.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultDataplaneTimeout  = 15 * time.Second
+	DefaultGracePeriod       = 30 * time.Second
+	DefaultReuseCooldown     = 5 * time.Second
+)
+
 // Config configures a Controller.
 type Config struct {
 	Pool pool.Config
@@ -67,14 +132,37 @@ type Config struct {
 	// (the default route through the tunnel).
 	Route netip.Addr
 	// DNS are the three servers of every 101 (see package dns). All zero
-	// means dns.DefaultFallbacks.
+	// means dns.DefaultFallbacks. A value set at run time (SetDNS) and
+	// kept in the store wins.
 	DNS [dns.Count]netip.Addr
 	// Version is the controller's software version.
 	Version string
+	// ID names this controller (status, leader election).
+	ID string
+	// Store keeps the state; nil means a volatile in-memory store.
+	Store store.Store
+	// Standby: start as a standby and wait for Activate (etcd election).
+	// Otherwise New loads the store and the controller serves at once.
+	Standby bool
+	// LogLevel is the level SetLogLevel changes; nil means a private one.
+	LogLevel *slog.LevelVar
 	// Logger receives one line per lease and release; nil discards.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests set it.
 	Now func() time.Time
+
+	// HeartbeatInterval is how often data planes are told to heartbeat.
+	HeartbeatInterval time.Duration
+	// DataplaneTimeout: a data plane not heard from for this long is DOWN.
+	DataplaneTimeout time.Duration
+	// GracePeriod: leases of a data plane DOWN this long, and leases its
+	// complete reports have not listed for this long, are released.
+	GracePeriod time.Duration
+	// ReuseCooldown: a released address rests this long before reuse,
+	// unless nothing else is free.
+	ReuseCooldown time.Duration
+	// Metrics counts allocations and releases; nil counts nothing.
+	Metrics *ctlmetrics.Counters
 }
 
 // Lease is what a 101 message carries, plus who holds it since when.
@@ -85,13 +173,6 @@ type Lease struct {
 	DataplaneID string
 	SessionID   string
 	LeasedAt    time.Time
-}
-
-// Registration is what a data plane needs to configure its TUN.
-type Registration struct {
-	Gateway           netip.Addr
-	Prefix            netip.Prefix
-	ControllerVersion string
 }
 
 // SessionReport is a data plane's view of one of its sessions.
@@ -114,38 +195,61 @@ type PoolInfo struct {
 	DNS   [dns.Count]netip.Addr
 }
 
-// Dataplane is a data plane the controller has heard from.
-type Dataplane struct {
-	ID           string
-	Version      string
-	Listen       string
-	RegisteredAt time.Time // zero if it never called RegisterDataplane
-	LastContact  time.Time
-}
-
 // Controller is safe for concurrent use.
 type Controller struct {
-	pool    *pool.Pool
-	table   *table.Table
-	route   netip.Addr
-	dns     [dns.Count]netip.Addr
-	version string
-	log     *slog.Logger
-	now     func() time.Time
+	cfg      Config
+	store    store.Store
+	route    netip.Addr
+	flagDNS  [dns.Count]netip.Addr
+	version  string
+	id       string
+	log      *slog.Logger
+	level    *slog.LevelVar
+	now      func() time.Time
+	started  time.Time
+	poolCfg  pool.Config
+	cooldown time.Duration
+	metrics  *ctlmetrics.Counters
 
-	// mu makes a pool change and its table change one step, so a release
-	// racing an allocation for the same session cannot leave a row without
-	// a lease or a lease without a row. Reads of the table need no mu.
-	mu sync.Mutex
-
-	dpMu       sync.Mutex
-	dataplanes map[string]*Dataplane
+	mu       sync.RWMutex
+	term     *term // nil while standby
+	leaderID string
 }
 
-// New validates cfg and returns a Controller with an empty pool.
+// term is the state of one period of leadership: an index of the store.
+type term struct {
+	c       *Controller
+	pool    *pool.Pool
+	table   *table.Table
+	started time.Time
+	done    chan struct{} // closed when the term ends
+
+	seed    maphash.Seed
+	stripes [64]sync.Mutex // serialize calls per session
+
+	// lmu guards leases and makes a lease change, its table row and its
+	// event one step for watchers.
+	lmu      sync.Mutex
+	leases   map[netip.Addr]*leaseState
+	watchers map[*watcher]struct{}
+
+	smu      sync.Mutex // settings
+	dns      [dns.Count]netip.Addr
+	settings store.Settings
+
+	dpMu sync.Mutex
+	dps  map[string]*dpState
+}
+
+type leaseState struct {
+	store.Lease
+	claimedAt time.Time // allocated, loaded, or last listed in a complete report
+}
+
+// New validates cfg, loads the store (unless Standby) and returns the
+// controller.
 func New(cfg Config) (*Controller, error) {
-	p, err := pool.New(cfg.Pool)
-	if err != nil {
+	if _, err := pool.New(cfg.Pool); err != nil {
 		return nil, err
 	}
 	route := cfg.Route
@@ -164,131 +268,395 @@ func New(cfg Config) (*Controller, error) {
 			return nil, fmt.Errorf("DNS server %q is not an IPv4 address: all three must be set", s)
 		}
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
 	}
-	now := cfg.Now
-	if now == nil {
-		now = time.Now
+	def(&cfg.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&cfg.DataplaneTimeout, DefaultDataplaneTimeout)
+	def(&cfg.GracePeriod, DefaultGracePeriod)
+	if cfg.ReuseCooldown < 0 {
+		cfg.ReuseCooldown = 0
 	}
-	version := cfg.Version
-	if version == "" {
-		version = "dev"
+	c := &Controller{
+		metrics:  cfg.Metrics,
+		cfg:      cfg,
+		store:    cfg.Store,
+		route:    route,
+		flagDNS:  servers,
+		version:  cfg.Version,
+		id:       cfg.ID,
+		log:      cfg.Logger,
+		level:    cfg.LogLevel,
+		now:      cfg.Now,
+		poolCfg:  cfg.Pool,
+		cooldown: cfg.ReuseCooldown,
 	}
-	return &Controller{
-		pool:       p,
-		table:      table.New(),
-		route:      route,
-		dns:        servers,
-		version:    version,
-		log:        log,
-		now:        now,
-		dataplanes: make(map[string]*Dataplane),
-	}, nil
+	if c.store == nil {
+		c.store = store.NewMemory()
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.level == nil {
+		c.level = new(slog.LevelVar)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.version == "" {
+		c.version = "dev"
+	}
+	if c.id == "" {
+		c.id = "controller"
+	}
+	c.started = c.now()
+	if !cfg.Standby {
+		if err := c.Activate(context.Background()); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // Version returns the controller's software version.
 func (c *Controller) Version() string { return c.version }
 
-// RegisterDataplane records a data plane (again, harmlessly, on every call)
-// and returns the pool settings it needs for its TUN.
-func (c *Controller) RegisterDataplane(ctx context.Context, id, version, listen string) (Registration, error) {
-	if err := ctx.Err(); err != nil {
-		return Registration{}, err
+// ID returns the controller's id.
+func (c *Controller) ID() string { return c.id }
+
+// Store returns the store.
+func (c *Controller) Store() store.Store { return c.store }
+
+// active returns the current term, or a NotLeaderError.
+func (c *Controller) active() (*term, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.term == nil {
+		return nil, &NotLeaderError{LeaderID: c.leaderID}
 	}
-	if err := checkID("dataplane id", id); err != nil {
-		return Registration{}, err
+	return c.term, nil
+}
+
+// SetLeader records who leads while this controller is a standby.
+func (c *Controller) SetLeader(id string) {
+	c.mu.Lock()
+	if c.term == nil {
+		c.leaderID = id
+	}
+	c.mu.Unlock()
+}
+
+// Activate loads the store and starts serving: this controller leads.
+// Calling it while active reloads nothing.
+func (c *Controller) Activate(ctx context.Context) error {
+	c.mu.RLock()
+	t := c.term
+	c.mu.RUnlock()
+	if t != nil {
+		return nil
+	}
+	t, err := c.load(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.term, c.leaderID = t, c.id
+	c.mu.Unlock()
+	return nil
+}
+
+// Deactivate stops serving (leadership lost): calls fail with ErrNotLeader,
+// command streams and watchers end, the in-memory state is dropped.
+func (c *Controller) Deactivate(leaderID string) {
+	c.mu.Lock()
+	t := c.term
+	c.term, c.leaderID = nil, leaderID
+	c.mu.Unlock()
+	if t != nil {
+		close(t.done)
+		c.log.Warn("no longer the leader: serving nothing until elected again", "leader", leaderID)
+	}
+}
+
+// load builds a term from the store.
+func (c *Controller) load(ctx context.Context) (*term, error) {
+	st, err := c.store.Load(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load state from %s: %w", c.store, err)
+	}
+	p, err := pool.New(c.poolCfg, pool.Options{Cooldown: c.cooldown})
+	if err != nil {
+		return nil, err
 	}
 	now := c.now()
-	c.dpMu.Lock()
-	dp, known := c.dataplanes[id]
-	if !known {
-		dp = &Dataplane{ID: id}
-		c.dataplanes[id] = dp
+	t := &term{
+		c:        c,
+		pool:     p,
+		table:    table.New(),
+		started:  now,
+		done:     make(chan struct{}),
+		seed:     maphash.MakeSeed(),
+		leases:   make(map[netip.Addr]*leaseState),
+		watchers: make(map[*watcher]struct{}),
+		dns:      c.flagDNS,
+		settings: st.Settings,
+		dps:      make(map[string]*dpState),
 	}
-	dp.Version = clip(version)
-	dp.Listen = clip(listen)
-	dp.RegisteredAt = now
-	dp.LastContact = now
-	c.dpMu.Unlock()
+	set := st.Settings
+	switch {
+	case set.RangeFirst.IsValid() && set.RangeLast.IsValid():
+		r := pool.Range{First: set.RangeFirst, Last: set.RangeLast}
+		if err := p.RestoreRange(r); err != nil {
+			c.log.Error("ignoring the stored pool range: it does not fit --pool", "range", r, "error", err)
+		} else if cfgR := c.poolCfg.Range; cfgR != r {
+			c.log.Info("using the pool range set at run time, not the flag", "range", r, "flag", cfgR.String())
+		}
+	case set.WholePrefix:
+		if err := p.RestoreRange(pool.Range{}); err == nil && !c.poolCfg.Range.IsZero() {
+			c.log.Info("using the whole prefix as set at run time, not --pool-range", "flag", c.poolCfg.Range.String())
+		}
+	}
+	if len(set.DNS) == dns.Count {
+		copy(t.dns[:], set.DNS)
+		if t.dns != c.flagDNS {
+			c.log.Info("using the DNS servers set at run time, not the flags", "dns", joinAddrs(t.dns[:]))
+		}
+	}
+	for _, r := range st.Reservations {
+		if err := p.RestoreReservation(pool.Reservation{Client: r.Client, Addr: r.Addr}); err != nil {
+			c.log.Error("ignoring a stored reservation", "client", r.Client, "address", r.Addr, "error", err)
+		}
+	}
+	var outside []string
+	for _, l := range st.Leases {
+		if !p.Prefix().Contains(l.Addr) {
+			outside = append(outside, fmt.Sprintf("%s (%s)", l.Addr, l.Owner))
+			continue
+		}
+		if err := p.Insert(pool.Owner(l.Owner), l.Addr); err != nil {
+			c.log.Error("stored lease conflicts with another; keeping the first", "address", l.Addr,
+				"dataplane", l.Dataplane, "session", l.Session, "error", err)
+			continue
+		}
+		t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
+		t.table.Insert(rowOf(l))
+	}
+	if len(outside) > 0 {
+		if len(outside) > 5 {
+			outside = append(outside[:5], fmt.Sprintf("and %d more", len(outside)-5))
+		}
+		return nil, fmt.Errorf("the store holds leases outside the pool %s: %s; start with the --pool they were leased from",
+			p.Prefix(), strings.Join(outside, ", "))
+	}
+	p.Released(st.Released)
+	for _, d := range st.Dataplanes {
+		t.dps[d.ID] = &dpState{rec: d, known: true, lastContact: now}
+	}
+	for _, l := range t.leases {
+		if _, ok := t.dps[l.Dataplane]; !ok {
+			t.dps[l.Dataplane] = &dpState{rec: store.Dataplane{ID: l.Dataplane}, lastContact: now}
+		}
+	}
+	info := p.Stats()
+	c.log.Info("state loaded", "store", c.store.String(), "leases", len(t.leases),
+		"reservations", len(st.Reservations), "dataplanes", len(st.Dataplanes),
+		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "free", info.Free)
+	return t, nil
+}
 
-	// A data plane that restarted may leave leases behind; showing how many
-	// it still holds makes that visible to the operator.
-	held := len(c.table.List(Filter{DataplaneID: id}))
-	c.log.Info("data plane registered", "dataplane", id, "version", clip(version),
-		"listen", clip(listen), "known", known, "leases", held)
-	return Registration{Gateway: c.pool.Gateway(), Prefix: c.pool.Prefix(), ControllerVersion: c.version}, nil
+func rowOf(l store.Lease) table.Row {
+	return table.Row{
+		Addr:        l.Addr,
+		ClientIPv6:  l.ClientIPv6,
+		ClientPort:  l.ClientPort,
+		DataplaneID: l.Dataplane,
+		SessionID:   l.Session,
+		LeasedAt:    l.LeasedAt,
+		ConnectedAt: l.LeasedAt, // until the data plane reports its own
+		LastHeard:   l.LeasedAt,
+	}
+}
+
+// lockOwner serializes calls for one session.
+func (t *term) lockOwner(o pool.Owner) func() {
+	var h maphash.Hash
+	h.SetSeed(t.seed)
+	h.WriteString(o.Dataplane)
+	h.WriteByte(0)
+	h.WriteString(o.Session)
+	m := &t.stripes[h.Sum64()%uint64(len(t.stripes))]
+	m.Lock()
+	return m.Unlock
+}
+
+func (t *term) dnsServers() [dns.Count]netip.Addr {
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	return t.dns
+}
+
+func (t *term) leaseOf(l store.Lease) Lease {
+	return Lease{
+		Addr: l.Addr, Route: t.c.route, DNS: t.dnsServers(),
+		DataplaneID: l.Dataplane, SessionID: l.Session, LeasedAt: l.LeasedAt,
+	}
 }
 
 // Allocate leases an address to one client session. It is idempotent per
 // (dataplaneID, sessionID): a retry returns the same lease, LeasedAt
-// included. On a full pool the error matches pool.ErrExhausted.
+// included. The lease is committed to the store before it is returned. On
+// a full pool the error matches pool.ErrExhausted.
 func (c *Controller) Allocate(ctx context.Context, dataplaneID, sessionID string, clientIPv6 netip.Addr, clientPort uint16) (Lease, error) {
+	l, fresh, err := c.allocate(ctx, dataplaneID, sessionID, clientIPv6, clientPort)
+	switch {
+	case err != nil:
+		c.metrics.AllocateFailed(ctlmetrics.ReasonFor(err,
+			ctlmetrics.ErrorReason{Err: ErrInvalidArgument, Reason: ctlmetrics.ReasonInvalid},
+			ctlmetrics.ErrorReason{Err: ErrNotLeader, Reason: ctlmetrics.ReasonNotLeader},
+			ctlmetrics.ErrorReason{Err: ErrUnavailable, Reason: ctlmetrics.ReasonUnavailable}))
+	case fresh:
+		c.metrics.Allocated()
+	default:
+		c.metrics.AllocateRepeated()
+	}
+	return l, err
+}
+
+// allocate does Allocate's work and says whether the lease is new.
+func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string, clientIPv6 netip.Addr, clientPort uint16) (Lease, bool, error) {
 	if err := ctx.Err(); err != nil {
-		return Lease{}, err
+		return Lease{}, false, err
 	}
 	if err := checkID("dataplane id", dataplaneID); err != nil {
-		return Lease{}, err
+		return Lease{}, false, err
 	}
 	if err := checkID("session id", sessionID); err != nil {
-		return Lease{}, err
+		return Lease{}, false, err
 	}
 	if !clientIPv6.IsValid() {
-		return Lease{}, invalid("client IPv6 address is missing")
+		return Lease{}, false, invalid("client IPv6 address is missing")
 	}
 	if clientIPv6.Is4() {
-		return Lease{}, invalid("client address %s is not an IPv6 address", clientIPv6)
+		return Lease{}, false, invalid("client address %s is not an IPv6 address", clientIPv6)
 	}
-	c.touch(dataplaneID)
-	owner := pool.Owner{Dataplane: dataplaneID, Session: sessionID}
-
-	c.mu.Lock()
-	addr, fresh, err := c.pool.Allocate(owner)
+	t, err := c.active()
 	if err != nil {
-		c.mu.Unlock()
-		if errors.Is(err, pool.ErrExhausted) {
-			c.log.Warn("address pool exhausted", "dataplane", dataplaneID, "session", sessionID,
-				"client", netip.AddrPortFrom(clientIPv6, clientPort), "error", err)
-		}
-		return Lease{}, err
+		return Lease{}, false, err
 	}
-	var leasedAt time.Time
-	if fresh {
-		leasedAt = c.now()
-		c.table.Insert(table.Row{
-			Addr:        addr,
-			ClientIPv6:  clientIPv6,
-			ClientPort:  clientPort,
-			DataplaneID: dataplaneID,
-			SessionID:   sessionID,
-			LeasedAt:    leasedAt,
-			ConnectedAt: leasedAt, // until the data plane reports its own
-			LastHeard:   leasedAt, // the 100 that caused this was just heard
-		})
-	} else if row, ok := c.table.Get(addr); ok {
-		leasedAt = row.LeasedAt
-	}
-	c.mu.Unlock()
+	instance := t.touch(dataplaneID)
+	owner := pool.Owner{Dataplane: dataplaneID, Session: sessionID}
+	unlock := t.lockOwner(owner)
+	defer unlock()
 
-	if fresh {
-		c.log.Info("lease", "address", addr, "dataplane", dataplaneID, "session", sessionID,
-			"client", netip.AddrPortFrom(clientIPv6, clientPort))
-	} else {
-		c.log.Debug("lease repeated", "address", addr, "dataplane", dataplaneID, "session", sessionID)
+	for attempt := 0; ; attempt++ {
+		now := c.now()
+		g, err := t.pool.Acquire(owner, clientIPv6, now)
+		if err != nil {
+			if errors.Is(err, pool.ErrExhausted) {
+				c.log.Warn("address pool exhausted", "dataplane", dataplaneID, "session", sessionID,
+					"client", netip.AddrPortFrom(clientIPv6, clientPort), "error", err)
+			}
+			return Lease{}, false, err
+		}
+		if g.Existing {
+			if l, ok := t.lease(g.Addr); ok {
+				c.log.Debug("lease repeated", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID)
+				return t.leaseOf(l), false, nil
+			}
+		}
+		if g.ReservationBusy {
+			r, _ := t.pool.Match(clientIPv6)
+			h, _ := t.pool.Holder(r.Addr)
+			c.log.Warn("client's reserved address is held by another session; leasing it another address",
+				"client", clientIPv6, "reservation", r.Client, "reserved", r.Addr,
+				"holder", h.Dataplane+"/"+h.Session, "address", g.Addr)
+		}
+		if g.EarlyReuse {
+			c.log.Debug("reusing an address within its cooldown: no other address is free", "address", g.Addr,
+				"cooldown", c.cooldown)
+		}
+		l := store.Lease{
+			Addr: g.Addr, Owner: store.Owner(owner), InstanceID: instance,
+			ClientIPv6: clientIPv6, ClientPort: clientPort, LeasedAt: now,
+		}
+		held, existing, err := c.store.Claim(ctx, l)
+		if err != nil {
+			t.pool.Abort(owner, g.Addr)
+			if errors.Is(err, store.ErrTaken) && attempt < 3 {
+				// The store knows a holder this index does not (another
+				// writer): learn it and choose again.
+				if other, ok, lerr := c.store.Lease(ctx, g.Addr); lerr == nil && ok {
+					c.log.Error("the store holds a lease this controller did not know; learning it",
+						"address", g.Addr, "dataplane", other.Dataplane, "session", other.Session)
+					t.adopt(other, now)
+				}
+				continue
+			}
+			return Lease{}, false, c.storeErr("lease", err)
+		}
+		if existing {
+			// The store had a lease for this session that the index
+			// lacked: that one is the truth.
+			t.pool.Abort(owner, g.Addr)
+			t.adopt(held, now)
+			return t.leaseOf(held), false, nil
+		}
+		t.pool.Commit(owner, g.Addr)
+		t.addLease(held, now)
+		c.log.Info("lease", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID,
+			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved)
+		return t.leaseOf(held), true, nil
 	}
-	return Lease{
-		Addr:        addr,
-		Route:       c.route,
-		DNS:         c.dns,
-		DataplaneID: dataplaneID,
-		SessionID:   sessionID,
-		LeasedAt:    leasedAt,
-	}, nil
+}
+
+// adopt records a lease that is committed in the store.
+func (t *term) adopt(l store.Lease, now time.Time) bool {
+	if err := t.pool.Insert(pool.Owner(l.Owner), l.Addr); err != nil {
+		t.c.log.Error("cannot index a stored lease", "address", l.Addr, "dataplane", l.Dataplane,
+			"session", l.Session, "error", err)
+		return false
+	}
+	t.addLease(l, now)
+	return true
+}
+
+func (t *term) lease(a netip.Addr) (store.Lease, bool) {
+	t.lmu.Lock()
+	defer t.lmu.Unlock()
+	l, ok := t.leases[a]
+	if !ok {
+		return store.Lease{}, false
+	}
+	return l.Lease, true
+}
+
+func (t *term) addLease(l store.Lease, now time.Time) {
+	row := rowOf(l)
+	t.lmu.Lock()
+	defer t.lmu.Unlock()
+	t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
+	t.table.Insert(row)
+	t.publishLocked(ClientEvent{Type: EventConnected, Client: row, Time: now})
+}
+
+func (t *term) removeLease(a netip.Addr, o store.Owner, reason string, now time.Time) {
+	t.lmu.Lock()
+	defer t.lmu.Unlock()
+	l, ok := t.leases[a]
+	if !ok || l.Owner != o {
+		return
+	}
+	delete(t.leases, a)
+	row, _ := t.table.Get(a)
+	t.table.Delete(a, o.Dataplane, o.Session)
+	t.publishLocked(ClientEvent{Type: EventDisconnected, Client: row, Reason: reason, Time: now})
 }
 
 // Release returns addr to the pool if that session holds it, and reports
 // whether it did. Anything else (a duplicate or stale release) is a no-op.
+// The release is committed to the store before it returns.
 func (c *Controller) Release(ctx context.Context, dataplaneID, sessionID string, addr netip.Addr, reason string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
@@ -302,72 +670,43 @@ func (c *Controller) Release(ctx context.Context, dataplaneID, sessionID string,
 	if err := checkIPv4(addr); err != nil {
 		return false, err
 	}
-	c.touch(dataplaneID)
-
-	c.mu.Lock()
-	row, _ := c.table.Get(addr)
-	released := c.pool.Release(addr, pool.Owner{Dataplane: dataplaneID, Session: sessionID})
-	if released {
-		c.table.Delete(addr, dataplaneID, sessionID)
+	t, err := c.active()
+	if err != nil {
+		return false, err
 	}
-	c.mu.Unlock()
-
-	if !released {
-		c.log.Debug("release ignored: not held by this session", "address", addr,
-			"dataplane", dataplaneID, "session", sessionID, "reason", clip(reason))
-		return false, nil
+	t.touch(dataplaneID)
+	ok, err := t.release(ctx, pool.Owner{Dataplane: dataplaneID, Session: sessionID}, addr, clip(reason), slog.LevelInfo)
+	if err == nil {
+		if ok {
+			c.metrics.Released()
+		} else {
+			c.metrics.ReleaseIgnored()
+		}
 	}
-	c.log.Info("release", "address", addr, "dataplane", dataplaneID, "session", sessionID,
-		"client", netip.AddrPortFrom(row.ClientIPv6, row.ClientPort), "reason", clip(reason),
-		"held", c.now().Sub(row.LeasedAt).Round(time.Second))
-	return true, nil
+	return ok, err
 }
 
-// Report applies a data plane's session reports to the client table and
-// returns the ids of reported sessions that hold no lease here (or hold a
-// different address than the data plane thinks), so the data plane can
-// act on them.
-func (c *Controller) Report(ctx context.Context, dataplaneID string, reports []SessionReport) ([]string, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
+// release frees one lease in the store, then in the index.
+func (t *term) release(ctx context.Context, owner pool.Owner, addr netip.Addr, reason string, lvl slog.Level) (bool, error) {
+	c := t.c
+	unlock := t.lockOwner(owner)
+	defer unlock()
+	if h, ok := t.pool.Holder(addr); !ok || h != owner {
+		c.log.Debug("release ignored: not held by this session", "address", addr,
+			"dataplane", owner.Dataplane, "session", owner.Session, "reason", reason)
+		return false, nil
 	}
-	if err := checkID("dataplane id", dataplaneID); err != nil {
-		return nil, err
+	l, _ := t.lease(addr)
+	now := c.now()
+	if _, err := c.store.Release(ctx, addr, store.Owner(owner), now); err != nil {
+		return false, c.storeErr("release", err)
 	}
-	for i, r := range reports {
-		if err := checkID("session id", r.SessionID); err != nil {
-			return nil, invalid("report %d: %v", i, err)
-		}
-		if r.Addr.IsValid() && !r.Addr.Is4() {
-			return nil, invalid("report %d (session %s): address %s is not an IPv4 address", i, r.SessionID, r.Addr)
-		}
-		if r.ClientIPv6.IsValid() && r.ClientIPv6.Is4() {
-			return nil, invalid("report %d (session %s): client address %s is not an IPv6 address", i, r.SessionID, r.ClientIPv6)
-		}
-	}
-	c.touch(dataplaneID)
-
-	var unknown []string
-	c.mu.Lock()
-	for _, r := range reports {
-		addr, ok := c.pool.Lookup(pool.Owner{Dataplane: dataplaneID, Session: r.SessionID})
-		if !ok || (r.Addr.IsValid() && r.Addr != addr) {
-			unknown = append(unknown, r.SessionID)
-			continue
-		}
-		c.table.Update(addr, dataplaneID, r.SessionID, table.Update{
-			ClientIPv6:  r.ClientIPv6,
-			ClientPort:  r.ClientPort,
-			ConnectedAt: r.ConnectedAt,
-			LastHeard:   r.LastHeard,
-			Counters:    r.Counters,
-		})
-	}
-	c.mu.Unlock()
-	if len(unknown) > 0 {
-		c.log.Debug("report names sessions without a lease", "dataplane", dataplaneID, "sessions", len(unknown))
-	}
-	return unknown, nil
+	t.pool.ReleaseAt(addr, owner, now)
+	t.removeLease(addr, store.Owner(owner), reason, now)
+	c.log.Log(context.Background(), lvl, "release", "address", addr, "dataplane", owner.Dataplane,
+		"session", owner.Session, "client", netip.AddrPortFrom(l.ClientIPv6, l.ClientPort),
+		"reason", reason, "held", now.Sub(l.LeasedAt).Round(time.Second))
+	return true, nil
 }
 
 // Clients returns the client table, sorted by address.
@@ -375,7 +714,11 @@ func (c *Controller) Clients(ctx context.Context, f Filter) ([]Client, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return c.table.List(f), nil
+	t, err := c.active()
+	if err != nil {
+		return nil, err
+	}
+	return t.table.List(f), nil
 }
 
 // Client returns the client holding addr; the error matches ErrNotFound if
@@ -387,42 +730,24 @@ func (c *Controller) Client(ctx context.Context, addr netip.Addr) (Client, error
 	if err := checkIPv4(addr); err != nil {
 		return Client{}, err
 	}
-	row, ok := c.table.Get(addr)
+	t, err := c.active()
+	if err != nil {
+		return Client{}, err
+	}
+	row, ok := t.table.Get(addr)
 	if !ok {
-		return Client{}, &kindError{kind: ErrNotFound, msg: fmt.Sprintf("no client holds %s", addr)}
+		return Client{}, notFound("no client holds %s", addr)
 	}
 	return row, nil
 }
 
 // PoolInfo describes the pool and its use.
-func (c *Controller) PoolInfo() PoolInfo {
-	return PoolInfo{Stats: c.pool.Stats(), Route: c.route, DNS: c.dns}
-}
-
-// Dataplanes returns the data planes heard from, sorted by id.
-func (c *Controller) Dataplanes() []Dataplane {
-	c.dpMu.Lock()
-	out := make([]Dataplane, 0, len(c.dataplanes))
-	for _, dp := range c.dataplanes {
-		out = append(out, *dp)
+func (c *Controller) PoolInfo(ctx context.Context) (PoolInfo, error) {
+	t, err := c.active()
+	if err != nil {
+		return PoolInfo{}, err
 	}
-	c.dpMu.Unlock()
-	slices.SortFunc(out, func(a, b Dataplane) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// touch notes that a data plane was heard from. A data plane that leases
-// before registering (say, after a controller restart) is recorded too.
-func (c *Controller) touch(id string) {
-	now := c.now()
-	c.dpMu.Lock()
-	defer c.dpMu.Unlock()
-	dp, ok := c.dataplanes[id]
-	if !ok {
-		dp = &Dataplane{ID: id}
-		c.dataplanes[id] = dp
-	}
-	dp.LastContact = now
+	return PoolInfo{Stats: t.pool.Stats(), Route: c.route, DNS: t.dnsServers()}, nil
 }
 
 func checkID(what, id string) error {
@@ -451,4 +776,12 @@ func clip(s string) string {
 	}
 	// Cutting may split a rune; drop the broken tail.
 	return strings.ToValidUTF8(s[:maxTextLen], "") + "…"
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
 }

@@ -92,6 +92,22 @@ func newFixture(t *testing.T, prefix, rng string) fixture {
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
 
+func (f fixture) poolInfo() PoolInfo {
+	info, err := f.c.PoolInfo(ctx)
+	if err != nil {
+		panic(err)
+	}
+	return info
+}
+
+func (f fixture) dps() []Dataplane {
+	d, err := f.c.Dataplanes(ctx)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
 var (
 	ctx     = context.Background()
 	client1 = ip("2001:db8::1")
@@ -99,7 +115,7 @@ var (
 
 func TestRegister(t *testing.T) {
 	f := newFixture(t, "13.8.0.0/24", "")
-	reg, err := f.c.RegisterDataplane(ctx, "dp1", "v1", "[::]:5678")
+	reg, err := f.c.RegisterDataplane(ctx, Registration{DataplaneID: "dp1", Version: "v1", Listen: "[::]:5678"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,14 +125,14 @@ func TestRegister(t *testing.T) {
 	at := f.clk.Now()
 	f.clk.Add(time.Minute)
 	// Again: harmless, updates version and contact time.
-	if _, err := f.c.RegisterDataplane(ctx, "dp1", "v2", "[::]:5678"); err != nil {
+	if _, err := f.c.RegisterDataplane(ctx, Registration{DataplaneID: "dp1", Version: "v2", Listen: "[::]:5678"}); err != nil {
 		t.Fatal(err)
 	}
-	dps := f.c.Dataplanes()
+	dps := f.dps()
 	if len(dps) != 1 || dps[0].Version != "v2" || !dps[0].RegisteredAt.Equal(at.Add(time.Minute)) {
 		t.Fatalf("dataplanes = %+v", dps)
 	}
-	if _, err := f.c.RegisterDataplane(ctx, "", "v1", ""); !errors.Is(err, ErrInvalidArgument) {
+	if _, err := f.c.RegisterDataplane(ctx, Registration{DataplaneID: "", Version: "v1", Listen: ""}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("empty id: %v", err)
 	}
 	// Allocating without registering records the data plane too.
@@ -124,7 +140,7 @@ func TestRegister(t *testing.T) {
 	if _, err := f.c.Allocate(ctx, "dp0", "s1", client1, 1); err != nil {
 		t.Fatal(err)
 	}
-	dps = f.c.Dataplanes()
+	dps = f.dps()
 	if len(dps) != 2 || dps[0].ID != "dp0" || !dps[0].RegisteredAt.IsZero() || !dps[0].LastContact.Equal(f.clk.Now()) {
 		t.Fatalf("dataplanes = %+v", dps)
 	}
@@ -168,7 +184,7 @@ func TestAllocateReportRelease(t *testing.T) {
 	// Report: one good, one with the wrong address, one unknown session.
 	heard := t0.Add(10 * time.Second)
 	cnt := Counters{BytesFromClient: 1000, PacketsFromClient: 10, BytesToClient: 2000, PacketsToClient: 20}
-	unknown, err := f.c.Report(ctx, "dp1", []SessionReport{
+	unknown, err := f.c.Report(ctx, "dp1", "", false, []SessionReport{
 		{SessionID: "s1", Addr: l.Addr, ClientIPv6: client1, ClientPort: 40000, ConnectedAt: t0.Add(-time.Second), LastHeard: heard, Counters: cnt},
 		{SessionID: "s2", Addr: ip("13.8.0.99"), LastHeard: heard, Counters: cnt},
 		{SessionID: "ghost", LastHeard: heard},
@@ -188,7 +204,7 @@ func TestAllocateReportRelease(t *testing.T) {
 		t.Fatalf("mismatched report updated the row: %+v", row3)
 	}
 	// The same session id from another data plane is someone else.
-	if unknown, _ := f.c.Report(ctx, "dp2", []SessionReport{{SessionID: "s1", Counters: Counters{BytesToClient: 1}}}); !slices.Equal(unknown, []string{"s1"}) {
+	if unknown, _ := f.c.Report(ctx, "dp2", "", false, []SessionReport{{SessionID: "s1", Counters: Counters{BytesToClient: 1}}}); !slices.Equal(unknown, []string{"s1"}) {
 		t.Fatalf("unknown = %v", unknown)
 	}
 	if row, _ = f.c.Client(ctx, l.Addr); row.Counters != cnt {
@@ -231,10 +247,10 @@ func TestAllocateReportRelease(t *testing.T) {
 		t.Fatalf("release log = %v", rel)
 	}
 	// A report after release names the session as unknown.
-	if unknown, _ := f.c.Report(ctx, "dp1", []SessionReport{{SessionID: "s1"}}); !slices.Equal(unknown, []string{"s1"}) {
+	if unknown, _ := f.c.Report(ctx, "dp1", "", false, []SessionReport{{SessionID: "s1"}}); !slices.Equal(unknown, []string{"s1"}) {
 		t.Fatalf("unknown = %v", unknown)
 	}
-	info := f.c.PoolInfo()
+	info := f.poolInfo()
 	if info.Leased != 1 || info.Free != 252 || info.Size != 253 || info.Gateway.String() != "13.8.0.1" || info.Route.String() != "0.0.0.0" {
 		t.Fatalf("pool info = %+v", info)
 	}
@@ -259,8 +275,8 @@ func TestExhaustion(t *testing.T) {
 	if len(w) != 1 || w[0]["level"] != "WARN" {
 		t.Fatalf("exhaustion log = %v", w)
 	}
-	if f.c.table.Len() != 2 {
-		t.Fatalf("table has %d rows", f.c.table.Len())
+	if f.c.term.table.Len() != 2 {
+		t.Fatalf("table has %d rows", f.c.term.table.Len())
 	}
 }
 
@@ -278,18 +294,18 @@ func TestInvalidArguments(t *testing.T) {
 		"release ipv6":           second(c.Release(ctx, "dp", "s", ip("2001:db8::1"), "")),
 		"release none":           second(c.Release(ctx, "dp", "s", netip.Addr{}, "")),
 		"release empty session":  second(c.Release(ctx, "dp", "", ip("13.8.0.2"), "")),
-		"report empty dp":        second(c.Report(ctx, "", nil)),
-		"report empty session":   second(c.Report(ctx, "dp", []SessionReport{{SessionID: ""}})),
-		"report ipv6 address":    second(c.Report(ctx, "dp", []SessionReport{{SessionID: "s", Addr: ip("2001:db8::1")}})),
+		"report empty dp":        second(c.Report(ctx, "", "", false, nil)),
+		"report empty session":   second(c.Report(ctx, "dp", "", false, []SessionReport{{SessionID: ""}})),
+		"report ipv6 address":    second(c.Report(ctx, "dp", "", false, []SessionReport{{SessionID: "s", Addr: ip("2001:db8::1")}})),
 		"client ipv6":            second(c.Client(ctx, ip("2001:db8::1"))),
-		"register long id":       second(c.RegisterDataplane(ctx, long, "", "")),
+		"register long id":       second(c.RegisterDataplane(ctx, Registration{DataplaneID: long, Version: "", Listen: ""})),
 	}
 	for name, err := range cases {
 		if !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("%s: err = %v, want ErrInvalidArgument", name, err)
 		}
 	}
-	if n := c.PoolInfo().Leased; n != 0 {
+	if n := f.poolInfo().Leased; n != 0 {
 		t.Fatalf("invalid requests leased %d addresses", n)
 	}
 }
@@ -301,7 +317,7 @@ func TestCanceledContext(t *testing.T) {
 	if _, err := f.c.Allocate(cctx, "dp", "s", client1, 1); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
-	if n := f.c.PoolInfo().Leased; n != 0 {
+	if n := f.poolInfo().Leased; n != 0 {
 		t.Fatalf("canceled allocation leased %d", n)
 	}
 }
@@ -320,7 +336,7 @@ func TestNewValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info := c.PoolInfo()
+	info := fixture{c: c}.poolInfo()
 	if info.Route.String() != "13.8.0.0" || info.DNS[0].String() != "8.8.8.8" || c.Version() != "dev" {
 		t.Fatalf("info = %+v", info)
 	}
@@ -344,19 +360,19 @@ func TestConcurrentAllocateRelease(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Releases whichever address the session may hold by now.
-			if a, ok := f.c.pool.Lookup(pool.Owner{Dataplane: "dp", Session: sess}); ok {
+			if a, ok := f.c.term.pool.Lookup(pool.Owner{Dataplane: "dp", Session: sess}); ok {
 				f.c.Release(ctx, "dp", sess, a, "race")
 			}
 		}()
 	}
 	wg.Wait()
-	info := f.c.PoolInfo()
+	info := f.poolInfo()
 	rows, _ := f.c.Clients(ctx, Filter{})
 	if int(info.Leased) != len(rows) {
 		t.Fatalf("pool has %d leases, table %d rows", info.Leased, len(rows))
 	}
 	for _, r := range rows {
-		if o, ok := f.c.pool.Holder(r.Addr); !ok || o.Session != r.SessionID {
+		if o, ok := f.c.term.pool.Holder(r.Addr); !ok || o.Session != r.SessionID {
 			t.Fatalf("row %+v has no matching lease", r)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -65,14 +66,19 @@ type LeaseServer struct {
 func NewLeaseServer(c *controller.Controller) *LeaseServer { return &LeaseServer{c: c} }
 
 func (s *LeaseServer) RegisterDataplane(ctx context.Context, req *pb.RegisterDataplaneRequest) (*pb.RegisterDataplaneResponse, error) {
-	reg, err := s.c.RegisterDataplane(ctx, req.GetDataplaneId(), req.GetVersion(), req.GetClientListen())
+	reg, err := s.c.RegisterDataplane(ctx, controller.Registration{
+		DataplaneID: req.GetDataplaneId(), InstanceID: req.GetInstanceId(), Version: req.GetVersion(),
+		Listen: req.GetClientListen(), APIAddress: req.GetApiAddress(),
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.RegisterDataplaneResponse{
-		Gateway:           reg.Gateway.String(),
-		Pool:              reg.Prefix.String(),
-		ControllerVersion: reg.ControllerVersion,
+		Gateway:             reg.Gateway.String(),
+		Pool:                reg.Prefix.String(),
+		ControllerVersion:   reg.ControllerVersion,
+		HeartbeatIntervalMs: uint64(reg.HeartbeatInterval / time.Millisecond),
+		Draining:            reg.Draining,
 	}, nil
 }
 
@@ -113,11 +119,41 @@ func (s *LeaseServer) ReportSessions(ctx context.Context, req *pb.ReportSessions
 		}
 		reports = append(reports, rep)
 	}
-	unknown, err := s.c.Report(ctx, req.GetDataplaneId(), reports)
+	unknown, err := s.c.Report(ctx, req.GetDataplaneId(), req.GetInstanceId(), req.GetComplete(), reports)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.ReportSessionsResponse{UnknownSessionIds: unknown}, nil
+}
+
+func (s *LeaseServer) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	known, draining, err := s.c.Heartbeat(ctx, req.GetDataplaneId(), req.GetInstanceId(), req.GetSessions(), req.GetLeasedSessions())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.HeartbeatResponse{Known: known, Draining: draining}, nil
+}
+
+func (s *LeaseServer) WatchCommands(req *pb.WatchCommandsRequest, stream grpc.ServerStreamingServer[pb.WatchCommandsResponse]) error {
+	// Headers go out at once, so the data plane knows the stream is open.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	err := s.c.WatchCommands(stream.Context(), req.GetDataplaneId(), req.GetInstanceId(), func(c controller.Command) error {
+		var cmd *pb.Command
+		switch {
+		case c.Kick != nil:
+			cmd = &pb.Command{Kind: &pb.Command_Kick{Kick: &pb.KickCommand{
+				Address: c.Kick.Addr.String(), SessionId: c.Kick.SessionID, Reason: c.Kick.Reason,
+			}}}
+		case c.Drain != nil:
+			cmd = &pb.Command{Kind: &pb.Command_Drain{Drain: &pb.DrainCommand{Draining: *c.Drain}}}
+		default:
+			return nil
+		}
+		return stream.Send(&pb.WatchCommandsResponse{Command: cmd})
+	})
+	return toStatus(err)
 }
 
 func reportFromPB(r *pb.SessionReport) (controller.SessionReport, error) {
@@ -169,8 +205,24 @@ func NewControllerServer(c *controller.Controller) *ControllerServer {
 	return &ControllerServer{c: c}
 }
 
+func clientFilter(dp, prefix string) (controller.Filter, error) {
+	f := controller.Filter{DataplaneID: dp}
+	if prefix != "" {
+		p, err := controller.ParseClient(prefix)
+		if err != nil {
+			return f, status.Errorf(codes.InvalidArgument, "ipv6_prefix: %v", err)
+		}
+		f.IPv6Prefix = p
+	}
+	return f, nil
+}
+
 func (s *ControllerServer) ListClients(req *pb.ListClientsRequest, stream grpc.ServerStreamingServer[pb.ListClientsResponse]) error {
-	rows, err := s.c.Clients(stream.Context(), controller.Filter{DataplaneID: req.GetDataplaneId()})
+	f, err := clientFilter(req.GetDataplaneId(), req.GetIpv6Prefix())
+	if err != nil {
+		return err
+	}
+	rows, err := s.c.Clients(stream.Context(), f)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -195,12 +247,15 @@ func (s *ControllerServer) GetClient(ctx context.Context, req *pb.GetClientReque
 }
 
 func (s *ControllerServer) GetPool(ctx context.Context, _ *pb.GetPoolRequest) (*pb.GetPoolResponse, error) {
-	info := s.c.PoolInfo()
-	dns := make([]string, len(info.DNS))
-	for i, d := range info.DNS {
-		dns[i] = d.String()
+	info, err := s.c.PoolInfo(ctx)
+	if err != nil {
+		return nil, toStatus(err)
 	}
-	return &pb.GetPoolResponse{Pool: &pb.Pool{
+	return &pb.GetPoolResponse{Pool: poolToPB(info)}, nil
+}
+
+func poolToPB(info controller.PoolInfo) *pb.Pool {
+	return &pb.Pool{
 		Prefix:     info.Prefix.String(),
 		Gateway:    info.Gateway.String(),
 		RangeFirst: info.First.String(),
@@ -210,20 +265,54 @@ func (s *ControllerServer) GetPool(ctx context.Context, _ *pb.GetPoolRequest) (*
 		Free:       info.Free,
 		Reserved:   info.Reserved,
 		Route:      info.Route.String(),
-		Dns:        dns,
-	}}, nil
+		Dns:        addrStrings(info.DNS[:]),
+	}
+}
+
+func addrStrings(as []netip.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
 }
 
 func (s *ControllerServer) GetVersion(context.Context, *pb.GetVersionRequest) (*pb.GetVersionResponse, error) {
 	return &pb.GetVersionResponse{Version: s.c.Version()}, nil
 }
 
+// ReasonNotLeader is the google.rpc.ErrorInfo reason of the UNAVAILABLE
+// error a standby answers with; its metadata "leader_id" names the leader
+// when one is known. Clients (controlplane/ctlclient) look for it to move
+// to another controller.
+const (
+	ReasonNotLeader = "NOT_LEADER"
+	ErrorDomain     = "fourover6.io"
+)
+
 // toStatus maps the controller's errors to gRPC codes. The messages are the
 // controller's own: they are written to be shown as they are.
 func toStatus(err error) error {
+	var nl *controller.NotLeaderError
 	switch {
 	case err == nil:
 		return nil
+	case status.Code(err) != codes.Unknown:
+		return err // a gRPC error already (a failed Send)
+	case errors.As(err, &nl):
+		st := status.New(codes.Unavailable, nl.Error())
+		md := map[string]string{}
+		if nl.LeaderID != "" {
+			md["leader_id"] = nl.LeaderID
+		}
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonNotLeader, Domain: ErrorDomain, Metadata: md}); derr == nil {
+			st = d
+		}
+		return st.Err()
+	case errors.Is(err, controller.ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, controller.ErrFailedPrecondition):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, pool.ErrExhausted):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, controller.ErrInvalidArgument):
@@ -333,4 +422,194 @@ func clip(s string) string {
 		return s
 	}
 	return s[:limit] + "..."
+}
+
+func (s *ControllerServer) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
+	st := s.c.Status()
+	return &pb.GetStatusResponse{Status: &pb.ControllerStatus{
+		ControllerId: st.ID, Version: st.Version, Store: st.Store,
+		Leader: st.Leader, LeaderId: st.LeaderID, StartedAt: timeToPB(st.StartedAt),
+	}}, nil
+}
+
+func (s *ControllerServer) WatchClients(req *pb.WatchClientsRequest, stream grpc.ServerStreamingServer[pb.WatchClientsResponse]) error {
+	f, err := clientFilter(req.GetDataplaneId(), req.GetIpv6Prefix())
+	if err != nil {
+		return err
+	}
+	err = s.c.WatchClients(stream.Context(), f, func(ev controller.ClientEvent) error {
+		out := &pb.ClientEvent{Reason: ev.Reason, Time: timeToPB(ev.Time)}
+		switch ev.Type {
+		case controller.EventExisting:
+			out.Type = pb.ClientEvent_TYPE_EXISTING
+		case controller.EventSynced:
+			out.Type = pb.ClientEvent_TYPE_SYNCED
+		case controller.EventConnected:
+			out.Type = pb.ClientEvent_TYPE_CONNECTED
+		case controller.EventDisconnected:
+			out.Type = pb.ClientEvent_TYPE_DISCONNECTED
+		}
+		if ev.Type != controller.EventSynced {
+			out.Client = clientToPB(ev.Client)
+		}
+		return stream.Send(&pb.WatchClientsResponse{Event: out})
+	})
+	return toStatus(err)
+}
+
+func (s *ControllerServer) KickClient(ctx context.Context, req *pb.KickClientRequest) (*pb.KickClientResponse, error) {
+	addr, err := parseIPv4("address", req.GetAddress(), true)
+	if err != nil {
+		return nil, err
+	}
+	dp, session, err := s.c.KickClient(ctx, addr, req.GetReason())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.KickClientResponse{DataplaneId: dp, SessionId: session}, nil
+}
+
+func (s *ControllerServer) ListReservations(_ *pb.ListReservationsRequest, stream grpc.ServerStreamingServer[pb.ListReservationsResponse]) error {
+	rs, err := s.c.Reservations(stream.Context())
+	if err != nil {
+		return toStatus(err)
+	}
+	for _, r := range rs {
+		if err := stream.Send(&pb.ListReservationsResponse{Reservation: reservationToPB(r)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reservationToPB writes a single address as an address, not a /128.
+func reservationToPB(r controller.Reservation) *pb.Reservation {
+	client := r.Client.String()
+	if r.Client.IsSingleIP() {
+		client = r.Client.Addr().String()
+	}
+	return &pb.Reservation{Client: client, Address: r.Addr.String()}
+}
+
+func (s *ControllerServer) SetReservation(ctx context.Context, req *pb.SetReservationRequest) (*pb.SetReservationResponse, error) {
+	r := req.GetReservation()
+	if r == nil {
+		return nil, status.Error(codes.InvalidArgument, "reservation is missing")
+	}
+	client, err := controller.ParseClient(r.GetClient())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "reservation.client: %v", err)
+	}
+	addr, err := parseIPv4("reservation.address", r.GetAddress(), true)
+	if err != nil {
+		return nil, err
+	}
+	res := controller.Reservation{Client: client, Addr: addr}
+	changed, err := s.c.SetReservation(ctx, res)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetReservationResponse{Reservation: reservationToPB(res), Changed: changed}, nil
+}
+
+func (s *ControllerServer) DeleteReservation(ctx context.Context, req *pb.DeleteReservationRequest) (*pb.DeleteReservationResponse, error) {
+	client, err := controller.ParseClient(req.GetClient())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "client: %v", err)
+	}
+	deleted, err := s.c.DeleteReservation(ctx, client)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DeleteReservationResponse{Deleted: deleted}, nil
+}
+
+func (s *ControllerServer) GetDNS(ctx context.Context, _ *pb.GetDNSRequest) (*pb.GetDNSResponse, error) {
+	d, err := s.c.DNS(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetDNSResponse{Servers: addrStrings(d[:])}, nil
+}
+
+func (s *ControllerServer) SetDNS(ctx context.Context, req *pb.SetDNSRequest) (*pb.SetDNSResponse, error) {
+	var list []netip.Addr
+	for i, v := range req.GetServers() {
+		a, err := parseIPv4(fmt.Sprintf("servers[%d]", i), v, true)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, a)
+	}
+	d, changed, err := s.c.SetDNS(ctx, list)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetDNSResponse{Servers: addrStrings(d[:]), Changed: changed}, nil
+}
+
+func (s *ControllerServer) UpdatePool(ctx context.Context, req *pb.UpdatePoolRequest) (*pb.UpdatePoolResponse, error) {
+	var r pool.Range
+	if req.GetRangeFirst() != "" || req.GetRangeLast() != "" {
+		first, err := parseIPv4("range_first", req.GetRangeFirst(), true)
+		if err != nil {
+			return nil, err
+		}
+		last, err := parseIPv4("range_last", req.GetRangeLast(), true)
+		if err != nil {
+			return nil, err
+		}
+		r = pool.Range{First: first, Last: last}
+	}
+	info, changed, err := s.c.UpdatePool(ctx, r)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.UpdatePoolResponse{Pool: poolToPB(info), Changed: changed}, nil
+}
+
+func (s *ControllerServer) ListDataplanes(_ *pb.ListDataplanesRequest, stream grpc.ServerStreamingServer[pb.ListDataplanesResponse]) error {
+	dps, err := s.c.Dataplanes(stream.Context())
+	if err != nil {
+		return toStatus(err)
+	}
+	for _, d := range dps {
+		if err := stream.Send(&pb.ListDataplanesResponse{Dataplane: dataplaneToPB(d)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dataplaneToPB(d controller.Dataplane) *pb.Dataplane {
+	st := pb.Dataplane_STATE_UNSPECIFIED
+	switch d.State {
+	case controller.StateUp:
+		st = pb.Dataplane_STATE_UP
+	case controller.StateDraining:
+		st = pb.Dataplane_STATE_DRAINING
+	case controller.StateDown:
+		st = pb.Dataplane_STATE_DOWN
+	}
+	return &pb.Dataplane{
+		DataplaneId: d.ID, InstanceId: d.InstanceID, Version: d.Version, ClientListen: d.Listen,
+		ApiAddress: d.APIAddress, State: st, Sessions: d.Sessions, Leases: d.Leases,
+		RegisteredAt: timeToPB(d.RegisteredAt), LastHeartbeat: timeToPB(d.LastContact),
+	}
+}
+
+func (s *ControllerServer) DrainDataplane(ctx context.Context, req *pb.DrainDataplaneRequest) (*pb.DrainDataplaneResponse, error) {
+	d, err := s.c.DrainDataplane(ctx, req.GetDataplaneId(), req.GetDraining())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DrainDataplaneResponse{Dataplane: dataplaneToPB(d)}, nil
+}
+
+func (s *ControllerServer) SetLogLevel(_ context.Context, req *pb.SetLogLevelRequest) (*pb.SetLogLevelResponse, error) {
+	prev, err := s.c.SetLogLevel(req.GetLevel())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetLogLevelResponse{Previous: prev}, nil
 }

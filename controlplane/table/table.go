@@ -45,6 +45,20 @@ type Update struct {
 // Filter selects rows in List. The zero Filter selects all.
 type Filter struct {
 	DataplaneID string
+	// IPv6Prefix selects clients whose IPv6 address is inside it, when
+	// valid.
+	IPv6Prefix netip.Prefix
+}
+
+// Match reports whether r is selected.
+func (f Filter) Match(r Row) bool {
+	if f.DataplaneID != "" && r.DataplaneID != f.DataplaneID {
+		return false
+	}
+	if f.IPv6Prefix.IsValid() && !f.IPv6Prefix.Contains(r.ClientIPv6) {
+		return false
+	}
+	return true
 }
 
 // Table is safe for concurrent use.
@@ -123,7 +137,7 @@ func (t *Table) List(f Filter) []Row {
 	t.mu.RLock()
 	out := make([]Row, 0, len(t.rows))
 	for _, r := range t.rows {
-		if f.DataplaneID != "" && r.DataplaneID != f.DataplaneID {
+		if !f.Match(*r) {
 			continue
 		}
 		out = append(out, *r)

@@ -1,0 +1,59 @@
+package config
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// ReloadOnHUP re-reads the config file at path on SIGHUP until ctx ends and
+// applies what can change at run time: log-level, to level. Other settings
+// take effect on restart, which the log line says rather than ignoring the
+// edit silently. A bad file is logged and changes nothing.
+func ReloadOnHUP(ctx context.Context, fs *pflag.FlagSet, path string, level *slog.LevelVar, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if path == "" {
+			log.Info("SIGHUP: no --config file to reload")
+			continue
+		}
+		if err := reloadLevel(fs, path, level, log); err != nil {
+			log.Error("SIGHUP: config not reloaded", "err", err)
+			continue
+		}
+		log.Info("SIGHUP: config reloaded; settings other than log-level take effect on restart", "file", path)
+	}
+}
+
+func reloadLevel(fs *pflag.FlagSet, path string, level *slog.LevelVar, log *slog.Logger) error {
+	settings, err := Read(fs, path)
+	if err != nil {
+		return err
+	}
+	for _, s := range settings {
+		if s.Name != "log-level" || len(s.Values) != 1 {
+			continue
+		}
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(strings.ToUpper(s.Values[0]))); err != nil {
+			return &Error{Path: path, Line: s.Line, Key: s.Name, Msg: "want debug, info, warn or error"}
+		}
+		if prev := level.Level(); prev != l {
+			level.Set(l)
+			log.Info("log level changed", "from", prev.String(), "to", l.String())
+		}
+	}
+	return nil
+}

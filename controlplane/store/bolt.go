@@ -1,0 +1,423 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// Bucket layout of the bbolt file (format 1):
+//
+//	meta          "format" -> "1"
+//	leases        addr (4 bytes, big endian) -> lease (JSON)
+//	owners        dataplane 0x00 session -> addr (4 bytes)
+//	released      addr (4 bytes) -> release time (time.MarshalBinary)
+//	reservations  client prefix ("fd00::/64", "fd00::2/128") -> IPv4 address (text)
+//	settings      "settings" -> settings (JSON)
+//	dataplanes    id -> data plane (JSON)
+var (
+	bktMeta         = []byte("meta")
+	bktLeases       = []byte("leases")
+	bktOwners       = []byte("owners")
+	bktReleased     = []byte("released")
+	bktReservations = []byte("reservations")
+	bktSettings     = []byte("settings")
+	bktDataplanes   = []byte("dataplanes")
+	keyFormat       = []byte("format")
+	keySettings     = []byte("settings")
+)
+
+const boltFormat = "1"
+
+// maxBatch bounds how many writes share one bbolt transaction.
+const maxBatch = 512
+
+// Bolt is the embedded store: one bbolt file. Writes go through a group
+// commit: a single committer goroutine takes every write waiting at that
+// moment, applies them in one transaction and fsyncs once; each caller
+// returns after the commit that holds its write. A lone write waits for no
+// timer (unlike bbolt's Batch), and under load one fsync serves many.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+
+	ops     chan *boltOp
+	stop    chan struct{}
+	stopped chan struct{}
+
+	mu     sync.RWMutex // held for reading while queueing a write
+	closed bool
+}
+
+type boltOp struct {
+	// fn runs inside the shared write transaction. It must validate
+	// before it writes: an error from fn is returned to its caller only
+	// and must leave the transaction unchanged.
+	fn   func(tx *bolt.Tx) error
+	done chan error
+}
+
+var _ Store = (*Bolt)(nil)
+
+// OpenBolt opens (creating it and its directory when missing) the bbolt
+// file at path. It fails within a second when another process has the file
+// open.
+func OpenBolt(path string) (*Bolt, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create the state directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: the file is locked: is another controller running with this --state?", path)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bktMeta, bktLeases, bktOwners, bktReleased, bktReservations, bktSettings, bktDataplanes} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bktMeta)
+		switch v := meta.Get(keyFormat); {
+		case v == nil:
+			return meta.Put(keyFormat, []byte(boltFormat))
+		case string(v) != boltFormat:
+			return fmt.Errorf("state format %q is not %q: written by another version of the controller", v, boltFormat)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	b := &Bolt{db: db, path: path, ops: make(chan *boltOp, maxBatch), stop: make(chan struct{}), stopped: make(chan struct{})}
+	go b.commitLoop()
+	return b, nil
+}
+
+func (b *Bolt) commitLoop() {
+	defer close(b.stopped)
+	batch := make([]*boltOp, 0, maxBatch)
+	for {
+		select {
+		case op := <-b.ops:
+			batch = append(batch[:0], op)
+		case <-b.stop:
+			// Finish what was queued before Close, then stop.
+			for {
+				select {
+				case op := <-b.ops:
+					b.commit([]*boltOp{op})
+				default:
+					return
+				}
+			}
+		}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-b.ops:
+				batch = append(batch, op)
+			default:
+				break more
+			}
+		}
+		b.commit(batch)
+	}
+}
+
+// commit applies a batch in one transaction. Errors of single operations
+// go to their callers; a failed commit goes to all.
+func (b *Bolt) commit(batch []*boltOp) {
+	errs := make([]error, len(batch))
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		for i, op := range batch {
+			errs[i] = op.fn(tx)
+		}
+		return nil
+	})
+	for i, op := range batch {
+		if err != nil {
+			op.done <- fmt.Errorf("commit to %s: %w", b.path, err)
+		} else {
+			op.done <- errs[i]
+		}
+	}
+}
+
+// write queues fn for the next commit and waits until it is committed.
+// Once queued, the write is waited for even if ctx ends, so that a caller
+// never returns while its write may still land.
+func (b *Bolt) write(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	op := &boltOp{fn: fn, done: make(chan error, 1)}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case b.ops <- op:
+	case <-ctx.Done():
+		b.mu.RUnlock()
+		return ctx.Err()
+	}
+	b.mu.RUnlock()
+	return <-op.done
+}
+
+func (b *Bolt) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return ErrClosed
+	}
+	return b.db.View(fn)
+}
+
+func addrKey(a netip.Addr) []byte {
+	k := a.As4()
+	return k[:]
+}
+
+func keyAddr(k []byte) netip.Addr {
+	if len(k) != 4 {
+		return netip.Addr{}
+	}
+	return netip.AddrFrom4([4]byte(k))
+}
+
+func ownerKey(o Owner) []byte {
+	k := make([]byte, 0, len(o.Dataplane)+1+len(o.Session))
+	k = append(k, o.Dataplane...)
+	k = append(k, 0)
+	return append(k, o.Session...)
+}
+
+func (b *Bolt) Claim(ctx context.Context, l Lease) (Lease, bool, error) {
+	if err := CheckLease(l); err != nil {
+		return Lease{}, false, err
+	}
+	l.LeasedAt = l.LeasedAt.UTC()
+	var held Lease
+	var existing bool
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		held, existing = Lease{}, false
+		leases, owners := tx.Bucket(bktLeases), tx.Bucket(bktOwners)
+		ok := ownerKey(l.Owner)
+		if a := owners.Get(ok); a != nil {
+			v := leases.Get(a)
+			if v == nil {
+				return fmt.Errorf("state is inconsistent: %s maps to %v, which holds no lease", l.Owner, keyAddr(a))
+			}
+			prev, err := decodeLease(v)
+			if err != nil {
+				return err
+			}
+			held, existing = prev, true
+			return nil
+		}
+		ak := addrKey(l.Addr)
+		if leases.Get(ak) != nil {
+			return ErrTaken
+		}
+		if err := leases.Put(ak, encodeLease(l)); err != nil {
+			return err
+		}
+		if err := owners.Put(ok, ak); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bktReleased).Delete(ak); err != nil {
+			return err
+		}
+		held = l
+		return nil
+	})
+	if err != nil {
+		return Lease{}, false, err
+	}
+	return held, existing, nil
+}
+
+func (b *Bolt) Release(ctx context.Context, addr netip.Addr, owner Owner, at time.Time) (bool, error) {
+	if !addr.Is4() {
+		return false, nil
+	}
+	var released bool
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		released = false
+		leases := tx.Bucket(bktLeases)
+		ak := addrKey(addr)
+		v := leases.Get(ak)
+		if v == nil {
+			return nil
+		}
+		l, err := decodeLease(v)
+		if err != nil {
+			return err
+		}
+		if l.Owner != owner {
+			return nil
+		}
+		if err := leases.Delete(ak); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bktOwners).Delete(ownerKey(owner)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bktReleased).Put(ak, encodeTime(at)); err != nil {
+			return err
+		}
+		released = true
+		return nil
+	})
+	return released, err
+}
+
+func (b *Bolt) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
+	if !addr.Is4() {
+		return Lease{}, false, nil
+	}
+	var l Lease
+	var found bool
+	err := b.view(ctx, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktLeases).Get(addrKey(addr))
+		if v == nil {
+			return nil
+		}
+		var err error
+		l, err = decodeLease(v)
+		found = err == nil
+		return err
+	})
+	return l, found, err
+}
+
+func (b *Bolt) Load(ctx context.Context) (State, error) {
+	st := State{Released: make(map[netip.Addr]time.Time)}
+	err := b.view(ctx, func(tx *bolt.Tx) error {
+		err := tx.Bucket(bktLeases).ForEach(func(_, v []byte) error {
+			l, err := decodeLease(v)
+			if err == nil {
+				st.Leases = append(st.Leases, l)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bktReleased).ForEach(func(k, v []byte) error {
+			t, err := decodeTime(v)
+			if err != nil {
+				return fmt.Errorf("decode release time of %v: %w", keyAddr(k), err)
+			}
+			st.Released[keyAddr(k)] = t
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bktReservations).ForEach(func(k, v []byte) error {
+			r, err := decodeReservation(k, v)
+			if err == nil {
+				st.Reservations = append(st.Reservations, r)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if st.Settings, err = decodeSettings(tx.Bucket(bktSettings).Get(keySettings)); err != nil {
+			return err
+		}
+		return tx.Bucket(bktDataplanes).ForEach(func(_, v []byte) error {
+			d, err := decodeDataplane(v)
+			if err == nil {
+				st.Dataplanes = append(st.Dataplanes, d)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return State{}, err
+	}
+	sortState(&st)
+	return st, nil
+}
+
+func (b *Bolt) PutReservation(ctx context.Context, r Reservation) (bool, error) {
+	var changed bool
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bktReservations)
+		k := []byte(r.Client.String())
+		v := []byte(r.Addr.String())
+		changed = string(bk.Get(k)) != string(v)
+		if !changed {
+			return nil
+		}
+		return bk.Put(k, v)
+	})
+	return changed, err
+}
+
+func (b *Bolt) DeleteReservation(ctx context.Context, client netip.Prefix) (bool, error) {
+	var deleted bool
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bktReservations)
+		k := []byte(client.String())
+		deleted = bk.Get(k) != nil
+		if !deleted {
+			return nil
+		}
+		return bk.Delete(k)
+	})
+	return deleted, err
+}
+
+func (b *Bolt) PutSettings(ctx context.Context, s Settings) error {
+	v := encodeSettings(s)
+	return b.write(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bktSettings).Put(keySettings, v)
+	})
+}
+
+func (b *Bolt) PutDataplane(ctx context.Context, d Dataplane) error {
+	if d.ID == "" {
+		return errors.New("data plane without id")
+	}
+	v := encodeDataplane(d)
+	return b.write(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bktDataplanes).Put([]byte(d.ID), v)
+	})
+}
+
+func (b *Bolt) String() string { return "bbolt:" + b.path }
+
+// Close commits what is queued and closes the file.
+func (b *Bolt) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	close(b.stop)
+	<-b.stopped
+	return b.db.Close()
+}

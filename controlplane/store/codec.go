@@ -1,0 +1,161 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Records are stored as JSON in both bbolt and etcd: readable with
+// etcdctl and bbolt's CLI, and tolerant of added fields.
+
+type leaseRecord struct {
+	Addr       string    `json:"addr"`
+	Dataplane  string    `json:"dataplane"`
+	Session    string    `json:"session"`
+	Instance   string    `json:"instance,omitempty"`
+	ClientIPv6 string    `json:"client_ipv6,omitempty"`
+	ClientPort uint16    `json:"client_port,omitempty"`
+	LeasedAt   time.Time `json:"leased_at"`
+}
+
+func encodeLease(l Lease) []byte {
+	r := leaseRecord{
+		Addr: l.Addr.String(), Dataplane: l.Dataplane, Session: l.Session, Instance: l.InstanceID,
+		ClientPort: l.ClientPort, LeasedAt: l.LeasedAt.UTC(),
+	}
+	if l.ClientIPv6.IsValid() {
+		r.ClientIPv6 = l.ClientIPv6.String()
+	}
+	b, _ := json.Marshal(r)
+	return b
+}
+
+func decodeLease(b []byte) (Lease, error) {
+	var r leaseRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Lease{}, fmt.Errorf("decode lease: %w", err)
+	}
+	a, err := netip.ParseAddr(r.Addr)
+	if err != nil {
+		return Lease{}, fmt.Errorf("decode lease: address %q: %w", r.Addr, err)
+	}
+	l := Lease{
+		Addr: a, Owner: Owner{Dataplane: r.Dataplane, Session: r.Session}, InstanceID: r.Instance,
+		ClientPort: r.ClientPort, LeasedAt: r.LeasedAt,
+	}
+	if r.ClientIPv6 != "" {
+		if l.ClientIPv6, err = netip.ParseAddr(r.ClientIPv6); err != nil {
+			return Lease{}, fmt.Errorf("decode lease %s: client %q: %w", a, r.ClientIPv6, err)
+		}
+	}
+	return l, nil
+}
+
+type settingsRecord struct {
+	DNS         []string `json:"dns,omitempty"`
+	RangeFirst  string   `json:"range_first,omitempty"`
+	RangeLast   string   `json:"range_last,omitempty"`
+	WholePrefix bool     `json:"whole_prefix,omitempty"`
+}
+
+func encodeSettings(s Settings) []byte {
+	var r settingsRecord
+	for _, d := range s.DNS {
+		r.DNS = append(r.DNS, d.String())
+	}
+	if s.RangeFirst.IsValid() {
+		r.RangeFirst = s.RangeFirst.String()
+	}
+	if s.RangeLast.IsValid() {
+		r.RangeLast = s.RangeLast.String()
+	}
+	r.WholePrefix = s.WholePrefix
+	b, _ := json.Marshal(r)
+	return b
+}
+
+func decodeSettings(b []byte) (Settings, error) {
+	var r settingsRecord
+	var s Settings
+	if len(b) == 0 {
+		return s, nil
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return s, fmt.Errorf("decode settings: %w", err)
+	}
+	for _, d := range r.DNS {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			return s, fmt.Errorf("decode settings: DNS server %q: %w", d, err)
+		}
+		s.DNS = append(s.DNS, a)
+	}
+	var err error
+	if r.RangeFirst != "" {
+		if s.RangeFirst, err = netip.ParseAddr(r.RangeFirst); err != nil {
+			return s, fmt.Errorf("decode settings: range: %w", err)
+		}
+	}
+	if r.RangeLast != "" {
+		if s.RangeLast, err = netip.ParseAddr(r.RangeLast); err != nil {
+			return s, fmt.Errorf("decode settings: range: %w", err)
+		}
+	}
+	s.WholePrefix = r.WholePrefix
+	return s, nil
+}
+
+type dataplaneRecord struct {
+	ID           string    `json:"id"`
+	InstanceID   string    `json:"instance,omitempty"`
+	Version      string    `json:"version,omitempty"`
+	ClientListen string    `json:"client_listen,omitempty"`
+	APIAddress   string    `json:"api_address,omitempty"`
+	Draining     bool      `json:"draining,omitempty"`
+	RegisteredAt time.Time `json:"registered_at"`
+}
+
+func encodeDataplane(d Dataplane) []byte {
+	b, _ := json.Marshal(dataplaneRecord{
+		ID: d.ID, InstanceID: d.InstanceID, Version: d.Version, ClientListen: d.ClientListen,
+		APIAddress: d.APIAddress, Draining: d.Draining, RegisteredAt: d.RegisteredAt.UTC(),
+	})
+	return b
+}
+
+func decodeDataplane(b []byte) (Dataplane, error) {
+	var r dataplaneRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Dataplane{}, fmt.Errorf("decode data plane: %w", err)
+	}
+	return Dataplane{
+		ID: r.ID, InstanceID: r.InstanceID, Version: r.Version, ClientListen: r.ClientListen,
+		APIAddress: r.APIAddress, Draining: r.Draining, RegisteredAt: r.RegisteredAt,
+	}, nil
+}
+
+func encodeTime(t time.Time) []byte {
+	b, _ := t.UTC().MarshalBinary()
+	return b
+}
+
+func decodeTime(b []byte) (time.Time, error) {
+	var t time.Time
+	err := t.UnmarshalBinary(b)
+	return t, err
+}
+
+// reservationValue is the stored value of a reservation: the IPv4 address.
+func decodeReservation(key, val []byte) (Reservation, error) {
+	p, err := netip.ParsePrefix(string(key))
+	if err != nil {
+		return Reservation{}, fmt.Errorf("decode reservation key %q: %w", key, err)
+	}
+	a, err := netip.ParseAddr(string(val))
+	if err != nil {
+		return Reservation{}, fmt.Errorf("decode reservation %s: %w", p, err)
+	}
+	return Reservation{Client: p, Addr: a}, nil
+}

@@ -1,0 +1,388 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Key layout in etcd, under a prefix (default "/fourover6/"):
+//
+//	leases/13.8.0.2                   lease (JSON): one key per address
+//	owners/<dataplane>/<session>      "13.8.0.2": the session's lease
+//	released/13.8.0.2                 release time (RFC 3339): orders reuse
+//	reservations/<client prefix>      "13.8.0.9" (the prefix path-escaped)
+//	settings                          settings (JSON)
+//	dataplanes/<id>                   data plane (JSON)
+//	election/...                      leader election (package leader)
+//
+// Data plane and session ids are path-escaped. An address is claimed with
+// one transaction that requires both leases/<addr> and owners/<dp>/<session>
+// to be absent, so no two controllers can hand out one address. While this
+// controller leads, every write also requires its election key to be the
+// one it created (the fence): a controller that lost the election without
+// noticing yet cannot write.
+
+// DefaultEtcdPrefix is where the state lives unless the URL has a path.
+const DefaultEtcdPrefix = "/fourover6/"
+
+// EtcdConfig configures OpenEtcd.
+type EtcdConfig struct {
+	Endpoints   []string // host:port or http://host:port
+	Prefix      string   // default DefaultEtcdPrefix
+	DialTimeout time.Duration
+}
+
+// ParseEtcdURL parses "etcd://host:2379[,host:2379][/prefix]".
+func ParseEtcdURL(s string) (EtcdConfig, error) {
+	rest, ok := strings.CutPrefix(s, "etcd://")
+	if !ok {
+		return EtcdConfig{}, fmt.Errorf("%q: want etcd://host:port[,host:port][/prefix]", s)
+	}
+	hosts, path, _ := strings.Cut(rest, "/")
+	var cfg EtcdConfig
+	for _, h := range strings.Split(hosts, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(h)
+		if err != nil || host == "" || port == "" {
+			return EtcdConfig{}, fmt.Errorf("%q: endpoint %q is not host:port", s, h)
+		}
+		cfg.Endpoints = append(cfg.Endpoints, "http://"+h)
+	}
+	if len(cfg.Endpoints) == 0 {
+		return EtcdConfig{}, fmt.Errorf("%q: no etcd endpoint: want etcd://host:port[,host:port]", s)
+	}
+	if path != "" {
+		cfg.Prefix = "/" + strings.Trim(path, "/") + "/"
+	}
+	return cfg, nil
+}
+
+// Etcd keeps the state in etcd v3.
+type Etcd struct {
+	cli    *clientv3.Client
+	prefix string
+	desc   string
+
+	fenceMu  sync.RWMutex
+	fenceKey string
+	fenceRev int64
+}
+
+var _ Store = (*Etcd)(nil)
+
+// OpenEtcd connects to etcd and checks that it answers.
+func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("no etcd endpoints")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultEtcdPrefix
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+	}
+	hosts := make([]string, len(cfg.Endpoints))
+	for i, e := range cfg.Endpoints {
+		if u, err := url.Parse(e); err == nil && u.Host != "" {
+			hosts[i] = u.Host
+		} else {
+			hosts[i] = e
+		}
+	}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, desc: "etcd://" + strings.Join(hosts, ",")}
+	if cfg.Prefix != DefaultEtcdPrefix {
+		e.desc += strings.TrimSuffix(cfg.Prefix, "/")
+	}
+	// Fail fast on a wrong address rather than at the first lease.
+	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(cctx, e.prefix+"settings"); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd %s does not answer: %w", strings.Join(hosts, ","), err)
+	}
+	return e, nil
+}
+
+// Client is the etcd client, for the leader election.
+func (e *Etcd) Client() *clientv3.Client { return e.cli }
+
+// Prefix is the key prefix of this store.
+func (e *Etcd) Prefix() string { return e.prefix }
+
+// SetFence makes every later write conditional on key still having
+// CreateRevision rev (the election key this controller won with). An empty
+// key removes the condition.
+func (e *Etcd) SetFence(key string, rev int64) {
+	e.fenceMu.Lock()
+	e.fenceKey, e.fenceRev = key, rev
+	e.fenceMu.Unlock()
+}
+
+func (e *Etcd) fence() (key string, rev int64) {
+	e.fenceMu.RLock()
+	defer e.fenceMu.RUnlock()
+	return e.fenceKey, e.fenceRev
+}
+
+// txn runs If(fence && cmps) Then(ops) Else(get fence key, elseOps).
+// fenced is true when it failed because of the fence.
+func (e *Etcd) txn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op, elseOps []clientv3.Op) (*clientv3.TxnResponse, bool, error) {
+	fkey, frev := e.fence()
+	if fkey != "" {
+		cmps = append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(fkey), "=", frev)}, cmps...)
+		elseOps = append([]clientv3.Op{clientv3.OpGet(fkey)}, elseOps...)
+	}
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
+	if err != nil {
+		return nil, false, err
+	}
+	if !resp.Succeeded && fkey != "" {
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 || kvs[0].CreateRevision != frev {
+			return resp, true, nil
+		}
+		resp.Responses = resp.Responses[1:]
+	}
+	return resp, false, nil
+}
+
+func (e *Etcd) leaseKey(a netip.Addr) string    { return e.prefix + "leases/" + a.String() }
+func (e *Etcd) releasedKey(a netip.Addr) string { return e.prefix + "released/" + a.String() }
+func (e *Etcd) ownerKey(o Owner) string {
+	return e.prefix + "owners/" + url.PathEscape(o.Dataplane) + "/" + url.PathEscape(o.Session)
+}
+func (e *Etcd) reservationKey(p netip.Prefix) string {
+	return e.prefix + "reservations/" + url.PathEscape(p.String())
+}
+func (e *Etcd) dataplaneKey(id string) string { return e.prefix + "dataplanes/" + url.PathEscape(id) }
+func (e *Etcd) settingsKey() string           { return e.prefix + "settings" }
+
+// maxRetries bounds optimistic retries when a key changed between read and
+// write (only possible with a second writer).
+const maxRetries = 8
+
+func (e *Etcd) Claim(ctx context.Context, l Lease) (Lease, bool, error) {
+	if err := CheckLease(l); err != nil {
+		return Lease{}, false, err
+	}
+	l.LeasedAt = l.LeasedAt.UTC()
+	lk, ok := e.leaseKey(l.Addr), e.ownerKey(l.Owner)
+	for range maxRetries {
+		resp, fenced, err := e.txn(ctx,
+			[]clientv3.Cmp{
+				clientv3.Compare(clientv3.CreateRevision(lk), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(ok), "=", 0),
+			},
+			[]clientv3.Op{
+				clientv3.OpPut(lk, string(encodeLease(l))),
+				clientv3.OpPut(ok, l.Addr.String()),
+				clientv3.OpDelete(e.releasedKey(l.Addr)),
+			},
+			[]clientv3.Op{clientv3.OpGet(ok)},
+		)
+		if err != nil {
+			return Lease{}, false, err
+		}
+		if fenced {
+			return Lease{}, false, ErrFenced
+		}
+		if resp.Succeeded {
+			return l, false, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			return Lease{}, false, ErrTaken // the address is someone else's
+		}
+		a, err := netip.ParseAddr(string(kvs[0].Value))
+		if err != nil {
+			return Lease{}, false, fmt.Errorf("owner record %s: %w", ok, err)
+		}
+		held, found, err := e.Lease(ctx, a)
+		if err != nil {
+			return Lease{}, false, err
+		}
+		if found && held.Owner == l.Owner {
+			return held, true, nil
+		}
+		// Released between the two reads: try again.
+	}
+	return Lease{}, false, fmt.Errorf("claim %s for %s: the state kept changing", l.Addr, l.Owner)
+}
+
+func (e *Etcd) Release(ctx context.Context, addr netip.Addr, owner Owner, at time.Time) (bool, error) {
+	if !addr.Is4() {
+		return false, nil
+	}
+	lk := e.leaseKey(addr)
+	for range maxRetries {
+		get, err := e.cli.Get(ctx, lk)
+		if err != nil {
+			return false, err
+		}
+		if len(get.Kvs) == 0 {
+			return false, nil
+		}
+		l, err := decodeLease(get.Kvs[0].Value)
+		if err != nil {
+			return false, err
+		}
+		if l.Owner != owner {
+			return false, nil
+		}
+		resp, fenced, err := e.txn(ctx,
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(lk), "=", get.Kvs[0].ModRevision)},
+			[]clientv3.Op{
+				clientv3.OpDelete(lk),
+				clientv3.OpDelete(e.ownerKey(owner)),
+				clientv3.OpPut(e.releasedKey(addr), at.UTC().Format(time.RFC3339Nano)),
+			}, nil)
+		if err != nil {
+			return false, err
+		}
+		if fenced {
+			return false, ErrFenced
+		}
+		if resp.Succeeded {
+			return true, nil
+		}
+	}
+	return false, fmt.Errorf("release %s for %s: the state kept changing", addr, owner)
+}
+
+func (e *Etcd) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
+	if !addr.Is4() {
+		return Lease{}, false, nil
+	}
+	resp, err := e.cli.Get(ctx, e.leaseKey(addr))
+	if err != nil {
+		return Lease{}, false, err
+	}
+	if len(resp.Kvs) == 0 {
+		return Lease{}, false, nil
+	}
+	l, err := decodeLease(resp.Kvs[0].Value)
+	return l, err == nil, err
+}
+
+// Load reads every key under the prefix at one revision.
+func (e *Etcd) Load(ctx context.Context) (State, error) {
+	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return State{}, err
+	}
+	st := State{Released: make(map[netip.Addr]time.Time)}
+	for _, kv := range resp.Kvs {
+		k := strings.TrimPrefix(string(kv.Key), e.prefix)
+		dir, name, _ := strings.Cut(k, "/")
+		switch dir {
+		case "leases":
+			l, err := decodeLease(kv.Value)
+			if err != nil {
+				return State{}, err
+			}
+			st.Leases = append(st.Leases, l)
+		case "released":
+			a, err1 := netip.ParseAddr(name)
+			t, err2 := time.Parse(time.RFC3339Nano, string(kv.Value))
+			if err1 != nil || err2 != nil {
+				return State{}, fmt.Errorf("bad key %s = %q", kv.Key, kv.Value)
+			}
+			st.Released[a] = t
+		case "reservations":
+			p, err := url.PathUnescape(name)
+			if err != nil {
+				return State{}, fmt.Errorf("bad key %s", kv.Key)
+			}
+			r, err := decodeReservation([]byte(p), kv.Value)
+			if err != nil {
+				return State{}, err
+			}
+			st.Reservations = append(st.Reservations, r)
+		case "settings":
+			if st.Settings, err = decodeSettings(kv.Value); err != nil {
+				return State{}, err
+			}
+		case "dataplanes":
+			d, err := decodeDataplane(kv.Value)
+			if err != nil {
+				return State{}, err
+			}
+			st.Dataplanes = append(st.Dataplanes, d)
+		}
+	}
+	sortState(&st)
+	return st, nil
+}
+
+func (e *Etcd) put(ctx context.Context, key, val string) error {
+	_, fenced, err := e.txn(ctx, nil, []clientv3.Op{clientv3.OpPut(key, val)}, nil)
+	if err != nil {
+		return err
+	}
+	if fenced {
+		return ErrFenced
+	}
+	return nil
+}
+
+func (e *Etcd) PutReservation(ctx context.Context, r Reservation) (bool, error) {
+	k := e.reservationKey(r.Client)
+	get, err := e.cli.Get(ctx, k)
+	if err != nil {
+		return false, err
+	}
+	if len(get.Kvs) > 0 && string(get.Kvs[0].Value) == r.Addr.String() {
+		return false, nil
+	}
+	return true, e.put(ctx, k, r.Addr.String())
+}
+
+func (e *Etcd) DeleteReservation(ctx context.Context, client netip.Prefix) (bool, error) {
+	k := e.reservationKey(client)
+	resp, fenced, err := e.txn(ctx,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), ">", 0)},
+		[]clientv3.Op{clientv3.OpDelete(k)}, nil)
+	if err != nil {
+		return false, err
+	}
+	if fenced {
+		return false, ErrFenced
+	}
+	return resp.Succeeded, nil
+}
+
+func (e *Etcd) PutSettings(ctx context.Context, s Settings) error {
+	return e.put(ctx, e.settingsKey(), string(encodeSettings(s)))
+}
+
+func (e *Etcd) PutDataplane(ctx context.Context, d Dataplane) error {
+	if d.ID == "" {
+		return errors.New("data plane without id")
+	}
+	return e.put(ctx, e.dataplaneKey(d.ID), string(encodeDataplane(d)))
+}
+
+func (e *Etcd) String() string { return e.desc }
+
+func (e *Etcd) Close() error { return e.cli.Close() }
