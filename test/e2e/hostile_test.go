@@ -322,7 +322,10 @@ func TestSlowReader(t *testing.T) {
 			if _, err := conn.Write(payload); err == nil {
 				n++
 			}
-			if n%64 == 0 {
+			// Fast enough to fill the queue and the socket buffers within a
+			// second, slow enough that the shared TUN never overflows (which
+			// would drop the good client's replies too).
+			if n%8 == 0 {
 				time.Sleep(time.Millisecond)
 			}
 		}
