@@ -129,7 +129,8 @@ The controller may be given as several comma-separated addresses
 A command connects only to the daemons it needs.
 
 On "clients list" and "clients watch", --dataplane is a FILTER (a data plane
-id), not the data plane's address; those commands do not talk to a data plane.
+id); an address given there is the global flag's and is ignored, as those
+commands do not talk to a data plane.
 
 Output: -o table (default, for people), -o json or -o yaml (stable, for
 scripts; see the README's "JSON output"). Errors go to stderr in the same
