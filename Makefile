@@ -16,7 +16,7 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-.PHONY: all build test unit lint proto tools deps demo demo-down fuzz clean
+.PHONY: all build test unit lint proto tools deps demo demo-down fuzz clean bench docs
 
 all: build
 
@@ -86,6 +86,24 @@ install: build
 	  else install -m 0644 cmd/4over6-$$d/dist/$$d.yaml "$$conf"; echo "installed $$conf"; fi; \
 	done
 	@echo 'then: systemctl daemon-reload && systemctl enable --now 4over6-controller 4over6-dataplane'
+
+## bench: build, then measure throughput, RTT, scale, controller
+## allocations and micro-benchmarks in namespaces of its own (a few
+## minutes); prints a table and saves bench/results/<timestamp>.{json,md,png}
+## and latest.*. BENCHFLAGS passes flags, e.g. BENCHFLAGS='-only throughput'.
+BENCHFLAGS ?=
+bench: deps build
+	$(GO) build -trimpath -o $(BIN)/4over6-loadgen ./bench/loadgen
+	$(GO) run ./bench -bin ./$(BIN) -out bench/results $(BENCHFLAGS)
+
+## docs: regenerate the command reference in docs/cli from the binaries
+## themselves (a test fails when it is out of date).
+docs: build
+	rm -rf docs/cli && mkdir -p docs/cli
+	$(BIN)/4over6ctl docs docs/cli >/dev/null
+	$(BIN)/4over6-controller docs docs/cli >/dev/null
+	$(BIN)/4over6-dataplane docs docs/cli >/dev/null
+	{ echo '## 4over6-client'; echo; echo '```'; $(BIN)/4over6-client -h 2>&1; echo '```'; } > docs/cli/4over6-client.md
 
 clean:
 	rm -rf $(BIN)

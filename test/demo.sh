@@ -6,7 +6,8 @@
 #        │ veth, fd00:46::/64 (IPv6 only)
 #   fo6demo-srv   4over6-controller + 4over6-dataplane (TUN 4o6, 13.8.0.1)
 #        │ veth, 198.51.100.0/24 (TEST-NET-2)
-#   fo6demo-inet  an "IPv4 internet" web server at 198.51.100.2
+#   fo6demo-inet  an "IPv4 internet" web server at 198.51.100.2, with no
+#                 route to the pool: the data plane NATs (--nat)
 #
 # Usage: test/demo.sh up     (KEEP=1 leaves it running; then: down)
 #        test/demo.sh down
@@ -68,15 +69,14 @@ up() {
   ip -n $SRV addr add 198.51.100.1/24 dev v4i
   ip -n $INET addr add 198.51.100.2/24 dev v4s
   for l in "$SRV v6c" "$CLI v6s" "$SRV v4i" "$INET v4s"; do set -- $l; ip -n $1 link set $2 up; done
-  ip netns exec $SRV sysctl -qw net.ipv4.ip_forward=1
-  # No NAT yet: the IPv4 host routes the pool back through the server.
-  ip -n $INET route add 13.8.0.0/24 via 198.51.100.1
+  # The IPv4 host has no route to the pool: the data plane's --nat
+  # masquerades the clients behind 198.51.100.1, as a lab server does.
   echo "client side has no IPv4 at all:"; run ip -n $CLI -4 addr show
 
   bold "Server: controller and data plane, on their default settings"
   start controller $SRV "$BIN/4over6-controller"
   wait_for "controller" test -S /run/fourover6/controller.sock
-  start dataplane $SRV "$BIN/4over6-dataplane" --id demo-dp1
+  start dataplane $SRV "$BIN/4over6-dataplane" --id demo-dp1 --nat
   wait_for "data plane" "$BIN/4over6ctl" dataplane status
   start web $INET "$STATE/httpserve" --listen 198.51.100.2:80
   run "$BIN/4over6ctl" status
