@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 )
 
 // maxProbeTimeout bounds the GetStatus asked of each of several controller
@@ -46,6 +47,7 @@ type daemon struct {
 	multi  bool // several comma-separated addresses allowed
 
 	flagValue string // bound to --<name>
+	tls       *tlsconf.Files
 
 	// Set by connect.
 	addr   string // as resolved, before parsing
@@ -115,7 +117,7 @@ func (d *daemon) dial(i int) (*grpc.ClientConn, error) {
 	if d.conns[i] != nil {
 		return d.conns[i], nil
 	}
-	opts, err := dialOptions(d.eps[i])
+	opts, err := dialOptions(d.eps[i], d.tls)
 	if err == nil {
 		d.conns[i], err = grpc.NewClient(d.eps[i].Target(), opts...)
 	}

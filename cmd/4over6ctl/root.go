@@ -16,10 +16,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
@@ -64,6 +64,7 @@ type app struct {
 
 	controller *daemon
 	dataplane  *daemon
+	tls        tlsconf.Files // --tls-*, else $FOUROVER6_TLS_*
 }
 
 func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
@@ -159,6 +160,9 @@ format: {"error":"...","code":N}.
 	pf.StringVar(&a.dataplane.flagValue, "dataplane", "",
 		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+"); on clients list/watch: a data plane id filter")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
+	pf.StringVar(&a.tls.Cert, "tls-cert", "", "client certificate (PEM) for daemons that require mutual TLS (default $FOUROVER6_TLS_CERT)")
+	pf.StringVar(&a.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert (default $FOUROVER6_TLS_KEY)")
+	pf.StringVar(&a.tls.CA, "tls-ca", "", "CA (PEM) that signs the daemons' certificates (default $FOUROVER6_TLS_CA)")
 	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: connecting only)")
 	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return formatNames, cobra.ShellCompDirectiveNoFileComp
@@ -253,6 +257,18 @@ func (a *app) preRun(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	a.format = f
+	for _, v := range []struct {
+		dst *string
+		env string
+	}{{&a.tls.Cert, "FOUROVER6_TLS_CERT"}, {&a.tls.Key, "FOUROVER6_TLS_KEY"}, {&a.tls.CA, "FOUROVER6_TLS_CA"}} {
+		if *v.dst == "" {
+			*v.dst = a.getenv(v.env)
+		}
+	}
+	if err := a.tls.Validate(); err != nil {
+		return usageError(err.Error())
+	}
+	a.controller.tls, a.dataplane.tls = &a.tls, &a.tls
 	if a.timeout < 0 {
 		return usageErrorf("invalid --timeout %v: must not be negative", a.timeout)
 	}
@@ -317,12 +333,17 @@ func controllerIsLeader(ctx context.Context, cc grpc.ClientConnInterface) (bool,
 // place where transport security is chosen: for now every connection is
 // plaintext (unix sockets and loopback). TLS/mTLS (a later issue) plugs in
 // here, e.g. picking credentials from flags when !ep.IsLoopback().
-func dialOptions(ep endpoint.Endpoint) ([]grpc.DialOption, error) {
+func dialOptions(ep endpoint.Endpoint, files *tlsconf.Files) ([]grpc.DialOption, error) {
 	_ = ep
-	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUserAgent("4over6ctl/" + version.String()),
-	}, nil
+	var tf tlsconf.Files
+	if files != nil {
+		tf = *files
+	}
+	creds, err := tf.DialOption()
+	if err != nil {
+		return nil, usageError(err.Error())
+	}
+	return []grpc.DialOption{creds, grpc.WithUserAgent("4over6ctl/" + version.String())}, nil
 }
 
 func (a *app) closeConns() {
