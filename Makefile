@@ -10,7 +10,7 @@ TOOLS   := $(CURDIR)/.tools/bin
 CMDS    := 4over6-controller 4over6-dataplane 4over6ctl 4over6-client
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/fourover6/fourover6/cmd/internal/version.Version=$(VERSION)
-GOFILES  = $(shell find cmd controlplane dataplane proto test -name '*.go')
+GOFILES  = $(shell find bench cmd controlplane dataplane proto test -name '*.go')
 
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12

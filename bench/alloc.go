@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// runAlloc measures address allocations per second through a real
+// controller: callers concurrent gRPC clients on its unix socket, each
+// allocating an address for a fresh session and releasing it again, as
+// data planes do when clients come and go. Holding at most `callers`
+// leases at once keeps the pool from running dry whatever the rate.
+func (l *lab) runAlloc(ctx context.Context, rep *Report) {
+	a := &Alloc{Method: "grpc-unix", Callers: l.o.allocCallers}
+	rep.Alloc = a
+	defer func() {
+		if a.Error != "" {
+			rep.addError(secAlloc, "grpc", fmt.Errorf("%s", a.Error))
+		}
+	}()
+	l.log.Info("controller allocations", "callers", a.Callers, "duration", l.o.allocDuration)
+	if err := l.startController(ctx); err != nil {
+		a.Error = err.Error()
+		return
+	}
+	defer l.stopController()
+	cc, err := grpc.NewClient("unix://"+l.ctlSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		a.Error = err.Error()
+		return
+	}
+	defer cc.Close()
+	lc := cpv1.NewLeaseServiceClient(cc)
+	const dpID = "bench-alloc"
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = lc.RegisterDataplane(rctx, &cpv1.RegisterDataplaneRequest{DataplaneId: dpID, InstanceId: "bench", Version: "bench"})
+	cancel()
+	if err != nil {
+		a.Error = fmt.Sprintf("RegisterDataplane: %v", err)
+		return
+	}
+
+	var count, failures atomic.Int64
+	var firstFail atomic.Value
+	lat := make([][]time.Duration, a.Callers)
+	start := time.Now()
+	deadline := start.Add(l.o.allocDuration)
+	var wg sync.WaitGroup
+	for g := range a.Callers {
+		wg.Go(func() {
+			for k := 0; time.Now().Before(deadline) && ctx.Err() == nil; k++ {
+				sid := fmt.Sprintf("s%d-%d", g, k)
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				t0 := time.Now()
+				resp, err := lc.AllocateAddress(cctx, &cpv1.AllocateAddressRequest{DataplaneId: dpID, SessionId: sid, ClientIpv6: clientV6, ClientPort: uint32(10000 + k%50000)})
+				if err == nil {
+					lat[g] = append(lat[g], time.Since(t0))
+					count.Add(1)
+					_, err = lc.ReleaseAddress(cctx, &cpv1.ReleaseAddressRequest{DataplaneId: dpID, SessionId: sid, Address: resp.GetLease().GetAddress(), Reason: "bench"})
+				}
+				cancel()
+				if err != nil {
+					failures.Add(1)
+					firstFail.CompareAndSwap(nil, err.Error())
+					if failures.Load() > 100 {
+						return // something is broken; a flood of errors measures nothing
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	a.DurationS = round3(elapsed.Seconds())
+	a.Allocations = count.Load()
+	a.Failures = failures.Load()
+	a.AllocsPerS = round2(float64(a.Allocations) / elapsed.Seconds())
+	if v, ok := firstFail.Load().(string); ok {
+		a.FirstFailure = v
+	}
+	var all []float64
+	for _, ls := range lat {
+		for _, d := range ls {
+			all = append(all, float64(d.Nanoseconds())/1e3)
+		}
+	}
+	slices.Sort(all)
+	a.AllocP50Us, a.AllocP99Us = round1(percentile(all, 50)), round1(percentile(all, 99))
+	if a.Allocations == 0 {
+		a.Error = "no allocation succeeded: " + a.FirstFailure
+	}
+	l.log.Info("controller allocations done", "allocs_per_s", a.AllocsPerS, "p50_us", a.AllocP50Us, "failures", a.Failures)
+}
