@@ -17,6 +17,7 @@ const BufSize = wire.MaxMsgLen
 type Buf struct {
 	B      []byte // len BufSize
 	N      int    // message bytes in B[:N]
+	Off    int    // bytes of the message already written
 	static bool   // shared, read-only message (keepalive): never pooled
 }
 
@@ -30,11 +31,11 @@ func PutBuf(b *Buf) {
 	if b == nil || b.static {
 		return
 	}
-	b.N = 0
+	b.N, b.Off = 0, 0
 	pool.Put(b)
 }
 
 // Message returns the framed bytes.
-func (b *Buf) Message() []byte { return b.B[:b.N] }
+func (b *Buf) Message() []byte { return b.B[b.Off:b.N] }
 
 var keepaliveBuf = &Buf{B: wire.Keepalive[:], N: wire.HeaderLen, static: true}

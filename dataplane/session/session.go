@@ -16,14 +16,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
+	"golang.org/x/sys/unix"
 )
 
 // State of a session.
@@ -113,6 +116,7 @@ type Session struct {
 	since  time.Time
 	born   int64 // cfg.Now() at accept
 
+	raw    syscall.RawConn // for non-blocking writes from the TUN reader; nil if unavailable
 	ctx    context.Context // ends when the session closes
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -148,6 +152,9 @@ func New(cfg *Config, id string, conn net.Conn) *Session {
 		since: time.Now(), born: cfg.Now(),
 		ctx: ctx, cancel: cancel,
 		done: make(chan struct{}),
+	}
+	if sc, ok := conn.(syscall.Conn); ok {
+		s.raw, _ = sc.SyscallConn()
 	}
 	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
 		s.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -221,7 +228,16 @@ func (s *Session) Send(b *Buf) bool {
 // SendData queues 103s that the caller framed, counting a drop for each
 // that does not fit; it returns how many were queued (a prefix of bs, which
 // the session now owns; the caller keeps the rest).
+//
+// When nothing is waiting for the client, SendData first tries to write
+// the messages at once without blocking: a busy flow is forwarded without
+// handing each batch to another goroutine (a thread wake-up per batch),
+// while a client whose socket is full still only costs the caller the
+// attempt: what does not fit goes to the queue and the writer goroutine.
 func (s *Session) SendData(bs []*Buf) int {
+	if n, ok := s.writeInline(bs); ok {
+		return n
+	}
 	n := s.enqueue(bs)
 	if n < len(bs) && s.state.Load() < int32(Closing) {
 		for range len(bs) - n {
@@ -229,6 +245,80 @@ func (s *Session) SendData(bs []*Buf) int {
 		}
 	}
 	return n
+}
+
+// writeInline writes bs without blocking when the session has no writer at
+// work, and queues what did not fit. ok is false when it did not try.
+func (s *Session) writeInline(bs []*Buf) (n int, ok bool) {
+	if s.raw == nil || len(bs) == 0 {
+		return 0, false
+	}
+	s.qmu.Lock()
+	if s.qclosed || s.writing || len(s.queue) > 0 {
+		s.qmu.Unlock()
+		return 0, false
+	}
+	s.writing = true // the writer role is ours while we write
+	s.qmu.Unlock()
+
+	w := writers.Get().(*writer)
+	written, err := w.writevNonblock(s.raw, bs)
+	writers.Put(w)
+
+	var bytes, pkts uint64
+	done := 0
+	for _, b := range bs {
+		m := b.N - b.Off
+		if written < m {
+			b.Off += written
+			break
+		}
+		written -= m
+		if b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
+			bytes += uint64(b.N - wire.HeaderLen)
+			pkts++
+		}
+		PutBuf(b)
+		done++
+	}
+	s.c.bytesTo.Add(bytes)
+	s.c.pktsTo.Add(pkts)
+	rest := bs[done:]
+
+	s.qmu.Lock()
+	if s.qclosed || err != nil {
+		// Closed under us, or a hard error (the writer will see it too):
+		// nothing more goes out.
+		s.writing = false
+		s.qmu.Unlock()
+		for _, b := range rest {
+			PutBuf(b)
+		}
+		if err != nil {
+			s.Close(writeErrReason(err))
+		}
+		return len(bs), true
+	}
+	if len(rest) > 0 {
+		// Ahead of whatever was queued meanwhile, so order is kept (the
+		// queue may exceed its bound by this one batch). rest belongs to
+		// the caller's slice: copy it, never keep it.
+		old := len(s.queue)
+		s.queue = slices.Grow(s.queue, len(rest))[:old+len(rest)]
+		copy(s.queue[len(rest):], s.queue[:old])
+		copy(s.queue, rest)
+	}
+	start := len(s.queue) > 0
+	if start {
+		s.writers.Add(1)
+	} else {
+		s.writing = false
+	}
+	s.qmu.Unlock()
+	if start {
+		go s.writeLoop()
+	}
+	return len(bs), true
 }
 
 func (s *Session) enqueue(bs []*Buf) int {
@@ -480,6 +570,47 @@ type writer struct {
 	bufs []*Buf
 	vec  [][]byte
 	nb   net.Buffers
+	iov  []unix.Iovec
+}
+
+// writevNonblock writes as much of bs as the socket takes now, without
+// waiting, and returns the bytes written. EAGAIN is not an error.
+func (w *writer) writevNonblock(raw syscall.RawConn, bs []*Buf) (int, error) {
+	w.iov = w.iov[:0]
+	for _, b := range bs {
+		m := b.Message()
+		if len(m) == 0 {
+			continue
+		}
+		var v unix.Iovec
+		v.Base = &m[0]
+		v.SetLen(len(m))
+		w.iov = append(w.iov, v)
+		if len(w.iov) == 1024 { // IOV_MAX: the rest waits for the writer
+			break
+		}
+	}
+	if len(w.iov) == 0 {
+		return 0, nil
+	}
+	var n int
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+		switch {
+		case e == 0:
+			n = int(r)
+		case e == unix.EAGAIN || e == unix.EINTR:
+		default:
+			werr = e
+		}
+		return true // never wait: that is the writer goroutine's job
+	})
+	clear(w.iov)
+	if werr == nil {
+		werr = err
+	}
+	return n, werr
 }
 
 var writers = sync.Pool{New: func() any { return new(writer) }}
