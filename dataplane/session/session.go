@@ -607,7 +607,9 @@ func (w *writer) writevNonblock(raw syscall.RawConn, bs []*Buf) (int, error) {
 		return true // never wait: that is the writer goroutine's job
 	})
 	clear(w.iov)
-	if werr == nil {
+	if werr == nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// A deadline left by the writer goroutine is not this write's
+		// business: nothing was written, the writer takes over.
 		werr = err
 	}
 	return n, werr
@@ -629,6 +631,11 @@ func (s *Session) writeLoop() {
 				s.queue = nil // a burst is over: give its memory back
 			}
 			s.qmu.Unlock()
+			if s.cfg.WriteTimeout > 0 {
+				// No deadline outlives the writes it guards (the TUN
+				// reader's non-blocking writes would trip over it).
+				s.conn.SetWriteDeadline(time.Time{})
+			}
 			return
 		}
 		w.bufs = append(w.bufs[:0], s.queue...)
