@@ -626,16 +626,17 @@ func (s *Session) writeLoop() {
 	for {
 		s.qmu.Lock()
 		if len(s.queue) == 0 || s.qclosed {
+			if s.cfg.WriteTimeout > 0 {
+				// No deadline outlives the writes it guards (the TUN
+				// reader's non-blocking writes would trip over it).
+				// Under the lock: the next writer sets its own after.
+				s.conn.SetWriteDeadline(time.Time{})
+			}
 			s.writing = false
 			if cap(s.queue) > 64 {
 				s.queue = nil // a burst is over: give its memory back
 			}
 			s.qmu.Unlock()
-			if s.cfg.WriteTimeout > 0 {
-				// No deadline outlives the writes it guards (the TUN
-				// reader's non-blocking writes would trip over it).
-				s.conn.SetWriteDeadline(time.Time{})
-			}
 			return
 		}
 		w.bufs = append(w.bufs[:0], s.queue...)
