@@ -441,7 +441,7 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 			continue
 		}
 		t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
-		t.table.Insert(rowOf(l))
+		t.table.Insert(rowOf(l), false) // rebuilt from the store: traffic so far unknown
 	}
 	if len(outside) > 0 {
 		if len(outside) > 5 {
@@ -604,7 +604,7 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 			return t.leaseOf(held), false, nil
 		}
 		t.pool.Commit(owner, g.Addr)
-		t.addLease(held, now)
+		t.addLease(held, now, true)
 		c.log.Info("lease", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID,
 			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved)
 		return t.leaseOf(held), true, nil
@@ -618,7 +618,7 @@ func (t *term) adopt(l store.Lease, now time.Time) bool {
 			"session", l.Session, "error", err)
 		return false
 	}
-	t.addLease(l, now)
+	t.addLease(l, now, false)
 	return true
 }
 
@@ -632,12 +632,14 @@ func (t *term) lease(a netip.Addr) (store.Lease, bool) {
 	return l.Lease, true
 }
 
-func (t *term) addLease(l store.Lease, now time.Time) {
+// addLease indexes a committed lease; fresh: a new session, not one
+// rebuilt from the store or a report.
+func (t *term) addLease(l store.Lease, now time.Time, fresh bool) {
 	row := rowOf(l)
 	t.lmu.Lock()
 	defer t.lmu.Unlock()
 	t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
-	t.table.Insert(row)
+	t.table.Insert(row, fresh)
 	t.publishLocked(ClientEvent{Type: EventConnected, Client: row, Time: now})
 }
 

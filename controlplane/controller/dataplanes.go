@@ -472,13 +472,14 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 			unknown = append(unknown, r.SessionID)
 			continue
 		}
-		t.table.Update(addr, dataplaneID, r.SessionID, table.Update{
+		d, _ := t.table.Update(addr, dataplaneID, r.SessionID, table.Update{
 			ClientIPv6:  r.ClientIPv6,
 			ClientPort:  r.ClientPort,
 			ConnectedAt: r.ConnectedAt,
 			LastHeard:   r.LastHeard,
 			Counters:    r.Counters,
 		})
+		c.metrics.Traffic(d.BytesFromClient, d.PacketsFromClient, d.BytesToClient, d.PacketsToClient)
 		if vouch {
 			t.lmu.Lock()
 			if l, ok := t.leases[addr]; ok && l.Owner == store.Owner(owner) {
@@ -561,7 +562,7 @@ func (t *term) adoptReported(ctx context.Context, owner pool.Owner, instance str
 		}
 		return netip.Addr{}, false
 	}
-	t.addLease(held, now)
+	t.addLease(held, now, false)
 	c.log.Warn("lease adopted from a data plane's report (the controller had no lease for it)",
 		"address", r.Addr, "dataplane", owner.Dataplane, "session", owner.Session, "client", r.ClientIPv6)
 	return r.Addr, true

@@ -108,6 +108,8 @@ var (
 	descReleases  = desc("releases_total", "Leases released by their data plane.")
 	descIgnored   = desc("releases_ignored_total", "Releases ignored because the session did not hold that address (duplicates, stale releases).")
 	descReclaimed = desc("leases_reclaimed_total", "Leases the controller freed on its own (a data plane restarted, or no longer reports the session).")
+	descBytes     = desc("bytes_total", "IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).", "direction")
+	descPackets   = desc("packets_total", "IPv4 packets the data planes reported for their clients, by direction.", "direction")
 )
 
 // Collector is a prometheus.Collector over a Source and, optionally, the
@@ -234,6 +236,18 @@ type Counters struct {
 	allocated, repeated          atomic.Uint64
 	failed                       [NumReasons]atomic.Uint64
 	released, ignored, reclaimed atomic.Uint64
+	bytesFrom, pktsFrom          atomic.Uint64
+	bytesTo, pktsTo              atomic.Uint64
+}
+
+// Traffic adds what session reports showed moved since the previous report.
+func (c *Counters) Traffic(bytesFrom, pktsFrom, bytesTo, pktsTo uint64) {
+	if c != nil {
+		c.bytesFrom.Add(bytesFrom)
+		c.pktsFrom.Add(pktsFrom)
+		c.bytesTo.Add(bytesTo)
+		c.pktsTo.Add(pktsTo)
+	}
 }
 
 // Allocated counts a fresh lease.
@@ -286,6 +300,8 @@ type CountersSnapshot struct {
 	Allocated, Repeated          uint64
 	Failed                       map[string]uint64 // every reason, 0 included
 	Released, Ignored, Reclaimed uint64
+	BytesFromClient, PacketsFromClient,
+	BytesToClient, PacketsToClient uint64
 }
 
 // Snapshot returns the current values (zero for a nil *Counters).
@@ -302,12 +318,14 @@ func (c *Counters) Snapshot() CountersSnapshot {
 		s.Failed[r.String()] = c.failed[r].Load()
 	}
 	s.Released, s.Ignored, s.Reclaimed = c.released.Load(), c.ignored.Load(), c.reclaimed.Load()
+	s.BytesFromClient, s.PacketsFromClient = c.bytesFrom.Load(), c.pktsFrom.Load()
+	s.BytesToClient, s.PacketsToClient = c.bytesTo.Load(), c.pktsTo.Load()
 	return s
 }
 
 // Describe implements prometheus.Collector.
 func (c *Counters) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed} {
+	for _, d := range []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed, descBytes, descPackets} {
 		ch <- d
 	}
 }
@@ -326,4 +344,8 @@ func (c *Counters) Collect(ch chan<- prometheus.Metric) {
 	counter(descReleases, s.Released)
 	counter(descIgnored, s.Ignored)
 	counter(descReclaimed, s.Reclaimed)
+	counter(descBytes, s.BytesFromClient, "from_client")
+	counter(descBytes, s.BytesToClient, "to_client")
+	counter(descPackets, s.PacketsFromClient, "from_client")
+	counter(descPackets, s.PacketsToClient, "to_client")
 }

@@ -69,6 +69,8 @@ func TestCollector(t *testing.T) {
 	counters.Reclaimed(0)
 	counters.AllocateFailed(metrics.ReasonNotLeader)
 	counters.AllocateFailed(metrics.ReasonUnavailable)
+	counters.Traffic(1000, 10, 5000, 20)
+	counters.Traffic(500, 5, 0, 0)
 
 	want := `
 # HELP fourover6_controller_info Controller identity: always 1, labeled with its version.
@@ -118,6 +120,14 @@ fourover6_controller_releases_ignored_total 2
 # HELP fourover6_controller_leases_reclaimed_total Leases the controller freed on its own (a data plane restarted, or no longer reports the session).
 # TYPE fourover6_controller_leases_reclaimed_total counter
 fourover6_controller_leases_reclaimed_total 4
+# HELP fourover6_controller_bytes_total IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).
+# TYPE fourover6_controller_bytes_total counter
+fourover6_controller_bytes_total{direction="from_client"} 1500
+fourover6_controller_bytes_total{direction="to_client"} 5000
+# HELP fourover6_controller_packets_total IPv4 packets the data planes reported for their clients, by direction.
+# TYPE fourover6_controller_packets_total counter
+fourover6_controller_packets_total{direction="from_client"} 15
+fourover6_controller_packets_total{direction="to_client"} 20
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
 		t.Error(err)

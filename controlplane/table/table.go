@@ -30,6 +30,11 @@ type Row struct {
 	ConnectedAt time.Time // when the client connected, per its data plane
 	LastHeard   time.Time // last message from the client, per its data plane
 	Counters    Counters
+
+	// counted: Counters are a baseline that deltas may be taken from. A
+	// row rebuilt after a restart learns its baseline from the first
+	// report, so traffic counted before the restart is not counted twice.
+	counted bool
 }
 
 // Update is what a session report changes in a row. Zero fields are left
@@ -72,10 +77,13 @@ func New() *Table {
 	return &Table{rows: make(map[netip.Addr]*Row)}
 }
 
-// Insert adds r, replacing any row for the same address.
-func (t *Table) Insert(r Row) {
+// Insert adds r, replacing any row for the same address. fresh says the
+// session is new (its traffic starts at zero) rather than rebuilt after a
+// restart (its traffic so far is unknown).
+func (t *Table) Insert(r Row, fresh bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	r.counted = fresh
 	t.rows[r.Addr] = &r
 }
 
@@ -83,12 +91,15 @@ func (t *Table) Insert(r Row) {
 // data plane and session: a late report from a session that has since lost
 // the address must not overwrite its new holder. It reports whether a row
 // was updated.
-func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) bool {
+//
+// It also returns how much the counters grew since the last update (zero
+// for the first update of a rebuilt row, whose history is unknown).
+func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) (Counters, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r, ok := t.rows[addr]
 	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
-		return false
+		return Counters{}, false
 	}
 	if u.ClientIPv6.IsValid() {
 		r.ClientIPv6 = u.ClientIPv6
@@ -104,8 +115,25 @@ func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update)
 	if !u.LastHeard.IsZero() {
 		r.LastHeard = u.LastHeard
 	}
+	var delta Counters
+	if r.counted {
+		delta = Counters{
+			BytesFromClient:   growth(r.Counters.BytesFromClient, u.Counters.BytesFromClient),
+			PacketsFromClient: growth(r.Counters.PacketsFromClient, u.Counters.PacketsFromClient),
+			BytesToClient:     growth(r.Counters.BytesToClient, u.Counters.BytesToClient),
+			PacketsToClient:   growth(r.Counters.PacketsToClient, u.Counters.PacketsToClient),
+		}
+	}
+	r.counted = true
 	r.Counters = u.Counters
-	return true
+	return delta, true
+}
+
+func growth(old, cur uint64) uint64 {
+	if cur < old {
+		return 0 // a counter never runs back; a restarted session starts anew
+	}
+	return cur - old
 }
 
 // Delete removes the row for addr if it belongs to that data plane and

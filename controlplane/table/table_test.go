@@ -24,7 +24,7 @@ func row(addr, dp, sess string) Row {
 func TestInsertGetDelete(t *testing.T) {
 	tb := New()
 	a := netip.MustParseAddr("13.8.0.2")
-	tb.Insert(row("13.8.0.2", "dp1", "s1"))
+	tb.Insert(row("13.8.0.2", "dp1", "s1"), true)
 	r, ok := tb.Get(a)
 	if !ok || r.SessionID != "s1" || r.ClientPort != 40000 {
 		t.Fatalf("Get = %+v %v", r, ok)
@@ -51,16 +51,16 @@ func TestInsertGetDelete(t *testing.T) {
 func TestUpdate(t *testing.T) {
 	tb := New()
 	a := netip.MustParseAddr("13.8.0.2")
-	tb.Insert(row("13.8.0.2", "dp1", "s1"))
+	tb.Insert(row("13.8.0.2", "dp1", "s1"), true)
 
 	c := Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}
-	if tb.Update(a, "dp1", "other", Update{Counters: c, LastHeard: t0.Add(time.Minute)}) {
+	if _, ok := tb.Update(a, "dp1", "other", Update{Counters: c, LastHeard: t0.Add(time.Minute)}); ok {
 		t.Fatal("update with the wrong session id applied")
 	}
-	if tb.Update(a, "dp2", "s1", Update{Counters: c}) {
+	if _, ok := tb.Update(a, "dp2", "s1", Update{Counters: c}); ok {
 		t.Fatal("update from the wrong data plane applied")
 	}
-	if tb.Update(netip.MustParseAddr("13.8.0.3"), "dp1", "s1", Update{Counters: c}) {
+	if _, ok := tb.Update(netip.MustParseAddr("13.8.0.3"), "dp1", "s1", Update{Counters: c}); ok {
 		t.Fatal("update of a missing row applied")
 	}
 	if r, _ := tb.Get(a); r.Counters != (Counters{}) || !r.LastHeard.Equal(t0) {
@@ -68,10 +68,10 @@ func TestUpdate(t *testing.T) {
 	}
 
 	connected := t0.Add(-time.Second)
-	if !tb.Update(a, "dp1", "s1", Update{
+	if _, ok := tb.Update(a, "dp1", "s1", Update{
 		ClientIPv6: netip.MustParseAddr("2001:db8::2"), ClientPort: 40001,
 		ConnectedAt: connected, LastHeard: t0.Add(time.Minute), Counters: c,
-	}) {
+	}); !ok {
 		t.Fatal("update failed")
 	}
 	r, _ := tb.Get(a)
@@ -98,10 +98,10 @@ func TestListSortedAndFiltered(t *testing.T) {
 	tb := New()
 	// Insert out of order, with addresses whose string order differs from
 	// their numeric order (13.8.0.10 < 13.8.0.9 as strings).
-	tb.Insert(row("13.8.0.10", "dp1", "a"))
-	tb.Insert(row("13.8.0.9", "dp2", "b"))
-	tb.Insert(row("13.8.0.2", "dp1", "c"))
-	tb.Insert(row("13.8.1.1", "dp2", "d"))
+	tb.Insert(row("13.8.0.10", "dp1", "a"), true)
+	tb.Insert(row("13.8.0.9", "dp2", "b"), true)
+	tb.Insert(row("13.8.0.2", "dp1", "c"), true)
+	tb.Insert(row("13.8.1.1", "dp2", "d"), true)
 
 	got := tb.List(Filter{})
 	want := []string{"13.8.0.2", "13.8.0.9", "13.8.0.10", "13.8.1.1"}
@@ -119,5 +119,29 @@ func TestListSortedAndFiltered(t *testing.T) {
 	}
 	if got := tb.List(Filter{DataplaneID: "nope"}); len(got) != 0 {
 		t.Fatalf("List for unknown data plane = %+v", got)
+	}
+}
+
+func TestUpdateDeltas(t *testing.T) {
+	tb := New()
+	fresh, rebuilt := netip.MustParseAddr("13.8.0.2"), netip.MustParseAddr("13.8.0.3")
+	tb.Insert(row("13.8.0.2", "dp1", "s1"), true)
+	tb.Insert(row("13.8.0.3", "dp1", "s2"), false) // after a controller restart
+	c1 := Counters{BytesFromClient: 100, PacketsFromClient: 1, BytesToClient: 200, PacketsToClient: 2}
+	c2 := Counters{BytesFromClient: 150, PacketsFromClient: 2, BytesToClient: 700, PacketsToClient: 3}
+	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Counters: c1}); d != c1 {
+		t.Fatalf("a new session's first report counts from zero: %+v", d)
+	}
+	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Counters: c2}); d != (Counters{50, 1, 500, 1}) {
+		t.Fatalf("second report delta %+v", d)
+	}
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c1}); d != (Counters{}) {
+		t.Fatalf("a rebuilt row's first report must not count its history: %+v", d)
+	}
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c2}); d != (Counters{50, 1, 500, 1}) {
+		t.Fatalf("rebuilt row, second report delta %+v", d)
+	}
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c1}); d != (Counters{}) {
+		t.Fatalf("counters running back count nothing: %+v", d)
 	}
 }

@@ -53,11 +53,19 @@ func scrape(t *testing.T, sock string) map[string]float64 {
 func TestMetricsCountAKnownTransfer(t *testing.T) {
 	t.Parallel()
 	sock := filepath.Join(t.TempDir(), "metrics.sock")
-	e := newEnv(t, envOptions{dataplaneArgs: []string{"--metrics", "unix://" + sock}})
-	e.waitFor("metrics endpoint", func() bool { return len(scrape(t, sock)) > 0 })
+	ctlSock := filepath.Join(t.TempDir(), "ctl-metrics.sock")
+	e := newEnv(t, envOptions{
+		dataplaneArgs:  []string{"--metrics", "unix://" + sock, "--report-interval", "200ms"},
+		controllerArgs: []string{"--metrics", "unix://" + ctlSock},
+	})
+	e.waitFor("metrics endpoints", func() bool { return len(scrape(t, sock)) > 0 && len(scrape(t, ctlSock)) > 0 })
 	c := e.dialLab()
 	me := c.lease().Addr
+	// Wait for the lease's first report, so the controller's counters
+	// start from this session's zero.
+	time.Sleep(500 * time.Millisecond)
 	before := scrape(t, sock)
+	ctlBefore := scrape(t, ctlSock)
 
 	const n, payload = 50, 1000
 	size := float64(packet.MinHeaderLen + 8 + payload)
@@ -80,6 +88,16 @@ func TestMetricsCountAKnownTransfer(t *testing.T) {
 		if got := after[k.series] - before[k.series]; got != k.want {
 			t.Errorf("%s moved by %v, want %v", k.series, got, k.want)
 		}
+	}
+	// The controller learns the same numbers from the session reports.
+	e.waitFor("controller counters", func() bool {
+		ctlAfter := scrape(t, ctlSock)
+		return ctlAfter[`fourover6_controller_bytes_total{direction="from_client"}`]-ctlBefore[`fourover6_controller_bytes_total{direction="from_client"}`] == n*size &&
+			ctlAfter[`fourover6_controller_bytes_total{direction="to_client"}`]-ctlBefore[`fourover6_controller_bytes_total{direction="to_client"}`] == n*size &&
+			ctlAfter[`fourover6_controller_packets_total{direction="to_client"}`]-ctlBefore[`fourover6_controller_packets_total{direction="to_client"}`] == n
+	})
+	if ctlAfter := scrape(t, ctlSock); ctlAfter["fourover6_controller_allocations_total"] != 1 || ctlAfter[`fourover6_controller_pool_addresses{state="leased"}`] != 1 {
+		t.Errorf("controller allocations %v, leased %v", ctlAfter["fourover6_controller_allocations_total"], ctlAfter[`fourover6_controller_pool_addresses{state="leased"}`])
 	}
 	if after["fourover6_dataplane_sessions_leased"] != 1 {
 		t.Errorf("sessions_leased = %v", after["fourover6_dataplane_sessions_leased"])
