@@ -113,6 +113,10 @@ type Dataplane struct {
 	ctrlOK   atomic.Bool
 	started  time.Time
 
+	reportMu       sync.Mutex // guards the report buffers
+	reportSessions []*session.Session
+	reportBuf      []SessionReport
+
 	conns    sync.WaitGroup // session goroutines
 	releases sync.WaitGroup // release calls in flight
 }
@@ -458,11 +462,11 @@ func (d *Dataplane) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		st := d.Status()
+		open, leased := d.counts()
 		hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
 		r, err := d.cfg.Controller.Heartbeat(hctx, Heartbeat{
 			DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
-			Sessions: st.Sessions, LeasedSessions: st.LeasedSessions,
+			Sessions: open, LeasedSessions: leased,
 		})
 		cancel()
 		d.setControllerOK(err)
@@ -531,8 +535,12 @@ func (d *Dataplane) command(c Command) {
 }
 
 func (d *Dataplane) report(ctx context.Context) {
-	var reps []SessionReport
-	for _, s := range d.snapshot() {
+	// Ten thousand sessions make a big report: its buffers are reused.
+	d.reportMu.Lock()
+	defer d.reportMu.Unlock()
+	d.reportSessions = d.appendSessions(d.reportSessions[:0])
+	reps := d.reportBuf[:0]
+	for _, s := range d.reportSessions {
 		in := s.Info()
 		if in.State != session.Leased {
 			continue
@@ -542,6 +550,8 @@ func (d *Dataplane) report(ctx context.Context) {
 			ConnectedAt: in.ConnectedAt, LastHeard: in.LastHeard, Counters: in.Counters,
 		})
 	}
+	clear(d.reportSessions)
+	d.reportBuf = reps
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReportInterval)
 	defer cancel()
 	unknown, err := d.cfg.Controller.Report(rctx, Report{
@@ -568,6 +578,20 @@ func (d *Dataplane) setControllerOK(err error) {
 			d.log.Error("controller unreachable", "controller", d.cfg.ControllerAddr, "err", err)
 		}
 	}
+}
+
+// counts returns open and leased sessions, cheaply (a heartbeat needs no
+// more).
+func (d *Dataplane) counts() (open, leased int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s := range d.sessions {
+		open++
+		if s.State() == session.Leased {
+			leased++
+		}
+	}
+	return open, leased
 }
 
 func (d *Dataplane) snapshot() []*session.Session {

@@ -222,6 +222,11 @@ func (s *Session) Serve() {
 // queue is full.
 func (s *Session) Send(b *Buf) bool {
 	one := [1]*Buf{b}
+	// An idle client's keepalive goes out from the caller without waking
+	// a writer goroutine (ten thousand idle clients send 500 a second).
+	if _, ok := s.writeInline(one[:]); ok {
+		return true
+	}
 	return s.enqueue(one[:]) == 1
 }
 
@@ -267,10 +272,18 @@ func (s *Session) writeInline(bs []*Buf) (n int, ok bool) {
 
 	var bytes, pkts uint64
 	done := 0
-	for _, b := range bs {
+	for i, b := range bs {
 		m := b.N - b.Off
 		if written < m {
-			b.Off += written
+			if b.static && written > 0 {
+				// Shared bytes (a keepalive) cannot carry this session's
+				// offset: the rest goes in a private copy.
+				c := GetBuf()
+				c.N = copy(c.B, b.B[b.Off+written:b.N])
+				bs[i] = c
+			} else {
+				b.Off += written
+			}
 			break
 		}
 		written -= m

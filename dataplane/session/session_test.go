@@ -614,29 +614,39 @@ func TestSendAfterClose(t *testing.T) {
 }
 
 func TestSendQueueFull(t *testing.T) {
-	p := newPair(t, func(c *session.Config) { c.SendQueueLen = 1 }, false) // no writer drains it
-	b1, b2 := session.GetBuf(), session.GetBuf()
-	b1.N = copy(b1.B, wire.Keepalive[:])
-	b2.N = copy(b2.B, wire.Keepalive[:])
-	if !p.s.Send(b1) {
-		t.Fatal("Send to an empty queue failed")
-	}
-	if p.s.Send(b2) {
-		t.Fatal("Send to a full queue succeeded")
-	}
-	if n := p.drops.Get(session.DropSendQueueFull); n != 0 {
-		t.Fatalf("Send counted %d drops; only SendData counts", n)
-	}
-	if p.s.SendData([]*session.Buf{b2}) != 0 {
-		t.Fatal("SendData to a full queue succeeded")
+	p := newPair(t, func(c *session.Config) {
+		c.SendQueueLen = 2
+		c.WriteTimeout = time.Minute
+	}, false)
+	t.Cleanup(func() { p.s.Close("test over") })
+	// The client reads nothing: writes fill its socket, then the queue.
+	for i := 0; ; i++ {
+		if i > 100000 {
+			t.Fatal("the queue never filled")
+		}
+		b := session.GetBuf()
+		wire.PutHeader(b.B, wire.TypeNetResponse, 4000)
+		b.N = wire.HeaderLen + 4000
+		if p.s.SendData([]*session.Buf{b}) == 0 {
+			session.PutBuf(b)
+			break
+		}
 	}
 	if n := p.drops.Get(session.DropSendQueueFull); n != 1 {
-		t.Errorf("send_queue_full = %d, want 1", n)
+		t.Errorf("send_queue_full = %d after one refused SendData, want 1", n)
 	}
-	if q := p.s.Info().SendQueue; q != 1 {
-		t.Errorf("Info().SendQueue = %d, want 1", q)
+	ka := session.GetBuf()
+	ka.N = copy(ka.B, wire.Keepalive[:])
+	if p.s.Send(ka) {
+		t.Fatal("Send to a full queue succeeded")
 	}
-	session.PutBuf(b2)
+	if n := p.drops.Get(session.DropSendQueueFull); n != 1 {
+		t.Fatalf("Send counted drops (%d); only SendData counts", n)
+	}
+	if q := p.s.Info().SendQueue; q != 2 {
+		t.Errorf("Info().SendQueue = %d, want 2", q)
+	}
+	session.PutBuf(ka)
 }
 
 // TestDataChecks: 102s reach the TUN only once leased and only from the
