@@ -84,6 +84,13 @@ func (l *lab) runPaths(ctx context.Context, rep *Report) {
 		}
 		teardown()
 	}
+	if l.o.has(secRTT) && ctx.Err() == nil {
+		r := l.measureGoEcho(ctx)
+		if r.Error != "" {
+			rep.addError(secRTT, r.Path, fmt.Errorf("%s", r.Error))
+		}
+		rep.RTT = append(rep.RTT, r)
+	}
 	computeRatios(rep)
 }
 

@@ -76,6 +76,10 @@ const (
 	KindOurs   = "ours"
 	KindRaw    = "raw"
 	KindKernel = "kernel"
+	// KindFloor: a Go TCP echo over the same veth, no tunnel. The least
+	// any user-space relay can add on this machine: each hop wakes a
+	// thread, which is expensive on a virtual CPU that halts when idle.
+	KindFloor = "floor"
 )
 
 // Through is one iperf3 TCP run. Direction "upload" is client -> server

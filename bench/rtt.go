@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -141,3 +142,72 @@ func (r *RTT) fill(s pingStats) {
 }
 
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
+
+// measureGoEcho times TCP round trips between a Go echo server on the
+// server side and a Go client on the client side, over the IPv6 veth, at
+// the ping cadence: the floor under any relay in user space here.
+func (l *lab) measureGoEcho(ctx context.Context) RTT {
+	r := RTT{Path: "go-tcp-echo", Kind: KindFloor, Load: "idle"}
+	l.log.Info("rtt", "path", r.Path, "load", "idle")
+	ln, err := l.srv.Listen("tcp6", "[fd00:46::1]:5699")
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 64)
+		for {
+			n, err := c.Read(b)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(b[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := l.cli.Dial(dctx, "tcp6", "[fd00:46::1]:5699")
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer c.Close()
+	b := make([]byte, 64)
+	var times []float64
+	for i := 0; i < l.o.pingCount && ctx.Err() == nil; i++ {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		t := time.Now()
+		if _, err := c.Write(b); err != nil {
+			r.Error = err.Error()
+			break
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			r.Error = err.Error()
+			break
+		}
+		times = append(times, float64(time.Since(t).Nanoseconds())/1000)
+		time.Sleep(time.Duration(pingInterval * float64(time.Second)))
+	}
+	if len(times) == 0 {
+		if r.Error == "" {
+			r.Error = "no round trips"
+		}
+		return r
+	}
+	slices.Sort(times)
+	var sum float64
+	for _, t := range times {
+		sum += t
+	}
+	r.fill(pingStats{sent: l.o.pingCount, received: len(times), min: times[0], max: times[len(times)-1],
+		avg: sum / float64(len(times)), p50: percentile(times, 50), p99: percentile(times, 99)})
+	return r
+}

@@ -34,6 +34,7 @@ down() {
     rm -f "$f"
   done
   for ns in $CLI $SRV $INET; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -f "$STATE/controller.db" "$STATE"/*.log "$STATE/headers"
 }
 
 start() { # name ns cmd...
@@ -74,7 +75,8 @@ up() {
   echo "client side has no IPv4 at all:"; run ip -n $CLI -4 addr show
 
   bold "Server: controller and data plane, on their default settings"
-  start controller $SRV "$BIN/4over6-controller"
+  # Defaults throughout, but the demo's state lives (and goes) with the demo.
+  start controller $SRV "$BIN/4over6-controller" --state "$STATE/controller.db"
   wait_for "controller" test -S /run/fourover6/controller.sock
   start dataplane $SRV "$BIN/4over6-dataplane" --id demo-dp1 --nat
   wait_for "data plane" "$BIN/4over6ctl" dataplane status

@@ -449,6 +449,60 @@ func (c *client) keepaliveLoop(s *session) {
 // one write with no copy. It returns nil when the TUN is closed.
 func (c *client) tunLoop() error {
 	bs := max(c.dev.BatchSize(), 1)
+	if bs == 1 {
+		// One packet per read (water): nothing to overlap.
+		return c.tunLoopSerial(bs)
+	}
+	// With offloads a read brings a whole super-packet: reading the next
+	// one while the last is written to the server keeps both busy.
+	type batch struct {
+		bufs  [][]byte
+		sizes []int
+		n     int
+	}
+	const depth = 3
+	free, full := make(chan *batch, depth), make(chan *batch, depth)
+	for range depth {
+		b := &batch{bufs: make([][]byte, bs), sizes: make([]int, bs)}
+		for i := range b.bufs {
+			b.bufs[i] = make([]byte, wire.HeaderLen+maxMTU)
+		}
+		free <- b
+	}
+	c.out = make([][]byte, 0, bs)
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for b := range full {
+			c.up(b.bufs[:b.n], b.sizes[:b.n])
+			free <- b
+		}
+	}()
+	defer func() { close(full); <-sent }()
+	failures := 0
+	for {
+		b := <-free
+		n, err := c.dev.Read(b.bufs, b.sizes, wire.HeaderLen)
+		if err != nil {
+			free <- b
+			if tun.IsClosed(err) {
+				return nil
+			}
+			// A malformed offload packet costs that packet, not the
+			// client; only a persistent failure ends it.
+			if failures++; failures >= 1000 {
+				return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
+			}
+			c.stats.upDropped.Add(1)
+			continue
+		}
+		failures = 0
+		b.n = n
+		full <- b
+	}
+}
+
+func (c *client) tunLoopSerial(bs int) error {
 	bufs := make([][]byte, bs)
 	for i := range bufs {
 		bufs[i] = make([]byte, wire.HeaderLen+maxMTU)
@@ -462,8 +516,6 @@ func (c *client) tunLoop() error {
 			if tun.IsClosed(err) {
 				return nil
 			}
-			// A malformed offload packet costs that packet, not the
-			// client; only a persistent failure ends it.
 			if failures++; failures >= 1000 {
 				return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
 			}
