@@ -3,8 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -143,63 +143,41 @@ func (r *RTT) fill(s pingStats) {
 
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
 
-// measureGoEcho times TCP round trips between a Go echo server on the
-// server side and a Go client on the client side, over the IPv6 veth, at
-// the ping cadence: the floor under any relay in user space here.
+// measureGoEcho times TCP round trips between two Go processes, an echo
+// server on the server side and a client on the client side, over the IPv6
+// veth at the ping cadence: the floor under any relay in user space here,
+// where every hop wakes a thread on a virtual CPU that halts when idle.
 func (l *lab) measureGoEcho(ctx context.Context) RTT {
 	r := RTT{Path: "go-tcp-echo", Kind: KindFloor, Load: "idle"}
 	l.log.Info("rtt", "path", r.Path, "load", "idle")
-	ln, err := l.srv.Listen("tcp6", "[fd00:46::1]:5699")
-	if err != nil {
-		r.Error = err.Error()
-		return r
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
+	if l.loadgen == "" {
+		bin, err := loadgenBinary(ctx, l.o, l.dir)
 		if err != nil {
-			return
+			r.Error = err.Error()
+			return r
 		}
-		defer c.Close()
-		b := make([]byte, 64)
-		for {
-			n, err := c.Read(b)
-			if err != nil {
-				return
-			}
-			if _, err := c.Write(b[:n]); err != nil {
-				return
-			}
-		}
-	}()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := l.cli.Dial(dctx, "tcp6", "[fd00:46::1]:5699")
+		l.loadgen = bin
+	}
+	const addr = "[fd00:46::1]:5699"
+	srv, err := l.start(l.srv, "echo-server", l.loadgen, "-echo-server", addr)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	defer c.Close()
-	b := make([]byte, 64)
-	var times []float64
-	for i := 0; i < l.o.pingCount && ctx.Err() == nil; i++ {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		t := time.Now()
-		if _, err := c.Write(b); err != nil {
-			r.Error = err.Error()
-			break
-		}
-		if _, err := io.ReadFull(c, b); err != nil {
-			r.Error = err.Error()
-			break
-		}
-		times = append(times, float64(time.Since(t).Nanoseconds())/1000)
-		time.Sleep(time.Duration(pingInterval * float64(time.Second)))
+	defer srv.stop(2 * time.Second)
+	var out string
+	err = waitFor(ctx, 10*time.Second, "echo server", func() bool {
+		out, err = output(ctx, l.cli, 30*time.Second, l.loadgen, "-ping-pong", addr,
+			"-count", strconv.Itoa(l.o.pingCount), "-interval", time.Duration(pingInterval*float64(time.Second)).String())
+		return err == nil
+	})
+	if err != nil {
+		r.Error = err.Error()
+		return r
 	}
-	if len(times) == 0 {
-		if r.Error == "" {
-			r.Error = "no round trips"
-		}
+	var times []float64
+	if err := json.Unmarshal([]byte(out), &times); err != nil || len(times) == 0 {
+		r.Error = fmt.Sprintf("ping-pong output %q: %v", oneLine(out), err)
 		return r
 	}
 	slices.Sort(times)

@@ -56,7 +56,24 @@ func main() {
 	flag.DurationVar(&c.idle, "idle", 20*time.Second, "idle phase: only keepalives flow")
 	flag.DurationVar(&c.tick, "tick", 50*time.Millisecond, "scheduler tick; keepalives and echoes are spread evenly over the ticks of an interval")
 	flag.IntVar(&c.maxDialAttempts, "dial-attempts", 3, "attempts per connection before it counts as failed")
+	echoAddr := flag.String("echo-server", "", "instead: serve a TCP echo on this address (the RTT floor's server)")
+	pingAddr := flag.String("ping-pong", "", "instead: time -count TCP round trips to this echo server, one per -interval, print them as JSON")
+	count := flag.Int("count", 50, "round trips for -ping-pong")
+	interval := flag.Duration("interval", 10*time.Millisecond, "pause between -ping-pong round trips")
 	flag.Parse()
+	if *echoAddr != "" || *pingAddr != "" {
+		var err error
+		if *echoAddr != "" {
+			err = serveEcho(*echoAddr)
+		} else {
+			err = pingPong(*pingAddr, *count, *interval)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "4over6-loadgen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var err error
