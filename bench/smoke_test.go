@@ -86,8 +86,8 @@ func TestSmoke(t *testing.T) {
 	if rep.Config.KernelEncap == "" {
 		t.Error("no kernel encapsulation recorded")
 	}
-	if len(rep.RTT) != 8 {
-		t.Errorf("%d RTT rows, want 8 (4 paths, idle and loaded)", len(rep.RTT))
+	if len(rep.RTT) != 9 {
+		t.Errorf("%d RTT rows, want 9 (4 paths, idle and loaded, and the Go echo floor)", len(rep.RTT))
 	}
 	for _, r := range rep.RTT {
 		if r.Received == 0 || r.AvgUs <= 0 {
