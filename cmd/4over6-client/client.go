@@ -479,27 +479,46 @@ func (c *client) tunLoop() error {
 		}
 	}()
 	defer func() { close(full); <-sent }()
-	failures := 0
+	var r tunReader
 	for {
 		b := <-free
-		n, err := c.dev.Read(b.bufs, b.sizes, wire.HeaderLen)
-		if err != nil {
+		n, err := r.read(c, b.bufs, b.sizes)
+		if n == 0 {
 			free <- b
-			if tun.IsClosed(err) {
-				return nil
+			if err != nil || r.closed {
+				return err
 			}
-			// A malformed offload packet costs that packet, not the
-			// client; only a persistent failure ends it.
-			if failures++; failures >= 1000 {
-				return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
-			}
-			c.stats.upDropped.Add(1)
 			continue
 		}
-		failures = 0
 		b.n = n
 		full <- b
 	}
+}
+
+// tunReader reads batches from the TUN. A malformed offload packet costs
+// that packet, not the client; only a persistent failure ends it.
+type tunReader struct {
+	failures int
+	closed   bool
+}
+
+// read returns the packets read; 0 with a nil error means try again,
+// unless closed is set (the TUN is gone: stop).
+func (r *tunReader) read(c *client, bufs [][]byte, sizes []int) (int, error) {
+	n, err := c.dev.Read(bufs, sizes, wire.HeaderLen)
+	if err == nil {
+		r.failures = 0
+		return n, nil
+	}
+	if tun.IsClosed(err) {
+		r.closed = true
+		return 0, nil
+	}
+	if r.failures++; r.failures >= 1000 {
+		return 0, fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
+	}
+	c.stats.upDropped.Add(1)
+	return 0, nil
 }
 
 func (c *client) tunLoopSerial(bs int) error {
@@ -509,20 +528,15 @@ func (c *client) tunLoopSerial(bs int) error {
 	}
 	sizes := make([]int, bs)
 	c.out = make([][]byte, 0, bs)
-	failures := 0
+	var r tunReader
 	for {
-		n, err := c.dev.Read(bufs, sizes, wire.HeaderLen)
-		if err != nil {
-			if tun.IsClosed(err) {
-				return nil
+		n, err := r.read(c, bufs, sizes)
+		if n == 0 {
+			if err != nil || r.closed {
+				return err
 			}
-			if failures++; failures >= 1000 {
-				return fmt.Errorf("read from TUN %s: %w", c.ns.ifName, err)
-			}
-			c.stats.upDropped.Add(1)
 			continue
 		}
-		failures = 0
 		c.up(bufs[:n], sizes[:n])
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/fourover6/fourover6/test/topo"
 	"github.com/vishvananda/netns"
 )
 
@@ -67,28 +68,7 @@ func Do(t testing.TB, fn func(ns netns.NsHandle)) netns.NsHandle {
 // In runs fn on a thread inside ns and waits for it.
 func In(t testing.TB, ns netns.NsHandle, fn func()) {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		defer func() {
-			if err := netns.Set(orig); err == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		fn()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	if err := topo.RunIn(ns, func() error { fn(); return nil }); err != nil {
 		t.Fatalf("enter network namespace: %v", err)
 	}
 }

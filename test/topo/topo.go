@@ -90,7 +90,12 @@ func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cm
 
 // Do runs fn on an OS thread inside the namespace: sockets fn opens belong
 // to the namespace and stay usable from any goroutine afterwards.
-func (ns *NS) Do(fn func() error) error {
+func (ns *NS) Do(fn func() error) error { return RunIn(ns.h, fn) }
+
+// RunIn runs fn on an OS thread moved into the namespace h and waits for
+// it. The thread goes back to its own namespace afterwards; if it cannot,
+// it is never reused (it exits with the goroutine).
+func RunIn(h netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -100,14 +105,14 @@ func (ns *NS) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns.h); err != nil {
+		if err := netns.Set(h); err != nil {
 			errc <- err
 			return
 		}
 		err = fn()
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
-		} // else the locked thread exits with the goroutine
+		}
 		errc <- err
 	}()
 	return <-errc
