@@ -179,8 +179,8 @@ func TestAddrResponseExactBytes(t *testing.T) {
 	if m := c.nextOf(wire.TypeAddrResponse); string(m.Data) != want {
 		t.Fatalf("second 101 = %q", m.Data)
 	}
-	if h.ctl.leased() != 1 {
-		t.Fatalf("controller holds %d leases, want 1", h.ctl.leased())
+	if h.ctl.Leased() != 1 {
+		t.Fatalf("controller holds %d leases, want 1", h.ctl.Leased())
 	}
 }
 
@@ -308,11 +308,11 @@ func TestKeepaliveAndTimeout(t *testing.T) {
 	// Stay silent: the server must cut us and release the address.
 	c.expectClosed()
 	select {
-	case <-h.ctl.released:
+	case <-h.ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("address not released after timeout")
 	}
-	eventually(t, "pool empty", func() bool { return h.ctl.leased() == 0 })
+	eventually(t, "pool empty", func() bool { return h.ctl.Leased() == 0 })
 }
 
 func TestAnyMessageKeepsClientAlive(t *testing.T) {
@@ -368,7 +368,7 @@ func TestDisconnectReleasesAtOnce(t *testing.T) {
 	c.lease()
 	c.conn.Close()
 	select {
-	case <-h.ctl.released:
+	case <-h.ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no release after disconnect")
 	}
@@ -395,7 +395,7 @@ func TestFrameErrorClosesOnlyThatConnection(t *testing.T) {
 
 func TestPoolExhaustedClosesConnection(t *testing.T) {
 	h := start(t, nil)
-	h.ctl.size = 1
+	h.ctl.SetSize(1)
 	a := h.dial()
 	a.lease()
 	b := h.dial()
@@ -405,9 +405,7 @@ func TestPoolExhaustedClosesConnection(t *testing.T) {
 
 func TestControllerDownFailsAfterRetries(t *testing.T) {
 	h := start(t, func(c *dataplane.Config) { c.AllocateTimeout = 300 * time.Millisecond })
-	h.ctl.mu.Lock()
-	h.ctl.down = true
-	h.ctl.mu.Unlock()
+	h.ctl.SetDown(true)
 	c := h.dial()
 	c.write(wire.AddrRequest[:])
 	c.expectClosed()
@@ -530,16 +528,16 @@ func TestLimitsDrainingAndKick(t *testing.T) {
 		t.Fatalf("refused %v", h.dp.Refused())
 	}
 	// Kicking by address through the controller's command stream.
-	h.ctl.commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
+	h.ctl.Commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
 	a.expectClosed()
 	select {
-	case <-h.ctl.released:
+	case <-h.ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("kicked client's address not released")
 	}
 	// Draining refuses new clients; b keeps working.
 	on := true
-	h.ctl.commands <- dataplane.Command{Drain: &on}
+	h.ctl.Commands <- dataplane.Command{Drain: &on}
 	eventually(t, "draining", h.dp.Draining)
 	d := h.dial()
 	d.expectClosed()

@@ -7,9 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
+	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/wire"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
@@ -26,98 +25,11 @@ import (
 // failAfter turns a hang into a failure; no assertion depends on timing.
 const failAfter = 10 * time.Second
 
-// memTUN is an in-memory TUN device.
-type memTUN struct {
-	in      chan []byte
-	written chan []byte
-	closed  chan struct{}
-	once    sync.Once
-}
-
-func newMemTUN() *memTUN {
-	return &memTUN{in: make(chan []byte, 16), written: make(chan []byte, 16), closed: make(chan struct{})}
-}
-
-func (m *memTUN) Name() string       { return "mem0" }
-func (m *memTUN) BatchSize() int     { return 1 }
-func (m *memTUN) WriteHeadroom() int { return 0 }
-func (m *memTUN) Close() error       { m.once.Do(func() { close(m.closed) }); return nil }
-
-func (m *memTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
-	select {
-	case p := <-m.in:
-		sizes[0] = copy(bufs[0][off:], p)
-		return 1, nil
-	case <-m.closed:
-		return 0, os.ErrClosed
-	}
-}
-
-func (m *memTUN) Write(bufs [][]byte, off int) (int, error) {
-	for _, b := range bufs {
-		m.written <- append([]byte(nil), b[off:]...)
-	}
-	return len(bufs), nil
-}
-
-// fakeController leases 13.8.0.2 upward, one address per session.
-type fakeController struct {
-	mu       sync.Mutex
-	leases   map[string]netip.Addr
-	next     byte
-	released chan netip.Addr
-}
-
-func newFakeController() *fakeController {
-	return &fakeController{leases: map[string]netip.Addr{}, next: 2, released: make(chan netip.Addr, 16)}
-}
-
-func (c *fakeController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
-	return poolInfo, nil
-}
-
-func (c *fakeController) Allocate(_ context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	a, ok := c.leases[r.SessionID]
-	if !ok {
-		a = netip.AddrFrom4([4]byte{13, 8, 0, c.next})
-		c.next++
-		c.leases[r.SessionID] = a
-	}
-	return wire.AddrResponse{Addr: a, Route: netip.IPv4Unspecified(), DNS: [3]netip.Addr{
-		netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("9.9.9.9"),
-	}}, nil
-}
-
-func (c *fakeController) Release(_ context.Context, r dataplane.ReleaseRequest) error {
-	c.mu.Lock()
-	delete(c.leases, r.SessionID)
-	c.mu.Unlock()
-	c.released <- r.Addr
-	return nil
-}
-
-func (c *fakeController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
-	return dataplane.HeartbeatReply{Known: true}, nil
-}
-
-func (c *fakeController) WatchCommands(ctx context.Context, _, _ string, _ func(dataplane.Command)) error {
-	<-ctx.Done()
-	return ctx.Err()
-}
-
-func (c *fakeController) Report(context.Context, dataplane.Report) ([]string, error) {
-	return nil, nil
-}
-
-var poolInfo = dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
-
 type env struct {
 	t        *testing.T
 	api      dpv1.DataplaneServiceClient
-	tun      *memTUN
-	ctl      *fakeController
+	tun      *dataplanetest.MemTUN
+	ctl      *dataplanetest.MemController
 	listen   string // the data plane's client listener
 	clientIP string // the address clients connect from, as the API shows it
 }
@@ -126,7 +38,7 @@ type env struct {
 // its API on a unix socket.
 func start(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, tun: newMemTUN(), ctl: newFakeController()}
+	e := &env{t: t, tun: dataplanetest.NewMemTUN(1, 0), ctl: dataplanetest.NewMemController(253)}
 	ln, err := net.Listen("tcp", "[::1]:0")
 	e.clientIP = "::1"
 	if err != nil { // no IPv6 loopback here
@@ -137,7 +49,7 @@ func start(t *testing.T) *env {
 	}
 	e.listen = ln.Addr().String()
 	dp, err := dataplane.New(dataplane.Config{
-		ID: "dp-api", Version: "v-test", Listener: ln, TUN: e.tun, Pool: poolInfo,
+		ID: "dp-api", Version: "v-test", Listener: ln, TUN: e.tun, Pool: dataplanetest.Pool,
 		Controller: e.ctl, ControllerAddr: "unix:///run/test/controller.sock",
 		Logger:            slog.New(slog.DiscardHandler),
 		KeepaliveInterval: 7 * time.Second, KeepaliveTimeout: 21 * time.Second,
@@ -288,7 +200,7 @@ func TestStatusAndSessions(t *testing.T) {
 	// 100, then a 102 that reaches the TUN (so the session is surely
 	// leased and routed), then a 103 from the TUN.
 	c := e.dial()
-	early := packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.2"), poolInfo.Gateway, 1, 0, nil, false)
+	early := packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.2"), dataplanetest.Pool.Gateway, 1, 0, nil, false)
 	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, early))
 	c.write([]byte{5, 0, 0, 0, 100})
 	m := c.next()
@@ -302,15 +214,15 @@ func TestStatusAndSessions(t *testing.T) {
 	if lease.Addr != netip.MustParseAddr("13.8.0.2") {
 		t.Fatalf("leased %s, want 13.8.0.2", lease.Addr)
 	}
-	up := packet.BuildICMPEcho(lease.Addr, poolInfo.Gateway, 1, 1, []byte("up"), false)
+	up := packet.BuildICMPEcho(lease.Addr, dataplanetest.Pool.Gateway, 1, 1, []byte("up"), false)
 	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, up))
 	select {
-	case <-e.tun.written:
+	case <-e.tun.Written:
 	case <-time.After(failAfter):
 		t.Fatal("102 never reached the TUN")
 	}
-	down := packet.BuildICMPEcho(poolInfo.Gateway, lease.Addr, 1, 1, []byte("down, longer"), true)
-	e.tun.in <- down
+	down := packet.BuildICMPEcho(dataplanetest.Pool.Gateway, lease.Addr, 1, 1, []byte("down, longer"), true)
+	e.tun.Inject(down)
 	if m := c.next(); m.Type != wire.TypeNetResponse || string(m.Data) != string(down) {
 		t.Fatalf("got %v %x, want the 103 %x", m.Type, m.Data, down)
 	}
@@ -372,7 +284,8 @@ func TestStatusAndSessions(t *testing.T) {
 	// in the totals.
 	c.conn.Close()
 	select {
-	case a := <-e.ctl.released:
+	case r := <-e.ctl.Released:
+		a := r.Addr
 		if a != lease.Addr {
 			t.Errorf("released %s, want %s", a, lease.Addr)
 		}

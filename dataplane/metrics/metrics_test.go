@@ -5,10 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,92 +14,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
-// memTUN is an in-memory TUN (as in the data plane's own tests).
-type memTUN struct {
-	in      chan []byte
-	written chan []byte
-	closed  chan struct{}
-	once    sync.Once
-}
-
-func newMemTUN() *memTUN {
-	return &memTUN{in: make(chan []byte, 64), written: make(chan []byte, 64), closed: make(chan struct{})}
-}
-
-func (m *memTUN) Name() string       { return "mem0" }
-func (m *memTUN) BatchSize() int     { return 1 }
-func (m *memTUN) WriteHeadroom() int { return 0 }
-func (m *memTUN) Close() error       { m.once.Do(func() { close(m.closed) }); return nil }
-
-func (m *memTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
-	select {
-	case p := <-m.in:
-		sizes[0] = copy(bufs[0][off:], p)
-		return 1, nil
-	case <-m.closed:
-		return 0, os.ErrClosed
-	}
-}
-
-func (m *memTUN) Write(bufs [][]byte, off int) (int, error) {
-	for _, b := range bufs {
-		m.written <- append([]byte(nil), b[off:]...)
-	}
-	return len(bufs), nil
-}
-
-// fakeController leases 13.8.0.2 upward; down makes it unreachable.
-type fakeController struct {
-	mu     sync.Mutex
-	leases map[string]netip.Addr
-	next   byte
-	down   bool
-}
-
-var poolInfo = dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
-
-func (c *fakeController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
-	return poolInfo, nil
-}
-
-func (c *fakeController) Allocate(_ context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.down {
-		return wire.AddrResponse{}, dataplane.ErrControllerUnavailable
-	}
-	a, ok := c.leases[r.SessionID]
-	if !ok {
-		a = netip.AddrFrom4([4]byte{13, 8, 0, c.next})
-		c.next++
-		c.leases[r.SessionID] = a
-	}
-	dns := netip.MustParseAddr("9.9.9.9")
-	return wire.AddrResponse{Addr: a, Route: netip.IPv4Unspecified(), DNS: [3]netip.Addr{dns, dns, dns}}, nil
-}
-
-func (c *fakeController) Release(context.Context, dataplane.ReleaseRequest) error { return nil }
-func (c *fakeController) Report(context.Context, dataplane.Report) ([]string, error) {
-	return nil, nil
-}
-func (c *fakeController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
-	return dataplane.HeartbeatReply{Known: true}, nil
-}
-func (c *fakeController) WatchCommands(ctx context.Context, _, _ string, _ func(dataplane.Command)) error {
-	<-ctx.Done()
-	return ctx.Err()
-}
-
 type env struct {
 	t    *testing.T
 	dp   *dataplane.Dataplane
-	tun  *memTUN
-	ctl  *fakeController
+	tun  *dataplanetest.MemTUN
+	ctl  *dataplanetest.MemController
 	addr string
 }
 
@@ -111,9 +34,9 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, tun: newMemTUN(), ctl: &fakeController{leases: map[string]netip.Addr{}, next: 2}, addr: ln.Addr().String()}
+	e := &env{t: t, tun: dataplanetest.NewMemTUN(1, 0), ctl: dataplanetest.NewMemController(253), addr: ln.Addr().String()}
 	e.dp, err = dataplane.New(dataplane.Config{
-		ID: "dp-metrics", InstanceID: "inst-1", Version: "v1.2.3", Listener: ln, TUN: e.tun, Pool: poolInfo,
+		ID: "dp-metrics", InstanceID: "inst-1", Version: "v1.2.3", Listener: ln, TUN: e.tun, Pool: dataplanetest.Pool,
 		Controller: e.ctl, Logger: slog.New(slog.DiscardHandler),
 		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second, ReportInterval: time.Hour,
 	})
@@ -180,7 +103,7 @@ func (c *client) lease() netip.Addr {
 func (e *env) fromTUN() []byte {
 	e.t.Helper()
 	select {
-	case p := <-e.tun.written:
+	case p := <-e.tun.Written:
 		return p
 	case <-time.After(10 * time.Second):
 		e.t.Fatal("nothing reached the TUN")
@@ -231,12 +154,12 @@ func TestCollectorCountsTraffic(t *testing.T) {
 	for i := range 2 {
 		p := packet.BuildICMPEcho(gw, addr, 1, uint16(i), []byte(strings.Repeat("y", 100+i)), true)
 		toBytes += len(p)
-		e.tun.in <- p
+		e.tun.Inject(p)
 		c.next(wire.TypeNetResponse)
 	}
 	// Drops: a spoofed source, a packet for nobody, a 101 from the client.
 	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.99"), gw, 1, 1, nil, false)))
-	e.tun.in <- packet.BuildICMPEcho(gw, netip.MustParseAddr("13.8.0.200"), 1, 1, nil, true)
+	e.tun.Inject(packet.BuildICMPEcho(gw, netip.MustParseAddr("13.8.0.200"), 1, 1, nil, true))
 	c.write(wire.AppendMsg(nil, wire.TypeAddrResponse, []byte("x")))
 
 	eventually(t, "counters", func() bool {
@@ -335,9 +258,7 @@ func TestCollectorControllerUnreachable(t *testing.T) {
 	e := start(t)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(dpmetrics.New(e.dp))
-	e.ctl.mu.Lock()
-	e.ctl.down = true
-	e.ctl.mu.Unlock()
+	e.ctl.SetDown(true)
 	c := e.dial()
 	c.write(wire.AddrRequest[:]) // the allocation fails: the controller is marked unreachable
 	eventually(t, "unreachable", func() bool { return !e.dp.Status().ControllerConnected })

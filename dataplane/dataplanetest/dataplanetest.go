@@ -1,0 +1,189 @@
+// Package dataplanetest holds in-memory stand-ins for the data plane's TUN
+// and controller, for the tests of the data plane and of the packages built
+// on it (api, metrics).
+package dataplanetest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/wire"
+)
+
+// MemTUN is an in-memory TUN: tests inject packets "from the kernel" with
+// Inject and see what the data plane wrote on Written.
+type MemTUN struct {
+	in       chan []byte
+	Written  chan []byte
+	closed   chan struct{}
+	once     sync.Once
+	batch    int
+	headroom int
+}
+
+// NewMemTUN returns a device reading up to batch packets at a time and
+// asking for headroom bytes in front of written packets.
+func NewMemTUN(batch, headroom int) *MemTUN {
+	return &MemTUN{in: make(chan []byte, 1024), Written: make(chan []byte, 4096), closed: make(chan struct{}),
+		batch: max(batch, 1), headroom: headroom}
+}
+
+// Inject queues a packet for the data plane to read.
+func (m *MemTUN) Inject(p []byte) { m.in <- p }
+
+// Name implements tun.Device.
+func (m *MemTUN) Name() string { return "mem0" }
+
+// BatchSize implements tun.Device.
+func (m *MemTUN) BatchSize() int { return m.batch }
+
+// WriteHeadroom implements tun.Device.
+func (m *MemTUN) WriteHeadroom() int { return m.headroom }
+
+// Close implements tun.Device.
+func (m *MemTUN) Close() error { m.once.Do(func() { close(m.closed) }); return nil }
+
+// Read implements tun.Device.
+func (m *MemTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
+	select {
+	case p := <-m.in:
+		sizes[0] = copy(bufs[0][off:], p)
+	case <-m.closed:
+		return 0, os.ErrClosed
+	}
+	n := 1
+	for n < len(bufs) {
+		select {
+		case p := <-m.in:
+			sizes[n] = copy(bufs[n][off:], p)
+			n++
+		default:
+			return n, nil
+		}
+	}
+	return n, nil
+}
+
+// Write implements tun.Device.
+func (m *MemTUN) Write(bufs [][]byte, off int) (int, error) {
+	for _, b := range bufs {
+		m.Written <- append([]byte(nil), b[off:]...)
+	}
+	return len(bufs), nil
+}
+
+// Pool is the pool MemController serves.
+var Pool = dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
+
+// DNS are the servers of MemController's 101s.
+var DNS = [3]netip.Addr{netip.MustParseAddr("202.38.120.242"), netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("202.106.0.20")}
+
+// MemController is an in-memory controller: a pool of Size addresses from
+// 13.8.0.2, keyed by session.
+type MemController struct {
+	mu     sync.Mutex
+	size   int
+	leases map[string]netip.Addr // session -> address
+	used   map[netip.Addr]string
+	down   bool
+
+	// Released receives every release, as it arrives.
+	Released chan dataplane.ReleaseRequest
+	// Commands are delivered to the data plane's command stream.
+	Commands chan dataplane.Command
+}
+
+// NewMemController returns a controller with size addresses.
+func NewMemController(size int) *MemController {
+	return &MemController{size: size, leases: map[string]netip.Addr{}, used: map[netip.Addr]string{},
+		Released: make(chan dataplane.ReleaseRequest, 4096), Commands: make(chan dataplane.Command, 16)}
+}
+
+// SetSize changes the pool size (a smaller one exhausts sooner).
+func (c *MemController) SetSize(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.size = n
+}
+
+// SetDown makes the controller unreachable (or reachable again).
+func (c *MemController) SetDown(down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = down
+}
+
+// Leased counts the leases held.
+func (c *MemController) Leased() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.leases)
+}
+
+// Register implements dataplane.Controller.
+func (c *MemController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
+	return Pool, nil
+}
+
+// Allocate implements dataplane.Controller: the lowest free address.
+func (c *MemController) Allocate(_ context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.down {
+		return wire.AddrResponse{}, fmt.Errorf("allocate: %w: connection refused", dataplane.ErrControllerUnavailable)
+	}
+	a, ok := c.leases[r.SessionID]
+	if !ok {
+		for i := 0; i < c.size; i++ {
+			cand := netip.AddrFrom4([4]byte{13, 8, 0, byte(2 + i)})
+			if _, taken := c.used[cand]; !taken {
+				a, ok = cand, true
+				break
+			}
+		}
+		if !ok {
+			return wire.AddrResponse{}, fmt.Errorf("allocate: %w: all %d leased", dataplane.ErrPoolExhausted, c.size)
+		}
+		c.leases[r.SessionID] = a
+		c.used[a] = r.SessionID
+	}
+	return wire.AddrResponse{Addr: a, Route: netip.IPv4Unspecified(), DNS: DNS}, nil
+}
+
+// Release implements dataplane.Controller.
+func (c *MemController) Release(_ context.Context, r dataplane.ReleaseRequest) error {
+	c.mu.Lock()
+	if c.leases[r.SessionID] == r.Addr {
+		delete(c.leases, r.SessionID)
+		delete(c.used, r.Addr)
+	}
+	c.mu.Unlock()
+	c.Released <- r
+	return nil
+}
+
+// Report implements dataplane.Controller.
+func (c *MemController) Report(context.Context, dataplane.Report) ([]string, error) {
+	return nil, nil
+}
+
+// Heartbeat implements dataplane.Controller.
+func (c *MemController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	return dataplane.HeartbeatReply{Known: true}, nil
+}
+
+// WatchCommands implements dataplane.Controller: it delivers Commands.
+func (c *MemController) WatchCommands(ctx context.Context, _, _ string, fn func(dataplane.Command)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case cmd := <-c.Commands:
+			fn(cmd)
+		}
+	}
+}
