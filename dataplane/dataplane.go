@@ -246,7 +246,7 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 	bufs := make([]*session.Buf, n)
 	vecs := make([][]byte, n)
 	sizes := make([]int, n)
-	runBufs := make([]*session.Buf, 0, n)
+	run := make([]*session.Buf, 0, n)
 	var failures int
 	for {
 		for i := range bufs {
@@ -275,24 +275,9 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 			}
 			continue
 		}
-		// Packets of one super-packet go to one client: hand each run of
-		// packets for the same session over with one queue operation.
-		var run []*session.Buf
-		var runOwner *session.Session
-		flush := func() {
-			if len(run) == 0 {
-				return
-			}
-			n := runOwner.SendData(run)
-			for j := range run[:n] {
-				run[j] = nil // the session owns it now
-			}
-			for _, b := range run[n:] {
-				session.PutBuf(b)
-			}
-			run = run[:0]
-		}
-		run = runBufs[:0]
+		// Packets of one super-packet go to one client: each run of
+		// packets for the same session is handed over at once.
+		var owner *session.Session
 		for i := 0; i < count; i++ {
 			size := sizes[i]
 			p := vecs[i][wire.HeaderLen : wire.HeaderLen+size]
@@ -305,18 +290,31 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 				d.drops.Add(session.DropNoRoute)
 				continue
 			}
-			if s != runOwner {
-				flush()
-				runOwner = s
+			if s != owner {
+				run = handOver(owner, run)
+				owner = s
 			}
 			wire.PutHeader(vecs[i], wire.TypeNetResponse, size)
 			bufs[i].N = wire.HeaderLen + size
 			run = append(run, bufs[i])
 			bufs[i] = nil // taken: refilled before the next read
 		}
-		flush()
-		runOwner = nil
+		run = handOver(owner, run)
 	}
+}
+
+// handOver gives a run of framed packets to their session (which keeps
+// what it queued or wrote) and recycles the rest; it returns run emptied.
+func handOver(s *session.Session, run []*session.Buf) []*session.Buf {
+	if len(run) == 0 {
+		return run
+	}
+	n := s.SendData(run)
+	for _, b := range run[n:] {
+		session.PutBuf(b)
+	}
+	clear(run)
+	return run[:0]
 }
 
 // sweepInterval is how often keepalives and timeouts are checked: the seed
@@ -327,26 +325,24 @@ func (d *Dataplane) sweepInterval() time.Duration {
 }
 
 func (d *Dataplane) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(d.sweepInterval())
-	defer t.Stop()
 	var all []*session.Session
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, d.sweepInterval(), func() {
 		all = d.appendSessions(all[:0])
 		now := d.scfg.Now()
 		for _, s := range all {
 			s.Tick(now)
 		}
 		clear(all)
-	}
+	})
 }
 
 func (d *Dataplane) reportLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.ReportInterval)
+	every(ctx, d.cfg.ReportInterval, func() { d.report(ctx) })
+}
+
+// every calls fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -354,7 +350,7 @@ func (d *Dataplane) reportLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		d.report(ctx)
+		fn()
 	}
 }
 
@@ -454,40 +450,36 @@ func (d *Dataplane) Kick(addr netip.Addr, sessionID, reason string) (session.Inf
 }
 
 func (d *Dataplane) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		open, leased := d.counts()
-		hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
-		r, err := d.cfg.Controller.Heartbeat(hctx, Heartbeat{
-			DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
-			Sessions: open, LeasedSessions: leased,
-		})
-		cancel()
-		d.setControllerOK(err)
-		if err != nil {
-			continue
-		}
-		d.SetDraining(r.Draining)
-		if !r.Known {
-			// The controller lost track of us (e.g. its state was reset):
-			// register again, then tell it every live session at once.
-			d.log.Warn("controller does not know this data plane; registering again")
-			rctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
-			_, err := d.cfg.Controller.Register(rctx, d.registration())
-			cancel()
-			if err != nil {
-				d.log.Error("registering again failed", "err", err)
-				continue
-			}
-			d.report(ctx)
-		}
+	every(ctx, d.cfg.HeartbeatInterval, func() { d.heartbeat(ctx) })
+}
+
+func (d *Dataplane) heartbeat(ctx context.Context) {
+	open, leased := d.counts()
+	hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
+	r, err := d.cfg.Controller.Heartbeat(hctx, Heartbeat{
+		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
+		Sessions: open, LeasedSessions: leased,
+	})
+	cancel()
+	d.setControllerOK(err)
+	if err != nil {
+		return
 	}
+	d.SetDraining(r.Draining)
+	if r.Known {
+		return
+	}
+	// The controller lost track of us (e.g. its state was reset): register
+	// again, then tell it every live session at once.
+	d.log.Warn("controller does not know this data plane; registering again")
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
+	_, err = d.cfg.Controller.Register(rctx, d.registration())
+	cancel()
+	if err != nil {
+		d.log.Error("registering again failed", "err", err)
+		return
+	}
+	d.report(ctx)
 }
 
 func (d *Dataplane) registration() Registration {
