@@ -2,63 +2,39 @@ package tlsconf
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/test/pki"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// writeCA makes a CA and one leaf signed by it (usable as server and
-// client), and a leaf signed by another CA; it returns the file paths.
+// writePKI makes a CA and a leaf it signs (usable as server and client),
+// and a leaf from another CA that trusts the first CA's server.
 func writePKI(t *testing.T) (good, rogue Files) {
 	t.Helper()
-	dir := t.TempDir()
-	mk := func(name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(time.Now().UnixNano()),
-			Subject:      pkix.Name{CommonName: name},
-			NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			IsCA: isCA, BasicConstraintsValid: true,
-			KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-			DNSNames:    []string{"localhost"},
-		}
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := x509.ParseCertificate(der)
-		kb, _ := x509.MarshalECPrivateKey(key)
-		os.WriteFile(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-		os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-		return c, key
+	ca, err := pki.NewCA(t.TempDir(), "ca")
+	if err != nil {
+		t.Fatal(err)
 	}
-	ca, caKey := mk("ca", nil, nil, true)
-	mk("leaf", ca, caKey, false)
-	other, otherKey := mk("otherca", nil, nil, true)
-	mk("rogue", other, otherKey, false)
-	p := func(n string) string { return filepath.Join(dir, n) }
-	return Files{Cert: p("leaf.crt"), Key: p("leaf.key"), CA: p("ca.crt")},
-		Files{Cert: p("rogue.crt"), Key: p("rogue.key"), CA: p("ca.crt")}
+	leaf, err := ca.Issue("leaf", net.ParseIP("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA(t.TempDir(), "otherca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := other.Issue("rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Files(leaf), Files{Cert: r.Cert, Key: r.Key, CA: ca.CA()}
 }
 
 func TestRequireFor(t *testing.T) {
