@@ -2,164 +2,29 @@ package dataplane_test
 
 import (
 	"bytes"
-	"context"
-	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/session"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
-type harness struct {
-	t    *testing.T
-	dp   *dataplane.Dataplane
-	tun  *memTUN
-	ctl  *memController
-	addr string
-	stop func()
-}
+type (
+	harness = dataplanetest.Harness
+	client  = dataplanetest.Client
+)
 
 func start(t *testing.T, mod func(*dataplane.Config)) *harness {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, tun: newMemTUN(), ctl: newMemController(253), addr: ln.Addr().String()}
-	cfg := dataplane.Config{
-		ID: "dp-test", Listener: ln, TUN: h.tun, Controller: h.ctl,
-		Pool:              dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")},
-		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
-		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second,
-		ReportInterval: time.Hour,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	h.dp, err = dataplane.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.dp.Run(ctx); close(done) }()
-	h.stop = func() { cancel(); <-done }
-	t.Cleanup(h.stop)
-	return h
+	return dataplanetest.Start(t, nil, mod)
 }
 
-type client struct {
-	t    *testing.T
-	conn net.Conn
-	dec  *wire.Decoder
-}
-
-func (h *harness) dial() *client {
-	h.t.Helper()
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { c.Close() })
-	return &client{t: h.t, conn: c, dec: wire.NewDecoder(c, 0)}
-}
-
-func (c *client) write(b []byte) {
-	c.t.Helper()
-	if _, err := c.conn.Write(b); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// next reads the next message, failing after a generous deadline.
-func (c *client) next() wire.Msg {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	m, err := c.dec.Next()
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	return m
-}
-
-// nextOf skips keepalives.
-func (c *client) nextOf(t wire.Type) wire.Msg {
-	c.t.Helper()
-	for {
-		m := c.next()
-		if m.Type == t {
-			return m
-		}
-		if m.Type != wire.TypeKeepalive {
-			c.t.Fatalf("got %v, want %v", m.Type, t)
-		}
-	}
-}
-
-func (c *client) lease() netip.Addr {
-	c.t.Helper()
-	c.write(wire.AddrRequest[:])
-	m := c.next()
-	if m.Type != wire.TypeAddrResponse {
-		c.t.Fatalf("first message is %v, want 101", m.Type)
-	}
-	r, err := wire.ParseAddrResponse(m.Data)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return r.Addr
-}
-
-// leaseRouted leases and then makes sure the data plane routes the address:
-// the route goes in right after the 101 is queued, on the session's reader
-// goroutine, so once a later 102 reached the TUN the route is there.
-func (h *harness) leaseRouted(c *client) netip.Addr {
-	h.t.Helper()
-	a := c.lease()
-	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(a, 0)))
-	select {
-	case <-h.tun.Written:
-	case <-time.After(10 * time.Second):
-		h.t.Fatal("sync packet never reached the TUN")
-	}
-	return a
-}
-
-// expectClosed waits for the server to close the connection.
-func (c *client) expectClosed() {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		_, err := c.dec.Next()
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncated) || strings.Contains(err.Error(), "reset") {
-			return
-		}
-		c.t.Fatalf("connection not closed by server: %v", err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var eventually = dataplanetest.Eventually
 
 func echo(src netip.Addr, seq uint16) []byte {
 	return packet.BuildICMPEcho(src, netip.MustParseAddr("13.8.0.1"), 1, seq, []byte("payload"), false)
@@ -167,34 +32,34 @@ func echo(src netip.Addr, seq uint16) []byte {
 
 func TestAddrResponseExactBytes(t *testing.T) {
 	h := start(t, nil)
-	c := h.dial()
-	c.write(wire.AddrRequest[:])
-	m := c.next()
+	c := h.Dial()
+	c.Write(wire.AddrRequest[:])
+	m := c.Next()
 	want := "13.8.0.2 0.0.0.0 202.38.120.242 8.8.8.8 202.106.0.20 "
 	if m.Type != wire.TypeAddrResponse || string(m.Data) != want {
 		t.Fatalf("101 = %v %q, want %q", m.Type, m.Data, want)
 	}
 	// A repeated 100 gets the same address again.
-	c.write(wire.AddrRequest[:])
-	if m := c.nextOf(wire.TypeAddrResponse); string(m.Data) != want {
+	c.Write(wire.AddrRequest[:])
+	if m := c.NextOf(wire.TypeAddrResponse); string(m.Data) != want {
 		t.Fatalf("second 101 = %q", m.Data)
 	}
-	if h.ctl.Leased() != 1 {
-		t.Fatalf("controller holds %d leases, want 1", h.ctl.Leased())
+	if h.Ctl.Leased() != 1 {
+		t.Fatalf("controller holds %d leases, want 1", h.Ctl.Leased())
 	}
 }
 
 func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
 	h := start(t, nil)
-	c := h.dial()
+	c := h.Dial()
 	var stream []byte
 	stream = append(stream, wire.Keepalive[:]...)
 	stream = append(stream, wire.AddrRequest[:]...)
 	for _, b := range stream {
-		c.write([]byte{b})
+		c.Write([]byte{b})
 		time.Sleep(time.Millisecond)
 	}
-	m := c.next()
+	m := c.Next()
 	if m.Type != wire.TypeAddrResponse {
 		t.Fatalf("first message %v, want 101", m.Type)
 	}
@@ -204,10 +69,10 @@ func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
 	for i := 0; i < 16; i++ {
 		batch = wire.AppendMsg(batch, wire.TypeNetRequest, echo(addr.Addr, uint16(i)))
 	}
-	c.write(batch)
+	c.Write(batch)
 	for i := 0; i < 16; i++ {
 		select {
-		case p := <-h.tun.Written:
+		case p := <-h.TUN.Written:
 			if !bytes.Equal(p, echo(addr.Addr, uint16(i))) {
 				t.Fatalf("packet %d differs", i)
 			}
@@ -217,10 +82,10 @@ func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
 	}
 	// And one 102 byte by byte.
 	for _, b := range wire.AppendMsg(nil, wire.TypeNetRequest, echo(addr.Addr, 99)) {
-		c.write([]byte{b})
+		c.Write([]byte{b})
 	}
 	select {
-	case p := <-h.tun.Written:
+	case p := <-h.TUN.Written:
 		if !bytes.Equal(p, echo(addr.Addr, 99)) {
 			t.Fatal("byte-by-byte packet differs")
 		}
@@ -231,24 +96,24 @@ func TestByteByByteKeepaliveFirstAndBatches(t *testing.T) {
 
 func TestTUNToRightClient(t *testing.T) {
 	h := start(t, nil)
-	a, b := h.dial(), h.dial()
-	addrA, addrB := h.leaseRouted(a), h.leaseRouted(b)
+	a, b := h.Dial(), h.Dial()
+	addrA, addrB := h.LeaseRouted(a), h.LeaseRouted(b)
 	if addrA == addrB {
 		t.Fatal("two clients got one address")
 	}
 	for i, dst := range []netip.Addr{addrB, addrA, addrB} {
-		h.tun.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), dst, 2, uint16(i), nil, true))
+		h.TUN.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), dst, 2, uint16(i), nil, true))
 	}
 	for _, c := range []*client{b, a, b} {
-		m := c.nextOf(wire.TypeNetResponse)
+		m := c.NextOf(wire.TypeNetResponse)
 		if _, prob := packet.CheckIPv4(m.Data); prob != packet.OK {
 			t.Fatalf("103 carries a bad packet: %v", prob)
 		}
 	}
 	// A packet for nobody is dropped and counted.
-	h.tun.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), netip.MustParseAddr("13.8.0.200"), 2, 9, nil, true))
-	eventually(t, "no_route drop", func() bool { return h.dp.Drops()["no_route"] == 1 })
-	st := h.dp.Status()
+	h.TUN.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), netip.MustParseAddr("13.8.0.200"), 2, 9, nil, true))
+	eventually(t, "no_route drop", func() bool { return h.DP.Drops()["no_route"] == 1 })
+	st := h.DP.Status()
 	if st.Counters.PacketsToClient != 3 || st.LeasedSessions != 2 {
 		t.Fatalf("status counters %+v leased %d", st.Counters, st.LeasedSessions)
 	}
@@ -256,10 +121,10 @@ func TestTUNToRightClient(t *testing.T) {
 
 func TestChecksOnDataFromClient(t *testing.T) {
 	h := start(t, nil)
-	c := h.dial()
+	c := h.Dial()
 	// 102 before the lease.
-	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(netip.MustParseAddr("13.8.0.2"), 1)))
-	addr := c.lease()
+	c.Write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(netip.MustParseAddr("13.8.0.2"), 1)))
+	addr := c.Lease().Addr
 	good := echo(addr, 2)
 	spoofed := echo(netip.MustParseAddr("13.8.0.77"), 3)
 	v6 := append([]byte{0x60}, good[1:]...)
@@ -271,9 +136,9 @@ func TestChecksOnDataFromClient(t *testing.T) {
 	}
 	stream = wire.AppendMsg(stream, 199, []byte("fork extension"))
 	stream = wire.AppendMsg(stream, wire.TypeNetRequest, good)
-	c.write(stream)
+	c.Write(stream)
 	select {
-	case p := <-h.tun.Written:
+	case p := <-h.TUN.Written:
 		if !bytes.Equal(p, good) {
 			t.Fatal("a bad packet reached the TUN")
 		}
@@ -282,7 +147,7 @@ func TestChecksOnDataFromClient(t *testing.T) {
 	}
 	want := map[string]uint64{"data_before_lease": 1, "spoofed_source": 1, "ipv4_bad_version": 1, "ipv4_bad_total_len": 1, "ipv4_too_short": 1, "unknown_type": 1}
 	eventually(t, "drop counters", func() bool {
-		got := h.dp.Drops()
+		got := h.DP.Drops()
 		for k, v := range want {
 			if got[k] != v {
 				return false
@@ -290,7 +155,7 @@ func TestChecksOnDataFromClient(t *testing.T) {
 		}
 		return true
 	})
-	if len(h.tun.Written) != 0 {
+	if len(h.TUN.Written) != 0 {
 		t.Fatal("extra packets reached the TUN")
 	}
 }
@@ -300,19 +165,19 @@ func TestKeepaliveAndTimeout(t *testing.T) {
 		c.KeepaliveInterval = 100 * time.Millisecond
 		c.KeepaliveTimeout = 400 * time.Millisecond
 	})
-	c := h.dial()
-	c.lease()
-	if m := c.next(); m.Type != wire.TypeKeepalive || len(m.Data) != 0 {
+	c := h.Dial()
+	c.Lease()
+	if m := c.Next(); m.Type != wire.TypeKeepalive || len(m.Data) != 0 {
 		t.Fatalf("got %v, want 104", m.Type)
 	}
 	// Stay silent: the server must cut us and release the address.
-	c.expectClosed()
+	c.ExpectClosed()
 	select {
-	case <-h.ctl.Released:
+	case <-h.Ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("address not released after timeout")
 	}
-	eventually(t, "pool empty", func() bool { return h.ctl.Leased() == 0 })
+	eventually(t, "pool empty", func() bool { return h.Ctl.Leased() == 0 })
 }
 
 func TestAnyMessageKeepsClientAlive(t *testing.T) {
@@ -320,23 +185,23 @@ func TestAnyMessageKeepsClientAlive(t *testing.T) {
 		c.KeepaliveInterval = 50 * time.Millisecond
 		c.KeepaliveTimeout = 300 * time.Millisecond
 	})
-	c := h.dial()
-	addr := c.lease()
+	c := h.Dial()
+	addr := c.Lease().Addr
 	go func() { // drain
 		for {
-			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.dec.Next(); err != nil {
+			c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Dec.Next(); err != nil {
 				return
 			}
 		}
 	}()
 	for i := 0; i < 15; i++ { // 1.5 s of 102s only, never a 104
-		if _, err := c.conn.Write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(addr, uint16(i)))); err != nil {
+		if _, err := c.Conn.Write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(addr, uint16(i)))); err != nil {
 			t.Fatalf("client cut while sending data: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if st := h.dp.Status(); st.LeasedSessions != 1 {
+	if st := h.DP.Status(); st.LeasedSessions != 1 {
 		t.Fatalf("client dropped although it sent data: %+v", st)
 	}
 }
@@ -346,7 +211,7 @@ func TestHandshakeTimeout(t *testing.T) {
 		c.KeepaliveInterval = 50 * time.Millisecond
 		c.KeepaliveTimeout = 300 * time.Millisecond
 	})
-	c := h.dial()
+	c := h.Dial()
 	stop := make(chan struct{})
 	go func() { // 104s but never a 100
 		for {
@@ -354,62 +219,62 @@ func TestHandshakeTimeout(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(50 * time.Millisecond):
-				c.conn.Write(wire.Keepalive[:])
+				c.Conn.Write(wire.Keepalive[:])
 			}
 		}
 	}()
 	defer close(stop)
-	c.expectClosed()
+	c.ExpectClosed()
 }
 
 func TestDisconnectReleasesAtOnce(t *testing.T) {
 	h := start(t, nil)
-	c := h.dial()
-	c.lease()
-	c.conn.Close()
+	c := h.Dial()
+	c.Lease()
+	c.Conn.Close()
 	select {
-	case <-h.ctl.Released:
+	case <-h.Ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no release after disconnect")
 	}
-	eventually(t, "session gone", func() bool { return h.dp.Status().Sessions == 0 })
+	eventually(t, "session gone", func() bool { return h.DP.Status().Sessions == 0 })
 }
 
 func TestFrameErrorClosesOnlyThatConnection(t *testing.T) {
 	h := start(t, nil)
-	good, bad := h.dial(), h.dial()
-	gaddr := good.lease()
-	bad.lease()
-	bad.write([]byte{0xff, 0xff, 0, 0, 102, 1, 2, 3})
-	bad.expectClosed()
-	good.write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(gaddr, 1)))
+	good, bad := h.Dial(), h.Dial()
+	gaddr := good.Lease().Addr
+	bad.Lease()
+	bad.Write([]byte{0xff, 0xff, 0, 0, 102, 1, 2, 3})
+	bad.ExpectClosed()
+	good.Write(wire.AppendMsg(nil, wire.TypeNetRequest, echo(gaddr, 1)))
 	select {
-	case <-h.tun.Written:
+	case <-h.TUN.Written:
 	case <-time.After(10 * time.Second):
 		t.Fatal("good client lost service")
 	}
-	if h.dp.Drops()["frame_error"] != 1 {
-		t.Fatalf("drops %v", h.dp.Drops())
+	if h.DP.Drops()["frame_error"] != 1 {
+		t.Fatalf("drops %v", h.DP.Drops())
 	}
 }
 
 func TestPoolExhaustedClosesConnection(t *testing.T) {
 	h := start(t, nil)
-	h.ctl.SetSize(1)
-	a := h.dial()
-	a.lease()
-	b := h.dial()
-	b.write(wire.AddrRequest[:])
-	b.expectClosed()
+	h.Ctl.SetSize(1)
+	a := h.Dial()
+	a.Lease()
+	b := h.Dial()
+	b.Write(wire.AddrRequest[:])
+	b.ExpectClosed()
 }
 
 func TestControllerDownFailsAfterRetries(t *testing.T) {
 	h := start(t, func(c *dataplane.Config) { c.AllocateTimeout = 300 * time.Millisecond })
-	h.ctl.SetDown(true)
-	c := h.dial()
-	c.write(wire.AddrRequest[:])
-	c.expectClosed()
-	if h.dp.Status().ControllerConnected {
+	h.Ctl.SetDown(true)
+	c := h.Dial()
+	c.Write(wire.AddrRequest[:])
+	c.ExpectClosed()
+	if h.DP.Status().ControllerConnected {
 		t.Fatal("status still claims the controller is reachable")
 	}
 }
@@ -430,7 +295,7 @@ func TestConcurrentClientsDistinctAddresses(t *testing.T) {
 					leased.Done()
 				}
 			}()
-			c, err := net.Dial("tcp", h.addr)
+			c, err := net.Dial("tcp", h.Addr)
 			if err != nil {
 				t.Error(err)
 				return
@@ -475,8 +340,8 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 		c.WriteTimeout = 500 * time.Millisecond
 		c.SendQueueLen = 16
 	})
-	slow, fast := h.dial(), h.dial()
-	slowAddr, fastAddr := h.leaseRouted(slow), h.leaseRouted(fast)
+	slow, fast := h.Dial(), h.Dial()
+	slowAddr, fastAddr := h.LeaseRouted(slow), h.LeaseRouted(fast)
 	// Flood the slow client, which never reads; interleave packets for the
 	// fast one, which must get every one.
 	big := make([]byte, 1400)
@@ -484,7 +349,7 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 0; i < 200; i++ {
-			m := fast.nextOf(wire.TypeNetResponse)
+			m := fast.NextOf(wire.TypeNetResponse)
 			if len(m.Data) != 20+8+len(big) {
 				t.Errorf("fast client got %d bytes", len(m.Data))
 				return
@@ -494,9 +359,9 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 	gw := netip.MustParseAddr("13.8.0.1")
 	for i := 0; i < 200; i++ {
 		for j := 0; j < 50; j++ {
-			h.tun.Inject(packet.BuildICMPEcho(gw, slowAddr, 3, uint16(i), big, true))
+			h.TUN.Inject(packet.BuildICMPEcho(gw, slowAddr, 3, uint16(i), big, true))
 		}
-		h.tun.Inject(packet.BuildICMPEcho(gw, fastAddr, 3, uint16(i), big, true))
+		h.TUN.Inject(packet.BuildICMPEcho(gw, fastAddr, 3, uint16(i), big, true))
 		time.Sleep(time.Millisecond)
 	}
 	select {
@@ -505,50 +370,50 @@ func TestSlowReaderIsCutOthersUnaffected(t *testing.T) {
 		t.Fatal("fast client starved")
 	}
 	eventually(t, "slow client cut", func() bool {
-		for _, s := range h.dp.Sessions() {
+		for _, s := range h.DP.Sessions() {
 			if s.Addr == slowAddr {
 				return false
 			}
 		}
 		return true
 	})
-	if h.dp.Drops()[session.DropSendQueueFull.String()] == 0 {
+	if h.DP.Drops()[session.DropSendQueueFull.String()] == 0 {
 		t.Fatal("no send_queue_full drops counted")
 	}
 }
 
 func TestLimitsDrainingAndKick(t *testing.T) {
 	h := start(t, func(c *dataplane.Config) { c.Limits.MaxConnsPerIP = 2 })
-	a, b := h.dial(), h.dial()
-	addrA := h.leaseRouted(a)
-	h.leaseRouted(b)
-	c := h.dial()
-	c.expectClosed()
-	if got := h.dp.Refused()["max_conns_per_ip"]; got != 1 {
-		t.Fatalf("refused %v", h.dp.Refused())
+	a, b := h.Dial(), h.Dial()
+	addrA := h.LeaseRouted(a)
+	h.LeaseRouted(b)
+	c := h.Dial()
+	c.ExpectClosed()
+	if got := h.DP.Refused()["max_conns_per_ip"]; got != 1 {
+		t.Fatalf("refused %v", h.DP.Refused())
 	}
 	// Kicking by address through the controller's command stream.
-	h.ctl.Commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
-	a.expectClosed()
+	h.Ctl.Commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
+	a.ExpectClosed()
 	select {
-	case <-h.ctl.Released:
+	case <-h.Ctl.Released:
 	case <-time.After(10 * time.Second):
 		t.Fatal("kicked client's address not released")
 	}
 	// Draining refuses new clients; b keeps working.
 	on := true
-	h.ctl.Commands <- dataplane.Command{Drain: &on}
-	eventually(t, "draining", h.dp.Draining)
-	d := h.dial()
-	d.expectClosed()
-	if h.dp.Refused()["draining"] != 1 {
-		t.Fatalf("refused %v", h.dp.Refused())
+	h.Ctl.Commands <- dataplane.Command{Drain: &on}
+	eventually(t, "draining", h.DP.Draining)
+	d := h.Dial()
+	d.ExpectClosed()
+	if h.DP.Refused()["draining"] != 1 {
+		t.Fatalf("refused %v", h.DP.Refused())
 	}
-	b.write(wire.Keepalive[:])
-	if st := h.dp.Status(); st.LeasedSessions != 1 || !st.Draining {
+	b.Write(wire.Keepalive[:])
+	if st := h.DP.Status(); st.LeasedSessions != 1 || !st.Draining {
 		t.Fatalf("status %+v", st)
 	}
-	if _, err := h.dp.Kick(netip.MustParseAddr("13.8.0.200"), "", ""); err != dataplane.ErrNoSession {
+	if _, err := h.DP.Kick(netip.MustParseAddr("13.8.0.200"), "", ""); err != dataplane.ErrNoSession {
 		t.Fatalf("kick of nobody: %v", err)
 	}
 }
@@ -562,17 +427,17 @@ func TestLateReaderGetsEveryMessageInOrder(t *testing.T) {
 		c.SendQueueLen = 4096
 		c.WriteTimeout = time.Minute
 	})
-	c := h.dial()
-	c.conn.(*net.TCPConn).SetReadBuffer(65536)
-	addr := h.leaseRouted(c)
+	c := h.Dial()
+	c.Conn.(*net.TCPConn).SetReadBuffer(65536)
+	addr := h.LeaseRouted(c)
 	gw := netip.MustParseAddr("13.8.0.1")
 	const n = 4000 // about 5 MB: more than the socket buffers hold
 	for i := 0; i < n; i++ {
-		h.tun.Inject(packet.BuildICMPEcho(gw, addr, 9, uint16(i), make([]byte, 1300), true))
+		h.TUN.Inject(packet.BuildICMPEcho(gw, addr, 9, uint16(i), make([]byte, 1300), true))
 	}
 	// The socket fills, so part of the stream waits in the queue.
 	eventually(t, "messages queued behind a full socket", func() bool {
-		for _, in := range h.dp.Sessions() {
+		for _, in := range h.DP.Sessions() {
 			if in.Addr == addr && in.SendQueue > 0 {
 				return true
 			}
@@ -580,7 +445,7 @@ func TestLateReaderGetsEveryMessageInOrder(t *testing.T) {
 		return false
 	})
 	for i := 0; i < n; i++ {
-		m := c.nextOf(wire.TypeNetResponse)
+		m := c.NextOf(wire.TypeNetResponse)
 		if _, prob := packet.CheckIPv4(m.Data); prob != packet.OK || len(m.Data) != 20+8+1300 {
 			t.Fatalf("message %d: %v, %d bytes", i, prob, len(m.Data))
 		}
@@ -588,7 +453,7 @@ func TestLateReaderGetsEveryMessageInOrder(t *testing.T) {
 			t.Fatalf("message %d carries sequence %d: order lost", i, seq)
 		}
 	}
-	if d := h.dp.Drops()["send_queue_full"]; d != 0 {
+	if d := h.DP.Drops()["send_queue_full"]; d != 0 {
 		t.Fatalf("%d drops with a queue large enough", d)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
@@ -63,7 +64,7 @@ func benchDataplane(b *testing.B, dev *benchTUN) (addr string, stop func()) {
 		b.Fatal(err)
 	}
 	dp, err := dataplane.New(dataplane.Config{
-		ID: "bench", Listener: ln, TUN: dev, Controller: newMemController(253),
+		ID: "bench", Listener: ln, TUN: dev, Controller: dataplanetest.NewMemController(253),
 		Pool:   dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReportInterval: time.Hour,
 		SendQueueLen: 4096,

@@ -1,9 +1,6 @@
 package metrics_test
 
 import (
-	"context"
-	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -20,113 +17,21 @@ import (
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
-type env struct {
-	t    *testing.T
-	dp   *dataplane.Dataplane
-	tun  *dataplanetest.MemTUN
-	ctl  *dataplanetest.MemController
-	addr string
-}
+type env = dataplanetest.Harness
 
 func start(t *testing.T) *env {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, tun: dataplanetest.NewMemTUN(1, 0), ctl: dataplanetest.NewMemController(253), addr: ln.Addr().String()}
-	e.dp, err = dataplane.New(dataplane.Config{
-		ID: "dp-metrics", InstanceID: "inst-1", Version: "v1.2.3", Listener: ln, TUN: e.tun, Pool: dataplanetest.Pool,
-		Controller: e.ctl, Logger: slog.New(slog.DiscardHandler),
-		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second, ReportInterval: time.Hour,
+	return dataplanetest.Start(t, dataplanetest.NewMemTUN(1, 0), func(c *dataplane.Config) {
+		c.ID, c.InstanceID, c.Version = "dp-metrics", "inst-1", "v1.2.3"
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { e.dp.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return e
 }
 
-type client struct {
-	t    *testing.T
-	conn net.Conn
-	dec  *wire.Decoder
-}
-
-func (e *env) dial() *client {
-	e.t.Helper()
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { c.Close() })
-	return &client{t: e.t, conn: c, dec: wire.NewDecoder(c, 0)}
-}
-
-func (c *client) write(b []byte) {
-	c.t.Helper()
-	if _, err := c.conn.Write(b); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *client) next(want wire.Type) wire.Msg {
-	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		m, err := c.dec.Next()
-		if err != nil {
-			c.t.Fatalf("read: %v", err)
-		}
-		if m.Type == want {
-			return m
-		}
-		if m.Type != wire.TypeKeepalive {
-			c.t.Fatalf("got %v, want %v", m.Type, want)
-		}
-	}
-}
-
-func (c *client) lease() netip.Addr {
-	c.t.Helper()
-	c.write(wire.AddrRequest[:])
-	r, err := wire.ParseAddrResponse(c.next(wire.TypeAddrResponse).Data)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return r.Addr
-}
-
-func (e *env) fromTUN() []byte {
-	e.t.Helper()
-	select {
-	case p := <-e.tun.Written:
-		return p
-	case <-time.After(10 * time.Second):
-		e.t.Fatal("nothing reached the TUN")
-		return nil
-	}
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after 10s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var eventually = dataplanetest.Eventually
 
 var gw = netip.MustParseAddr("13.8.0.1")
 
 func TestCollectorCountsTraffic(t *testing.T) {
 	e := start(t)
-	col := dpmetrics.New(e.dp)
+	col := dpmetrics.New(e.DP)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(col)
 
@@ -138,32 +43,32 @@ func TestCollectorCountsTraffic(t *testing.T) {
 		t.Errorf("refusal series = %d, want %d", n, len(dpmetrics.RefusalReasons))
 	}
 
-	c := e.dial()
-	addr := c.lease()
+	c := e.Dial()
+	addr := c.Lease().Addr
 
 	// Three 102s of known size reach the TUN.
 	var fromBytes int
 	for i := range 3 {
 		p := packet.BuildICMPEcho(addr, gw, 1, uint16(i), []byte(strings.Repeat("x", 10*i)), false)
 		fromBytes += len(p)
-		c.write(wire.AppendMsg(nil, wire.TypeNetRequest, p))
-		e.fromTUN()
+		c.Write(wire.AppendMsg(nil, wire.TypeNetRequest, p))
+		e.FromTUN()
 	}
 	// Two 103s to the client: the route is in since a 102 reached the TUN.
 	var toBytes int
 	for i := range 2 {
 		p := packet.BuildICMPEcho(gw, addr, 1, uint16(i), []byte(strings.Repeat("y", 100+i)), true)
 		toBytes += len(p)
-		e.tun.Inject(p)
-		c.next(wire.TypeNetResponse)
+		e.TUN.Inject(p)
+		c.NextOf(wire.TypeNetResponse)
 	}
 	// Drops: a spoofed source, a packet for nobody, a 101 from the client.
-	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.99"), gw, 1, 1, nil, false)))
-	e.tun.Inject(packet.BuildICMPEcho(gw, netip.MustParseAddr("13.8.0.200"), 1, 1, nil, true))
-	c.write(wire.AppendMsg(nil, wire.TypeAddrResponse, []byte("x")))
+	c.Write(wire.AppendMsg(nil, wire.TypeNetRequest, packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.99"), gw, 1, 1, nil, false)))
+	e.TUN.Inject(packet.BuildICMPEcho(gw, netip.MustParseAddr("13.8.0.200"), 1, 1, nil, true))
+	c.Write(wire.AppendMsg(nil, wire.TypeAddrResponse, []byte("x")))
 
 	eventually(t, "counters", func() bool {
-		st := e.dp.Status()
+		st := e.DP.Status()
 		return st.Counters.PacketsToClient == 2 && len(st.Drops) == 3
 	})
 
@@ -219,8 +124,8 @@ fourover6_dataplane_draining 0
 	}
 
 	// The client leaves: counters stay (closed sessions are included).
-	c.conn.Close()
-	eventually(t, "close", func() bool { return e.dp.Status().Closed == 1 })
+	c.Conn.Close()
+	eventually(t, "close", func() bool { return e.DP.Status().Closed == 1 })
 	if got := value(t, reg, "fourover6_dataplane_bytes_total", "direction", "from_client"); got != float64(fromBytes) {
 		t.Errorf("bytes from client after close = %v, want %d", got, fromBytes)
 	}
@@ -229,13 +134,13 @@ fourover6_dataplane_draining 0
 	}
 
 	// Draining: the next connection is refused and counted.
-	e.dp.SetDraining(true)
-	c2 := e.dial()
-	c2.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c2.conn.Read(make([]byte, 1)); err == nil {
+	e.DP.SetDraining(true)
+	c2 := e.Dial()
+	c2.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.Conn.Read(make([]byte, 1)); err == nil {
 		t.Fatal("a draining data plane answered a new client")
 	}
-	eventually(t, "refused", func() bool { return e.dp.Refused()["draining"] == 1 })
+	eventually(t, "refused", func() bool { return e.DP.Refused()["draining"] == 1 })
 	if got := value(t, reg, "fourover6_dataplane_connections_refused_total", "reason", "draining"); got != 1 {
 		t.Errorf("refused{draining} = %v", got)
 	}
@@ -257,11 +162,11 @@ fourover6_dataplane_draining 0
 func TestCollectorControllerUnreachable(t *testing.T) {
 	e := start(t)
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(dpmetrics.New(e.dp))
-	e.ctl.SetDown(true)
-	c := e.dial()
-	c.write(wire.AddrRequest[:]) // the allocation fails: the controller is marked unreachable
-	eventually(t, "unreachable", func() bool { return !e.dp.Status().ControllerConnected })
+	reg.MustRegister(dpmetrics.New(e.DP))
+	e.Ctl.SetDown(true)
+	c := e.Dial()
+	c.Write(wire.AddrRequest[:]) // the allocation fails: the controller is marked unreachable
+	eventually(t, "unreachable", func() bool { return !e.DP.Status().ControllerConnected })
 	if got := value(t, reg, "fourover6_dataplane_controller_reachable", "", ""); got != 0 {
 		t.Errorf("controller_reachable = %v, want 0", got)
 	}
@@ -278,7 +183,7 @@ func (w withTimeouts) KeepaliveTimeouts() uint64 { return w.n }
 func TestCollectorKeepaliveTimeouts(t *testing.T) {
 	e := start(t)
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(dpmetrics.New(withTimeouts{Source: e.dp, n: 4}))
+	reg.MustRegister(dpmetrics.New(withTimeouts{Source: e.DP, n: 4}))
 	want := `
 # HELP fourover6_dataplane_keepalive_timeouts_total Clients disconnected because they were silent longer than the keepalive timeout.
 # TYPE fourover6_dataplane_keepalive_timeouts_total counter
