@@ -136,12 +136,17 @@ type proc struct {
 // start runs a binary in a namespace, logging to a file shown on failure.
 func (e *env) start(ns *topo.NS, bin string, args ...string) *proc {
 	e.t.Helper()
+	return e.launch(bin, exec.Command("ip", append([]string{"netns", "exec", ns.Name, filepath.Join(binDir, bin)}, args...)...))
+}
+
+// launch starts cmd with its output in a log file shown on failure.
+func (e *env) launch(bin string, cmd *exec.Cmd) *proc {
+	e.t.Helper()
 	logPath := filepath.Join(e.dir, fmt.Sprintf("%s-%d.log", bin, len(e.procs)))
 	f, err := os.Create(logPath)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, filepath.Join(binDir, bin)}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -28,21 +27,7 @@ import (
 // controllers here only need loopback etcd and unix sockets).
 func (e *env) startHost(bin string, args ...string) *proc {
 	e.t.Helper()
-	logPath := filepath.Join(e.dir, fmt.Sprintf("%s-%d.log", bin, len(e.procs)))
-	f, err := os.Create(logPath)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	f.Close()
-	p := &proc{name: bin, cmd: cmd, log: logPath, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
-	e.procs = append(e.procs, p)
-	return p
+	return e.launch(bin, exec.Command(filepath.Join(binDir, bin), args...))
 }
 
 func controllerStatus(sock string) (*cpv1.ControllerStatus, error) {
