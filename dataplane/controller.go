@@ -10,11 +10,11 @@ import (
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
-// Controller is the data plane's view of the control plane. ctlink
+// ControlPlane is the data plane's view of the control plane. ctlink
 // implements it over gRPC; tests use fakes.
-type Controller interface {
+type ControlPlane interface {
 	// Register announces the data plane and returns the pool it serves.
-	Register(ctx context.Context, r Registration) (PoolInfo, error)
+	Register(ctx context.Context, r Registration) (Assignment, error)
 	// Allocate leases an address to a session (idempotent per session).
 	Allocate(ctx context.Context, r AllocateRequest) (wire.AddrResponse, error)
 	// Release returns a session's address to the pool.
@@ -24,9 +24,9 @@ type Controller interface {
 	Report(ctx context.Context, r Report) (unknown []string, err error)
 	// Heartbeat says the data plane is alive.
 	Heartbeat(ctx context.Context, h Heartbeat) (HeartbeatReply, error)
-	// WatchCommands receives the controller's commands and calls fn for
+	// WatchDirectives receives the controller's commands and calls fn for
 	// each, until ctx ends or the stream breaks (then it returns why).
-	WatchCommands(ctx context.Context, dataplaneID, instanceID string, fn func(Command)) error
+	WatchDirectives(ctx context.Context, dataplaneID, instanceID string, fn func(Directive)) error
 }
 
 // Registration describes this data plane to the controller.
@@ -38,9 +38,9 @@ type Registration struct {
 	APIAddress   string
 }
 
-// PoolInfo is what the data plane needs to configure its TUN, and the
+// Assignment is what the data plane needs to configure its TUN, and the
 // controller's instructions at registration.
-type PoolInfo struct {
+type Assignment struct {
 	Gateway           netip.Addr   // the TUN's address, e.g. 13.8.0.1
 	Pool              netip.Prefix // e.g. 13.8.0.0/24
 	HeartbeatInterval time.Duration
@@ -71,15 +71,15 @@ type HeartbeatReply struct {
 	Draining bool
 }
 
-// Command is pushed by the controller: exactly one field is set.
-type Command struct {
-	Kick  *KickCommand
+// Directive is pushed by the controller: exactly one field is set.
+type Directive struct {
+	Kick  *KickDirective
 	Drain *bool
 }
 
-// KickCommand closes the session holding Addr (only session SessionID,
+// KickDirective closes the session holding Addr (only session SessionID,
 // when set).
-type KickCommand struct {
+type KickDirective struct {
 	Addr      netip.Addr
 	SessionID string
 	Reason    string
@@ -107,7 +107,7 @@ type SessionReport struct {
 	Client      netip.AddrPort
 	ConnectedAt time.Time
 	LastHeard   time.Time
-	Counters    session.Counters
+	Traffic     session.Traffic
 }
 
 // Errors a Controller returns (wrapped, with the controller's message).

@@ -34,8 +34,8 @@ type Config struct {
 	Listener       net.Listener // clients connect here (TCP over IPv6)
 	TUN            tun.Device   // configured with Gateway/Pool, up
 	MTU            int
-	Pool           PoolInfo
-	Controller     Controller
+	Pool           Assignment
+	ControlPlane   ControlPlane
 	ControllerAddr string // for status output
 	Logger         *slog.Logger
 
@@ -99,7 +99,7 @@ type Dataplane struct {
 
 	mu       sync.Mutex
 	sessions map[*session.Session]func() // value: the limiter's release
-	gone     session.Counters            // counters of closed sessions
+	gone     session.Traffic             // counters of closed sessions
 
 	limiter  *limit.Limiter
 	refused  sync.Map // reason -> *refusal
@@ -131,7 +131,7 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, errors.New("no client listener")
 	case cfg.TUN == nil:
 		return nil, errors.New("no TUN device")
-	case cfg.Controller == nil:
+	case cfg.ControlPlane == nil:
 		return nil, errors.New("no controller")
 	case cfg.KeepaliveTimeout <= cfg.KeepaliveInterval:
 		return nil, fmt.Errorf("keepalive timeout %s must be longer than the interval %s", cfg.KeepaliveTimeout, cfg.KeepaliveInterval)
@@ -456,7 +456,7 @@ func (d *Dataplane) heartbeatLoop(ctx context.Context) {
 func (d *Dataplane) heartbeat(ctx context.Context) {
 	open, leased := d.counts()
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
-	r, err := d.cfg.Controller.Heartbeat(hctx, Heartbeat{
+	r, err := d.cfg.ControlPlane.Heartbeat(hctx, Heartbeat{
 		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
 		Sessions: open, LeasedSessions: leased,
 	})
@@ -473,7 +473,7 @@ func (d *Dataplane) heartbeat(ctx context.Context) {
 	// again, then tell it every live session at once.
 	d.log.Warn("controller does not know this data plane; registering again")
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
-	_, err = d.cfg.Controller.Register(rctx, d.registration())
+	_, err = d.cfg.ControlPlane.Register(rctx, d.registration())
 	cancel()
 	if err != nil {
 		d.log.Error("registering again failed", "err", err)
@@ -494,7 +494,7 @@ func (d *Dataplane) commandLoop(ctx context.Context) {
 	wait := time.Second
 	for {
 		start := time.Now()
-		err := d.cfg.Controller.WatchCommands(ctx, d.cfg.ID, d.cfg.InstanceID, d.command)
+		err := d.cfg.ControlPlane.WatchDirectives(ctx, d.cfg.ID, d.cfg.InstanceID, d.command)
 		if ctx.Err() != nil {
 			return
 		}
@@ -511,7 +511,7 @@ func (d *Dataplane) commandLoop(ctx context.Context) {
 	}
 }
 
-func (d *Dataplane) command(c Command) {
+func (d *Dataplane) command(c Directive) {
 	switch {
 	case c.Kick != nil:
 		in, err := d.Kick(c.Kick.Addr, c.Kick.SessionID, c.Kick.Reason)
@@ -539,14 +539,14 @@ func (d *Dataplane) report(ctx context.Context) {
 		}
 		reps = append(reps, SessionReport{
 			SessionID: in.ID, Addr: in.Addr, Client: in.Remote,
-			ConnectedAt: in.ConnectedAt, LastHeard: in.LastHeard, Counters: in.Counters,
+			ConnectedAt: in.ConnectedAt, LastHeard: in.LastHeard, Traffic: in.Traffic,
 		})
 	}
 	clear(d.reportSessions)
 	d.reportBuf = reps
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReportInterval)
 	defer cancel()
-	unknown, err := d.cfg.Controller.Report(rctx, Report{
+	unknown, err := d.cfg.ControlPlane.Report(rctx, Report{
 		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Complete: true, Sessions: reps,
 	})
 	d.setControllerOK(err)
@@ -611,7 +611,7 @@ func (h *host) Lease(ctx context.Context, s *session.Session) (wire.AddrResponse
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		lease, err := d.cfg.Controller.Allocate(actx, req)
+		lease, err := d.cfg.ControlPlane.Allocate(actx, req)
 		cancel()
 		d.setControllerOK(err)
 		if err == nil {
@@ -666,7 +666,7 @@ func (h *host) Release(s *session.Session, addr netip.Addr, reason string) {
 				time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ReleaseTimeout)
-			err = d.cfg.Controller.Release(ctx, req)
+			err = d.cfg.ControlPlane.Release(ctx, req)
 			cancel()
 			d.setControllerOK(err)
 			if err == nil || !errors.Is(err, ErrControllerUnavailable) {
@@ -686,7 +686,7 @@ func (h *host) Closed(s *session.Session, reason string) {
 	d.mu.Lock()
 	release := d.sessions[s]
 	delete(d.sessions, s)
-	d.gone = d.gone.Add(in.Counters)
+	d.gone = d.gone.Add(in.Traffic)
 	d.mu.Unlock()
 	if release != nil {
 		release()
@@ -698,7 +698,7 @@ func (h *host) Closed(s *session.Session, reason string) {
 	if in.Addr.IsValid() {
 		d.log.Info("client disconnected", "session", s.ID(), "client", in.Remote, "addr", in.Addr,
 			"reason", reason, "duration", time.Since(in.ConnectedAt).Round(time.Millisecond),
-			"bytes_from_client", in.Counters.BytesFromClient, "bytes_to_client", in.Counters.BytesToClient)
+			"bytes_from_client", in.Traffic.BytesFromClient, "bytes_to_client", in.Traffic.BytesToClient)
 	} else {
 		d.log.Info("connection closed before lease", "session", s.ID(), "client", in.Remote, "reason", reason)
 	}

@@ -114,8 +114,8 @@ func TestTUNToRightClient(t *testing.T) {
 	h.TUN.Inject(packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.1"), netip.MustParseAddr("13.8.0.200"), 2, 9, nil, true))
 	eventually(t, "no_route drop", func() bool { return h.DP.Drops()["no_route"] == 1 })
 	st := h.DP.Status()
-	if st.Counters.PacketsToClient != 3 || st.LeasedSessions != 2 {
-		t.Fatalf("status counters %+v leased %d", st.Counters, st.LeasedSessions)
+	if st.Traffic.PacketsToClient != 3 || st.LeasedSessions != 2 {
+		t.Fatalf("status counters %+v leased %d", st.Traffic, st.LeasedSessions)
 	}
 }
 
@@ -393,7 +393,7 @@ func TestLimitsDrainingAndKick(t *testing.T) {
 		t.Fatalf("refused %v", h.DP.Refused())
 	}
 	// Kicking by address through the controller's command stream.
-	h.Ctl.Commands <- dataplane.Command{Kick: &dataplane.KickCommand{Addr: addrA, Reason: "test kick"}}
+	h.Ctl.Commands <- dataplane.Directive{Kick: &dataplane.KickDirective{Addr: addrA, Reason: "test kick"}}
 	a.ExpectClosed()
 	select {
 	case <-h.Ctl.Released:
@@ -402,7 +402,7 @@ func TestLimitsDrainingAndKick(t *testing.T) {
 	}
 	// Draining refuses new clients; b keeps working.
 	on := true
-	h.Ctl.Commands <- dataplane.Command{Drain: &on}
+	h.Ctl.Commands <- dataplane.Directive{Drain: &on}
 	eventually(t, "draining", h.DP.Draining)
 	d := h.Dial()
 	d.ExpectClosed()

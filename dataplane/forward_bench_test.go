@@ -64,8 +64,8 @@ func benchDataplane(b *testing.B, dev *benchTUN) (addr string, stop func()) {
 		b.Fatal(err)
 	}
 	dp, err := dataplane.New(dataplane.Config{
-		ID: "bench", Listener: ln, TUN: dev, Controller: dataplanetest.NewMemController(253),
-		Pool:   dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")},
+		ID: "bench", Listener: ln, TUN: dev, ControlPlane: dataplanetest.NewMemController(253),
+		Pool:   dataplane.Assignment{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReportInterval: time.Hour,
 		SendQueueLen: 4096,
 	})

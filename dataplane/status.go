@@ -26,7 +26,7 @@ type Status struct {
 	Sessions            int
 	LeasedSessions      int
 	Accepted, Closed    uint64
-	Counters            session.Counters
+	Traffic             session.Traffic
 	Drops               map[string]uint64
 	KeepaliveInterval   time.Duration
 	KeepaliveTimeout    time.Duration
@@ -58,7 +58,7 @@ func (d *Dataplane) Status() Status {
 		Refused: d.Refused(), Limits: d.limiter.Config(),
 	}
 	d.mu.Lock()
-	st.Counters = d.gone
+	st.Traffic = d.gone
 	live := make([]*session.Session, 0, len(d.sessions))
 	for s := range d.sessions {
 		live = append(live, s)
@@ -69,7 +69,7 @@ func (d *Dataplane) Status() Status {
 		if s.State() == session.Leased {
 			st.LeasedSessions++
 		}
-		st.Counters = st.Counters.Add(s.Counters())
+		st.Traffic = st.Traffic.Add(s.Traffic())
 	}
 	return st
 }

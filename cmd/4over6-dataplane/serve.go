@@ -104,7 +104,7 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	dp, err := dataplane.New(dataplane.Config{
 		ID: o.id, InstanceID: instance, Version: version.String(), APIAddress: apiEP.String(),
 		Listener: ln, TUN: dev, MTU: o.mtu, Pool: pool,
-		Controller: link, ControllerAddr: link.String(), Logger: log,
+		ControlPlane: link, ControllerAddr: link.String(), Logger: log,
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
@@ -190,7 +190,7 @@ func readiness(dp *dataplane.Dataplane) metrics.ReadyFunc {
 
 // register retries until the controller answers: a data plane without a
 // pool cannot configure its TUN or serve anyone.
-func register(ctx context.Context, log *slog.Logger, link dataplane.Controller, r dataplane.Registration, addr string) (dataplane.PoolInfo, error) {
+func register(ctx context.Context, log *slog.Logger, link dataplane.ControlPlane, r dataplane.Registration, addr string) (dataplane.Assignment, error) {
 	wait := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -201,12 +201,12 @@ func register(ctx context.Context, log *slog.Logger, link dataplane.Controller, 
 			return pool, nil
 		}
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
-			return dataplane.PoolInfo{}, fmt.Errorf("register with controller %s: %w", addr, err)
+			return dataplane.Assignment{}, fmt.Errorf("register with controller %s: %w", addr, err)
 		}
 		log.Warn("controller not reachable yet; retrying", "controller", addr, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-ctx.Done():
-			return dataplane.PoolInfo{}, fmt.Errorf("stopped before the controller at %s answered", addr)
+			return dataplane.Assignment{}, fmt.Errorf("stopped before the controller at %s answered", addr)
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)

@@ -111,8 +111,8 @@ const maxTextLen = 256
 // Client is one row of the client table.
 type Client = table.Row
 
-// Counters of one session.
-type Counters = table.Counters
+// Traffic of one session.
+type Traffic = table.Traffic
 
 // Filter selects clients; the zero Filter selects all.
 type Filter = table.Filter
@@ -185,7 +185,7 @@ type SessionReport struct {
 	ClientPort  uint16
 	ConnectedAt time.Time
 	LastHeard   time.Time
-	Counters    Counters
+	Traffic     Traffic
 }
 
 // PoolInfo describes the pool, its use and what every 101 carries.

@@ -183,10 +183,10 @@ func TestAllocateReportRelease(t *testing.T) {
 
 	// Report: one good, one with the wrong address, one unknown session.
 	heard := t0.Add(10 * time.Second)
-	cnt := Counters{BytesFromClient: 1000, PacketsFromClient: 10, BytesToClient: 2000, PacketsToClient: 20}
+	cnt := Traffic{BytesFromClient: 1000, PacketsFromClient: 10, BytesToClient: 2000, PacketsToClient: 20}
 	unknown, err := f.c.Report(ctx, "dp1", "", false, []SessionReport{
-		{SessionID: "s1", Addr: l.Addr, ClientIPv6: client1, ClientPort: 40000, ConnectedAt: t0.Add(-time.Second), LastHeard: heard, Counters: cnt},
-		{SessionID: "s2", Addr: ip("13.8.0.99"), LastHeard: heard, Counters: cnt},
+		{SessionID: "s1", Addr: l.Addr, ClientIPv6: client1, ClientPort: 40000, ConnectedAt: t0.Add(-time.Second), LastHeard: heard, Traffic: cnt},
+		{SessionID: "s2", Addr: ip("13.8.0.99"), LastHeard: heard, Traffic: cnt},
 		{SessionID: "ghost", LastHeard: heard},
 	})
 	if err != nil {
@@ -196,18 +196,18 @@ func TestAllocateReportRelease(t *testing.T) {
 		t.Fatalf("unknown = %v", unknown)
 	}
 	row, _ = f.c.Client(ctx, l.Addr)
-	if row.Counters != cnt || !row.LastHeard.Equal(heard) || !row.ConnectedAt.Equal(t0.Add(-time.Second)) {
+	if row.Traffic != cnt || !row.LastHeard.Equal(heard) || !row.ConnectedAt.Equal(t0.Add(-time.Second)) {
 		t.Fatalf("row after report = %+v", row)
 	}
 	row3, _ := f.c.Client(ctx, l3.Addr)
-	if row3.Counters != (Counters{}) {
+	if row3.Traffic != (Traffic{}) {
 		t.Fatalf("mismatched report updated the row: %+v", row3)
 	}
 	// The same session id from another data plane is someone else.
-	if unknown, _ := f.c.Report(ctx, "dp2", "", false, []SessionReport{{SessionID: "s1", Counters: Counters{BytesToClient: 1}}}); !slices.Equal(unknown, []string{"s1"}) {
+	if unknown, _ := f.c.Report(ctx, "dp2", "", false, []SessionReport{{SessionID: "s1", Traffic: Traffic{BytesToClient: 1}}}); !slices.Equal(unknown, []string{"s1"}) {
 		t.Fatalf("unknown = %v", unknown)
 	}
-	if row, _ = f.c.Client(ctx, l.Addr); row.Counters != cnt {
+	if row, _ = f.c.Client(ctx, l.Addr); row.Traffic != cnt {
 		t.Fatalf("report from another data plane updated the row: %+v", row)
 	}
 

@@ -477,7 +477,7 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 			ClientPort:  r.ClientPort,
 			ConnectedAt: r.ConnectedAt,
 			LastHeard:   r.LastHeard,
-			Counters:    r.Counters,
+			Traffic:     r.Traffic,
 		})
 		c.metrics.Traffic(d.BytesFromClient, d.PacketsFromClient, d.BytesToClient, d.PacketsToClient)
 		if vouch {

@@ -185,7 +185,7 @@ func reportFromPB(r *pb.SessionReport) (controller.SessionReport, error) {
 		ClientPort:  port,
 		ConnectedAt: connected,
 		LastHeard:   heard,
-		Counters: controller.Counters{
+		Traffic: controller.Traffic{
 			BytesFromClient:   c.GetBytesFromClient(),
 			PacketsFromClient: c.GetPacketsFromClient(),
 			BytesToClient:     c.GetBytesToClient(),
@@ -407,10 +407,10 @@ func clientToPB(r controller.Client) *pb.Client {
 		ConnectedAt: timeToPB(r.ConnectedAt),
 		LastHeard:   timeToPB(r.LastHeard),
 		Counters: &pb.Counters{
-			BytesFromClient:   r.Counters.BytesFromClient,
-			PacketsFromClient: r.Counters.PacketsFromClient,
-			BytesToClient:     r.Counters.BytesToClient,
-			PacketsToClient:   r.Counters.PacketsToClient,
+			BytesFromClient:   r.Traffic.BytesFromClient,
+			PacketsFromClient: r.Traffic.PacketsFromClient,
+			BytesToClient:     r.Traffic.BytesToClient,
+			PacketsToClient:   r.Traffic.PacketsToClient,
 		},
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// Counters of one session. "From client" is 102 traffic (client to the IPv4
+// Traffic of one session. "From client" is 102 traffic (client to the IPv4
 // side), "to client" is 103 traffic.
-type Counters struct {
+type Traffic struct {
 	BytesFromClient   uint64
 	PacketsFromClient uint64
 	BytesToClient     uint64
@@ -29,9 +29,9 @@ type Row struct {
 	LeasedAt    time.Time // when the controller leased Addr
 	ConnectedAt time.Time // when the client connected, per its data plane
 	LastHeard   time.Time // last message from the client, per its data plane
-	Counters    Counters
+	Traffic     Traffic
 
-	// counted: Counters are a baseline that deltas may be taken from. A
+	// counted: the traffic totals are a baseline that deltas may be taken from. A
 	// row rebuilt after a restart learns its baseline from the first
 	// report, so traffic counted before the restart is not counted twice.
 	counted bool
@@ -44,7 +44,7 @@ type Update struct {
 	ClientPort  uint16
 	ConnectedAt time.Time
 	LastHeard   time.Time
-	Counters    Counters
+	Traffic     Traffic
 }
 
 // Filter selects rows in List. The zero Filter selects all.
@@ -94,12 +94,12 @@ func (t *Table) Insert(r Row, fresh bool) {
 //
 // It also returns how much the counters grew since the last update (zero
 // for the first update of a rebuilt row, whose history is unknown).
-func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) (Counters, bool) {
+func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) (Traffic, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r, ok := t.rows[addr]
 	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
-		return Counters{}, false
+		return Traffic{}, false
 	}
 	if u.ClientIPv6.IsValid() {
 		r.ClientIPv6 = u.ClientIPv6
@@ -115,17 +115,17 @@ func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update)
 	if !u.LastHeard.IsZero() {
 		r.LastHeard = u.LastHeard
 	}
-	var delta Counters
+	var delta Traffic
 	if r.counted {
-		delta = Counters{
-			BytesFromClient:   growth(r.Counters.BytesFromClient, u.Counters.BytesFromClient),
-			PacketsFromClient: growth(r.Counters.PacketsFromClient, u.Counters.PacketsFromClient),
-			BytesToClient:     growth(r.Counters.BytesToClient, u.Counters.BytesToClient),
-			PacketsToClient:   growth(r.Counters.PacketsToClient, u.Counters.PacketsToClient),
+		delta = Traffic{
+			BytesFromClient:   growth(r.Traffic.BytesFromClient, u.Traffic.BytesFromClient),
+			PacketsFromClient: growth(r.Traffic.PacketsFromClient, u.Traffic.PacketsFromClient),
+			BytesToClient:     growth(r.Traffic.BytesToClient, u.Traffic.BytesToClient),
+			PacketsToClient:   growth(r.Traffic.PacketsToClient, u.Traffic.PacketsToClient),
 		}
 	}
 	r.counted = true
-	r.Counters = u.Counters
+	r.Traffic = u.Traffic
 	return delta, true
 }
 

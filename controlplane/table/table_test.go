@@ -53,42 +53,42 @@ func TestUpdate(t *testing.T) {
 	a := netip.MustParseAddr("13.8.0.2")
 	tb.Insert(row("13.8.0.2", "dp1", "s1"), true)
 
-	c := Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}
-	if _, ok := tb.Update(a, "dp1", "other", Update{Counters: c, LastHeard: t0.Add(time.Minute)}); ok {
+	c := Traffic{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}
+	if _, ok := tb.Update(a, "dp1", "other", Update{Traffic: c, LastHeard: t0.Add(time.Minute)}); ok {
 		t.Fatal("update with the wrong session id applied")
 	}
-	if _, ok := tb.Update(a, "dp2", "s1", Update{Counters: c}); ok {
+	if _, ok := tb.Update(a, "dp2", "s1", Update{Traffic: c}); ok {
 		t.Fatal("update from the wrong data plane applied")
 	}
-	if _, ok := tb.Update(netip.MustParseAddr("13.8.0.3"), "dp1", "s1", Update{Counters: c}); ok {
+	if _, ok := tb.Update(netip.MustParseAddr("13.8.0.3"), "dp1", "s1", Update{Traffic: c}); ok {
 		t.Fatal("update of a missing row applied")
 	}
-	if r, _ := tb.Get(a); r.Counters != (Counters{}) || !r.LastHeard.Equal(t0) {
+	if r, _ := tb.Get(a); r.Traffic != (Traffic{}) || !r.LastHeard.Equal(t0) {
 		t.Fatalf("row changed by rejected updates: %+v", r)
 	}
 
 	connected := t0.Add(-time.Second)
 	if _, ok := tb.Update(a, "dp1", "s1", Update{
 		ClientIPv6: netip.MustParseAddr("2001:db8::2"), ClientPort: 40001,
-		ConnectedAt: connected, LastHeard: t0.Add(time.Minute), Counters: c,
+		ConnectedAt: connected, LastHeard: t0.Add(time.Minute), Traffic: c,
 	}); !ok {
 		t.Fatal("update failed")
 	}
 	r, _ := tb.Get(a)
-	if r.Counters != c || !r.LastHeard.Equal(t0.Add(time.Minute)) || !r.ConnectedAt.Equal(connected) ||
+	if r.Traffic != c || !r.LastHeard.Equal(t0.Add(time.Minute)) || !r.ConnectedAt.Equal(connected) ||
 		r.ClientIPv6.String() != "2001:db8::2" || r.ClientPort != 40001 || !r.LeasedAt.Equal(t0) {
 		t.Fatalf("row = %+v", r)
 	}
 
 	// Zero fields keep their values; counters are absolute and replaced.
-	c2 := Counters{BytesFromClient: 200}
-	tb.Update(a, "dp1", "s1", Update{Counters: c2})
+	c2 := Traffic{BytesFromClient: 200}
+	tb.Update(a, "dp1", "s1", Update{Traffic: c2})
 	r, _ = tb.Get(a)
-	if !r.LastHeard.Equal(t0.Add(time.Minute)) || r.Counters != c2 || r.ClientPort != 40001 || !r.ConnectedAt.Equal(connected) {
+	if !r.LastHeard.Equal(t0.Add(time.Minute)) || r.Traffic != c2 || r.ClientPort != 40001 || !r.ConnectedAt.Equal(connected) {
 		t.Fatalf("row = %+v", r)
 	}
 	// The data plane's clock wins even when it is behind the lease time.
-	tb.Update(a, "dp1", "s1", Update{LastHeard: t0.Add(-time.Hour), Counters: c2})
+	tb.Update(a, "dp1", "s1", Update{LastHeard: t0.Add(-time.Hour), Traffic: c2})
 	if r, _ = tb.Get(a); !r.LastHeard.Equal(t0.Add(-time.Hour)) {
 		t.Fatalf("row = %+v", r)
 	}
@@ -127,21 +127,21 @@ func TestUpdateDeltas(t *testing.T) {
 	fresh, rebuilt := netip.MustParseAddr("13.8.0.2"), netip.MustParseAddr("13.8.0.3")
 	tb.Insert(row("13.8.0.2", "dp1", "s1"), true)
 	tb.Insert(row("13.8.0.3", "dp1", "s2"), false) // after a controller restart
-	c1 := Counters{BytesFromClient: 100, PacketsFromClient: 1, BytesToClient: 200, PacketsToClient: 2}
-	c2 := Counters{BytesFromClient: 150, PacketsFromClient: 2, BytesToClient: 700, PacketsToClient: 3}
-	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Counters: c1}); d != c1 {
+	c1 := Traffic{BytesFromClient: 100, PacketsFromClient: 1, BytesToClient: 200, PacketsToClient: 2}
+	c2 := Traffic{BytesFromClient: 150, PacketsFromClient: 2, BytesToClient: 700, PacketsToClient: 3}
+	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Traffic: c1}); d != c1 {
 		t.Fatalf("a new session's first report counts from zero: %+v", d)
 	}
-	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Counters: c2}); d != (Counters{50, 1, 500, 1}) {
+	if d, _ := tb.Update(fresh, "dp1", "s1", Update{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
 		t.Fatalf("second report delta %+v", d)
 	}
-	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c1}); d != (Counters{}) {
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Traffic: c1}); d != (Traffic{}) {
 		t.Fatalf("a rebuilt row's first report must not count its history: %+v", d)
 	}
-	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c2}); d != (Counters{50, 1, 500, 1}) {
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
 		t.Fatalf("rebuilt row, second report delta %+v", d)
 	}
-	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Counters: c1}); d != (Counters{}) {
+	if d, _ := tb.Update(rebuilt, "dp1", "s2", Update{Traffic: c1}); d != (Traffic{}) {
 		t.Fatalf("counters running back count nothing: %+v", d)
 	}
 }

@@ -56,7 +56,7 @@ func (s *Server) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetSt
 		LeasedSessions:      uint32(st.LeasedSessions),
 		AcceptedTotal:       st.Accepted,
 		ClosedTotal:         st.Closed,
-		Counters:            counters(st.Counters),
+		Counters:            counters(st.Traffic),
 		Drops:               st.Drops,
 		KeepaliveIntervalMs: uint64(st.KeepaliveInterval.Milliseconds()),
 		KeepaliveTimeoutMs:  uint64(st.KeepaliveTimeout.Milliseconds()),
@@ -133,7 +133,7 @@ func (s *Server) ListSessions(_ *dpv1.ListSessionsRequest, stream grpc.ServerStr
 			ClientPort:  uint32(in.Remote.Port()),
 			ConnectedAt: timestamppb.New(in.ConnectedAt),
 			LastHeard:   timestamppb.New(in.LastHeard),
-			Counters:    counters(in.Counters),
+			Counters:    counters(in.Traffic),
 			SendQueue:   uint32(in.SendQueue),
 		}
 		if err := stream.Send(&dpv1.ListSessionsResponse{Session: sess}); err != nil {
@@ -150,7 +150,7 @@ func addrString(s string, ok bool) string {
 	return s
 }
 
-func counters(c session.Counters) *dpv1.Counters {
+func counters(c session.Traffic) *dpv1.Counters {
 	return &dpv1.Counters{
 		BytesFromClient: c.BytesFromClient, PacketsFromClient: c.PacketsFromClient,
 		BytesToClient: c.BytesToClient, PacketsToClient: c.PacketsToClient,

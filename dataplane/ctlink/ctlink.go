@@ -77,26 +77,26 @@ func (l *Link) Close() error {
 	return l.conn.Close()
 }
 
-var _ dataplane.Controller = (*Link)(nil)
+var _ dataplane.ControlPlane = (*Link)(nil)
 
 // Register implements dataplane.Controller.
-func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplane.PoolInfo, error) {
+func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplane.Assignment, error) {
 	resp, err := l.c.RegisterDataplane(ctx, &cpv1.RegisterDataplaneRequest{
 		DataplaneId: r.DataplaneID, Version: r.Version, ClientListen: r.ClientListen,
 		InstanceId: r.InstanceID, ApiAddress: r.APIAddress,
 	})
 	if err != nil {
-		return dataplane.PoolInfo{}, mapErr("register", err)
+		return dataplane.Assignment{}, mapErr("register", err)
 	}
 	gw, err := netip.ParseAddr(resp.GetGateway())
 	if err != nil || !gw.Is4() {
-		return dataplane.PoolInfo{}, fmt.Errorf("controller sent gateway %q: not an IPv4 address", resp.GetGateway())
+		return dataplane.Assignment{}, fmt.Errorf("controller sent gateway %q: not an IPv4 address", resp.GetGateway())
 	}
 	pool, err := netip.ParsePrefix(resp.GetPool())
 	if err != nil || !pool.Addr().Is4() || !pool.Contains(gw) {
-		return dataplane.PoolInfo{}, fmt.Errorf("controller sent pool %q: not an IPv4 prefix holding the gateway %s", resp.GetPool(), gw)
+		return dataplane.Assignment{}, fmt.Errorf("controller sent pool %q: not an IPv4 prefix holding the gateway %s", resp.GetPool(), gw)
 	}
-	return dataplane.PoolInfo{
+	return dataplane.Assignment{
 		Gateway: gw, Pool: pool,
 		HeartbeatInterval: time.Duration(resp.GetHeartbeatIntervalMs()) * time.Millisecond,
 		Draining:          resp.GetDraining(),
@@ -162,8 +162,8 @@ func (l *Link) Report(ctx context.Context, r dataplane.Report) ([]string, error)
 			ClientIpv6: addrString(s.Client.Addr()), ClientPort: uint32(s.Client.Port()),
 			ConnectedAt: timestamppb.New(s.ConnectedAt), LastHeard: timestamppb.New(s.LastHeard),
 			Counters: &cpv1.Counters{
-				BytesFromClient: s.Counters.BytesFromClient, PacketsFromClient: s.Counters.PacketsFromClient,
-				BytesToClient: s.Counters.BytesToClient, PacketsToClient: s.Counters.PacketsToClient,
+				BytesFromClient: s.Traffic.BytesFromClient, PacketsFromClient: s.Traffic.PacketsFromClient,
+				BytesToClient: s.Traffic.BytesToClient, PacketsToClient: s.Traffic.PacketsToClient,
 			},
 		})
 	}
@@ -186,8 +186,8 @@ func (l *Link) Heartbeat(ctx context.Context, h dataplane.Heartbeat) (dataplane.
 	return dataplane.HeartbeatReply{Known: resp.GetKnown(), Draining: resp.GetDraining()}, nil
 }
 
-// WatchCommands implements dataplane.Controller.
-func (l *Link) WatchCommands(ctx context.Context, id, instance string, fn func(dataplane.Command)) error {
+// WatchDirectives implements dataplane.Controller.
+func (l *Link) WatchDirectives(ctx context.Context, id, instance string, fn func(dataplane.Directive)) error {
 	stream, err := l.c.WatchCommands(ctx, &cpv1.WatchCommandsRequest{DataplaneId: id, InstanceId: instance})
 	if err != nil {
 		return mapErr("watch commands", err)
@@ -202,10 +202,10 @@ func (l *Link) WatchCommands(ctx context.Context, id, instance string, fn func(d
 		case c.GetKick() != nil:
 			k := c.GetKick()
 			addr, _ := netip.ParseAddr(k.GetAddress())
-			fn(dataplane.Command{Kick: &dataplane.KickCommand{Addr: addr, SessionID: k.GetSessionId(), Reason: k.GetReason()}})
+			fn(dataplane.Directive{Kick: &dataplane.KickDirective{Addr: addr, SessionID: k.GetSessionId(), Reason: k.GetReason()}})
 		case c.GetDrain() != nil:
 			on := c.GetDrain().GetDraining()
-			fn(dataplane.Command{Drain: &on})
+			fn(dataplane.Directive{Drain: &on})
 		}
 	}
 }

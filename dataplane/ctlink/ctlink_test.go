@@ -256,7 +256,7 @@ func TestReport(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
 	reps := []dataplane.SessionReport{
 		{SessionID: "s1", Addr: a.Addr, Client: client1, ConnectedAt: now.Add(-time.Minute), LastHeard: now,
-			Counters: session.Counters{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}},
+			Traffic: session.Traffic{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}},
 		{SessionID: "ghost", Addr: netip.MustParseAddr("13.8.0.77"), Client: client1, ConnectedAt: now, LastHeard: now},
 		// Holds a lease, but not the address the data plane believes.
 		{SessionID: "s1-wrong", Addr: a.Addr, Client: client1, ConnectedAt: now, LastHeard: now},

@@ -77,7 +77,7 @@ func (m *MemTUN) Write(bufs [][]byte, off int) (int, error) {
 }
 
 // Pool is the pool MemController serves.
-var Pool = dataplane.PoolInfo{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
+var Pool = dataplane.Assignment{Gateway: netip.MustParseAddr("13.8.0.1"), Pool: netip.MustParsePrefix("13.8.0.0/24")}
 
 // DNS are the servers of MemController's 101s.
 var DNS = [3]netip.Addr{netip.MustParseAddr("202.38.120.242"), netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("202.106.0.20")}
@@ -94,13 +94,13 @@ type MemController struct {
 	// Released receives every release, as it arrives.
 	Released chan dataplane.ReleaseRequest
 	// Commands are delivered to the data plane's command stream.
-	Commands chan dataplane.Command
+	Commands chan dataplane.Directive
 }
 
 // NewMemController returns a controller with size addresses.
 func NewMemController(size int) *MemController {
 	return &MemController{size: size, leases: map[string]netip.Addr{}, used: map[netip.Addr]string{},
-		Released: make(chan dataplane.ReleaseRequest, 4096), Commands: make(chan dataplane.Command, 16)}
+		Released: make(chan dataplane.ReleaseRequest, 4096), Commands: make(chan dataplane.Directive, 16)}
 }
 
 // SetSize changes the pool size (a smaller one exhausts sooner).
@@ -125,7 +125,7 @@ func (c *MemController) Leased() int {
 }
 
 // Register implements dataplane.Controller.
-func (c *MemController) Register(context.Context, dataplane.Registration) (dataplane.PoolInfo, error) {
+func (c *MemController) Register(context.Context, dataplane.Registration) (dataplane.Assignment, error) {
 	return Pool, nil
 }
 
@@ -176,8 +176,8 @@ func (c *MemController) Heartbeat(context.Context, dataplane.Heartbeat) (datapla
 	return dataplane.HeartbeatReply{Known: true}, nil
 }
 
-// WatchCommands implements dataplane.Controller: it delivers Commands.
-func (c *MemController) WatchCommands(ctx context.Context, _, _ string, fn func(dataplane.Command)) error {
+// WatchDirectives implements dataplane.Controller: it delivers Commands.
+func (c *MemController) WatchDirectives(ctx context.Context, _, _ string, fn func(dataplane.Directive)) error {
 	for {
 		select {
 		case <-ctx.Done():

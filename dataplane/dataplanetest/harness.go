@@ -50,7 +50,7 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 	}
 	h := &Harness{T: t, TUN: tun, Ctl: NewMemController(253), Addr: ln.Addr().String(), ClientIP: clientIP}
 	cfg := dataplane.Config{
-		ID: "dp-test", Listener: ln, TUN: h.TUN, Controller: h.Ctl, Pool: Pool,
+		ID: "dp-test", Listener: ln, TUN: h.TUN, ControlPlane: h.Ctl, Pool: Pool,
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second,
 		ReportInterval: time.Hour,

@@ -115,10 +115,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLeased, float64(st.LeasedSessions))
 	counter(descAccepted, st.Accepted)
 	counter(descClosed, st.Closed)
-	counter(descBytes, st.Counters.BytesFromClient, FromClient)
-	counter(descBytes, st.Counters.BytesToClient, ToClient)
-	counter(descPackets, st.Counters.PacketsFromClient, FromClient)
-	counter(descPackets, st.Counters.PacketsToClient, ToClient)
+	counter(descBytes, st.Traffic.BytesFromClient, FromClient)
+	counter(descBytes, st.Traffic.BytesToClient, ToClient)
+	counter(descPackets, st.Traffic.PacketsFromClient, FromClient)
+	counter(descPackets, st.Traffic.PacketsToClient, ToClient)
 
 	for r := range session.NumDrops {
 		name := r.String()

@@ -69,7 +69,7 @@ func TestCollectorCountsTraffic(t *testing.T) {
 
 	eventually(t, "counters", func() bool {
 		st := e.DP.Status()
-		return st.Counters.PacketsToClient == 2 && len(st.Drops) == 3
+		return st.Traffic.PacketsToClient == 2 && len(st.Drops) == 3
 	})
 
 	want := `

@@ -192,7 +192,7 @@ type Info struct {
 	Remote      netip.AddrPort
 	ConnectedAt time.Time
 	LastHeard   time.Time
-	Counters    Counters
+	Traffic     Traffic
 	SendQueue   int
 }
 
@@ -202,13 +202,13 @@ func (s *Session) Info() Info {
 		ID: s.id, State: s.State(), Addr: s.Addr(), Remote: s.remote,
 		ConnectedAt: s.since,
 		LastHeard:   s.cfg.Epoch.Add(time.Duration(s.lastHeard.Load())),
-		Counters:    s.c.snapshot(),
+		Traffic:     s.c.snapshot(),
 		SendQueue:   s.queueLen(),
 	}
 }
 
-// Counters returns the session's traffic counters.
-func (s *Session) Counters() Counters { return s.c.snapshot() }
+// Traffic returns the session's traffic counters.
+func (s *Session) Traffic() Traffic { return s.c.snapshot() }
 
 // Serve runs the session's reader in this goroutine until the session
 // closes, then waits for its writer.

@@ -566,7 +566,7 @@ func TestTickLeasedTimeout(t *testing.T) {
 	t3 := p.cfg.Now()
 	// The counters follow the TUN write on the reader goroutine.
 	eventually(t, "counters to count the 102", func() bool {
-		c := p.s.Counters()
+		c := p.s.Traffic()
 		return c.PacketsFromClient == 1 && c.BytesFromClient == uint64(len(pkt))
 	})
 	// Silent since t1 would be too long at t2+timeout; the 102 keeps it.
@@ -708,7 +708,7 @@ func TestDataChecks(t *testing.T) {
 	p.write([]byte{0xff, 0xff, 0, 0, 102})
 	p.expectEOF(wire.TypeKeepalive)
 	p.waitServed()
-	if c := p.s.Counters(); c.PacketsFromClient != 1 || c.BytesFromClient != uint64(len(good)) {
+	if c := p.s.Traffic(); c.PacketsFromClient != 1 || c.BytesFromClient != uint64(len(good)) {
 		t.Errorf("counters %+v: want only the good packet (%d bytes) counted", c, len(good))
 	}
 	if got := p.drops.Get(session.DropFrameError); got != 1 {
@@ -758,8 +758,8 @@ func TestStateNames(t *testing.T) {
 }
 
 func TestCountersAdd(t *testing.T) {
-	a := session.Counters{BytesFromClient: 1, PacketsFromClient: 2, BytesToClient: 3, PacketsToClient: 4}
-	if got := a.Add(a); got != (session.Counters{BytesFromClient: 2, PacketsFromClient: 4, BytesToClient: 6, PacketsToClient: 8}) {
+	a := session.Traffic{BytesFromClient: 1, PacketsFromClient: 2, BytesToClient: 3, PacketsToClient: 4}
+	if got := a.Add(a); got != (session.Traffic{BytesFromClient: 2, PacketsFromClient: 4, BytesToClient: 6, PacketsToClient: 8}) {
 		t.Errorf("Add = %+v", got)
 	}
 }

@@ -88,16 +88,16 @@ func (d *Drops) Map() map[string]uint64 {
 	return m
 }
 
-// Counters are traffic totals. From-client is 102 traffic, to-client is 103;
+// Traffic are traffic totals. From-client is 102 traffic, to-client is 103;
 // bytes are IPv4 packet bytes (without the 5-byte header).
-type Counters struct {
+type Traffic struct {
 	BytesFromClient, PacketsFromClient uint64
 	BytesToClient, PacketsToClient     uint64
 }
 
 // Add sums two counters.
-func (c Counters) Add(o Counters) Counters {
-	return Counters{
+func (c Traffic) Add(o Traffic) Traffic {
+	return Traffic{
 		BytesFromClient:   c.BytesFromClient + o.BytesFromClient,
 		PacketsFromClient: c.PacketsFromClient + o.PacketsFromClient,
 		BytesToClient:     c.BytesToClient + o.BytesToClient,
@@ -112,8 +112,8 @@ type counters struct {
 	bytesTo, pktsTo     atomic.Uint64
 }
 
-func (c *counters) snapshot() Counters {
-	return Counters{
+func (c *counters) snapshot() Traffic {
+	return Traffic{
 		BytesFromClient: c.bytesFrom.Load(), PacketsFromClient: c.pktsFrom.Load(),
 		BytesToClient: c.bytesTo.Load(), PacketsToClient: c.pktsTo.Load(),
 	}
