@@ -192,10 +192,12 @@ func loadgenBinary(ctx context.Context, o *options, dir string) (string, error) 
 	out := filepath.Join(dir, "4over6-loadgen")
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./bench/loadgen")
-	cmd.Dir = o.src
+	// The bench is a module of its own (its chart library stays out of the
+	// product's module), in the bench folder of -src.
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./loadgen")
+	cmd.Dir = filepath.Join(o.src, "bench")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./bench/loadgen: %v: %s", err, oneLine(string(b)))
+		return "", fmt.Errorf("go build ./loadgen in bench: %v: %s", err, oneLine(string(b)))
 	}
 	return out, nil
 }

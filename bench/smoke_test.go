@@ -36,15 +36,15 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := t.TempDir()
-	build := func(out string, pkgs ...string) {
+	build := func(dir, out string, pkgs ...string) {
 		cmd := exec.Command("go", append([]string{"build", "-o", out}, pkgs...)...)
-		cmd.Dir = src
+		cmd.Dir = dir
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %v: %v\n%s", pkgs, err, b)
 		}
 	}
-	build(bin+"/", "./cmd/4over6-controller", "./cmd/4over6-dataplane", "./cmd/4over6-client")
-	build(filepath.Join(bin, "4over6-loadgen"), "./bench/loadgen")
+	build(src, bin+"/", "./cmd/4over6-controller", "./cmd/4over6-dataplane", "./cmd/4over6-client")
+	build(filepath.Join(src, "bench"), filepath.Join(bin, "4over6-loadgen"), "./loadgen")
 
 	out := t.TempDir()
 	o, err := parseOptions([]string{"-quick", "-bin", bin, "-out", out, "-src", src, "-timeout", "4m"}, io.Discard)

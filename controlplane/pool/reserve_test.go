@@ -13,14 +13,12 @@ func TestCooldownAndReleaseOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	var got []string
 	for i := range 5 {
 		g, err := p.Acquire(Owner{"dp", string(rune('a' + i))}, netip.Addr{}, t0)
 		if err != nil || g.EarlyReuse {
 			t.Fatalf("acquire %d: %+v %v", i, g, err)
 		}
 		p.Commit(Owner{"dp", string(rune('a' + i))}, g.Addr)
-		got = append(got, g.Addr.String())
 	}
 	if _, err := p.Acquire(Owner{"dp", "z"}, netip.Addr{}, t0); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("full pool: %v", err)

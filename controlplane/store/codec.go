@@ -130,10 +130,7 @@ func decodeDataplane(b []byte) (Dataplane, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Dataplane{}, fmt.Errorf("decode data plane: %w", err)
 	}
-	return Dataplane{
-		ID: r.ID, InstanceID: r.InstanceID, Version: r.Version, ClientListen: r.ClientListen,
-		APIAddress: r.APIAddress, Draining: r.Draining, RegisteredAt: r.RegisteredAt,
-	}, nil
+	return Dataplane(r), nil
 }
 
 func encodeTime(t time.Time) []byte {

@@ -57,9 +57,6 @@ func NewDecoder(r io.Reader, size int) *Decoder {
 // its small buffer (memory per client matters at ten thousand clients).
 func (d *Decoder) SetMaxSize(n int) { d.max = max(n, len(d.buf)) }
 
-// Buffered reports how many bytes have been read but not yet decoded.
-func (d *Decoder) Buffered() int { return d.tail - d.head }
-
 // Ready reports whether Next can return without reading: a whole message
 // (or a framing error) is buffered. Callers batching work flush before a
 // Next that would block.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -194,12 +193,6 @@ func (e *env) stopAll() {
 	}
 }
 
-// logContains reports whether a process's log has a line containing s.
-func (p *proc) logContains(s string) bool {
-	b, _ := os.ReadFile(p.log)
-	return bytes.Contains(b, []byte(s))
-}
-
 func (e *env) waitFor(what string, f func() bool) {
 	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -273,7 +266,6 @@ type labClient struct {
 	t    *testing.T
 	conn net.Conn
 	dec  *wire.Decoder
-	rd   *bufio.Reader
 }
 
 func (e *env) dialLab() *labClient {

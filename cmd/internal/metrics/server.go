@@ -128,13 +128,6 @@ func Serve(ln net.Listener, cfg Config) *Server {
 	return s
 }
 
-// Handler returns the /metrics, /healthz and /readyz handler on its own, for
-// a daemon that mounts it on a server of its own.
-func Handler(reg *prometheus.Registry, ready ReadyFunc) http.Handler {
-	s := &Server{log: slog.New(slog.DiscardHandler)}
-	return s.handler(reg, ready, 0)
-}
-
 func (s *Server) handler(reg *prometheus.Registry, ready ReadyFunc, readyTimeout time.Duration) http.Handler {
 	if reg == nil {
 		reg = NewRegistry()
