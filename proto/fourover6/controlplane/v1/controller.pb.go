@@ -88,6 +88,8 @@ const (
 	Dataplane_STATE_DRAINING Dataplane_State = 2
 	// Stopped heartbeating; its leases go after the grace period.
 	Dataplane_STATE_DOWN Dataplane_State = 3
+	// Stopped on purpose (told the controller); it holds no leases.
+	Dataplane_STATE_STOPPED Dataplane_State = 4
 )
 
 // Enum value maps for Dataplane_State.
@@ -97,12 +99,14 @@ var (
 		1: "STATE_UP",
 		2: "STATE_DRAINING",
 		3: "STATE_DOWN",
+		4: "STATE_STOPPED",
 	}
 	Dataplane_State_value = map[string]int32{
 		"STATE_UNSPECIFIED": 0,
 		"STATE_UP":          1,
 		"STATE_DRAINING":    2,
 		"STATE_DOWN":        3,
+		"STATE_STOPPED":     4,
 	}
 )
 
@@ -1906,6 +1910,185 @@ func (x *SetLogLevelResponse) GetPrevious() string {
 	return ""
 }
 
+type RemoveDataplaneRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	// Remove it even while it is up (its clients lose their leases).
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveDataplaneRequest) Reset() {
+	*x = RemoveDataplaneRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveDataplaneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveDataplaneRequest) ProtoMessage() {}
+
+func (x *RemoveDataplaneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveDataplaneRequest.ProtoReflect.Descriptor instead.
+func (*RemoveDataplaneRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RemoveDataplaneRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *RemoveDataplaneRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveDataplaneResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Leases released.
+	Released      uint32 `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveDataplaneResponse) Reset() {
+	*x = RemoveDataplaneResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveDataplaneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveDataplaneResponse) ProtoMessage() {}
+
+func (x *RemoveDataplaneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveDataplaneResponse.ProtoReflect.Descriptor instead.
+func (*RemoveDataplaneResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RemoveDataplaneResponse) GetReleased() uint32 {
+	if x != nil {
+		return x.Released
+	}
+	return 0
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{38}
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next bytes of the snapshot.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_controller_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_controller_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *BackupResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_fourover6_controlplane_v1_controller_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
@@ -1995,7 +2178,7 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\achanged\x18\x02 \x01(\bR\achanged\"\x17\n" +
 	"\x15ListDataplanesRequest\"\\\n" +
 	"\x16ListDataplanesResponse\x12B\n" +
-	"\tdataplane\x18\x01 \x01(\v2$.fourover6.controlplane.v1.DataplaneR\tdataplane\"\xfb\x03\n" +
+	"\tdataplane\x18\x01 \x01(\v2$.fourover6.controlplane.v1.DataplaneR\tdataplane\"\x8e\x04\n" +
 	"\tDataplane\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -2009,13 +2192,14 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\x06leases\x18\b \x01(\rR\x06leases\x12?\n" +
 	"\rregistered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12A\n" +
 	"\x0elast_heartbeat\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"P\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"c\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bSTATE_UP\x10\x01\x12\x12\n" +
 	"\x0eSTATE_DRAINING\x10\x02\x12\x0e\n" +
 	"\n" +
-	"STATE_DOWN\x10\x03\"V\n" +
+	"STATE_DOWN\x10\x03\x12\x11\n" +
+	"\rSTATE_STOPPED\x10\x04\"V\n" +
 	"\x15DrainDataplaneRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\"\\\n" +
@@ -2024,7 +2208,15 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\x12SetLogLevelRequest\x12\x14\n" +
 	"\x05level\x18\x01 \x01(\tR\x05level\"1\n" +
 	"\x13SetLogLevelResponse\x12\x1a\n" +
-	"\bprevious\x18\x01 \x01(\tR\bprevious2\xfb\r\n" +
+	"\bprevious\x18\x01 \x01(\tR\bprevious\"Q\n" +
+	"\x16RemoveDataplaneRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"5\n" +
+	"\x17RemoveDataplaneResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\rR\breleased\"\x0f\n" +
+	"\rBackupRequest\"$\n" +
+	"\x0eBackupResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xd6\x0f\n" +
 	"\x11ControllerService\x12n\n" +
 	"\vListClients\x12-.fourover6.controlplane.v1.ListClientsRequest\x1a..fourover6.controlplane.v1.ListClientsResponse0\x01\x12f\n" +
 	"\tGetClient\x12+.fourover6.controlplane.v1.GetClientRequest\x1a,.fourover6.controlplane.v1.GetClientResponse\x12`\n" +
@@ -2044,7 +2236,9 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"UpdatePool\x12,.fourover6.controlplane.v1.UpdatePoolRequest\x1a-.fourover6.controlplane.v1.UpdatePoolResponse\x12w\n" +
 	"\x0eListDataplanes\x120.fourover6.controlplane.v1.ListDataplanesRequest\x1a1.fourover6.controlplane.v1.ListDataplanesResponse0\x01\x12u\n" +
 	"\x0eDrainDataplane\x120.fourover6.controlplane.v1.DrainDataplaneRequest\x1a1.fourover6.controlplane.v1.DrainDataplaneResponse\x12l\n" +
-	"\vSetLogLevel\x12-.fourover6.controlplane.v1.SetLogLevelRequest\x1a..fourover6.controlplane.v1.SetLogLevelResponseBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"\vSetLogLevel\x12-.fourover6.controlplane.v1.SetLogLevelRequest\x1a..fourover6.controlplane.v1.SetLogLevelResponse\x12x\n" +
+	"\x0fRemoveDataplane\x121.fourover6.controlplane.v1.RemoveDataplaneRequest\x1a2.fourover6.controlplane.v1.RemoveDataplaneResponse\x12_\n" +
+	"\x06Backup\x12(.fourover6.controlplane.v1.BackupRequest\x1a).fourover6.controlplane.v1.BackupResponse0\x01BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_controller_proto_rawDescOnce sync.Once
@@ -2059,7 +2253,7 @@ func file_fourover6_controlplane_v1_controller_proto_rawDescGZIP() []byte {
 }
 
 var file_fourover6_controlplane_v1_controller_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fourover6_controlplane_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_fourover6_controlplane_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_fourover6_controlplane_v1_controller_proto_goTypes = []any{
 	(ClientEvent_Type)(0),             // 0: fourover6.controlplane.v1.ClientEvent.Type
 	(Dataplane_State)(0),              // 1: fourover6.controlplane.v1.Dataplane.State
@@ -2099,28 +2293,32 @@ var file_fourover6_controlplane_v1_controller_proto_goTypes = []any{
 	(*DrainDataplaneResponse)(nil),    // 35: fourover6.controlplane.v1.DrainDataplaneResponse
 	(*SetLogLevelRequest)(nil),        // 36: fourover6.controlplane.v1.SetLogLevelRequest
 	(*SetLogLevelResponse)(nil),       // 37: fourover6.controlplane.v1.SetLogLevelResponse
-	(*Client)(nil),                    // 38: fourover6.controlplane.v1.Client
-	(*Pool)(nil),                      // 39: fourover6.controlplane.v1.Pool
-	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
+	(*RemoveDataplaneRequest)(nil),    // 38: fourover6.controlplane.v1.RemoveDataplaneRequest
+	(*RemoveDataplaneResponse)(nil),   // 39: fourover6.controlplane.v1.RemoveDataplaneResponse
+	(*BackupRequest)(nil),             // 40: fourover6.controlplane.v1.BackupRequest
+	(*BackupResponse)(nil),            // 41: fourover6.controlplane.v1.BackupResponse
+	(*Client)(nil),                    // 42: fourover6.controlplane.v1.Client
+	(*Pool)(nil),                      // 43: fourover6.controlplane.v1.Pool
+	(*timestamppb.Timestamp)(nil),     // 44: google.protobuf.Timestamp
 }
 var file_fourover6_controlplane_v1_controller_proto_depIdxs = []int32{
-	38, // 0: fourover6.controlplane.v1.ListClientsResponse.client:type_name -> fourover6.controlplane.v1.Client
-	38, // 1: fourover6.controlplane.v1.GetClientResponse.client:type_name -> fourover6.controlplane.v1.Client
-	39, // 2: fourover6.controlplane.v1.GetPoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
+	42, // 0: fourover6.controlplane.v1.ListClientsResponse.client:type_name -> fourover6.controlplane.v1.Client
+	42, // 1: fourover6.controlplane.v1.GetClientResponse.client:type_name -> fourover6.controlplane.v1.Client
+	43, // 2: fourover6.controlplane.v1.GetPoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
 	12, // 3: fourover6.controlplane.v1.GetStatusResponse.status:type_name -> fourover6.controlplane.v1.ControllerStatus
-	40, // 4: fourover6.controlplane.v1.ControllerStatus.started_at:type_name -> google.protobuf.Timestamp
+	44, // 4: fourover6.controlplane.v1.ControllerStatus.started_at:type_name -> google.protobuf.Timestamp
 	15, // 5: fourover6.controlplane.v1.WatchClientsResponse.event:type_name -> fourover6.controlplane.v1.ClientEvent
 	0,  // 6: fourover6.controlplane.v1.ClientEvent.type:type_name -> fourover6.controlplane.v1.ClientEvent.Type
-	38, // 7: fourover6.controlplane.v1.ClientEvent.client:type_name -> fourover6.controlplane.v1.Client
-	40, // 8: fourover6.controlplane.v1.ClientEvent.time:type_name -> google.protobuf.Timestamp
+	42, // 7: fourover6.controlplane.v1.ClientEvent.client:type_name -> fourover6.controlplane.v1.Client
+	44, // 8: fourover6.controlplane.v1.ClientEvent.time:type_name -> google.protobuf.Timestamp
 	18, // 9: fourover6.controlplane.v1.ListReservationsResponse.reservation:type_name -> fourover6.controlplane.v1.Reservation
 	18, // 10: fourover6.controlplane.v1.SetReservationRequest.reservation:type_name -> fourover6.controlplane.v1.Reservation
 	18, // 11: fourover6.controlplane.v1.SetReservationResponse.reservation:type_name -> fourover6.controlplane.v1.Reservation
-	39, // 12: fourover6.controlplane.v1.UpdatePoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
+	43, // 12: fourover6.controlplane.v1.UpdatePoolResponse.pool:type_name -> fourover6.controlplane.v1.Pool
 	33, // 13: fourover6.controlplane.v1.ListDataplanesResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
 	1,  // 14: fourover6.controlplane.v1.Dataplane.state:type_name -> fourover6.controlplane.v1.Dataplane.State
-	40, // 15: fourover6.controlplane.v1.Dataplane.registered_at:type_name -> google.protobuf.Timestamp
-	40, // 16: fourover6.controlplane.v1.Dataplane.last_heartbeat:type_name -> google.protobuf.Timestamp
+	44, // 15: fourover6.controlplane.v1.Dataplane.registered_at:type_name -> google.protobuf.Timestamp
+	44, // 16: fourover6.controlplane.v1.Dataplane.last_heartbeat:type_name -> google.protobuf.Timestamp
 	33, // 17: fourover6.controlplane.v1.DrainDataplaneResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
 	2,  // 18: fourover6.controlplane.v1.ControllerService.ListClients:input_type -> fourover6.controlplane.v1.ListClientsRequest
 	4,  // 19: fourover6.controlplane.v1.ControllerService.GetClient:input_type -> fourover6.controlplane.v1.GetClientRequest
@@ -2138,24 +2336,28 @@ var file_fourover6_controlplane_v1_controller_proto_depIdxs = []int32{
 	31, // 31: fourover6.controlplane.v1.ControllerService.ListDataplanes:input_type -> fourover6.controlplane.v1.ListDataplanesRequest
 	34, // 32: fourover6.controlplane.v1.ControllerService.DrainDataplane:input_type -> fourover6.controlplane.v1.DrainDataplaneRequest
 	36, // 33: fourover6.controlplane.v1.ControllerService.SetLogLevel:input_type -> fourover6.controlplane.v1.SetLogLevelRequest
-	3,  // 34: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
-	5,  // 35: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
-	7,  // 36: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
-	9,  // 37: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
-	11, // 38: fourover6.controlplane.v1.ControllerService.GetStatus:output_type -> fourover6.controlplane.v1.GetStatusResponse
-	14, // 39: fourover6.controlplane.v1.ControllerService.WatchClients:output_type -> fourover6.controlplane.v1.WatchClientsResponse
-	17, // 40: fourover6.controlplane.v1.ControllerService.KickClient:output_type -> fourover6.controlplane.v1.KickClientResponse
-	20, // 41: fourover6.controlplane.v1.ControllerService.ListReservations:output_type -> fourover6.controlplane.v1.ListReservationsResponse
-	22, // 42: fourover6.controlplane.v1.ControllerService.SetReservation:output_type -> fourover6.controlplane.v1.SetReservationResponse
-	24, // 43: fourover6.controlplane.v1.ControllerService.DeleteReservation:output_type -> fourover6.controlplane.v1.DeleteReservationResponse
-	26, // 44: fourover6.controlplane.v1.ControllerService.GetDNS:output_type -> fourover6.controlplane.v1.GetDNSResponse
-	28, // 45: fourover6.controlplane.v1.ControllerService.SetDNS:output_type -> fourover6.controlplane.v1.SetDNSResponse
-	30, // 46: fourover6.controlplane.v1.ControllerService.UpdatePool:output_type -> fourover6.controlplane.v1.UpdatePoolResponse
-	32, // 47: fourover6.controlplane.v1.ControllerService.ListDataplanes:output_type -> fourover6.controlplane.v1.ListDataplanesResponse
-	35, // 48: fourover6.controlplane.v1.ControllerService.DrainDataplane:output_type -> fourover6.controlplane.v1.DrainDataplaneResponse
-	37, // 49: fourover6.controlplane.v1.ControllerService.SetLogLevel:output_type -> fourover6.controlplane.v1.SetLogLevelResponse
-	34, // [34:50] is the sub-list for method output_type
-	18, // [18:34] is the sub-list for method input_type
+	38, // 34: fourover6.controlplane.v1.ControllerService.RemoveDataplane:input_type -> fourover6.controlplane.v1.RemoveDataplaneRequest
+	40, // 35: fourover6.controlplane.v1.ControllerService.Backup:input_type -> fourover6.controlplane.v1.BackupRequest
+	3,  // 36: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
+	5,  // 37: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
+	7,  // 38: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
+	9,  // 39: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
+	11, // 40: fourover6.controlplane.v1.ControllerService.GetStatus:output_type -> fourover6.controlplane.v1.GetStatusResponse
+	14, // 41: fourover6.controlplane.v1.ControllerService.WatchClients:output_type -> fourover6.controlplane.v1.WatchClientsResponse
+	17, // 42: fourover6.controlplane.v1.ControllerService.KickClient:output_type -> fourover6.controlplane.v1.KickClientResponse
+	20, // 43: fourover6.controlplane.v1.ControllerService.ListReservations:output_type -> fourover6.controlplane.v1.ListReservationsResponse
+	22, // 44: fourover6.controlplane.v1.ControllerService.SetReservation:output_type -> fourover6.controlplane.v1.SetReservationResponse
+	24, // 45: fourover6.controlplane.v1.ControllerService.DeleteReservation:output_type -> fourover6.controlplane.v1.DeleteReservationResponse
+	26, // 46: fourover6.controlplane.v1.ControllerService.GetDNS:output_type -> fourover6.controlplane.v1.GetDNSResponse
+	28, // 47: fourover6.controlplane.v1.ControllerService.SetDNS:output_type -> fourover6.controlplane.v1.SetDNSResponse
+	30, // 48: fourover6.controlplane.v1.ControllerService.UpdatePool:output_type -> fourover6.controlplane.v1.UpdatePoolResponse
+	32, // 49: fourover6.controlplane.v1.ControllerService.ListDataplanes:output_type -> fourover6.controlplane.v1.ListDataplanesResponse
+	35, // 50: fourover6.controlplane.v1.ControllerService.DrainDataplane:output_type -> fourover6.controlplane.v1.DrainDataplaneResponse
+	37, // 51: fourover6.controlplane.v1.ControllerService.SetLogLevel:output_type -> fourover6.controlplane.v1.SetLogLevelResponse
+	39, // 52: fourover6.controlplane.v1.ControllerService.RemoveDataplane:output_type -> fourover6.controlplane.v1.RemoveDataplaneResponse
+	41, // 53: fourover6.controlplane.v1.ControllerService.Backup:output_type -> fourover6.controlplane.v1.BackupResponse
+	36, // [36:54] is the sub-list for method output_type
+	18, // [18:36] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -2173,7 +2375,7 @@ func file_fourover6_controlplane_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_controller_proto_rawDesc), len(file_fourover6_controlplane_v1_controller_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,8 @@ const (
 	ControllerService_ListDataplanes_FullMethodName    = "/fourover6.controlplane.v1.ControllerService/ListDataplanes"
 	ControllerService_DrainDataplane_FullMethodName    = "/fourover6.controlplane.v1.ControllerService/DrainDataplane"
 	ControllerService_SetLogLevel_FullMethodName       = "/fourover6.controlplane.v1.ControllerService/SetLogLevel"
+	ControllerService_RemoveDataplane_FullMethodName   = "/fourover6.controlplane.v1.ControllerService/RemoveDataplane"
+	ControllerService_Backup_FullMethodName            = "/fourover6.controlplane.v1.ControllerService/Backup"
 )
 
 // ControllerServiceClient is the client API for ControllerService service.
@@ -80,6 +82,12 @@ type ControllerServiceClient interface {
 	DrainDataplane(ctx context.Context, in *DrainDataplaneRequest, opts ...grpc.CallOption) (*DrainDataplaneResponse, error)
 	// SetLogLevel changes the controller's log level at run time.
 	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
+	// RemoveDataplane forgets a data plane that is down or stopped and
+	// releases its leases; refused for one that is up unless force is set.
+	RemoveDataplane(ctx context.Context, in *RemoveDataplaneRequest, opts ...grpc.CallOption) (*RemoveDataplaneResponse, error)
+	// Backup streams a consistent snapshot of the controller's store, in the
+	// format --restore reads.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
 
 type controllerServiceClient struct {
@@ -286,6 +294,35 @@ func (c *controllerServiceClient) SetLogLevel(ctx context.Context, in *SetLogLev
 	return out, nil
 }
 
+func (c *controllerServiceClient) RemoveDataplane(ctx context.Context, in *RemoveDataplaneRequest, opts ...grpc.CallOption) (*RemoveDataplaneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveDataplaneResponse)
+	err := c.cc.Invoke(ctx, ControllerService_RemoveDataplane_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controllerServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControllerService_ServiceDesc.Streams[4], ControllerService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
 // ControllerServiceServer is the server API for ControllerService service.
 // All implementations must embed UnimplementedControllerServiceServer
 // for forward compatibility.
@@ -329,6 +366,12 @@ type ControllerServiceServer interface {
 	DrainDataplane(context.Context, *DrainDataplaneRequest) (*DrainDataplaneResponse, error)
 	// SetLogLevel changes the controller's log level at run time.
 	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
+	// RemoveDataplane forgets a data plane that is down or stopped and
+	// releases its leases; refused for one that is up unless force is set.
+	RemoveDataplane(context.Context, *RemoveDataplaneRequest) (*RemoveDataplaneResponse, error)
+	// Backup streams a consistent snapshot of the controller's store, in the
+	// format --restore reads.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedControllerServiceServer()
 }
 
@@ -386,6 +429,12 @@ func (UnimplementedControllerServiceServer) DrainDataplane(context.Context, *Dra
 }
 func (UnimplementedControllerServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
+}
+func (UnimplementedControllerServiceServer) RemoveDataplane(context.Context, *RemoveDataplaneRequest) (*RemoveDataplaneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveDataplane not implemented")
+}
+func (UnimplementedControllerServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedControllerServiceServer) mustEmbedUnimplementedControllerServiceServer() {}
 func (UnimplementedControllerServiceServer) testEmbeddedByValue()                           {}
@@ -668,6 +717,35 @@ func _ControllerService_SetLogLevel_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControllerService_RemoveDataplane_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveDataplaneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).RemoveDataplane(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_RemoveDataplane_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).RemoveDataplane(ctx, req.(*RemoveDataplaneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControllerService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControllerServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControllerService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
 // ControllerService_ServiceDesc is the grpc.ServiceDesc for ControllerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -723,6 +801,10 @@ var ControllerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SetLogLevel",
 			Handler:    _ControllerService_SetLogLevel_Handler,
 		},
+		{
+			MethodName: "RemoveDataplane",
+			Handler:    _ControllerService_RemoveDataplane_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -743,6 +825,11 @@ var ControllerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListDataplanes",
 			Handler:       _ControllerService_ListDataplanes_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Backup",
+			Handler:       _ControllerService_Backup_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -755,6 +755,7 @@ type Command struct {
 	//
 	//	*Command_Kick
 	//	*Command_Drain
+	//	*Command_IdConflict
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -815,6 +816,15 @@ func (x *Command) GetDrain() *DrainCommand {
 	return nil
 }
 
+func (x *Command) GetIdConflict() *IdConflictCommand {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_IdConflict); ok {
+			return x.IdConflict
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -827,9 +837,87 @@ type Command_Drain struct {
 	Drain *DrainCommand `protobuf:"bytes,2,opt,name=drain,proto3,oneof"`
 }
 
+type Command_IdConflict struct {
+	IdConflict *IdConflictCommand `protobuf:"bytes,3,opt,name=id_conflict,json=idConflict,proto3,oneof"`
+}
+
 func (*Command_Kick) isCommand_Kind() {}
 
 func (*Command_Drain) isCommand_Kind() {}
+
+func (*Command_IdConflict) isCommand_Kind() {}
+
+// IdConflictCommand tells a live data plane that another process tried to
+// register with its id (and was refused), so both sides can log it.
+type IdConflictCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The refused instance.
+	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Where it called from (its gRPC peer address) and what it announced.
+	PeerAddress   string `protobuf:"bytes,2,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	ClientListen  string `protobuf:"bytes,3,opt,name=client_listen,json=clientListen,proto3" json:"client_listen,omitempty"`
+	ApiAddress    string `protobuf:"bytes,4,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdConflictCommand) Reset() {
+	*x = IdConflictCommand{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdConflictCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdConflictCommand) ProtoMessage() {}
+
+func (x *IdConflictCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdConflictCommand.ProtoReflect.Descriptor instead.
+func (*IdConflictCommand) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *IdConflictCommand) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *IdConflictCommand) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *IdConflictCommand) GetClientListen() string {
+	if x != nil {
+		return x.ClientListen
+	}
+	return ""
+}
+
+func (x *IdConflictCommand) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
 
 // KickCommand closes the client session holding an address; its lease is
 // released as for any disconnect.
@@ -845,7 +933,7 @@ type KickCommand struct {
 
 func (x *KickCommand) Reset() {
 	*x = KickCommand{}
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +945,7 @@ func (x *KickCommand) String() string {
 func (*KickCommand) ProtoMessage() {}
 
 func (x *KickCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[13]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +958,7 @@ func (x *KickCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickCommand.ProtoReflect.Descriptor instead.
 func (*KickCommand) Descriptor() ([]byte, []int) {
-	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{13}
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KickCommand) GetAddress() string {
@@ -905,7 +993,7 @@ type DrainCommand struct {
 
 func (x *DrainCommand) Reset() {
 	*x = DrainCommand{}
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1005,7 @@ func (x *DrainCommand) String() string {
 func (*DrainCommand) ProtoMessage() {}
 
 func (x *DrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[14]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1018,7 @@ func (x *DrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainCommand.ProtoReflect.Descriptor instead.
 func (*DrainCommand) Descriptor() ([]byte, []int) {
-	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{14}
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DrainCommand) GetDraining() bool {
@@ -956,7 +1044,7 @@ type SessionReport struct {
 
 func (x *SessionReport) Reset() {
 	*x = SessionReport{}
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1056,7 @@ func (x *SessionReport) String() string {
 func (*SessionReport) ProtoMessage() {}
 
 func (x *SessionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[15]
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1069,7 @@ func (x *SessionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionReport.ProtoReflect.Descriptor instead.
 func (*SessionReport) Descriptor() ([]byte, []int) {
-	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{15}
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SessionReport) GetSessionId() string {
@@ -1031,6 +1119,325 @@ func (x *SessionReport) GetCounters() *Counters {
 		return x.Counters
 	}
 	return nil
+}
+
+type ReleaseAddressesRequest struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	DataplaneId   string                   `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	Releases      []*ReleaseAddressRequest `protobuf:"bytes,2,rep,name=releases,proto3" json:"releases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseAddressesRequest) Reset() {
+	*x = ReleaseAddressesRequest{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseAddressesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseAddressesRequest) ProtoMessage() {}
+
+func (x *ReleaseAddressesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseAddressesRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseAddressesRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReleaseAddressesRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *ReleaseAddressesRequest) GetReleases() []*ReleaseAddressRequest {
+	if x != nil {
+		return x.Releases
+	}
+	return nil
+}
+
+type ReleaseAddressesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many of the releases freed an address (the others were no-ops).
+	Released      uint32 `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseAddressesResponse) Reset() {
+	*x = ReleaseAddressesResponse{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseAddressesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseAddressesResponse) ProtoMessage() {}
+
+func (x *ReleaseAddressesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseAddressesResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseAddressesResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReleaseAddressesResponse) GetReleased() uint32 {
+	if x != nil {
+		return x.Released
+	}
+	return 0
+}
+
+type StreamSessionReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Header fields: read from the first chunk only.
+	DataplaneId string `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	InstanceId  string `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// The report lists every leased session of this instance.
+	Complete bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	// Sessions of this chunk.
+	Sessions      []*SessionReport `protobuf:"bytes,4,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamSessionReportRequest) Reset() {
+	*x = StreamSessionReportRequest{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamSessionReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamSessionReportRequest) ProtoMessage() {}
+
+func (x *StreamSessionReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamSessionReportRequest.ProtoReflect.Descriptor instead.
+func (*StreamSessionReportRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StreamSessionReportRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *StreamSessionReportRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *StreamSessionReportRequest) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *StreamSessionReportRequest) GetSessions() []*SessionReport {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+type StreamSessionReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sessions in the report that hold no lease at the controller.
+	UnknownSessionIds []string `protobuf:"bytes,1,rep,name=unknown_session_ids,json=unknownSessionIds,proto3" json:"unknown_session_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *StreamSessionReportResponse) Reset() {
+	*x = StreamSessionReportResponse{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamSessionReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamSessionReportResponse) ProtoMessage() {}
+
+func (x *StreamSessionReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamSessionReportResponse.ProtoReflect.Descriptor instead.
+func (*StreamSessionReportResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *StreamSessionReportResponse) GetUnknownSessionIds() []string {
+	if x != nil {
+		return x.UnknownSessionIds
+	}
+	return nil
+}
+
+type StopDataplaneRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	InstanceId  string                 `protobuf:"bytes,2,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Why it stops, for logs (e.g. "SIGTERM").
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopDataplaneRequest) Reset() {
+	*x = StopDataplaneRequest{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopDataplaneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopDataplaneRequest) ProtoMessage() {}
+
+func (x *StopDataplaneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopDataplaneRequest.ProtoReflect.Descriptor instead.
+func (*StopDataplaneRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StopDataplaneRequest) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *StopDataplaneRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *StopDataplaneRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type StopDataplaneResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Leases released.
+	Released      uint32 `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopDataplaneResponse) Reset() {
+	*x = StopDataplaneResponse{}
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopDataplaneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopDataplaneResponse) ProtoMessage() {}
+
+func (x *StopDataplaneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_lease_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopDataplaneResponse.ProtoReflect.Descriptor instead.
+func (*StopDataplaneResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_lease_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StopDataplaneResponse) GetReleased() uint32 {
+	if x != nil {
+		return x.Released
+	}
+	return 0
 }
 
 var File_fourover6_controlplane_v1_lease_proto protoreflect.FileDescriptor
@@ -1092,11 +1499,20 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\"U\n" +
 	"\x15WatchCommandsResponse\x12<\n" +
-	"\acommand\x18\x01 \x01(\v2\".fourover6.controlplane.v1.CommandR\acommand\"\x90\x01\n" +
+	"\acommand\x18\x01 \x01(\v2\".fourover6.controlplane.v1.CommandR\acommand\"\xe1\x01\n" +
 	"\aCommand\x12<\n" +
 	"\x04kick\x18\x01 \x01(\v2&.fourover6.controlplane.v1.KickCommandH\x00R\x04kick\x12?\n" +
-	"\x05drain\x18\x02 \x01(\v2'.fourover6.controlplane.v1.DrainCommandH\x00R\x05drainB\x06\n" +
-	"\x04kind\"^\n" +
+	"\x05drain\x18\x02 \x01(\v2'.fourover6.controlplane.v1.DrainCommandH\x00R\x05drain\x12O\n" +
+	"\vid_conflict\x18\x03 \x01(\v2,.fourover6.controlplane.v1.IdConflictCommandH\x00R\n" +
+	"idConflictB\x06\n" +
+	"\x04kind\"\x9d\x01\n" +
+	"\x11IdConflictCommand\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12!\n" +
+	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12#\n" +
+	"\rclient_listen\x18\x03 \x01(\tR\fclientListen\x12\x1f\n" +
+	"\vapi_address\x18\x04 \x01(\tR\n" +
+	"apiAddress\"^\n" +
 	"\vKickCommand\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1d\n" +
 	"\n" +
@@ -1115,14 +1531,37 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\fconnected_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x129\n" +
 	"\n" +
 	"last_heard\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12?\n" +
-	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters2\xd4\x05\n" +
+	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\"\x8a\x01\n" +
+	"\x17ReleaseAddressesRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12L\n" +
+	"\breleases\x18\x02 \x03(\v20.fourover6.controlplane.v1.ReleaseAddressRequestR\breleases\"6\n" +
+	"\x18ReleaseAddressesResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\rR\breleased\"\xc2\x01\n" +
+	"\x1aStreamSessionReportRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\x12\x1a\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\x12D\n" +
+	"\bsessions\x18\x04 \x03(\v2(.fourover6.controlplane.v1.SessionReportR\bsessions\"M\n" +
+	"\x1bStreamSessionReportResponse\x12.\n" +
+	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"r\n" +
+	"\x14StopDataplaneRequest\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
+	"\vinstance_id\x18\x02 \x01(\tR\n" +
+	"instanceId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"3\n" +
+	"\x15StopDataplaneResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\rR\breleased2\xce\b\n" +
 	"\fLeaseService\x12~\n" +
 	"\x11RegisterDataplane\x123.fourover6.controlplane.v1.RegisterDataplaneRequest\x1a4.fourover6.controlplane.v1.RegisterDataplaneResponse\x12x\n" +
 	"\x0fAllocateAddress\x121.fourover6.controlplane.v1.AllocateAddressRequest\x1a2.fourover6.controlplane.v1.AllocateAddressResponse\x12u\n" +
 	"\x0eReleaseAddress\x120.fourover6.controlplane.v1.ReleaseAddressRequest\x1a1.fourover6.controlplane.v1.ReleaseAddressResponse\x12u\n" +
 	"\x0eReportSessions\x120.fourover6.controlplane.v1.ReportSessionsRequest\x1a1.fourover6.controlplane.v1.ReportSessionsResponse\x12f\n" +
 	"\tHeartbeat\x12+.fourover6.controlplane.v1.HeartbeatRequest\x1a,.fourover6.controlplane.v1.HeartbeatResponse\x12t\n" +
-	"\rWatchCommands\x12/.fourover6.controlplane.v1.WatchCommandsRequest\x1a0.fourover6.controlplane.v1.WatchCommandsResponse0\x01BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"\rWatchCommands\x12/.fourover6.controlplane.v1.WatchCommandsRequest\x1a0.fourover6.controlplane.v1.WatchCommandsResponse0\x01\x12{\n" +
+	"\x10ReleaseAddresses\x122.fourover6.controlplane.v1.ReleaseAddressesRequest\x1a3.fourover6.controlplane.v1.ReleaseAddressesResponse\x12\x86\x01\n" +
+	"\x13StreamSessionReport\x125.fourover6.controlplane.v1.StreamSessionReportRequest\x1a6.fourover6.controlplane.v1.StreamSessionReportResponse(\x01\x12r\n" +
+	"\rStopDataplane\x12/.fourover6.controlplane.v1.StopDataplaneRequest\x1a0.fourover6.controlplane.v1.StopDataplaneResponseBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_lease_proto_rawDescOnce sync.Once
@@ -1136,54 +1575,70 @@ func file_fourover6_controlplane_v1_lease_proto_rawDescGZIP() []byte {
 	return file_fourover6_controlplane_v1_lease_proto_rawDescData
 }
 
-var file_fourover6_controlplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fourover6_controlplane_v1_lease_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_fourover6_controlplane_v1_lease_proto_goTypes = []any{
-	(*RegisterDataplaneRequest)(nil),  // 0: fourover6.controlplane.v1.RegisterDataplaneRequest
-	(*RegisterDataplaneResponse)(nil), // 1: fourover6.controlplane.v1.RegisterDataplaneResponse
-	(*AllocateAddressRequest)(nil),    // 2: fourover6.controlplane.v1.AllocateAddressRequest
-	(*AllocateAddressResponse)(nil),   // 3: fourover6.controlplane.v1.AllocateAddressResponse
-	(*ReleaseAddressRequest)(nil),     // 4: fourover6.controlplane.v1.ReleaseAddressRequest
-	(*ReleaseAddressResponse)(nil),    // 5: fourover6.controlplane.v1.ReleaseAddressResponse
-	(*ReportSessionsRequest)(nil),     // 6: fourover6.controlplane.v1.ReportSessionsRequest
-	(*ReportSessionsResponse)(nil),    // 7: fourover6.controlplane.v1.ReportSessionsResponse
-	(*HeartbeatRequest)(nil),          // 8: fourover6.controlplane.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),         // 9: fourover6.controlplane.v1.HeartbeatResponse
-	(*WatchCommandsRequest)(nil),      // 10: fourover6.controlplane.v1.WatchCommandsRequest
-	(*WatchCommandsResponse)(nil),     // 11: fourover6.controlplane.v1.WatchCommandsResponse
-	(*Command)(nil),                   // 12: fourover6.controlplane.v1.Command
-	(*KickCommand)(nil),               // 13: fourover6.controlplane.v1.KickCommand
-	(*DrainCommand)(nil),              // 14: fourover6.controlplane.v1.DrainCommand
-	(*SessionReport)(nil),             // 15: fourover6.controlplane.v1.SessionReport
-	(*Lease)(nil),                     // 16: fourover6.controlplane.v1.Lease
-	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
-	(*Counters)(nil),                  // 18: fourover6.controlplane.v1.Counters
+	(*RegisterDataplaneRequest)(nil),    // 0: fourover6.controlplane.v1.RegisterDataplaneRequest
+	(*RegisterDataplaneResponse)(nil),   // 1: fourover6.controlplane.v1.RegisterDataplaneResponse
+	(*AllocateAddressRequest)(nil),      // 2: fourover6.controlplane.v1.AllocateAddressRequest
+	(*AllocateAddressResponse)(nil),     // 3: fourover6.controlplane.v1.AllocateAddressResponse
+	(*ReleaseAddressRequest)(nil),       // 4: fourover6.controlplane.v1.ReleaseAddressRequest
+	(*ReleaseAddressResponse)(nil),      // 5: fourover6.controlplane.v1.ReleaseAddressResponse
+	(*ReportSessionsRequest)(nil),       // 6: fourover6.controlplane.v1.ReportSessionsRequest
+	(*ReportSessionsResponse)(nil),      // 7: fourover6.controlplane.v1.ReportSessionsResponse
+	(*HeartbeatRequest)(nil),            // 8: fourover6.controlplane.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),           // 9: fourover6.controlplane.v1.HeartbeatResponse
+	(*WatchCommandsRequest)(nil),        // 10: fourover6.controlplane.v1.WatchCommandsRequest
+	(*WatchCommandsResponse)(nil),       // 11: fourover6.controlplane.v1.WatchCommandsResponse
+	(*Command)(nil),                     // 12: fourover6.controlplane.v1.Command
+	(*IdConflictCommand)(nil),           // 13: fourover6.controlplane.v1.IdConflictCommand
+	(*KickCommand)(nil),                 // 14: fourover6.controlplane.v1.KickCommand
+	(*DrainCommand)(nil),                // 15: fourover6.controlplane.v1.DrainCommand
+	(*SessionReport)(nil),               // 16: fourover6.controlplane.v1.SessionReport
+	(*ReleaseAddressesRequest)(nil),     // 17: fourover6.controlplane.v1.ReleaseAddressesRequest
+	(*ReleaseAddressesResponse)(nil),    // 18: fourover6.controlplane.v1.ReleaseAddressesResponse
+	(*StreamSessionReportRequest)(nil),  // 19: fourover6.controlplane.v1.StreamSessionReportRequest
+	(*StreamSessionReportResponse)(nil), // 20: fourover6.controlplane.v1.StreamSessionReportResponse
+	(*StopDataplaneRequest)(nil),        // 21: fourover6.controlplane.v1.StopDataplaneRequest
+	(*StopDataplaneResponse)(nil),       // 22: fourover6.controlplane.v1.StopDataplaneResponse
+	(*Lease)(nil),                       // 23: fourover6.controlplane.v1.Lease
+	(*timestamppb.Timestamp)(nil),       // 24: google.protobuf.Timestamp
+	(*Counters)(nil),                    // 25: fourover6.controlplane.v1.Counters
 }
 var file_fourover6_controlplane_v1_lease_proto_depIdxs = []int32{
-	16, // 0: fourover6.controlplane.v1.AllocateAddressResponse.lease:type_name -> fourover6.controlplane.v1.Lease
-	15, // 1: fourover6.controlplane.v1.ReportSessionsRequest.sessions:type_name -> fourover6.controlplane.v1.SessionReport
+	23, // 0: fourover6.controlplane.v1.AllocateAddressResponse.lease:type_name -> fourover6.controlplane.v1.Lease
+	16, // 1: fourover6.controlplane.v1.ReportSessionsRequest.sessions:type_name -> fourover6.controlplane.v1.SessionReport
 	12, // 2: fourover6.controlplane.v1.WatchCommandsResponse.command:type_name -> fourover6.controlplane.v1.Command
-	13, // 3: fourover6.controlplane.v1.Command.kick:type_name -> fourover6.controlplane.v1.KickCommand
-	14, // 4: fourover6.controlplane.v1.Command.drain:type_name -> fourover6.controlplane.v1.DrainCommand
-	17, // 5: fourover6.controlplane.v1.SessionReport.connected_at:type_name -> google.protobuf.Timestamp
-	17, // 6: fourover6.controlplane.v1.SessionReport.last_heard:type_name -> google.protobuf.Timestamp
-	18, // 7: fourover6.controlplane.v1.SessionReport.counters:type_name -> fourover6.controlplane.v1.Counters
-	0,  // 8: fourover6.controlplane.v1.LeaseService.RegisterDataplane:input_type -> fourover6.controlplane.v1.RegisterDataplaneRequest
-	2,  // 9: fourover6.controlplane.v1.LeaseService.AllocateAddress:input_type -> fourover6.controlplane.v1.AllocateAddressRequest
-	4,  // 10: fourover6.controlplane.v1.LeaseService.ReleaseAddress:input_type -> fourover6.controlplane.v1.ReleaseAddressRequest
-	6,  // 11: fourover6.controlplane.v1.LeaseService.ReportSessions:input_type -> fourover6.controlplane.v1.ReportSessionsRequest
-	8,  // 12: fourover6.controlplane.v1.LeaseService.Heartbeat:input_type -> fourover6.controlplane.v1.HeartbeatRequest
-	10, // 13: fourover6.controlplane.v1.LeaseService.WatchCommands:input_type -> fourover6.controlplane.v1.WatchCommandsRequest
-	1,  // 14: fourover6.controlplane.v1.LeaseService.RegisterDataplane:output_type -> fourover6.controlplane.v1.RegisterDataplaneResponse
-	3,  // 15: fourover6.controlplane.v1.LeaseService.AllocateAddress:output_type -> fourover6.controlplane.v1.AllocateAddressResponse
-	5,  // 16: fourover6.controlplane.v1.LeaseService.ReleaseAddress:output_type -> fourover6.controlplane.v1.ReleaseAddressResponse
-	7,  // 17: fourover6.controlplane.v1.LeaseService.ReportSessions:output_type -> fourover6.controlplane.v1.ReportSessionsResponse
-	9,  // 18: fourover6.controlplane.v1.LeaseService.Heartbeat:output_type -> fourover6.controlplane.v1.HeartbeatResponse
-	11, // 19: fourover6.controlplane.v1.LeaseService.WatchCommands:output_type -> fourover6.controlplane.v1.WatchCommandsResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 3: fourover6.controlplane.v1.Command.kick:type_name -> fourover6.controlplane.v1.KickCommand
+	15, // 4: fourover6.controlplane.v1.Command.drain:type_name -> fourover6.controlplane.v1.DrainCommand
+	13, // 5: fourover6.controlplane.v1.Command.id_conflict:type_name -> fourover6.controlplane.v1.IdConflictCommand
+	24, // 6: fourover6.controlplane.v1.SessionReport.connected_at:type_name -> google.protobuf.Timestamp
+	24, // 7: fourover6.controlplane.v1.SessionReport.last_heard:type_name -> google.protobuf.Timestamp
+	25, // 8: fourover6.controlplane.v1.SessionReport.counters:type_name -> fourover6.controlplane.v1.Counters
+	4,  // 9: fourover6.controlplane.v1.ReleaseAddressesRequest.releases:type_name -> fourover6.controlplane.v1.ReleaseAddressRequest
+	16, // 10: fourover6.controlplane.v1.StreamSessionReportRequest.sessions:type_name -> fourover6.controlplane.v1.SessionReport
+	0,  // 11: fourover6.controlplane.v1.LeaseService.RegisterDataplane:input_type -> fourover6.controlplane.v1.RegisterDataplaneRequest
+	2,  // 12: fourover6.controlplane.v1.LeaseService.AllocateAddress:input_type -> fourover6.controlplane.v1.AllocateAddressRequest
+	4,  // 13: fourover6.controlplane.v1.LeaseService.ReleaseAddress:input_type -> fourover6.controlplane.v1.ReleaseAddressRequest
+	6,  // 14: fourover6.controlplane.v1.LeaseService.ReportSessions:input_type -> fourover6.controlplane.v1.ReportSessionsRequest
+	8,  // 15: fourover6.controlplane.v1.LeaseService.Heartbeat:input_type -> fourover6.controlplane.v1.HeartbeatRequest
+	10, // 16: fourover6.controlplane.v1.LeaseService.WatchCommands:input_type -> fourover6.controlplane.v1.WatchCommandsRequest
+	17, // 17: fourover6.controlplane.v1.LeaseService.ReleaseAddresses:input_type -> fourover6.controlplane.v1.ReleaseAddressesRequest
+	19, // 18: fourover6.controlplane.v1.LeaseService.StreamSessionReport:input_type -> fourover6.controlplane.v1.StreamSessionReportRequest
+	21, // 19: fourover6.controlplane.v1.LeaseService.StopDataplane:input_type -> fourover6.controlplane.v1.StopDataplaneRequest
+	1,  // 20: fourover6.controlplane.v1.LeaseService.RegisterDataplane:output_type -> fourover6.controlplane.v1.RegisterDataplaneResponse
+	3,  // 21: fourover6.controlplane.v1.LeaseService.AllocateAddress:output_type -> fourover6.controlplane.v1.AllocateAddressResponse
+	5,  // 22: fourover6.controlplane.v1.LeaseService.ReleaseAddress:output_type -> fourover6.controlplane.v1.ReleaseAddressResponse
+	7,  // 23: fourover6.controlplane.v1.LeaseService.ReportSessions:output_type -> fourover6.controlplane.v1.ReportSessionsResponse
+	9,  // 24: fourover6.controlplane.v1.LeaseService.Heartbeat:output_type -> fourover6.controlplane.v1.HeartbeatResponse
+	11, // 25: fourover6.controlplane.v1.LeaseService.WatchCommands:output_type -> fourover6.controlplane.v1.WatchCommandsResponse
+	18, // 26: fourover6.controlplane.v1.LeaseService.ReleaseAddresses:output_type -> fourover6.controlplane.v1.ReleaseAddressesResponse
+	20, // 27: fourover6.controlplane.v1.LeaseService.StreamSessionReport:output_type -> fourover6.controlplane.v1.StreamSessionReportResponse
+	22, // 28: fourover6.controlplane.v1.LeaseService.StopDataplane:output_type -> fourover6.controlplane.v1.StopDataplaneResponse
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_controlplane_v1_lease_proto_init() }
@@ -1195,6 +1650,7 @@ func file_fourover6_controlplane_v1_lease_proto_init() {
 	file_fourover6_controlplane_v1_lease_proto_msgTypes[12].OneofWrappers = []any{
 		(*Command_Kick)(nil),
 		(*Command_Drain)(nil),
+		(*Command_IdConflict)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1202,7 +1658,7 @@ func file_fourover6_controlplane_v1_lease_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_lease_proto_rawDesc), len(file_fourover6_controlplane_v1_lease_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

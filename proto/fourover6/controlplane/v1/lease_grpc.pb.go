@@ -19,12 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	LeaseService_RegisterDataplane_FullMethodName = "/fourover6.controlplane.v1.LeaseService/RegisterDataplane"
-	LeaseService_AllocateAddress_FullMethodName   = "/fourover6.controlplane.v1.LeaseService/AllocateAddress"
-	LeaseService_ReleaseAddress_FullMethodName    = "/fourover6.controlplane.v1.LeaseService/ReleaseAddress"
-	LeaseService_ReportSessions_FullMethodName    = "/fourover6.controlplane.v1.LeaseService/ReportSessions"
-	LeaseService_Heartbeat_FullMethodName         = "/fourover6.controlplane.v1.LeaseService/Heartbeat"
-	LeaseService_WatchCommands_FullMethodName     = "/fourover6.controlplane.v1.LeaseService/WatchCommands"
+	LeaseService_RegisterDataplane_FullMethodName   = "/fourover6.controlplane.v1.LeaseService/RegisterDataplane"
+	LeaseService_AllocateAddress_FullMethodName     = "/fourover6.controlplane.v1.LeaseService/AllocateAddress"
+	LeaseService_ReleaseAddress_FullMethodName      = "/fourover6.controlplane.v1.LeaseService/ReleaseAddress"
+	LeaseService_ReportSessions_FullMethodName      = "/fourover6.controlplane.v1.LeaseService/ReportSessions"
+	LeaseService_Heartbeat_FullMethodName           = "/fourover6.controlplane.v1.LeaseService/Heartbeat"
+	LeaseService_WatchCommands_FullMethodName       = "/fourover6.controlplane.v1.LeaseService/WatchCommands"
+	LeaseService_ReleaseAddresses_FullMethodName    = "/fourover6.controlplane.v1.LeaseService/ReleaseAddresses"
+	LeaseService_StreamSessionReport_FullMethodName = "/fourover6.controlplane.v1.LeaseService/StreamSessionReport"
+	LeaseService_StopDataplane_FullMethodName       = "/fourover6.controlplane.v1.LeaseService/StopDataplane"
 )
 
 // LeaseServiceClient is the client API for LeaseService service.
@@ -56,6 +59,18 @@ type LeaseServiceClient interface {
 	// WatchCommands is the stream on which the controller pushes commands
 	// (kick a client, drain) to a data plane. The data plane keeps it open.
 	WatchCommands(ctx context.Context, in *WatchCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCommandsResponse], error)
+	// ReleaseAddresses returns several sessions' addresses at once (a data
+	// plane's queue of releases, retried until it succeeds). Like
+	// ReleaseAddress, releasing a lease the session does not hold is a no-op.
+	ReleaseAddresses(ctx context.Context, in *ReleaseAddressesRequest, opts ...grpc.CallOption) (*ReleaseAddressesResponse, error)
+	// StreamSessionReport sends one report in chunks, so that its size is not
+	// bounded by a message limit. The first chunk carries the header; a
+	// complete report counts only when the stream is closed cleanly after the
+	// last chunk.
+	StreamSessionReport(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamSessionReportRequest, StreamSessionReportResponse], error)
+	// StopDataplane says a data plane instance is stopping on purpose: it is
+	// shown as stopped and its leases are released in this one call.
+	StopDataplane(ctx context.Context, in *StopDataplaneRequest, opts ...grpc.CallOption) (*StopDataplaneResponse, error)
 }
 
 type leaseServiceClient struct {
@@ -135,6 +150,39 @@ func (c *leaseServiceClient) WatchCommands(ctx context.Context, in *WatchCommand
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LeaseService_WatchCommandsClient = grpc.ServerStreamingClient[WatchCommandsResponse]
 
+func (c *leaseServiceClient) ReleaseAddresses(ctx context.Context, in *ReleaseAddressesRequest, opts ...grpc.CallOption) (*ReleaseAddressesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseAddressesResponse)
+	err := c.cc.Invoke(ctx, LeaseService_ReleaseAddresses_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *leaseServiceClient) StreamSessionReport(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamSessionReportRequest, StreamSessionReportResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LeaseService_ServiceDesc.Streams[1], LeaseService_StreamSessionReport_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamSessionReportRequest, StreamSessionReportResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_StreamSessionReportClient = grpc.ClientStreamingClient[StreamSessionReportRequest, StreamSessionReportResponse]
+
+func (c *leaseServiceClient) StopDataplane(ctx context.Context, in *StopDataplaneRequest, opts ...grpc.CallOption) (*StopDataplaneResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StopDataplaneResponse)
+	err := c.cc.Invoke(ctx, LeaseService_StopDataplane_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LeaseServiceServer is the server API for LeaseService service.
 // All implementations must embed UnimplementedLeaseServiceServer
 // for forward compatibility.
@@ -164,6 +212,18 @@ type LeaseServiceServer interface {
 	// WatchCommands is the stream on which the controller pushes commands
 	// (kick a client, drain) to a data plane. The data plane keeps it open.
 	WatchCommands(*WatchCommandsRequest, grpc.ServerStreamingServer[WatchCommandsResponse]) error
+	// ReleaseAddresses returns several sessions' addresses at once (a data
+	// plane's queue of releases, retried until it succeeds). Like
+	// ReleaseAddress, releasing a lease the session does not hold is a no-op.
+	ReleaseAddresses(context.Context, *ReleaseAddressesRequest) (*ReleaseAddressesResponse, error)
+	// StreamSessionReport sends one report in chunks, so that its size is not
+	// bounded by a message limit. The first chunk carries the header; a
+	// complete report counts only when the stream is closed cleanly after the
+	// last chunk.
+	StreamSessionReport(grpc.ClientStreamingServer[StreamSessionReportRequest, StreamSessionReportResponse]) error
+	// StopDataplane says a data plane instance is stopping on purpose: it is
+	// shown as stopped and its leases are released in this one call.
+	StopDataplane(context.Context, *StopDataplaneRequest) (*StopDataplaneResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }
 
@@ -191,6 +251,15 @@ func (UnimplementedLeaseServiceServer) Heartbeat(context.Context, *HeartbeatRequ
 }
 func (UnimplementedLeaseServiceServer) WatchCommands(*WatchCommandsRequest, grpc.ServerStreamingServer[WatchCommandsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchCommands not implemented")
+}
+func (UnimplementedLeaseServiceServer) ReleaseAddresses(context.Context, *ReleaseAddressesRequest) (*ReleaseAddressesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseAddresses not implemented")
+}
+func (UnimplementedLeaseServiceServer) StreamSessionReport(grpc.ClientStreamingServer[StreamSessionReportRequest, StreamSessionReportResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamSessionReport not implemented")
+}
+func (UnimplementedLeaseServiceServer) StopDataplane(context.Context, *StopDataplaneRequest) (*StopDataplaneResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StopDataplane not implemented")
 }
 func (UnimplementedLeaseServiceServer) mustEmbedUnimplementedLeaseServiceServer() {}
 func (UnimplementedLeaseServiceServer) testEmbeddedByValue()                      {}
@@ -314,6 +383,49 @@ func _LeaseService_WatchCommands_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LeaseService_WatchCommandsServer = grpc.ServerStreamingServer[WatchCommandsResponse]
 
+func _LeaseService_ReleaseAddresses_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseAddressesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).ReleaseAddresses(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_ReleaseAddresses_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).ReleaseAddresses(ctx, req.(*ReleaseAddressesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LeaseService_StreamSessionReport_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LeaseServiceServer).StreamSessionReport(&grpc.GenericServerStream[StreamSessionReportRequest, StreamSessionReportResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LeaseService_StreamSessionReportServer = grpc.ClientStreamingServer[StreamSessionReportRequest, StreamSessionReportResponse]
+
+func _LeaseService_StopDataplane_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopDataplaneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServiceServer).StopDataplane(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LeaseService_StopDataplane_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServiceServer).StopDataplane(ctx, req.(*StopDataplaneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LeaseService_ServiceDesc is the grpc.ServiceDesc for LeaseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -341,12 +453,25 @@ var LeaseService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Heartbeat",
 			Handler:    _LeaseService_Heartbeat_Handler,
 		},
+		{
+			MethodName: "ReleaseAddresses",
+			Handler:    _LeaseService_ReleaseAddresses_Handler,
+		},
+		{
+			MethodName: "StopDataplane",
+			Handler:    _LeaseService_StopDataplane_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchCommands",
 			Handler:       _LeaseService_WatchCommands_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamSessionReport",
+			Handler:       _LeaseService_StreamSessionReport_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "fourover6/controlplane/v1/lease.proto",
