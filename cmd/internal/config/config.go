@@ -14,7 +14,8 @@
 // ("dns:") is treated as absent, so example files can list every flag.
 //
 // Call Apply after the command line is parsed and before the flags are
-// validated (with cobra: first thing in RunE or PreRunE).
+// validated (with cobra: first thing in RunE or PreRunE). Apply remembers
+// which values came from the file (OriginOf), for --print-config.
 package config
 
 import (
@@ -42,7 +43,9 @@ func AddFlag(fs *pflag.FlagSet, defaultPath string) *string {
 }
 
 // notSettable are flags that make no sense in a file.
-var notSettable = []string{Flag, "help", "version"}
+var notSettable = []string{Flag, "help", "version", CheckFlag, PrintFlag}
+
+func isNotSettable(name string) bool { return slices.Contains(notSettable, name) }
 
 // Setting is one key of the file.
 type Setting struct {
@@ -99,7 +102,9 @@ func Apply(fs *pflag.FlagSet, path string) error {
 		}
 		if err := set(fs, s); err != nil {
 			errs = append(errs, &Error{Path: path, Line: s.Line, Key: s.Name, Msg: err.Error()})
+			continue
 		}
+		markFromFile(fs, s.Name, path, s.Line)
 	}
 	return errors.Join(errs...)
 }
@@ -156,7 +161,7 @@ func parse(fs *pflag.FlagSet, path string, data []byte) ([]Setting, error) {
 			continue
 		}
 		seen[name] = k.Line
-		if slices.Contains(notSettable, name) {
+		if isNotSettable(name) {
 			bad("cannot be set from a config file")
 			continue
 		}
@@ -294,7 +299,7 @@ func closest(fs *pflag.FlagSet, name string) string {
 	norm := strings.ReplaceAll(strings.ToLower(name), "_", "-")
 	best, bestD := "", 1<<30
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Hidden || slices.Contains(notSettable, f.Name) {
+		if f.Hidden || isNotSettable(f.Name) {
 			return
 		}
 		d := distance(norm, f.Name)
