@@ -115,7 +115,7 @@ docs: build
 	$(BIN)/4over6ctl docs docs/cli >/dev/null
 	$(BIN)/4over6-controller docs docs/cli >/dev/null
 	$(BIN)/4over6-dataplane docs docs/cli >/dev/null
-	{ echo '## 4over6-client'; echo; echo '```'; $(BIN)/4over6-client -h 2>&1; echo '```'; } > docs/cli/4over6-client.md
+	$(BIN)/4over6-client docs docs/cli >/dev/null
 
 clean:
 	rm -rf $(BIN)

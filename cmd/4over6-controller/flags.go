@@ -51,6 +51,7 @@ type flags struct {
 	metrics    string
 	tls        tlsconf.Files
 	configFile *string
+	checks     *cfgpkg.Checks
 }
 
 func (f *flags) register(cmd *cobra.Command) {
@@ -78,6 +79,7 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
 	fs.StringVar(&f.tls.CA, "tls-ca", "", "CA (PEM) that signs the clients' certificates")
 	f.configFile = cfgpkg.AddFlag(fs, "")
+	f.checks = cfgpkg.AddCheckFlags(fs)
 }
 
 // config is the validated configuration.
@@ -207,6 +209,16 @@ func (f *flags) config() (config, error) {
 		add(err) // logging names the flag itself
 	}
 	return c, errors.Join(errs...)
+}
+
+// checkFiles is what --check-config checks beyond config: that the TLS
+// files load. It reads files and opens no socket and no store.
+func (c config) checkFiles() error {
+	if !c.tls.Set() {
+		return nil
+	}
+	_, err := c.tls.ServerOption()
+	return err
 }
 
 // checkStatePath validates --state before anything is started.

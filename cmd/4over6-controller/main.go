@@ -69,6 +69,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				return usageError{err}
 			}
+			if f.checks.Requested() { // validation only: no socket, no store
+				if err := cfg.checkFiles(); err != nil {
+					return usageError{err}
+				}
+				return f.checks.Finish(cmd.OutOrStdout(), cmd.Flags())
+			}
 			return serve(cmd.Context(), cfg, cmd.Flags(), stderr)
 		},
 	}

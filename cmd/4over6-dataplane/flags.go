@@ -48,6 +48,7 @@ type options struct {
 	nat               bool
 	natInterfaces     []string
 	configFile        *string
+	checks            *config.Checks
 }
 
 func newCommand(o *options) *cobra.Command {
@@ -95,6 +96,7 @@ func newCommand(o *options) *cobra.Command {
 	f.BoolVar(&o.nat, "nat", false, "enable IPv4 forwarding and masquerade the pool out of the uplinks (nftables table \"ip fourover6\", removed on exit)")
 	f.StringSliceVar(&o.natInterfaces, "nat-interface", nil, "with --nat: masquerade only out of these interfaces (default: every interface but the TUN)")
 	o.configFile = config.AddFlag(f, "")
+	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
 	f.MarkHidden("pprof")
 	return cmd
@@ -172,6 +174,16 @@ func (o *options) validate() error {
 		return errors.New("--nat-interface needs --nat")
 	}
 	return nil
+}
+
+// checkFiles is what --check-config checks beyond validate: that the TLS
+// files load. It reads files and opens nothing else.
+func (o *options) checkFiles() error {
+	if !o.tls.Set() {
+		return nil
+	}
+	_, err := o.tls.ServerOption()
+	return err
 }
 
 // listenNetwork keeps an IPv6 listener IPv6-only ("tcp6" sets IPV6_V6ONLY):

@@ -44,6 +44,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err := o.validate(); err != nil {
 			return usageError{err}
 		}
+		if o.checks.Requested() { // validation only: nothing is opened
+			if err := o.checkFiles(); err != nil {
+				return usageError{err}
+			}
+			return o.checks.Finish(cmd.OutOrStdout(), cmd.Flags())
+		}
 		return serve(cmd.Context(), &o, cmd.Flags(), stderr)
 	}
 	clidoc.AddTo(cmd)

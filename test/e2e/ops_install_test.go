@@ -174,7 +174,7 @@ func helpFlags(t *testing.T, bin string) []string {
 	re := regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z][a-z0-9-]*)`)
 	var flags []string
 	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
-		if !slices.Contains([]string{"help", "version", "config"}, m[1]) {
+		if !slices.Contains([]string{"help", "version", "config", "check-config", "print-config"}, m[1]) {
 			flags = append(flags, m[1])
 		}
 	}
@@ -186,16 +186,18 @@ func helpFlags(t *testing.T, bin string) []string {
 func TestExampleConfigsListEveryFlag(t *testing.T) {
 	t.Parallel()
 	bins := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bins+"/", "github.com/fourover6/fourover6/cmd/4over6-controller", "github.com/fourover6/fourover6/cmd/4over6-dataplane")
+	cmd := exec.Command("go", "build", "-o", bins+"/", "github.com/fourover6/fourover6/cmd/4over6-controller", "github.com/fourover6/fourover6/cmd/4over6-dataplane",
+		"github.com/fourover6/fourover6/cmd/4over6-client")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	// Keys the example documents although --help does not list them:
-	// hidden flags, and flags of issue 5 not wired into the daemon yet.
+	// Keys the examples document although --help does not list them:
+	// hidden flags.
 	notInHelp := map[string][]string{
 		"dataplane": {"pprof"}, // hidden, for debugging
+		"client":    {"pprof"},
 	}
-	for _, d := range daemons {
+	for _, d := range append(slices.Clone(daemons), "client") {
 		keys := exampleKeys(t, filepath.Join(repoRoot(t), "cmd/4over6-"+d, "dist", d+".yaml"))
 		flags := helpFlags(t, filepath.Join(bins, "4over6-"+d))
 		for _, f := range flags {

@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/fourover6/fourover6/test/netnstest"
+	"github.com/fourover6/fourover6/test/topo"
+)
+
+// checkRun runs a binary in ns and returns its exit code, stdout and
+// stderr.
+func checkRun(t *testing.T, ns *topo.NS, bin string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := ns.Command(t.Context(), filepath.Join(binDir, bin), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s: %v", bin, err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// valuesOf is a --print-config output without its comments: what the
+// configuration is, not where it came from.
+func valuesOf(printed string) string {
+	var b strings.Builder
+	trailing := regexp.MustCompile(` # (default|flag|file .*)$`)
+	for _, l := range strings.Split(printed, "\n") {
+		if strings.HasPrefix(l, "#") || l == "" {
+			continue
+		}
+		b.WriteString(trailing.ReplaceAllString(l, "") + "\n")
+	}
+	return b.String()
+}
+
+// TestCheckAndPrintConfig runs --check-config and --print-config on the
+// real binaries: a good file is silent with exit 0, a bad one exit 2 with a
+// message naming the key and the closest flag; what --print-config prints,
+// --config takes back to the same configuration; and neither opens a
+// socket, a store or a TUN (the namespace they run in stays empty, no file
+// appears) even with addresses that cannot be reached.
+func TestCheckAndPrintConfig(t *testing.T) {
+	t.Parallel()
+	netnstest.RequireRoot(t)
+	ns, err := topo.NewNS(topo.UniqueName("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Delete)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ctlSock, dpSock := filepath.Join(dir, "c.sock"), filepath.Join(dir, "d.sock")
+	metrics := "unix://" + filepath.Join(dir, "metrics.sock")
+
+	for _, tc := range []struct {
+		bin       string
+		good      string
+		badKey    string // an unknown key ...
+		closest   string // ... and the flag it is closest to
+		badValue  string
+		valueFlag string
+	}{
+		{
+			bin: "4over6-dataplane",
+			good: "id: dp-check\ncontroller: unix://" + ctlSock + "\napi: unix://" + dpSock + "\ntun: 4o6k\nnat: true\n" +
+				"listen: \"[::]:5679\"\nmetrics: " + metrics + "\nnat-interface: [eth0, eth1]\n",
+			badKey: "keepalive_intervall", closest: "keepalive-interval",
+			badValue: "send-queue: many\n", valueFlag: "--send-queue",
+		},
+		{
+			bin: "4over6-controller",
+			good: "listen: unix://" + ctlSock + "\nstate: " + filepath.Join(dir, "state", "c.db") + "\npool: 10.99.0.0/24\n" +
+				"dns: [192.0.2.7, 192.0.2.8]\nmetrics: " + metrics + "\n",
+			badKey: "pool_range", closest: "pool-range",
+			badValue: "pool: 10.99.0.0/33\n", valueFlag: "--pool",
+		},
+		{
+			bin:    "4over6-client",
+			good:   "server: \"[fd00:46::1]:5678\"\ntun: 4o6k\nroute: [192.0.2.0/24, 198.51.100.7]\nkeep-default-route: true\n",
+			badKey: "keepalive-intervl", closest: "keepalive-interval",
+			badValue: "server: \"[fd00:46::1]:5678\"\nmtu: 9000\n", valueFlag: "--mtu",
+		},
+	} {
+		t.Run(tc.bin, func(t *testing.T) {
+			good := write(tc.bin+"-good.yaml", tc.good)
+			if code, out, errs := checkRun(t, ns, tc.bin, "--check-config", "--config", good); code != 0 || out != "" || errs != "" {
+				t.Errorf("--check-config of a good file: exit %d, printed %q %q; want 0 and nothing", code, out, errs)
+			}
+			bad := write(tc.bin+"-key.yaml", tc.good+tc.badKey+": 5s\n")
+			code, out, errs := checkRun(t, ns, tc.bin, "--check-config", "--config", bad)
+			if code != 2 || out != "" || !strings.Contains(errs, `"`+tc.badKey+`"`) || !strings.Contains(errs, `did you mean "`+tc.closest+`"?`) {
+				t.Errorf("--check-config, unknown key: exit %d, stdout %q, stderr %q; want 2 naming %q and %q", code, out, errs, tc.badKey, tc.closest)
+			}
+			badv := write(tc.bin+"-value.yaml", tc.badValue)
+			if code, _, errs := checkRun(t, ns, tc.bin, "--check-config", "--config", badv); code != 2 || !strings.Contains(errs, tc.valueFlag) {
+				t.Errorf("--check-config, bad value: exit %d, %q; want 2 naming %s", code, errs, tc.valueFlag)
+			}
+
+			// --print-config with a flag over the file; then the printed
+			// file alone gives the same configuration.
+			code, printed, errs := checkRun(t, ns, tc.bin, "--print-config", "--config", good, "--log-level", "debug")
+			if code != 0 || errs != "" {
+				t.Fatalf("--print-config: exit %d, %q", code, errs)
+			}
+			if !strings.Contains(printed, "log-level: debug # flag\n") || !regexp.MustCompile(`(?m) # file .*-good\.yaml:1$`).MatchString(printed) ||
+				!strings.Contains(printed, "log-format: text # default\n") {
+				t.Errorf("--print-config does not say where values came from:\n%s", printed)
+			}
+			again := write(tc.bin+"-printed.yaml", printed)
+			code, reprinted, errs := checkRun(t, ns, tc.bin, "--print-config", "--config", again)
+			if code != 0 || errs != "" {
+				t.Fatalf("--config of the printed file: exit %d, %q\n%s", code, errs, printed)
+			}
+			if a, b := valuesOf(printed), valuesOf(reprinted); a != b {
+				t.Errorf("the printed configuration read back differs:\n%s\nvs\n%s", a, b)
+			}
+		})
+	}
+
+	// Nothing was opened: no socket or state file, no interface but lo in
+	// the namespace.
+	for _, p := range []string{ctlSock, dpSock, filepath.Join(dir, "metrics.sock"), filepath.Join(dir, "state")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("a check created %s", p)
+		}
+	}
+	links, err := ns.Output("ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Split(strings.TrimSpace(links), "\n")); n != 1 || !strings.Contains(links, "lo:") {
+		t.Errorf("a check created an interface:\n%s", links)
+	}
+}
