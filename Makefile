@@ -21,8 +21,22 @@ STATICCHECK_VERSION        := v0.8.2
 
 all: build
 
+## build: the four binaries in $(BIN), and what packaging needs, generated
+## from them (not checked in): man pages in $(BIN)/man/man1 (4over6ctl) and
+## man8 (the daemons, the client), and bash, zsh and fish completions in
+## $(BIN)/completion. The man pages are dated SOURCE_DATE_EPOCH (default: the
+## last commit), so a rebuild gives the same files.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
+	@rm -rf '$(BIN)/man' '$(BIN)/completion'
+	@mkdir -p '$(BIN)/completion/bash' '$(BIN)/completion/zsh' '$(BIN)/completion/fish'
+	@set -e; for c in $(CMDS); do \
+	  SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)' '$(BIN)'/$$c man '$(BIN)/man' >/dev/null; \
+	  '$(BIN)'/$$c completion bash > '$(BIN)'/completion/bash/$$c; \
+	  '$(BIN)'/$$c completion zsh > '$(BIN)'/completion/zsh/_$$c; \
+	  '$(BIN)'/$$c completion fish > '$(BIN)'/completion/fish/$$c.fish; \
+	done
 
 ## test: lint, then every package's tests with the race detector, as root
 ## (end-to-end tests build the binaries themselves and run them in
@@ -77,27 +91,50 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCheckIPv4 -fuzztime $(FUZZTIME) ./dataplane/packet
 
 ## install: the four binaries to $(BINDIR), the systemd units to $(UNITDIR)
-## and example configurations to $(SYSCONFDIR)/fourover6 (an existing
-## configuration is never overwritten). DESTDIR stages the tree for a
-## package, e.g. make install DESTDIR=/tmp/pkg PREFIX=/usr UNITDIR=/lib/systemd/system
-PREFIX     ?= /usr/local
-BINDIR     ?= $(PREFIX)/bin
-SYSCONFDIR ?= /etc
-UNITDIR    ?= $(SYSCONFDIR)/systemd/system
+## (4over6-client@.service is a template: instance NAME reads
+## $(SYSCONFDIR)/fourover6/client-NAME.yaml), the daemons' example
+## configurations to $(SYSCONFDIR)/fourover6 (an existing configuration is
+## never overwritten) and the client's to $(DOCDIR)/examples, man pages to
+## $(MANDIR)/man1 and man8, and shell completions. DESTDIR stages the tree for
+## a package, e.g. make install DESTDIR=/tmp/pkg PREFIX=/usr UNITDIR=/lib/systemd/system
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(SYSCONFDIR)/systemd/system
+DATADIR     ?= $(PREFIX)/share
+MANDIR      ?= $(DATADIR)/man
+DOCDIR      ?= $(DATADIR)/doc/fourover6
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR  ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# The units and examples name the default paths; these put the real ones in.
+DISTSED = -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/fourover6/|$(SYSCONFDIR)/fourover6/|g' \
+	-e 's|/usr/local/share/doc/fourover6/|$(DOCDIR)/|g'
 .PHONY: install
 install: build
-	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(SYSCONFDIR)/fourover6'
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(SYSCONFDIR)/fourover6' \
+	  '$(DESTDIR)$(MANDIR)/man1' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(DOCDIR)/examples' \
+	  '$(DESTDIR)$(BASHCOMPDIR)' '$(DESTDIR)$(ZSHCOMPDIR)' '$(DESTDIR)$(FISHCOMPDIR)'
 	install -m 0755 $(addprefix $(BIN)/,$(CMDS)) '$(DESTDIR)$(BINDIR)/'
-	@set -e; for d in controller dataplane; do \
-	  unit='$(DESTDIR)$(UNITDIR)'/4over6-$$d.service; \
-	  sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/fourover6/|$(SYSCONFDIR)/fourover6/|g' \
-	    cmd/4over6-$$d/dist/4over6-$$d.service > "$$unit.tmp"; \
+	@set -e; for u in 4over6-controller.service 4over6-dataplane.service 4over6-client@.service; do \
+	  unit='$(DESTDIR)$(UNITDIR)'/$$u; c=$${u%%@*}; c=$${c%.service}; \
+	  sed $(DISTSED) cmd/$$c/dist/$$u > "$$unit.tmp"; \
 	  chmod 0644 "$$unit.tmp"; mv "$$unit.tmp" "$$unit"; echo "installed $$unit"; \
+	done
+	@set -e; for d in controller dataplane; do \
 	  conf='$(DESTDIR)$(SYSCONFDIR)/fourover6'/$$d.yaml; \
 	  if [ -e "$$conf" ]; then echo "kept existing $$conf"; \
 	  else install -m 0644 cmd/4over6-$$d/dist/$$d.yaml "$$conf"; echo "installed $$conf"; fi; \
 	done
+	sed $(DISTSED) cmd/4over6-client/dist/client.yaml > '$(DESTDIR)$(DOCDIR)/examples/client.yaml'
+	chmod 0644 '$(DESTDIR)$(DOCDIR)/examples/client.yaml'
+	install -m 0644 $(BIN)/man/man1/*.1 '$(DESTDIR)$(MANDIR)/man1/'
+	install -m 0644 $(BIN)/man/man8/*.8 '$(DESTDIR)$(MANDIR)/man8/'
+	install -m 0644 $(BIN)/completion/bash/* '$(DESTDIR)$(BASHCOMPDIR)/'
+	install -m 0644 $(BIN)/completion/zsh/* '$(DESTDIR)$(ZSHCOMPDIR)/'
+	install -m 0644 $(BIN)/completion/fish/* '$(DESTDIR)$(FISHCOMPDIR)/'
 	@echo 'then: systemctl daemon-reload && systemctl enable --now 4over6-controller 4over6-dataplane'
+	@echo 'a client: cp $(DOCDIR)/examples/client.yaml $(SYSCONFDIR)/fourover6/client-NAME.yaml, set its server, then systemctl enable --now 4over6-client@NAME'
 
 ## bench: build, then measure throughput, RTT, scale, controller
 ## allocations and micro-benchmarks in namespaces of its own (a few

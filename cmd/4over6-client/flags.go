@@ -152,7 +152,7 @@ func newCommand(start func(*cobra.Command, config) error) *cobra.Command {
 	} {
 		cmd.RegisterFlagCompletionFunc(flag, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
 	}
-	clidoc.AddTo(cmd)
+	clidoc.AddTo(cmd, "8")
 	return cmd
 }
 

@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetVersionTemplate(name + " {{.Version}}\n")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f.register(cmd)
-	clidoc.AddTo(cmd)
+	clidoc.AddTo(cmd, "8")
 
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {

@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return serve(cmd.Context(), &o, cmd.Flags(), stderr)
 	}
-	clidoc.AddTo(cmd)
+	clidoc.AddTo(cmd, "8")
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK

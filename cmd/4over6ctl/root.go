@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/fourover6/fourover6/cmd/internal/clidoc"
 	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
@@ -180,6 +181,7 @@ format: {"error":"...","code":N}.
 		a.logLevelCommand(),
 		a.versionCommand(),
 		a.docsCommand(root),
+		clidoc.ManCommand(root, "1"), // hidden: the build writes the man pages with it
 	)
 	// cobra's completion command, made now so that an unknown shell is a
 	// usage error (exit 2) like any unknown subcommand.

@@ -1,14 +1,17 @@
 // Package clidoc writes the Markdown reference of a cobra command tree
 // (github.com/spf13/cobra/doc), and checks that a checked-in copy is up to
-// date, so the CLI reference never drifts from the binaries.
+// date, so the CLI reference never drifts from the binaries. It also writes
+// the tree's man pages, which the build generates for packaging.
 //
-// The pages are reproducible: no generation date, and a flag whose default
-// is this machine's host name (the daemons' --id, --controller-id) shows
-// HOSTNAME instead.
+// The pages are reproducible: no generation date in the Markdown (the man
+// pages take theirs from SOURCE_DATE_EPOCH when it is set), and a flag whose
+// default is this machine's host name (the daemons' --id, --controller-id)
+// shows HOSTNAME instead.
 //
-//	clidoc.AddTo(root)                       // hidden "docs DIR" command
-//	err := clidoc.Generate(root, "docs/cli") // what it runs
+//	clidoc.AddTo(root, "8")                  // hidden "docs DIR" and "man DIR" commands
+//	err := clidoc.Generate(root, "docs/cli") // what docs runs
 //	err := clidoc.Check(root, "docs/cli")    // in a test: nil when up to date
+//	err := clidoc.GenerateMan(root, "1", "bin/man") // what man runs: bin/man/man1/*.1
 package clidoc
 
 import (
@@ -24,6 +27,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 	"github.com/spf13/pflag"
+
+	"github.com/fourover6/fourover6/cmd/internal/version"
 )
 
 // HostnamePlaceholder replaces the host name in flag defaults.
@@ -223,14 +228,56 @@ func Command(root *cobra.Command) *cobra.Command {
 	}
 }
 
-// AddTo adds Command(root) to root. A root without other subcommands (a
-// daemon) would grow cobra's default "completion" command with it; that is
-// turned off for such roots.
-func AddTo(root *cobra.Command) {
+// AddTo adds Command(root) and ManCommand(root, section) to root. A root
+// without other subcommands (a daemon) would show cobra's default
+// "completion" command with them; for such roots it is hidden, so that it
+// stays there for packaging (the build writes shell completions with it)
+// without appearing in --help or in the reference.
+func AddTo(root *cobra.Command, section string) {
 	if !root.HasSubCommands() {
-		root.CompletionOptions.DisableDefaultCmd = true
+		root.CompletionOptions.HiddenDefaultCmd = true
 	}
-	root.AddCommand(Command(root))
+	root.AddCommand(Command(root), ManCommand(root, section))
+}
+
+// GenerateMan writes a man page for root and for each available command of
+// its tree (cobra/doc: root-sub-subsub.SECTION) into dir/manSECTION,
+// created if needed.
+func GenerateMan(root *cobra.Command, section, dir string) error {
+	if section == "" || strings.ContainsAny(section, "/ ") {
+		return fmt.Errorf("man section %q: want e.g. 1 or 8", section)
+	}
+	restore := prepare(root)
+	defer restore()
+	out := filepath.Join(dir, "man"+section)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	header := &doc.GenManHeader{
+		Title:   strings.ToUpper(root.Name()),
+		Section: section,
+		Source:  "fourover6 " + version.String(),
+		Manual:  "fourover6 manual",
+	}
+	return doc.GenManTree(root, header, out)
+}
+
+// ManCommand returns a hidden "man DIR" command that runs GenerateMan on
+// root with the given section.
+func ManCommand(root *cobra.Command, section string) *cobra.Command {
+	return &cobra.Command{
+		Use:    "man DIR",
+		Short:  "Write the man pages of every command to DIR/man" + section,
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := GenerateMan(root, section, args[0]); err != nil {
+				return fmt.Errorf("man: %w", err)
+			}
+			fmt.Fprintf(outOf(cmd), "wrote the man pages of %s to %s\n", root.Name(), filepath.Join(args[0], "man"+section))
+			return nil
+		},
+	}
 }
 
 func outOf(cmd *cobra.Command) io.Writer { return cmd.OutOrStdout() }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fourover6/fourover6/cmd/internal/clidoc"
+	"github.com/fourover6/fourover6/cmd/internal/version"
 )
 
 func tree() *cobra.Command {
@@ -110,7 +111,7 @@ func TestDocsCommandOnADaemon(t *testing.T) {
 	root := &cobra.Command{Use: "daemon", Short: "A daemon", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error { ran = true; return nil }}
 	root.Flags().Duration("keepalive-interval", 0, "how often")
-	clidoc.AddTo(root)
+	clidoc.AddTo(root, "8")
 
 	dir := t.TempDir()
 	var out bytes.Buffer
@@ -138,5 +139,61 @@ func TestDocsCommandOnADaemon(t *testing.T) {
 	root.Execute()
 	if strings.Contains(out.String(), "Available Commands") || strings.Contains(out.String(), "completion") {
 		t.Errorf("daemon help shows commands:\n%s", out.String())
+	}
+}
+
+func TestGenerateMan(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	root := tree()
+	dir := t.TempDir()
+	if err := clidoc.GenerateMan(root, "1", dir); err != nil {
+		t.Fatal(err)
+	}
+	got := names(t, filepath.Join(dir, "man1"))
+	want := []string{"tool-completion-bash.1", "tool-completion-fish.1", "tool-completion-powershell.1", "tool-completion-zsh.1",
+		"tool-completion.1", "tool-get.1", "tool-things-list.1", "tool-things.1", "tool.1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("man pages = %q, want %q (hidden commands left out)", got, want)
+	}
+	page, _ := os.ReadFile(filepath.Join(dir, "man1", "tool-get.1"))
+	for _, s := range []string{`.TH "TOOL" "1" "Nov 2023" "fourover6 ` + version.String() + `" "fourover6 manual"`, "Get one", "HOSTNAME"} {
+		if !strings.Contains(string(page), s) {
+			t.Errorf("tool-get.1 lacks %q:\n%s", s, page)
+		}
+	}
+	if host, _ := os.Hostname(); host != "" && strings.Contains(string(page), host) {
+		t.Error("the man page shows this machine's host name")
+	}
+	if err := clidoc.GenerateMan(root, "../1", dir); err == nil {
+		t.Error("a section with a slash was accepted")
+	}
+}
+
+func TestManAndCompletionOnADaemon(t *testing.T) {
+	root := &cobra.Command{Use: "daemon", Short: "A daemon", Args: cobra.NoArgs, Version: "v2",
+		RunE: func(*cobra.Command, []string) error { return nil }}
+	root.Flags().String("tun", "4o6", "the TUN")
+	clidoc.AddTo(root, "8")
+	dir := t.TempDir()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"man", dir})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, filepath.Join(dir, "man8")); !slices.Equal(got, []string{"daemon.8"}) {
+		t.Errorf("man pages = %q (one page: docs, man and completion are hidden)", got)
+	}
+	page, _ := os.ReadFile(filepath.Join(dir, "man8", "daemon.8"))
+	if !strings.Contains(string(page), `.TH "DAEMON" "8"`) || !strings.Contains(string(page), "tun") {
+		t.Errorf("daemon.8:\n%s", page)
+	}
+	// The completion command is there for packaging, though hidden.
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		out.Reset()
+		root.SetArgs([]string{"completion", shell})
+		if err := root.Execute(); err != nil || !strings.Contains(out.String(), "daemon") {
+			t.Errorf("completion %s: %v\n%.200s", shell, err, out.String())
+		}
 	}
 }
