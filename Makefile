@@ -17,7 +17,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
 
-.PHONY: all build test unit lint proto tools deps demo demo-down fuzz clean bench docs
+.PHONY: all build test unit lint proto tools deps deps-demo demo demo-down fuzz clean bench docs
 
 all: build
 
@@ -73,12 +73,17 @@ $(TOOLS)/protoc-gen-go:
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
+## deps: what the tests and benchmarks need (apt-get, when missing);
+## deps-demo: only what the demo needs.
 deps:
-	@bash test/deps.sh
+	@bash test/deps.sh test
+deps-demo:
+	@bash test/deps.sh demo
 
-## demo: everything on embedded defaults in three namespaces; tears down
-## at the end unless KEEP=1 (then `make demo-down` cleans up).
-demo: deps build
+## demo: everything on embedded defaults in three namespaces, with sockets
+## and state of its own (never a host's installed fourover6); tears down at
+## the end unless KEEP=1 (then `make demo-down` cleans up).
+demo: deps-demo build
 	GO=$(GO) bash test/demo.sh up
 
 demo-down:

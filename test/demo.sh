@@ -9,6 +9,10 @@
 #   fo6demo-inet  an "IPv4 internet" web server at 198.51.100.2, with no
 #                 route to the pool: the data plane NATs (--nat)
 #
+# Everything else of the demo (sockets, state, logs) is in $STATE, so it
+# never meets a fourover6 installed on the host (/run/fourover6).
+# Colours only on a terminal, and not with NO_COLOR set (no-color.org).
+#
 # Usage: test/demo.sh up     (KEEP=1 leaves it running; then: down)
 #        test/demo.sh down
 set -euo pipefail
@@ -19,8 +23,17 @@ STATE=/run/fourover6-demo
 BIN=$PWD/bin
 GO=${GO:-go}
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+CTL_SOCK=$STATE/controller.sock DP_SOCK=$STATE/dataplane.sock
+# 4over6ctl finds the demo's daemons through these instead of the defaults.
+export FOUROVER6_CONTROLLER=unix://$CTL_SOCK FOUROVER6_DATAPLANE=unix://$DP_SOCK
+
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ] && [ "${TERM:-}" != dumb ]; then
+  BOLD=$'\033[1m' DIM=$'\033[2m' RESET=$'\033[0m'
+else
+  BOLD='' DIM='' RESET=''
+fi
+bold() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$RESET"; }
+run() { printf '%s$ %s%s\n' "$DIM" "$*" "$RESET"; "$@"; }
 
 down() {
   for f in "$STATE"/*.pid; do
@@ -34,7 +47,7 @@ down() {
     rm -f "$f"
   done
   for ns in $CLI $SRV $INET; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -f "$STATE/controller.db" "$STATE"/*.log "$STATE/headers"
+  rm -f "$STATE/controller.db" "$STATE"/*.log "$STATE/headers" "$CTL_SOCK" "$DP_SOCK"
 }
 
 start() { # name ns cmd...
@@ -74,11 +87,15 @@ up() {
   # masquerades the clients behind 198.51.100.1, as a lab server does.
   echo "client side has no IPv4 at all:"; run ip -n $CLI -4 addr show
 
-  bold "Server: controller and data plane, on their default settings"
-  # Defaults throughout, but the demo's state lives (and goes) with the demo.
-  start controller $SRV "$BIN/4over6-controller" --state "$STATE/controller.db"
-  wait_for "controller" test -S /run/fourover6/controller.sock
-  start dataplane $SRV "$BIN/4over6-dataplane" --id demo-dp1 --nat
+  bold "Server: controller and data plane, on their default settings (but their own sockets)"
+  # Defaults throughout, but the demo's sockets and state live (and go)
+  # with the demo, in $STATE.
+  ctl=("$BIN/4over6-controller" --listen "unix://$CTL_SOCK" --state "$STATE/controller.db")
+  dp=("$BIN/4over6-dataplane" --controller "unix://$CTL_SOCK" --api "unix://$DP_SOCK" --id demo-dp1 --nat)
+  run "${ctl[@]}" --check-config && run "${dp[@]}" --check-config && echo "configuration ok"
+  start controller $SRV "${ctl[@]}"
+  wait_for "controller" test -S "$CTL_SOCK"
+  start dataplane $SRV "${dp[@]}"
   wait_for "data plane" "$BIN/4over6ctl" dataplane status
   start web $INET "$STATE/httpserve" --listen 198.51.100.2:80
   run "$BIN/4over6ctl" status
@@ -108,7 +125,10 @@ up() {
   run "$BIN/4over6ctl" clients list -o json
 
   if [ "${KEEP:-0}" = 1 ]; then
-    bold "Left running (logs in $STATE). Try: ip netns exec $CLI curl http://198.51.100.2/ ; then: make demo-down"
+    bold "Left running (logs in $STATE). Try: ip netns exec $CLI curl http://198.51.100.2/"
+    echo "4over6ctl reaches the demo's daemons with"
+    echo "  export FOUROVER6_CONTROLLER=$FOUROVER6_CONTROLLER FOUROVER6_DATAPLANE=$FOUROVER6_DATAPLANE"
+    echo "then: make demo-down"
   else
     bold "Tearing down (KEEP=1 make demo leaves it running)"
     down

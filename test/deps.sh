@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on a fresh Debian machine, as
-# root: iproute2 (ip netns, veth), gcc (go test -race needs cgo), curl and
-# ping for the demo, etcd (etcd-server) for the store tests, and the tun
-# module. Idempotent and quiet when all is
-# there already.
+# Installs what the tests or the demo need on a fresh Debian machine, as
+# root, with apt-get. Idempotent, and quiet when all is there already.
+#
+# Usage: test/deps.sh [test|demo]
+#   demo  (make demo) iproute2 (ip netns, veth), curl and ping, kmod for the
+#         tun module
+#   test  (make test, make bench; the default) all of the demo's, and gcc
+#         (go test -race needs cgo), iperf3 (make bench and its smoke test
+#         measure throughput with it) and etcd-server (the store conformance
+#         suite, the etcd benchmarks and the two-controller end-to-end test
+#         start their own etcd on loopback)
 set -euo pipefail
 
+what=${1:-test}
 need=()
+case "$what" in
+  demo|test) ;;
+  *) echo "usage: $0 [test|demo]" >&2; exit 2 ;;
+esac
+
 command -v ip >/dev/null || need+=(iproute2)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v curl >/dev/null || need+=(curl)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v modprobe >/dev/null || need+=(kmod)
-# make bench and its smoke test measure throughput with iperf3.
-command -v iperf3 >/dev/null || need+=(iperf3)
-# A real etcd for the store conformance suite, the etcd benchmarks and the
-# two-controller end-to-end test (they start their own on loopback).
-command -v etcd >/dev/null || need+=(etcd-server)
+if [ "$what" = test ]; then
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  command -v etcd >/dev/null || need+=(etcd-server)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
