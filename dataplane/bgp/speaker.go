@@ -258,9 +258,12 @@ func (s *Speaker) peerConf(p Peer) *api.Peer {
 			Enabled:         true,
 			RestartTime:     uint32(secs(s.cfg.RestartTime)),
 			LocalRestarting: s.cfg.Restarting,
-			// How long a restarting speaker waits for the routers'
-			// End-of-RIB before it sends its table anyway.
-			DeferralTime: uint32(max(secs(s.cfg.RestartTime), 1)),
+			// A restarting speaker defers its UPDATEs until every peer
+			// sent End-of-RIB, or this many seconds (RFC 4724 4.1), so
+			// that its best paths include the peers' routes. Ours never
+			// do (we import nothing): one second is all the wait a peer
+			// that is down or slow should cost the others.
+			DeferralTime: 1,
 		}
 	}
 	return pc

@@ -61,14 +61,16 @@ func TestChangesConcurrent(t *testing.T) {
 		})
 	}
 	seen := map[netip.Prefix]bool{}
-	done := make(chan struct{})
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		for {
 			select {
 			case <-c.kick:
 				for p := range c.take() {
 					seen[p] = true
 				}
+				c.done()
 			case <-done:
 				return
 			}
@@ -76,6 +78,7 @@ func TestChangesConcurrent(t *testing.T) {
 	}()
 	wg.Wait()
 	close(done)
+	<-exited
 	for p := range c.take() {
 		seen[p] = true
 	}
