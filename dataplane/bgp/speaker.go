@@ -60,7 +60,6 @@ import (
 // Errors of the speaker's life cycle.
 var (
 	ErrStopped           = errors.New("BGP speaker stopped")
-	ErrNotStarted        = errors.New("BGP speaker not started")
 	ErrNoGracefulRestart = errors.New("BGP graceful restart is off (restart time 0): a hand-off would drop the routes; use Stop")
 )
 
