@@ -27,6 +27,7 @@ if [ "$what" = test ]; then
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
   command -v iperf3 >/dev/null || need+=(iperf3)
   command -v etcd >/dev/null || need+=(etcd-server)
+  { command -v bird || [ -x /usr/sbin/bird ]; } >/dev/null || need+=(bird2) # BIRD 2, the router of the BGP tests (test/bird)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
