@@ -37,6 +37,15 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # etcd-server and bird2 come with system services that Debian starts on
+  # install; the tests run their own instances with their own config, so
+  # forbid service starts while installing (policy-rc.d, honoured by
+  # invoke-rc.d and deb-systemd-invoke) unless the host already has a policy.
+  policy=/usr/sbin/policy-rc.d own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+    trap '[ -n "$own_policy" ] && rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
