@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/cmd/internal/config"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"

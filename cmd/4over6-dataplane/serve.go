@@ -17,10 +17,10 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/debug"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
 	"github.com/fourover6/fourover6/dataplane/ctlink"

@@ -30,8 +30,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 )
 
 // maxProbeTimeout bounds the GetStatus asked of each of several controller

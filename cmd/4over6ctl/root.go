@@ -19,9 +19,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fourover6/fourover6/cmd/internal/clidoc"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
