@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -426,6 +428,23 @@ func TestUsageErrors(t *testing.T) {
 	if !strings.Contains(r.stderr, "$FOUROVER6_CONTROLLER") {
 		t.Errorf("bad env address: %q", r.stderr)
 	}
+}
+
+// Every command checks its own arguments: cobra's checks would return
+// errors that are not usage errors (exit 1), and their text is not to be
+// read.
+func TestEveryCommandValidatesArgs(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Args == nil {
+			t.Errorf("%q has no Args validator", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newApp(io.Discard, io.Discard, nil).rootCommand())
 }
 
 func TestHelp(t *testing.T) {

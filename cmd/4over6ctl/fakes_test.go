@@ -53,6 +53,7 @@ type fakeController struct {
 	// until the client goes.
 	events     []*cpv1.ClientEvent
 	watchDelay time.Duration
+	watchEnd   error            // how the stream ends after the events (nil: OK)
 	fail       map[string]error // method -> error to answer with
 
 	mu           sync.Mutex
@@ -240,7 +241,7 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 			return err
 		}
 	}
-	return nil
+	return f.watchEnd
 }
 
 func (f *fakeController) KickClient(_ context.Context, req *cpv1.KickClientRequest) (*cpv1.KickClientResponse, error) {

@@ -192,7 +192,7 @@ func TestControllerFailover(t *testing.T) {
 	}
 	// One address, a follower: its refusal with a hint.
 	r = ctl(t, nil, "--controller", saddr, "pool", "show").expect(t, 1)
-	if !strings.Contains(r.stderr, "is not the leader") || !strings.Contains(r.stderr, "--controller a,b,c") {
+	if !strings.Contains(r.stderr, "is not the leader (the leader is ctl-c)") || !strings.Contains(r.stderr, "--controller a,b,c") {
 		t.Errorf("single follower: %q", r.stderr)
 	}
 	// A follower that serves reads is used when no leader answers.

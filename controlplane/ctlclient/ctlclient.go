@@ -98,12 +98,12 @@ func WithProbeTimeout(d time.Duration) Option {
 //
 // Retry. A unary call that failed that way is tried again on the endpoint
 // the next probe picks: at once after the first NOT_LEADER, then every
-// retryWait, until the call's deadline (maxFollow without one). Every
-// controller RPC is safe to repeat: allocation is idempotent per session,
-// releasing a lease not held is a no-op, the admin calls set state. It
-// gives up at once when every endpoint is known to be unreachable, as a
-// call on one endpoint fails fast; while one of them answers, a leader may
-// be elected.
+// retryWait, until the call's deadline (without one, for maxFollow after
+// the first failure). Every controller RPC is safe to repeat: allocation
+// is idempotent per session, releasing a lease not held is a no-op, the
+// admin calls set state. It gives up at once when every endpoint is known
+// to be unreachable, as a call on one endpoint fails fast; while one of
+// them answers, a leader may be elected.
 //
 // Replay. A server-streaming call (a watch) whose first receive fails that
 // way is opened again, with the same request, where the next probe points.
@@ -480,7 +480,7 @@ func (c *Conn) probeFailure(i int, err error) *EndpointError {
 type follow struct {
 	c            *Conn
 	ctx          context.Context
-	start        time.Time
+	start        time.Time // of the first failure: a stream may fail hours after it opened
 	notes        []*EndpointError
 	tries        int
 	quick        bool // the next try follows at once
@@ -488,7 +488,7 @@ type follow struct {
 }
 
 func (c *Conn) follow(ctx context.Context) *follow {
-	return &follow{c: c, ctx: ctx, start: time.Now(), notes: make([]*EndpointError, len(c.conns))}
+	return &follow{c: c, ctx: ctx, notes: make([]*EndpointError, len(c.conns))}
 }
 
 // next returns the endpoint to try, or the error to give up with.
@@ -521,7 +521,7 @@ func (f *follow) wait() error {
 	if f.ctx.Err() != nil || f.unreachable() {
 		return f.giveUp()
 	}
-	if _, ok := f.ctx.Deadline(); !ok && time.Since(f.start) > maxFollow {
+	if _, ok := f.ctx.Deadline(); !ok && !f.start.IsZero() && time.Since(f.start) > maxFollow {
 		return f.giveUp()
 	}
 	if f.quick {
@@ -557,12 +557,25 @@ func (f *follow) failed(i int, err error) bool {
 	}
 	f.notes[i] = ee
 	f.c.forget(i)
+	if f.start.IsZero() {
+		f.start = time.Now()
+	}
 	var nl *NotLeaderError
 	if errors.As(ee.Err, &nl) && !f.sawNotLeader {
 		// A standby's answer: the leader is elsewhere, ask again now.
 		f.sawNotLeader, f.quick = true, true
 	}
 	return true
+}
+
+// answer is what a call returns when a try was not moved elsewhere: the
+// daemon's answer, unless the call's time ran out while it was following
+// the leader; then why each endpoint was given up on says more.
+func (f *follow) answer(err error) error {
+	if !f.start.IsZero() && status.Code(err) == codes.DeadlineExceeded && f.ctx.Err() != nil {
+		return f.giveUp()
+	}
+	return err
 }
 
 // giveUp is the error of a call that found no endpoint to take it.
@@ -593,8 +606,11 @@ func (c *Conn) Invoke(ctx context.Context, method string, args, reply any, opts 
 			return err
 		}
 		err = c.conns[i].Invoke(ctx, method, args, reply, opts...)
-		if err == nil || !f.failed(i, err) {
-			return err
+		if err == nil {
+			return nil
+		}
+		if !f.failed(i, err) {
+			return f.answer(err)
 		}
 	}
 }
@@ -652,7 +668,7 @@ func (s *stream) open() error {
 			return nil
 		}
 		if !s.f.failed(i, err) {
-			return err
+			return s.f.answer(err)
 		}
 	}
 }
@@ -683,7 +699,10 @@ func (s *stream) RecvMsg(m any) error {
 			return s.c.single(err)
 		}
 		if !s.f.failed(s.i, err) {
-			return err
+			if s.received {
+				return err
+			}
+			return s.f.answer(err)
 		}
 		if s.received || !s.replay {
 			if ee := s.f.notes[s.i]; !ee.Answered {
