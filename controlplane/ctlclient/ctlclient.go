@@ -99,11 +99,13 @@ func WithProbeTimeout(d time.Duration) Option {
 // Retry. A unary call that failed that way is tried again on the endpoint
 // the next probe picks: at once after the first NOT_LEADER, then every
 // retryWait, until the call's deadline (without one, for maxFollow after
-// the first failure). Every controller RPC is safe to repeat: allocation
+// the first failure). A call is repeated only after UNAVAILABLE or no
+// connection, when no controller acted on it, except for a connection lost
+// mid-call; the controller's RPCs are safe to repeat even then (allocation
 // is idempotent per session, releasing a lease not held is a no-op, the
-// admin calls set state. It gives up at once when every endpoint is known
-// to be unreachable, as a call on one endpoint fails fast; while one of
-// them answers, a leader may be elected.
+// admin calls set state). It gives up at once when every endpoint is
+// known to be unreachable, as a call on one endpoint fails fast; while one
+// of them answers, a leader may be elected.
 //
 // Replay. A server-streaming call (a watch) whose first receive fails that
 // way is opened again, with the same request, where the next probe points.
