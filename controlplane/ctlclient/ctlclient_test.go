@@ -374,9 +374,11 @@ func TestConcurrentCallsShareAProbe(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := c1.statuses.Load(); n > 5 {
+	n := c1.statuses.Load()
+	if n > 5 {
 		t.Errorf("%d probes for 50 concurrent calls", n)
 	}
+	t.Logf("50 concurrent calls, %d GetStatus at the leader", n)
 }
 
 func watch(ctx context.Context, t *testing.T, conn grpc.ClientConnInterface) pb.ControllerService_WatchClientsClient {
