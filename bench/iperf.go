@@ -32,7 +32,7 @@ func parseIperf(out []byte) (gbps float64, retrans int, err error) {
 		return 0, 0, fmt.Errorf("iperf3 output is not JSON: %v: %q", err, oneLine(string(out)))
 	}
 	if r.Error != "" {
-		return 0, 0, errors.New("iperf3: " + r.Error)
+		return 0, 0, &iperfError{msg: r.Error}
 	}
 	bps := r.End.SumReceived.BitsPerSecond
 	if bps == 0 {
@@ -40,6 +40,11 @@ func parseIperf(out []byte) (gbps float64, retrans int, err error) {
 	}
 	return bps / 1e9, r.End.SumSent.Retransmits, nil
 }
+
+// iperfError is the failure iperf3 reported in its JSON output.
+type iperfError struct{ msg string }
+
+func (e *iperfError) Error() string { return "iperf3: " + e.msg }
 
 // iperfServer is an iperf3 server in the server namespace, bound to the
 // path's server address; one per path, serving its runs one after another.
@@ -84,7 +89,8 @@ func (l *lab) runIperf(ctx context.Context, s *iperfServer, r iperfRun) (gbps fl
 		if err == nil {
 			return gbps, retrans, nil
 		}
-		if runErr != nil && !strings.Contains(err.Error(), "iperf3:") {
+		var reported *iperfError
+		if runErr != nil && !errors.As(err, &reported) {
 			err = runErr // no JSON at all: the command's own error says more
 		}
 		if attempt >= 5 || ctx.Err() != nil || !retryable(err) || s.p.exited() {
@@ -102,6 +108,9 @@ func (l *lab) runIperf(ctx context.Context, s *iperfServer, r iperfRun) (gbps fl
 	}
 }
 
+// retryable: a busy server or a refused connection. iperf3 says which
+// only in words (it exits 1 for every failure), so its text is all there is
+// to go by; this reads another program's output, not an error of ours.
 func retryable(err error) bool {
 	s := err.Error()
 	return strings.Contains(s, "busy") || strings.Contains(s, "refused") || strings.Contains(s, "unable to connect")

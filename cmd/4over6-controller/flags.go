@@ -11,11 +11,11 @@ import (
 	"github.com/spf13/cobra"
 
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/dns"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
 )

@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/cmd/internal/config"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
-	"github.com/fourover6/fourover6/dataplane/ctlink"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
 )
@@ -106,7 +105,7 @@ func (o *options) validate() error {
 	if strings.TrimSpace(o.id) == "" {
 		return errors.New("--id is empty: give this data plane a unique name")
 	}
-	if _, err := ctlink.ParseEndpoints(o.controller); err != nil {
+	if _, err := endpoint.ParseList(o.controller); err != nil {
 		return fmt.Errorf("--controller: %v", err)
 	}
 	apiEP, err := endpoint.Parse(o.api)

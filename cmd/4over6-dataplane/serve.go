@@ -17,10 +17,11 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/debug"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/ctlclient"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
@@ -53,12 +54,12 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	if err := debug.ServePprof(o.pprof, log); err != nil {
 		return usageError{fmt.Errorf("--pprof: %w", err)}
 	}
-	ctlAddrs, _ := ctlink.ParseEndpoints(o.controller)
+	ctlAddrs, _ := endpoint.ParseList(o.controller)
 	creds, err := o.tls.DialOption()
 	if err != nil {
 		return usageError{err}
 	}
-	link, err := ctlink.Dial(ctlAddrs, ctlink.WithDialOptions(creds))
+	link, err := ctlink.Dial(ctlAddrs, ctlclient.WithDialOptions(creds))
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", o.controller, err)
 	}

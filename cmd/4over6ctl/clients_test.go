@@ -328,6 +328,18 @@ func TestClientsWatchErrors(t *testing.T) {
 	}
 	ctl(t, nil, "--controller", missing, "clients", "watch", "extra").expect(t, 2)
 
+	// Several addresses: a watch that was running when leadership moved
+	// ends with exit 1 and says so (it is not replayed: its events were
+	// printed already).
+	moved := newController()
+	moved.events, moved.watchEnd = []*cpv1.ClientEvent{}, notLeaderError("ctl-c")
+	maddr := serve(t, moved, nil)
+	r = ctl(t, nil, "--controller", maddr+","+missing, "clients", "watch", "-o", "json").expect(t, 1)
+	want := "controller at " + maddr + " stopped leading (the leader is ctl-c); run the command again"
+	if !strings.Contains(r.stdout, `"synced"`) || !strings.Contains(r.stderr, want) || moved.count("WatchClients") != 1 {
+		t.Errorf("leadership moved mid-watch: %q %q (want %q)", r.stdout, r.stderr, want)
+	}
+
 	// A listener that never speaks gRPC: --timeout bounds the wait for the
 	// first event, so the watch does not hang (exit 3: never connected).
 	l, err := net.Listen("tcp", "127.0.0.1:0")

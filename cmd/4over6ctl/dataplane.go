@@ -89,7 +89,7 @@ session.`,
 			defer cancel()
 			resp, err := a.dp().KickSession(ctx, req)
 			if err != nil {
-				return notFound(a.rpcError(a.dataplane, err), "no session %s on data plane at %s", args[0], a.dataplane.ep)
+				return notFound(a.rpcError(a.dataplane, err), "no session %s on data plane at %s", args[0], a.dataplane.addressText())
 			}
 			out := SessionKick{IPv4: resp.GetAddress(), Session: resp.GetSessionId()}
 			return a.emit(out, func(w io.Writer) {

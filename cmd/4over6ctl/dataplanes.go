@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fourover6/fourover6/controlplane/loglevel"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
@@ -73,7 +74,7 @@ with that id. Prints the data plane object.`,
 error, until it restarts. Prints the previous level.`,
 		Example:   `  4over6ctl dataplane log-level debug`,
 		Args:      levelArg,
-		ValidArgs: levelNames,
+		ValidArgs: loglevel.Names,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			level, _ := parseLevel(args[0])
 			ctx, cancel := a.callContext(cmd)
@@ -82,7 +83,7 @@ error, until it restarts. Prints the previous level.`,
 			if err != nil {
 				return a.rpcError(a.dataplane, err)
 			}
-			return a.emitLogLevel(LogLevel{Daemon: "dataplane", Address: a.dataplane.ep.String(), Level: level, Previous: resp.GetPrevious()})
+			return a.emitLogLevel(LogLevel{Daemon: "dataplane", Address: a.dataplane.addressText(), Level: level, Previous: resp.GetPrevious()})
 		},
 	}
 
@@ -201,26 +202,21 @@ restarts. Prints the previous level. For a data plane: "dataplane log-level".`,
 			if err != nil {
 				return a.rpcError(a.controller, err)
 			}
-			return a.emitLogLevel(LogLevel{Daemon: "controller", Address: a.controller.ep.String(), Level: level, Previous: resp.GetPrevious()})
+			return a.emitLogLevel(LogLevel{Daemon: "controller", Address: a.controller.addressText(), Level: level, Previous: resp.GetPrevious()})
 		},
 	}
-	cmd.ValidArgs = levelNames
+	cmd.ValidArgs = loglevel.Names
 	return needs(cmd, needController)
 }
 
-var levelNames = []string{"debug", "info", "warn", "error"}
-
+// parseLevel reads LEVEL (controlplane/loglevel) and gives the name sent
+// to the daemon.
 func parseLevel(s string) (string, error) {
-	l := strings.ToLower(strings.TrimSpace(s))
-	if l == "warning" {
-		l = "warn"
+	l, err := loglevel.Parse(s)
+	if err != nil {
+		return "", usageErrorf("invalid LEVEL %q: want one of %s", s, strings.Join(loglevel.Names, ", "))
 	}
-	for _, n := range levelNames {
-		if l == n {
-			return l, nil
-		}
-	}
-	return "", usageErrorf("invalid LEVEL %q: want one of %s", s, strings.Join(levelNames, ", "))
+	return loglevel.Name(l), nil
 }
 
 func levelArg(cmd *cobra.Command, args []string) error {

@@ -61,4 +61,7 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 	ctl(t, nil, "completion", "tcsh").expect(t, 2)
+	if r := ctl(t, nil, "completion", "bash", "extra").expect(t, 2); !strings.Contains(r.stderr, `"4over6ctl completion bash" takes no arguments`) {
+		t.Errorf("completion bash extra: %q", r.stderr)
+	}
 }

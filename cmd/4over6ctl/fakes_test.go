@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,19 +36,24 @@ var (
 // commands that change something can be checked (and applied twice).
 type fakeController struct {
 	cpv1.UnimplementedControllerServiceServer
-	version    string
-	id         string
-	leader     bool
-	notLeader  bool // a follower: refuses every request but GetStatus and GetVersion
-	clients    []*cpv1.Client
-	pool       *cpv1.Pool
-	hang       bool // GetPool waits for the caller to give up
-	dataplanes []*cpv1.Dataplane
+	version   string
+	id        string
+	leader    bool
+	notLeader bool // a follower: refuses every request but GetStatus and GetVersion
+	// stale: GetStatus says it leads until it has refused a request as
+	// notLeader (leadership moved, and it learnt so).
+	stale       bool
+	statusDelay time.Duration // GetStatus answers this late
+	clients     []*cpv1.Client
+	pool        *cpv1.Pool
+	hang        bool // GetPool waits for the caller to give up
+	dataplanes  []*cpv1.Dataplane
 	// WatchClients: after the current set and SYNCED, these events are sent
 	// (after watchDelay), then the stream ends. nil: the stream stays open
 	// until the client goes.
 	events     []*cpv1.ClientEvent
 	watchDelay time.Duration
+	watchEnd   error            // how the stream ends after the events (nil: OK)
 	fail       map[string]error // method -> error to answer with
 
 	mu           sync.Mutex
@@ -74,9 +80,27 @@ func (f *fakeController) enter(method string) error {
 		return err
 	}
 	if f.notLeader && method != "GetStatus" && method != "GetVersion" {
-		return status.Error(codes.FailedPrecondition, "not the leader; the leader is ctl-c")
+		f.stale = false
+		return notLeaderError("ctl-c")
 	}
 	return nil
+}
+
+// notLeaderError is a standby's answer, as controlplane/server makes it.
+func notLeaderError(leaderID string) error {
+	st, err := status.New(codes.Unavailable, "not the leader; leader is "+leaderID).WithDetails(&errdetails.ErrorInfo{
+		Reason: cpv1.ErrorReason_NOT_LEADER.String(), Domain: "fourover6.io", Metadata: map[string]string{"leader_id": leaderID}})
+	if err != nil {
+		panic(err)
+	}
+	return st.Err()
+}
+
+// claim sets whether GetStatus says this controller leads.
+func (f *fakeController) claim(stale bool) {
+	f.mu.Lock()
+	f.stale = stale
+	f.mu.Unlock()
 }
 
 func (f *fakeController) count(method string) int {
@@ -166,16 +190,24 @@ func (f *fakeController) GetVersion(context.Context, *cpv1.GetVersionRequest) (*
 	return &cpv1.GetVersionResponse{Version: f.version}, nil
 }
 
-func (f *fakeController) GetStatus(context.Context, *cpv1.GetStatusRequest) (*cpv1.GetStatusResponse, error) {
+func (f *fakeController) GetStatus(ctx context.Context, _ *cpv1.GetStatusRequest) (*cpv1.GetStatusResponse, error) {
 	if err := f.enter("GetStatus"); err != nil {
 		return nil, err
 	}
+	select {
+	case <-time.After(f.statusDelay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	f.mu.Lock()
+	leads := f.leader || f.stale
+	f.mu.Unlock()
 	leaderID := "ctl-c"
-	if f.leader {
+	if leads {
 		leaderID = f.id
 	}
 	return &cpv1.GetStatusResponse{Status: &cpv1.ControllerStatus{ControllerId: f.id, Version: f.version,
-		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: f.leader, LeaderId: leaderID, StartedAt: timestamppb.New(t0)}}, nil
+		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: leads, LeaderId: leaderID, StartedAt: timestamppb.New(t0)}}, nil
 }
 
 func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc.ServerStreamingServer[cpv1.WatchClientsResponse]) error {
@@ -209,7 +241,7 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 			return err
 		}
 	}
-	return nil
+	return f.watchEnd
 }
 
 func (f *fakeController) KickClient(_ context.Context, req *cpv1.KickClientRequest) (*cpv1.KickClientResponse, error) {

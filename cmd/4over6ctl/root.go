@@ -15,13 +15,13 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/fourover6/fourover6/cmd/internal/clidoc"
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/ctlclient"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
@@ -82,7 +82,6 @@ func newApp(stdout, stderr io.Writer, getenv func(string) string) *app {
 			envVar: "FOUROVER6_CONTROLLER",
 			def:    "unix:///run/fourover6/controller.sock",
 			multi:  true,
-			leader: controllerIsLeader,
 		},
 		dataplane: &daemon{
 			name:   "dataplane",
@@ -127,8 +126,9 @@ else from the environment, else the default:
   --controller  $FOUROVER6_CONTROLLER  unix:///run/fourover6/controller.sock
   --dataplane   $FOUROVER6_DATAPLANE   unix:///run/fourover6/dataplane.sock
 The controller may be given as several comma-separated addresses
-(--controller a,b,c): they are tried in order and the leader is preferred.
-A command connects only to the daemons it needs.
+(--controller a,b,c): all are asked at once which one leads, and requests go
+to the leader (when none leads, to the first that answers), following it
+when it changes. A command connects only to the daemons it needs.
 
 On "clients list" and "clients watch", --dataplane is a FILTER (a data plane
 id); an address given there is the global flag's and is ignored, as those
@@ -186,12 +186,17 @@ format: {"error":"...","code":N}.
 	// cobra's completion command, made now so that an unknown shell is a
 	// usage error (exit 2) like any unknown subcommand.
 	root.InitDefaultCompletionCmd()
+	// Its shells take no arguments; cobra's own check (NoArgs) would not
+	// be a usage error.
 	for _, c := range root.Commands() {
 		if c.Name() == "completion" {
 			c.Args, c.RunE = noSubcommand, showHelp
 			c.Example = `  source <(4over6ctl completion bash)
   4over6ctl completion zsh > "${fpath[1]}/_4over6ctl"
   4over6ctl completion fish > ~/.config/fish/completions/4over6ctl.fish`
+			for _, shell := range c.Commands() {
+				shell.Args = noArgs
+			}
 		}
 	}
 	return root
@@ -308,15 +313,14 @@ func (a *app) connect(flags *pflag.FlagSet, d *daemon) error {
 		return nil
 	}
 	a.resolve(flags, d)
-	eps, err := parseAddrs(d.addr)
+	eps, err := endpoint.ParseList(d.addr)
 	if err != nil {
 		return usageErrorf("invalid %s address (from %s): %v", d.name, d.source, err)
 	}
 	if len(eps) > 1 && !d.multi {
 		return usageErrorf("invalid %s address (from %s): %d addresses given, a command talks to one %s", d.name, d.source, len(eps), d.name)
 	}
-	d.setAddrs(eps)
-	d.timeout = a.timeout
+	d.eps = eps
 	d.probeTimeout = maxProbeTimeout
 	if a.timeout > 0 && a.timeout < d.probeTimeout {
 		d.probeTimeout = a.timeout
@@ -324,19 +328,9 @@ func (a *app) connect(flags *pflag.FlagSet, d *daemon) error {
 	return nil
 }
 
-// controllerIsLeader is the leadership question asked of each of several
-// controller addresses.
-func controllerIsLeader(ctx context.Context, cc grpc.ClientConnInterface) (bool, error) {
-	resp, err := cpv1.NewControllerServiceClient(cc).GetStatus(ctx, &cpv1.GetStatusRequest{})
-	return resp.GetStatus().GetLeader(), err
-}
-
-// dialOptions builds the gRPC dial options for one daemon. It is the single
-// place where transport security is chosen: for now every connection is
-// plaintext (unix sockets and loopback). TLS/mTLS (a later issue) plugs in
-// here, e.g. picking credentials from flags when !ep.IsLoopback().
-func dialOptions(ep endpoint.Endpoint, files *tlsconf.Files) ([]grpc.DialOption, error) {
-	_ = ep
+// dialOptions builds the gRPC dial options of the daemons: mutual TLS when
+// --tls-* (or $FOUROVER6_TLS_*) name the files, plaintext otherwise.
+func dialOptions(files *tlsconf.Files) ([]grpc.DialOption, error) {
 	var tf tlsconf.Files
 	if files != nil {
 		tf = *files
@@ -395,16 +389,12 @@ func asCLIError(err error) *cliError {
 	if errors.As(err, &ce) {
 		return ce
 	}
-	msg := err.Error()
-	// Errors cobra builds itself (e.g. in its help and completion commands).
-	if strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
-		strings.HasPrefix(msg, "invalid argument") || strings.Contains(msg, "required flag") {
-		return &cliError{code: exitUsage, msg: msg, usage: true}
-	}
+	// Flag and argument errors are usage errors already: SetFlagErrorFunc
+	// and the commands' Args validators make them.
 	if errors.Is(err, context.Canceled) {
 		return &cliError{code: exitError, msg: "interrupted"}
 	}
-	return &cliError{code: exitError, msg: msg}
+	return &cliError{code: exitError, msg: err.Error()}
 }
 
 // rpcError turns the error of a call to d into a cliError with the right
@@ -415,67 +405,89 @@ func (a *app) rpcError(d *daemon, err error) error {
 	}
 	var ce *cliError
 	if errors.As(err, &ce) {
-		return ce // already explained, e.g. by choosing among several addresses
+		return ce
 	}
+	var none *ctlclient.Error
+	if errors.As(err, &none) {
+		return a.noneAnswered(d, none)
+	}
+	addr := d.addressText()
 	st, ok := status.FromError(err)
 	if !ok {
 		if errors.Is(err, context.Canceled) {
 			return &cliError{code: exitError, msg: "interrupted"}
 		}
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, d.ep, err)}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %v", d.name, addr, err)}
 	}
-	// The connection never became ready: the daemon is unreachable. Once it
-	// is ready, Unavailable or DeadlineExceeded came from the daemon itself.
-	ready := d.conn != nil && d.conn.GetState() == connectivity.Ready
+	if leaderID, ok := ctlclient.IsNotLeader(err); ok {
+		leads := "no leader is elected right now"
+		if leaderID != "" {
+			leads = "the leader is " + leaderID
+		}
+		if len(d.eps) > 1 {
+			// Several addresses: only a stream that was already running
+			// ends this way (anything else moves to the new leader).
+			return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s stopped leading (%s); run the command again", d.name, addr, leads)}
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s is not the leader (%s); give every controller's address, e.g. --controller a,b,c",
+			d.name, addr, leads)}
+	}
+	// The connection was up: these came from the daemon itself (ctlclient
+	// turns a connection that never came up into a *ctlclient.Error).
 	switch st.Code() {
 	case codes.Unavailable:
-		if !ready {
-			return a.unreachable(d, connectReason(st.Message()))
-		}
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: unavailable: %s", d.name, d.ep, st.Message())}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: unavailable: %s", d.name, addr, st.Message())}
 	case codes.DeadlineExceeded:
-		if !ready {
-			return a.unreachable(d, fmt.Sprintf("no connection within %v", a.timeout))
-		}
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, d.ep, a.timeout)}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, addr, a.timeout)}
 	case codes.NotFound:
 		return &cliError{code: exitNotFound, msg: st.Message()}
 	case codes.InvalidArgument:
-		return &cliError{code: exitUsage, msg: fmt.Sprintf("%s at %s: %s", d.name, d.ep, st.Message())}
+		return &cliError{code: exitUsage, msg: fmt.Sprintf("%s at %s: %s", d.name, addr, st.Message())}
 	case codes.Unimplemented:
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s does not implement this request (is it a fourover6 %s of a matching version?): %s", d.name, d.ep, d.name, st.Message())}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s does not implement this request (is it a fourover6 %s of a matching version?): %s", d.name, addr, d.name, st.Message())}
 	case codes.Canceled:
 		return &cliError{code: exitError, msg: "interrupted"}
 	}
-	if isNotLeader(st) {
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s is not the leader (%s); give every controller's address, e.g. --controller a,b,c",
-			d.name, d.ep, st.Message())}
+	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, addr, strings.ToLower(st.Code().String()), st.Message())}
+}
+
+// noneAnswered explains a request no address could take: unreachable
+// (exit 3) when nothing answered at any, else an error (exit 1).
+func (a *app) noneAnswered(d *daemon, e *ctlclient.Error) error {
+	if len(e.Endpoints) == 1 && !e.Answered() {
+		return a.unreachable(d, e.Endpoints[0].Endpoint.String(), a.reason(e.Endpoints[0]))
 	}
-	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, d.ep, strings.ToLower(st.Code().String()), st.Message())}
-}
-
-func (a *app) unreachable(d *daemon, reason string) error {
-	return &cliError{code: exitUnreachable, msg: fmt.Sprintf("cannot reach %s at %s: %s", d.name, d.ep, reason)}
-}
-
-// connectReason reduces gRPC's connection error text, e.g.
-//
-//	connection error: desc = "transport: Error while dialing: dial unix /x.sock: connect: no such file or directory"
-//
-// to its cause ("no such file or directory").
-func connectReason(msg string) string {
-	for _, s := range []string{
-		"no such file or directory", "connection refused", "permission denied",
-		"network is unreachable", "no route to host", "connection reset by peer",
-		"connection timed out", "i/o timeout", "host is down", "no such host",
-	} {
-		if strings.Contains(msg, s) {
-			return s
+	parts := make([]string, len(e.Endpoints))
+	standbys := true
+	for i, ee := range e.Endpoints {
+		parts[i] = ee.Endpoint.String() + ": " + a.reason(ee)
+		var nl *ctlclient.NotLeaderError
+		if ee.Answered && !errors.As(ee.Err, &nl) {
+			standbys = false
 		}
 	}
-	msg = strings.TrimSuffix(strings.TrimSpace(msg), `"`)
-	if i := strings.LastIndex(msg, ": "); i >= 0 && i+2 < len(msg) {
-		return msg[i+2:]
+	if !e.Answered() {
+		return &cliError{code: exitUnreachable, msg: fmt.Sprintf("cannot reach %s at any of %d addresses: %s",
+			d.name, len(e.Endpoints), strings.Join(parts, "; "))}
 	}
-	return msg
+	why := ""
+	if standbys {
+		why = " (none is the leader)"
+	}
+	return &cliError{code: exitError, msg: fmt.Sprintf("no usable %s%s: %s", d.name, why, strings.Join(parts, "; "))}
+}
+
+// reason is why one address was given up on; a call's own deadline is
+// --timeout.
+func (a *app) reason(ee *ctlclient.EndpointError) string {
+	if errors.Is(ee.Err, context.DeadlineExceeded) && ee.Within == 0 && a.timeout > 0 {
+		e := *ee
+		e.Within = a.timeout
+		return e.Reason()
+	}
+	return ee.Reason()
+}
+
+func (a *app) unreachable(d *daemon, addr, reason string) error {
+	return &cliError{code: exitUnreachable, msg: fmt.Sprintf("cannot reach %s at %s: %s", d.name, addr, reason)}
 }

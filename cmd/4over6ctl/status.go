@@ -66,7 +66,7 @@ func (a *app) systemStatus(cmd *cobra.Command) (SystemStatus, error) {
 			}
 		} else {
 			st := resp.GetStatus()
-			s.Controller = &ControllerStatus{Address: a.controller.ep.String(), ID: st.GetControllerId(), Version: st.GetVersion(),
+			s.Controller = &ControllerStatus{Address: a.controller.addressText(), ID: st.GetControllerId(), Version: st.GetVersion(),
 				Store: st.GetStore(), Leader: st.GetLeader(), LeaderID: st.GetLeaderId(), StartedAt: timestamp(st.GetStartedAt())}
 		}
 		ctlReach = true
@@ -146,7 +146,7 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 		if t, err := time.Parse(time.RFC3339, d.StartedAt); err == nil {
 			up = ", up " + shortDuration(a.now().Sub(t))
 		}
-		fmt.Fprintf(w, "Local data plane:\t%s (version %s%s), at %s\n", orDash(d.Dataplane), orDash(d.Version), up, a.dataplane.ep)
+		fmt.Fprintf(w, "Local data plane:\t%s (version %s%s), at %s\n", orDash(d.Dataplane), orDash(d.Version), up, a.dataplane.addressText())
 		link := "NOT connected"
 		if d.ControllerConnected {
 			link = "connected"

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/connectivity"
 
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 )
@@ -87,10 +86,10 @@ func (a *app) watchClients(parent context.Context, req *cpv1.WatchClientsRequest
 	case parent.Err() != nil:
 		return w.finish() // Ctrl-C: the normal way to stop watching
 	case errors.Is(context.Cause(ctx), errNoFirstEvent):
-		if a.controller.conn == nil || a.controller.conn.GetState() != connectivity.Ready {
-			return a.unreachable(a.controller, fmt.Sprintf("no connection within %v", a.timeout))
+		if !a.controller.connected() {
+			return a.unreachable(a.controller, a.controller.addressText(), fmt.Sprintf("no connection within %v", a.timeout))
 		}
-		return &cliError{code: exitError, msg: fmt.Sprintf("controller at %s sent nothing within %v", a.controller.ep, a.timeout)}
+		return &cliError{code: exitError, msg: fmt.Sprintf("controller at %s sent nothing within %v", a.controller.addressText(), a.timeout)}
 	}
 	return a.rpcError(a.controller, err)
 }

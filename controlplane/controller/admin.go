@@ -2,12 +2,13 @@ package controller
 
 import (
 	"context"
-	"log/slog"
+	"errors"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/dns"
+	"github.com/fourover6/fourover6/controlplane/loglevel"
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
 )
@@ -169,7 +170,7 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 	old := t.pool.Range()
 	changed, err := t.pool.SetRange(r)
 	if err != nil {
-		if _, ok := err.(*pool.ConfigError); ok && strings.Contains(err.Error(), "would leave out") {
+		if errors.Is(err, pool.ErrInUse) {
 			return PoolInfo{}, false, precondition("%v", err)
 		}
 		return PoolInfo{}, false, invalid("%v", err)
@@ -199,12 +200,12 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 // SetLogLevel changes the log level ("debug", "info", "warn", "error") and
 // returns the previous one. It works on standbys too.
 func (c *Controller) SetLogLevel(level string) (string, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(strings.ToUpper(strings.TrimSpace(level)))); err != nil || level == "" {
-		return "", invalid("log level %q: want debug, info, warn or error", clip(level))
+	l, err := loglevel.Parse(level)
+	if err != nil {
+		return "", invalid("%v", err)
 	}
 	prev := c.level.Level()
 	c.level.Set(l)
-	c.log.Info("log level changed", "from", strings.ToLower(prev.String()), "to", strings.ToLower(l.String()))
-	return strings.ToLower(prev.String()), nil
+	c.log.Info("log level changed", "from", loglevel.Name(prev), "to", loglevel.Name(l))
+	return loglevel.Name(prev), nil
 }

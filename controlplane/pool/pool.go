@@ -61,14 +61,23 @@ func (e *ExhaustedError) Error() string {
 // Unwrap lets errors.Is(err, ErrExhausted) match.
 func (e *ExhaustedError) Unwrap() error { return ErrExhausted }
 
+// ErrInUse is matched (errors.Is) by the error SetRange returns when the
+// new range would leave out an address that is leased or reserved: the
+// request conflicts with the pool's state rather than being malformed.
+var ErrInUse = errors.New("range leaves out addresses in use")
+
 // ConfigError is a configuration mistake. Field is "prefix" or "range" so a
 // caller can name its own flag or setting in the message.
 type ConfigError struct {
 	Field string
 	Msg   string
+	Err   error // a sentinel the error matches (ErrInUse), or nil
 }
 
 func (e *ConfigError) Error() string { return e.Msg }
+
+// Unwrap lets errors.Is(err, ErrInUse) match.
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 func configErr(field, format string, args ...any) error {
 	return &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)}
@@ -673,7 +682,8 @@ func (p *Pool) SetRange(r Range) (changed bool, err error) {
 		if len(out) > 5 {
 			out = append(out[:5], fmt.Sprintf("and %d more", len(out)-5))
 		}
-		return false, configErr("range", "range %s-%s would leave out %s", addr(first), addr(last), strings.Join(out, ", "))
+		return false, &ConfigError{Field: "range", Err: ErrInUse,
+			Msg: fmt.Sprintf("range %s-%s would leave out %s", addr(first), addr(last), strings.Join(out, ", "))}
 	}
 	p.first, p.last, p.cursor = first, last, uint64(first)
 	return true, nil

@@ -281,14 +281,12 @@ func (s *ControllerServer) GetVersion(context.Context, *pb.GetVersionRequest) (*
 	return &pb.GetVersionResponse{Version: s.c.Version()}, nil
 }
 
-// ReasonNotLeader is the google.rpc.ErrorInfo reason of the UNAVAILABLE
-// error a standby answers with; its metadata "leader_id" names the leader
-// when one is known. Clients (controlplane/ctlclient) look for it to move
-// to another controller.
-const (
-	ReasonNotLeader = "NOT_LEADER"
-	ErrorDomain     = "fourover6.io"
-)
+// ErrorDomain is the google.rpc.ErrorInfo domain of the controller's
+// errors. Their reasons are pb.ErrorReason values: a standby answers
+// UNAVAILABLE with reason NOT_LEADER, its metadata "leader_id" naming the
+// leader when one is known; clients (controlplane/ctlclient) look for it to
+// move to another controller.
+const ErrorDomain = "fourover6.io"
 
 // toStatus maps the controller's errors to gRPC codes. The messages are the
 // controller's own: they are written to be shown as they are.
@@ -305,7 +303,7 @@ func toStatus(err error) error {
 		if nl.LeaderID != "" {
 			md["leader_id"] = nl.LeaderID
 		}
-		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonNotLeader, Domain: ErrorDomain, Metadata: md}); derr == nil {
+		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: pb.ErrorReason_NOT_LEADER.String(), Domain: ErrorDomain, Metadata: md}); derr == nil {
 			st = d
 		}
 		return st.Err()

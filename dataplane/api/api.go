@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/fourover6/fourover6/controlplane/loglevel"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/session"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
@@ -110,14 +111,14 @@ func (s *Server) SetLogLevel(_ context.Context, r *dpv1.SetLogLevelRequest) (*dp
 	if s.level == nil {
 		return nil, status.Error(codes.Unimplemented, "this data plane has no adjustable log level")
 	}
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(strings.ToUpper(r.GetLevel()))); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "log level %q: want debug, info, warn or error", r.GetLevel())
+	l, err := loglevel.Parse(r.GetLevel())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	prev := s.level.Level()
 	s.level.Set(l)
-	s.log.Info("log level changed", "from", prev.String(), "to", l.String())
-	return &dpv1.SetLogLevelResponse{Previous: strings.ToLower(prev.String())}, nil
+	s.log.Info("log level changed", "from", loglevel.Name(prev), "to", loglevel.Name(l))
+	return &dpv1.SetLogLevelResponse{Previous: loglevel.Name(prev)}, nil
 }
 
 // ListSessions implements dpv1.DataplaneServiceServer.

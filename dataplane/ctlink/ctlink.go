@@ -1,11 +1,12 @@
 // Package ctlink is the data plane's gRPC client of the controller: it
-// implements dataplane.Controller over controlplanev1.LeaseService and maps
-// gRPC status codes to the data plane's error kinds.
+// implements dataplane.ControlPlane over controlplanev1.LeaseService and
+// maps gRPC status codes to the data plane's error kinds.
 //
-// Dial takes one or more controller addresses and follows the leader (see
-// controlplane/ctlclient): a standby's "not the leader" answer and a dead
-// controller both move the link to the controller that leads, and look
-// like ErrControllerUnavailable to the data plane until one does.
+// Dial takes one or more controller endpoints and follows the leader with
+// controlplane/ctlclient, the client 4over6ctl uses too: a standby's
+// NOT_LEADER answer and a dead controller both move the link to the
+// controller that leads, and look like ErrControllerUnavailable to the
+// data plane until one does.
 package ctlink
 
 import (
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/ctlclient"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/wire"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
@@ -26,9 +28,8 @@ import (
 
 // Link talks to the controller.
 type Link struct {
-	c     cpv1.LeaseServiceClient
-	conn  *ctlclient.Conn // set by Dial
-	addrs string
+	c    cpv1.LeaseServiceClient
+	conn *ctlclient.Conn // set by Dial
 }
 
 // New wraps a gRPC connection to the controller.
@@ -36,29 +37,24 @@ func New(cc grpc.ClientConnInterface) *Link {
 	return &Link{c: cpv1.NewLeaseServiceClient(cc)}
 }
 
-// Dial returns a Link to the controllers at endpoints ("unix:///path" or
-// "host:port"; several when controllers run active/passive): every call
-// goes to the one that leads. Options are ctlclient's (dial options for
-// TLS, probe timeout).
-func Dial(endpoints []string, opts ...Option) (*Link, error) {
+// Dial returns a Link to the controllers at endpoints (several when
+// controllers run active/passive): every call goes to the one that leads.
+// Options are ctlclient's (dial options for TLS, probe timeout).
+func Dial(endpoints []endpoint.Endpoint, opts ...ctlclient.Option) (*Link, error) {
 	conn, err := ctlclient.Dial(endpoints, opts...)
 	if err != nil {
 		return nil, err
 	}
-	return &Link{c: cpv1.NewLeaseServiceClient(conn), conn: conn, addrs: conn.String()}, nil
+	return &Link{c: cpv1.NewLeaseServiceClient(conn), conn: conn}, nil
 }
 
-// Option configures Dial (see controlplane/ctlclient).
-type Option = ctlclient.Option
-
-// WithDialOptions sets the gRPC dial options, e.g. TLS credentials.
-func WithDialOptions(o ...grpc.DialOption) Option { return ctlclient.WithDialOptions(o...) }
-
-// ParseEndpoints splits a --controller value "a,b,c" into addresses.
-func ParseEndpoints(s string) ([]string, error) { return ctlclient.ParseEndpoints(s) }
-
 // String names the controller addresses (for logs).
-func (l *Link) String() string { return l.addrs }
+func (l *Link) String() string {
+	if l.conn == nil {
+		return ""
+	}
+	return l.conn.String()
+}
 
 // Leader is the address calls go to now ("" before the first call, or
 // for a Link made with New).

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fourover6/fourover6/controlplane/controller"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/server"
 	"github.com/fourover6/fourover6/dataplane"
@@ -313,6 +314,19 @@ func TestControllerUnavailable(t *testing.T) {
 		_, err = link.Allocate(ctx(t), alloc("dp1", "s1"))
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Errorf("allocate with no controller: err = %v, want ErrControllerUnavailable", err)
+		}
+	})
+	t.Run("dialled, missing socket", func(t *testing.T) {
+		missing := endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.TempDir(), "nobody-here.sock")}
+		link, err := ctlink.Dial([]endpoint.Endpoint{missing})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer link.Close()
+		_, err = link.Allocate(ctx(t), alloc("dp1", "s1"))
+		// The data plane acts on the kind; an operator reads why.
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) || !strings.Contains(err.Error(), missing.String()+": no such file or directory") {
+			t.Errorf("allocate with no controller: err = %v", err)
 		}
 	})
 	t.Run("stopped server", func(t *testing.T) {

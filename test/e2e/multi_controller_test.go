@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/ctlclient"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/controlplane/store/etcdtest"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
@@ -81,7 +82,7 @@ func TestMultiController(t *testing.T) {
 		t.Fatalf("standby answered %v", err)
 	}
 
-	link, err := ctlink.Dial([]string{"unix://" + socks[0], "unix://" + socks[1]})
+	link, err := ctlink.Dial([]endpoint.Endpoint{{Network: "unix", Address: socks[0]}, {Network: "unix", Address: socks[1]}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -276,13 +276,14 @@ func explain(f *pflag.Flag, s Setting, err error) error {
 	return errors.New(msg)
 }
 
-func unwrapParse(err error) string {
-	s := err.Error()
-	// pflag says: invalid argument "x" for "--name" flag: strconv.ParseInt: ...
-	if i := strings.Index(s, " flag: "); i >= 0 {
-		return s[i+len(" flag: "):]
+// unwrapParse is the value parser's own error: pflag's InvalidValueError
+// repeats the value and the flag, which the message names already.
+func unwrapParse(err error) error {
+	var iv *pflag.InvalidValueError
+	if errors.As(err, &iv) && iv.Unwrap() != nil {
+		return iv.Unwrap()
 	}
-	return s
+	return err
 }
 
 func csvLine(vals []string) string {

@@ -5,10 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/fourover6/fourover6/controlplane/loglevel"
 )
 
 // ReloadOnHUP re-reads the config file at path on SIGHUP until ctx ends and
@@ -46,13 +47,13 @@ func reloadLevel(fs *pflag.FlagSet, path string, level *slog.LevelVar, log *slog
 		if s.Name != "log-level" || len(s.Values) != 1 {
 			continue
 		}
-		var l slog.Level
-		if err := l.UnmarshalText([]byte(strings.ToUpper(s.Values[0]))); err != nil {
-			return &Error{Path: path, Line: s.Line, Key: s.Name, Msg: "want debug, info, warn or error"}
+		l, err := loglevel.Parse(s.Values[0])
+		if err != nil {
+			return &Error{Path: path, Line: s.Line, Key: s.Name, Msg: "want " + loglevel.Want()}
 		}
 		if prev := level.Level(); prev != l {
 			level.Set(l)
-			log.Info("log level changed", "from", prev.String(), "to", l.String())
+			log.Info("log level changed", "from", loglevel.Name(prev), "to", loglevel.Name(l))
 		}
 	}
 	return nil

@@ -6,21 +6,25 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/fourover6/fourover6/controlplane/loglevel"
 )
 
 // Options are the logging flags.
 type Options struct {
-	Level  string // debug, info, warn, error
+	Level  string // debug, info, warn, error (see controlplane/loglevel)
 	Format string // text or json
 }
 
 // New returns a logger writing to w, and the level variable so the level
 // can be changed at run time.
 func New(w io.Writer, o Options) (*slog.Logger, *slog.LevelVar, error) {
-	lv := new(slog.LevelVar)
-	if err := lv.UnmarshalText([]byte(strings.ToUpper(orDefault(o.Level, "info")))); err != nil {
-		return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.Level)
+	l, err := loglevel.Parse(orDefault(o.Level, "info"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("--log-level %q: want %s", o.Level, loglevel.Want())
 	}
+	lv := new(slog.LevelVar)
+	lv.Set(l)
 	ho := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler
 	switch strings.ToLower(orDefault(o.Format, "text")) {

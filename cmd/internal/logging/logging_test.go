@@ -22,6 +22,7 @@ func TestLevels(t *testing.T) {
 		{"error", slog.LevelError},
 		{"DEBUG", slog.LevelDebug},
 		{"Warn", slog.LevelWarn},
+		{"warning ", slog.LevelWarn},
 	}
 	for _, c := range cases {
 		log, lv, err := logging.New(&bytes.Buffer{}, logging.Options{Level: c.level})
@@ -37,7 +38,7 @@ func TestLevels(t *testing.T) {
 			t.Errorf("level %q = %v, want %v", c.level, lv.Level(), c.want)
 		}
 	}
-	for _, bad := range []string{"loud", "trace", "verbose", "warning ", "1"} {
+	for _, bad := range []string{"loud", "trace", "verbose", "info+2", "1"} {
 		log, lv, err := logging.New(&bytes.Buffer{}, logging.Options{Level: bad})
 		if err == nil {
 			t.Errorf("level %q accepted", bad)

@@ -27,7 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 )
 
 // Namespace prefixes every series of this project.

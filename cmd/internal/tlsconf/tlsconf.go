@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"

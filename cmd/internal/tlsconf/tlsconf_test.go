@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fourover6/fourover6/cmd/internal/endpoint"
+	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/test/pki"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"

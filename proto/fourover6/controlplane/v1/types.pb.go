@@ -22,6 +22,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ErrorReason is the google.rpc.ErrorInfo reason (domain "fourover6.io")
+// of the controller's errors that clients act on; its name is the reason
+// string. Clients match the reason, never the message.
+type ErrorReason int32
+
+const (
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// UNAVAILABLE from a standby: another controller leads, or none does
+	// right now. Metadata "leader_id" names the leader when one is known.
+	// The value keeps the reason string clients have matched from the start.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_NOT_LEADER ErrorReason = 1
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0: "ERROR_REASON_UNSPECIFIED",
+		1: "NOT_LEADER",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED": 0,
+		"NOT_LEADER":               1,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_fourover6_controlplane_v1_types_proto_enumTypes[0].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_fourover6_controlplane_v1_types_proto_enumTypes[0]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_types_proto_rawDescGZIP(), []int{0}
+}
+
 // Lease is what a 101 message carries to a client.
 type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -447,7 +500,11 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\breserved\x18\b \x01(\rR\breserved\x12\x14\n" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
-	" \x03(\tR\x03dnsBOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	" \x03(\tR\x03dns*;\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\n" +
+	"NOT_LEADER\x10\x01BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_types_proto_rawDescOnce sync.Once
@@ -461,19 +518,21 @@ func file_fourover6_controlplane_v1_types_proto_rawDescGZIP() []byte {
 	return file_fourover6_controlplane_v1_types_proto_rawDescData
 }
 
+var file_fourover6_controlplane_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_fourover6_controlplane_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_fourover6_controlplane_v1_types_proto_goTypes = []any{
-	(*Lease)(nil),                 // 0: fourover6.controlplane.v1.Lease
-	(*Counters)(nil),              // 1: fourover6.controlplane.v1.Counters
-	(*Client)(nil),                // 2: fourover6.controlplane.v1.Client
-	(*Pool)(nil),                  // 3: fourover6.controlplane.v1.Pool
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(ErrorReason)(0),              // 0: fourover6.controlplane.v1.ErrorReason
+	(*Lease)(nil),                 // 1: fourover6.controlplane.v1.Lease
+	(*Counters)(nil),              // 2: fourover6.controlplane.v1.Counters
+	(*Client)(nil),                // 3: fourover6.controlplane.v1.Client
+	(*Pool)(nil),                  // 4: fourover6.controlplane.v1.Pool
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_fourover6_controlplane_v1_types_proto_depIdxs = []int32{
-	4, // 0: fourover6.controlplane.v1.Lease.leased_at:type_name -> google.protobuf.Timestamp
-	4, // 1: fourover6.controlplane.v1.Client.connected_at:type_name -> google.protobuf.Timestamp
-	4, // 2: fourover6.controlplane.v1.Client.last_heard:type_name -> google.protobuf.Timestamp
-	1, // 3: fourover6.controlplane.v1.Client.counters:type_name -> fourover6.controlplane.v1.Counters
+	5, // 0: fourover6.controlplane.v1.Lease.leased_at:type_name -> google.protobuf.Timestamp
+	5, // 1: fourover6.controlplane.v1.Client.connected_at:type_name -> google.protobuf.Timestamp
+	5, // 2: fourover6.controlplane.v1.Client.last_heard:type_name -> google.protobuf.Timestamp
+	2, // 3: fourover6.controlplane.v1.Client.counters:type_name -> fourover6.controlplane.v1.Counters
 	4, // [4:4] is the sub-list for method output_type
 	4, // [4:4] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
@@ -491,13 +550,14 @@ func file_fourover6_controlplane_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_types_proto_rawDesc), len(file_fourover6_controlplane_v1_types_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_fourover6_controlplane_v1_types_proto_goTypes,
 		DependencyIndexes: file_fourover6_controlplane_v1_types_proto_depIdxs,
+		EnumInfos:         file_fourover6_controlplane_v1_types_proto_enumTypes,
 		MessageInfos:      file_fourover6_controlplane_v1_types_proto_msgTypes,
 	}.Build()
 	File_fourover6_controlplane_v1_types_proto = out.File

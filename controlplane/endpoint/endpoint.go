@@ -1,15 +1,23 @@
 // Package endpoint parses the daemons' gRPC addresses: "unix:///path" for a
 // unix socket, "host:port" for TCP. It listens (creating the socket's
-// directory, replacing a stale socket, mode 0660) and builds gRPC targets.
+// directory, replacing a stale socket, mode 0660), builds gRPC targets, and
+// dials an address itself to tell why nothing answers there.
+//
+// It is the one parser of these addresses for the daemons, 4over6ctl and
+// the controller client (controlplane/ctlclient), so it lives where the
+// data plane can import it too (cmd/internal cannot be imported from
+// dataplane/ or controlplane/).
 package endpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -46,10 +54,32 @@ func Parse(s string) (Endpoint, error) {
 	return Endpoint{Network: "tcp", Address: net.JoinHostPort(host, port)}, nil
 }
 
+// ParseList parses a comma-separated list of addresses ("a,b,c", as
+// --controller takes several controllers); blanks around and between items
+// are ignored. At least one address is required.
+func ParseList(s string) ([]Endpoint, error) {
+	var eps []Endpoint
+	for _, part := range strings.Split(s, ",") {
+		if strings.TrimSpace(part) == "" {
+			continue
+		}
+		ep, err := Parse(part)
+		if err != nil {
+			return nil, err
+		}
+		eps = append(eps, ep)
+	}
+	if len(eps) == 0 {
+		_, err := Parse("")
+		return nil, err
+	}
+	return eps, nil
+}
+
 // String gives the address back in the form Parse accepts.
 func (e Endpoint) String() string {
 	if e.Network == "unix" {
-		return "unix://" + e.Address
+		return "unix:" + e.unixPath()
 	}
 	return e.Address
 }
@@ -57,9 +87,51 @@ func (e Endpoint) String() string {
 // Target is the gRPC dial target.
 func (e Endpoint) Target() string {
 	if e.Network == "unix" {
-		return "unix://" + e.Address
+		return "unix:" + e.unixPath()
 	}
 	return "passthrough:///" + e.Address
+}
+
+// unixPath is the socket path as a URI path: gRPC reads "unix://x" as a
+// host named x, so only absolute paths get the "//" authority.
+func (e Endpoint) unixPath() string {
+	if filepath.IsAbs(e.Address) {
+		return "//" + e.Address
+	}
+	return e.Address
+}
+
+// Check dials the endpoint once and hangs up. It returns nil when
+// something accepts connections there, else the dial error, which wraps
+// the system's errno (errors.Is(err, syscall.ECONNREFUSED), ENOENT for a
+// missing socket). gRPC reports why a connection failed only as text; a
+// client that must explain it asks the address itself.
+func (e Endpoint) Check(ctx context.Context) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, e.Network, e.Address)
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// Cause is the short reason a dial failed, for a message: the system's
+// words for the errno ("connection refused", "no such file or directory"),
+// the resolver's for a name that does not resolve ("no such host"),
+// "connection timed out" when time ran out; else the error's own text.
+func Cause(err error) string {
+	var dnsErr *net.DNSError
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &dnsErr):
+		return dnsErr.Err
+	case errors.As(err, &errno):
+		return errno.Error()
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "connection timed out"
+	}
+	return err.Error()
 }
 
 // IsLoopback reports whether the endpoint is a unix socket or a TCP address
