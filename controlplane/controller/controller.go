@@ -174,17 +174,7 @@ type Lease struct {
 }
 
 // SessionReport is a data plane's view of one of its sessions.
-type SessionReport struct {
-	SessionID string
-	// Addr is the address the data plane believes the session holds; the
-	// zero Addr means "whatever it holds".
-	Addr        netip.Addr
-	ClientIPv6  netip.Addr
-	ClientPort  uint16
-	ConnectedAt time.Time
-	LastHeard   time.Time
-	Traffic     Traffic
-}
+type SessionReport = table.Report
 
 // PoolInfo describes the pool, its use and what every 101 carries.
 type PoolInfo struct {

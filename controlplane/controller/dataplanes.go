@@ -12,7 +12,6 @@ import (
 
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
-	"github.com/fourover6/fourover6/controlplane/table"
 )
 
 // DataplaneState is UP, DRAINING or DOWN.
@@ -443,18 +442,8 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 	// Only the registered instance's complete report may vouch for leases.
 	vouch := complete && instanceID != "" && instanceID == current
 	now := c.now()
-	items := make([]pool.Report, len(reports))
-	for i, r := range reports {
-		items[i] = pool.Report{Session: r.SessionID, Addr: r.Addr, Update: table.Update{
-			ClientIPv6:  r.ClientIPv6,
-			ClientPort:  r.ClientPort,
-			ConnectedAt: r.ConnectedAt,
-			LastHeard:   r.LastHeard,
-			Traffic:     r.Traffic,
-		}}
-	}
-	outcomes := make([]pool.Outcome, len(items))
-	grew := t.idx.ApplyReports(dataplaneID, items, vouch, now, outcomes)
+	outcomes := make([]pool.Outcome, len(reports))
+	grew := t.idx.ApplyReports(dataplaneID, reports, vouch, now, outcomes)
 	if vouch {
 		// Sessions holding no lease here that say which address they hold
 		// get it back if it is free, then the report applies to them too.
@@ -468,9 +457,9 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 			}
 		}
 		if len(adopted) > 0 {
-			again := make([]pool.Report, len(adopted))
+			again := make([]SessionReport, len(adopted))
 			for j, i := range adopted {
-				again[j] = items[i]
+				again[j] = reports[i]
 			}
 			out := make([]pool.Outcome, len(again))
 			grew = grew.Add(t.idx.ApplyReports(dataplaneID, again, vouch, now, out))

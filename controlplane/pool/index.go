@@ -98,8 +98,8 @@ type entry struct {
 	done chan struct{}
 	// vouched: committed, loaded, or last listed in a complete report of
 	// its data plane.
-	vouched  time.Time
-	reported table.Reported
+	vouched time.Time
+	session table.Session
 }
 
 func (e *entry) committed() bool { return e.phase == held || e.phase == releasing }
@@ -357,7 +357,7 @@ func (x *Index) Commit(l store.Lease, now time.Time, fresh bool) bool {
 	}
 	e.lease, e.vouched = l, now
 	if fresh {
-		e.reported = table.NewSession()
+		e.session = table.NewSession()
 	}
 	x.setPhaseLocked(e, held)
 	e.wakeLocked()
@@ -625,17 +625,8 @@ func rowOf(e *entry) table.Row {
 		ConnectedAt: l.LeasedAt, // until the data plane reports its own
 		LastHeard:   l.LeasedAt,
 	}
-	e.reported.Fill(&r)
+	e.session.Fill(&r)
 	return r
-}
-
-// Report is one session of a data plane's report.
-type Report struct {
-	Session string
-	// Addr is the address the data plane believes the session holds; the
-	// zero Addr means "whatever it holds".
-	Addr   netip.Addr
-	Update table.Update
 }
 
 // Outcome is what ApplyReports made of one Report.
@@ -660,14 +651,14 @@ const reportChunk = 512
 // (a complete report of the data plane's current instance), each lease
 // found is marked as listed at now (see Unvouched). It returns how much
 // the sessions' traffic counters grew since their previous reports.
-func (x *Index) ApplyReports(dataplane string, rs []Report, vouch bool, now time.Time, out []Outcome) table.Traffic {
+func (x *Index) ApplyReports(dataplane string, rs []table.Report, vouch bool, now time.Time, out []Outcome) table.Traffic {
 	var grew table.Traffic
 	for start := 0; start < len(rs); start += reportChunk {
 		end := min(start+reportChunk, len(rs))
 		x.mu.Lock()
 		for i := start; i < end; i++ {
 			r := &rs[i]
-			e, ok := x.byOwner[store.Owner{Dataplane: dataplane, Session: r.Session}]
+			e, ok := x.byOwner[store.Owner{Dataplane: dataplane, Session: r.SessionID}]
 			switch {
 			case !ok:
 				out[i] = NoLease
@@ -678,7 +669,7 @@ func (x *Index) ApplyReports(dataplane string, rs []Report, vouch bool, now time
 				if e.phase == claiming {
 					continue // no row yet: Commit starts it
 				}
-				grew = grew.Add(e.reported.Apply(r.Update))
+				grew = grew.Add(e.session.Apply(*r))
 				if vouch {
 					e.vouched = now
 				}

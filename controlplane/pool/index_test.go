@@ -236,7 +236,7 @@ func TestClaimAt(t *testing.T) {
 	}
 	out := make([]Outcome, 1)
 	tr := table.Traffic{BytesFromClient: 100}
-	if grew := x.ApplyReports("dp1", []Report{{Session: owner(4).Session, Update: table.Update{Traffic: tr}}}, false, t0, out); grew != (table.Traffic{}) || out[0] != Known {
+	if grew := x.ApplyReports("dp1", []table.Report{{SessionID: owner(4).Session, Traffic: tr}}, false, t0, out); grew != (table.Traffic{}) || out[0] != Known {
 		t.Fatalf("adopted session's history counted: %+v %v", grew, out)
 	}
 	// An aborted ClaimAt goes to the back of the queue, as released then.
@@ -262,11 +262,11 @@ func TestApplyReports(t *testing.T) {
 	a := ip(alloc(t, x, owner(1)))
 	alloc(t, x, owner(2))
 	g, _ := x.Acquire(owner(3), netip.Addr{}, t0) // in flight
-	rs := []Report{
-		{Session: owner(1).Session, Addr: a, Update: table.Update{ClientPort: 7, LastHeard: t1, Traffic: table.Traffic{BytesToClient: 50}}},
-		{Session: owner(2).Session, Addr: ip("10.0.9.9")},
-		{Session: owner(3).Session},
-		{Session: "ghost", Addr: ip("10.0.0.99")},
+	rs := []table.Report{
+		{SessionID: owner(1).Session, Addr: a, ClientPort: 7, LastHeard: t1, Traffic: table.Traffic{BytesToClient: 50}},
+		{SessionID: owner(2).Session, Addr: ip("10.0.9.9")},
+		{SessionID: owner(3).Session},
+		{SessionID: "ghost", Addr: ip("10.0.0.99")},
 	}
 	out := make([]Outcome, len(rs))
 	grew := x.ApplyReports("dp1", rs, true, t1, out)
@@ -296,11 +296,11 @@ func TestApplyReports(t *testing.T) {
 		t.Fatalf("counts %v", c)
 	}
 	// A large report is applied in chunks, all of it.
-	big := make([]Report, 3*reportChunk+7)
+	big := make([]table.Report, 3*reportChunk+7)
 	for i := range big {
-		big[i] = Report{Session: fmt.Sprint("b", i)}
-		alloc(t, x, store.Owner{Dataplane: "dp3", Session: big[i].Session})
-		big[i].Update.Traffic.PacketsFromClient = 1
+		big[i] = table.Report{SessionID: fmt.Sprint("b", i)}
+		alloc(t, x, store.Owner{Dataplane: "dp3", Session: big[i].SessionID})
+		big[i].Traffic.PacketsFromClient = 1
 	}
 	out = make([]Outcome, len(big))
 	if grew := x.ApplyReports("dp3", big, true, t1, out); grew.PacketsFromClient != uint64(len(big)) {
@@ -503,7 +503,7 @@ func TestConcurrentStress(t *testing.T) {
 						x.Commit(store.Lease{Addr: a, Owner: o, LeasedAt: now}, now, false)
 					}
 				case 4: // report, read
-					rs := []Report{{Session: o.Session}, {Session: fmt.Sprint("s", rng.IntN(owners))}}
+					rs := []table.Report{{SessionID: o.Session}, {SessionID: fmt.Sprint("s", rng.IntN(owners))}}
 					x.ApplyReports(o.Dataplane, rs, true, now, make([]Outcome, len(rs)))
 					x.Rows(table.Filter{DataplaneID: o.Dataplane})
 					x.Stats()

@@ -3,8 +3,8 @@
 // the controller's lease index (controlplane/pool), which builds each row
 // from a lease and what the lease's data plane last reported about the
 // session. This package defines that vocabulary: the row, the filter that
-// selects rows, and the rule by which a session report changes what is
-// known (Reported.Apply).
+// selects rows, a data plane's report of a session, and the rule by which
+// reports change what is known (Session.Apply).
 package table
 
 import (
@@ -44,9 +44,14 @@ type Row struct {
 	Traffic     Traffic
 }
 
-// Update is what a session report says. Zero fields are left alone, so a
-// report that lacks a value does not erase what is known.
-type Update struct {
+// Report is a data plane's view of one of its sessions. Zero fields were
+// not reported, so a report that lacks a value does not erase what is
+// known.
+type Report struct {
+	SessionID string
+	// Addr is the address the data plane believes the session holds; the
+	// zero Addr means "whatever it holds".
+	Addr        netip.Addr
 	ClientIPv6  netip.Addr
 	ClientPort  uint16
 	ConnectedAt time.Time
@@ -73,10 +78,10 @@ func (f Filter) Match(r Row) bool {
 	return true
 }
 
-// Reported is what a session's data plane has reported about it so far;
-// zero fields were not reported. The zero Reported is that of a session
+// Session is what its data plane's reports have told about one session so
+// far; zero fields were not reported. The zero Session is that of a lease
 // rebuilt after a restart: its traffic so far is unknown (see NewSession).
-type Reported struct {
+type Session struct {
 	ClientIPv6  netip.Addr
 	ClientPort  uint16
 	ConnectedAt time.Time
@@ -89,14 +94,14 @@ type Reported struct {
 	counted bool
 }
 
-// NewSession is the Reported of a session leased just now: its traffic
-// starts at zero, so the first report's counters all count.
-func NewSession() Reported { return Reported{counted: true} }
+// NewSession is the Session of a lease made just now: its traffic starts
+// at zero, so the first report's counters all count.
+func NewSession() Session { return Session{counted: true} }
 
-// Apply records a report and returns how much the counters grew since the
-// previous one (zero for the first report of a rebuilt session, whose
-// history is unknown).
-func (r *Reported) Apply(u Update) Traffic {
+// Apply records a report of the session (its SessionID and Addr aside) and
+// returns how much the counters grew since the previous one (zero for the
+// first report of a rebuilt session, whose history is unknown).
+func (r *Session) Apply(u Report) Traffic {
 	if u.ClientIPv6.IsValid() {
 		r.ClientIPv6 = u.ClientIPv6
 	}
@@ -128,7 +133,7 @@ func (r *Reported) Apply(u Update) Traffic {
 // Fill sets the fields of row that reports have told: they win over what
 // the lease said (row's client address and port as leased; its connect and
 // last-heard times default to the lease time).
-func (r Reported) Fill(row *Row) {
+func (r Session) Fill(row *Row) {
 	if r.ClientIPv6.IsValid() {
 		row.ClientIPv6 = r.ClientIPv6
 	}

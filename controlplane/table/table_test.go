@@ -22,7 +22,7 @@ func leased() Row {
 	}
 }
 
-func view(r Reported) Row {
+func view(r Session) Row {
 	row := leased()
 	r.Fill(&row)
 	return row
@@ -35,7 +35,7 @@ func TestReportedFillsTheRow(t *testing.T) {
 	}
 	c := Traffic{BytesFromClient: 100, PacketsFromClient: 2, BytesToClient: 300, PacketsToClient: 4}
 	connected := t0.Add(-time.Second)
-	rep.Apply(Update{
+	rep.Apply(Report{
 		ClientIPv6: netip.MustParseAddr("2001:db8::2"), ClientPort: 40001,
 		ConnectedAt: connected, LastHeard: t0.Add(time.Minute), Traffic: c,
 	})
@@ -47,35 +47,35 @@ func TestReportedFillsTheRow(t *testing.T) {
 
 	// Zero fields keep their values; counters are absolute and replaced.
 	c2 := Traffic{BytesFromClient: 200}
-	rep.Apply(Update{Traffic: c2})
+	rep.Apply(Report{Traffic: c2})
 	r = view(rep)
 	if !r.LastHeard.Equal(t0.Add(time.Minute)) || r.Traffic != c2 || r.ClientPort != 40001 || !r.ConnectedAt.Equal(connected) {
 		t.Fatalf("row = %+v", r)
 	}
 	// The data plane's clock wins even when it is behind the lease time.
-	rep.Apply(Update{LastHeard: t0.Add(-time.Hour), Traffic: c2})
+	rep.Apply(Report{LastHeard: t0.Add(-time.Hour), Traffic: c2})
 	if r = view(rep); !r.LastHeard.Equal(t0.Add(-time.Hour)) {
 		t.Fatalf("row = %+v", r)
 	}
 }
 
 func TestApplyDeltas(t *testing.T) {
-	fresh, rebuilt := NewSession(), Reported{} // rebuilt: after a controller restart
+	fresh, rebuilt := NewSession(), Session{} // rebuilt: after a controller restart
 	c1 := Traffic{BytesFromClient: 100, PacketsFromClient: 1, BytesToClient: 200, PacketsToClient: 2}
 	c2 := Traffic{BytesFromClient: 150, PacketsFromClient: 2, BytesToClient: 700, PacketsToClient: 3}
-	if d := fresh.Apply(Update{Traffic: c1}); d != c1 {
+	if d := fresh.Apply(Report{Traffic: c1}); d != c1 {
 		t.Fatalf("a new session's first report counts from zero: %+v", d)
 	}
-	if d := fresh.Apply(Update{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
+	if d := fresh.Apply(Report{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
 		t.Fatalf("second report delta %+v", d)
 	}
-	if d := rebuilt.Apply(Update{Traffic: c1}); d != (Traffic{}) {
+	if d := rebuilt.Apply(Report{Traffic: c1}); d != (Traffic{}) {
 		t.Fatalf("a rebuilt session's first report must not count its history: %+v", d)
 	}
-	if d := rebuilt.Apply(Update{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
+	if d := rebuilt.Apply(Report{Traffic: c2}); d != (Traffic{50, 1, 500, 1}) {
 		t.Fatalf("rebuilt session, second report delta %+v", d)
 	}
-	if d := rebuilt.Apply(Update{Traffic: c1}); d != (Traffic{}) {
+	if d := rebuilt.Apply(Report{Traffic: c1}); d != (Traffic{}) {
 		t.Fatalf("counters running back count nothing: %+v", d)
 	}
 	if s := c1.Add(c2); s != (Traffic{250, 3, 900, 5}) {
