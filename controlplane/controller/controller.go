@@ -548,9 +548,8 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 			Addr: g.Addr, Owner: owner, InstanceID: instance,
 			ClientIPv6: clientIPv6, ClientPort: clientPort, LeasedAt: now,
 		}
-		held, existing, err := c.store.Claim(ctx, l)
+		held, existing, committed, err := t.claim(ctx, l, now, true)
 		if err != nil {
-			t.idx.Abort(owner, g.Addr, now)
 			if errors.Is(err, store.ErrTaken) && taken < maxTaken {
 				taken++
 				// The store knows a holder this index does not (another
@@ -567,11 +566,10 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 		if existing {
 			// The store had a lease for this session that the index
 			// lacked: that one is the truth.
-			t.idx.Abort(owner, g.Addr, now)
 			t.adopt(held, now)
 			return t.leaseOf(held), false, nil
 		}
-		if !t.idx.Commit(held, now, true) {
+		if !committed {
 			c.log.Error("lease committed but its claim was gone from the index", "address", g.Addr,
 				"dataplane", dataplaneID, "session", sessionID)
 		}
@@ -579,6 +577,25 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved)
 		return t.leaseOf(held), true, nil
 	}
+}
+
+// claim makes the store claim of a claim started in the index (Acquire,
+// ClaimAt) and settles it there: Commit when the store leased l, Abort
+// otherwise, even if the store call panics (the gRPC server recovers
+// panics; a claim left in flight would block its session for the term).
+func (t *term) claim(ctx context.Context, l store.Lease, now time.Time, fresh bool) (held store.Lease, existing, committed bool, err error) {
+	settled := false
+	defer func() {
+		if !settled {
+			t.idx.Abort(l.Owner, l.Addr, now)
+		}
+	}()
+	held, existing, err = t.c.store.Claim(ctx, l)
+	if err == nil && !existing {
+		committed = t.idx.Commit(held, now, fresh)
+		settled = committed
+	}
+	return held, existing, committed, err
 }
 
 // adopt indexes a lease that is committed in the store.
@@ -640,16 +657,32 @@ func (t *term) release(ctx context.Context, owner store.Owner, addr netip.Addr, 
 			return false, nil
 		}
 		now := c.now()
-		if _, err := c.store.Release(ctx, addr, owner, now); err != nil {
-			t.idx.CancelRelease(owner, addr)
+		if err := t.storeRelease(ctx, owner, addr, now, reason); err != nil {
 			return false, c.storeErr("release", err)
 		}
-		t.idx.EndRelease(owner, addr, now, reason)
 		c.log.Log(context.Background(), lvl, "release", "address", addr, "dataplane", owner.Dataplane,
 			"session", owner.Session, "client", netip.AddrPortFrom(l.ClientIPv6, l.ClientPort),
 			"reason", reason, "held", now.Sub(l.LeasedAt).Round(time.Second))
 		return true, nil
 	}
+}
+
+// storeRelease makes the store release of a release started in the index
+// and settles it there: EndRelease when the store answered, CancelRelease
+// otherwise, even if the store call panics.
+func (t *term) storeRelease(ctx context.Context, owner store.Owner, addr netip.Addr, now time.Time, reason string) (err error) {
+	settled := false
+	defer func() {
+		if !settled {
+			t.idx.CancelRelease(owner, addr)
+		}
+	}()
+	if _, err := t.c.store.Release(ctx, addr, owner, now); err != nil {
+		return err
+	}
+	t.idx.EndRelease(owner, addr, now, reason)
+	settled = true
+	return nil
 }
 
 // Clients returns the client table, sorted by address.

@@ -528,9 +528,8 @@ func (t *term) adoptReported(ctx context.Context, owner store.Owner, instance st
 	}
 	l := store.Lease{Addr: r.Addr, Owner: owner, InstanceID: instance,
 		ClientIPv6: r.ClientIPv6, ClientPort: r.ClientPort, LeasedAt: at}
-	held, existing, err := c.store.Claim(ctx, l)
-	if err != nil || existing {
-		t.idx.Abort(owner, r.Addr, now)
+	held, existing, committed, err := t.claim(ctx, l, now, false)
+	if err != nil || existing || !committed {
 		if errors.Is(err, store.ErrTaken) {
 			if other, ok, _ := c.store.Lease(ctx, r.Addr); ok {
 				t.adopt(other, now)
@@ -538,13 +537,15 @@ func (t *term) adoptReported(ctx context.Context, owner store.Owner, instance st
 			}
 		} else if err == nil && existing {
 			t.adopt(held, now)
+		} else if err == nil {
+			c.log.Error("reported lease committed but its claim was gone from the index", "address", r.Addr,
+				"dataplane", owner.Dataplane, "session", owner.Session)
 		} else {
 			c.log.Error("cannot adopt a reported lease", "address", r.Addr, "dataplane", owner.Dataplane,
 				"session", owner.Session, "error", err)
 		}
 		return false
 	}
-	t.idx.Commit(held, now, false)
 	c.log.Warn("lease adopted from a data plane's report (the controller had no lease for it)",
 		"address", r.Addr, "dataplane", owner.Dataplane, "session", owner.Session, "client", r.ClientIPv6)
 	return true

@@ -261,3 +261,64 @@ func TestReportTrafficCounted(t *testing.T) {
 		t.Fatalf("row %+v", row)
 	}
 }
+
+// panickyStore panics in Claim and Release while armed.
+type panickyStore struct {
+	store.Store
+	armed atomic.Bool
+}
+
+func (p *panickyStore) Claim(ctx context.Context, l store.Lease) (store.Lease, bool, error) {
+	if p.armed.Load() {
+		panic("claim")
+	}
+	return p.Store.Claim(ctx, l)
+}
+
+func (p *panickyStore) Release(ctx context.Context, a netip.Addr, o store.Owner, at time.Time) (bool, error) {
+	if p.armed.Load() {
+		panic("release")
+	}
+	return p.Store.Release(ctx, a, o, at)
+}
+
+// TestStorePanicLeavesNothingInFlight: a store call that panics (the gRPC
+// server recovers it) leaves no claim or release in flight: the session
+// is not blocked afterwards and its lease is as the store has it.
+func TestStorePanicLeavesNothingInFlight(t *testing.T) {
+	ps := &panickyStore{Store: store.NewMemory()}
+	c, err := New(Config{Pool: pool.Config{Prefix: pool.DefaultPrefix}, Store: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recovered := func(f func()) (r any) {
+		defer func() { r = recover() }()
+		f()
+		return nil
+	}
+	ps.armed.Store(true)
+	if r := recovered(func() { c.Allocate(ctx, "dp1", "s1", client1, 1) }); r == nil {
+		t.Fatal("no panic")
+	}
+	ps.armed.Store(false)
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	l, err := c.Allocate(short, "dp1", "s1", client1, 1)
+	if err != nil {
+		t.Fatalf("after a panicking claim: %+v %v", l, err)
+	}
+	if c.Counts().Allocated != 1 || c.term.idx.Len() != 1 {
+		t.Fatalf("counts %+v, %d leases", c.Counts(), c.term.idx.Len())
+	}
+	ps.armed.Store(true)
+	if r := recovered(func() { c.Release(ctx, "dp1", "s1", l.Addr, "eof") }); r == nil {
+		t.Fatal("no panic")
+	}
+	ps.armed.Store(false)
+	if _, err := c.Client(ctx, l.Addr); err != nil {
+		t.Fatalf("lease lost by a panicking release: %v", err)
+	}
+	if ok, err := c.Release(short, "dp1", "s1", l.Addr, "eof"); !ok || err != nil {
+		t.Fatalf("release after a panicking one: %v %v", ok, err)
+	}
+}

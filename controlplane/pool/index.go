@@ -42,8 +42,9 @@ import (
 //  5. The store is ahead of the index: an entry becomes held only after the
 //     store committed its lease, and is dropped only after the store
 //     released it. So a lease the index answers with is durable, and an
-//     address is free here only once it is free in the store (or was never
-//     leased by this term's writers: the etcd case, where Adopt learns it).
+//     address this term leased is free here only once it is free in the
+//     store. (Another writer's lease, with etcd, the index learns when the
+//     store refuses a claim with ErrTaken: the caller Adopts the holder.)
 //  6. At most one store call is in flight per entry, and so per owner and
 //     per address: whoever finds an entry claiming or releasing waits on its
 //     done channel (Grant.Wait, BeginRelease's wait), holding no lock, and
@@ -99,6 +100,8 @@ type entry struct {
 	// vouched: committed, loaded, or last listed in a complete report of
 	// its data plane.
 	vouched time.Time
+	// session is what the data plane reported: the live part of the
+	// client table's row.
 	session table.Session
 }
 
