@@ -53,9 +53,7 @@ func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writ
 			log.Error("closing the store", "store", st.String(), "error", err)
 		}
 	}()
-	counters := new(ctlmetrics.Counters)
 	ctl, err := controller.New(controller.Config{
-		Metrics:           counters,
 		Pool:              cfg.pool,
 		Route:             cfg.route,
 		DNS:               servers,
@@ -81,7 +79,7 @@ func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writ
 	var ms *metrics.Server
 	if cfg.metrics != "" {
 		reg := metrics.NewRegistry()
-		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), counters))
+		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), ctl.Counts))
 		ms, err = metrics.Start(metrics.Config{Addr: cfg.metrics, Registry: reg, Logger: log,
 			Ready: func(context.Context) error {
 				if !ctl.Status().Leader {

@@ -64,7 +64,7 @@ func (c *Controller) Reservations(ctx context.Context) ([]Reservation, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.pool.Reservations(), nil
+	return t.idx.Reservations(), nil
 }
 
 // SetReservation binds r.Client to r.Addr, replacing the client's previous
@@ -78,10 +78,10 @@ func (c *Controller) SetReservation(ctx context.Context, r Reservation) (changed
 	}
 	t.smu.Lock() // one settings change at a time
 	defer t.smu.Unlock()
-	if err := t.pool.CheckReservation(r); err != nil {
+	if err := t.idx.CheckReservation(r); err != nil {
 		return false, invalid("reservation %s -> %s: %v", r.Client, r.Addr, err)
 	}
-	if l, ok := t.lease(r.Addr); ok && !r.Client.Contains(l.ClientIPv6) {
+	if l, ok := t.idx.Lease(r.Addr); ok && !r.Client.Contains(l.ClientIPv6) {
 		return false, precondition("%s is leased to %s (%s on %s), which the reservation for %s does not cover: kick it first",
 			r.Addr, l.ClientIPv6, l.Session, l.Dataplane, r.Client)
 	}
@@ -89,7 +89,7 @@ func (c *Controller) SetReservation(ctx context.Context, r Reservation) (changed
 	if err != nil {
 		return false, c.storeErr("set reservation", err)
 	}
-	if err := t.pool.SetReservation(r); err != nil {
+	if err := t.idx.SetReservation(r, c.now()); err != nil {
 		return false, invalid("reservation %s -> %s: %v", r.Client, r.Addr, err)
 	}
 	if changed {
@@ -110,7 +110,7 @@ func (c *Controller) DeleteReservation(ctx context.Context, client netip.Prefix)
 	if err != nil {
 		return false, c.storeErr("delete reservation", err)
 	}
-	if a, ok := t.pool.DeleteReservation(client); ok {
+	if a, ok := t.idx.DeleteReservation(client, c.now()); ok {
 		deleted = true
 		c.log.Info("reservation deleted", "client", client, "address", a)
 	}
@@ -143,8 +143,8 @@ func (c *Controller) SetDNS(ctx context.Context, servers []netip.Addr) ([dns.Cou
 	}
 	t.smu.Lock()
 	defer t.smu.Unlock()
-	if res.Servers == t.dns {
-		return t.dns, false, nil
+	if res.Servers == t.dnsServers() {
+		return res.Servers, false, nil
 	}
 	set := t.settings
 	set.DNS = res.Servers[:]
@@ -152,9 +152,9 @@ func (c *Controller) SetDNS(ctx context.Context, servers []netip.Addr) ([dns.Cou
 		return out, false, c.storeErr("set DNS", err)
 	}
 	t.settings = set
-	t.dns = res.Servers
-	c.log.Info("DNS servers set", "dns", joinAddrs(t.dns[:]))
-	return t.dns, true, nil
+	t.dns.Store(&res.Servers)
+	c.log.Info("DNS servers set", "dns", joinAddrs(res.Servers[:]))
+	return res.Servers, true, nil
 }
 
 // UpdatePool changes the client range within the pool prefix (the zero
@@ -167,8 +167,8 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 	}
 	t.smu.Lock()
 	defer t.smu.Unlock()
-	old := t.pool.Range()
-	changed, err := t.pool.SetRange(r)
+	old := t.idx.Range()
+	changed, err := t.idx.SetRange(r)
 	if err != nil {
 		if errors.Is(err, pool.ErrInUse) {
 			return PoolInfo{}, false, precondition("%v", err)
@@ -185,16 +185,16 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 	if changed || set.RangeFirst != prev.RangeFirst || set.RangeLast != prev.RangeLast || set.WholePrefix != prev.WholePrefix {
 		if err := c.store.PutSettings(ctx, set); err != nil {
 			if changed {
-				t.pool.SetRange(old) // nothing moved in between: smu is held
+				t.idx.SetRange(old) // nothing moved in between: smu is held
 			}
 			return PoolInfo{}, false, c.storeErr("update pool", err)
 		}
 		t.settings = set
 	}
 	if changed {
-		c.log.Info("pool range changed", "from", old.String(), "to", t.pool.Range().String())
+		c.log.Info("pool range changed", "from", old.String(), "to", t.idx.Range().String())
 	}
-	return PoolInfo{Stats: t.pool.Stats(), Route: c.route, DNS: t.dns}, changed, nil
+	return PoolInfo{Stats: t.idx.Stats(), Route: c.route, DNS: t.dnsServers()}, changed, nil
 }
 
 // SetLogLevel changes the log level ("debug", "info", "warn", "error") and

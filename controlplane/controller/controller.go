@@ -2,9 +2,10 @@
 // data plane sessions, hands out the route and DNS servers of the 101
 // message, keeps the client table true from the data planes' reports, and
 // keeps the data-plane registry. Every lease lives in a store.Store (bbolt or
-// etcd) and is committed before it is answered; the in-memory pool and
-// tables are an index of the store, rebuilt when the controller starts
-// leading. It speaks plain Go; controlplane/server adapts it to gRPC.
+// etcd) and is committed before it is answered; in memory, each leadership
+// term keeps one lease index (pool.Index) rebuilt from the store when the
+// controller starts leading, and the client table is a view of it. It
+// speaks plain Go; controlplane/server adapts it to gRPC.
 //
 // A Controller is either active (the leader: it serves) or standby (every
 // call but Status fails with an error matching ErrNotLeader). With the
@@ -16,15 +17,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/dns"
-	ctlmetrics "github.com/fourover6/fourover6/controlplane/metrics"
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
 	"github.com/fourover6/fourover6/controlplane/table"
@@ -161,8 +161,6 @@ type Config struct {
 	// ReuseCooldown: a released address rests this long before reuse,
 	// unless nothing else is free.
 	ReuseCooldown time.Duration
-	// Metrics counts allocations and releases; nil counts nothing.
-	Metrics *ctlmetrics.Counters
 }
 
 // Lease is what a 101 message carries, plus who holds it since when.
@@ -176,17 +174,7 @@ type Lease struct {
 }
 
 // SessionReport is a data plane's view of one of its sessions.
-type SessionReport struct {
-	SessionID string
-	// Addr is the address the data plane believes the session holds; the
-	// zero Addr means "whatever it holds".
-	Addr        netip.Addr
-	ClientIPv6  netip.Addr
-	ClientPort  uint16
-	ConnectedAt time.Time
-	LastHeard   time.Time
-	Traffic     Traffic
-}
+type SessionReport = table.Report
 
 // PoolInfo describes the pool, its use and what every 101 carries.
 type PoolInfo struct {
@@ -196,6 +184,18 @@ type PoolInfo struct {
 }
 
 // Controller is safe for concurrent use.
+//
+// Locks, in the order they may be taken (never the other way round):
+//
+//	term.smu -> the term's pool.Index
+//
+// and, each on its own (no other lock is taken while it is held):
+// Controller.mu (the current term, the leader's id), term.dpMu (the
+// data-plane registry). The index's lock is a leaf (see pool.Index): the
+// controller never calls the store, logs or waits while the index holds
+// it. Store calls are made holding no lock but term.smu, which serializes
+// operator setting changes (reservations, DNS, range) with their store
+// writes so they commit in the order they apply.
 type Controller struct {
 	cfg      Config
 	store    store.Store
@@ -209,41 +209,30 @@ type Controller struct {
 	started  time.Time
 	poolCfg  pool.Config
 	cooldown time.Duration
-	metrics  *ctlmetrics.Counters
+	counters activityCounters
 
 	mu       sync.RWMutex
 	term     *term // nil while standby
 	leaderID string
 }
 
-// term is the state of one period of leadership: an index of the store.
+// term is the state of one period of leadership: the lease index (an
+// index of the store), the settings and the data-plane registry.
 type term struct {
 	c       *Controller
-	pool    *pool.Pool
-	table   *table.Table
+	idx     *pool.Index
 	started time.Time
 	done    chan struct{} // closed when the term ends
 
-	seed    maphash.Seed
-	stripes [64]sync.Mutex // serialize calls per session
+	// dns is read by every allocation: an atomic, so none waits for a
+	// settings change's store write.
+	dns atomic.Pointer[[dns.Count]netip.Addr]
 
-	// lmu guards leases and makes a lease change, its table row and its
-	// event one step for watchers.
-	lmu      sync.Mutex
-	leases   map[netip.Addr]*leaseState
-	watchers map[*watcher]struct{}
-
-	smu      sync.Mutex // settings
-	dns      [dns.Count]netip.Addr
+	smu      sync.Mutex // serializes setting changes; guards settings
 	settings store.Settings
 
 	dpMu sync.Mutex
 	dps  map[string]*dpState
-}
-
-type leaseState struct {
-	store.Lease
-	claimedAt time.Time // allocated, loaded, or last listed in a complete report
 }
 
 // New validates cfg, loads the store (unless Standby) and returns the
@@ -280,7 +269,6 @@ func New(cfg Config) (*Controller, error) {
 		cfg.ReuseCooldown = 0
 	}
 	c := &Controller{
-		metrics:  cfg.Metrics,
 		cfg:      cfg,
 		store:    cfg.Store,
 		route:    route,
@@ -386,121 +374,98 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load state from %s: %w", c.store, err)
 	}
-	p, err := pool.New(c.poolCfg, pool.Options{Cooldown: c.cooldown})
+	idx, err := pool.New(c.poolCfg, pool.Options{Cooldown: c.cooldown})
 	if err != nil {
 		return nil, err
 	}
 	now := c.now()
 	t := &term{
 		c:        c,
-		pool:     p,
-		table:    table.New(),
+		idx:      idx,
 		started:  now,
 		done:     make(chan struct{}),
-		seed:     maphash.MakeSeed(),
-		leases:   make(map[netip.Addr]*leaseState),
-		watchers: make(map[*watcher]struct{}),
-		dns:      c.flagDNS,
 		settings: st.Settings,
 		dps:      make(map[string]*dpState),
 	}
+	servers := c.flagDNS
 	set := st.Settings
 	switch {
 	case set.RangeFirst.IsValid() && set.RangeLast.IsValid():
 		r := pool.Range{First: set.RangeFirst, Last: set.RangeLast}
-		if err := p.RestoreRange(r); err != nil {
+		if err := idx.RestoreRange(r); err != nil {
 			c.log.Error("ignoring the stored pool range: it does not fit --pool", "range", r, "error", err)
 		} else if cfgR := c.poolCfg.Range; cfgR != r {
 			c.log.Info("using the pool range set at run time, not the flag", "range", r, "flag", cfgR.String())
 		}
 	case set.WholePrefix:
-		if err := p.RestoreRange(pool.Range{}); err == nil && !c.poolCfg.Range.IsZero() {
+		if err := idx.RestoreRange(pool.Range{}); err == nil && !c.poolCfg.Range.IsZero() {
 			c.log.Info("using the whole prefix as set at run time, not --pool-range", "flag", c.poolCfg.Range.String())
 		}
 	}
 	if len(set.DNS) == dns.Count {
-		copy(t.dns[:], set.DNS)
-		if t.dns != c.flagDNS {
-			c.log.Info("using the DNS servers set at run time, not the flags", "dns", joinAddrs(t.dns[:]))
+		copy(servers[:], set.DNS)
+		if servers != c.flagDNS {
+			c.log.Info("using the DNS servers set at run time, not the flags", "dns", joinAddrs(servers[:]))
 		}
 	}
+	t.dns.Store(&servers)
 	for _, r := range st.Reservations {
-		if err := p.RestoreReservation(pool.Reservation{Client: r.Client, Addr: r.Addr}); err != nil {
+		if err := idx.RestoreReservation(pool.Reservation{Client: r.Client, Addr: r.Addr}); err != nil {
 			c.log.Error("ignoring a stored reservation", "client", r.Client, "address", r.Addr, "error", err)
 		}
 	}
 	var outside []string
 	for _, l := range st.Leases {
-		if !p.Prefix().Contains(l.Addr) {
+		if !idx.Prefix().Contains(l.Addr) {
 			outside = append(outside, fmt.Sprintf("%s (%s)", l.Addr, l.Owner))
 			continue
 		}
-		if err := p.Insert(pool.Owner(l.Owner), l.Addr); err != nil {
+		// Rebuilt from the store: the session's traffic so far is unknown.
+		if err := idx.Adopt(l, now); err != nil {
 			c.log.Error("stored lease conflicts with another; keeping the first", "address", l.Addr,
 				"dataplane", l.Dataplane, "session", l.Session, "error", err)
-			continue
 		}
-		t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
-		t.table.Insert(rowOf(l), false) // rebuilt from the store: traffic so far unknown
 	}
 	if len(outside) > 0 {
 		if len(outside) > 5 {
 			outside = append(outside[:5], fmt.Sprintf("and %d more", len(outside)-5))
 		}
 		return nil, fmt.Errorf("the store holds leases outside the pool %s: %s; start with the --pool they were leased from",
-			p.Prefix(), strings.Join(outside, ", "))
+			idx.Prefix(), strings.Join(outside, ", "))
 	}
-	p.Released(st.Released)
+	idx.Released(st.Released)
 	for _, d := range st.Dataplanes {
 		t.dps[d.ID] = &dpState{rec: d, known: true, lastContact: now}
 	}
-	for _, l := range t.leases {
-		if _, ok := t.dps[l.Dataplane]; !ok {
-			t.dps[l.Dataplane] = &dpState{rec: store.Dataplane{ID: l.Dataplane}, lastContact: now}
+	for dp := range idx.LeaseCounts() {
+		if _, ok := t.dps[dp]; !ok {
+			t.dps[dp] = &dpState{rec: store.Dataplane{ID: dp}, lastContact: now}
 		}
 	}
-	info := p.Stats()
-	c.log.Info("state loaded", "store", c.store.String(), "leases", len(t.leases),
+	info := idx.Stats()
+	c.log.Info("state loaded", "store", c.store.String(), "leases", idx.Len(),
 		"reservations", len(st.Reservations), "dataplanes", len(st.Dataplanes),
 		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "free", info.Free)
 	return t, nil
 }
 
-func rowOf(l store.Lease) table.Row {
-	return table.Row{
-		Addr:        l.Addr,
-		ClientIPv6:  l.ClientIPv6,
-		ClientPort:  l.ClientPort,
-		DataplaneID: l.Dataplane,
-		SessionID:   l.Session,
-		LeasedAt:    l.LeasedAt,
-		ConnectedAt: l.LeasedAt, // until the data plane reports its own
-		LastHeard:   l.LeasedAt,
-	}
-}
-
-// lockOwner serializes calls for one session.
-func (t *term) lockOwner(o pool.Owner) func() {
-	var h maphash.Hash
-	h.SetSeed(t.seed)
-	h.WriteString(o.Dataplane)
-	h.WriteByte(0)
-	h.WriteString(o.Session)
-	m := &t.stripes[h.Sum64()%uint64(len(t.stripes))]
-	m.Lock()
-	return m.Unlock
-}
-
-func (t *term) dnsServers() [dns.Count]netip.Addr {
-	t.smu.Lock()
-	defer t.smu.Unlock()
-	return t.dns
-}
+func (t *term) dnsServers() [dns.Count]netip.Addr { return *t.dns.Load() }
 
 func (t *term) leaseOf(l store.Lease) Lease {
 	return Lease{
 		Addr: l.Addr, Route: t.c.route, DNS: t.dnsServers(),
 		DataplaneID: l.Dataplane, SessionID: l.Session, LeasedAt: l.LeasedAt,
+	}
+}
+
+// wait blocks until ch is closed (a store call of the same session ended)
+// or ctx ends.
+func wait(ctx context.Context, ch <-chan struct{}) error {
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -512,17 +477,18 @@ func (c *Controller) Allocate(ctx context.Context, dataplaneID, sessionID string
 	l, fresh, err := c.allocate(ctx, dataplaneID, sessionID, clientIPv6, clientPort)
 	switch {
 	case err != nil:
-		c.metrics.AllocateFailed(ctlmetrics.ReasonFor(err,
-			ctlmetrics.ErrorReason{Err: ErrInvalidArgument, Reason: ctlmetrics.ReasonInvalid},
-			ctlmetrics.ErrorReason{Err: ErrNotLeader, Reason: ctlmetrics.ReasonNotLeader},
-			ctlmetrics.ErrorReason{Err: ErrUnavailable, Reason: ctlmetrics.ReasonUnavailable}))
+		c.counters.allocateFailed(failureOf(err))
 	case fresh:
-		c.metrics.Allocated()
+		c.counters.allocated.Add(1)
 	default:
-		c.metrics.AllocateRepeated()
+		c.counters.repeated.Add(1)
 	}
 	return l, err
 }
+
+// maxTaken bounds how often one allocation learns of a holder it did not
+// know (another writer's) and chooses again.
+const maxTaken = 3
 
 // allocate does Allocate's work and says whether the lease is new.
 func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string, clientIPv6 netip.Addr, clientPort uint16) (Lease, bool, error) {
@@ -546,13 +512,11 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 		return Lease{}, false, err
 	}
 	instance := t.touch(dataplaneID)
-	owner := pool.Owner{Dataplane: dataplaneID, Session: sessionID}
-	unlock := t.lockOwner(owner)
-	defer unlock()
+	owner := store.Owner{Dataplane: dataplaneID, Session: sessionID}
 
-	for attempt := 0; ; attempt++ {
+	for taken := 0; ; {
 		now := c.now()
-		g, err := t.pool.Acquire(owner, clientIPv6, now)
+		g, err := t.idx.Acquire(owner, clientIPv6, now)
 		if err != nil {
 			if errors.Is(err, pool.ErrExhausted) {
 				c.log.Warn("address pool exhausted", "dataplane", dataplaneID, "session", sessionID,
@@ -560,31 +524,34 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 			}
 			return Lease{}, false, err
 		}
-		if g.Existing {
-			if l, ok := t.lease(g.Addr); ok {
-				c.log.Debug("lease repeated", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID)
-				return t.leaseOf(l), false, nil
+		if g.Wait != nil {
+			// This session's previous call is still at the store.
+			if err := wait(ctx, g.Wait); err != nil {
+				return Lease{}, false, err
 			}
+			continue
+		}
+		if g.Existing {
+			c.log.Debug("lease repeated", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID)
+			return t.leaseOf(g.Lease), false, nil
 		}
 		if g.ReservationBusy {
-			r, _ := t.pool.Match(clientIPv6)
-			h, _ := t.pool.Holder(r.Addr)
 			c.log.Warn("client's reserved address is held by another session; leasing it another address",
-				"client", clientIPv6, "reservation", r.Client, "reserved", r.Addr,
-				"holder", h.Dataplane+"/"+h.Session, "address", g.Addr)
+				"client", clientIPv6, "reservation", g.Reservation.Client, "reserved", g.Reservation.Addr,
+				"holder", g.Holder.String(), "address", g.Addr)
 		}
 		if g.EarlyReuse {
 			c.log.Debug("reusing an address within its cooldown: no other address is free", "address", g.Addr,
 				"cooldown", c.cooldown)
 		}
 		l := store.Lease{
-			Addr: g.Addr, Owner: store.Owner(owner), InstanceID: instance,
+			Addr: g.Addr, Owner: owner, InstanceID: instance,
 			ClientIPv6: clientIPv6, ClientPort: clientPort, LeasedAt: now,
 		}
-		held, existing, err := c.store.Claim(ctx, l)
+		held, existing, committed, err := t.claim(ctx, l, now, true)
 		if err != nil {
-			t.pool.Abort(owner, g.Addr)
-			if errors.Is(err, store.ErrTaken) && attempt < 3 {
+			if errors.Is(err, store.ErrTaken) && taken < maxTaken {
+				taken++
 				// The store knows a holder this index does not (another
 				// writer): learn it and choose again.
 				if other, ok, lerr := c.store.Lease(ctx, g.Addr); lerr == nil && ok {
@@ -599,61 +566,46 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 		if existing {
 			// The store had a lease for this session that the index
 			// lacked: that one is the truth.
-			t.pool.Abort(owner, g.Addr)
 			t.adopt(held, now)
 			return t.leaseOf(held), false, nil
 		}
-		t.pool.Commit(owner, g.Addr)
-		t.addLease(held, now, true)
+		if !committed {
+			c.log.Error("lease committed but its claim was gone from the index", "address", g.Addr,
+				"dataplane", dataplaneID, "session", sessionID)
+		}
 		c.log.Info("lease", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID,
 			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved)
 		return t.leaseOf(held), true, nil
 	}
 }
 
-// adopt records a lease that is committed in the store.
+// claim makes the store claim of a claim started in the index (Acquire,
+// ClaimAt) and settles it there: Commit when the store leased l, Abort
+// otherwise, even if the store call panics (the gRPC server recovers
+// panics; a claim left in flight would block its session for the term).
+func (t *term) claim(ctx context.Context, l store.Lease, now time.Time, fresh bool) (held store.Lease, existing, committed bool, err error) {
+	settled := false
+	defer func() {
+		if !settled {
+			t.idx.Abort(l.Owner, l.Addr, now)
+		}
+	}()
+	held, existing, err = t.c.store.Claim(ctx, l)
+	if err == nil && !existing {
+		committed = t.idx.Commit(held, now, fresh)
+		settled = committed
+	}
+	return held, existing, committed, err
+}
+
+// adopt indexes a lease that is committed in the store.
 func (t *term) adopt(l store.Lease, now time.Time) bool {
-	if err := t.pool.Insert(pool.Owner(l.Owner), l.Addr); err != nil {
+	if err := t.idx.Adopt(l, now); err != nil {
 		t.c.log.Error("cannot index a stored lease", "address", l.Addr, "dataplane", l.Dataplane,
 			"session", l.Session, "error", err)
 		return false
 	}
-	t.addLease(l, now, false)
 	return true
-}
-
-func (t *term) lease(a netip.Addr) (store.Lease, bool) {
-	t.lmu.Lock()
-	defer t.lmu.Unlock()
-	l, ok := t.leases[a]
-	if !ok {
-		return store.Lease{}, false
-	}
-	return l.Lease, true
-}
-
-// addLease indexes a committed lease; fresh: a new session, not one
-// rebuilt from the store or a report.
-func (t *term) addLease(l store.Lease, now time.Time, fresh bool) {
-	row := rowOf(l)
-	t.lmu.Lock()
-	defer t.lmu.Unlock()
-	t.leases[l.Addr] = &leaseState{Lease: l, claimedAt: now}
-	t.table.Insert(row, fresh)
-	t.publishLocked(ClientEvent{Type: EventConnected, Client: row, Time: now})
-}
-
-func (t *term) removeLease(a netip.Addr, o store.Owner, reason string, now time.Time) {
-	t.lmu.Lock()
-	defer t.lmu.Unlock()
-	l, ok := t.leases[a]
-	if !ok || l.Owner != o {
-		return
-	}
-	delete(t.leases, a)
-	row, _ := t.table.Get(a)
-	t.table.Delete(a, o.Dataplane, o.Session)
-	t.publishLocked(ClientEvent{Type: EventDisconnected, Client: row, Reason: reason, Time: now})
 }
 
 // Release returns addr to the pool if that session holds it, and reports
@@ -677,38 +629,60 @@ func (c *Controller) Release(ctx context.Context, dataplaneID, sessionID string,
 		return false, err
 	}
 	t.touch(dataplaneID)
-	ok, err := t.release(ctx, pool.Owner{Dataplane: dataplaneID, Session: sessionID}, addr, clip(reason), slog.LevelInfo)
+	ok, err := t.release(ctx, store.Owner{Dataplane: dataplaneID, Session: sessionID}, addr, clip(reason), slog.LevelInfo)
 	if err == nil {
 		if ok {
-			c.metrics.Released()
+			c.counters.released.Add(1)
 		} else {
-			c.metrics.ReleaseIgnored()
+			c.counters.ignored.Add(1)
 		}
 	}
 	return ok, err
 }
 
 // release frees one lease in the store, then in the index.
-func (t *term) release(ctx context.Context, owner pool.Owner, addr netip.Addr, reason string, lvl slog.Level) (bool, error) {
+func (t *term) release(ctx context.Context, owner store.Owner, addr netip.Addr, reason string, lvl slog.Level) (bool, error) {
 	c := t.c
-	unlock := t.lockOwner(owner)
-	defer unlock()
-	if h, ok := t.pool.Holder(addr); !ok || h != owner {
-		c.log.Debug("release ignored: not held by this session", "address", addr,
-			"dataplane", owner.Dataplane, "session", owner.Session, "reason", reason)
-		return false, nil
+	for {
+		l, busy, ok := t.idx.BeginRelease(owner, addr)
+		if busy != nil {
+			if err := wait(ctx, busy); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if !ok {
+			c.log.Debug("release ignored: not held by this session", "address", addr,
+				"dataplane", owner.Dataplane, "session", owner.Session, "reason", reason)
+			return false, nil
+		}
+		now := c.now()
+		if err := t.storeRelease(ctx, owner, addr, now, reason); err != nil {
+			return false, c.storeErr("release", err)
+		}
+		c.log.Log(context.Background(), lvl, "release", "address", addr, "dataplane", owner.Dataplane,
+			"session", owner.Session, "client", netip.AddrPortFrom(l.ClientIPv6, l.ClientPort),
+			"reason", reason, "held", now.Sub(l.LeasedAt).Round(time.Second))
+		return true, nil
 	}
-	l, _ := t.lease(addr)
-	now := c.now()
-	if _, err := c.store.Release(ctx, addr, store.Owner(owner), now); err != nil {
-		return false, c.storeErr("release", err)
+}
+
+// storeRelease makes the store release of a release started in the index
+// and settles it there: EndRelease when the store answered, CancelRelease
+// otherwise, even if the store call panics.
+func (t *term) storeRelease(ctx context.Context, owner store.Owner, addr netip.Addr, now time.Time, reason string) (err error) {
+	settled := false
+	defer func() {
+		if !settled {
+			t.idx.CancelRelease(owner, addr)
+		}
+	}()
+	if _, err := t.c.store.Release(ctx, addr, owner, now); err != nil {
+		return err
 	}
-	t.pool.ReleaseAt(addr, owner, now)
-	t.removeLease(addr, store.Owner(owner), reason, now)
-	c.log.Log(context.Background(), lvl, "release", "address", addr, "dataplane", owner.Dataplane,
-		"session", owner.Session, "client", netip.AddrPortFrom(l.ClientIPv6, l.ClientPort),
-		"reason", reason, "held", now.Sub(l.LeasedAt).Round(time.Second))
-	return true, nil
+	t.idx.EndRelease(owner, addr, now, reason)
+	settled = true
+	return nil
 }
 
 // Clients returns the client table, sorted by address.
@@ -720,7 +694,7 @@ func (c *Controller) Clients(ctx context.Context, f Filter) ([]Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.table.List(f), nil
+	return t.idx.Rows(f), nil
 }
 
 // Client returns the client holding addr; the error matches ErrNotFound if
@@ -736,7 +710,7 @@ func (c *Controller) Client(ctx context.Context, addr netip.Addr) (Client, error
 	if err != nil {
 		return Client{}, err
 	}
-	row, ok := t.table.Get(addr)
+	row, ok := t.idx.Row(addr)
 	if !ok {
 		return Client{}, notFound("no client holds %s", addr)
 	}
@@ -749,7 +723,7 @@ func (c *Controller) PoolInfo(ctx context.Context) (PoolInfo, error) {
 	if err != nil {
 		return PoolInfo{}, err
 	}
-	return PoolInfo{Stats: t.pool.Stats(), Route: c.route, DNS: t.dnsServers()}, nil
+	return PoolInfo{Stats: t.idx.Stats(), Route: c.route, DNS: t.dnsServers()}, nil
 }
 
 func checkID(what, id string) error {

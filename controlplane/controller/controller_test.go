@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/pool"
+	"github.com/fourover6/fourover6/controlplane/store"
 )
 
 // clock is a fake time source that moves only when told.
@@ -275,8 +276,8 @@ func TestExhaustion(t *testing.T) {
 	if len(w) != 1 || w[0]["level"] != "WARN" {
 		t.Fatalf("exhaustion log = %v", w)
 	}
-	if f.c.term.table.Len() != 2 {
-		t.Fatalf("table has %d rows", f.c.term.table.Len())
+	if f.c.term.idx.Len() != 2 {
+		t.Fatalf("index has %d leases", f.c.term.idx.Len())
 	}
 }
 
@@ -360,7 +361,7 @@ func TestConcurrentAllocateRelease(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Releases whichever address the session may hold by now.
-			if a, ok := f.c.term.pool.Lookup(pool.Owner{Dataplane: "dp", Session: sess}); ok {
+			if a, ok := f.c.term.idx.Lookup(store.Owner{Dataplane: "dp", Session: sess}); ok {
 				f.c.Release(ctx, "dp", sess, a, "race")
 			}
 		}()
@@ -372,7 +373,7 @@ func TestConcurrentAllocateRelease(t *testing.T) {
 		t.Fatalf("pool has %d leases, table %d rows", info.Leased, len(rows))
 	}
 	for _, r := range rows {
-		if o, ok := f.c.term.pool.Holder(r.Addr); !ok || o.Session != r.SessionID {
+		if l, ok := f.c.term.idx.Lease(r.Addr); !ok || l.Session != r.SessionID {
 			t.Fatalf("row %+v has no matching lease", r)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
-	"github.com/fourover6/fourover6/controlplane/table"
 )
 
 // DataplaneState is UP, DRAINING or DOWN.
@@ -170,7 +169,7 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 	}
 	t.dpMu.Unlock()
 
-	held := t.leasesOf(r.DataplaneID)
+	held := t.idx.LeasesOf(r.DataplaneID)
 	c.log.Info("data plane registered", "dataplane", r.DataplaneID, "instance", r.InstanceID,
 		"version", rec.Version, "listen", rec.ClientListen, "api", rec.APIAddress,
 		"known", ok && prev.InstanceID != "", "leases", len(held), "draining", rec.Draining)
@@ -190,22 +189,9 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 		}
 	}
 	return RegistrationReply{
-		Gateway: t.pool.Gateway(), Prefix: t.pool.Prefix(), ControllerVersion: c.version,
+		Gateway: t.idx.Gateway(), Prefix: t.idx.Prefix(), ControllerVersion: c.version,
 		HeartbeatInterval: c.cfg.HeartbeatInterval, Draining: rec.Draining,
 	}, nil
-}
-
-// leasesOf lists the leases of one data plane.
-func (t *term) leasesOf(dp string) []store.Lease {
-	t.lmu.Lock()
-	defer t.lmu.Unlock()
-	var out []store.Lease
-	for _, l := range t.leases {
-		if l.Dataplane == dp {
-			out = append(out, l.Lease)
-		}
-	}
-	return out
 }
 
 // releaseAll releases leases, a few at a time (each is one commit, and
@@ -217,12 +203,12 @@ func (t *term) releaseAll(ctx context.Context, ls []store.Lease, reason string) 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; done <- struct{}{} }()
-			ok, err := t.release(ctx, pool.Owner(l.Owner), l.Addr, reason, slog.LevelInfo)
+			ok, err := t.release(ctx, l.Owner, l.Addr, reason, slog.LevelInfo)
 			if err != nil {
 				t.c.log.Error("releasing a lease failed; will retry", "address", l.Addr,
 					"dataplane", l.Dataplane, "session", l.Session, "error", err)
 			} else if ok {
-				t.c.metrics.Reclaimed(1)
+				t.c.counters.reclaimed.Add(1)
 			}
 		}()
 	}
@@ -336,7 +322,7 @@ func (c *Controller) KickClient(ctx context.Context, addr netip.Addr, reason str
 	if err != nil {
 		return "", "", err
 	}
-	l, ok := t.lease(addr)
+	l, ok := t.idx.Lease(addr)
 	if !ok {
 		return "", "", notFound("no client holds %s", addr)
 	}
@@ -398,12 +384,7 @@ func (c *Controller) Dataplanes(ctx context.Context) ([]Dataplane, error) {
 }
 
 func (t *term) dataplanes() []Dataplane {
-	counts := map[string]uint32{}
-	t.lmu.Lock()
-	for _, l := range t.leases {
-		counts[l.Dataplane]++
-	}
-	t.lmu.Unlock()
+	counts := t.idx.LeaseCounts()
 	t.dpMu.Lock()
 	out := make([]Dataplane, 0, len(t.dps))
 	for _, d := range t.dps {
@@ -417,7 +398,7 @@ func (t *term) dataplanes() []Dataplane {
 		out = append(out, Dataplane{
 			ID: d.rec.ID, InstanceID: d.rec.InstanceID, Version: d.rec.Version, Listen: d.rec.ClientListen,
 			APIAddress: d.rec.APIAddress, State: st, Draining: d.rec.Draining, Sessions: d.sessions,
-			Leases: counts[d.rec.ID], RegisteredAt: d.rec.RegisteredAt, LastContact: d.lastContact,
+			Leases: uint32(counts[d.rec.ID]), RegisteredAt: d.rec.RegisteredAt, LastContact: d.lastContact,
 		})
 	}
 	t.dpMu.Unlock()
@@ -461,31 +442,37 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 	// Only the registered instance's complete report may vouch for leases.
 	vouch := complete && instanceID != "" && instanceID == current
 	now := c.now()
-	var unknown []string
-	for _, r := range reports {
-		owner := pool.Owner{Dataplane: dataplaneID, Session: r.SessionID}
-		addr, ok := t.pool.Lookup(owner)
-		if !ok && r.Addr.IsValid() && vouch {
-			addr, ok = t.adoptReported(ctx, owner, instanceID, r, now)
-		}
-		if !ok || (r.Addr.IsValid() && r.Addr != addr) {
-			unknown = append(unknown, r.SessionID)
-			continue
-		}
-		d, _ := t.table.Update(addr, dataplaneID, r.SessionID, table.Update{
-			ClientIPv6:  r.ClientIPv6,
-			ClientPort:  r.ClientPort,
-			ConnectedAt: r.ConnectedAt,
-			LastHeard:   r.LastHeard,
-			Traffic:     r.Traffic,
-		})
-		c.metrics.Traffic(d.BytesFromClient, d.PacketsFromClient, d.BytesToClient, d.PacketsToClient)
-		if vouch {
-			t.lmu.Lock()
-			if l, ok := t.leases[addr]; ok && l.Owner == store.Owner(owner) {
-				l.claimedAt = now
+	outcomes := make([]pool.Outcome, len(reports))
+	grew := t.idx.ApplyReports(dataplaneID, reports, vouch, now, outcomes)
+	if vouch {
+		// Sessions holding no lease here that say which address they hold
+		// get it back if it is free, then the report applies to them too.
+		var adopted []int
+		for i, o := range outcomes {
+			if o == pool.NoLease && reports[i].Addr.IsValid() {
+				owner := store.Owner{Dataplane: dataplaneID, Session: reports[i].SessionID}
+				if t.adoptReported(ctx, owner, instanceID, reports[i], now) {
+					adopted = append(adopted, i)
+				}
 			}
-			t.lmu.Unlock()
+		}
+		if len(adopted) > 0 {
+			again := make([]SessionReport, len(adopted))
+			for j, i := range adopted {
+				again[j] = reports[i]
+			}
+			out := make([]pool.Outcome, len(again))
+			grew = grew.Add(t.idx.ApplyReports(dataplaneID, again, vouch, now, out))
+			for j, i := range adopted {
+				outcomes[i] = out[j]
+			}
+		}
+	}
+	c.counters.traffic(grew)
+	var unknown []string
+	for i, o := range outcomes {
+		if o != pool.Known {
+			unknown = append(unknown, reports[i].SessionID)
 		}
 	}
 	if vouch {
@@ -502,53 +489,47 @@ func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string,
 }
 
 // adoptReported gives a reported session the lease it says it holds, if
-// the address is free; otherwise it resolves the conflict.
-func (t *term) adoptReported(ctx context.Context, owner pool.Owner, instance string, r SessionReport, now time.Time) (netip.Addr, bool) {
+// the address is free; otherwise it resolves the conflict. It reports
+// whether the session holds a lease here now (the one reported or, if it
+// got one meanwhile, another).
+func (t *term) adoptReported(ctx context.Context, owner store.Owner, instance string, r SessionReport, now time.Time) bool {
 	c := t.c
-	unlock := t.lockOwner(owner)
-	defer unlock()
-	if a, ok := t.pool.Lookup(owner); ok {
-		return a, true
-	}
 	conflict := func(holder string, why string) {
 		c.log.Error("ADDRESS CONFLICT: two sessions claim one address; the lease in the store wins, kicking the other session",
-			"address", r.Addr, "holder", holder, "claimant", owner.Dataplane+"/"+owner.Session,
+			"address", r.Addr, "holder", holder, "claimant", owner.String(),
 			"client", r.ClientIPv6, "why", why)
 		if err := t.push(owner.Dataplane, Command{Kick: &KickCommand{Addr: r.Addr, SessionID: owner.Session,
 			Reason: "address conflict: " + r.Addr.String() + " is leased to another session"}}); err != nil {
 			c.log.Error("cannot kick the conflicting session", "dataplane", owner.Dataplane, "session", owner.Session, "error", err)
 		}
 	}
-	if !t.pool.IsClientAddr(r.Addr) {
+	_, started, err := t.idx.ClaimAt(owner, r.Addr, r.ClientIPv6)
+	var ce *pool.ConflictError
+	switch {
+	case errors.Is(err, pool.ErrOutside):
 		c.log.Error("data plane reports a session with an address outside the pool", "dataplane", owner.Dataplane,
-			"session", owner.Session, "address", r.Addr, "pool", t.pool.Prefix())
-		return netip.Addr{}, false
-	}
-	if h, ok := t.pool.Holder(r.Addr); ok {
-		conflict(h.Dataplane+"/"+h.Session, "held")
-		return netip.Addr{}, false
-	}
-	if res, ok := t.pool.Match(r.ClientIPv6); !ok || res.Addr != r.Addr {
-		for _, res := range t.pool.Reservations() {
-			if res.Addr == r.Addr {
-				conflict("reservation "+res.Client.String(), "reserved for another client")
-				return netip.Addr{}, false
-			}
-		}
+			"session", owner.Session, "address", r.Addr, "pool", t.idx.Prefix())
+		return false
+	case errors.As(err, &ce) && ce.Reservation.IsValid():
+		conflict("reservation "+ce.Reservation.String(), "reserved for another client")
+		return false
+	case errors.As(err, &ce):
+		conflict(ce.Holder.String(), "held")
+		return false
+	case err != nil:
+		conflict("?", err.Error())
+		return false
+	case !started:
+		return true // it got a lease meanwhile
 	}
 	at := r.ConnectedAt
 	if at.IsZero() {
 		at = now
 	}
-	l := store.Lease{Addr: r.Addr, Owner: store.Owner(owner), InstanceID: instance,
+	l := store.Lease{Addr: r.Addr, Owner: owner, InstanceID: instance,
 		ClientIPv6: r.ClientIPv6, ClientPort: r.ClientPort, LeasedAt: at}
-	if err := t.pool.Insert(owner, r.Addr); err != nil {
-		conflict("?", err.Error())
-		return netip.Addr{}, false
-	}
-	held, existing, err := c.store.Claim(ctx, l)
-	if err != nil || existing {
-		t.pool.ReleaseAt(r.Addr, owner, now) // undo the index
+	held, existing, committed, err := t.claim(ctx, l, now, false)
+	if err != nil || existing || !committed {
 		if errors.Is(err, store.ErrTaken) {
 			if other, ok, _ := c.store.Lease(ctx, r.Addr); ok {
 				t.adopt(other, now)
@@ -556,16 +537,18 @@ func (t *term) adoptReported(ctx context.Context, owner pool.Owner, instance str
 			}
 		} else if err == nil && existing {
 			t.adopt(held, now)
+		} else if err == nil {
+			c.log.Error("reported lease committed but its claim was gone from the index", "address", r.Addr,
+				"dataplane", owner.Dataplane, "session", owner.Session)
 		} else {
 			c.log.Error("cannot adopt a reported lease", "address", r.Addr, "dataplane", owner.Dataplane,
 				"session", owner.Session, "error", err)
 		}
-		return netip.Addr{}, false
+		return false
 	}
-	t.addLease(held, now, false)
 	c.log.Warn("lease adopted from a data plane's report (the controller had no lease for it)",
 		"address", r.Addr, "dataplane", owner.Dataplane, "session", owner.Session, "client", r.ClientIPv6)
-	return r.Addr, true
+	return true
 }
 
 // Run reconciles every tick until ctx ends.
@@ -615,20 +598,17 @@ func (c *Controller) Reconcile(ctx context.Context) {
 	}
 	t.dpMu.Unlock()
 
+	// Data planes registered after the view was taken wait for the next
+	// tick.
 	var downGone, unclaimed []store.Lease
-	t.lmu.Lock()
-	for _, l := range t.leases {
-		v, ok := view[l.Dataplane]
+	for id, v := range view {
 		switch {
-		case !ok:
-			// A lease taken while this index was built: next tick.
 		case v.down && now.Sub(v.since) >= c.cfg.GracePeriod:
-			downGone = append(downGone, l.Lease)
-		case !v.down && v.reported && now.Sub(l.claimedAt) >= c.cfg.GracePeriod:
-			unclaimed = append(unclaimed, l.Lease)
+			downGone = append(downGone, t.idx.LeasesOf(id)...)
+		case !v.down && v.reported:
+			unclaimed = append(unclaimed, t.idx.Unvouched(id, now.Add(-c.cfg.GracePeriod))...)
 		}
 	}
-	t.lmu.Unlock()
 	if len(downGone) > 0 {
 		c.log.Warn("releasing the leases of data planes that are down", "leases", len(downGone), "grace", c.cfg.GracePeriod)
 		t.releaseAll(ctx, downGone, fmt.Sprintf("data plane down for %s", c.cfg.GracePeriod))

@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"time"
+
+	"github.com/fourover6/fourover6/controlplane/pool"
 )
 
 // EventType is the kind of a ClientEvent.
@@ -27,27 +29,6 @@ type ClientEvent struct {
 // further behind is cut off (it can reconnect and get the current set).
 const watchQueue = 4096
 
-type watcher struct {
-	f    Filter
-	ch   chan ClientEvent
-	lost chan struct{} // closed when the watcher fell behind
-}
-
-// publishLocked delivers ev to matching watchers; t.lmu is held.
-func (t *term) publishLocked(ev ClientEvent) {
-	for w := range t.watchers {
-		if !w.f.Match(ev.Client) {
-			continue
-		}
-		select {
-		case w.ch <- ev:
-		default:
-			delete(t.watchers, w)
-			close(w.lost)
-		}
-	}
-}
-
 // WatchClients calls fn with the current clients (EventExisting), then one
 // EventSynced, then every connect and disconnect, until ctx ends, fn fails,
 // the watcher falls too far behind, or this controller stops leading.
@@ -56,16 +37,10 @@ func (c *Controller) WatchClients(ctx context.Context, f Filter, fn func(ClientE
 	if err != nil {
 		return err
 	}
-	w := &watcher{f: f, ch: make(chan ClientEvent, watchQueue), lost: make(chan struct{})}
-	t.lmu.Lock()
-	rows := t.table.List(f)
-	t.watchers[w] = struct{}{}
-	t.lmu.Unlock()
-	defer func() {
-		t.lmu.Lock()
-		delete(t.watchers, w)
-		t.lmu.Unlock()
-	}()
+	// The rows and the subscription are one step in the index: no change
+	// is missed or seen twice.
+	rows, sub := t.idx.Subscribe(f, watchQueue)
+	defer sub.Close()
 	now := c.now()
 	for _, r := range rows {
 		if err := fn(ClientEvent{Type: EventExisting, Client: r, Time: now}); err != nil {
@@ -81,9 +56,13 @@ func (c *Controller) WatchClients(ctx context.Context, f Filter, fn func(ClientE
 			return ctx.Err()
 		case <-t.done:
 			return &NotLeaderError{}
-		case <-w.lost:
+		case <-sub.Lost:
 			return unavailable("client watcher fell more than %d events behind; watch again", watchQueue)
-		case ev := <-w.ch:
+		case ch := <-sub.C:
+			ev := ClientEvent{Type: EventConnected, Client: ch.Row, Reason: ch.Reason, Time: ch.Time}
+			if ch.Kind == pool.Disconnected {
+				ev.Type = EventDisconnected
+			}
 			if err := fn(ev); err != nil {
 				return err
 			}

@@ -1,16 +1,15 @@
 // Package metrics exports the controller's pool and lease activity to
 // Prometheus.
 //
-// Two halves, registered together or apart:
+// A Collector reads two snapshots at scrape time, either of which may be
+// left out:
 //
-//   - Collector reads a Source at scrape time: the pool's size and use, the
-//     reservations and the data planes. The Source is a small interface (or
-//     a SourceFunc) so this package does not follow every change of the
-//     controller core.
-//   - Counters are atomic counters the controller core increments where
-//     leases happen (Allocated, AllocateFailed, Released...). Every method
-//     is a no-op on a nil *Counters, so the core can call them without
-//     checking whether metrics are on.
+//   - a Source: the pool's size and use, the reservations and the data
+//     planes. The Source is a small interface (or a SourceFunc) so this
+//     package does not follow every change of the controller core.
+//   - the controller's counters (controller.Controller.Counts): the core
+//     keeps them itself, as plain atomics with failure reasons it assigns,
+//     and knows nothing of Prometheus.
 //
 // Series:
 //
@@ -30,15 +29,13 @@
 package metrics
 
 import (
-	"context"
-	"errors"
 	"maps"
 	"net/netip"
 	"slices"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/pool"
 )
 
@@ -112,17 +109,20 @@ var (
 	descPackets   = desc("packets_total", "IPv4 packets the data planes reported for their clients, by direction.", "direction")
 )
 
-// Collector is a prometheus.Collector over a Source and, optionally, the
-// Counters.
+// Collector is a prometheus.Collector over a Source and the controller's
+// counters.
 type Collector struct {
-	src      Source
-	counters *Counters
+	src    Source
+	counts func() controller.ActivityCounts
 }
 
-// New returns a collector over src and counters; either may be nil.
-func New(src Source, counters *Counters) *Collector {
-	return &Collector{src: src, counters: counters}
+// New returns a collector over src and counts (say, a Controller's Counts
+// method); either may be nil.
+func New(src Source, counts func() controller.ActivityCounts) *Collector {
+	return &Collector{src: src, counts: counts}
 }
+
+var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed, descBytes, descPackets}
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
@@ -131,8 +131,10 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	if c.counters != nil {
-		c.counters.Describe(ch)
+	if c.counts != nil {
+		for _, d := range counterDescs {
+			ch <- d
+		}
 	}
 }
 
@@ -161,9 +163,27 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descDataplanes, float64(s.Dataplanes[state]), state)
 		}
 	}
-	if c.counters != nil {
-		c.counters.Collect(ch)
+	if c.counts != nil {
+		collectCounts(ch, c.counts())
 	}
+}
+
+func collectCounts(ch chan<- prometheus.Metric, s controller.ActivityCounts) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descAllocs, s.Allocated)
+	counter(descRepeated, s.Repeated)
+	for f := range controller.NumAllocateFailures {
+		counter(descFailures, s.AllocateFailed[f], f.String())
+	}
+	counter(descReleases, s.Released)
+	counter(descIgnored, s.ReleaseIgnored)
+	counter(descReclaimed, s.Reclaimed)
+	counter(descBytes, s.Traffic.BytesFromClient, "from_client")
+	counter(descBytes, s.Traffic.BytesToClient, "to_client")
+	counter(descPackets, s.Traffic.PacketsFromClient, "from_client")
+	counter(descPackets, s.Traffic.PacketsToClient, "to_client")
 }
 
 func str[T interface {
@@ -174,178 +194,4 @@ func str[T interface {
 		return ""
 	}
 	return v.String()
-}
-
-// Reason is why an allocation failed.
-type Reason uint8
-
-// Failure reasons. Their names are the reason label's values.
-const (
-	ReasonExhausted   Reason = iota // no free address
-	ReasonInvalid                   // a bad request (empty id, wrong address family...)
-	ReasonNotLeader                 // this controller is a standby
-	ReasonUnavailable               // the lease store could not be reached
-	ReasonCanceled                  // the caller went away or its deadline passed
-	ReasonOther                     // anything else
-	NumReasons
-)
-
-var reasonNames = [NumReasons]string{
-	ReasonExhausted:   "exhausted",
-	ReasonInvalid:     "invalid",
-	ReasonNotLeader:   "not_leader",
-	ReasonUnavailable: "unavailable",
-	ReasonCanceled:    "canceled",
-	ReasonOther:       "other",
-}
-
-func (r Reason) String() string {
-	if r < NumReasons {
-		return reasonNames[r]
-	}
-	return "other"
-}
-
-// ErrorReason maps errors matching Err (errors.Is) to Reason.
-type ErrorReason struct {
-	Err    error
-	Reason Reason
-}
-
-// ReasonFor classifies an allocation error: by the caller's own sentinels
-// first (e.g. controller.ErrInvalidArgument -> ReasonInvalid), then pool
-// exhaustion and context errors; anything else is ReasonOther.
-func ReasonFor(err error, known ...ErrorReason) Reason {
-	for _, k := range known {
-		if errors.Is(err, k.Err) {
-			return k.Reason
-		}
-	}
-	switch {
-	case errors.Is(err, pool.ErrExhausted):
-		return ReasonExhausted
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return ReasonCanceled
-	}
-	return ReasonOther
-}
-
-// Counters count lease activity. The zero value is ready; a nil *Counters
-// ignores every call. Safe for concurrent use.
-type Counters struct {
-	allocated, repeated          atomic.Uint64
-	failed                       [NumReasons]atomic.Uint64
-	released, ignored, reclaimed atomic.Uint64
-	bytesFrom, pktsFrom          atomic.Uint64
-	bytesTo, pktsTo              atomic.Uint64
-}
-
-// Traffic adds what session reports showed moved since the previous report.
-func (c *Counters) Traffic(bytesFrom, pktsFrom, bytesTo, pktsTo uint64) {
-	if c != nil {
-		c.bytesFrom.Add(bytesFrom)
-		c.pktsFrom.Add(pktsFrom)
-		c.bytesTo.Add(bytesTo)
-		c.pktsTo.Add(pktsTo)
-	}
-}
-
-// Allocated counts a fresh lease.
-func (c *Counters) Allocated() {
-	if c != nil {
-		c.allocated.Add(1)
-	}
-}
-
-// AllocateRepeated counts a retry answered with the session's existing lease.
-func (c *Counters) AllocateRepeated() {
-	if c != nil {
-		c.repeated.Add(1)
-	}
-}
-
-// AllocateFailed counts a failed allocation.
-func (c *Counters) AllocateFailed(r Reason) {
-	if c != nil {
-		if r >= NumReasons {
-			r = ReasonOther
-		}
-		c.failed[r].Add(1)
-	}
-}
-
-// Released counts a lease given back by its data plane.
-func (c *Counters) Released() {
-	if c != nil {
-		c.released.Add(1)
-	}
-}
-
-// ReleaseIgnored counts a release of a lease the session did not hold.
-func (c *Counters) ReleaseIgnored() {
-	if c != nil {
-		c.ignored.Add(1)
-	}
-}
-
-// Reclaimed counts n leases the controller freed on its own.
-func (c *Counters) Reclaimed(n int) {
-	if c != nil && n > 0 {
-		c.reclaimed.Add(uint64(n))
-	}
-}
-
-// CountersSnapshot is the counters' values, for tests and status output.
-type CountersSnapshot struct {
-	Allocated, Repeated          uint64
-	Failed                       map[string]uint64 // every reason, 0 included
-	Released, Ignored, Reclaimed uint64
-	BytesFromClient, PacketsFromClient,
-	BytesToClient, PacketsToClient uint64
-}
-
-// Snapshot returns the current values (zero for a nil *Counters).
-func (c *Counters) Snapshot() CountersSnapshot {
-	s := CountersSnapshot{Failed: make(map[string]uint64, NumReasons)}
-	for r := range NumReasons {
-		s.Failed[r.String()] = 0
-	}
-	if c == nil {
-		return s
-	}
-	s.Allocated, s.Repeated = c.allocated.Load(), c.repeated.Load()
-	for r := range NumReasons {
-		s.Failed[r.String()] = c.failed[r].Load()
-	}
-	s.Released, s.Ignored, s.Reclaimed = c.released.Load(), c.ignored.Load(), c.reclaimed.Load()
-	s.BytesFromClient, s.PacketsFromClient = c.bytesFrom.Load(), c.pktsFrom.Load()
-	s.BytesToClient, s.PacketsToClient = c.bytesTo.Load(), c.pktsTo.Load()
-	return s
-}
-
-// Describe implements prometheus.Collector.
-func (c *Counters) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed, descBytes, descPackets} {
-		ch <- d
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (c *Counters) Collect(ch chan<- prometheus.Metric) {
-	s := c.Snapshot()
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-	counter(descAllocs, s.Allocated)
-	counter(descRepeated, s.Repeated)
-	for r := range NumReasons {
-		counter(descFailures, s.Failed[r.String()], r.String())
-	}
-	counter(descReleases, s.Released)
-	counter(descIgnored, s.Ignored)
-	counter(descReclaimed, s.Reclaimed)
-	counter(descBytes, s.BytesFromClient, "from_client")
-	counter(descBytes, s.BytesToClient, "to_client")
-	counter(descPackets, s.PacketsFromClient, "from_client")
-	counter(descPackets, s.PacketsToClient, "to_client")
 }

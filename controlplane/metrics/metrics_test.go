@@ -2,8 +2,6 @@ package metrics_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/metrics"
 	"github.com/fourover6/fourover6/controlplane/pool"
 )
@@ -29,18 +28,11 @@ func (f *fakeSource) Snapshot() metrics.Snapshot {
 }
 
 func TestCollector(t *testing.T) {
-	p, err := pool.New(pool.Config{Prefix: netip.MustParsePrefix("13.8.0.0/24"), Range: pool.Range{
+	stats := metrics.FromPool(pool.Stats{
+		Prefix: netip.MustParsePrefix("13.8.0.0/24"), Gateway: netip.MustParseAddr("13.8.0.1"),
 		First: netip.MustParseAddr("13.8.0.2"), Last: netip.MustParseAddr("13.8.0.11"),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 3 {
-		if _, _, err := p.Allocate(pool.Owner{Dataplane: "dp1", Session: fmt.Sprint(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stats := metrics.FromPool(p.Stats())
+		Size: 10, Leased: 3, Free: 5, Reserved: 2,
+	})
 	src := &fakeSource{snap: metrics.Snapshot{
 		Version:      "v9",
 		Leader:       true,
@@ -48,29 +40,18 @@ func TestCollector(t *testing.T) {
 		Reservations: 2,
 		Dataplanes:   map[string]int{"up": 2, "down": 1},
 	}}
-	stats.Reserved, stats.Free = 2, stats.Free-2 // as if two were reserved
-
-	var counters metrics.Counters
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(metrics.New(src, &counters))
-
-	for range 3 {
-		counters.Allocated()
+	counts := controller.ActivityCounts{
+		Allocated: 3, Repeated: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
+		Traffic: controller.Traffic{BytesFromClient: 1500, PacketsFromClient: 15, BytesToClient: 5000, PacketsToClient: 20},
 	}
-	counters.AllocateRepeated()
-	counters.AllocateFailed(metrics.ReasonExhausted)
-	counters.AllocateFailed(metrics.ReasonExhausted)
-	counters.AllocateFailed(metrics.ReasonInvalid)
-	counters.AllocateFailed(metrics.Reason(200)) // out of range: other
-	counters.Released()
-	counters.ReleaseIgnored()
-	counters.ReleaseIgnored()
-	counters.Reclaimed(4)
-	counters.Reclaimed(0)
-	counters.AllocateFailed(metrics.ReasonNotLeader)
-	counters.AllocateFailed(metrics.ReasonUnavailable)
-	counters.Traffic(1000, 10, 5000, 20)
-	counters.Traffic(500, 5, 0, 0)
+	counts.AllocateFailed[controller.FailExhausted] = 2
+	counts.AllocateFailed[controller.FailInvalid] = 1
+	counts.AllocateFailed[controller.FailOther] = 1
+	counts.AllocateFailed[controller.FailNotLeader] = 1
+	counts.AllocateFailed[controller.FailUnavailable] = 1
+
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(metrics.New(src, func() controller.ActivityCounts { return counts }))
 
 	want := `
 # HELP fourover6_controller_info Controller identity: always 1, labeled with its version.
@@ -153,18 +134,7 @@ fourover6_controller_pool_addresses{state="reserved"} 2
 	}
 }
 
-func TestNilCountersAndSourceFunc(t *testing.T) {
-	var c *metrics.Counters
-	c.Allocated() // no-ops, no panic
-	c.AllocateRepeated()
-	c.AllocateFailed(metrics.ReasonUnavailable)
-	c.Released()
-	c.ReleaseIgnored()
-	c.Reclaimed(3)
-	if s := c.Snapshot(); s.Allocated != 0 || len(s.Failed) != int(metrics.NumReasons) {
-		t.Errorf("nil snapshot = %+v", s)
-	}
-
+func TestSourceFuncAndHalves(t *testing.T) {
 	calls := 0
 	src := metrics.SourceFunc(func() metrics.Snapshot {
 		calls++
@@ -186,72 +156,72 @@ func TestNilCountersAndSourceFunc(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("source read %d times for one scrape", calls)
 	}
-	// Counters alone, registered on their own.
-	var own metrics.Counters
-	own.Allocated()
-	if got := testutil.ToFloat64(prometheus.Collector(counterOnly{&own, "fourover6_controller_allocations_total"})); got != 1 {
-		t.Errorf("allocations_total = %v", got)
+	// Counters alone: every series, failure reasons included, from zero.
+	own := metrics.New(nil, func() controller.ActivityCounts { return controller.ActivityCounts{Allocated: 1} })
+	if n := testutil.CollectAndCount(own); n != 5+int(controller.NumAllocateFailures)+4 {
+		t.Errorf("counter series = %d", n)
+	}
+	if n := testutil.CollectAndCount(own, "fourover6_controller_allocations_total"); n != 1 {
+		t.Errorf("allocations_total series = %d", n)
 	}
 }
 
-// counterOnly narrows a collector to one series for testutil.ToFloat64.
-type counterOnly struct {
-	c    *metrics.Counters
-	name string
-}
-
-func (o counterOnly) Describe(ch chan<- *prometheus.Desc) { o.c.Describe(ch) }
-func (o counterOnly) Collect(ch chan<- prometheus.Metric) {
-	all := make(chan prometheus.Metric, 64)
-	o.c.Collect(all)
-	close(all)
-	for m := range all {
-		if strings.Contains(m.Desc().String(), `"`+o.name+`"`) {
-			ch <- m
-		}
+// TestControllerCounts scrapes a real controller after real calls: the
+// core's own counters and failure reasons reach the series.
+func TestControllerCounts(t *testing.T) {
+	ctx := context.Background()
+	c, err := controller.New(controller.Config{Pool: pool.Config{Prefix: netip.MustParsePrefix("13.8.0.0/30")}}) // one address
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestReasonFor(t *testing.T) {
-	errInvalid := errors.New("invalid argument")
-	errStore := errors.New("store unavailable")
-	errNotLeader := errors.New("not the leader")
-	for _, tc := range []struct {
-		err  error
-		want metrics.Reason
-	}{
-		{&pool.ExhaustedError{Size: 1, Leased: 1}, metrics.ReasonExhausted},
-		{fmt.Errorf("allocate: %w", pool.ErrExhausted), metrics.ReasonExhausted},
-		{context.Canceled, metrics.ReasonCanceled},
-		{fmt.Errorf("x: %w", context.DeadlineExceeded), metrics.ReasonCanceled},
-		{fmt.Errorf("session id is empty: %w", errInvalid), metrics.ReasonInvalid},
-		{fmt.Errorf("bolt: %w", errStore), metrics.ReasonUnavailable},
-		{fmt.Errorf("x: %w", errNotLeader), metrics.ReasonNotLeader},
-		{errors.New("boom"), metrics.ReasonOther},
-	} {
-		got := metrics.ReasonFor(tc.err,
-			metrics.ErrorReason{Err: errInvalid, Reason: metrics.ReasonInvalid},
-			metrics.ErrorReason{Err: errNotLeader, Reason: metrics.ReasonNotLeader},
-			metrics.ErrorReason{Err: errStore, Reason: metrics.ReasonUnavailable})
-		if got != tc.want {
-			t.Errorf("ReasonFor(%v) = %v, want %v", tc.err, got, tc.want)
-		}
+	client := netip.MustParseAddr("2001:db8::1")
+	l, err := c.Allocate(ctx, "dp1", "s1", client, 1)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestCountersConcurrent(t *testing.T) {
-	var c metrics.Counters
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for range 1000 {
-				c.Allocated()
-				c.Released()
-			}
-		})
+	c.Allocate(ctx, "dp1", "s1", client, 1) // repeated
+	c.Allocate(ctx, "dp1", "s2", client, 1) // exhausted
+	c.Allocate(ctx, "", "s3", client, 1)    // invalid
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	c.Allocate(cctx, "dp1", "s4", client, 1) // canceled
+	if _, err := c.Report(ctx, "dp1", "", false, []controller.SessionReport{{SessionID: "s1", Traffic: controller.Traffic{BytesToClient: 700, PacketsToClient: 7}}}); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	if s := c.Snapshot(); s.Allocated != 8000 || s.Released != 8000 {
-		t.Errorf("snapshot = %+v", s)
+	c.Release(ctx, "dp1", "s2", l.Addr, "not the holder") // ignored
+	c.Release(ctx, "dp1", "s1", l.Addr, "eof")
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(metrics.New(nil, c.Counts))
+	want := `
+# HELP fourover6_controller_allocation_failures_total Allocations that failed, by reason.
+# TYPE fourover6_controller_allocation_failures_total counter
+fourover6_controller_allocation_failures_total{reason="canceled"} 1
+fourover6_controller_allocation_failures_total{reason="exhausted"} 1
+fourover6_controller_allocation_failures_total{reason="invalid"} 1
+fourover6_controller_allocation_failures_total{reason="not_leader"} 0
+fourover6_controller_allocation_failures_total{reason="other"} 0
+fourover6_controller_allocation_failures_total{reason="unavailable"} 0
+# HELP fourover6_controller_allocations_repeated_total Allocation retries answered with the lease the session already held.
+# TYPE fourover6_controller_allocations_repeated_total counter
+fourover6_controller_allocations_repeated_total 1
+# HELP fourover6_controller_allocations_total Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).
+# TYPE fourover6_controller_allocations_total counter
+fourover6_controller_allocations_total 1
+# HELP fourover6_controller_bytes_total IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).
+# TYPE fourover6_controller_bytes_total counter
+fourover6_controller_bytes_total{direction="from_client"} 0
+fourover6_controller_bytes_total{direction="to_client"} 700
+# HELP fourover6_controller_releases_ignored_total Releases ignored because the session did not hold that address (duplicates, stale releases).
+# TYPE fourover6_controller_releases_ignored_total counter
+fourover6_controller_releases_ignored_total 1
+# HELP fourover6_controller_releases_total Leases released by their data plane.
+# TYPE fourover6_controller_releases_total counter
+fourover6_controller_releases_total 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"fourover6_controller_allocation_failures_total", "fourover6_controller_allocations_repeated_total",
+		"fourover6_controller_allocations_total", "fourover6_controller_bytes_total",
+		"fourover6_controller_releases_ignored_total", "fourover6_controller_releases_total"); err != nil {
+		t.Error(err)
 	}
 }

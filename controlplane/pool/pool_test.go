@@ -7,9 +7,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/fourover6/fourover6/controlplane/store"
 )
 
-func mustNew(t *testing.T, prefix, rng string) *Pool {
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func mustNew(t *testing.T, prefix, rng string) *Index {
 	t.Helper()
 	r, err := ParseRange(rng)
 	if err != nil {
@@ -22,15 +27,43 @@ func mustNew(t *testing.T, prefix, rng string) *Pool {
 	return p
 }
 
-func owner(i int) Owner { return Owner{Dataplane: "dp1", Session: fmt.Sprint("s", i)} }
+func owner(i int) store.Owner { return store.Owner{Dataplane: "dp1", Session: fmt.Sprint("s", i)} }
 
-func alloc(t *testing.T, p *Pool, o Owner) string {
-	t.Helper()
-	a, _, err := p.Allocate(o)
+// allocate is what the controller does around a store that always agrees:
+// Acquire, then Commit. fresh is false when o held an address already.
+func allocate(p *Index, o store.Owner) (a netip.Addr, fresh bool, err error) {
+	g, err := p.Acquire(o, netip.Addr{}, t0)
 	if err != nil {
-		t.Fatalf("Allocate(%v): %v", o, err)
+		return netip.Addr{}, false, err
+	}
+	if g.Existing {
+		return g.Addr, false, nil
+	}
+	if g.Wait != nil {
+		return netip.Addr{}, false, errors.New("a claim is in flight")
+	}
+	if !p.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: t0}, t0, true) {
+		return netip.Addr{}, false, errors.New("commit refused")
+	}
+	return g.Addr, true, nil
+}
+
+func alloc(t *testing.T, p *Index, o store.Owner) string {
+	t.Helper()
+	a, _, err := allocate(p, o)
+	if err != nil {
+		t.Fatalf("allocate(%v): %v", o, err)
 	}
 	return a.String()
+}
+
+// release is BeginRelease and EndRelease around a store that agrees.
+func release(p *Index, a netip.Addr, o store.Owner, at time.Time) bool {
+	if _, _, ok := p.BeginRelease(o, a); !ok {
+		return false
+	}
+	p.EndRelease(o, a, at, "test")
+	return true
 }
 
 func TestInOrder(t *testing.T) {
@@ -55,24 +88,24 @@ func TestInOrder(t *testing.T) {
 
 func TestIdempotentPerOwner(t *testing.T) {
 	p := mustNew(t, "13.8.0.0/24", "")
-	a, fresh, err := p.Allocate(owner(1))
+	a, fresh, err := allocate(p, owner(1))
 	if err != nil || !fresh {
 		t.Fatalf("first allocate: %v fresh=%v", err, fresh)
 	}
-	b, fresh, err := p.Allocate(owner(1))
+	b, fresh, err := allocate(p, owner(1))
 	if err != nil || fresh || a != b {
 		t.Fatalf("second allocate = %s fresh=%v err=%v, want %s, not fresh", b, fresh, err, a)
 	}
 	// Same session id on another data plane is another client.
-	c, _, _ := p.Allocate(Owner{Dataplane: "dp2", Session: "s1"})
+	c, _, _ := allocate(p, store.Owner{Dataplane: "dp2", Session: "s1"})
 	if c == a {
 		t.Fatalf("owner on another data plane got the same address %s", c)
 	}
 	if st := p.Stats(); st.Leased != 2 {
 		t.Fatalf("leased = %d, want 2", st.Leased)
 	}
-	if o, ok := p.Holder(a); !ok || o != owner(1) {
-		t.Fatalf("Holder(%s) = %v %v", a, o, ok)
+	if l, ok := p.Lease(a); !ok || l.Owner != owner(1) {
+		t.Fatalf("Lease(%s) = %v %v", a, l, ok)
 	}
 	if got, ok := p.Lookup(owner(1)); !ok || got != a {
 		t.Fatalf("Lookup = %s %v", got, ok)
@@ -86,10 +119,10 @@ func TestFIFOReuse(t *testing.T) {
 		alloc(t, p, owner(i))
 	}
 	// Free .4 then .2: they must come back in that order.
-	if !p.Release(netip.MustParseAddr("10.0.0.4"), owner(2)) {
+	if !release(p, netip.MustParseAddr("10.0.0.4"), owner(2), t0) {
 		t.Fatal("release .4 failed")
 	}
-	if !p.Release(netip.MustParseAddr("10.0.0.2"), owner(0)) {
+	if !release(p, netip.MustParseAddr("10.0.0.2"), owner(0), t0.Add(time.Second)) {
 		t.Fatal("release .2 failed")
 	}
 	if got := alloc(t, p, owner(10)); got != "10.0.0.4" {
@@ -103,7 +136,7 @@ func TestFIFOReuse(t *testing.T) {
 func TestReleasedGoesBehindNeverUsed(t *testing.T) {
 	p := mustNew(t, "10.0.0.0/29", "")
 	a := alloc(t, p, owner(0)) // .2
-	p.Release(netip.MustParseAddr(a), owner(0))
+	release(p, netip.MustParseAddr(a), owner(0), t0)
 	// .2 is at the back of the queue: .3 .4 .5 .6 come first.
 	for i, want := range []string{"10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.2"} {
 		if got := alloc(t, p, owner(i+1)); got != want {
@@ -114,22 +147,22 @@ func TestReleasedGoesBehindNeverUsed(t *testing.T) {
 
 func TestReleaseByWrongOwner(t *testing.T) {
 	p := mustNew(t, "13.8.0.0/24", "")
-	a, _, _ := p.Allocate(owner(1))
-	for _, o := range []Owner{owner(2), {Dataplane: "dp2", Session: "s1"}, {}} {
-		if p.Release(a, o) {
+	a, _, _ := allocate(p, owner(1))
+	for _, o := range []store.Owner{owner(2), {Dataplane: "dp2", Session: "s1"}, {}} {
+		if release(p, a, o, t0) {
 			t.Fatalf("Release by %v succeeded", o)
 		}
 	}
-	if p.Release(netip.MustParseAddr("13.8.0.77"), owner(1)) {
+	if release(p, netip.MustParseAddr("13.8.0.77"), owner(1), t0) {
 		t.Fatal("release of an unleased address succeeded")
 	}
-	if p.Release(netip.Addr{}, owner(1)) || p.Release(netip.MustParseAddr("::1"), owner(1)) {
+	if release(p, netip.Addr{}, owner(1), t0) || release(p, netip.MustParseAddr("::1"), owner(1), t0) {
 		t.Fatal("release of a non-IPv4 address succeeded")
 	}
-	if !p.Release(a, owner(1)) {
+	if !release(p, a, owner(1), t0) {
 		t.Fatal("release by holder failed")
 	}
-	if p.Release(a, owner(1)) {
+	if release(p, a, owner(1), t0) {
 		t.Fatal("double release succeeded")
 	}
 	if st := p.Stats(); st.Leased != 0 || st.Free != 253 {
@@ -142,7 +175,7 @@ func TestExhaustion(t *testing.T) {
 	for i := 0; i < 253; i++ {
 		alloc(t, p, owner(i))
 	}
-	_, _, err := p.Allocate(owner(999))
+	_, _, err := allocate(p, owner(999))
 	if !errors.Is(err, ErrExhausted) {
 		t.Fatalf("err = %v, want ErrExhausted", err)
 	}
@@ -155,7 +188,7 @@ func TestExhaustion(t *testing.T) {
 		t.Fatalf("retry on full pool = %s", got)
 	}
 	// After one release, the next allocation succeeds with that address.
-	p.Release(netip.MustParseAddr("13.8.0.100"), owner(98))
+	release(p, netip.MustParseAddr("13.8.0.100"), owner(98), t0)
 	if got := alloc(t, p, owner(999)); got != "13.8.0.100" {
 		t.Fatalf("after release = %s", got)
 	}
@@ -170,7 +203,7 @@ func TestRangeNarrowing(t *testing.T) {
 	for i := 0; i < 127; i++ {
 		alloc(t, p, owner(i))
 	}
-	_, _, err := p.Allocate(owner(1000))
+	_, _, err := allocate(p, owner(1000))
 	want := "address pool 13.8.0.0/24 (range 13.8.0.2-13.8.0.128) exhausted: 127 of 127 addresses leased"
 	if !errors.Is(err, ErrExhausted) || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
@@ -180,7 +213,7 @@ func TestRangeNarrowing(t *testing.T) {
 	if a, b := alloc(t, p, owner(1)), alloc(t, p, owner(2)); a != "13.8.0.50" || b != "13.8.0.51" {
 		t.Fatalf("got %s %s", a, b)
 	}
-	if _, _, err := p.Allocate(owner(3)); !errors.Is(err, ErrExhausted) {
+	if _, _, err := allocate(p, owner(3)); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -190,7 +223,7 @@ func TestSmallestPool(t *testing.T) {
 	if got := alloc(t, p, owner(1)); got != "192.0.2.2" {
 		t.Fatalf("got %s", got)
 	}
-	if _, _, err := p.Allocate(owner(2)); !errors.Is(err, ErrExhausted) {
+	if _, _, err := allocate(p, owner(2)); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -245,7 +278,7 @@ func TestConfigValidation(t *testing.T) {
 	for i := 0; i < 253; i++ {
 		alloc(t, p, owner(i))
 	}
-	if _, _, err := p.Allocate(owner(999)); err == nil || strings.Contains(err.Error(), "range") {
+	if _, _, err := allocate(p, owner(999)); err == nil || strings.Contains(err.Error(), "range") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -276,13 +309,13 @@ func TestConcurrentAllocationsAreDistinct(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			a, _, err := p.Allocate(owner(i))
+			a, _, err := allocate(p, owner(i))
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			// Retries from the same owner race with everyone else too.
-			if b, _, _ := p.Allocate(owner(i)); b != a {
+			if b, _, _ := allocate(p, owner(i)); b != a {
 				t.Errorf("retry for %d gave %s, first %s", i, b, a)
 			}
 			got[i] = a

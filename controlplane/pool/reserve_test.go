@@ -5,54 +5,60 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/fourover6/fourover6/controlplane/store"
 )
+
+// ow is session s on data plane "dp".
+func ow(s string) store.Owner { return store.Owner{Dataplane: "dp", Session: s} }
 
 func TestCooldownAndReleaseOrder(t *testing.T) {
 	p, err := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/29")}, Options{Cooldown: 10 * time.Second}) // .2-.6
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range 5 {
-		g, err := p.Acquire(Owner{"dp", string(rune('a' + i))}, netip.Addr{}, t0)
+		o := ow(string(rune('a' + i)))
+		g, err := p.Acquire(o, netip.Addr{}, t0)
 		if err != nil || g.EarlyReuse {
 			t.Fatalf("acquire %d: %+v %v", i, g, err)
 		}
-		p.Commit(Owner{"dp", string(rune('a' + i))}, g.Addr)
+		p.Commit(store.Lease{Addr: g.Addr, Owner: o}, t0, true)
 	}
-	if _, err := p.Acquire(Owner{"dp", "z"}, netip.Addr{}, t0); !errors.Is(err, ErrExhausted) {
+	if _, err := p.Acquire(ow("z"), netip.Addr{}, t0); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("full pool: %v", err)
 	}
 	// Released .4 then .2: reused in that order; within the cooldown only
 	// because nothing else is free.
-	p.ReleaseAt(netip.MustParseAddr("10.0.0.4"), Owner{"dp", "c"}, t0.Add(time.Second))
-	p.ReleaseAt(netip.MustParseAddr("10.0.0.2"), Owner{"dp", "a"}, t0.Add(2*time.Second))
-	g, _ := p.Acquire(Owner{"dp", "x"}, netip.Addr{}, t0.Add(3*time.Second))
+	release(p, netip.MustParseAddr("10.0.0.4"), ow("c"), t0.Add(time.Second))
+	release(p, netip.MustParseAddr("10.0.0.2"), ow("a"), t0.Add(2*time.Second))
+	g, _ := p.Acquire(ow("x"), netip.Addr{}, t0.Add(3*time.Second))
 	if g.Addr.String() != "10.0.0.4" || !g.EarlyReuse {
 		t.Fatalf("grant %+v", g)
 	}
-	g, _ = p.Acquire(Owner{"dp", "y"}, netip.Addr{}, t0.Add(time.Minute))
+	g, _ = p.Acquire(ow("y"), netip.Addr{}, t0.Add(time.Minute))
 	if g.Addr.String() != "10.0.0.2" || g.EarlyReuse {
 		t.Fatalf("grant %+v", g)
 	}
 	// Abort puts the address back at the front.
-	p.Abort(Owner{"dp", "y"}, g.Addr)
-	if g2, _ := p.Acquire(Owner{"dp", "w"}, netip.Addr{}, t0.Add(time.Minute)); g2.Addr != g.Addr {
+	p.Abort(ow("y"), g.Addr, t0.Add(time.Minute))
+	if g2, _ := p.Acquire(ow("w"), netip.Addr{}, t0.Add(time.Minute)); g2.Addr != g.Addr {
 		t.Fatalf("after abort got %s, want %s", g2.Addr, g.Addr)
 	}
 }
 
 func TestReleasedOrderSurvivesRestore(t *testing.T) {
 	p, _ := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/29")})
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	p.Insert(Owner{"dp", "a"}, netip.MustParseAddr("10.0.0.3"))
+	if err := p.Adopt(store.Lease{Addr: netip.MustParseAddr("10.0.0.3"), Owner: ow("a")}, t0); err != nil {
+		t.Fatal(err)
+	}
 	p.Released(map[netip.Addr]time.Time{
 		netip.MustParseAddr("10.0.0.2"): t0.Add(2 * time.Second),
 		netip.MustParseAddr("10.0.0.5"): t0.Add(time.Second),
 	})
 	var order []string
 	for i := range 4 {
-		g, err := p.Acquire(Owner{"dp", string(rune('b' + i))}, netip.Addr{}, t0)
+		g, err := p.Acquire(ow(string(rune('b'+i))), netip.Addr{}, t0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,14 +77,14 @@ func TestReservationsInPool(t *testing.T) {
 	r64 := Reservation{Client: netip.MustParsePrefix("fd00::/64"), Addr: netip.MustParseAddr("10.0.0.9")}
 	r128 := Reservation{Client: netip.MustParsePrefix("fd00::5/128"), Addr: netip.MustParseAddr("10.0.0.10")}
 	for _, r := range []Reservation{r64, r128} {
-		if err := p.SetReservation(r); err != nil {
+		if err := p.SetReservation(r, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := p.SetReservation(Reservation{Client: netip.MustParsePrefix("fd01::/64"), Addr: r64.Addr}); err == nil {
+	if err := p.SetReservation(Reservation{Client: netip.MustParsePrefix("fd01::/64"), Addr: r64.Addr}, t0); err == nil {
 		t.Fatal("one address reserved for two clients")
 	}
-	if err := p.SetReservation(Reservation{Client: netip.MustParsePrefix("fd01::/64"), Addr: netip.MustParseAddr("10.0.0.1")}); err == nil {
+	if err := p.SetReservation(Reservation{Client: netip.MustParsePrefix("fd01::/64"), Addr: netip.MustParseAddr("10.0.0.1")}, t0); err == nil {
 		t.Fatal("gateway reserved")
 	}
 	if m, ok := p.Match(netip.MustParseAddr("fd00::5")); !ok || m != r128 {
@@ -92,7 +98,7 @@ func TestReservationsInPool(t *testing.T) {
 	}
 	// Nobody else gets them.
 	for i := range 251 {
-		g, err := p.Acquire(Owner{"dp", string(rune(i + 100))}, netip.MustParseAddr("fd02::1"), time.Now())
+		g, err := p.Acquire(ow(string(rune(i+100))), netip.MustParseAddr("fd02::1"), time.Now())
 		if err != nil {
 			if errors.Is(err, ErrExhausted) {
 				break
@@ -104,14 +110,14 @@ func TestReservationsInPool(t *testing.T) {
 		}
 	}
 	// The reserved client still gets its address.
-	if g, err := p.Acquire(Owner{"dp", "mine"}, netip.MustParseAddr("fd00::7"), time.Now()); err != nil || g.Addr != r64.Addr || !g.Reserved {
+	if g, err := p.Acquire(ow("mine"), netip.MustParseAddr("fd00::7"), time.Now()); err != nil || g.Addr != r64.Addr || !g.Reserved {
 		t.Fatalf("reserved client: %+v %v", g, err)
 	}
 	// Range changes may not leave out leases or reservations.
 	if _, err := p.SetRange(Range{First: netip.MustParseAddr("10.0.0.20"), Last: netip.MustParseAddr("10.0.0.30")}); err == nil {
 		t.Fatal("range leaving out leases accepted")
 	}
-	if a, ok := p.DeleteReservation(r128.Client); !ok || a != r128.Addr {
+	if a, ok := p.DeleteReservation(r128.Client, t0); !ok || a != r128.Addr {
 		t.Fatal("delete")
 	}
 }

@@ -1,12 +1,14 @@
 // Package table is the client table as the operator sees it: one row per
-// leased IPv4 address, created when the address is leased, refreshed by the
-// data plane's session reports and deleted when the lease is released.
+// leased IPv4 address. It keeps no rows of its own: the table is a view of
+// the controller's lease index (controlplane/pool), which builds each row
+// from a lease and what the lease's data plane last reported about the
+// session. This package defines that vocabulary: the row, the filter that
+// selects rows, a data plane's report of a session, and the rule by which
+// reports change what is known (Session.Apply).
 package table
 
 import (
 	"net/netip"
-	"slices"
-	"sync"
 	"time"
 )
 
@@ -17,6 +19,16 @@ type Traffic struct {
 	PacketsFromClient uint64
 	BytesToClient     uint64
 	PacketsToClient   uint64
+}
+
+// Add returns t + u.
+func (t Traffic) Add(u Traffic) Traffic {
+	return Traffic{
+		BytesFromClient:   t.BytesFromClient + u.BytesFromClient,
+		PacketsFromClient: t.PacketsFromClient + u.PacketsFromClient,
+		BytesToClient:     t.BytesToClient + u.BytesToClient,
+		PacketsToClient:   t.PacketsToClient + u.PacketsToClient,
+	}
 }
 
 // Row is one client.
@@ -30,16 +42,16 @@ type Row struct {
 	ConnectedAt time.Time // when the client connected, per its data plane
 	LastHeard   time.Time // last message from the client, per its data plane
 	Traffic     Traffic
-
-	// counted: the traffic totals are a baseline that deltas may be taken from. A
-	// row rebuilt after a restart learns its baseline from the first
-	// report, so traffic counted before the restart is not counted twice.
-	counted bool
 }
 
-// Update is what a session report changes in a row. Zero fields are left
-// alone, so a report that lacks a value does not erase what is known.
-type Update struct {
+// Report is a data plane's view of one of its sessions. Zero fields were
+// not reported, so a report that lacks a value does not erase what is
+// known.
+type Report struct {
+	SessionID string
+	// Addr is the address the data plane believes the session holds; the
+	// zero Addr means "whatever it holds".
+	Addr        netip.Addr
 	ClientIPv6  netip.Addr
 	ClientPort  uint16
 	ConnectedAt time.Time
@@ -47,7 +59,7 @@ type Update struct {
 	Traffic     Traffic
 }
 
-// Filter selects rows in List. The zero Filter selects all.
+// Filter selects rows. The zero Filter selects all.
 type Filter struct {
 	DataplaneID string
 	// IPv6Prefix selects clients whose IPv6 address is inside it, when
@@ -66,41 +78,30 @@ func (f Filter) Match(r Row) bool {
 	return true
 }
 
-// Table is safe for concurrent use.
-type Table struct {
-	mu   sync.RWMutex
-	rows map[netip.Addr]*Row
+// Session is what its data plane's reports have told about one session so
+// far; zero fields were not reported. The zero Session is that of a lease
+// rebuilt after a restart: its traffic so far is unknown (see NewSession).
+type Session struct {
+	ClientIPv6  netip.Addr
+	ClientPort  uint16
+	ConnectedAt time.Time
+	LastHeard   time.Time
+	Traffic     Traffic
+
+	// counted: Traffic is a baseline that deltas may be taken from. A
+	// session rebuilt after a restart learns its baseline from the first
+	// report, so traffic counted before the restart is not counted twice.
+	counted bool
 }
 
-// New returns an empty table.
-func New() *Table {
-	return &Table{rows: make(map[netip.Addr]*Row)}
-}
+// NewSession is the Session of a lease made just now: its traffic starts
+// at zero, so the first report's counters all count.
+func NewSession() Session { return Session{counted: true} }
 
-// Insert adds r, replacing any row for the same address. fresh says the
-// session is new (its traffic starts at zero) rather than rebuilt after a
-// restart (its traffic so far is unknown).
-func (t *Table) Insert(r Row, fresh bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	r.counted = fresh
-	t.rows[r.Addr] = &r
-}
-
-// Update applies u to the row for addr, only if that row belongs to the same
-// data plane and session: a late report from a session that has since lost
-// the address must not overwrite its new holder. It reports whether a row
-// was updated.
-//
-// It also returns how much the counters grew since the last update (zero
-// for the first update of a rebuilt row, whose history is unknown).
-func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update) (Traffic, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	r, ok := t.rows[addr]
-	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
-		return Traffic{}, false
-	}
+// Apply records a report of the session (its SessionID and Addr aside) and
+// returns how much the counters grew since the previous one (zero for the
+// first report of a rebuilt session, whose history is unknown).
+func (r *Session) Apply(u Report) Traffic {
 	if u.ClientIPv6.IsValid() {
 		r.ClientIPv6 = u.ClientIPv6
 	}
@@ -126,7 +127,26 @@ func (t *Table) Update(addr netip.Addr, dataplaneID, sessionID string, u Update)
 	}
 	r.counted = true
 	r.Traffic = u.Traffic
-	return delta, true
+	return delta
+}
+
+// Fill sets the fields of row that reports have told: they win over what
+// the lease said (row's client address and port as leased; its connect and
+// last-heard times default to the lease time).
+func (r Session) Fill(row *Row) {
+	if r.ClientIPv6.IsValid() {
+		row.ClientIPv6 = r.ClientIPv6
+	}
+	if r.ClientPort != 0 {
+		row.ClientPort = r.ClientPort
+	}
+	if !r.ConnectedAt.IsZero() {
+		row.ConnectedAt = r.ConnectedAt
+	}
+	if !r.LastHeard.IsZero() {
+		row.LastHeard = r.LastHeard
+	}
+	row.Traffic = r.Traffic
 }
 
 func growth(old, cur uint64) uint64 {
@@ -134,50 +154,4 @@ func growth(old, cur uint64) uint64 {
 		return 0 // a counter never runs back; a restarted session starts anew
 	}
 	return cur - old
-}
-
-// Delete removes the row for addr if it belongs to that data plane and
-// session, and reports whether it did.
-func (t *Table) Delete(addr netip.Addr, dataplaneID, sessionID string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	r, ok := t.rows[addr]
-	if !ok || r.DataplaneID != dataplaneID || r.SessionID != sessionID {
-		return false
-	}
-	delete(t.rows, addr)
-	return true
-}
-
-// Get returns a copy of the row for addr.
-func (t *Table) Get(addr netip.Addr) (Row, bool) {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	r, ok := t.rows[addr]
-	if !ok {
-		return Row{}, false
-	}
-	return *r, true
-}
-
-// List returns copies of the selected rows, sorted by address.
-func (t *Table) List(f Filter) []Row {
-	t.mu.RLock()
-	out := make([]Row, 0, len(t.rows))
-	for _, r := range t.rows {
-		if !f.Match(*r) {
-			continue
-		}
-		out = append(out, *r)
-	}
-	t.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Row) int { return a.Addr.Compare(b.Addr) })
-	return out
-}
-
-// Len returns the number of rows.
-func (t *Table) Len() int {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return len(t.rows)
 }

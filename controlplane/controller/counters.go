@@ -1,0 +1,113 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/fourover6/fourover6/controlplane/pool"
+)
+
+// AllocateFailure is why an allocation failed; the core assigns it where
+// the error arises (see failureOf).
+type AllocateFailure uint8
+
+// Failure reasons. Their names (String) are the values of the reason label
+// of fourover6_controller_allocation_failures_total: a contract.
+const (
+	FailExhausted   AllocateFailure = iota // no free address
+	FailInvalid                            // a bad request (empty id, wrong address family...)
+	FailNotLeader                          // this controller is a standby
+	FailUnavailable                        // the lease store could not be reached
+	FailCanceled                           // the caller went away or its deadline passed
+	FailOther                              // anything else
+	NumAllocateFailures
+)
+
+var failureNames = [NumAllocateFailures]string{
+	FailExhausted:   "exhausted",
+	FailInvalid:     "invalid",
+	FailNotLeader:   "not_leader",
+	FailUnavailable: "unavailable",
+	FailCanceled:    "canceled",
+	FailOther:       "other",
+}
+
+func (f AllocateFailure) String() string {
+	if f < NumAllocateFailures {
+		return failureNames[f]
+	}
+	return failureNames[FailOther]
+}
+
+// failureOf classifies an error of allocate.
+func failureOf(err error) AllocateFailure {
+	switch {
+	case errors.Is(err, ErrInvalidArgument):
+		return FailInvalid
+	case errors.Is(err, ErrNotLeader):
+		return FailNotLeader
+	case errors.Is(err, ErrUnavailable):
+		return FailUnavailable
+	case errors.Is(err, pool.ErrExhausted):
+		return FailExhausted
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return FailCanceled
+	}
+	return FailOther
+}
+
+// ActivityCounts is a snapshot of the controller's counters since it
+// started (across leadership terms).
+type ActivityCounts struct {
+	Allocated      uint64 // fresh leases
+	Repeated       uint64 // allocation retries answered with the session's lease
+	AllocateFailed [NumAllocateFailures]uint64
+	Released       uint64 // leases given back by their data plane
+	ReleaseIgnored uint64 // releases of leases the session did not hold
+	Reclaimed      uint64 // leases the controller freed on its own
+	// Traffic is the sum of what the data planes' session reports showed
+	// moving (each report's growth over the previous one).
+	Traffic Traffic
+}
+
+// activityCounters are the atomics behind ActivityCounts.
+type activityCounters struct {
+	allocated, repeated          atomic.Uint64
+	failed                       [NumAllocateFailures]atomic.Uint64
+	released, ignored, reclaimed atomic.Uint64
+	bytesFrom, pktsFrom          atomic.Uint64
+	bytesTo, pktsTo              atomic.Uint64
+}
+
+func (c *activityCounters) allocateFailed(f AllocateFailure) {
+	if f >= NumAllocateFailures {
+		f = FailOther
+	}
+	c.failed[f].Add(1)
+}
+
+func (c *activityCounters) traffic(t Traffic) {
+	c.bytesFrom.Add(t.BytesFromClient)
+	c.pktsFrom.Add(t.PacketsFromClient)
+	c.bytesTo.Add(t.BytesToClient)
+	c.pktsTo.Add(t.PacketsToClient)
+}
+
+func (c *activityCounters) snapshot() ActivityCounts {
+	s := ActivityCounts{
+		Allocated: c.allocated.Load(), Repeated: c.repeated.Load(),
+		Released: c.released.Load(), ReleaseIgnored: c.ignored.Load(), Reclaimed: c.reclaimed.Load(),
+		Traffic: Traffic{
+			BytesFromClient: c.bytesFrom.Load(), PacketsFromClient: c.pktsFrom.Load(),
+			BytesToClient: c.bytesTo.Load(), PacketsToClient: c.pktsTo.Load(),
+		},
+	}
+	for f := range NumAllocateFailures {
+		s.AllocateFailed[f] = c.failed[f].Load()
+	}
+	return s
+}
+
+// Counts returns the controller's counters. It works on standbys too.
+func (c *Controller) Counts() ActivityCounts { return c.counters.snapshot() }

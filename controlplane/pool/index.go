@@ -1,0 +1,684 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/fourover6/fourover6/controlplane/store"
+	"github.com/fourover6/fourover6/controlplane/table"
+)
+
+// Index is the lease index of one leadership term: every address of the
+// pool that is leased, being leased or being released, who holds it, and
+// what its data plane reported about the session; the free queue, the
+// reservations and the client range; and the subscribers to lease changes.
+// The client table is a view of it (Rows, Row, Subscribe). It is safe for
+// concurrent use.
+//
+// Each address with an entry is in one phase:
+//
+//	(none) --Acquire/ClaimAt--> claiming --Commit--> held --BeginRelease--> releasing --EndRelease--> (none)
+//	claiming --Abort--> (none)            releasing --CancelRelease--> held
+//	(none) --Adopt--> held                (a lease the store holds already)
+//
+// claiming and releasing mean a store call is in flight; the caller that
+// started the phase ends it, whatever the store answered.
+//
+// Invariants (Index.check in the tests verifies them):
+//
+//  1. byAddr and byOwner are one relation seen from both sides: an address
+//     has at most one owner and an owner at most one address, whatever the
+//     phase.
+//  2. byDataplane files every entry, and only those, under its owner's data
+//     plane; committed counts the entries held or releasing.
+//  3. An address with an entry, a reserved address, or one outside the
+//     client range is never handed out. The free queue may still list such
+//     an address (entries go stale, see freeQueue); take skips it.
+//  4. reserved and byClient are one relation seen from both sides.
+//  5. The store is ahead of the index: an entry becomes held only after the
+//     store committed its lease, and is dropped only after the store
+//     released it. So a lease the index answers with is durable, and an
+//     address this term leased is free here only once it is free in the
+//     store. (Another writer's lease, with etcd, the index learns when the
+//     store refuses a claim with ErrTaken: the caller Adopts the holder.)
+//  6. At most one store call is in flight per entry, and so per owner and
+//     per address: whoever finds an entry claiming or releasing waits on its
+//     done channel (Grant.Wait, BeginRelease's wait), holding no lock, and
+//     asks again.
+//
+// Lock discipline: mu guards everything but the immutable fields above it.
+// It is a leaf lock. With mu held the index runs only its own code, sends
+// to subscribers' channels without blocking (a full subscriber is cut off)
+// and closes done channels: never a store call, a log line, a callback or
+// a wait. Callers may hold locks of their own while they call the index
+// (the controller's settings lock, around a reservation change), never the
+// other way round. A report is applied in chunks of reportChunk sessions,
+// mu released between chunks, so an allocation never waits behind a whole
+// large report.
+type Index struct {
+	prefix            netip.Prefix
+	gateway           netip.Addr
+	network, bcast    uint32
+	defFirst, defLast uint32 // all hosts but the gateway
+	cooldown          time.Duration
+
+	mu          sync.Mutex
+	first, last uint32 // client range, inclusive
+	free        freeQueue
+	byAddr      map[uint32]*entry
+	byOwner     map[store.Owner]*entry
+	byDataplane map[string]map[uint32]*entry
+	committed   int // entries held or releasing
+	reserved    map[uint32]netip.Prefix
+	byClient    map[netip.Prefix]uint32
+	subs        map[*Subscription]struct{}
+}
+
+type phase uint8
+
+const (
+	claiming  phase = iota + 1 // chosen; the store claim is in flight
+	held                       // committed in the store
+	releasing                  // held; the store release is in flight
+)
+
+// entry is one address with a lease (or a lease in the making).
+type entry struct {
+	v     uint32
+	lease store.Lease // while claiming: address, owner and client only
+	phase phase
+	// queued: a claim whose address came from the free queue; Abort puts
+	// it back in front.
+	queued bool
+	// done is made by the first waiter and closed when the phase in
+	// flight ends.
+	done chan struct{}
+	// vouched: committed, loaded, or last listed in a complete report of
+	// its data plane.
+	vouched time.Time
+	// session is what the data plane reported: the live part of the
+	// client table's row.
+	session table.Session
+}
+
+func (e *entry) committed() bool { return e.phase == held || e.phase == releasing }
+
+func (e *entry) waitLocked() <-chan struct{} {
+	if e.done == nil {
+		e.done = make(chan struct{})
+	}
+	return e.done
+}
+
+func (e *entry) wakeLocked() {
+	if e.done != nil {
+		close(e.done)
+		e.done = nil
+	}
+}
+
+// Options are the index's tunables.
+type Options struct {
+	// Cooldown: how long a released address rests before it is reused
+	// (when anything else is free).
+	Cooldown time.Duration
+}
+
+// New validates cfg and returns an empty index.
+func New(cfg Config, opts ...Options) (*Index, error) {
+	p := cfg.Prefix
+	if !p.IsValid() {
+		return nil, configErr("prefix", "no pool prefix given: want an IPv4 prefix such as %s", DefaultPrefix)
+	}
+	if !p.Addr().Is4() {
+		return nil, configErr("prefix", "%s is not an IPv4 prefix: want e.g. %s", p, DefaultPrefix)
+	}
+	if p.Bits() > 30 {
+		return nil, configErr("prefix", "%s is too small: the pool needs at least a /30 (network, gateway, one client, broadcast)", p)
+	}
+	if p.Masked() != p {
+		return nil, configErr("prefix", "%s has host bits set: did you mean %s?", p, p.Masked())
+	}
+	network := u32(p.Addr())
+	broadcast := network | (1<<(32-p.Bits()) - 1)
+	x := &Index{
+		prefix:      p,
+		gateway:     addr(network + 1),
+		network:     network,
+		bcast:       broadcast,
+		defFirst:    network + 2,
+		defLast:     broadcast - 1,
+		free:        freeQueue{inQueue: make(map[uint32]time.Time)},
+		byAddr:      make(map[uint32]*entry),
+		byOwner:     make(map[store.Owner]*entry),
+		byDataplane: make(map[string]map[uint32]*entry),
+		reserved:    make(map[uint32]netip.Prefix),
+		byClient:    make(map[netip.Prefix]uint32),
+		subs:        make(map[*Subscription]struct{}),
+	}
+	for _, o := range opts {
+		x.cooldown = o.Cooldown
+	}
+	first, last, err := x.checkRange(cfg.Range)
+	if err != nil {
+		return nil, err
+	}
+	x.first, x.last, x.free.cursor = first, last, uint64(first)
+	return x, nil
+}
+
+// linkLocked files e under its address, owner and data plane: the one
+// place an entry enters the index (with unlinkLocked, the one place it
+// leaves), so every secondary index stays in step.
+func (x *Index) linkLocked(e *entry) {
+	x.byAddr[e.v] = e
+	x.byOwner[e.lease.Owner] = e
+	dp := x.byDataplane[e.lease.Dataplane]
+	if dp == nil {
+		dp = make(map[uint32]*entry)
+		x.byDataplane[e.lease.Dataplane] = dp
+	}
+	dp[e.v] = e
+	if e.committed() {
+		x.committed++
+	}
+}
+
+func (x *Index) unlinkLocked(e *entry) {
+	delete(x.byAddr, e.v)
+	delete(x.byOwner, e.lease.Owner)
+	if dp := x.byDataplane[e.lease.Dataplane]; dp != nil {
+		delete(dp, e.v)
+		if len(dp) == 0 {
+			delete(x.byDataplane, e.lease.Dataplane)
+		}
+	}
+	if e.committed() {
+		x.committed--
+	}
+}
+
+// setPhaseLocked moves e to p, keeping the committed count.
+func (x *Index) setPhaseLocked(e *entry, p phase) {
+	was := e.committed()
+	e.phase = p
+	switch now := e.committed(); {
+	case now && !was:
+		x.committed++
+	case was && !now:
+		x.committed--
+	}
+}
+
+// isFreeLocked: v may be handed out (invariant 3).
+func (x *Index) isFreeLocked(v uint32) bool {
+	_, h := x.byAddr[v]
+	_, r := x.reserved[v]
+	return !h && !r && x.inRange(v)
+}
+
+// Grant is what Acquire answered.
+type Grant struct {
+	Addr netip.Addr
+	// Existing: the owner holds Lease, committed; nothing was started.
+	Existing bool
+	Lease    store.Lease
+	// Wait is set when a store call for the owner is in flight: nothing
+	// was started; wait until it is closed, then Acquire again.
+	Wait <-chan struct{}
+	// Reserved: Addr is the client's reservation.
+	Reserved bool
+	// ReservationBusy: the client has a reservation (Reservation), but
+	// its address is held by Holder; Addr is an ordinary one.
+	ReservationBusy bool
+	Reservation     Reservation
+	Holder          store.Owner
+	// EarlyReuse: Addr was released less than the cooldown ago; nothing
+	// else was free.
+	EarlyReuse bool
+}
+
+// Acquire chooses an address for owner, whose client has IPv6 address
+// client (may be unset), and starts its claim: the caller claims it in the
+// store, then calls Commit or Abort. An owner that holds an address gets
+// it again (Existing, nothing started); one with a store call in flight
+// gets Wait. On a full pool the error matches ErrExhausted.
+func (x *Index) Acquire(owner store.Owner, client netip.Addr, now time.Time) (Grant, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e, ok := x.byOwner[owner]; ok {
+		if e.phase != held {
+			return Grant{Addr: addr(e.v), Wait: e.waitLocked()}, nil
+		}
+		_, r := x.reserved[e.v]
+		return Grant{Addr: addr(e.v), Existing: true, Lease: e.lease, Reserved: r}, nil
+	}
+	var g Grant
+	if client.IsValid() {
+		if v, ok := x.matchLocked(client); ok {
+			h, busy := x.byAddr[v]
+			if !busy {
+				x.claimLocked(v, owner, client, false)
+				return Grant{Addr: addr(v), Reserved: true}, nil
+			}
+			g.ReservationBusy = true
+			g.Reservation = Reservation{Client: x.reserved[v], Addr: addr(v)}
+			g.Holder = h.lease.Owner
+		}
+	}
+	v, at, ok := x.free.take(x.last, x.isFreeLocked)
+	if !ok {
+		return Grant{}, x.exhaustedLocked()
+	}
+	x.claimLocked(v, owner, client, true)
+	g.Addr = addr(v)
+	g.EarlyReuse = !at.IsZero() && x.cooldown > 0 && now.Sub(at) < x.cooldown
+	return g, nil
+}
+
+func (x *Index) claimLocked(v uint32, owner store.Owner, client netip.Addr, queued bool) {
+	x.linkLocked(&entry{
+		v:      v,
+		lease:  store.Lease{Addr: addr(v), Owner: owner, ClientIPv6: client},
+		phase:  claiming,
+		queued: queued,
+	})
+}
+
+// ErrOutside is matched by ClaimAt's error for an address that is not a
+// client address of the pool.
+var ErrOutside = errors.New("not a client address of the pool")
+
+// ConflictError is ClaimAt's error for an address that another owner holds
+// (Holder set) or that is reserved for another client (Reservation set).
+type ConflictError struct {
+	Addr        netip.Addr
+	Holder      store.Owner
+	Reservation netip.Prefix
+}
+
+func (e *ConflictError) Error() string {
+	if e.Reservation.IsValid() {
+		return fmt.Sprintf("%s is reserved for %s", e.Addr, e.Reservation)
+	}
+	return fmt.Sprintf("%s is held by %s", e.Addr, e.Holder)
+}
+
+// ClaimAt starts a claim of address a for owner, whose client has IPv6
+// address client: a session its data plane reports holding a, which this
+// index does not know. started is true when the claim is started (Commit
+// or Abort it). When owner has an entry already, nothing is started and
+// held is that entry's address. The error is ErrOutside, or a
+// *ConflictError when a is held by another owner or reserved for another
+// client.
+func (x *Index) ClaimAt(owner store.Owner, a, client netip.Addr) (held netip.Addr, started bool, err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e, ok := x.byOwner[owner]; ok {
+		return addr(e.v), false, nil
+	}
+	if !x.IsClientAddr(a) {
+		return netip.Addr{}, false, fmt.Errorf("%s: %w %s", a, ErrOutside, x.prefix)
+	}
+	v := u32(a)
+	if h, ok := x.byAddr[v]; ok {
+		return netip.Addr{}, false, &ConflictError{Addr: a, Holder: h.lease.Owner}
+	}
+	if c, ok := x.reserved[v]; ok {
+		if m, ok := x.matchLocked(client); !ok || m != v {
+			return netip.Addr{}, false, &ConflictError{Addr: a, Reservation: c}
+		}
+	}
+	x.claimLocked(v, owner, client, false)
+	return a, true, nil
+}
+
+// claimOfLocked returns owner's entry if it is claiming a.
+func (x *Index) claimOfLocked(owner store.Owner, a netip.Addr) (*entry, bool) {
+	e, ok := x.byOwner[owner]
+	if !ok || e.phase != claiming || !a.Is4() || e.v != u32(a) {
+		return nil, false
+	}
+	return e, true
+}
+
+// Commit ends a claim the caller started (Acquire, ClaimAt): the store
+// holds l now. fresh says the session is new, so its traffic counts from
+// zero; a session adopted from a report is not. Subscribers see it
+// connect. It reports false, changing nothing, when l.Owner has no claim
+// of l.Addr in flight.
+func (x *Index) Commit(l store.Lease, now time.Time, fresh bool) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.claimOfLocked(l.Owner, l.Addr)
+	if !ok {
+		return false
+	}
+	e.lease, e.vouched = l, now
+	if fresh {
+		e.session = table.NewSession()
+	}
+	x.setPhaseLocked(e, held)
+	e.wakeLocked()
+	x.publishLocked(Connected, e, "", now)
+	return true
+}
+
+// Abort ends a claim the caller started whose store claim failed: the
+// address is free again. One taken from the free queue goes back to its
+// front; one claimed by ClaimAt goes to its back, as released at now.
+func (x *Index) Abort(owner store.Owner, a netip.Addr, now time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.claimOfLocked(owner, a)
+	if !ok {
+		return
+	}
+	x.unlinkLocked(e)
+	if _, r := x.reserved[e.v]; !r {
+		if e.queued {
+			x.free.pushFront(e.v)
+		} else {
+			x.free.pushBack(e.v, now)
+		}
+	}
+	e.wakeLocked()
+}
+
+// Adopt indexes a lease the store holds already: loaded when the term
+// starts, or learned from the store (another writer's). It fails when
+// another owner holds or is being given the address, or the owner holds
+// another one; it changes nothing when the index has that lease already.
+// Subscribers see the client connect.
+func (x *Index) Adopt(l store.Lease, now time.Time) error {
+	if !l.Addr.Is4() || !x.prefix.Contains(l.Addr) {
+		return fmt.Errorf("%s is outside the pool %s", l.Addr, x.prefix)
+	}
+	v := u32(l.Addr)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e, ok := x.byAddr[v]; ok {
+		if e.lease.Owner == l.Owner && e.committed() {
+			return nil
+		}
+		return fmt.Errorf("%s is held by %s", l.Addr, e.lease.Owner)
+	}
+	if e, ok := x.byOwner[l.Owner]; ok {
+		return fmt.Errorf("%s holds %s already", l.Owner, addr(e.v))
+	}
+	e := &entry{v: v, lease: l, phase: held, vouched: now}
+	x.linkLocked(e)
+	x.publishLocked(Connected, e, "", now)
+	return nil
+}
+
+// BeginRelease starts the release of a by owner: the caller releases it
+// in the store, then calls EndRelease or CancelRelease. It returns the
+// lease and ok when owner holds a, committed. When a store call for owner
+// is in flight, nothing is started and wait is set: wait until it is
+// closed, then ask again. Anything else (a duplicate or stale release) is
+// not ok.
+func (x *Index) BeginRelease(owner store.Owner, a netip.Addr) (l store.Lease, wait <-chan struct{}, ok bool) {
+	if !a.Is4() {
+		return store.Lease{}, nil, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, found := x.byOwner[owner]
+	switch {
+	case !found:
+		return store.Lease{}, nil, false
+	case e.phase != held:
+		return store.Lease{}, e.waitLocked(), false
+	case e.v != u32(a):
+		return store.Lease{}, nil, false
+	}
+	x.setPhaseLocked(e, releasing)
+	return e.lease, nil, true
+}
+
+func (x *Index) releaseOfLocked(owner store.Owner, a netip.Addr) (*entry, bool) {
+	e, ok := x.byOwner[owner]
+	if !ok || e.phase != releasing || !a.Is4() || e.v != u32(a) {
+		return nil, false
+	}
+	return e, true
+}
+
+// EndRelease ends a release the caller started: the store does not hold
+// the lease any more. The address is queued as released at at (unless
+// reserved), and subscribers see the client disconnect for reason.
+func (x *Index) EndRelease(owner store.Owner, a netip.Addr, at time.Time, reason string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.releaseOfLocked(owner, a)
+	if !ok {
+		return
+	}
+	x.publishLocked(Disconnected, e, reason, at)
+	x.unlinkLocked(e)
+	if _, r := x.reserved[e.v]; !r {
+		x.free.pushBack(e.v, at)
+	}
+	e.wakeLocked()
+}
+
+// CancelRelease ends a release the caller started whose store call
+// failed: the lease is held again.
+func (x *Index) CancelRelease(owner store.Owner, a netip.Addr) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e, ok := x.releaseOfLocked(owner, a); ok {
+		x.setPhaseLocked(e, held)
+		e.wakeLocked()
+	}
+}
+
+// Released records when free addresses were released, so reuse stays in
+// release order across restarts. Leased and reserved ones are skipped when
+// their turn comes.
+func (x *Index) Released(times map[netip.Addr]time.Time) {
+	q := make([]queued, 0, len(times))
+	for a, at := range times {
+		if a.Is4() && x.prefix.Contains(a) {
+			q = append(q, queued{u32(a), at})
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.free.restore(q)
+}
+
+// Lease returns the committed lease on a.
+func (x *Index) Lease(a netip.Addr) (store.Lease, bool) {
+	if !a.Is4() {
+		return store.Lease{}, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.byAddr[u32(a)]
+	if !ok || !e.committed() {
+		return store.Lease{}, false
+	}
+	return e.lease, true
+}
+
+// Lookup returns the address owner holds or is being given.
+func (x *Index) Lookup(owner store.Owner) (netip.Addr, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.byOwner[owner]
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return addr(e.v), true
+}
+
+// Len returns the number of committed leases.
+func (x *Index) Len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.committed
+}
+
+// LeasesOf returns the committed leases of one data plane.
+func (x *Index) LeasesOf(dataplane string) []store.Lease {
+	return x.leasesOf(dataplane, func(*entry) bool { return true })
+}
+
+// Unvouched returns the committed leases of one data plane that no
+// complete report has listed since cutoff (vouched at or before it).
+func (x *Index) Unvouched(dataplane string, cutoff time.Time) []store.Lease {
+	return x.leasesOf(dataplane, func(e *entry) bool { return !e.vouched.After(cutoff) })
+}
+
+func (x *Index) leasesOf(dataplane string, keep func(*entry) bool) []store.Lease {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []store.Lease
+	for _, e := range x.byDataplane[dataplane] {
+		if e.committed() && keep(e) {
+			out = append(out, e.lease)
+		}
+	}
+	return out
+}
+
+// LeaseCounts returns how many committed leases each data plane holds
+// (data planes without any are left out).
+func (x *Index) LeaseCounts() map[string]int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make(map[string]int, len(x.byDataplane))
+	for dp, es := range x.byDataplane {
+		n := 0
+		for _, e := range es {
+			if e.committed() {
+				n++
+			}
+		}
+		if n > 0 {
+			out[dp] = n
+		}
+	}
+	return out
+}
+
+// Row returns the client table's row for a (committed leases only).
+func (x *Index) Row(a netip.Addr) (table.Row, bool) {
+	if !a.Is4() {
+		return table.Row{}, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.byAddr[u32(a)]
+	if !ok || !e.committed() {
+		return table.Row{}, false
+	}
+	return rowOf(e), true
+}
+
+// Rows returns the client table's selected rows, sorted by address.
+func (x *Index) Rows(f table.Filter) []table.Row {
+	x.mu.Lock()
+	out := x.rowsLocked(f)
+	x.mu.Unlock()
+	sortRows(out)
+	return out
+}
+
+func sortRows(rs []table.Row) {
+	slices.SortFunc(rs, func(a, b table.Row) int { return a.Addr.Compare(b.Addr) })
+}
+
+func (x *Index) rowsLocked(f table.Filter) []table.Row {
+	var src map[uint32]*entry
+	if f.DataplaneID != "" {
+		src = x.byDataplane[f.DataplaneID]
+	} else {
+		src = x.byAddr
+	}
+	out := make([]table.Row, 0, len(src))
+	for _, e := range src {
+		if !e.committed() {
+			continue
+		}
+		if r := rowOf(e); f.Match(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// rowOf is the view: the lease, overlaid with what its data plane
+// reported.
+func rowOf(e *entry) table.Row {
+	l := &e.lease
+	r := table.Row{
+		Addr:        l.Addr,
+		ClientIPv6:  l.ClientIPv6,
+		ClientPort:  l.ClientPort,
+		DataplaneID: l.Dataplane,
+		SessionID:   l.Session,
+		LeasedAt:    l.LeasedAt,
+		ConnectedAt: l.LeasedAt, // until the data plane reports its own
+		LastHeard:   l.LeasedAt,
+	}
+	e.session.Fill(&r)
+	return r
+}
+
+// Outcome is what ApplyReports made of one Report.
+type Outcome uint8
+
+const (
+	// Known: the session holds (or is being given) a lease here, at Addr
+	// if that is set; the report was applied to it.
+	Known Outcome = iota + 1
+	// Mismatch: the session holds another address than the one reported.
+	Mismatch
+	// NoLease: the session holds no lease here.
+	NoLease
+)
+
+// reportChunk bounds how many sessions of a report are applied per hold of
+// the index's mutex.
+const reportChunk = 512
+
+// ApplyReports applies one data plane's session reports to its leases and
+// writes each report's outcome to out (len(out) >= len(rs)). With vouch
+// (a complete report of the data plane's current instance), each lease
+// found is marked as listed at now (see Unvouched). It returns how much
+// the sessions' traffic counters grew since their previous reports.
+func (x *Index) ApplyReports(dataplane string, rs []table.Report, vouch bool, now time.Time, out []Outcome) table.Traffic {
+	var grew table.Traffic
+	for start := 0; start < len(rs); start += reportChunk {
+		end := min(start+reportChunk, len(rs))
+		x.mu.Lock()
+		for i := start; i < end; i++ {
+			r := &rs[i]
+			e, ok := x.byOwner[store.Owner{Dataplane: dataplane, Session: r.SessionID}]
+			switch {
+			case !ok:
+				out[i] = NoLease
+			case r.Addr.IsValid() && (!r.Addr.Is4() || u32(r.Addr) != e.v):
+				out[i] = Mismatch
+			default:
+				out[i] = Known
+				if e.phase == claiming {
+					continue // no row yet: Commit starts it
+				}
+				grew = grew.Add(e.session.Apply(*r))
+				if vouch {
+					e.vouched = now
+				}
+			}
+		}
+		x.mu.Unlock()
+	}
+	return grew
+}
