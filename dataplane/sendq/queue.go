@@ -1,0 +1,310 @@
+// Package sendq holds a client's output: the framed messages waiting for
+// its TCP socket, and the one writer at a time that moves them there.
+package sendq
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Errors of Send.
+var (
+	// ErrFull: the queue holds its limit; the messages not taken are the
+	// caller's (a drop, for the caller to count).
+	ErrFull = errors.New("send queue full")
+	// ErrClosed: the queue is closed; nothing was taken.
+	ErrClosed = errors.New("send queue closed")
+)
+
+// Config sets a queue's bound and timeout.
+type Config struct {
+	// Limit is how many messages may wait; Send refuses more. At least 1.
+	Limit int
+	// WriteTimeout bounds how long a write may wait for room in the
+	// socket: a client that takes nothing for this long is cut. 0: no
+	// bound (the write waits until the connection is closed).
+	WriteTimeout time.Duration
+	// OnFail is told of the first failed write (a closed or reset
+	// connection, os.ErrDeadlineExceeded when the client stopped reading).
+	// It is called once, by the writer that saw the failure, after the
+	// queue closed and gave up the writer role, with no lock of the queue
+	// held: it may call Close. Required.
+	OnFail func(error)
+}
+
+// Queue is one client's output: framed messages on their way to the
+// client's TCP socket.
+//
+// Writer role. Exactly one goroutine at a time writes to the socket: the
+// holder of the writer role (writing, under mu). A Send that finds the role
+// free takes it and writes at once without blocking (inline: the TUN reader
+// forwarding a burst, the sweeper a keepalive), so a client that keeps up
+// costs no goroutine and no hand-off. What the socket does not take goes
+// back to the head of the queue and the role passes, under mu, to a writer
+// goroutine started for it, which drains the queue turn by turn, letting
+// the netpoller wait for room, and gives the role up under mu when it finds
+// the queue empty. A Send that finds the role taken only queues. Hence
+// messages wait only while the role is taken, an inline write never
+// competes with the goroutine, and there is at most one writer goroutine.
+//
+// Deadline. Only the writer goroutine sets a write deadline: now +
+// WriteTimeout at the start of each turn (a writev of up to 1024
+// messages), so a client that reads, however slowly, is not cut, and one
+// that takes nothing for WriteTimeout is. It clears the deadline before it
+// gives up the role: no inline write ever meets a deadline.
+//
+// Order. Messages go out whole, never interleaved, in the order their
+// Sends took mu: an inline write's remainder goes back ahead of anything
+// queued meanwhile. So a message queued before any other can be queued (a
+// session's 101, sent before it routes 103s or sends 104s) is the first
+// the client gets.
+//
+// Bound. At most Limit messages wait; Send takes what fits and returns
+// ErrFull with the rest, which stays the caller's (counted as dropped by
+// it). A client whose socket and queue are both full is cut after
+// WriteTimeout. The one excess: an inline write's remainder goes back
+// whatever the bound (the queue took it already), at most one Send's batch.
+//
+// Failure. A failed write closes the queue at once: what waits is dropped,
+// later Sends get ErrClosed, and OnFail learns why.
+//
+// Close refuses further Sends, waits for the writer role to be free (an
+// inline write finishes; a goroutine blocked on a full socket returns once
+// the connection is closed, so close it first, or when its deadline
+// passes) and drops what waits. Then no message of the queue is written or
+// held anymore: every Buf is back in the pool. The writer goroutine may
+// still be returning (from OnFail); Wait waits for that.
+//
+// Counting. Bytes and packets to the client are counted in one place,
+// writer.finish, when the last byte of a Data message is written: never a
+// message that was dropped or only partly written.
+type Queue struct {
+	raw    syscall.RawConn
+	conn   net.Conn // for its write deadline
+	limit  int
+	wto    time.Duration
+	onFail func(error)
+
+	bytes, packets atomic.Uint64 // Data messages written, see Sent
+
+	mu       sync.Mutex
+	free     sync.Cond // broadcast when the writer role is given up
+	msgs     []*Buf    // waiting, oldest first
+	writing  bool      // the writer role is taken
+	closed   bool
+	running  sync.WaitGroup // the writer goroutine; Add only under mu while open
+	handoffs int            // times the role went to a goroutine (tests look)
+}
+
+// New returns a queue writing to conn, which must give access to its
+// socket (syscall.Conn: a *net.TCPConn does).
+func New(conn net.Conn, c Config) (*Queue, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("send queue: %T gives no access to its socket", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("send queue: %w", err)
+	}
+	if c.OnFail == nil {
+		return nil, errors.New("send queue: no OnFail")
+	}
+	q := &Queue{raw: raw, conn: conn, limit: max(c.Limit, 1), wto: c.WriteTimeout, onFail: c.OnFail}
+	q.free.L = &q.mu
+	return q, nil
+}
+
+// Send takes bs (oldest first) for the client. It returns how many it took,
+// a prefix of bs that the queue now owns, and ErrFull (the rest did not fit)
+// or ErrClosed (nothing taken). The caller must not touch the taken
+// buffers again; the slice bs stays the caller's.
+//
+// When the writer role is free, Send writes at once without blocking, on
+// the caller's goroutine; a write that fails is reported to OnFail before
+// Send returns (bs then counts as taken: dropped with the connection).
+func (q *Queue) Send(bs []*Buf) (int, error) {
+	if len(bs) == 0 {
+		return 0, nil
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 0, ErrClosed
+	}
+	if q.writing {
+		n := max(0, min(len(bs), q.limit-len(q.msgs)))
+		q.msgs = append(q.msgs, bs[:n]...)
+		q.mu.Unlock()
+		if n < len(bs) {
+			return n, ErrFull
+		}
+		return n, nil
+	}
+	q.writing = true // the role is ours until writeNow gives it up or passes it on
+	q.mu.Unlock()
+	q.writeNow(bs)
+	return len(bs), nil
+}
+
+// writeNow is the inline writer: it holds the role on entry.
+func (q *Queue) writeNow(bs []*Buf) {
+	w := getWriter()
+	defer putWriter(w)
+	// The writer works on its own copy of the slice: bs stays the
+	// caller's (and on the caller's stack).
+	w.bufs = append(w.bufs[:0], bs...)
+	done, err := w.write(q.raw, w.bufs, false)
+	q.count(w)
+	rest := w.bufs[done:]
+	defer clear(w.bufs)
+	if err != nil {
+		q.fail(rest, err)
+		return
+	}
+	q.mu.Lock()
+	if q.closed {
+		// Close is waiting for the role: the rest is dropped with the queue.
+		for _, b := range rest {
+			Put(b)
+		}
+		q.release()
+		q.mu.Unlock()
+		return
+	}
+	if len(rest) > 0 {
+		// Ahead of whatever was queued meanwhile, so order is kept.
+		old := len(q.msgs)
+		q.msgs = append(q.msgs, rest...) // grow
+		copy(q.msgs[len(rest):], q.msgs[:old])
+		copy(q.msgs, rest)
+	}
+	if len(q.msgs) == 0 {
+		q.release()
+		q.mu.Unlock()
+		return
+	}
+	// The socket is full (or others queued meanwhile): hand the role to a
+	// goroutine that may wait.
+	q.running.Add(1)
+	q.handoffs++
+	q.mu.Unlock()
+	go q.writeLoop()
+}
+
+// writeLoop is the writer goroutine: it holds the role on entry.
+func (q *Queue) writeLoop() {
+	defer q.running.Done()
+	w := getWriter()
+	defer putWriter(w)
+	for {
+		q.mu.Lock()
+		if q.closed || len(q.msgs) == 0 {
+			if q.wto > 0 {
+				// Before the role is free: the next holder writes
+				// without blocking and must not meet our deadline.
+				q.conn.SetWriteDeadline(time.Time{})
+			}
+			q.release()
+			q.mu.Unlock()
+			return
+		}
+		k := min(len(q.msgs), maxIOV)
+		w.bufs = append(w.bufs[:0], q.msgs[:k]...)
+		n := copy(q.msgs, q.msgs[k:])
+		clear(q.msgs[n:])
+		q.msgs = q.msgs[:n]
+		q.mu.Unlock()
+
+		if q.wto > 0 {
+			q.conn.SetWriteDeadline(time.Now().Add(q.wto))
+		}
+		done, err := w.write(q.raw, w.bufs, true)
+		q.count(w)
+		if err != nil {
+			q.fail(w.bufs[done:], err)
+			clear(w.bufs)
+			return
+		}
+		clear(w.bufs)
+	}
+}
+
+// release gives up the writer role. Under mu.
+func (q *Queue) release() {
+	q.writing = false
+	if len(q.msgs) == 0 && cap(q.msgs) > 64 {
+		q.msgs = nil // a burst is over: give its memory back
+	}
+	q.free.Broadcast()
+}
+
+// fail ends the queue after a failed write by the role holder: rest (the
+// holder's unwritten messages) and everything waiting are dropped, the role
+// is given up, and OnFail learns why, unless Close came first (then the
+// failure is only the closed connection).
+func (q *Queue) fail(rest []*Buf, err error) {
+	for _, b := range rest {
+		Put(b)
+	}
+	q.mu.Lock()
+	report := !q.closed
+	q.closed = true
+	q.dropAll()
+	q.release()
+	q.mu.Unlock()
+	if report {
+		q.onFail(err)
+	}
+}
+
+// dropAll frees the waiting messages. Under mu.
+func (q *Queue) dropAll() {
+	for _, b := range q.msgs {
+		Put(b)
+	}
+	clear(q.msgs)
+	q.msgs = nil
+}
+
+// count adds what w finished to the totals.
+func (q *Queue) count(w *writer) {
+	if w.packets > 0 {
+		q.bytes.Add(w.bytes)
+		q.packets.Add(w.packets)
+	}
+	w.bytes, w.packets = 0, 0
+}
+
+// Close stops the queue; see the type's comment for what it waits for.
+func (q *Queue) Close() {
+	q.mu.Lock()
+	q.closed = true
+	for q.writing {
+		q.free.Wait()
+	}
+	q.dropAll()
+	q.mu.Unlock()
+}
+
+// Wait returns once no writer goroutine runs. Call it after Close.
+func (q *Queue) Wait() { q.running.Wait() }
+
+// Len is the number of messages waiting (not counting those a writer is
+// writing).
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.msgs)
+}
+
+// Sent returns the IPv4 bytes (without the 5-byte headers) and the packets
+// of the Data messages written completely so far.
+func (q *Queue) Sent() (bytes, packets uint64) {
+	return q.bytes.Load(), q.packets.Load()
+}
