@@ -353,12 +353,12 @@ func (s *session) writeBatch(msgs [][]byte, nb *net.Buffers) error {
 func (c *client) readLoop(s *session) {
 	defer s.wg.Done()
 	dec := wire.NewDecoder(s.conn, 0)
-	batch := tun.NewBatch(c.dev) // 103s from one read go to the TUN in one write
-	defer c.flushDown(batch)
+	tw := c.dev.NewWriter() // with offloads, the 103s of one read merge into few writes
+	defer c.flushDown(tw)
 	gotLease := false
 	for {
-		if batch.Len() > 0 && !dec.Ready() {
-			c.flushDown(batch) // Next would block
+		if tw.Buffered() > 0 && !dec.Ready() {
+			c.flushDown(tw) // Next would block
 		}
 		m, err := dec.Next()
 		if err != nil {
@@ -373,7 +373,7 @@ func (c *client) readLoop(s *session) {
 		s.heard.Store(c.now())
 		switch m.Type {
 		case wire.TypeNetResponse:
-			c.down(s, batch, m.Data)
+			c.down(s, tw, m.Data)
 		case wire.TypeAddrResponse:
 			l, err := parseLease(m.Data)
 			if err != nil {
@@ -399,10 +399,10 @@ func (c *client) readLoop(s *session) {
 	}
 }
 
-// down queues the IPv4 packet of a 103 for the TUN. With the water
+// down hands the IPv4 packet of a 103 to the TUN writer. With the water
 // backend it is written at once, straight from the decoder's buffer; with
-// offloads it joins a batch that the TUN coalesces.
-func (c *client) down(s *session, batch *tun.Batch, p []byte) {
+// offloads it is merged into the super-packet under construction.
+func (c *client) down(s *session, tw tun.Writer, p []byte) {
 	addr := s.addr4.Load()
 	total, prob := packet.CheckIPv4(p)
 	// Only packets for our address: the server sends nothing else, and a
@@ -411,16 +411,16 @@ func (c *client) down(s *session, batch *tun.Batch, p []byte) {
 		c.stats.downDropped.Add(1)
 		return
 	}
-	if _, err := batch.Add(p[:total]); err != nil {
+	if err := tw.WritePacket(p[:total]); err != nil {
 		c.stats.downDropped.Add(1)
 		return
 	}
 	c.stats.down.Add(1)
 }
 
-func (c *client) flushDown(batch *tun.Batch) {
-	n := batch.Len()
-	if _, err := batch.Flush(); err != nil {
+func (c *client) flushDown(tw tun.Writer) {
+	n := tw.Buffered()
+	if err := tw.Flush(); err != nil {
 		c.stats.downDropped.Add(uint64(n))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -545,9 +546,8 @@ func TestOnceNoLease(t *testing.T) {
 // fakeDev and fakeConn let the forwarding functions run without I/O.
 type fakeDev struct{ tun.Device }
 
-func (fakeDev) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
-func (fakeDev) BatchSize() int                          { return 1 }
-func (fakeDev) WriteHeadroom() int                      { return 0 }
+func (fakeDev) NewWriter() tun.Writer { return tun.NewPacketWriter(io.Discard) }
+func (fakeDev) BatchSize() int        { return 1 }
 
 type fakeConn struct {
 	net.Conn
@@ -586,7 +586,7 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 	}
 
 	down := packet.BuildICMPEcho(gateway, addr, 1, 1, make([]byte, 56), false)
-	wb := tun.NewBatch(c.dev)
+	wb := c.dev.NewWriter()
 	before := c.stats.down.Load()
 	if a := testing.AllocsPerRun(200, func() { c.down(s, wb, down) }); a != 0 {
 		t.Errorf("103 -> TUN: %v allocations per packet", a)

@@ -33,7 +33,7 @@ type env struct {
 // its API on a unix socket.
 func start(t *testing.T) *env {
 	t.Helper()
-	h := dataplanetest.Start(t, dataplanetest.NewMemTUN(1, 0), func(c *dataplane.Config) {
+	h := dataplanetest.Start(t, dataplanetest.NewMemTUN(1), func(c *dataplane.Config) {
 		c.ID, c.Version, c.ControllerAddr = "dp-api", "v-test", "unix:///run/test/controller.sock"
 		c.KeepaliveInterval, c.KeepaliveTimeout = 7*time.Second, 21*time.Second
 	})

@@ -11,25 +11,24 @@ import (
 	"sync"
 
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
 // MemTUN is an in-memory TUN: tests inject packets "from the kernel" with
 // Inject and see what the data plane wrote on Written.
 type MemTUN struct {
-	in       chan []byte
-	Written  chan []byte
-	closed   chan struct{}
-	once     sync.Once
-	batch    int
-	headroom int
+	in      chan []byte
+	Written chan []byte
+	closed  chan struct{}
+	once    sync.Once
+	batch   int
 }
 
-// NewMemTUN returns a device reading up to batch packets at a time and
-// asking for headroom bytes in front of written packets.
-func NewMemTUN(batch, headroom int) *MemTUN {
+// NewMemTUN returns a device reading up to batch packets at a time.
+func NewMemTUN(batch int) *MemTUN {
 	return &MemTUN{in: make(chan []byte, 1024), Written: make(chan []byte, 4096), closed: make(chan struct{}),
-		batch: max(batch, 1), headroom: headroom}
+		batch: max(batch, 1)}
 }
 
 // Inject queues a packet for the data plane to read.
@@ -41,8 +40,8 @@ func (m *MemTUN) Name() string { return "mem0" }
 // BatchSize implements tun.Device.
 func (m *MemTUN) BatchSize() int { return m.batch }
 
-// WriteHeadroom implements tun.Device.
-func (m *MemTUN) WriteHeadroom() int { return m.headroom }
+// NewWriter implements tun.Device: each packet goes to Written at once.
+func (m *MemTUN) NewWriter() tun.Writer { return tun.NewPacketWriter(m) }
 
 // Close implements tun.Device.
 func (m *MemTUN) Close() error { m.once.Do(func() { close(m.closed) }); return nil }
@@ -68,12 +67,10 @@ func (m *MemTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
 	return n, nil
 }
 
-// Write implements tun.Device.
-func (m *MemTUN) Write(bufs [][]byte, off int) (int, error) {
-	for _, b := range bufs {
-		m.Written <- append([]byte(nil), b[off:]...)
-	}
-	return len(bufs), nil
+// Write is the packet writer's: one packet per call, copied to Written.
+func (m *MemTUN) Write(p []byte) (int, error) {
+	m.Written <- append([]byte(nil), p...)
+	return len(p), nil
 }
 
 // Pool is the pool MemController serves.

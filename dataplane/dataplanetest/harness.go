@@ -33,7 +33,7 @@ type Harness struct {
 }
 
 // Start runs a data plane over tun (nil: a MemTUN reading four packets at
-// a time with 16 bytes of write headroom). mod may change the
+// a time). mod may change the
 // configuration before it starts.
 func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 	t.Helper()
@@ -46,7 +46,7 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 		}
 	}
 	if tun == nil {
-		tun = NewMemTUN(4, 16)
+		tun = NewMemTUN(4)
 	}
 	h := &Harness{T: t, TUN: tun, Ctl: NewMemController(253), Addr: ln.Addr().String(), ClientIP: clientIP}
 	cfg := dataplane.Config{

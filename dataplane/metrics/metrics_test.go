@@ -20,7 +20,7 @@ import (
 type env = dataplanetest.Harness
 
 func start(t *testing.T) *env {
-	return dataplanetest.Start(t, dataplanetest.NewMemTUN(1, 0), func(c *dataplane.Config) {
+	return dataplanetest.Start(t, dataplanetest.NewMemTUN(1), func(c *dataplane.Config) {
 		c.ID, c.InstanceID, c.Version = "dp-metrics", "inst-1", "v1.2.3"
 	})
 }

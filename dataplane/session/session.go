@@ -92,16 +92,16 @@ type Config struct {
 	// Epoch is the base of the monotonic clock sessions keep (Now).
 	Epoch time.Time
 
-	// batches recycles TUN write batches: a session holds one only while
-	// it has decoded 102s to write, so idle sessions cost nothing.
-	batches sync.Pool
+	// tunWriters recycles TUN writers: a session holds one only while it
+	// has decoded 102s to write, so idle sessions cost nothing.
+	tunWriters sync.Pool
 }
 
-func (c *Config) getBatch() *tun.Batch {
-	if b, ok := c.batches.Get().(*tun.Batch); ok {
-		return b
+func (c *Config) getTUNWriter() tun.Writer {
+	if w, ok := c.tunWriters.Get().(tun.Writer); ok {
+		return w
 	}
-	return tun.NewBatch(c.TUN)
+	return c.TUN.NewWriter()
 }
 
 // Now returns nanoseconds since c.Epoch (monotonic).
@@ -141,7 +141,7 @@ type Session struct {
 	lease  wire.AddrResponse
 	reason string
 
-	batch *tun.Batch // reader goroutine: 102s waiting for the TUN
+	tunw tun.Writer // reader goroutine: 102s on their way to the TUN; nil when none
 }
 
 // New wraps an accepted connection. Call Serve to run it.
@@ -426,7 +426,7 @@ func (s *Session) readLoop() {
 	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
 	defer s.flushTUN()
 	for {
-		if s.batch != nil && !dec.Ready() {
+		if s.tunw != nil && !dec.Ready() {
 			// Next would block: hand what the last read carried to the TUN.
 			s.flushTUN()
 		}
@@ -544,26 +544,26 @@ func (s *Session) netRequest(p []byte) {
 		s.drop(DropSpoofedSource, []any{"src", packet.Src(p)})
 		return
 	}
-	if s.batch == nil {
-		s.batch = s.cfg.getBatch()
+	if s.tunw == nil {
+		s.tunw = s.cfg.getTUNWriter()
 	}
-	if _, err := s.batch.Add(p[:n]); err != nil {
+	if err := s.tunw.WritePacket(p[:n]); err != nil {
 		s.drop(DropTUNWriteError, []any{"err", err})
 	}
 	s.c.bytesFrom.Add(uint64(n))
 	s.c.pktsFrom.Add(1)
 }
 
-// flushTUN writes the batched 102 packets and gives the batch back.
+// flushTUN writes the 102 packets the TUN writer holds and gives it back.
 func (s *Session) flushTUN() {
-	if s.batch == nil {
+	if s.tunw == nil {
 		return
 	}
-	if _, err := s.batch.Flush(); err != nil {
+	if err := s.tunw.Flush(); err != nil {
 		s.drop(DropTUNWriteError, []any{"err", err})
 	}
-	s.cfg.batches.Put(s.batch)
-	s.batch = nil
+	s.cfg.tunWriters.Put(s.tunw)
+	s.tunw = nil
 }
 
 // drop counts a drop and logs the first of each reason per connection.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/session"
+	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
@@ -48,21 +49,20 @@ func newFakeTUN() *fakeTUN {
 	return &fakeTUN{written: make(chan []byte, 64), closed: make(chan struct{})}
 }
 
-func (f *fakeTUN) Name() string       { return "fake0" }
-func (f *fakeTUN) BatchSize() int     { return 1 }
-func (f *fakeTUN) WriteHeadroom() int { return 0 }
-func (f *fakeTUN) Close() error       { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *fakeTUN) Name() string          { return "fake0" }
+func (f *fakeTUN) BatchSize() int        { return 1 }
+func (f *fakeTUN) NewWriter() tun.Writer { return tun.NewPacketWriter(f) }
+func (f *fakeTUN) Close() error          { f.once.Do(func() { close(f.closed) }); return nil }
 
 func (f *fakeTUN) Read([][]byte, []int, int) (int, error) {
 	<-f.closed
 	return 0, os.ErrClosed
 }
 
-func (f *fakeTUN) Write(bufs [][]byte, off int) (int, error) {
-	for _, b := range bufs {
-		f.written <- append([]byte(nil), b[off:]...)
-	}
-	return len(bufs), nil
+// Write is the packet writer's: one packet per call.
+func (f *fakeTUN) Write(p []byte) (int, error) {
+	f.written <- append([]byte(nil), p...)
+	return len(p), nil
 }
 
 type release struct {

@@ -33,7 +33,8 @@ const (
 
 var superBufs = sync.Pool{New: func() any { b := make([]byte, vnetHdrLen+maxSuperPacket); return &b }}
 
-// coalescer builds one super-packet at a time and writes it to f.
+// coalescer is the offload backend's Writer: it builds one super-packet at
+// a time and writes it to f. One goroutine's.
 type coalescer struct {
 	f   *os.File
 	buf *[]byte // vnet header + packet under construction
@@ -48,13 +49,14 @@ type coalescer struct {
 
 func (c *coalescer) pkt() []byte { return (*c.buf)[vnetHdrLen : vnetHdrLen+c.n] }
 
-// add merges p into the packet under construction or starts a new one.
-func (c *coalescer) add(p []byte) error {
+// WritePacket merges p into the packet under construction or, writing that
+// one first, starts a new one with it.
+func (c *coalescer) WritePacket(p []byte) error {
 	if c.buf != nil && c.open && c.canMerge(p) {
 		c.merge(p)
 		return nil
 	}
-	if err := c.flush(); err != nil {
+	if err := c.write(); err != nil {
 		return err
 	}
 	if c.buf == nil {
@@ -139,8 +141,24 @@ func (c *coalescer) merge(p []byte) {
 	}
 }
 
-// flush writes the packet under construction, if any.
-func (c *coalescer) flush() error {
+// Buffered is the number of packets in the one under construction.
+func (c *coalescer) Buffered() int {
+	if c.buf == nil || c.n == 0 {
+		return 0
+	}
+	return c.merged + 1
+}
+
+// Flush writes the packet under construction and gives its buffer back to
+// the pool.
+func (c *coalescer) Flush() error {
+	err := c.write()
+	c.release()
+	return err
+}
+
+// write writes the packet under construction, if any.
+func (c *coalescer) write() error {
 	if c.buf == nil || c.n == 0 {
 		return nil
 	}

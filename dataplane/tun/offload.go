@@ -10,17 +10,16 @@ import (
 // offloadDevice wraps wireguard-go's Linux TUN: IFF_VNET_HDR with TSO4/6 and
 // checksum offload. The kernel hands over TCP super-packets of up to 64 KiB
 // in one read, which Read splits into MTU-sized packets (the protocol needs
-// them small: lab clients drop messages over 2053 bytes), and Write
-// coalesces consecutive TCP segments of a flow back into super-packets (GRO),
-// so a batch costs one system call per flow instead of one per packet.
+// them small: lab clients drop messages over 2053 bytes). Writes do not go
+// through wireguard-go: each Writer is a coalescer (gro.go) that merges
+// consecutive TCP segments of a flow back into super-packets and writes
+// them, virtio-net header in front, to the TUN's file, so a run of a flow
+// costs one system call instead of one per packet.
 type offloadDevice struct {
-	dev  wgtun.Device
+	dev  wgtun.Device // nil in BenchmarkCoalesce, which writes to /dev/null
+	file *os.File     // the TUN's file, written by the coalescers
 	name string
 }
-
-// offloadHeadroom is the virtio-net header Write puts in front of packets
-// (10 bytes), rounded up.
-const offloadHeadroom = 16
 
 func openOffload(c Config) (Device, error) {
 	mtu := c.MTU
@@ -44,18 +43,16 @@ func openOffload(c Config) (Device, error) {
 		for range dev.Events() {
 		}
 	}()
-	return &offloadDevice{dev: dev, name: name}, nil
+	return &offloadDevice{dev: dev, file: dev.File(), name: name}, nil
 }
 
-func (d *offloadDevice) Name() string       { return d.name }
-func (d *offloadDevice) BatchSize() int     { return d.dev.BatchSize() }
-func (d *offloadDevice) WriteHeadroom() int { return offloadHeadroom }
-func (d *offloadDevice) Close() error       { return d.dev.Close() }
+func (d *offloadDevice) Name() string   { return d.name }
+func (d *offloadDevice) BatchSize() int { return d.dev.BatchSize() }
+func (d *offloadDevice) Close() error   { return d.dev.Close() }
 
 func (d *offloadDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return d.dev.Read(bufs, sizes, offset)
 }
 
-func (d *offloadDevice) Write(bufs [][]byte, offset int) (int, error) {
-	return d.dev.Write(bufs, offset)
-}
+// NewWriter returns a coalescer writing to the TUN's file.
+func (d *offloadDevice) NewWriter() Writer { return &coalescer{f: d.file} }

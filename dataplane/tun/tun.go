@@ -7,38 +7,67 @@ package tun
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 )
 
 // Device is an open TUN interface carrying raw IP packets (no packet-info
 // prefix).
 //
-// Read and Write work on batches. Packets live at bufs[i][offset:]: the
-// offset is headroom the caller keeps in front of every packet, so that a
-// packet read from the TUN can be framed in place (the data plane keeps
-// wire.HeaderLen bytes for the 103 header) and backends that need a header
-// of their own have room for it.
+// Reads come in batches: packets land at bufs[i][offset:], the offset being
+// headroom the caller keeps in front of every packet, so that a packet read
+// from the TUN can be framed in place (the data plane keeps wire.HeaderLen
+// bytes for the 103 header).
+//
+// Writes go through a Writer, one per writing goroutine, which each backend
+// makes its own: water writes every packet with one system call, offload
+// merges consecutive TCP segments of a flow into one super-packet.
 type Device interface {
 	// Name is the kernel's name of the interface.
 	Name() string
-	// BatchSize is the most packets one Read returns or one Write takes
-	// at a time with benefit.
+	// BatchSize is the most packets one Read returns.
 	BatchSize() int
 	// Read reads one or more packets into bufs[i][offset:], setting
 	// sizes[i], and returns how many it read. It blocks until at least one
 	// packet is available or the device is closed (os.ErrClosed).
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
-	// Write writes the packets bufs[i][offset:] and returns how many were
-	// written. offset must be at least WriteHeadroom(). A backend may use
-	// the headroom and, to coalesce packets, spare capacity after a packet:
-	// the buffers are scratch for it. Safe for concurrent use.
-	Write(bufs [][]byte, offset int) (int, error)
-	// WriteHeadroom is the room a backend needs in front of each packet
-	// given to Write.
-	WriteHeadroom() int
+	// NewWriter returns a Writer of packets to the device, for one
+	// goroutine; the writers of one device may write concurrently.
+	NewWriter() Writer
 	// Close closes the device; a blocked Read returns.
 	Close() error
 }
+
+// Writer writes packets to a Device for one goroutine. It may keep copies
+// of packets to write several as one (the caller may reuse a packet's
+// buffer once WritePacket returns): callers Flush when they have nothing
+// more to write for now.
+type Writer interface {
+	// WritePacket writes pkt, one IP packet of at most 64 KiB, or keeps a
+	// copy of it to write with the packets that follow. An error is that
+	// of a write WritePacket did: of pkt, or of packets kept before it.
+	WritePacket(pkt []byte) error
+	// Buffered is the number of packets kept and not yet written.
+	Buffered() int
+	// Flush writes the packets kept and lets go of the writer's buffers:
+	// an idle writer holds no memory.
+	Flush() error
+}
+
+// NewPacketWriter returns a Writer that writes each packet at once with one
+// w.Write: the write path of devices that take a packet per system call
+// (water), and of stand-ins for a device in tests.
+func NewPacketWriter(w io.Writer) Writer { return packetWriter{w} }
+
+type packetWriter struct{ w io.Writer }
+
+func (p packetWriter) WritePacket(pkt []byte) error {
+	_, err := p.w.Write(pkt)
+	return err
+}
+
+func (packetWriter) Buffered() int { return 0 }
+func (packetWriter) Flush() error  { return nil }
 
 // Backend names a TUN implementation.
 type Backend string
@@ -49,7 +78,8 @@ const (
 	BackendWater Backend = "water"
 	// BackendOffload: IFF_VNET_HDR with TSO/checksum offload through
 	// wireguard-go's tun package; reads split the kernel's TCP
-	// super-packets into MTU-sized packets, writes coalesce (GRO).
+	// super-packets into MTU-sized packets, writes coalesce TCP segments
+	// into super-packets (our own coalescer, gro.go).
 	BackendOffload Backend = "offload"
 )
 

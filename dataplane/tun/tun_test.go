@@ -46,11 +46,11 @@ func testEcho(t *testing.T, backend tun.Backend) {
 	}
 	const off = 5
 	req := packet.BuildICMPEcho(client, gw, 7, 1, []byte("ping"), false)
-	b := tun.NewBatch(dev)
-	if _, err := b.Add(req); err != nil {
+	w := dev.NewWriter()
+	if err := w.WritePacket(req); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	if _, err := b.Flush(); err != nil {
+	if err := w.Flush(); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	bs := max(dev.BatchSize(), 1)

@@ -26,10 +26,12 @@ func openWater(c Config) (Device, error) {
 	return &waterDevice{ifce: ifce}, nil
 }
 
-func (d *waterDevice) Name() string       { return d.ifce.Name() }
-func (d *waterDevice) BatchSize() int     { return 1 }
-func (d *waterDevice) WriteHeadroom() int { return 0 }
-func (d *waterDevice) Close() error       { return d.ifce.Close() }
+func (d *waterDevice) Name() string   { return d.ifce.Name() }
+func (d *waterDevice) BatchSize() int { return 1 }
+func (d *waterDevice) Close() error   { return d.ifce.Close() }
+
+// NewWriter writes each packet with one write(2) on the TUN's file.
+func (d *waterDevice) NewWriter() Writer { return NewPacketWriter(d.ifce) }
 
 func (d *waterDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := d.ifce.Read(bufs[0][offset:])
@@ -38,13 +40,4 @@ func (d *waterDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 	}
 	sizes[0] = n
 	return 1, nil
-}
-
-func (d *waterDevice) Write(bufs [][]byte, offset int) (int, error) {
-	for i, b := range bufs {
-		if _, err := d.ifce.Write(b[offset:]); err != nil {
-			return i, err
-		}
-	}
-	return len(bufs), nil
 }
