@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane/limit"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/route"
+	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/session"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -109,7 +109,7 @@ type Dataplane struct {
 	seq      atomic.Uint64
 	accepted atomic.Uint64
 	closed   atomic.Uint64
-	timeouts atomic.Uint64 // sessions cut by the keepalive timeout
+	closedBy [session.NumCauses]atomic.Uint64 // closes by cause
 	ctrlOK   atomic.Bool
 	started  time.Time
 
@@ -190,7 +190,7 @@ func (d *Dataplane) Run(ctx context.Context) error {
 func (d *Dataplane) shutdown() {
 	d.cfg.Listener.Close()
 	for _, s := range d.snapshot() {
-		s.Close("data plane shutting down")
+		s.Close(session.Reason{Cause: session.CauseShutdown})
 	}
 	d.conns.Wait()
 	d.releases.Wait()
@@ -226,7 +226,17 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
-		s := session.New(&d.scfg, d.idPrefix+strconv.FormatUint(d.seq.Add(1), 10), c)
+		s, err := session.New(&d.scfg, d.idPrefix+strconv.FormatUint(d.seq.Add(1), 10), c)
+		if err != nil {
+			// A listener whose connections are not sockets (a wrapper
+			// hiding the *net.TCPConn): nothing can be served on it.
+			d.log.Error("cannot serve connection", "client", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			if release != nil {
+				release()
+			}
+			continue
+		}
 		d.mu.Lock()
 		d.sessions[s] = release
 		d.mu.Unlock()
@@ -243,15 +253,15 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 // the session owning its destination. It never blocks on a session.
 func (d *Dataplane) tunLoop(ctx context.Context) error {
 	n := max(d.cfg.TUN.BatchSize(), 1)
-	bufs := make([]*session.Buf, n)
+	bufs := make([]*sendq.Buf, n)
 	vecs := make([][]byte, n)
 	sizes := make([]int, n)
-	run := make([]*session.Buf, 0, n)
+	run := make([]*sendq.Buf, 0, n)
 	var failures int
 	for {
 		for i := range bufs {
 			if bufs[i] == nil {
-				bufs[i] = session.GetBuf()
+				bufs[i] = sendq.Get()
 			}
 			vecs[i] = bufs[i].B
 		}
@@ -305,13 +315,13 @@ func (d *Dataplane) tunLoop(ctx context.Context) error {
 
 // handOver gives a run of framed packets to their session (which keeps
 // what it queued or wrote) and recycles the rest; it returns run emptied.
-func handOver(s *session.Session, run []*session.Buf) []*session.Buf {
+func handOver(s *session.Session, run []*sendq.Buf) []*sendq.Buf {
 	if len(run) == 0 {
 		return run
 	}
 	n := s.SendData(run)
 	for _, b := range run[n:] {
-		session.PutBuf(b)
+		sendq.Put(b)
 	}
 	clear(run)
 	return run[:0]
@@ -441,11 +451,8 @@ func (d *Dataplane) Kick(addr netip.Addr, sessionID, reason string) (session.Inf
 	if s == nil {
 		return session.Info{}, ErrNoSession
 	}
-	if reason == "" {
-		reason = "kicked by operator"
-	}
 	in := s.Info()
-	s.Close(reason)
+	s.Close(session.Reason{Cause: session.CauseKicked, Detail: reason})
 	return in, nil
 }
 
@@ -648,18 +655,19 @@ func (h *host) Leased(s *session.Session) {
 		// The newer lease wins; the older session cannot be trusted.
 		d.log.Error("address conflict: address was still routed to another session; closing it",
 			"addr", addr, "session", s.ID(), "previous_session", prev.ID())
-		go prev.Close("address conflict: leased to session " + s.ID())
+		go prev.Close(session.Reason{Cause: session.CauseAddressConflict, Detail: "leased to session " + s.ID()})
 	}
 	d.log.Info("client connected", "session", s.ID(), "client", s.Remote(), "addr", addr)
 }
 
-func (h *host) Release(s *session.Session, addr netip.Addr, reason string) {
+func (h *host) Release(s *session.Session, addr netip.Addr, why session.Reason) {
 	d := h.dp()
 	d.routes.Remove(packet.Addr4(addr), s)
 	d.releases.Add(1)
 	go func() {
 		defer d.releases.Done()
-		req := ReleaseRequest{DataplaneID: d.cfg.ID, SessionID: s.ID(), Addr: addr, Reason: reason}
+		// The controller keeps free text: the reason as a person reads it.
+		req := ReleaseRequest{DataplaneID: d.cfg.ID, SessionID: s.ID(), Addr: addr, Reason: why.String()}
 		var err error
 		for attempt := 0; attempt < 3; attempt++ {
 			if attempt > 0 {
@@ -680,7 +688,7 @@ func (h *host) Release(s *session.Session, addr netip.Addr, reason string) {
 	}()
 }
 
-func (h *host) Closed(s *session.Session, reason string) {
+func (h *host) Closed(s *session.Session, why session.Reason) {
 	d := h.dp()
 	in := s.Info()
 	d.mu.Lock()
@@ -692,14 +700,15 @@ func (h *host) Closed(s *session.Session, reason string) {
 		release()
 	}
 	d.closed.Add(1)
-	if strings.HasPrefix(reason, session.ReasonKeepaliveTimeout) {
-		d.timeouts.Add(1)
+	if why.Cause < session.NumCauses {
+		d.closedBy[why.Cause].Add(1)
 	}
 	if in.Addr.IsValid() {
 		d.log.Info("client disconnected", "session", s.ID(), "client", in.Remote, "addr", in.Addr,
-			"reason", reason, "duration", time.Since(in.ConnectedAt).Round(time.Millisecond),
+			"reason", why.Cause.String(), "detail", why.Detail, "duration", time.Since(in.ConnectedAt).Round(time.Millisecond),
 			"bytes_from_client", in.Traffic.BytesFromClient, "bytes_to_client", in.Traffic.BytesToClient)
 	} else {
-		d.log.Info("connection closed before lease", "session", s.ID(), "client", in.Remote, "reason", reason)
+		d.log.Info("connection closed before lease", "session", s.ID(), "client", in.Remote,
+			"reason", why.Cause.String(), "detail", why.Detail)
 	}
 }

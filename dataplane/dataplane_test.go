@@ -170,14 +170,26 @@ func TestKeepaliveAndTimeout(t *testing.T) {
 	if m := c.Next(); m.Type != wire.TypeKeepalive || len(m.Data) != 0 {
 		t.Fatalf("got %v, want 104", m.Type)
 	}
-	// Stay silent: the server must cut us and release the address.
+	// Stay silent: the server must cut us and release the address,
+	// telling the controller why in words.
 	c.ExpectClosed()
 	select {
-	case <-h.Ctl.Released:
+	case r := <-h.Ctl.Released:
+		if r.Reason != "keepalive timeout: silent for more than 400ms" {
+			t.Errorf("release reason %q", r.Reason)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("address not released after timeout")
 	}
 	eventually(t, "pool empty", func() bool { return h.Ctl.Leased() == 0 })
+	// Counted by cause, not by the words.
+	eventually(t, "the close counted", func() bool { return h.DP.Status().Closed == 1 })
+	if n := h.DP.KeepaliveTimeouts(); n != 1 {
+		t.Errorf("KeepaliveTimeouts = %d, want 1", n)
+	}
+	if by := h.DP.Status().ClosedBy; by["keepalive_timeout"] != 1 || len(by) != int(session.NumCauses) {
+		t.Errorf("ClosedBy = %v", by)
+	}
 }
 
 func TestAnyMessageKeepsClientAlive(t *testing.T) {
@@ -396,9 +408,16 @@ func TestLimitsDrainingAndKick(t *testing.T) {
 	h.Ctl.Commands <- dataplane.Directive{Kick: &dataplane.KickDirective{Addr: addrA, Reason: "test kick"}}
 	a.ExpectClosed()
 	select {
-	case <-h.Ctl.Released:
+	case r := <-h.Ctl.Released:
+		if r.Reason != "test kick" {
+			t.Errorf("release reason %q, want the kick's words", r.Reason)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("kicked client's address not released")
+	}
+	eventually(t, "the kick counted", func() bool { return h.DP.Status().ClosedBy["kicked"] == 1 })
+	if n := h.DP.KeepaliveTimeouts(); n != 0 {
+		t.Errorf("KeepaliveTimeouts = %d after a kick", n)
 	}
 	// Draining refuses new clients; b keeps working.
 	on := true

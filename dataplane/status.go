@@ -26,6 +26,7 @@ type Status struct {
 	Sessions            int
 	LeasedSessions      int
 	Accepted, Closed    uint64
+	ClosedBy            map[string]uint64 // Closed by session.Cause name, every cause (0 included)
 	Traffic             session.Traffic
 	Drops               map[string]uint64
 	KeepaliveInterval   time.Duration
@@ -56,6 +57,10 @@ func (d *Dataplane) Status() Status {
 		Draining: d.draining.Load(), InstanceID: d.cfg.InstanceID,
 		Goroutines: runtime.NumGoroutine(), OpenFDs: openFDs(),
 		Refused: d.Refused(), Limits: d.limiter.Config(),
+		ClosedBy: make(map[string]uint64, session.NumCauses),
+	}
+	for c := range session.NumCauses {
+		st.ClosedBy[c.String()] = d.closedBy[c].Load()
 	}
 	d.mu.Lock()
 	st.Traffic = d.gone
@@ -86,7 +91,9 @@ func (d *Dataplane) Sessions() []session.Info {
 }
 
 // KeepaliveTimeouts counts sessions cut for silence since start.
-func (d *Dataplane) KeepaliveTimeouts() uint64 { return d.timeouts.Load() }
+func (d *Dataplane) KeepaliveTimeouts() uint64 {
+	return d.closedBy[session.CauseKeepaliveTimeout].Load()
+}
 
 // Drops returns the drop counters by reason name.
 func (d *Dataplane) Drops() map[string]uint64 { return d.drops.Map() }

@@ -1,6 +1,6 @@
 // Package session runs one client connection: a reader goroutine that
-// decodes the stream, checks 102s and hands them to the TUN, and a writer
-// goroutine that drains a bounded send queue with one writev per batch.
+// decodes the stream, checks 102s and hands them to the TUN, and the
+// client's send queue (sendq), which writes 101s, 103s and 104s to it.
 //
 // A session moves Accepted -> Leased -> Closing -> Closed. Every exit path
 // goes through Close, which runs once: it releases the lease (if any) and
@@ -16,17 +16,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
-	"golang.org/x/sys/unix"
 )
 
 // State of a session.
@@ -54,10 +52,6 @@ func (s State) String() string {
 	return "unknown"
 }
 
-// ReasonKeepaliveTimeout starts the close reason of a session cut for
-// silence, so the data plane can count them.
-const ReasonKeepaliveTimeout = "keepalive timeout"
-
 // Host is what a session needs from its data plane.
 type Host interface {
 	// Lease obtains the 101 for s on its first 100. It may block (it asks
@@ -69,9 +63,9 @@ type Host interface {
 	Leased(s *Session)
 	// Release gives up addr: remove the route, return the address to the
 	// pool. Called once per lease, never under a lock; must not block long.
-	Release(s *Session, addr netip.Addr, reason string)
+	Release(s *Session, addr netip.Addr, why Reason)
 	// Closed is called last, once, when s is gone.
-	Closed(s *Session, reason string)
+	Closed(s *Session, why Reason)
 }
 
 // Config is shared by all sessions of a data plane. Every field but the
@@ -116,19 +110,14 @@ type Session struct {
 	since  time.Time
 	born   int64 // cfg.Now() at accept
 
-	raw    syscall.RawConn // for non-blocking writes from the TUN reader; nil if unavailable
 	ctx    context.Context // ends when the session closes
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// The send queue. A writer goroutine runs only while there is
-	// something to write, so an idle client costs no goroutine and no
-	// buffers; one that does not read fills the queue and is dropped.
-	qmu     sync.Mutex
-	queue   []*Buf // oldest first, at most cfg.SendQueueLen
-	writing bool   // a writer goroutine is draining queue
-	qclosed bool
-	writers sync.WaitGroup
+	// out is what goes to the client. Its writer goroutine runs only while
+	// the client's socket is full, so an idle client costs no goroutine
+	// and no buffers; one that does not read is cut after WriteTimeout.
+	out *sendq.Queue
 
 	state     atomic.Int32
 	addr4     atomic.Uint32 // leased address as packet.Addr4, 0 before
@@ -139,13 +128,14 @@ type Session struct {
 
 	mu     sync.Mutex // guards the transitions below
 	lease  wire.AddrResponse
-	reason string
+	reason Reason
 
 	tunw tun.Writer // reader goroutine: 102s on their way to the TUN; nil when none
 }
 
-// New wraps an accepted connection. Call Serve to run it.
-func New(cfg *Config, id string, conn net.Conn) *Session {
+// New wraps an accepted connection (one that gives access to its socket,
+// as a *net.TCPConn does). Call Serve to run it.
+func New(cfg *Config, id string, conn net.Conn) (*Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Session{
 		cfg: cfg, id: id, conn: conn,
@@ -153,14 +143,17 @@ func New(cfg *Config, id string, conn net.Conn) *Session {
 		ctx: ctx, cancel: cancel,
 		done: make(chan struct{}),
 	}
-	if sc, ok := conn.(syscall.Conn); ok {
-		s.raw, _ = sc.SyscallConn()
+	var err error
+	s.out, err = sendq.New(conn, sendq.Config{Limit: cfg.SendQueueLen, WriteTimeout: cfg.WriteTimeout, OnFail: s.writeFailed})
+	if err != nil {
+		cancel()
+		return nil, err
 	}
 	if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil {
 		s.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	s.lastHeard.Store(s.born)
-	return s
+	return s, nil
 }
 
 // ID is unique among the data plane's sessions.
@@ -202,49 +195,53 @@ func (s *Session) Info() Info {
 		ID: s.id, State: s.State(), Addr: s.Addr(), Remote: s.remote,
 		ConnectedAt: s.since,
 		LastHeard:   s.cfg.Epoch.Add(time.Duration(s.lastHeard.Load())),
-		Traffic:     s.c.snapshot(),
-		SendQueue:   s.queueLen(),
+		Traffic:     s.Traffic(),
+		SendQueue:   s.out.Len(),
 	}
 }
 
 // Traffic returns the session's traffic counters.
-func (s *Session) Traffic() Traffic { return s.c.snapshot() }
-
-// Serve runs the session's reader in this goroutine until the session
-// closes, then waits for its writer.
-func (s *Session) Serve() {
-	s.readLoop()
-	s.writers.Wait()
+func (s *Session) Traffic() Traffic {
+	t := s.c.snapshot()
+	t.BytesToClient, t.PacketsToClient = s.out.Sent()
+	return t
 }
 
-// Send queues a framed message for the client without blocking. It returns
-// false (and the caller keeps the buffer) when the session is closing or its
-// queue is full.
-func (s *Session) Send(b *Buf) bool {
-	one := [1]*Buf{b}
-	// An idle client's keepalive goes out from the caller without waking
-	// a writer goroutine (ten thousand idle clients send 500 a second).
-	if _, ok := s.writeInline(one[:]); ok {
-		return true
-	}
-	return s.enqueue(one[:]) == 1
+// Serve runs the session's reader in this goroutine until the session
+// closes, then waits for its send queue's writer goroutine, if one runs.
+func (s *Session) Serve() {
+	s.readLoop()
+	s.out.Wait()
+}
+
+// Send queues a framed control message (a 101 or 104) for the client
+// without blocking; when nothing waits for the client it is written at
+// once. It returns false (and the caller keeps the buffer) when the session
+// is closing or its queue is full.
+func (s *Session) Send(b *sendq.Buf) bool {
+	return s.send(b) == nil
+}
+
+func (s *Session) send(b *sendq.Buf) error {
+	one := [1]*sendq.Buf{b}
+	_, err := s.out.Send(one[:])
+	return err
 }
 
 // SendData queues 103s that the caller framed, counting a drop for each
 // that does not fit; it returns how many were queued (a prefix of bs, which
 // the session now owns; the caller keeps the rest).
 //
-// When nothing is waiting for the client, SendData first tries to write
-// the messages at once without blocking: a busy flow is forwarded without
-// handing each batch to another goroutine (a thread wake-up per batch),
-// while a client whose socket is full still only costs the caller the
-// attempt: what does not fit goes to the queue and the writer goroutine.
-func (s *Session) SendData(bs []*Buf) int {
-	if n, ok := s.writeInline(bs); ok {
-		return n
+// When nothing is waiting for the client, the messages are written at once
+// without blocking: a busy flow is forwarded without handing each batch to
+// another goroutine (a thread wake-up per batch), while a client whose
+// socket is full only costs the caller the attempt (see sendq.Queue).
+func (s *Session) SendData(bs []*sendq.Buf) int {
+	for _, b := range bs {
+		b.Kind = sendq.Data
 	}
-	n := s.enqueue(bs)
-	if n < len(bs) && s.state.Load() < int32(Closing) {
+	n, err := s.out.Send(bs)
+	if errors.Is(err, sendq.ErrFull) {
 		for range len(bs) - n {
 			s.drop(DropSendQueueFull, nil)
 		}
@@ -252,146 +249,38 @@ func (s *Session) SendData(bs []*Buf) int {
 	return n
 }
 
-// writeInline writes bs without blocking when the session has no writer at
-// work, and queues what did not fit. ok is false when it did not try.
-func (s *Session) writeInline(bs []*Buf) (n int, ok bool) {
-	if s.raw == nil || len(bs) == 0 {
-		return 0, false
-	}
-	s.qmu.Lock()
-	if s.qclosed || s.writing || len(s.queue) > 0 {
-		s.qmu.Unlock()
-		return 0, false
-	}
-	s.writing = true // the writer role is ours while we write
-	s.qmu.Unlock()
-
-	w := writers.Get().(*writer)
-	written, err := w.writevNonblock(s.raw, bs)
-	writers.Put(w)
-
-	var bytes, pkts uint64
-	done := 0
-	for i, b := range bs {
-		m := b.N - b.Off
-		if written < m {
-			if b.static && written > 0 {
-				// Shared bytes (a keepalive) cannot carry this session's
-				// offset: the rest goes in a private copy.
-				c := GetBuf()
-				c.N = copy(c.B, b.B[b.Off+written:b.N])
-				bs[i] = c
-			} else {
-				b.Off += written
-			}
-			break
-		}
-		written -= m
-		if b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
-			bytes += uint64(b.N - wire.HeaderLen)
-			pkts++
-		}
-		PutBuf(b)
-		done++
-	}
-	s.c.bytesTo.Add(bytes)
-	s.c.pktsTo.Add(pkts)
-	rest := bs[done:]
-
-	s.qmu.Lock()
-	if s.qclosed || err != nil {
-		// Closed under us, or a hard error (the writer will see it too):
-		// nothing more goes out.
-		s.writing = false
-		s.qmu.Unlock()
-		for _, b := range rest {
-			PutBuf(b)
-		}
-		if err != nil {
-			s.Close(writeErrReason(err))
-		}
-		return len(bs), true
-	}
-	if len(rest) > 0 {
-		// Ahead of whatever was queued meanwhile, so order is kept (the
-		// queue may exceed its bound by this one batch). rest belongs to
-		// the caller's slice: copy it, never keep it.
-		old := len(s.queue)
-		s.queue = slices.Grow(s.queue, len(rest))[:old+len(rest)]
-		copy(s.queue[len(rest):], s.queue[:old])
-		copy(s.queue, rest)
-	}
-	start := len(s.queue) > 0
-	if start {
-		s.writers.Add(1)
-	} else {
-		s.writing = false
-	}
-	s.qmu.Unlock()
-	if start {
-		go s.writeLoop()
-	}
-	return len(bs), true
+// writeFailed is the send queue's OnFail: a write to the client failed.
+func (s *Session) writeFailed(err error) {
+	s.Close(writeErrReason(err, s.cfg.WriteTimeout))
 }
 
-func (s *Session) enqueue(bs []*Buf) int {
-	s.qmu.Lock()
-	if s.qclosed {
-		s.qmu.Unlock()
-		return 0
-	}
-	n := min(len(bs), s.cfg.SendQueueLen-len(s.queue))
-	s.queue = append(s.queue, bs[:n]...)
-	start := n > 0 && !s.writing
-	if start {
-		s.writing = true
-		s.writers.Add(1)
-	}
-	s.qmu.Unlock()
-	if start {
-		go s.writeLoop()
-	}
-	return n
-}
-
-func (s *Session) queueLen() int {
-	s.qmu.Lock()
-	defer s.qmu.Unlock()
-	return len(s.queue)
-}
-
-// Close ends the session; only the first call does anything.
-func (s *Session) Close(reason string) {
+// Close ends the session; only the first call does anything. It returns
+// once the address is released and Host.Closed has run; a blocked write to
+// the client is cut short (the connection is closed first).
+func (s *Session) Close(why Reason) {
 	s.mu.Lock()
 	if s.state.Load() >= int32(Closing) {
 		s.mu.Unlock()
 		return
 	}
 	s.state.Store(int32(Closing))
-	s.reason = reason
+	s.reason = why
 	leased := s.Addr()
 	s.mu.Unlock()
 
 	s.cancel()
 	close(s.done)
-	s.conn.Close() // unblocks the reader and the writer
-	s.qmu.Lock()
-	s.qclosed = true
-	pending := s.queue
-	s.queue = nil
-	s.qmu.Unlock()
-	for _, b := range pending {
-		PutBuf(b)
-	}
+	s.conn.Close() // unblocks the reader and a waiting writer
+	s.out.Close()  // drops what still waits for the client
 	if leased.IsValid() {
-		s.cfg.Host.Release(s, leased, reason)
+		s.cfg.Host.Release(s, leased, why)
 	}
 	s.state.Store(int32(Closed))
-	s.cfg.Host.Closed(s, reason)
+	s.cfg.Host.Closed(s, why)
 }
 
-// Reason returns why the session closed ("" while open).
-func (s *Session) Reason() string {
+// Reason returns why the session closed (the zero Reason while open).
+func (s *Session) Reason() Reason {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.reason
@@ -406,16 +295,16 @@ func (s *Session) Tick(now int64) {
 	}
 	timeout := int64(s.cfg.KeepaliveTimeout)
 	if st == Accepted && now-s.born > timeout {
-		s.Close(fmt.Sprintf("no address request (100) within %s", s.cfg.KeepaliveTimeout))
+		s.Close(Reason{CauseNoAddrRequest, "none within " + s.cfg.KeepaliveTimeout.String()})
 		return
 	}
 	if now-s.lastHeard.Load() > timeout {
-		s.Close(fmt.Sprintf("%s: silent for more than %s", ReasonKeepaliveTimeout, s.cfg.KeepaliveTimeout))
+		s.Close(Reason{CauseKeepaliveTimeout, "silent for more than " + s.cfg.KeepaliveTimeout.String()})
 		return
 	}
 	if st == Leased && now >= s.nextKA.Load() {
 		s.nextKA.Store(now + int64(s.cfg.KeepaliveInterval))
-		if !s.Send(keepaliveBuf) && s.state.Load() < int32(Closing) {
+		if errors.Is(s.send(keepaliveBuf), sendq.ErrFull) {
 			s.drop(DropSendQueueFull, nil)
 		}
 	}
@@ -457,23 +346,33 @@ func (s *Session) readLoop() {
 	}
 }
 
-func readErrReason(err error) string {
+func readErrReason(err error) Reason {
 	var fe *wire.FrameError
 	switch {
 	case errors.Is(err, io.EOF):
-		return "client closed the connection"
+		return Reason{Cause: CauseClientClosed}
 	case errors.As(err, &fe):
-		return fe.Error()
+		return Reason{CauseFrameError, fmt.Sprintf("length field %d outside %d..%d", fe.Length, wire.HeaderLen, wire.MaxMsgLen)}
 	case errors.Is(err, wire.ErrTruncated):
-		return "client closed the connection inside a message"
+		return Reason{Cause: CauseClientTruncated}
 	case errors.Is(err, net.ErrClosed):
-		return "closed"
+		return Reason{Cause: CauseClosed}
 	case errors.Is(err, syscall.ECONNRESET):
-		return "connection reset by client"
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return "read timeout"
+		return Reason{Cause: CauseReset}
 	}
-	return "read error: " + err.Error()
+	return Reason{CauseReadError, err.Error()}
+}
+
+func writeErrReason(err error, timeout time.Duration) Reason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return Reason{CauseWriteTimeout, "write blocked for " + timeout.String()}
+	case errors.Is(err, net.ErrClosed):
+		return Reason{Cause: CauseClosed}
+	case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
+		return Reason{Cause: CauseReset}
+	}
+	return Reason{CauseWriteError, err.Error()}
 }
 
 // addrRequest answers a 100. It returns false when the session closed.
@@ -489,22 +388,24 @@ func (s *Session) addrRequest() bool {
 	lease, err := s.cfg.Host.Lease(s.ctx, s)
 	if err != nil {
 		if s.ctx.Err() == nil {
-			s.Close("no address: " + err.Error())
+			s.Close(Reason{CauseNoAddress, err.Error()})
 		}
 		return false
 	}
+	// The 101 goes into the queue before the session can receive 103s
+	// (routed to it from Host.Leased on) or 104s (sent once Leased), so it
+	// is the first message the client gets. Not under s.mu: a write that
+	// fails closes the session, which takes s.mu.
+	s.send101(lease)
 	s.mu.Lock()
 	if s.state.Load() >= int32(Closing) {
-		// Closed while the controller answered: nobody else knows about
-		// this lease, so give it back here.
+		// Closed while the controller answered (or by the 101's write):
+		// nobody else knows about this lease, so give it back here.
 		s.mu.Unlock()
-		s.cfg.Host.Release(s, lease.Addr, "closed while leasing")
+		s.cfg.Host.Release(s, lease.Addr, Reason{Cause: CauseClosedWhileLeasing})
 		return false
 	}
 	s.lease = lease
-	// The 101 goes into the queue before the session can receive 103s or
-	// 104s, so it is the first message the client gets.
-	s.send101(lease)
 	s.addr4.Store(packet.Addr4(lease.Addr))
 	s.nextKA.Store(s.cfg.Now() + int64(s.cfg.KeepaliveInterval))
 	s.state.Store(int32(Leased))
@@ -514,17 +415,19 @@ func (s *Session) addrRequest() bool {
 }
 
 func (s *Session) send101(lease wire.AddrResponse) {
-	b := GetBuf()
+	b := sendq.Get()
 	msg, err := wire.AppendAddrResponse(b.B[:0], lease)
 	if err != nil {
-		PutBuf(b)
+		sendq.Put(b)
 		s.cfg.Logger.Error("cannot format 101", "session", s.id, "err", err)
 		return
 	}
 	b.N = len(msg)
-	if !s.Send(b) {
-		PutBuf(b)
-		s.drop(DropSendQueueFull, nil)
+	if err := s.send(b); err != nil {
+		sendq.Put(b)
+		if errors.Is(err, sendq.ErrFull) {
+			s.drop(DropSendQueueFull, nil)
+		}
 	}
 }
 
@@ -577,127 +480,4 @@ func (s *Session) drop(r Drop, attrs []any) {
 	s.cfg.Logger.Warn("dropped message from or to client (further drops of this kind on this connection are only counted)", args...)
 }
 
-// writer is the scratch space of one writer goroutine run, pooled so a
-// burst of writes allocates nothing.
-type writer struct {
-	bufs []*Buf
-	vec  [][]byte
-	nb   net.Buffers
-	iov  []unix.Iovec
-}
-
-// writevNonblock writes as much of bs as the socket takes now, without
-// waiting, and returns the bytes written. EAGAIN is not an error.
-func (w *writer) writevNonblock(raw syscall.RawConn, bs []*Buf) (int, error) {
-	w.iov = w.iov[:0]
-	for _, b := range bs {
-		m := b.Message()
-		if len(m) == 0 {
-			continue
-		}
-		var v unix.Iovec
-		v.Base = &m[0]
-		v.SetLen(len(m))
-		w.iov = append(w.iov, v)
-		if len(w.iov) == 1024 { // IOV_MAX: the rest waits for the writer
-			break
-		}
-	}
-	if len(w.iov) == 0 {
-		return 0, nil
-	}
-	var n int
-	var werr error
-	err := raw.Write(func(fd uintptr) bool {
-		r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
-		switch {
-		case e == 0:
-			n = int(r)
-		case e == unix.EAGAIN || e == unix.EINTR:
-		default:
-			werr = e
-		}
-		return true // never wait: that is the writer goroutine's job
-	})
-	clear(w.iov)
-	if werr == nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		// A deadline left by the writer goroutine is not this write's
-		// business: nothing was written, the writer takes over.
-		werr = err
-	}
-	return n, werr
-}
-
-var writers = sync.Pool{New: func() any { return new(writer) }}
-
-// writeLoop drains the queue with one writev per turn and exits when the
-// queue is empty (the next Send starts a new one).
-func (s *Session) writeLoop() {
-	defer s.writers.Done()
-	w := writers.Get().(*writer)
-	defer writers.Put(w)
-	for {
-		s.qmu.Lock()
-		if len(s.queue) == 0 || s.qclosed {
-			if s.cfg.WriteTimeout > 0 {
-				// No deadline outlives the writes it guards (the TUN
-				// reader's non-blocking writes would trip over it).
-				// Under the lock: the next writer sets its own after.
-				s.conn.SetWriteDeadline(time.Time{})
-			}
-			s.writing = false
-			if cap(s.queue) > 64 {
-				s.queue = nil // a burst is over: give its memory back
-			}
-			s.qmu.Unlock()
-			return
-		}
-		w.bufs = append(w.bufs[:0], s.queue...)
-		clear(s.queue)
-		s.queue = s.queue[:0]
-		s.qmu.Unlock()
-
-		w.vec = w.vec[:0]
-		for _, b := range w.bufs {
-			w.vec = append(w.vec, b.Message())
-		}
-		w.nb = w.vec
-		if s.cfg.WriteTimeout > 0 {
-			s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		}
-		_, err := w.nb.WriteTo(s.conn)
-		var bytes, pkts uint64
-		for i, b := range w.bufs {
-			if b.N > wire.HeaderLen && b.B[4] == byte(wire.TypeNetResponse) {
-				bytes += uint64(b.N - wire.HeaderLen)
-				pkts++
-			}
-			PutBuf(b)
-			w.bufs[i] = nil
-		}
-		clear(w.vec)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				s.Close(fmt.Sprintf("client stopped reading: write blocked for %s", s.cfg.WriteTimeout))
-			} else {
-				s.Close(writeErrReason(err))
-			}
-			s.qmu.Lock()
-			s.writing = false
-			s.qmu.Unlock()
-			return
-		}
-		s.c.bytesTo.Add(bytes)
-		s.c.pktsTo.Add(pkts)
-	}
-}
-
-func writeErrReason(err error) string {
-	switch {
-	case errors.Is(err, net.ErrClosed):
-		return "closed"
-	case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
-		return "connection reset by client"
-	}
-	return "write error: " + err.Error()
-}
+var keepaliveBuf = sendq.Static(wire.Keepalive[:])

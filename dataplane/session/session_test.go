@@ -17,10 +17,19 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/session"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
+
+// testOver closes the sessions a test leaves open.
+var testOver = session.Reason{Cause: session.CauseShutdown, Detail: "test over"}
+
+// kick is a close reason with the given words.
+func kick(words string) session.Reason {
+	return session.Reason{Cause: session.CauseKicked, Detail: words}
+}
 
 // failAfter bounds every wait so that a broken session fails the test
 // instead of hanging it. No assertion depends on how long anything takes.
@@ -67,7 +76,7 @@ func (f *fakeTUN) Write(p []byte) (int, error) {
 
 type release struct {
 	addr   netip.Addr
-	reason string
+	reason session.Reason
 }
 
 // fakeHost counts every callback.
@@ -79,7 +88,7 @@ type fakeHost struct {
 
 	mu       sync.Mutex
 	releases []release
-	closed   []string
+	closed   []session.Reason
 	closedCh chan struct{} // closed by the first Closed call
 }
 
@@ -97,13 +106,13 @@ func (h *fakeHost) Lease(ctx context.Context, s *session.Session) (wire.AddrResp
 
 func (h *fakeHost) Leased(s *session.Session) { h.leased <- s }
 
-func (h *fakeHost) Release(_ *session.Session, addr netip.Addr, reason string) {
+func (h *fakeHost) Release(_ *session.Session, addr netip.Addr, reason session.Reason) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.releases = append(h.releases, release{addr, reason})
 }
 
-func (h *fakeHost) Closed(_ *session.Session, reason string) {
+func (h *fakeHost) Closed(_ *session.Session, reason session.Reason) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = append(h.closed, reason)
@@ -112,7 +121,7 @@ func (h *fakeHost) Closed(_ *session.Session, reason string) {
 	}
 }
 
-func (h *fakeHost) calls() ([]release, []string) {
+func (h *fakeHost) calls() ([]release, []session.Reason) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.releases), slices.Clone(h.closed)
@@ -163,7 +172,9 @@ func newPair(t *testing.T, mod func(*session.Config), serve bool) *pair {
 		mod(p.cfg)
 	}
 	p.bornMin = p.cfg.Now()
-	p.s = session.New(p.cfg, "sess-1", conn)
+	if p.s, err = session.New(p.cfg, "sess-1", conn); err != nil {
+		t.Fatal(err)
+	}
 	p.bornMax = p.cfg.Now()
 	if serve {
 		go func() {
@@ -171,12 +182,12 @@ func newPair(t *testing.T, mod func(*session.Config), serve bool) *pair {
 			p.s.Serve()
 		}()
 		t.Cleanup(func() {
-			p.s.Close("test over")
+			p.s.Close(testOver)
 			p.waitServed()
 		})
 	} else {
 		close(p.served)
-		t.Cleanup(func() { p.s.Close("test over") })
+		t.Cleanup(func() { p.s.Close(testOver) })
 	}
 	return p
 }
@@ -267,7 +278,7 @@ func (p *pair) lease() (before, after int64) {
 // was queued.
 func (p *pair) marker(seq uint16) {
 	p.t.Helper()
-	b := session.GetBuf()
+	b := sendq.Get()
 	pkt := packet.BuildICMPEcho(netip.MustParseAddr("198.51.100.2"), testLease.Addr, 7, seq, nil, true)
 	b.N = len(wire.AppendMsg(b.B[:0], wire.TypeNetResponse, pkt))
 	if !p.s.Send(b) {
@@ -302,7 +313,7 @@ func echoFrom(src netip.Addr, seq uint16) []byte {
 func TestLifecycle(t *testing.T) {
 	p := newPair(t, nil, true)
 	s := p.s
-	if s.State() != session.Accepted || s.Addr().IsValid() || s.Reason() != "" || s.ID() != "sess-1" {
+	if s.State() != session.Accepted || s.Addr().IsValid() || !s.Reason().IsZero() || s.ID() != "sess-1" {
 		t.Fatalf("new session: state %v addr %v reason %q id %q", s.State(), s.Addr(), s.Reason(), s.ID())
 	}
 	if want := p.client.LocalAddr().String(); s.Remote().String() != want {
@@ -331,8 +342,9 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("Host.Lease called %d times, want 1", n)
 	}
 
-	s.Close("operator said so")
-	if s.State() != session.Closed || s.Reason() != "operator said so" {
+	said := kick("operator said so")
+	s.Close(said)
+	if s.State() != session.Closed || s.Reason() != said || said.String() != "operator said so" {
 		t.Errorf("after Close: state %v reason %q", s.State(), s.Reason())
 	}
 	select {
@@ -343,14 +355,14 @@ func TestLifecycle(t *testing.T) {
 	p.expectEOF()
 	p.waitServed()
 	rel, closed := p.host.calls()
-	if want := []release{{testLease.Addr, "operator said so"}}; !slices.Equal(rel, want) {
+	if want := []release{{testLease.Addr, said}}; !slices.Equal(rel, want) {
 		t.Errorf("releases = %v, want %v", rel, want)
 	}
-	if want := []string{"operator said so"}; !slices.Equal(closed, want) {
+	if want := []session.Reason{said}; !slices.Equal(closed, want) {
 		t.Errorf("Closed calls = %q, want %q", closed, want)
 	}
-	s.Close("again") // a no-op
-	if rel, closed := p.host.calls(); len(rel) != 1 || len(closed) != 1 || s.Reason() != "operator said so" {
+	s.Close(kick("again")) // a no-op
+	if rel, closed := p.host.calls(); len(rel) != 1 || len(closed) != 1 || s.Reason() != said {
 		t.Errorf("second Close did something: releases %v closed %q reason %q", rel, closed, s.Reason())
 	}
 }
@@ -367,14 +379,14 @@ func TestClientDisconnects(t *testing.T) {
 	if len(rel) != 1 || rel[0].addr != testLease.Addr || len(closed) != 1 {
 		t.Fatalf("releases %v, closed %q; want one of each", rel, closed)
 	}
-	if closed[0] != "client closed the connection" || rel[0].reason != closed[0] {
+	if closed[0].Cause != session.CauseClientClosed || closed[0].String() != "client closed the connection" || rel[0].reason != closed[0] {
 		t.Errorf("reasons: release %q closed %q", rel[0].reason, closed[0])
 	}
 }
 
 func TestClosedBeforeLeaseReleasesNothing(t *testing.T) {
 	p := newPair(t, nil, true)
-	p.s.Close("bye")
+	p.s.Close(kick("bye"))
 	p.expectEOF()
 	p.waitServed()
 	rel, closed := p.host.calls()
@@ -396,7 +408,7 @@ func TestConcurrentClose(t *testing.T) {
 		for i := range closers {
 			wg.Go(func() {
 				<-start
-				p.s.Close(fmt.Sprintf("closer %d", i))
+				p.s.Close(kick(fmt.Sprintf("closer %d", i)))
 			})
 		}
 		wg.Go(func() { <-start; p.client.Close() })                                 // the reader sees EOF
@@ -440,7 +452,7 @@ func TestLeaseCompletesAfterClose(t *testing.T) {
 	case <-time.After(failAfter):
 		t.Fatal("Host.Lease not called")
 	}
-	p.s.Close("closed during lease")
+	p.s.Close(kick("closed during lease"))
 	p.expectEOF() // and no 101
 	p.waitServed()
 
@@ -448,8 +460,8 @@ func TestLeaseCompletesAfterClose(t *testing.T) {
 		t.Error("the context given to Lease was not cancelled by Close")
 	}
 	rel, closed := p.host.calls()
-	if len(rel) != 1 || rel[0].addr != late {
-		t.Fatalf("releases = %v, want exactly one of %s", rel, late)
+	if len(rel) != 1 || rel[0].addr != late || rel[0].reason.Cause != session.CauseClosedWhileLeasing {
+		t.Fatalf("releases = %v, want exactly one of %s, closed while leasing", rel, late)
 	}
 	if len(closed) != 1 {
 		t.Errorf("Closed calls = %q, want one", closed)
@@ -473,7 +485,7 @@ func TestLeaseFails(t *testing.T) {
 	p.expectEOF()
 	p.waitServed()
 	rel, closed := p.host.calls()
-	if len(rel) != 0 || len(closed) != 1 || !strings.Contains(closed[0], "pool exhausted, say") {
+	if len(rel) != 0 || len(closed) != 1 || closed[0].Cause != session.CauseNoAddress || closed[0].String() != "no address: pool exhausted, say" {
 		t.Errorf("releases %v closed %q; want none and one naming the error", rel, closed)
 	}
 }
@@ -528,8 +540,8 @@ func TestTickAcceptedTimeout(t *testing.T) {
 	if p.s.State() != session.Closed {
 		t.Fatalf("state %v past the timeout without a 100, want closed", p.s.State())
 	}
-	if want := "no address request (100) within 1m0s"; p.s.Reason() != want {
-		t.Errorf("reason %q, want %q", p.s.Reason(), want)
+	if r := p.s.Reason(); r.Cause != session.CauseNoAddrRequest || r.String() != "no address request (100): none within 1m0s" {
+		t.Errorf("reason %v (%q)", r.Cause, r)
 	}
 	p.expectEOF()
 	p.waitServed()
@@ -579,8 +591,8 @@ func TestTickLeasedTimeout(t *testing.T) {
 	if p.s.State() != session.Closed {
 		t.Fatalf("state %v after the timeout, want closed", p.s.State())
 	}
-	if want := "keepalive timeout: silent for more than 1m0s"; p.s.Reason() != want {
-		t.Errorf("reason %q, want %q", p.s.Reason(), want)
+	if r := p.s.Reason(); r.Cause != session.CauseKeepaliveTimeout || r.String() != "keepalive timeout: silent for more than 1m0s" {
+		t.Errorf("reason %v (%q)", r.Cause, r)
 	}
 	p.expectEOF(wire.TypeKeepalive)
 	p.waitServed()
@@ -598,19 +610,19 @@ func TestTickLeasedTimeout(t *testing.T) {
 func TestSendAfterClose(t *testing.T) {
 	p := newPair(t, nil, true)
 	p.lease()
-	p.s.Close("done")
-	b := session.GetBuf()
+	p.s.Close(kick("done"))
+	b := sendq.Get()
 	b.N = copy(b.B, wire.Keepalive[:])
 	if p.s.Send(b) {
 		t.Error("Send returned true after Close")
 	}
-	if p.s.SendData([]*session.Buf{b}) != 0 {
+	if p.s.SendData([]*sendq.Buf{b}) != 0 {
 		t.Error("SendData returned true after Close")
 	}
 	if n := p.drops.Get(session.DropSendQueueFull); n != 0 {
 		t.Errorf("a send to a closed session counted %d send_queue_full drops", n)
 	}
-	session.PutBuf(b)
+	sendq.Put(b)
 }
 
 func TestSendQueueFull(t *testing.T) {
@@ -618,17 +630,17 @@ func TestSendQueueFull(t *testing.T) {
 		c.SendQueueLen = 2
 		c.WriteTimeout = time.Minute
 	}, false)
-	t.Cleanup(func() { p.s.Close("test over") })
+	t.Cleanup(func() { p.s.Close(testOver) })
 	// The client reads nothing: writes fill its socket, then the queue.
 	for i := 0; ; i++ {
 		if i > 100000 {
 			t.Fatal("the queue never filled")
 		}
-		b := session.GetBuf()
+		b := sendq.Get()
 		wire.PutHeader(b.B, wire.TypeNetResponse, 4000)
 		b.N = wire.HeaderLen + 4000
-		if p.s.SendData([]*session.Buf{b}) == 0 {
-			session.PutBuf(b)
+		if p.s.SendData([]*sendq.Buf{b}) == 0 {
+			sendq.Put(b)
 			break
 		}
 	}
@@ -637,13 +649,13 @@ func TestSendQueueFull(t *testing.T) {
 	}
 	// The kernel may still grow the socket's buffers, letting the blocked
 	// writer take the queue once more; it fills again at once.
-	ka := session.GetBuf()
+	ka := sendq.Get()
 	ka.N = copy(ka.B, wire.Keepalive[:])
 	refused := false
 	for i := 0; i < 100000 && !refused; i++ {
 		refused = !p.s.Send(ka)
 		if !refused {
-			ka = session.GetBuf()
+			ka = sendq.Get()
 			ka.N = copy(ka.B, wire.Keepalive[:])
 		}
 	}
@@ -656,7 +668,7 @@ func TestSendQueueFull(t *testing.T) {
 	if q := p.s.Info().SendQueue; q > 2 {
 		t.Errorf("Info().SendQueue = %d: the queue outgrew its bound of 2", q)
 	}
-	session.PutBuf(ka)
+	sendq.Put(ka)
 }
 
 // TestDataChecks: 102s reach the TUN only once leased and only from the
@@ -761,5 +773,138 @@ func TestCountersAdd(t *testing.T) {
 	a := session.Traffic{BytesFromClient: 1, PacketsFromClient: 2, BytesToClient: 3, PacketsToClient: 4}
 	if got := a.Add(a); got != (session.Traffic{BytesFromClient: 2, PacketsFromClient: 4, BytesToClient: 6, PacketsToClient: 8}) {
 		t.Errorf("Add = %+v", got)
+	}
+}
+
+func data103(seq uint16, size int) *sendq.Buf {
+	b := sendq.Get()
+	pkt := packet.BuildICMPEcho(netip.MustParseAddr("198.51.100.2"), testLease.Addr, 9, seq, make([]byte, size), true)
+	b.N = len(wire.AppendMsg(b.B[:0], wire.TypeNetResponse, pkt))
+	return b
+}
+
+// TestTrafficToClient: 103s count as traffic to the client (IPv4 bytes,
+// without the header) once written; 101s and 104s do not.
+func TestTrafficToClient(t *testing.T) {
+	p := newPair(t, nil, true)
+	_, t1 := p.lease()
+	a, b := data103(1, 100), data103(2, 1000)
+	want := uint64(a.N + b.N - 2*wire.HeaderLen)
+	if n := p.s.SendData([]*sendq.Buf{a, b}); n != 2 {
+		t.Fatalf("SendData took %d of 2", n)
+	}
+	p.s.Tick(t1 + int64(p.cfg.KeepaliveInterval))
+	p.expect(wire.TypeNetResponse)
+	p.expect(wire.TypeNetResponse)
+	p.expect(wire.TypeKeepalive)
+	eventually(t, "to-client counters", func() bool {
+		c := p.s.Traffic()
+		return c.PacketsToClient == 2 && c.BytesToClient == want
+	})
+	if c := p.s.Info().Traffic; c.PacketsToClient != 2 || c.BytesToClient != want {
+		t.Errorf("Info().Traffic = %+v, want 2 packets of %d bytes", c, want)
+	}
+}
+
+// TestStoppedReaderIsCut: a leased client that reads nothing is cut once a
+// write to it has been blocked for the write timeout, and its address is
+// released with that reason.
+func TestStoppedReaderIsCut(t *testing.T) {
+	p := newPair(t, func(c *session.Config) {
+		c.WriteTimeout = 100 * time.Millisecond
+		c.SendQueueLen = 4
+	}, true)
+	p.lease()
+	deadline := time.Now().Add(failAfter)
+	for seq := uint16(0); p.s.State() == session.Leased; seq++ {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that reads nothing was never cut")
+		}
+		b := data103(seq, 3000)
+		if p.s.SendData([]*sendq.Buf{b}) == 0 {
+			sendq.Put(b)
+			time.Sleep(time.Millisecond)
+		}
+	}
+	p.waitServed()
+	rel, closed := p.host.calls()
+	if len(closed) != 1 || closed[0].Cause != session.CauseWriteTimeout ||
+		closed[0].String() != "client stopped reading: write blocked for 100ms" {
+		t.Fatalf("Closed calls %v, want one: client stopped reading", closed)
+	}
+	if len(rel) != 1 || rel[0].addr != testLease.Addr || rel[0].reason != closed[0] {
+		t.Fatalf("releases %v, want one of %s with the same reason", rel, testLease.Addr)
+	}
+	if p.drops.Get(session.DropSendQueueFull) == 0 {
+		t.Error("no send_queue_full drops counted while the client was not reading")
+	}
+}
+
+// TestFailed101Write: the client resets the connection while the
+// controller answers; the 101's write fails, which closes the session from
+// inside the lease path without deadlocking it, and the lease is given back.
+func TestFailed101Write(t *testing.T) {
+	p := newPair(t, nil, true)
+	answer := make(chan struct{})
+	p.host.lease = func(context.Context, *session.Session) (wire.AddrResponse, error) {
+		<-answer
+		return testLease, nil
+	}
+	p.write(wire.AddrRequest[:])
+	eventually(t, "the 100 to reach the host", func() bool { return p.host.leaseCalls.Load() == 1 })
+	p.client.(*net.TCPConn).SetLinger(0)
+	p.client.Close() // a reset
+	// Give the reset time to arrive, so that (almost always) the 101's
+	// write is what notices it. Either way the outcome below holds.
+	time.Sleep(50 * time.Millisecond)
+	close(answer)
+	p.waitServed()
+	rel, closed := p.host.calls()
+	if len(closed) != 1 || closed[0].Cause != session.CauseReset {
+		t.Fatalf("Closed calls %v, want one: connection reset", closed)
+	}
+	if len(rel) != 1 || rel[0].addr != testLease.Addr {
+		t.Fatalf("releases %v, want %s given back once", rel, testLease.Addr)
+	}
+}
+
+func TestCauseNames(t *testing.T) {
+	seen := map[string]session.Cause{}
+	for c := range session.NumCauses {
+		name := c.String()
+		if name == "" || strings.ContainsAny(name, " \t") || (name == "unknown" && c != session.CauseUnknown) {
+			t.Errorf("cause %d has name %q", c, name)
+		}
+		if prev, dup := seen[name]; dup {
+			t.Errorf("causes %d and %d share the name %q", prev, c, name)
+		}
+		seen[name] = c
+		if s := (session.Reason{Cause: c}).String(); s == "" {
+			t.Errorf("cause %s reads as nothing", name)
+		}
+	}
+	if got := session.NumCauses.String(); got != "unknown" {
+		t.Errorf("NumCauses.String() = %q", got)
+	}
+	for r, want := range map[session.Reason]string{
+		{Cause: session.CauseClientClosed}:                             "client closed the connection",
+		{session.CauseKeepaliveTimeout, "silent for more than 1m0s"}:   "keepalive timeout: silent for more than 1m0s",
+		{session.CauseWriteTimeout, "write blocked for 10s"}:           "client stopped reading: write blocked for 10s",
+		{session.CauseAddressConflict, "leased to session 7"}:          "address conflict: leased to session 7",
+		{Cause: session.CauseKicked}:                                   "kicked by operator",
+		{session.CauseKicked, "maintenance"}:                           "maintenance",
+		{session.CauseFrameError, "length field 9999 outside 5..4101"}: "framing error: length field 9999 outside 5..4101",
+		{session.CauseUnknown, "something odd"}:                        "something odd",
+		{Cause: session.CauseShutdown}:                                 "data plane shutting down",
+		{session.CauseNoAddress, "pool exhausted"}:                     "no address: pool exhausted",
+		{Cause: session.CauseClosedWhileLeasing}:                       "closed while leasing",
+		{Cause: session.CauseReset}:                                    "connection reset by client",
+		{session.CauseReadError, "read tcp: bad"}:                      "read error: read tcp: bad",
+		{session.CauseNoAddrRequest, "none within 3s"}:                 "no address request (100): none within 3s",
+		{Cause: session.CauseClientTruncated}:                          "client closed the connection inside a message",
+	} {
+		if got := r.String(); got != want {
+			t.Errorf("%v %q: String() = %q, want %q", r.Cause, r.Detail, got, want)
+		}
 	}
 }

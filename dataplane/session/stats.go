@@ -105,16 +105,12 @@ func (c Traffic) Add(o Traffic) Traffic {
 	}
 }
 
-// counters are a session's live counters: the reader goroutine writes the
-// from-client pair, the writer goroutine the to-client pair.
+// counters are a session's live from-client counters, written by its
+// reader goroutine; the to-client pair is its send queue's (sendq.Queue.Sent).
 type counters struct {
 	bytesFrom, pktsFrom atomic.Uint64
-	bytesTo, pktsTo     atomic.Uint64
 }
 
 func (c *counters) snapshot() Traffic {
-	return Traffic{
-		BytesFromClient: c.bytesFrom.Load(), PacketsFromClient: c.pktsFrom.Load(),
-		BytesToClient: c.bytesTo.Load(), PacketsToClient: c.pktsTo.Load(),
-	}
+	return Traffic{BytesFromClient: c.bytesFrom.Load(), PacketsFromClient: c.pktsFrom.Load()}
 }
