@@ -629,7 +629,7 @@ func BenchmarkSend(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	server.Close()
-	q.Close()
+	q.Close() // the client reads on: the writer finishes its turn
 	q.Wait()
+	server.Close()
 }
