@@ -83,6 +83,14 @@ type Config struct {
 // Counting. Bytes and packets to the client are counted in one place,
 // writer.finish, when the last byte of a Data message is written: never a
 // message that was dropped or only partly written.
+//
+// Shape. The waiting messages are touched in three places only: Send
+// appends within the bound, writeNow puts a remainder back in front,
+// writeLoop takes a turn from the front; a scheduler over several flows,
+// bounded in bytes or waiting time, would replace msgs there and nowhere
+// else. finish is where every written message ends (what looks at
+// messages as sent belongs there), and taking the role as Close does is
+// what stopping the writer without dropping anything would take.
 type Queue struct {
 	raw    syscall.RawConn
 	conn   net.Conn // for its write deadline

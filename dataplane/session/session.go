@@ -228,9 +228,10 @@ func (s *Session) send(b *sendq.Buf) error {
 	return err
 }
 
-// SendData queues 103s that the caller framed, counting a drop for each
-// that does not fit; it returns how many were queued (a prefix of bs, which
-// the session now owns; the caller keeps the rest).
+// SendData queues 103s that the caller framed in pooled buffers (never a
+// sendq.Static one: it records Data on each), counting a drop for each that
+// does not fit; it returns how many were queued (a prefix of bs, which the
+// session now owns; the caller keeps the rest).
 //
 // When nothing is waiting for the client, the messages are written at once
 // without blocking: a busy flow is forwarded without handing each batch to
