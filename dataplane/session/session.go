@@ -396,8 +396,11 @@ func (s *Session) addrRequest() bool {
 	// The 101 goes into the queue before the session can receive 103s
 	// (routed to it from Host.Leased on) or 104s (sent once Leased), so it
 	// is the first message the client gets. Not under s.mu: a write that
-	// fails closes the session, which takes s.mu.
-	s.send101(lease)
+	// fails closes the session, which takes s.mu. A session already closing
+	// sends none; one that starts closing meanwhile is seen below.
+	if s.state.Load() < int32(Closing) {
+		s.send101(lease)
+	}
 	s.mu.Lock()
 	if s.state.Load() >= int32(Closing) {
 		// Closed while the controller answered (or by the 101's write):
