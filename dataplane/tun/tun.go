@@ -1,7 +1,8 @@
-// Package tun hides the TUN interface behind a small batch-shaped interface
-// (the shape of wireguard-go's tun.Device), so the forwarding loops do not
-// care which backend moves the packets. water is the plain backend named by
-// the design; faster ones can sit beside it.
+// Package tun hides the TUN interface behind a small interface (batched
+// reads in the shape of wireguard-go's tun.Device, and a Writer each backend
+// makes its own), so the forwarding loops do not care which backend moves
+// the packets. water is the plain backend named by the design; faster ones
+// can sit beside it.
 package tun
 
 import (
