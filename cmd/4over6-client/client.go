@@ -41,6 +41,13 @@ type client struct {
 
 	dev tun.Device
 	ns  netState
+	// applied is the lease whose address and routes are in place (the zero
+	// lease: none); a 101 equal to it changes nothing, on any connection.
+	// held is when the connection that leased it ended, while its routes
+	// stay for --route-hold (zero: connected, or nothing held). Both belong
+	// to run's goroutine.
+	applied lease
+	held    time.Time
 
 	// cur is the leased session the TUN reader sends to; nil while there is
 	// none (packets are then dropped: the kernel retransmits what matters).
@@ -134,30 +141,76 @@ func (c *client) run(parent context.Context) (err error) {
 		if ctx.Err() != nil {
 			return nil // stopped; the deferred function reports a TUN failure
 		}
-		// Give the host its own default route back while reconnecting, so
-		// IPv4 keeps working (outside the tunnel) instead of black-holing.
-		if werr := c.ns.withdraw(); werr != nil {
-			c.log.Warn("remove routes", "err", werr)
-		}
 		if c.cfg.once {
 			return err
 		}
-		// Back to the shortest delay only after a session that had a lease and
-		// lasted: a server that leases and then drops us at once must not be
-		// hammered at --reconnect-min.
+		// The address and routes stay while we reconnect: packets meanwhile
+		// are dropped (the inner TCP retransmits) instead of taking another
+		// route, whose resets would kill the connections inside the tunnel.
+		// Only an outage longer than --route-hold gives the host its own
+		// routes back, so IPv4 works outside the tunnel.
+		if leased {
+			c.held = time.Now()
+		}
+		if !c.held.IsZero() && time.Since(c.held) >= c.cfg.routeHold {
+			c.releaseRoutes()
+		}
+		// An established connection that broke is retried at once; after
+		// that, and after a session that had a lease but did not last (a
+		// server that leases and drops us at once must not be hammered),
+		// the delays back off.
+		var d time.Duration
 		if leased && time.Since(start) >= c.cfg.reconnectMax {
 			c.backoff.reset()
+		} else {
+			d = c.backoff.next()
 		}
-		d := c.backoff.next()
-		c.log.Info("reconnecting", "delay", d.String())
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		c.log.Info("reconnecting", "delay", d.String(), "routes_held", !c.held.IsZero())
+		if !c.wait(ctx, d) {
 			return nil
-		case <-t.C:
 		}
 	}
+}
+
+// wait sleeps for d or until ctx ends (then it reports false), giving the
+// held routes back when --route-hold runs out meanwhile.
+func (c *client) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	hold, stop := c.holdTimer()
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-hold:
+			c.releaseRoutes()
+			hold = nil
+		}
+	}
+}
+
+// holdTimer fires when the routes held since the last lease must be given
+// back (a nil channel when none are held).
+func (c *client) holdTimer() (<-chan time.Time, func() bool) {
+	if c.held.IsZero() {
+		return nil, func() bool { return false }
+	}
+	h := time.NewTimer(max(0, c.cfg.routeHold-time.Since(c.held)))
+	return h.C, h.Stop
+}
+
+// releaseRoutes gives the host its own routes back after an outage longer
+// than --route-hold (the TUN and its address stay).
+func (c *client) releaseRoutes() {
+	c.log.Warn("still reconnecting: giving the host its routes back", "down_for",
+		time.Since(c.held).Round(time.Millisecond).String(), "route_hold", c.cfg.routeHold.String())
+	if err := c.ns.withdraw(); err != nil {
+		c.log.Warn("remove routes", "err", err)
+	}
+	c.applied, c.held = lease{}, time.Time{}
 }
 
 // cleanup restores everything the client changed on the host.
@@ -210,6 +263,10 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 	defer watchdog.Stop()
 	helloC, giveUpC := hello.C, giveUp.C
 	var watchdogC <-chan time.Time
+	// Routes held from the previous connection go back to the host if this
+	// one gets no lease before --route-hold runs out.
+	holdC, stopHold := c.holdTimer()
+	defer stopHold()
 
 	for {
 		select {
@@ -226,19 +283,24 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 		case <-giveUpC:
 			s.close(fmt.Errorf("no 101 (address response) within %s", timeout))
 
+		case <-holdC:
+			c.releaseRoutes()
+			holdC = nil
+
 		case l := <-s.leases:
 			if leased && l.Addr == c.ns.addr {
 				// A repeated 101 for the same address: nothing to do.
 				c.log.Debug("repeated 101 ignored", "lease", l.String())
 				continue
 			}
-			if err := c.apply(s, l); err != nil {
+			if err := c.apply(s, l, leased); err != nil {
 				s.close(fmt.Errorf("apply lease %s: %w", l.Addr, err))
 				continue
 			}
 			if !leased {
 				leased = true
-				helloC, giveUpC = nil, nil
+				c.held = time.Time{}
+				helloC, giveUpC, holdC = nil, nil, nil
 				hello.Stop()
 				giveUp.Stop()
 				c.cur.Store(s)
@@ -263,10 +325,18 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 }
 
 // apply configures the TUN, routes and DNS for lease l (the first one of a
-// session, or a new address mid-session).
-func (c *client) apply(s *session, l lease) error {
+// session, or a new address mid-session). The lease still in place from
+// the previous connection (the same address after a reconnect) is kept as
+// it is: no netlink change, so nothing inside the tunnel notices.
+func (c *client) apply(s *session, l lease, midSession bool) error {
+	if !midSession && l == c.applied {
+		s.addr4.Store(packet.Addr4(l.Addr))
+		c.log.Info("lease unchanged: address and routes kept", "addr", l.Addr.String(), "tun", c.ns.ifName)
+		return nil
+	}
 	// Stop delivering 103s for the old address while the TUN changes.
 	s.addr4.Store(0)
+	c.applied = lease{}
 	if err := c.ns.configure(l.Addr); err != nil {
 		return err
 	}
@@ -279,6 +349,7 @@ func (c *client) apply(s *session, l lease) error {
 		c.log.Warn("write DNS servers", "file", c.cfg.resolvConf, "err", err)
 	}
 	s.addr4.Store(packet.Addr4(l.Addr))
+	c.applied = l
 	routes := make([]string, len(want))
 	for i, p := range want {
 		routes[i] = p.String()

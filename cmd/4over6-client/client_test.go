@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/fourover6/fourover6/test/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // These tests run the real client (real TUN, real netlink, real TCP) in a
@@ -600,5 +602,124 @@ func TestForwardingDoesNotAllocate(t *testing.T) {
 	c.down(s, wb, other)
 	if c.stats.downDropped.Load() != dropped+1 {
 		t.Error("103 for another address not dropped")
+	}
+}
+
+// linkChanges records every IPv4 address and route removal in the test
+// namespace until the test ends.
+type linkChanges struct {
+	mu      sync.Mutex
+	removed []string
+}
+
+func (tn *testNet) watchRemovals(t *testing.T) *linkChanges {
+	t.Helper()
+	lc := &linkChanges{}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	routes := make(chan netlink.RouteUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
+	if err := netlink.RouteSubscribeAt(tn.ns, routes, done); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrSubscribeAt(tn.ns, addrs, done); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case u := <-routes:
+				if u.Type == unix.RTM_DELROUTE && u.Family == netlink.FAMILY_V4 {
+					lc.mu.Lock()
+					lc.removed = append(lc.removed, "route "+fmt.Sprint(u.Dst))
+					lc.mu.Unlock()
+				}
+			case u := <-addrs:
+				if !u.NewAddr && u.LinkAddress.IP.To4() != nil {
+					lc.mu.Lock()
+					lc.removed = append(lc.removed, "address "+u.LinkAddress.String())
+					lc.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return lc
+}
+
+func (lc *linkChanges) list() []string {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return slices.Clone(lc.removed)
+}
+
+// TestReconnectSameLeaseKeepsRoutes: a broken connection is retried, and a
+// 101 with the address the client already has changes nothing on the host:
+// no address or route is removed in between, so connections inside the
+// tunnel survive the blip.
+func TestReconnectSameLeaseKeepsRoutes(t *testing.T) {
+	t.Parallel() // each test has its own namespace
+	tn := newTestNet(t)
+	cfg := tn.testConfig()
+	cfg.routeHold = time.Minute
+	rc := tn.startClient(t, cfg)
+
+	sc := tn.accept(t)
+	sc.expect(wire.TypeAddrRequest)
+	sc.send(wire.TypeAddrResponse, []byte(lease101))
+	addr := netip.MustParseAddr("13.8.0.2")
+	waitFor(t, "first lease", func() bool { return tn.view(t).hasDefaultLease(addr) })
+	sc.ping(addr, 1)
+	removals := tn.watchRemovals(t)
+
+	// The server drops the connection (a kick, a data-plane restart).
+	sc.c.Close()
+	sc2 := tn.accept(t)
+	sc2.expect(wire.TypeAddrRequest)
+	if v := tn.view(t); !v.hasDefaultLease(addr) {
+		t.Errorf("while reconnecting: address or default route gone: %+v", v)
+	}
+	sc2.send(wire.TypeAddrResponse, []byte(lease101))
+	waitFor(t, "the new connection in use", func() bool { return rc.c.cur.Load() != nil })
+	sc2.ping(addr, 2) // traffic flows on the new connection
+	if r := removals.list(); len(r) != 0 {
+		t.Errorf("the host's addresses or routes changed across the reconnect: %v", r)
+	}
+	if err := rc.stop(t); err != nil {
+		t.Errorf("run returned %v on cancel", err)
+	}
+	if v := tn.view(t); !v.hasOldDefault() {
+		t.Errorf("default route not restored: %v", v.defaults)
+	}
+}
+
+// TestRouteHoldExpires: when no lease comes back within --route-hold, the
+// host gets its own default route back while the client keeps trying; a
+// later lease takes it again.
+func TestRouteHoldExpires(t *testing.T) {
+	t.Parallel() // each test has its own namespace
+	tn := newTestNet(t)
+	cfg := tn.testConfig()
+	cfg.routeHold = 300 * time.Millisecond
+	rc := tn.startClient(t, cfg)
+
+	sc := tn.accept(t)
+	sc.expect(wire.TypeAddrRequest)
+	sc.send(wire.TypeAddrResponse, []byte(lease101))
+	addr := netip.MustParseAddr("13.8.0.2")
+	waitFor(t, "first lease", func() bool { return tn.view(t).hasDefaultLease(addr) })
+
+	// Reconnected, but no 101 answers: after the hold the old default route
+	// is back.
+	sc.c.Close()
+	sc2 := tn.accept(t)
+	sc2.expect(wire.TypeAddrRequest)
+	waitFor(t, "the host's default route back after --route-hold", func() bool { return tn.view(t).hasOldDefault() })
+	sc2.send(wire.TypeAddrResponse, []byte(lease101))
+	waitFor(t, "the lease applied again", func() bool { return tn.view(t).hasDefaultLease(addr) })
+	sc2.ping(addr, 1)
+	if err := rc.stop(t); err != nil {
+		t.Errorf("run returned %v on cancel", err)
 	}
 }

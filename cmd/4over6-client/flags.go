@@ -50,6 +50,7 @@ type config struct {
 	keepaliveTimeout  time.Duration
 	reconnectMin      time.Duration
 	reconnectMax      time.Duration
+	routeHold         time.Duration
 	helloResend       time.Duration
 	once              bool
 	log               logging.Options
@@ -81,12 +82,16 @@ const long = `4over6-client is the Linux client of the 4over6 tunnel. It connect
 TCP/IPv6 to a 4over6 server (fourover6's data plane, or the lab's server),
 asks for an IPv4 address (100), applies the answer (101) to a TUN interface,
 and carries IPv4 packets both ways. It sends a 104 every --keepalive-interval,
-drops a server silent for --keepalive-timeout and reconnects with exponential
-backoff (--reconnect-min to --reconnect-max).
+drops a server silent for --keepalive-timeout and reconnects: at once after an
+established connection breaks, then with exponential backoff (--reconnect-min
+to --reconnect-max). While it reconnects the TUN, its address and the routes
+stay (for --route-hold), so connections inside the tunnel survive a short
+outage; a 101 with the same address changes nothing.
 
 The TUN gets the leased address as a /32; routes decide what goes through it.
 When the 101's route is 0.0.0.0, the IPv4 default route goes through the TUN
-(the old one is restored on disconnect and on exit); with --keep-default-route,
+(the old one is restored on exit, or once a reconnect takes longer than
+--route-hold); with --keep-default-route,
 or another route in the 101, only the pool (--pool, default the /24 of the
 leased address) and that route do. --route prefixes are added in every case.
 DNS is left alone unless --resolv-conf names a file to write the 101's three
@@ -173,6 +178,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.keepaliveTimeout, "keepalive-timeout", 60*time.Second, "drop and reconnect when the server is silent this long; also the wait for the 101")
 	fs.DurationVar(&c.reconnectMin, "reconnect-min", time.Second, "first reconnect delay (doubles, with jitter, up to --reconnect-max)")
 	fs.DurationVar(&c.reconnectMax, "reconnect-max", 30*time.Second, "longest reconnect delay")
+	fs.DurationVar(&c.routeHold, "route-hold", 2*time.Minute, "keep the address and routes this long while reconnecting, so connections inside the tunnel survive a short outage (0: give the host its routes back at once)")
 	fs.BoolVar(&c.once, "once", false, "exit instead of reconnecting (non-zero exit status when the session failed)")
 	fs.StringVar(&c.log.Level, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.log.Format, "log-format", "text", "text or json")
@@ -236,6 +242,9 @@ func (o *options) config() (config, error) {
 		if d.v <= 0 {
 			return c, flagErr(d.name, "%s: want a positive duration", d.v)
 		}
+	}
+	if c.routeHold < 0 {
+		return c, flagErr("route-hold", "%s: want 0 or a positive duration", c.routeHold)
 	}
 	if c.reconnectMax < c.reconnectMin {
 		return c, flagErr("reconnect-max", "%s is below --reconnect-min %s", c.reconnectMax, c.reconnectMin)
