@@ -21,6 +21,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/dns"
 	"github.com/fourover6/fourover6/controlplane/leader"
@@ -76,10 +77,11 @@ func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writ
 		return usageError{err}
 	}
 	grpcMetrics := metrics.NewGRPC()
+	guard := authz.New(log, &pb.ControllerService_ServiceDesc, &pb.LeaseService_ServiceDesc, &healthpb.Health_ServiceDesc)
 	var ms *metrics.Server
 	if cfg.metrics != "" {
 		reg := metrics.NewRegistry()
-		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), ctl.Counts))
+		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), ctl.Counts), ctlmetrics.NewAudit(guard))
 		ms, err = metrics.Start(metrics.Config{Addr: cfg.metrics, Registry: reg, Logger: log,
 			Ready: func(context.Context) error {
 				if !ctl.Status().Leader {
@@ -110,8 +112,9 @@ func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writ
 		}()
 	}
 
-	// The metrics interceptor wraps the server's own (panic recovery).
-	opts := append(grpcMetrics.ServerOptions(), tlsOpt)
+	// Interceptors, outermost first: metrics, access and audit (guard),
+	// the server's own (panic recovery).
+	opts := append(append(grpcMetrics.ServerOptions(), tlsOpt), guard.ServerOptions()...)
 	gs := grpc.NewServer(append(opts, server.Options(log)...)...)
 	server.Register(gs, ctl)
 	hs := health.NewServer()

@@ -105,7 +105,8 @@ func (o *options) validate() error {
 	if strings.TrimSpace(o.id) == "" {
 		return errors.New("--id is empty: give this data plane a unique name")
 	}
-	if _, err := endpoint.ParseList(o.controller); err != nil {
+	ctlEPs, err := endpoint.ParseList(o.controller)
+	if err != nil {
 		return fmt.Errorf("--controller: %v", err)
 	}
 	apiEP, err := endpoint.Parse(o.api)
@@ -114,6 +115,11 @@ func (o *options) validate() error {
 	}
 	if err := o.tls.Validate(); err != nil {
 		return err
+	}
+	for _, ep := range ctlEPs {
+		if err := o.tls.RequireForDial("--controller "+ep.String(), ep, "--tls-cert, --tls-key and --tls-ca"); err != nil {
+			return err
+		}
 	}
 	if err := o.tls.RequireFor("--api", apiEP); err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
+	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/ctlclient"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
@@ -30,6 +31,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane/nat"
 	"github.com/fourover6/fourover6/dataplane/netcfg"
 	"github.com/fourover6/fourover6/dataplane/tun"
+	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -126,7 +128,8 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 		ln.Close()
 		return usageError{err}
 	}
-	gs := grpc.NewServer(append(grpcMetrics.ServerOptions(), sopt)...)
+	guard := authz.New(log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
+	gs := grpc.NewServer(append(append(grpcMetrics.ServerOptions(), sopt), guard.ServerOptions()...)...)
 	api.New(dp, level, log).Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -135,7 +138,7 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	var ms *metrics.Server
 	if o.metrics != "" {
 		reg := metrics.NewRegistry()
-		reg.MustRegister(dpmetrics.New(dp), grpcMetrics)
+		reg.MustRegister(dpmetrics.New(dp), grpcMetrics, dpmetrics.NewAudit(guard))
 		ms, err = metrics.Start(metrics.Config{Addr: o.metrics, Registry: reg, Logger: log, Ready: readiness(dp)})
 		if err != nil {
 			ln.Close()

@@ -26,6 +26,7 @@
 //	fourover6_controller_releases_total                          counter: addresses given back by data planes
 //	fourover6_controller_releases_ignored_total                  counter: releases of leases the session did not hold
 //	fourover6_controller_leases_reclaimed_total                  counter: leases the controller freed on its own
+//	fourover6_controller_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 package metrics
 
 import (

@@ -16,6 +16,7 @@
 //	fourover6_dataplane_keepalive_timeouts_total                counter: clients cut for silence (when the source counts them)
 //	fourover6_dataplane_controller_reachable                    gauge: 1 while the controller answers
 //	fourover6_dataplane_draining                                gauge: 1 while new clients are refused
+//	fourover6_dataplane_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 //
 // Byte and packet counters include the sessions already closed, so they only
 // grow for the life of the process.

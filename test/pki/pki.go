@@ -1,5 +1,8 @@
 // Package pki makes throwaway certificate authorities and certificates for
-// tests of the mutual-TLS control APIs.
+// tests of the mutual-TLS control APIs. It is written apart from
+// 4over6ctl pki on purpose: the daemons must accept any certificate that
+// carries the documented role SAN (authz.RoleURI), not just the ones the
+// CLI makes.
 package pki
 
 import (
@@ -11,9 +14,12 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/fourover6/fourover6/controlplane/authz"
 )
 
 // Files are the PEM files of one identity.
@@ -53,8 +59,25 @@ func NewCA(dir, name string) (*CA, error) {
 func (ca *CA) CA() string { return ca.path }
 
 // Issue makes a certificate for name, valid as server and client, for the
-// given IP addresses and "localhost".
+// given IP addresses and "localhost", with no role.
 func (ca *CA) Issue(name string, ips ...net.IP) (Files, error) {
+	return ca.IssueLeaf(name, Leaf{IPs: ips})
+}
+
+// IssueRole is Issue with the role SAN of role.
+func (ca *CA) IssueRole(role authz.Role, name string, ips ...net.IP) (Files, error) {
+	return ca.IssueLeaf(name, Leaf{IPs: ips, URIs: []*url.URL{authz.RoleURI(role)}})
+}
+
+// Leaf is what a certificate holds beyond its name.
+type Leaf struct {
+	IPs  []net.IP
+	URIs []*url.URL // the role SAN, or anything a test wants to try
+}
+
+// IssueLeaf makes a certificate for name, valid as server and client, with
+// l's SANs and "localhost".
+func (ca *CA) IssueLeaf(name string, l Leaf) (Files, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Files{}, err
@@ -64,7 +87,7 @@ func (ca *CA) Issue(name string, ips ...net.IP) (Files, error) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: ips, DNSNames: []string{"localhost"},
+		IPAddresses: l.IPs, DNSNames: []string{"localhost"}, URIs: l.URIs,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -1,7 +1,13 @@
 // Package tlsconf builds the mutual-TLS credentials of the control APIs. A
 // gRPC API on a non-loopback TCP address is an open door to the address
 // pool, so the daemons refuse to serve one without TLS and client
-// certificates; unix sockets (mode 0660) and loopback need none.
+// certificates; unix sockets (mode 0660) and loopback need none. Likewise
+// the data plane and 4over6ctl refuse to talk plaintext to an address off
+// loopback: whoever answered there would decide every client's address,
+// route and DNS.
+//
+// Who a caller is, and so what it may do, is controlplane/authz's: its
+// certificate's role under TLS, its process credentials without.
 package tlsconf
 
 import (
@@ -11,6 +17,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -45,6 +52,18 @@ func (f Files) RequireFor(flag string, ep endpoint.Endpoint) error {
 	return fmt.Errorf("%s %s is reachable from the network: refusing to serve it without mutual TLS; give --tls-cert, --tls-key and --tls-ca (or use a unix socket or a loopback address)", flag, ep)
 }
 
+// RequireForDial returns an error when ep is a TCP address off loopback
+// and no TLS files were given: the other end of a plaintext connection is
+// whoever answers. what names where ep came from ("--controller",
+// "controller address [fd00::1]:7000 (from $FOUROVER6_CONTROLLER)"); fix
+// names the flags (or variables) that give the files.
+func (f Files) RequireForDial(what string, ep endpoint.Endpoint, fix string) error {
+	if ep.IsLoopback() || f.Set() {
+		return nil
+	}
+	return fmt.Errorf("%s is off this host: refusing to talk to it without mutual TLS, as anyone on the path could answer in its place; give %s (see 4over6ctl pki), or use a unix socket or a loopback address", what, fix)
+}
+
 func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
 	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
@@ -61,12 +80,14 @@ func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
 	return cert, pool, nil
 }
 
-// ServerOption returns the gRPC server option for ep: mutual TLS when files
-// are set (client certificates signed by the CA are required), nothing
-// otherwise (the caller has checked RequireFor).
+// ServerOption returns the gRPC server's transport credentials: mutual
+// TLS when files are set (client certificates signed by the CA are
+// required; their role SAN says what the caller may do), else plaintext
+// that learns the peer's process credentials (authz.LocalCredentials; the
+// caller has checked RequireFor).
 func (f Files) ServerOption() (grpc.ServerOption, error) {
 	if !f.Set() {
-		return grpc.EmptyServerOption{}, nil
+		return grpc.Creds(authz.LocalCredentials()), nil
 	}
 	cert, pool, err := f.load()
 	if err != nil {
