@@ -450,7 +450,7 @@ func TestEveryCommandValidatesArgs(t *testing.T) {
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	r := ctl(t, nil, "--help").expect(t, 0)
-	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "--controller", "FOUROVER6_DATAPLANE",
+	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "5  permission denied", "pki", "--controller", "FOUROVER6_DATAPLANE",
 		"clients", "pool", "status", "sessions", "version", "reservations", "dns", "dataplane", "apply", "log-level",
 		"several comma-separated", "a data plane id filter"} {
 		if !strings.Contains(r.stdout, s) {

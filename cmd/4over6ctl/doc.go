@@ -14,6 +14,7 @@
 //	sessions list|kick ADDR|SESSION         (the data plane at --dataplane)
 //	apply -f FILE [--dry-run]               declarative pool range, DNS, reservations
 //	log-level LEVEL, version, completion SHELL
+//	pki init DIR | issue ROLE NAME          certificates for mutual TLS (no daemon needed)
 //	docs DIR                                (hidden) the Markdown reference, for make docs
 //
 // # Addresses
@@ -28,6 +29,11 @@
 // local --dataplane flag shadows the global one: there it is a data plane id
 // filter.
 //
+// An address off loopback needs --tls-cert, --tls-key and --tls-ca (or
+// $FOUROVER6_TLS_*): plaintext there is refused as a usage error, before
+// anything is dialed. What a certificate may do is its role (see pki.go and
+// controlplane/authz).
+//
 // # Exit codes
 //
 //	0  success
@@ -35,6 +41,7 @@
 //	2  bad arguments or flags (unknown flag/command, invalid ADDR, bad -o, malformed apply file)
 //	3  daemon unreachable (status: neither daemon answered)
 //	4  not found (gRPC NOT_FOUND; clients get/kick, reservations delete, dataplane drain)
+//	5  permission denied (gRPC PERMISSION_DENIED: this caller's role may not do that)
 //
 // # JSON output
 //

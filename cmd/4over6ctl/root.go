@@ -33,6 +33,7 @@ const (
 	exitUsage       = 2 // bad arguments or flags
 	exitUnreachable = 3 // a daemon could not be reached
 	exitNotFound    = 4 // the daemon answered NOT_FOUND
+	exitDenied      = 5 // the daemon answered PERMISSION_DENIED
 )
 
 const exitCodesHelp = `Exit codes:
@@ -41,7 +42,9 @@ const exitCodesHelp = `Exit codes:
   2  bad arguments or flags (unknown flag or command, invalid ADDR, bad -o value)
   3  daemon unreachable (no socket, connection refused, connect timeout)
   4  not found (clients get/kick of an address nobody holds, reservations delete
-     of a client without one, dataplane drain of an unknown id)`
+     of a client without one, dataplane drain of an unknown id)
+  5  permission denied (this caller's role may not do that: a viewer changing
+     something, a certificate without a role; the message names both roles)`
 
 // Annotation key naming the daemons a command talks to (comma separated).
 // The root's PersistentPreRunE dials exactly these and nothing else.
@@ -179,6 +182,7 @@ format: {"error":"...","code":N}.
 		a.sessionsCommand(),
 		a.applyCommand(),
 		a.logLevelCommand(),
+		a.pkiCommand(),
 		a.versionCommand(),
 		a.docsCommand(root),
 		clidoc.ManCommand(root, "1"), // hidden: the build writes the man pages with it
@@ -320,6 +324,12 @@ func (a *app) connect(flags *pflag.FlagSet, d *daemon) error {
 	if len(eps) > 1 && !d.multi {
 		return usageErrorf("invalid %s address (from %s): %d addresses given, a command talks to one %s", d.name, d.source, len(eps), d.name)
 	}
+	for _, ep := range eps {
+		what := fmt.Sprintf("%s address %s (from %s)", d.name, ep, d.source)
+		if err := a.tls.RequireForDial(what, ep, "--tls-cert, --tls-key and --tls-ca (or $FOUROVER6_TLS_CERT, $FOUROVER6_TLS_KEY and $FOUROVER6_TLS_CA)"); err != nil {
+			return usageError(err.Error())
+		}
+	}
 	d.eps = eps
 	d.probeTimeout = maxProbeTimeout
 	if a.timeout > 0 && a.timeout < d.probeTimeout {
@@ -441,6 +451,8 @@ func (a *app) rpcError(d *daemon, err error) error {
 		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, addr, a.timeout)}
 	case codes.NotFound:
 		return &cliError{code: exitNotFound, msg: st.Message()}
+	case codes.PermissionDenied:
+		return &cliError{code: exitDenied, msg: fmt.Sprintf("%s at %s: permission denied: %s", d.name, addr, st.Message())}
 	case codes.InvalidArgument:
 		return &cliError{code: exitUsage, msg: fmt.Sprintf("%s at %s: %s", d.name, addr, st.Message())}
 	case codes.Unimplemented:
