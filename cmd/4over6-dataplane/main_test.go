@@ -68,6 +68,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--keepalive-interval", "soon"}, "--keepalive-interval"},
 		{[]string{"--controller", "http://x"}, "--controller"},
 		{[]string{"--controller", ""}, "--controller"},
+		{[]string{"--controller", "[fd00:46::2]:7000"}, "without mutual TLS"},
+		{[]string{"--controller", "unix:///run/x.sock,192.0.2.1:7000"}, "--controller 192.0.2.1:7000 is off this host"},
 		{[]string{"--api", "ftp://x"}, "--api"},
 		{[]string{"--listen", "5678"}, "--listen"},
 		{[]string{"--tun", ""}, "--tun"},

@@ -33,7 +33,8 @@ type Guard struct {
 type auditCounts [codes.Unauthenticated + 1]atomic.Uint64
 
 // New returns the guard of a server that serves these services. log
-// receives the audit lines (INFO) and the refused calls (WARN).
+// receives the audit lines (INFO, written whatever the logger's level) and
+// the refused calls outside Change (WARN).
 func New(log *slog.Logger, services ...*grpc.ServiceDesc) *Guard {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -187,7 +188,11 @@ func (g *Guard) audit(ctx context.Context, p Peer, fullMethod string, req any, e
 	if err != nil {
 		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
 	}
-	g.log.LogAttrs(ctx, slog.LevelInfo, "audit", attrs...)
+	// Straight to the handler: an audit line is written whatever the log
+	// level, as --log-level warn must not hide who changed what.
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "audit", 0)
+	r.AddAttrs(attrs...)
+	_ = g.log.Handler().Handle(ctx, r)
 	if c := g.counts[name]; c != nil && int(code) < len(c) {
 		c[code].Add(1)
 	}

@@ -115,8 +115,14 @@ const (
 
 func startServer(t *testing.T, ln net.Listener, creds grpc.ServerOption, d daemon) *server {
 	t.Helper()
+	return startServerAt(t, ln, creds, d, slog.LevelInfo)
+}
+
+// startServerAt is startServer with the logger at level.
+func startServerAt(t *testing.T, ln net.Listener, creds grpc.ServerOption, d daemon, level slog.Level) *server {
+	t.Helper()
 	s := &server{addr: ln.Addr().String(), logs: &syncBuffer{}}
-	log := slog.New(slog.NewJSONHandler(s.logs, nil))
+	log := slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: level}))
 	var gs *grpc.Server
 	if d == controllerDaemon {
 		s.guard = authz.New(log, &cpv1.ControllerService_ServiceDesc, &cpv1.LeaseService_ServiceDesc, &healthpb.Health_ServiceDesc)
@@ -360,15 +366,16 @@ func TestRoleMatrixOverMutualTLS(t *testing.T) {
 	}
 }
 
-// A failing Change call is audited with its code, and a server-streaming
-// one with its request.
+// A failing Change call is audited with its code, a server-streaming one
+// with its request, whatever the log level.
 func TestAuditResultsAndStreams(t *testing.T) {
 	dir := t.TempDir()
 	ln, err := net.Listen("unix", dir+"/api.sock")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, ln, grpc.Creds(authz.LocalCredentials()), controllerDaemon)
+	// At level error: the audit lines are written all the same.
+	s := startServerAt(t, ln, grpc.Creds(authz.LocalCredentials()), controllerDaemon, slog.LevelError)
 	cc, err := grpc.NewClient("unix://"+dir+"/api.sock", grpc.WithTransportCredentials(authz.LocalCredentials()))
 	if err != nil {
 		t.Fatal(err)
