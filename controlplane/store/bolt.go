@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket layout of the bbolt file (format 1):
@@ -48,6 +47,12 @@ const maxBatch = 512
 type Bolt struct {
 	db   *bolt.DB
 	path string
+	log  *slog.Logger
+
+	// broken is set when bbolt panicked or faulted on the file while
+	// running: the file changed under the controller or its disk returns
+	// garbage. Every later call fails with it rather than trust the file.
+	broken atomic.Pointer[StateError]
 
 	ops     chan *boltOp
 	stop    chan struct{}
@@ -66,44 +71,6 @@ type boltOp struct {
 }
 
 var _ Store = (*Bolt)(nil)
-
-// OpenBolt opens (creating it and its directory when missing) the bbolt
-// file at path. It fails within a second when another process has the file
-// open.
-func OpenBolt(path string) (*Bolt, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("create the state directory: %w", err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("open %s: the file is locked: is another controller running with this --state?", path)
-		}
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bktMeta, bktLeases, bktOwners, bktReleased, bktReservations, bktSettings, bktDataplanes} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bktMeta)
-		switch v := meta.Get(keyFormat); {
-		case v == nil:
-			return meta.Put(keyFormat, []byte(boltFormat))
-		case string(v) != boltFormat:
-			return fmt.Errorf("state format %q is not %q: written by another version of the controller", v, boltFormat)
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	b := &Bolt{db: db, path: path, ops: make(chan *boltOp, maxBatch), stop: make(chan struct{}), stopped: make(chan struct{})}
-	go b.commitLoop()
-	return b, nil
-}
 
 func (b *Bolt) commitLoop() {
 	defer close(b.stopped)
@@ -140,16 +107,22 @@ func (b *Bolt) commitLoop() {
 // go to their callers; a failed commit goes to all.
 func (b *Bolt) commit(batch []*boltOp) {
 	errs := make([]error, len(batch))
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		for i, op := range batch {
-			errs[i] = op.fn(tx)
-		}
-		return nil
+	err := b.guarded(func() error {
+		return b.db.Update(func(tx *bolt.Tx) error {
+			for i, op := range batch {
+				errs[i] = op.fn(tx)
+			}
+			return nil
+		})
 	})
+	var se *StateError
 	for i, op := range batch {
-		if err != nil {
+		switch {
+		case errors.As(err, &se):
+			op.done <- err
+		case err != nil:
 			op.done <- fmt.Errorf("commit to %s: %w", b.path, err)
-		} else {
+		default:
 			op.done <- errs[i]
 		}
 	}
@@ -161,6 +134,9 @@ func (b *Bolt) commit(batch []*boltOp) {
 func (b *Bolt) write(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if se := b.broken.Load(); se != nil {
+		return se
 	}
 	op := &boltOp{fn: fn, done: make(chan error, 1)}
 	b.mu.RLock()
@@ -187,7 +163,27 @@ func (b *Bolt) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if b.closed {
 		return ErrClosed
 	}
-	return b.db.View(fn)
+	return b.guarded(func() error { return b.db.View(fn) })
+}
+
+// guarded runs a bbolt call (see guard). A panic or fault marks the store
+// broken: this call and every later one fail with a *StateError.
+func (b *Bolt) guarded(fn func() error) error {
+	if se := b.broken.Load(); se != nil {
+		return se
+	}
+	err := guard(fn)
+	var pe *panicError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	se := &StateError{Where: b.path, Kind: ErrCorrupt, Detail: fmt.Sprintf(
+		"bbolt failed on it while running (%v): the file was changed or damaged under the controller; every later store call fails until it is restarted", pe.value)}
+	if b.broken.CompareAndSwap(nil, se) {
+		b.log.Error("the state file is damaged: refusing every further store call", "path", b.path,
+			"panic", fmt.Sprint(pe.value), "stack", pe.stack)
+	}
+	return b.broken.Load()
 }
 
 func addrKey(a netip.Addr) []byte {
@@ -308,55 +304,18 @@ func (b *Bolt) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) 
 	return l, found, err
 }
 
+// Load reads the whole state in one read transaction, checking every record
+// (see loader for what is fatal and what is skipped).
 func (b *Bolt) Load(ctx context.Context) (State, error) {
-	st := State{Released: make(map[netip.Addr]time.Time)}
+	var st State
 	err := b.view(ctx, func(tx *bolt.Tx) error {
-		err := tx.Bucket(bktLeases).ForEach(func(_, v []byte) error {
-			l, err := decodeLease(v)
-			if err == nil {
-				st.Leases = append(st.Leases, l)
-			}
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		err = tx.Bucket(bktReleased).ForEach(func(k, v []byte) error {
-			t, err := decodeTime(v)
-			if err != nil {
-				return fmt.Errorf("decode release time of %v: %w", keyAddr(k), err)
-			}
-			st.Released[keyAddr(k)] = t
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		err = tx.Bucket(bktReservations).ForEach(func(k, v []byte) error {
-			r, err := decodeReservation(k, v)
-			if err == nil {
-				st.Reservations = append(st.Reservations, r)
-			}
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		if st.Settings, err = decodeSettings(tx.Bucket(bktSettings).Get(keySettings)); err != nil {
-			return err
-		}
-		return tx.Bucket(bktDataplanes).ForEach(func(_, v []byte) error {
-			d, err := decodeDataplane(v)
-			if err == nil {
-				st.Dataplanes = append(st.Dataplanes, d)
-			}
-			return err
-		})
+		var err error
+		st, err = loadTx(tx, b.path, b.log)
+		return err
 	})
 	if err != nil {
 		return State{}, err
 	}
-	sortState(&st)
 	return st, nil
 }
 
@@ -398,7 +357,7 @@ func (b *Bolt) PutSettings(ctx context.Context, s Settings) error {
 
 func (b *Bolt) PutDataplane(ctx context.Context, d Dataplane) error {
 	if d.ID == "" {
-		return errors.New("data plane without id")
+		return invalid("data plane without id")
 	}
 	v := encodeDataplane(d)
 	return b.write(ctx, func(tx *bolt.Tx) error {

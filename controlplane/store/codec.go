@@ -32,6 +32,8 @@ func encodeLease(l Lease) []byte {
 	return b
 }
 
+// decodeLease decodes and checks a stored lease: an IPv4 address, an
+// owner, a client address if any.
 func decodeLease(b []byte) (Lease, error) {
 	var r leaseRecord
 	if err := json.Unmarshal(b, &r); err != nil {
@@ -49,6 +51,9 @@ func decodeLease(b []byte) (Lease, error) {
 		if l.ClientIPv6, err = netip.ParseAddr(r.ClientIPv6); err != nil {
 			return Lease{}, fmt.Errorf("decode lease %s: client %q: %w", a, r.ClientIPv6, err)
 		}
+	}
+	if err := CheckLease(l); err != nil {
+		return Lease{}, fmt.Errorf("decode lease: %w", err)
 	}
 	return l, nil
 }
@@ -87,21 +92,23 @@ func decodeSettings(b []byte) (Settings, error) {
 	}
 	for _, d := range r.DNS {
 		a, err := netip.ParseAddr(d)
-		if err != nil {
-			return s, fmt.Errorf("decode settings: DNS server %q: %w", d, err)
+		if err != nil || !a.Is4() {
+			return s, fmt.Errorf("decode settings: DNS server %q is not an IPv4 address", d)
 		}
 		s.DNS = append(s.DNS, a)
 	}
-	var err error
-	if r.RangeFirst != "" {
-		if s.RangeFirst, err = netip.ParseAddr(r.RangeFirst); err != nil {
-			return s, fmt.Errorf("decode settings: range: %w", err)
+	for _, f := range []struct {
+		dst *netip.Addr
+		s   string
+	}{{&s.RangeFirst, r.RangeFirst}, {&s.RangeLast, r.RangeLast}} {
+		if f.s == "" {
+			continue
 		}
-	}
-	if r.RangeLast != "" {
-		if s.RangeLast, err = netip.ParseAddr(r.RangeLast); err != nil {
-			return s, fmt.Errorf("decode settings: range: %w", err)
+		a, err := netip.ParseAddr(f.s)
+		if err != nil || !a.Is4() {
+			return s, fmt.Errorf("decode settings: pool range bound %q is not an IPv4 address", f.s)
 		}
+		*f.dst = a
 	}
 	s.WholePrefix = r.WholePrefix
 	return s, nil
@@ -130,6 +137,9 @@ func decodeDataplane(b []byte) (Dataplane, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return Dataplane{}, fmt.Errorf("decode data plane: %w", err)
 	}
+	if r.ID == "" {
+		return Dataplane{}, fmt.Errorf("decode data plane: no id")
+	}
 	return Dataplane(r), nil
 }
 
@@ -144,15 +154,22 @@ func decodeTime(b []byte) (time.Time, error) {
 	return t, err
 }
 
-// reservationValue is the stored value of a reservation: the IPv4 address.
+// decodeReservation decodes a reservation: an IPv6 client prefix (host bits
+// clear) and an IPv4 address.
 func decodeReservation(key, val []byte) (Reservation, error) {
 	p, err := netip.ParsePrefix(string(key))
 	if err != nil {
 		return Reservation{}, fmt.Errorf("decode reservation key %q: %w", key, err)
 	}
+	if !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p {
+		return Reservation{}, fmt.Errorf("decode reservation key %q: not an IPv6 prefix with its host bits clear", key)
+	}
 	a, err := netip.ParseAddr(string(val))
 	if err != nil {
 		return Reservation{}, fmt.Errorf("decode reservation %s: %w", p, err)
+	}
+	if !a.Is4() {
+		return Reservation{}, fmt.Errorf("decode reservation %s: %s is not an IPv4 address", p, a)
 	}
 	return Reservation{Client: p, Addr: a}, nil
 }

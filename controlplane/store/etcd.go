@@ -378,7 +378,7 @@ func (e *Etcd) PutSettings(ctx context.Context, s Settings) error {
 
 func (e *Etcd) PutDataplane(ctx context.Context, d Dataplane) error {
 	if d.ID == "" {
-		return errors.New("data plane without id")
+		return invalid("data plane without id")
 	}
 	return e.put(ctx, e.dataplaneKey(d.ID), string(encodeDataplane(d)))
 }

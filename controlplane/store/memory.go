@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"net/netip"
 	"sync"
@@ -145,7 +144,7 @@ func (m *Memory) PutSettings(ctx context.Context, s Settings) error {
 
 func (m *Memory) PutDataplane(ctx context.Context, d Dataplane) error {
 	if d.ID == "" {
-		return errors.New("data plane without id")
+		return invalid("data plane without id")
 	}
 	if err := m.lock(ctx); err != nil {
 		return err

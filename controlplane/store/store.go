@@ -18,7 +18,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"time"
 )
@@ -130,15 +129,16 @@ type Store interface {
 	Close() error
 }
 
-// CheckLease validates a lease before it is stored.
+// CheckLease validates a lease before it is stored. Its errors match
+// ErrInvalid.
 func CheckLease(l Lease) error {
 	switch {
 	case !l.Addr.Is4():
-		return fmt.Errorf("lease address %v is not an IPv4 address", l.Addr)
+		return invalid("lease address %v is not an IPv4 address", l.Addr)
 	case l.Dataplane == "":
-		return errors.New("lease has no data plane id")
+		return invalid("lease has no data plane id")
 	case l.Session == "":
-		return errors.New("lease has no session id")
+		return invalid("lease has no session id")
 	}
 	return nil
 }
