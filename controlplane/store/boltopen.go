@@ -144,6 +144,12 @@ func openBoltDB(path string, opts *bolt.Options) (*bolt.DB, error) {
 // verifyBolt checks the file at path, if there is one, without writing to
 // it (see OpenBoltWith).
 func verifyBolt(path string, log *slog.Logger) (exists bool, err error) {
+	return inspectBolt(path, log, nil)
+}
+
+// inspectBolt checks the file at path, if there is one, without writing to
+// it, then runs fn (if not nil) in the same read transaction.
+func inspectBolt(path string, log *slog.Logger, fn func(*bolt.Tx) error) (exists bool, err error) {
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -179,7 +185,12 @@ func verifyBolt(path string, log *slog.Logger) (exists bool, err error) {
 	}
 	defer db.Close()
 	return true, guard(func() error {
-		return db.View(func(tx *bolt.Tx) error { return checkTx(tx, path) })
+		return db.View(func(tx *bolt.Tx) error {
+			if err := checkTx(tx, path); err != nil || fn == nil {
+				return err
+			}
+			return fn(tx)
+		})
 	})
 }
 

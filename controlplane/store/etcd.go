@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -24,6 +25,9 @@ import (
 //	settings                          settings (JSON)
 //	dataplanes/<id>                   data plane (JSON)
 //	election/...                      leader election (package leader)
+//	meta/restoring                    set while a restore writes (Load refuses)
+//	meta/restored_from                the backup last restored (sha256)
+//	meta/probe                        written to check writes work again
 //
 // Data plane and session ids are path-escaped. An address is claimed with
 // one transaction that requires both leases/<addr> and owners/<dp>/<session>
@@ -40,6 +44,8 @@ type EtcdConfig struct {
 	Endpoints   []string // host:port or http://host:port
 	Prefix      string   // default DefaultEtcdPrefix
 	DialTimeout time.Duration
+	// Logger receives the records Load skips; nil discards.
+	Logger *slog.Logger
 }
 
 // ParseEtcdURL parses "etcd://host:2379[,host:2379][/prefix]".
@@ -75,6 +81,7 @@ type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
 	desc   string
+	log    *slog.Logger
 
 	fenceMu  sync.RWMutex
 	fenceKey string
@@ -110,7 +117,11 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 			hosts[i] = e
 		}
 	}
-	e := &Etcd{cli: cli, prefix: cfg.Prefix, desc: "etcd://" + strings.Join(hosts, ",")}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, desc: "etcd://" + strings.Join(hosts, ","), log: log}
 	if cfg.Prefix != DefaultEtcdPrefix {
 		e.desc += strings.TrimSuffix(cfg.Prefix, "/")
 	}
@@ -169,9 +180,7 @@ func (e *Etcd) txn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op, 
 
 func (e *Etcd) leaseKey(a netip.Addr) string    { return e.prefix + "leases/" + a.String() }
 func (e *Etcd) releasedKey(a netip.Addr) string { return e.prefix + "released/" + a.String() }
-func (e *Etcd) ownerKey(o Owner) string {
-	return e.prefix + "owners/" + url.PathEscape(o.Dataplane) + "/" + url.PathEscape(o.Session)
-}
+func (e *Etcd) ownerKey(o Owner) string         { return e.prefix + "owners/" + e.ownerPath(o) }
 func (e *Etcd) reservationKey(p netip.Prefix) string {
 	return e.prefix + "reservations/" + url.PathEscape(p.String())
 }
@@ -285,54 +294,84 @@ func (e *Etcd) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) 
 	return l, err == nil, err
 }
 
-// Load reads every key under the prefix at one revision.
+// Load reads every key under the prefix at one revision, checking every
+// record (see loader for what is fatal and what is skipped).
 func (e *Etcd) Load(ctx context.Context) (State, error) {
 	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
 	if err != nil {
 		return State{}, err
 	}
-	st := State{Released: make(map[netip.Addr]time.Time)}
+	return e.decode(resp, e.log)
+}
+
+// decode builds the state from the keys of one revision.
+func (e *Etcd) decode(resp *clientv3.GetResponse, log *slog.Logger) (State, error) {
+	l := newLoader(e.desc, e.ownerPath, log)
 	for _, kv := range resp.Kvs {
 		k := strings.TrimPrefix(string(kv.Key), e.prefix)
+		val := kv.Value
+		if val == nil {
+			val = []byte{}
+		}
 		dir, name, _ := strings.Cut(k, "/")
 		switch dir {
 		case "leases":
-			l, err := decodeLease(kv.Value)
-			if err != nil {
+			a, err := netip.ParseAddr(name)
+			if err != nil || !a.Is4() {
+				return State{}, l.fatal("lease key %s: %q is not an IPv4 address", kv.Key, name)
+			}
+			if err := l.lease(a, name, val); err != nil {
 				return State{}, err
 			}
-			st.Leases = append(st.Leases, l)
+		case "owners":
+			a, err := netip.ParseAddr(string(val))
+			if err != nil || !a.Is4() {
+				return State{}, l.fatal("the owner index entry %s holds %q, not an IPv4 address", kv.Key, clipKey(val))
+			}
+			l.owner(name, a)
 		case "released":
 			a, err1 := netip.ParseAddr(name)
-			t, err2 := time.Parse(time.RFC3339Nano, string(kv.Value))
-			if err1 != nil || err2 != nil {
-				return State{}, fmt.Errorf("bad key %s = %q", kv.Key, kv.Value)
+			t, err2 := time.Parse(time.RFC3339Nano, string(val))
+			switch {
+			case err1 != nil || !a.Is4():
+				l.released(a, t, string(kv.Key), fmt.Errorf("%q is not an IPv4 address", name))
+			default:
+				l.released(a, t, name, err2)
 			}
-			st.Released[a] = t
 		case "reservations":
 			p, err := url.PathUnescape(name)
 			if err != nil {
-				return State{}, fmt.Errorf("bad key %s", kv.Key)
+				return State{}, l.fatal("reservation key %s: %v", kv.Key, err)
 			}
-			r, err := decodeReservation([]byte(p), kv.Value)
-			if err != nil {
+			if err := l.reservation([]byte(p), val); err != nil {
 				return State{}, err
 			}
-			st.Reservations = append(st.Reservations, r)
 		case "settings":
-			if st.Settings, err = decodeSettings(kv.Value); err != nil {
+			if name != "" {
+				continue
+			}
+			if err := l.settings(val); err != nil {
 				return State{}, err
 			}
 		case "dataplanes":
-			d, err := decodeDataplane(kv.Value)
+			id, err := url.PathUnescape(name)
 			if err != nil {
-				return State{}, err
+				l.skip("data plane", string(kv.Key), err, "the data plane is unknown until it registers again")
+				continue
 			}
-			st.Dataplanes = append(st.Dataplanes, d)
+			l.dataplane(id, val)
+		case "meta":
+			if name == metaRestoring {
+				return State{}, l.fatal("a restore into this store was interrupted (restoring %s): run the controller with --restore and --restore-replace again", val)
+			}
 		}
 	}
-	sortState(&st)
-	return st, nil
+	return l.finish()
+}
+
+// ownerPath is the owner index key of o below "owners/".
+func (e *Etcd) ownerPath(o Owner) string {
+	return url.PathEscape(o.Dataplane) + "/" + url.PathEscape(o.Session)
 }
 
 func (e *Etcd) put(ctx context.Context, key, val string) error {

@@ -18,6 +18,7 @@ type Memory struct {
 	reservations map[netip.Prefix]netip.Addr
 	settings     Settings
 	dataplanes   map[string]Dataplane
+	restoredFrom string
 }
 
 // NewMemory returns an empty in-memory store.
