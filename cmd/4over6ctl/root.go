@@ -181,6 +181,7 @@ format: {"error":"...","code":N}.
 		a.dataplaneCommand(),
 		a.sessionsCommand(),
 		a.applyCommand(),
+		a.backupCommand(),
 		a.logLevelCommand(),
 		a.pkiCommand(),
 		a.versionCommand(),
