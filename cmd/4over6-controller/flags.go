@@ -40,6 +40,7 @@ type flags struct {
 	listen     string
 	state      string
 	store      string
+	restore    stateFlags
 	id         string
 	grace      time.Duration
 	dpTimeout  time.Duration
@@ -65,6 +66,7 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.listen, "listen", defaultListen, "gRPC `address`: unix:///path/to.sock or host:port")
 	fs.StringVar(&f.state, "state", defaultState, "`PATH` of the bbolt state file (leases, reservations, settings, data planes); its directory is created")
 	fs.StringVar(&f.store, "store", defaultStore, "where state lives: bbolt (the file at --state) or etcd://host:2379[,host:2379][/prefix] (several controllers, one leads)")
+	f.restore.register(fs)
 	host, _ := os.Hostname()
 	fs.StringVar(&f.id, "controller-id", host, "this controller's name in status output and the leader election")
 	fs.DurationVar(&f.grace, "grace-period", controller.DefaultGracePeriod, "release the leases of a data plane down this long, and leases its complete reports stopped listing this long")
@@ -91,6 +93,7 @@ type config struct {
 	listen     endpoint.Endpoint
 	state      string
 	etcd       *store.EtcdConfig // nil: bbolt at state
+	restore    stateFlags
 	id         string
 	grace      time.Duration
 	dpTimeout  time.Duration
@@ -180,6 +183,10 @@ func (f *flags) config() (config, error) {
 		}
 	default:
 		add(fmt.Errorf("--store %q: want bbolt or etcd://host:2379[,host:2379]", f.store))
+	}
+	c.restore = f.restore
+	for _, err := range f.restore.check(c.etcd != nil) {
+		add(err)
 	}
 	c.id = strings.TrimSpace(f.id)
 	if c.id == "" || len(c.id) > controller.MaxIDLen {

@@ -26,6 +26,11 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
+	// exitState: the state cannot be used as it is (a corrupt, empty or
+	// foreign --state file, a newer format, a backup that cannot be
+	// restored, a restore that would replace state): restarting will not
+	// fix it, the operator must act.
+	exitState = 3
 )
 
 const name = "4over6-controller"
@@ -34,6 +39,11 @@ const name = "4over6-controller"
 type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
+
+// stateError marks a state that cannot be used as it is: exit code 3.
+type stateError struct{ error }
+
+func (e stateError) Unwrap() error { return e.error }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -51,7 +61,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Short: "The 4over6 controller: address pool, DNS settings and client table",
 		Long: "4over6-controller leases IPv4 addresses from its pool to the clients of the\n" +
 			"data planes, tells them the route and DNS servers of the 101 message, and\n" +
-			"keeps the client table that 4over6ctl shows.",
+			"keeps the client table that 4over6ctl shows.\n\n" +
+			"Exit codes:\n" +
+			"  0  stopped by SIGTERM or SIGINT\n" +
+			"  1  failed (a listener, the store unreachable or locked by another controller, ...)\n" +
+			"  2  bad flags or configuration file\n" +
+			"  3  the state cannot be used as it is: a corrupt, empty or foreign --state\n" +
+			"     file, a newer format, a backup that cannot be restored, a --restore\n" +
+			"     that would replace state (see --fresh-state, --restore, --restore-replace)",
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -97,6 +114,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if errors.As(err, new(usageError)) {
 		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", name)
 		return exitUsage
+	}
+	if errors.As(err, new(stateError)) {
+		return exitState
 	}
 	return exitFailure
 }

@@ -7,12 +7,16 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -35,173 +39,313 @@ import (
 // then the server stops hard so the process always exits.
 const shutdownGrace = 5 * time.Second
 
-// serve runs the controller until ctx is done.
+// daemon is one running controller: what start opened, in the order it was
+// opened, and closes in reverse.
+type daemon struct {
+	cfg     config
+	flags   *pflag.FlagSet
+	log     *slog.Logger
+	level   *slog.LevelVar
+	dns     [dns.Count]netip.Addr
+	store   *store.Monitor
+	etcd    *store.Etcd // nil with bbolt
+	elector leader.Elector
+	ctl     *controller.Controller
+	metrics *metrics.Server // nil without --metrics
+	lis     net.Listener
+	grpc    *grpc.Server
+	health  *health.Server
+	gm      *metrics.GRPC // counts and times the gRPC requests
+	guard   *authz.Guard  // access and audit of the gRPC API
+	// leading is what readiness reads: set when this controller starts and
+	// stops leading.
+	leading atomic.Bool
+
+	closers []func()
+}
+
+// serve runs the controller until ctx is done or a part of it fails.
 func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writer) error {
-	log, level, err := logging.New(logw, cfg.log)
-	if err != nil {
-		return usageError{err}
-	}
-	servers, err := pickDNS(cfg, log)
-	if err != nil {
-		return usageError{fmt.Errorf("--dns: %v", err)}
-	}
-	st, elector, err := openStore(ctx, cfg, log)
+	d, err := start(ctx, cfg, flagSet, logw)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := st.Close(); err != nil {
-			log.Error("closing the store", "store", st.String(), "error", err)
+	err = d.run(ctx)
+	d.close()
+	if err == nil {
+		d.log.Info("controller stopped", "store", d.store.String())
+	}
+	return err
+}
+
+// start opens everything the controller needs, or closes what it opened
+// and fails.
+func start(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writer) (*daemon, error) {
+	d := &daemon{cfg: cfg, flags: flagSet, gm: metrics.NewGRPC()}
+	if err := d.open(ctx, logw); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *daemon) open(ctx context.Context, logw io.Writer) error {
+	var err error
+	if d.log, d.level, err = logging.New(logw, d.cfg.log); err != nil {
+		return usageError{err}
+	}
+	if d.dns, err = pickDNS(d.cfg, d.log); err != nil {
+		return usageError{fmt.Errorf("--dns: %v", err)}
+	}
+	d.guard = authz.New(d.log, &pb.ControllerService_ServiceDesc, &pb.LeaseService_ServiceDesc, &healthpb.Health_ServiceDesc)
+	for _, step := range []func(context.Context) error{d.openStore, d.restore, d.newController, d.startMetrics, d.listen, d.newServer} {
+		if err := step(ctx); err != nil {
+			return err
 		}
-	}()
+	}
+	return nil
+}
+
+// onClose registers f to run at close, before what was registered earlier.
+func (d *daemon) onClose(f func()) { d.closers = append(d.closers, f) }
+
+func (d *daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+	d.closers = nil
+}
+
+// openStore opens the configured store and the matching elector.
+func (d *daemon) openStore(ctx context.Context) error {
+	var st store.Store
+	if d.cfg.etcd == nil {
+		b, err := store.OpenBoltWith(d.cfg.state, store.BoltOptions{Logger: d.log, Fresh: d.cfg.restore.fresh})
+		if err != nil {
+			return d.stateProblem(fmt.Errorf("--state: %w", err))
+		}
+		st, d.elector = b, leader.Static{}
+	} else {
+		ec := *d.cfg.etcd
+		ec.Logger = d.log
+		e, err := store.OpenEtcd(ctx, ec)
+		if err != nil {
+			return fmt.Errorf("--store: %w", err)
+		}
+		st, d.etcd = e, e
+		d.elector = &leader.Etcd{Store: e, ID: d.cfg.id, TTL: d.cfg.electTTL, Logger: d.log}
+	}
+	d.store = store.NewMonitor(st, store.MonitorOptions{Logger: d.log})
+	d.onClose(func() {
+		if err := d.store.Close(); err != nil {
+			d.log.Error("closing the store", "store", d.store.String(), "error", err)
+		}
+	})
+	return nil
+}
+
+// restore starts the store from --restore FILE (see store.Restore).
+func (d *daemon) restore(ctx context.Context) error {
+	file := d.cfg.restore.file
+	if file == "" {
+		return nil
+	}
+	snap, err := store.ReadSnapshot(file, d.log)
+	if err != nil {
+		return stateError{fmt.Errorf("--restore: %w\nthe backup cannot be restored: take another one (4over6ctl backup -o FILE)", err)}
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	saveTo := d.cfg.state + ".replaced-" + stamp
+	if d.etcd != nil {
+		saveTo = file + ".replaced-" + stamp
+		if err := d.noController(ctx); err != nil {
+			return err
+		}
+	}
+	res, err := store.Restore(ctx, d.store, snap, d.cfg.restore.replace, saveTo)
+	switch {
+	case errors.Is(err, store.ErrHoldsState):
+		return stateError{fmt.Errorf("--restore %s: %w\nto replace it, add --restore-replace (the state it replaces is first saved as a backup, %s); to keep it, start without --restore", file, err, saveTo)}
+	case err != nil:
+		return fmt.Errorf("--restore %s: %w", file, err)
+	case res.Skipped:
+		d.log.Info("the store was restored from this backup before: --restore does nothing", "backup", file, "sha256", snap.ID, "store", d.store.String())
+	default:
+		replaced := res.Replaced.String()
+		if res.ReplacedDamaged {
+			replaced = "a damaged state (saved as it was)"
+		}
+		d.log.Warn("state restored from a backup", "backup", file, "sha256", snap.ID, "store", d.store.String(),
+			"restored", res.Restored.String(), "replaced", replaced, "replaced_saved_to", res.SavedTo)
+	}
+	return nil
+}
+
+// noController refuses a restore into etcd while a controller campaigns on
+// it: it would keep serving the state it loaded, not the restored one.
+func (d *daemon) noController(ctx context.Context) error {
+	key := leader.ElectionKey(d.etcd) + "/"
+	resp, err := d.etcd.Client().Get(ctx, key, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("--restore: %w", err)
+	}
+	if len(resp.Kvs) > 0 {
+		return stateError{fmt.Errorf("--restore: controller %q is running on %s (leading or standing by)\nstop every controller of this store before restoring (a controller killed without stopping drops out within --election-ttl)",
+			resp.Kvs[0].Value, d.etcd)}
+	}
+	return nil
+}
+
+func (d *daemon) newController(context.Context) error {
+	cfg := d.cfg
 	ctl, err := controller.New(controller.Config{
 		Pool:              cfg.pool,
 		Route:             cfg.route,
-		DNS:               servers,
+		DNS:               d.dns,
 		Version:           version.String(),
 		ID:                cfg.id,
-		Store:             st,
+		Store:             d.store,
 		Standby:           cfg.etcd != nil,
-		LogLevel:          level,
-		Logger:            log,
+		LogLevel:          d.level,
+		Logger:            d.log,
 		HeartbeatInterval: cfg.heartbeat,
 		DataplaneTimeout:  cfg.dpTimeout,
 		GracePeriod:       cfg.grace,
 		ReuseCooldown:     cfg.cooldown,
 	})
 	if err != nil {
+		return d.stateProblem(err)
+	}
+	d.ctl = ctl
+	d.leading.Store(cfg.etcd == nil) // bbolt: New loaded the state, this controller leads
+	return nil
+}
+
+func (d *daemon) startMetrics(context.Context) error {
+	if d.cfg.metrics == "" {
+		return nil
+	}
+	reg := metrics.NewRegistry()
+	reg.MustRegister(d.gm, ctlmetrics.New(metricsSource(d.ctl), d.ctl.Counts), ctlmetrics.NewAudit(d.guard),
+		ctlmetrics.NewStoreCollector(d.store))
+	ms, err := metrics.Start(metrics.Config{Addr: d.cfg.metrics, Registry: reg, Logger: d.log, Ready: d.ready})
+	if err != nil {
+		return fmt.Errorf("--metrics: %w", err)
+	}
+	d.metrics = ms
+	d.onClose(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		ms.Shutdown(ctx)
+	})
+	return nil
+}
+
+// ready is /readyz: it reads two cheap values, never a full status.
+func (d *daemon) ready(context.Context) error {
+	if !d.leading.Load() {
+		return errors.New("standby: not the leader")
+	}
+	if err := d.store.LastWriteErr(); err != nil {
+		return fmt.Errorf("store %s: %w", d.store, err)
+	}
+	return nil
+}
+
+func (d *daemon) listen(context.Context) error {
+	lis, err := d.cfg.listen.Listen()
+	if err != nil {
 		return err
 	}
-	tlsOpt, err := cfg.tls.ServerOption()
+	d.lis = lis
+	if d.cfg.listen.Network == "unix" {
+		path := d.cfg.listen.Address
+		d.onClose(func() {
+			// The listener unlinks its socket on close; this covers the
+			// paths where it did not, so no stale socket is left behind.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("cannot remove socket", "path", path, "error", err)
+			}
+		})
+	}
+	d.onClose(func() { lis.Close() }) // a no-op once Serve ran: it closes it
+	return nil
+}
+
+func (d *daemon) newServer(context.Context) error {
+	tlsOpt, err := d.cfg.tls.ServerOption()
 	if err != nil {
 		return usageError{err}
 	}
-	grpcMetrics := metrics.NewGRPC()
-	guard := authz.New(log, &pb.ControllerService_ServiceDesc, &pb.LeaseService_ServiceDesc, &healthpb.Health_ServiceDesc)
-	var ms *metrics.Server
-	if cfg.metrics != "" {
-		reg := metrics.NewRegistry()
-		reg.MustRegister(grpcMetrics, ctlmetrics.New(metricsSource(ctl), ctl.Counts), ctlmetrics.NewAudit(guard))
-		ms, err = metrics.Start(metrics.Config{Addr: cfg.metrics, Registry: reg, Logger: log,
-			Ready: func(context.Context) error {
-				if !ctl.Status().Leader {
-					return errors.New("standby: not the leader")
-				}
-				return nil
-			}})
-		if err != nil {
-			return fmt.Errorf("--metrics: %w", err)
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-			defer cancel()
-			ms.Shutdown(sctx)
-		}()
-	}
-	lis, err := cfg.listen.Listen()
-	if err != nil {
-		return err
-	}
-	if cfg.listen.Network == "unix" {
-		defer func() {
-			// The listener unlinks its socket on close; this covers the
-			// paths where it did not, so no stale socket is left behind.
-			if err := os.Remove(cfg.listen.Address); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				log.Warn("cannot remove socket", "path", cfg.listen.Address, "error", err)
-			}
-		}()
-	}
-
 	// Interceptors, outermost first: metrics, access and audit (guard),
 	// the server's own (panic recovery).
-	opts := append(append(grpcMetrics.ServerOptions(), tlsOpt), guard.ServerOptions()...)
-	gs := grpc.NewServer(append(opts, server.Options(log)...)...)
-	server.Register(gs, ctl)
-	hs := health.NewServer()
-	setHealth := func(leading bool) {
-		// A standby is alive (overall health) but does not serve leases.
-		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		s := healthpb.HealthCheckResponse_NOT_SERVING
-		if leading {
-			s = healthpb.HealthCheckResponse_SERVING
+	opts := append(append(d.gm.ServerOptions(), tlsOpt), d.guard.ServerOptions()...)
+	d.grpc = grpc.NewServer(append(opts, server.Options(d.log)...)...)
+	server.Register(d.grpc, d.ctl)
+	d.health = health.NewServer()
+	d.setHealth(d.cfg.etcd == nil)
+	healthpb.RegisterHealthServer(d.grpc, d.health)
+	d.gm.InitializeMethods(d.grpc)
+	return nil
+}
+
+// setHealth: a standby is alive (overall health) but does not serve leases.
+func (d *daemon) setHealth(leading bool) {
+	d.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s := healthpb.HealthCheckResponse_NOT_SERVING
+	if leading {
+		s = healthpb.HealthCheckResponse_SERVING
+	}
+	d.health.SetServingStatus(pb.LeaseService_ServiceDesc.ServiceName, s)
+	d.health.SetServingStatus(pb.ControllerService_ServiceDesc.ServiceName, s)
+}
+
+// run serves until ctx ends or a part fails; then it stops in order:
+// readiness and health first, then the background parts (the reconcile
+// loop; the election, which resigns), then the gRPC server (gracefully,
+// within shutdownGrace). It returns the first failure.
+func (d *daemon) run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	bg, bgctx := errgroup.WithContext(gctx)
+	bg.Go(func() error { d.ctl.Run(bgctx); return nil })
+	bg.Go(func() error { return d.elect(bgctx) })
+	bg.Go(func() error { cfgpkg.ReloadOnHUP(bgctx, d.flags, d.cfg.configFile, d.level, d.log); return nil })
+	if d.metrics != nil {
+		bg.Go(func() error { return d.watchMetrics(bgctx) })
+	}
+	g.Go(d.serveGRPC)
+	g.Go(func() error {
+		<-bgctx.Done()
+		d.log.Info("shutting down", "grace", shutdownGrace)
+		if d.metrics != nil {
+			d.metrics.NotReady("shutting down")
 		}
-		hs.SetServingStatus(pb.LeaseService_ServiceDesc.ServiceName, s)
-		hs.SetServingStatus(pb.ControllerService_ServiceDesc.ServiceName, s)
+		d.health.Shutdown() // health checkers see NOT_SERVING while calls drain
+		err := bg.Wait()
+		// The election resigned (etcd: a standby takes over at once); end
+		// the command streams and watchers, which would hold GracefulStop.
+		d.ctl.Deactivate("")
+		d.leading.Store(false)
+		d.stopGRPC()
+		return err
+	})
+	d.logStarted()
+	return g.Wait()
+}
+
+// serveGRPC serves until the server is stopped; a listener that fails is
+// an error of the daemon.
+func (d *daemon) serveGRPC() error {
+	if err := d.grpc.Serve(d.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve gRPC on %s: %w", d.cfg.listen, err)
 	}
-	setHealth(cfg.etcd == nil)
-	healthpb.RegisterHealthServer(gs, hs)
-	grpcMetrics.InitializeMethods(gs)
-	go cfgpkg.ReloadOnHUP(ctx, flagSet, cfg.configFile, level, log)
+	return nil
+}
 
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-
-	// Leadership: always ours with bbolt; an etcd election otherwise.
-	ectx, stopElection := context.WithCancel(context.Background())
-	elected := make(chan struct{})
-	go func() {
-		defer close(elected)
-		err := elector.Run(ectx, leader.Callbacks{
-			Elected: func(ctx context.Context) error {
-				if err := ctl.Activate(ctx); err != nil {
-					return err
-				}
-				setHealth(true)
-				return nil
-			},
-			Lost: func(id string) {
-				setHealth(false)
-				ctl.Deactivate(id)
-			},
-			Leader: ctl.SetLeader,
-		})
-		if err != nil {
-			log.Error("leader election stopped", "error", err)
-		}
-	}()
-	rctx, stopReconcile := context.WithCancel(context.Background())
-	reconciled := make(chan struct{})
-	go func() { defer close(reconciled); ctl.Run(rctx) }()
-
-	status := ctl.Status()
-	log.Info("controller started",
-		"version", version.String(),
-		"id", cfg.id,
-		"listen", cfg.listen.String(),
-		"store", st.String(),
-		"leader", status.Leader,
-		"pool", cfg.pool.Prefix,
-		"range", rangeString(ctl, cfg),
-		"gateway", gatewayOf(cfg.pool.Prefix),
-		"route", cfg.route,
-		"dns", joinAddrs(servers[:]),
-		"grace_period", cfg.grace,
-		"dataplane_timeout", cfg.dpTimeout,
-		"reuse_cooldown", cfg.cooldown)
-
-	var serveErr error
-	select {
-	case err := <-served:
-		// Serve only returns on its own when the listener fails.
-		serveErr = fmt.Errorf("serve gRPC on %s: %w", cfg.listen, err)
-	case <-ctx.Done():
-	}
-
-	log.Info("shutting down", "grace", shutdownGrace)
-	if ms != nil {
-		ms.NotReady("shutting down")
-	}
-	hs.Shutdown() // health checkers see NOT_SERVING while calls drain
-	stopReconcile()
-	<-reconciled
-	// Resign (etcd) so a standby takes over at once, and end the command
-	// streams and watchers, which would otherwise hold GracefulStop.
-	stopElection()
-	<-elected
-	ctl.Deactivate("")
+func (d *daemon) stopGRPC() {
 	stopped := make(chan struct{})
 	go func() {
-		gs.GracefulStop()
+		d.grpc.GracefulStop()
 		close(stopped)
 	}()
 	timer := time.NewTimer(shutdownGrace)
@@ -209,34 +353,100 @@ func serve(ctx context.Context, cfg config, flagSet *pflag.FlagSet, logw io.Writ
 	select {
 	case <-stopped:
 	case <-timer.C:
-		log.Warn("graceful stop timed out; closing remaining connections")
-		gs.Stop()
+		d.log.Warn("graceful stop timed out; closing remaining connections")
+		d.grpc.Stop()
 		<-stopped
 	}
-	if serveErr != nil {
-		return serveErr
+}
+
+// elect runs the election until ctx ends (bbolt: this controller always
+// leads). An election that stops on its own is an error of the daemon.
+func (d *daemon) elect(ctx context.Context) error {
+	// A state that cannot be used will not be better at the next term:
+	// stop campaigning and exit, rather than resign and win again forever.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var unusable error
+	err := d.elector.Run(ctx, leader.Callbacks{
+		Elected: func(ctx context.Context) error {
+			if err := d.ctl.Activate(ctx); err != nil {
+				if errors.As(err, new(*store.StateError)) {
+					unusable = err
+					cancel()
+				}
+				return err
+			}
+			d.leading.Store(true)
+			d.setHealth(true)
+			return nil
+		},
+		Lost: func(id string) {
+			d.leading.Store(false)
+			d.setHealth(false)
+			d.ctl.Deactivate(id)
+		},
+		Leader: d.ctl.SetLeader,
+	})
+	if unusable != nil {
+		return d.stateProblem(unusable)
 	}
-	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve gRPC on %s: %w", cfg.listen, err)
+	if err != nil {
+		d.log.Error("leader election stopped", "error", err)
+		return fmt.Errorf("leader election: %w", err)
 	}
-	log.Info("controller stopped", "store", st.String())
 	return nil
 }
 
-// openStore opens the configured store and the matching elector.
-func openStore(ctx context.Context, cfg config, log *slog.Logger) (store.Store, leader.Elector, error) {
-	if cfg.etcd == nil {
-		b, err := store.OpenBolt(cfg.state)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--state: %w", err)
+// watchMetrics turns a failure of the metrics listener into an error of the
+// daemon.
+func (d *daemon) watchMetrics(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-d.metrics.Done():
+		if err := d.metrics.Err(); err != nil {
+			return fmt.Errorf("--metrics %s: %w", d.metrics.Addr(), err)
 		}
-		return b, leader.Static{}, nil
+		return nil
 	}
-	e, err := store.OpenEtcd(ctx, *cfg.etcd)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--store: %w", err)
+}
+
+func (d *daemon) logStarted() {
+	cfg := d.cfg
+	d.log.Info("controller started",
+		"version", version.String(),
+		"id", cfg.id,
+		"listen", cfg.listen.String(),
+		"store", d.store.String(),
+		"leader", d.leading.Load(),
+		"pool", cfg.pool.Prefix,
+		"range", rangeString(d.ctl, cfg),
+		"gateway", gatewayOf(cfg.pool.Prefix),
+		"route", cfg.route,
+		"dns", joinAddrs(d.dns[:]),
+		"grace_period", cfg.grace,
+		"dataplane_timeout", cfg.dpTimeout,
+		"reuse_cooldown", cfg.cooldown)
+}
+
+// stateProblem marks an unusable state (exit code 3) and says what the
+// operator can do about it; other errors pass as they are.
+func (d *daemon) stateProblem(err error) error {
+	var se *store.StateError
+	if !errors.As(err, &se) {
+		return err
 	}
-	return e, &leader.Etcd{Store: e, ID: cfg.id, TTL: cfg.electTTL, Logger: log}, nil
+	const aside = "the file is moved aside, never deleted, and the data planes' reports bring their clients' leases back"
+	var what string
+	switch {
+	case d.etcd != nil:
+		what = "restore a backup into the store: stop every controller, then start one with --restore BACKUP --restore-replace"
+	case errors.Is(err, store.ErrFormat):
+		what = "run the controller version that wrote it, restore an older backup (--fresh-state --restore BACKUP) or start with an empty store (--fresh-state); " + aside
+	default:
+		what = "restore a backup (--fresh-state --restore BACKUP) or start with an empty store (--fresh-state); " + aside
+	}
+	return stateError{fmt.Errorf("%w\nthe controller does not start on this state: %s", err, what)}
 }
 
 func rangeString(ctl *controller.Controller, cfg config) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -158,6 +159,9 @@ type RestoreResult struct {
 	// SavedTo is where the replaced state was saved as a backup ("" if
 	// nothing was replaced).
 	SavedTo string
+	// ReplacedDamaged: the state replaced could not be loaded; SavedTo
+	// holds its records as they were (etcd: one JSON object per key).
+	ReplacedDamaged bool
 	// Restored is what the store holds now.
 	Restored StateSummary
 }
@@ -191,7 +195,17 @@ func Restore(ctx context.Context, s Store, snap Snapshot, replace bool, saveTo s
 	case status.Interrupted == "":
 		st, err := s.Load(ctx)
 		if err != nil {
-			return res, err
+			// A damaged state is replaced only when asked, and only by a
+			// store that can save it as it is first.
+			rd, ok := unwrap(s).(rawDumper)
+			if !errors.As(err, new(*StateError)) || !replace || !ok {
+				return res, err
+			}
+			if err := saveFile(saveTo, func(w io.Writer) error { return rd.dumpRaw(ctx, w) }); err != nil {
+				return res, fmt.Errorf("save the damaged state it replaces to %s first: %w", saveTo, err)
+			}
+			res.SavedTo, res.ReplacedDamaged = saveTo, true
+			break
 		}
 		res.Replaced = Summarize(st)
 		if !res.Replaced.Empty() && !replace {
@@ -216,11 +230,17 @@ func saveBackup(ctx context.Context, s Store, path string) error {
 	if !ok {
 		return fmt.Errorf("the store %s cannot be backed up", s)
 	}
+	return saveFile(path, func(w io.Writer) error { _, err := b.Backup(ctx, w); return err })
+}
+
+// saveFile writes the new file path (never replacing one) with write,
+// durably.
+func saveFile(path string, write func(io.Writer) error) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := b.Backup(ctx, f); err != nil {
+	if err := write(f); err != nil {
 		f.Close()
 		os.Remove(path)
 		return err
@@ -230,6 +250,41 @@ func saveBackup(ctx context.Context, s Store, path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// unwrap returns the store under wrappers such as Monitor.
+func unwrap(s Store) Store {
+	for {
+		u, ok := s.(interface{ Unwrap() Store })
+		if !ok {
+			return s
+		}
+		s = u.Unwrap()
+	}
+}
+
+// rawDumper writes the records of a store as they are, without decoding.
+type rawDumper interface {
+	dumpRaw(ctx context.Context, w io.Writer) error
+}
+
+// dumpRaw writes every key under the prefix as a JSON object per line:
+// {"key": ..., "value": ...}, values as stored (strings).
+func (e *Etcd) dumpRaw(ctx context.Context, w io.Writer) error {
+	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	for _, kv := range resp.Kvs {
+		if err := enc.Encode(struct {
+			Key   string `json:"key"`
+			Value string `json:"value"`
+		}{string(kv.Key), string(kv.Value)}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkState validates a state before it is written: what the loader

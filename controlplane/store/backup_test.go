@@ -293,3 +293,37 @@ func TestReadSnapshotRefusesDamage(t *testing.T) {
 		t.Errorf("missing backup: %v", err)
 	}
 }
+
+// TestEtcdReplaceDamaged: a damaged etcd state is only replaced with
+// replace, and saved as it was first.
+func TestEtcdReplaceDamaged(t *testing.T) {
+	ep, prefix := etcdtest.Shared(t)
+	e, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: []string{ep}, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.Client().Put(t.Context(), prefix+"leases/13.8.0.7", `{"addr":`); err != nil {
+		t.Fatal(err)
+	}
+	src := store.NewMemory()
+	fill(t, src, 5)
+	file := filepath.Join(t.TempDir(), "backup.db")
+	backupTo(t, src, file)
+	snap, err := store.ReadSnapshot(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Restore(t.Context(), e, snap, false, ""); !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("restore over a damaged state without replace: %v", err)
+	}
+	saved := filepath.Join(t.TempDir(), "replaced")
+	res, err := store.Restore(t.Context(), store.NewMonitor(e, store.MonitorOptions{}), snap, true, saved)
+	if err != nil || !res.ReplacedDamaged || res.SavedTo != saved {
+		t.Fatalf("replace: %+v %v", res, err)
+	}
+	if b, _ := os.ReadFile(saved); !strings.Contains(string(b), `"key":"`+prefix+`leases/13.8.0.7","value":"{\"addr\":"`) {
+		t.Fatalf("saved:\n%s", b)
+	}
+	sameState(t, load(t, e), snap.State)
+}
