@@ -17,6 +17,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -444,7 +445,7 @@ func (b *Bolt) Restore(ctx context.Context, snap Snapshot) error {
 	return b.guarded(func() error {
 		return b.db.Update(func(tx *bolt.Tx) error {
 			for _, name := range dataBuckets {
-				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 					return err
 				}
 				if _, err := tx.CreateBucket(name); err != nil {

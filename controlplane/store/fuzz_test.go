@@ -100,8 +100,11 @@ func FuzzDecodeTime(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		decodeTime(b)
-		time.Parse(time.RFC3339Nano, string(b))
+		if tm, err := decodeTime(b); err == nil {
+			if tm2, err := decodeTime(encodeTime(tm)); err != nil || !tm2.Equal(tm) {
+				t.Fatalf("round trip of %v: %v %v", tm, tm2, err)
+			}
+		}
 	})
 }
 
