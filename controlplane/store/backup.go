@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -323,35 +325,50 @@ func checkState(st State) error {
 	return nil
 }
 
-// putState writes st into the empty data buckets of tx.
+// putState writes st into the empty data buckets of tx. Each bucket's
+// records go in key order: bbolt appends them, where random order would
+// move the node's elements at every insert (quadratic in a large state).
 func putState(tx *bolt.Tx, st State) error {
-	leases, owners := tx.Bucket(bktLeases), tx.Bucket(bktOwners)
+	type kv struct{ k, v []byte }
+	put := func(bucket []byte, kvs []kv) error {
+		slices.SortFunc(kvs, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
+		b := tx.Bucket(bucket)
+		for _, e := range kvs {
+			if err := b.Put(e.k, e.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	leases := make([]kv, 0, len(st.Leases))
+	owners := make([]kv, 0, len(st.Leases))
 	for _, l := range st.Leases {
 		l.LeasedAt = l.LeasedAt.UTC()
-		if err := leases.Put(addrKey(l.Addr), encodeLease(l)); err != nil {
-			return err
-		}
-		if err := owners.Put(ownerKey(l.Owner), addrKey(l.Addr)); err != nil {
-			return err
-		}
+		leases = append(leases, kv{addrKey(l.Addr), encodeLease(l)})
+		owners = append(owners, kv{ownerKey(l.Owner), addrKey(l.Addr)})
 	}
+	released := make([]kv, 0, len(st.Released))
 	for a, t := range st.Released {
-		if err := tx.Bucket(bktReleased).Put(addrKey(a), encodeTime(t)); err != nil {
-			return err
-		}
+		released = append(released, kv{addrKey(a), encodeTime(t)})
 	}
+	reservations := make([]kv, 0, len(st.Reservations))
 	for _, r := range st.Reservations {
-		if err := tx.Bucket(bktReservations).Put([]byte(r.Client.String()), []byte(r.Addr.String())); err != nil {
-			return err
-		}
+		reservations = append(reservations, kv{[]byte(r.Client.String()), []byte(r.Addr.String())})
 	}
+	var settings []kv
 	if Summarize(State{Settings: st.Settings}).Settings {
-		if err := tx.Bucket(bktSettings).Put(keySettings, encodeSettings(st.Settings)); err != nil {
-			return err
-		}
+		settings = append(settings, kv{keySettings, encodeSettings(st.Settings)})
 	}
+	dataplanes := make([]kv, 0, len(st.Dataplanes))
 	for _, d := range st.Dataplanes {
-		if err := tx.Bucket(bktDataplanes).Put([]byte(d.ID), encodeDataplane(d)); err != nil {
+		dataplanes = append(dataplanes, kv{[]byte(d.ID), encodeDataplane(d)})
+	}
+	for _, b := range []struct {
+		name []byte
+		kvs  []kv
+	}{{bktLeases, leases}, {bktOwners, owners}, {bktReleased, released}, {bktReservations, reservations},
+		{bktSettings, settings}, {bktDataplanes, dataplanes}} {
+		if err := put(b.name, b.kvs); err != nil {
 			return err
 		}
 	}

@@ -82,7 +82,19 @@ func OpenBoltWith(path string, o BoltOptions) (*Bolt, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Buckets missing from a checked file are created (an empty bucket
+	// loses nothing); a file that has them all is not written to.
 	err = guard(func() error {
+		missing := false
+		db.View(func(tx *bolt.Tx) error {
+			for _, b := range dataBuckets {
+				missing = missing || tx.Bucket(b) == nil
+			}
+			return nil
+		})
+		if !missing {
+			return nil
+		}
 		return db.Update(func(tx *bolt.Tx) error {
 			for _, b := range dataBuckets {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
