@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -122,6 +123,11 @@ func TestMultiDataplane(t *testing.T) {
 	_, dp2 := e.addDataplane("dp2", server2V6, client2V6)
 	api := e.controllerAPI()
 	e.waitFor("dp2 registered", func() bool { return e.dataplaneStates(api)["dp2"] == cpv1.Dataplane_STATE_UP })
+	// Its API socket appears once its client listener is open.
+	e.waitFor("dp2 listening", func() bool {
+		_, err := os.Stat(filepath.Join(e.dir, "dp2.sock"))
+		return err == nil
+	})
 
 	const perDP = 100
 	type client struct {

@@ -323,6 +323,10 @@ func (e *env) ctlAsUser(cred *syscall.Credential, args ...string) (string, int) 
 func TestUnixSocketRoles(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{controllerArgs: []string{"--log-format", "json"}})
+	// The daemons set their sockets' mode once listening: change it after
+	// both answer.
+	e.dpStatus()
+	e.pool()
 	// Let others reach the sockets and run the binary.
 	for _, d := range []string{binDir, filepath.Dir(e.dir), e.dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
