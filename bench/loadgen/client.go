@@ -27,23 +27,25 @@ type stats struct {
 
 // client is one lab-protocol connection holding a lease.
 type client struct {
-	id   int
-	conn net.Conn
-	addr netip.Addr // leased IPv4 address
-	dead atomic.Bool
-	seq  uint16
+	id     int
+	conn   net.Conn
+	addr   netip.Addr // leased IPv4 address
+	dead   atomic.Bool
+	seq    uint16
+	onLoss func(*client) // called once if the server ends the connection; may be nil
 }
 
-// connect dials, sends a 100 and waits for the 101. On success the
-// connection stays with a reader goroutine that consumes everything the
-// server sends for as long as it lives.
-func connect(ctx context.Context, c config, id int, st *stats) (*client, error) {
+// connect dials (up to attempts times), sends a 100 and waits for the 101.
+// On success the connection stays with a reader goroutine that consumes
+// everything the server sends for as long as it lives, and calls onLoss
+// (if not nil) when the server ends it.
+func connect(ctx context.Context, c config, id int, st *stats, attempts int, onLoss func(*client)) (*client, error) {
 	var conn net.Conn
 	var err error
 	var d net.Dialer
 	for attempt := 1; ; attempt++ {
 		conn, err = d.DialContext(ctx, "tcp6", c.server)
-		if err == nil || attempt >= c.maxDialAttempts || ctx.Err() != nil {
+		if err == nil || attempt >= attempts || ctx.Err() != nil {
 			break
 		}
 		// A refused or reset SYN under a burst is worth one more try,
@@ -85,7 +87,7 @@ func connect(ctx context.Context, c config, id int, st *stats) (*client, error) 
 			return nil, err
 		}
 		conn.SetDeadline(time.Time{})
-		cl := &client{id: id, conn: conn, addr: r.Addr}
+		cl := &client{id: id, conn: conn, addr: r.Addr, onLoss: onLoss}
 		go cl.read(dec, st)
 		return cl, nil
 	}
@@ -99,6 +101,9 @@ func (cl *client) read(dec *wire.Decoder, st *stats) {
 		if err != nil {
 			if !cl.dead.Swap(true) && !st.closing.Load() {
 				st.dropped.Add(1)
+				if cl.onLoss != nil {
+					cl.onLoss(cl)
+				}
 			}
 			return
 		}

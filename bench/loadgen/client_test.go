@@ -32,3 +32,22 @@ func TestSlots(t *testing.T) {
 		t.Errorf("an interval shorter than a tick gives %d slots, want 1", s)
 	}
 }
+
+func TestBuildUDP(t *testing.T) {
+	src, dst := netip.MustParseAddr("13.8.0.9"), netip.MustParseAddr("203.0.113.200")
+	p := buildUDP(src, dst, 1500)
+	if n, prob := packet.CheckIPv4(p); prob != packet.OK || n != 1500 {
+		t.Fatalf("CheckIPv4 = %d, %v; want 1500, OK", n, prob)
+	}
+	if packet.Src(p) != src || packet.Dst(p) != dst || p[9] != 17 {
+		t.Errorf("addresses or protocol wrong: %v -> %v proto %d", packet.Src(p), packet.Dst(p), p[9])
+	}
+	// A header with its checksum in place sums to zero: the receiving
+	// kernel would drop the packet as corrupt otherwise.
+	if c := packet.Checksum(p[:20]); c != 0 {
+		t.Errorf("header checksum does not verify: %#04x", c)
+	}
+	if l := int(p[24])<<8 | int(p[25]); l != 1480 {
+		t.Errorf("UDP length %d, want 1480", l)
+	}
+}

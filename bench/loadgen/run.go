@@ -13,7 +13,7 @@ import (
 
 // event is one JSON line on stdout. Field names are read by the harness.
 type event struct {
-	Event          string  `json:"event"` // connected, echo_done, idle_start, idle_end, done, error
+	Event          string  `json:"event"` // connected, echo_done, idle_start, idle_end, done, storm_done, flooding, flood_done, error
 	UnixNano       int64   `json:"unix_nano"`
 	N              int     `json:"n"`
 	Connected      int     `json:"connected"`
@@ -28,6 +28,19 @@ type event struct {
 	Dropped        int64   `json:"dropped"`
 	FDLimit        uint64  `json:"fd_limit"`
 	Error          string  `json:"error,omitempty"`
+
+	// storm_done: of the Connected clients, Lost saw the server drop them,
+	// Reconnected got a 101 again (at ReconnectUnixNano, one per client,
+	// in the order they came back), Failed did not within -storm-timeout.
+	Lost              int     `json:"lost,omitempty"`
+	Reconnected       int     `json:"reconnected,omitempty"`
+	ReconnectAttempts int64   `json:"reconnect_attempts,omitempty"`
+	ReconnectUnixNano []int64 `json:"reconnect_unix_nano,omitempty"`
+
+	// flood_done: what the flooding clients' TCP connections took.
+	FloodBytes   int64   `json:"flood_bytes,omitempty"`
+	FloodFrames  int64   `json:"flood_frames,omitempty"`
+	FloodSeconds float64 `json:"flood_seconds,omitempty"`
 }
 
 type result struct {
@@ -49,50 +62,23 @@ func run(ctx context.Context, c config, log *slog.Logger, emit func(event)) erro
 			WriteErrors: st.writeErrors.Load(), Dropped: st.dropped.Load()}
 	}
 
+	// In storm mode every original connection reports its loss here; the
+	// buffer holds all of them, so no reader ever blocks on it.
+	var lost chan *client
+	var onLoss func(*client)
+	if c.storm {
+		lost = make(chan *client, c.n)
+		onLoss = func(cl *client) { lost <- cl }
+	}
+
 	// Connect phase.
 	log.Info("connecting", "n", c.n, "server", c.server, "inflight", c.inflight)
-	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
-	defer cancel()
-	results := make(chan result, c.n)
-	go func() {
-		sem := make(chan struct{}, c.inflight)
-		for i := range c.n {
-			select {
-			case sem <- struct{}{}:
-			case <-cctx.Done():
-				results <- result{err: cctx.Err()}
-				continue
-			}
-			go func() {
-				cl, err := connect(cctx, c, i, st)
-				<-sem
-				results <- result{cl, err}
-			}()
-		}
-	}()
-	clients := make([]*client, 0, c.n)
-	var failed int
-	var firstErr error
-	var last time.Duration
-	for range c.n {
-		r := <-results
-		if r.err != nil {
-			failed++
-			if firstErr == nil {
-				firstErr = r.err
-			}
-			continue
-		}
-		clients = append(clients, r.cl)
-		last = time.Since(start)
-		if len(clients)%1000 == 0 {
-			log.Info("progress", "connected", len(clients), "elapsed", last.Round(time.Millisecond))
-		}
-	}
+	cr := connectAll(ctx, c, log, st, onLoss)
+	clients, failed, firstErr, last := cr.clients, cr.failed, cr.firstErr, cr.last
+	var reconnected []*client // storm mode: the connections that replaced the lost ones
 	defer func() {
 		st.closing.Store(true)
-		for _, cl := range clients {
+		for _, cl := range append(clients, reconnected...) {
 			cl.conn.Close()
 		}
 	}()
@@ -108,6 +94,15 @@ func run(ctx context.Context, c config, log *slog.Logger, emit func(event)) erro
 	}
 	if len(clients) == 0 {
 		return fmt.Errorf("no client connected: %v", firstErr)
+	}
+
+	switch {
+	case c.storm:
+		var err error
+		reconnected, err = storm(ctx, c, log, len(clients), st, lost, emit)
+		return err
+	case c.flood > 0:
+		return flood(ctx, c, log, clients, st, emit)
 	}
 
 	s := newScheduler(c, clients, st)
@@ -133,6 +128,58 @@ func run(ctx context.Context, c config, log *slog.Logger, emit func(event)) erro
 	end.Connected, end.Failed, end.ConnectSeconds = len(clients), failed, last.Seconds()
 	emit(end)
 	return nil
+}
+
+// connectResult is the outcome of the connect phase.
+type connectResult struct {
+	clients  []*client // those that got their 101
+	failed   int
+	firstErr error         // the first failure
+	last     time.Duration // when the last 101 arrived
+}
+
+// connectAll opens c.n connections, at most c.inflight handshakes at once.
+func connectAll(ctx context.Context, c config, log *slog.Logger, st *stats, onLoss func(*client)) connectResult {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
+	defer cancel()
+	results := make(chan result, c.n)
+	go func() {
+		sem := make(chan struct{}, c.inflight)
+		for i := range c.n {
+			select {
+			case sem <- struct{}{}:
+			case <-cctx.Done():
+				results <- result{err: cctx.Err()}
+				continue
+			}
+			go func() {
+				cl, err := connect(cctx, c, i, st, c.maxDialAttempts, onLoss)
+				<-sem
+				results <- result{cl, err}
+			}()
+		}
+	}()
+	clients := make([]*client, 0, c.n)
+	var failed int
+	var firstErr error
+	var last time.Duration
+	for range c.n {
+		r := <-results
+		if r.err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			continue
+		}
+		clients = append(clients, r.cl)
+		last = time.Since(start)
+		if len(clients)%1000 == 0 {
+			log.Info("progress", "connected", len(clients), "elapsed", last.Round(time.Millisecond))
+		}
+	}
+	return connectResult{clients, failed, firstErr, last}
 }
 
 // scheduler spreads keepalives and echoes evenly: with S ticks per
