@@ -17,7 +17,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
 
-.PHONY: all build test unit lint proto tools deps deps-demo demo demo-down fuzz clean bench docs
+.PHONY: all build test unit lint proto tools deps deps-demo deps-bench demo demo-down fuzz clean bench docs
 
 all: build
 
@@ -73,12 +73,15 @@ $(TOOLS)/protoc-gen-go:
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
-## deps: what the tests and benchmarks need (apt-get, when missing);
-## deps-demo: only what the demo needs.
+## deps: what the tests need (apt-get, when missing); deps-demo: only what
+## the demo needs; deps-bench: what only make bench needs on top of deps
+## (the reference tunnels' wireguard-tools and openvpn).
 deps:
 	@bash test/deps.sh test
 deps-demo:
 	@bash test/deps.sh demo
+deps-bench:
+	@bash test/deps.sh bench
 
 ## demo: everything on embedded defaults in three namespaces, with sockets
 ## and state of its own (never a host's installed fourover6); tears down at
@@ -141,12 +144,16 @@ install: build
 	@echo 'then: systemctl daemon-reload && systemctl enable --now 4over6-controller 4over6-dataplane'
 	@echo 'a client: cp $(DOCDIR)/examples/client.yaml $(SYSCONFDIR)/fourover6/client-NAME.yaml, set its server, then systemctl enable --now 4over6-client@NAME'
 
-## bench: build, then measure throughput, RTT, scale, controller
-## allocations and micro-benchmarks in namespaces of its own (a few
+## bench: build, then measure throughput and RTT (ours on default flags and
+## per TUN backend, raw IPv6, the kernel's encapsulation, wireguard-go and
+## OpenVPN), fairness between clients, a reconnect storm, scale, controller
+## allocations and micro-benchmarks in namespaces of its own (about ten
 ## minutes); prints a table and saves bench/results/<timestamp>.{json,md,png}
 ## and latest.*. BENCHFLAGS passes flags, e.g. BENCHFLAGS='-only throughput'.
+## wireguard-go is built from the Go module proxy into the user cache
+## directory on first use (BENCHFLAGS='-cache DIR' puts it elsewhere).
 BENCHFLAGS ?=
-bench: deps build
+bench: deps deps-bench build
 	cd bench && $(GO) build -trimpath -o ../$(BIN)/4over6-loadgen ./loadgen
 	cd bench && $(GO) run . -bin ../$(BIN) -out results -src .. $(BENCHFLAGS)
 

@@ -2,21 +2,26 @@
 # Installs what the tests or the demo need on a fresh Debian machine, as
 # root, with apt-get. Idempotent, and quiet when all is there already.
 #
-# Usage: test/deps.sh [test|demo]
+# Usage: test/deps.sh [test|demo|bench]
 #   demo  (make demo) iproute2 (ip netns, veth), curl and ping, kmod for the
 #         tun module
-#   test  (make test, make bench; the default) all of the demo's, and gcc
-#         (go test -race needs cgo), iperf3 (make bench and its smoke test
-#         measure throughput with it) and etcd-server (the store conformance
-#         suite, the etcd benchmarks and the two-controller end-to-end test
-#         start their own etcd on loopback)
+#   test  (make test; the default) all of the demo's, and gcc (go test -race
+#         needs cgo), iperf3 (the bench smoke test measures throughput with
+#         it) and etcd-server (the store conformance suite, the etcd
+#         benchmarks and the two-controller end-to-end test start their own
+#         etcd on loopback)
+#   bench (make bench, with test) all of the demo's, iperf3, and the
+#         reference tunnels the bench measures beside ours: wireguard-tools
+#         (wg configures the wireguard-go the bench builds itself) and
+#         openvpn
+
 set -euo pipefail
 
 what=${1:-test}
 need=()
 case "$what" in
-  demo|test) ;;
-  *) echo "usage: $0 [test|demo]" >&2; exit 2 ;;
+  demo|test|bench) ;;
+  *) echo "usage: $0 [test|demo|bench]" >&2; exit 2 ;;
 esac
 
 command -v ip >/dev/null || need+=(iproute2)
@@ -29,6 +34,11 @@ if [ "$what" = test ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   { command -v bird || [ -x /usr/sbin/bird ]; } >/dev/null || need+=(bird2) # BIRD 2, the router of the BGP tests (test/bird)
 fi
+if [ "$what" = bench ]; then
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  { command -v wg || [ -x /usr/bin/wg ]; } >/dev/null || need+=(wireguard-tools)
+  { command -v openvpn || [ -x /usr/sbin/openvpn ]; } >/dev/null || need+=(openvpn)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -37,7 +47,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # etcd-server and bird2 come with system services that Debian starts on
+  # etcd-server, bird2 and openvpn come with system services that Debian starts on
   # install; the tests run their own instances with their own config, so
   # forbid service starts while installing (policy-rc.d, honoured by
   # invoke-rc.d and deb-systemd-invoke) unless the host already has a policy.
