@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -75,10 +76,27 @@ func compare(before, now *Report) []Delta {
 	}
 	for _, r := range now.RTT {
 		for _, o := range before.RTT {
-			if o.Path == r.Path && o.Load == r.Load && o.Error == "" && r.Error == "" {
-				add(fmt.Sprintf("rtt %s %s p50", r.Path, r.Load), "µs", o.P50Us, r.P50Us)
+			if o.Path == r.Path && o.Load == r.Load && o.direction() == r.direction() && o.Error == "" && r.Error == "" {
+				name := strings.TrimSpace(fmt.Sprintf("rtt %s %s %s", r.Path, r.Load, r.direction()))
+				add(name+" p50", "µs", o.P50Us, r.P50Us)
+				if o.P99Us > 0 {
+					add(name+" p99", "µs", o.P99Us, r.P99Us)
+				}
 			}
 		}
+	}
+	for _, f := range now.Fairness {
+		for _, o := range before.Fairness {
+			if o.Scenario == f.Scenario && o.Clients == f.Clients && len(o.ClientGbps) > 0 && len(f.ClientGbps) > 0 {
+				add("fairness "+f.Scenario+" aggregate", "Gbit/s", o.AggregateGbps, f.AggregateGbps)
+				add("fairness "+f.Scenario+" Jain", "", o.Jain, f.Jain)
+				add("fairness "+f.Scenario+" ping p99", "µs", o.Ping.P99Us, f.Ping.P99Us)
+			}
+		}
+	}
+	if b, n := before.Storm, now.Storm; b != nil && n != nil && b.N == n.N && b.Reconnected > 0 && n.Reconnected > 0 {
+		add(fmt.Sprintf("storm N=%d p99", n.N), "s", b.P99S, n.P99S)
+		add(fmt.Sprintf("storm N=%d within 5 s", n.N), "clients", float64(b.Within5s), float64(n.Within5s))
 	}
 	for _, s := range now.Scale {
 		for _, o := range before.Scale {
@@ -91,6 +109,13 @@ func compare(before, now *Report) []Delta {
 	}
 	if before.Alloc != nil && now.Alloc != nil && before.Alloc.Allocations > 0 && now.Alloc.Allocations > 0 {
 		add("controller allocations (gRPC)", "allocs/s", before.Alloc.AllocsPerS, now.Alloc.AllocsPerS)
+		for _, r := range now.Alloc.Runs {
+			for _, o := range before.Alloc.Runs {
+				if o.Callers == r.Callers && r.Callers != now.Alloc.Callers && o.Allocations > 0 && r.Allocations > 0 {
+					add(fmt.Sprintf("controller allocations (gRPC, %d callers)", r.Callers), "allocs/s", o.AllocsPerS, r.AllocsPerS)
+				}
+			}
+		}
 	}
 	for _, m := range now.Micro {
 		for _, o := range before.Micro {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fourover6/fourover6/test/topo"
 )
 
 // iperfResult is the part of `iperf3 -J` output the report uses.
@@ -70,10 +72,15 @@ type iperfRun struct {
 	reverse                bool
 }
 
-// runIperf runs the iperf3 client in the client namespace. The server may
-// not listen yet, or still be tearing down the previous test ("busy"):
-// those are retried for a few seconds.
+// runIperf runs the iperf3 client in the client namespace.
 func (l *lab) runIperf(ctx context.Context, s *iperfServer, r iperfRun) (gbps float64, retrans int, err error) {
+	return l.runIperfFrom(ctx, l.cli, s, r)
+}
+
+// runIperfFrom runs the iperf3 client in ns. The server may not listen
+// yet, or still be tearing down the previous test ("busy"): those are
+// retried for a few seconds.
+func (l *lab) runIperfFrom(ctx context.Context, ns *topo.NS, s *iperfServer, r iperfRun) (gbps float64, retrans int, err error) {
 	args := []string{"-c", s.addr, "-p", strconv.Itoa(s.port), "-J", "-t", strconv.Itoa(r.seconds),
 		"-P", strconv.Itoa(r.streams), "--connect-timeout", "3000"}
 	if r.omit > 0 {
@@ -84,7 +91,7 @@ func (l *lab) runIperf(ctx context.Context, s *iperfServer, r iperfRun) (gbps fl
 	}
 	timeout := time.Duration(r.seconds+r.omit)*time.Second + 20*time.Second
 	for attempt := 1; ; attempt++ {
-		out, runErr := output(ctx, l.cli, timeout, "iperf3", args...)
+		out, runErr := output(ctx, ns, timeout, "iperf3", args...)
 		gbps, retrans, err = parseIperf([]byte(out))
 		if err == nil {
 			return gbps, retrans, nil

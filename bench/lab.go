@@ -145,13 +145,23 @@ func (l *lab) stopController() {
 	}
 }
 
+// backendFlag is the --tun-backend flag for a backend; none for "default",
+// so that row measures whatever the binaries default to.
+func backendFlag(backend string) []string {
+	if backend == backendDefault {
+		return nil
+	}
+	return []string{"--tun-backend", backend}
+}
+
 // startDataplane starts a data plane with the given TUN backend and waits
 // until its TUN carries the gateway address.
 func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...string) (*proc, error) {
 	api := filepath.Join(l.dir, id+".sock")
 	os.Remove(api)
 	args := append([]string{"--id", id, "--controller", "unix://" + l.ctlSock, "--api", "unix://" + api,
-		"--listen", "[::]:" + clientPort, "--tun", "4o6", "--tun-backend", backend}, extra...)
+		"--listen", "[::]:" + clientPort, "--tun", "4o6"}, backendFlag(backend)...)
+	args = append(args, extra...)
 	p, err := l.start(l.srv, "dataplane-"+id, l.bin("4over6-dataplane"), args...)
 	if err != nil {
 		return nil, err
@@ -176,8 +186,14 @@ func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...s
 // startClient starts 4over6-client and waits until the gateway answers a
 // ping through the tunnel.
 func (l *lab) startClient(ctx context.Context, backend string) (*proc, error) {
-	p, err := l.start(l.cli, "client-"+backend, l.bin("4over6-client"),
-		"--server", "["+serverV6+"]:"+clientPort, "--tun", "4o6c", "--tun-backend", backend)
+	return l.startClientIn(ctx, l.cli, "client-"+backend, serverV6, backend)
+}
+
+// startClientIn starts 4over6-client in ns, connecting to server (an IPv6
+// address of the server namespace).
+func (l *lab) startClientIn(ctx context.Context, ns *topo.NS, name, server, backend string) (*proc, error) {
+	p, err := l.start(ns, name, l.bin("4over6-client"),
+		append([]string{"--server", "[" + server + "]:" + clientPort, "--tun", "4o6c"}, backendFlag(backend)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +201,7 @@ func (l *lab) startClient(ctx context.Context, backend string) (*proc, error) {
 		if p.exited() {
 			return true
 		}
-		_, err := output(ctx, l.cli, 3*time.Second, "ping", "-n", "-c", "1", "-W", "1", gateway)
+		_, err := output(ctx, ns, 3*time.Second, "ping", "-n", "-c", "1", "-W", "1", gateway)
 		return err == nil
 	})
 	if err == nil && p.exited() {

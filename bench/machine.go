@@ -30,6 +30,7 @@ func machineInfo(ctx context.Context, o *options) Machine {
 		m.GoVersion = v // the toolchain that built the binaries, if it differs
 	}
 	m.GitCommit = cmdOutput(ctx, o.src, "git", "rev-parse", "HEAD")
+	m.GitDescribe = cmdOutput(ctx, o.src, "git", "describe", "--tags", "--always", "--dirty")
 	m.GitDirty = cmdOutput(ctx, o.src, "git", "status", "--porcelain", "--untracked-files=no") != ""
 	m.BinaryVersion = cmdOutput(ctx, "", filepath.Join(o.bin, "4over6-dataplane"), "--version")
 	if v := cmdOutput(ctx, "", "iperf3", "--version"); v != "" {
@@ -84,4 +85,65 @@ func loadAvg() [3]float64 {
 		}
 	}
 	return l
+}
+
+// cpuTimes is the first line of /proc/stat, in clock ticks, all CPUs.
+type cpuTimes struct {
+	user, nice, system, idle, iowait, irq, softirq, steal int64
+	ok                                                    bool
+}
+
+func readCPU() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	return parseProcStat(string(b))
+}
+
+// parseProcStat reads the "cpu" line: user nice system idle iowait irq
+// softirq steal (guest time is already inside user and nice).
+func parseProcStat(stat string) cpuTimes {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTimes{}
+	}
+	var v [8]int64
+	for i := range v {
+		n, err := strconv.ParseInt(f[i+1], 10, 64)
+		if err != nil {
+			return cpuTimes{}
+		}
+		v[i] = n
+	}
+	return cpuTimes{user: v[0], nice: v[1], system: v[2], idle: v[3], iowait: v[4], irq: v[5], softirq: v[6], steal: v[7], ok: true}
+}
+
+// cpuUsage compares two /proc/stat readings with this process's rusage
+// (its own and its reaped children's, which include every daemon, iperf3,
+// ping and go test it started). Interrupt time (irq, softirq) is left out
+// of both sides: the packets of our namespaces are most of it and no
+// process is charged for them.
+func cpuUsage(a, b cpuTimes, wall time.Duration, cores int) *CPUUsage {
+	if !a.ok || !b.ok || wall <= 0 || cores <= 0 {
+		return nil
+	}
+	sec := func(ticks int64) float64 { return float64(ticks) / clockTicks }
+	u := &CPUUsage{WallS: round1(wall.Seconds()), Cores: cores,
+		OursIncludes: "the harness and every process it started (getrusage self + children); interrupt time excluded"}
+	task := sec((b.user + b.nice + b.system) - (a.user + a.nice + a.system))
+	intr := sec((b.irq + b.softirq) - (a.irq + a.softirq))
+	u.BusyS, u.InterruptsS, u.StealS = round1(task+intr), round1(intr), round1(sec(b.steal-a.steal))
+	var self, children syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	ours := tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
+	u.OursS = round1(ours)
+	u.OthersS = round1(max(0, task-ours))
+	capacity := wall.Seconds() * float64(cores)
+	u.OthersPct = round1(100 * u.OthersS / capacity)
+	u.BusyPct = round1(100 * u.BusyS / capacity)
+	return u
 }

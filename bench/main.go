@@ -5,7 +5,14 @@
 //   - TCP throughput with iperf3 through our tunnel (per TUN backend), over
 //     raw IPv6 on the same veth, and through the kernel's own IPv4-in-IPv6
 //     encapsulation, 1 and 4 streams, both directions, with ratios;
-//   - RTT with ping at idle and under load on the same paths;
+//   - the same for reference tunnels over the same veth, built and set up
+//     by the harness: wireguard-go and OpenVPN over TCP without crypto;
+//   - RTT with ping at idle and under load each way on the same paths, as
+//     distributions;
+//   - fairness: 8 real clients' bulk uploads at once through one data
+//     plane, while a ninth pings, without and with a tenth flooding 102s;
+//   - a reconnect storm: 10,000 clients back after the data plane is
+//     killed and restarted;
 //   - scale: N concurrent lab clients (bench/loadgen) holding leases on one
 //     data plane: connect time, RSS per client, idle CPU, echo success;
 //   - controller allocations per second over gRPC;
@@ -85,14 +92,22 @@ func runBench(parent context.Context, o *options, log *slog.Logger) (*Report, er
 	defer cancel()
 	start := time.Now()
 	rep := &Report{Schema: SchemaVersion, Label: o.label, StartedAt: start.Truncate(time.Second), Quick: o.quick,
-		Throughput: []Through{}, RTT: []RTT{}, Scale: []Scale{}, Micro: []Micro{}, Errors: []RunError{}}
+		Throughput: []Through{}, RTT: []RTT{}, Fairness: []Fairness{}, Scale: []Scale{}, Micro: []Micro{}, Errors: []RunError{}, Skipped: []Skip{}}
 	rep.Config = RunConfig{
 		TunBackends: o.backends, IperfSeconds: o.iperfSeconds, IperfOmitSeconds: o.iperfOmit, IperfRepeat: o.repeat,
-		PingCount: o.pingCount, PingIntervalS: pingInterval, ScaleN: o.scaleN, ScaleBackend: o.scaleBackend,
+		PingCount: o.pingCount, PingIntervalS: pingInterval, References: o.refs,
+		FairnessClients: o.fairClients, FairnessSeconds: o.iperfSeconds, FloodPacketBytes: o.floodSize,
+		StormN: o.stormN, StormBackend: o.scaleBackend, StormReconnectMin: stormReconnectMin.String(), StormReconnectMax: stormReconnectMax.String(),
+		ScaleN: o.scaleN, ScaleBackend: o.scaleBackend,
 		ScaleIdleS: o.idle.Seconds(), ScaleEchoPhaseS: o.echoPhase.Seconds(), ScaleEchoInterval: o.echoInterval.Seconds(),
-		KeepaliveInterval: "20s", KeepaliveTimeout: "60s", ControllerStore: controllerStore, AllocCallers: o.allocCallers, AllocSeconds: o.allocDuration.Seconds(),
+		KeepaliveInterval: "20s", KeepaliveTimeout: "60s", ControllerStore: controllerStore,
+		AllocCallers: o.allocCallers[0], AllocCallersList: o.allocCallers, AllocSeconds: o.allocDuration.Seconds(),
 		MicroBenchtime: o.microBenchtime, Sections: o.sections,
 	}
+	if rep.Config.References == nil {
+		rep.Config.References = []string{}
+	}
+	cpu0 := readCPU()
 	rep.Machine = machineInfo(ctx, o)
 	if l := rep.Machine.LoadAvgStart[0]; l > float64(rep.Machine.Cores)/2 {
 		log.Warn("the machine is busy before the run: numbers will be noisy", "load_avg_1m", l, "cores", rep.Machine.Cores)
@@ -103,7 +118,7 @@ func runBench(parent context.Context, o *options, log *slog.Logger) (*Report, er
 	}
 	log.Info("bench starting", "sections", o.sections, "backends", o.backends, "quick", o.quick, "commit", rep.Machine.GitCommit)
 
-	if o.has(secThroughput) || o.has(secRTT) || o.has(secScale) || o.has(secAlloc) {
+	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) || o.has(secStorm) || o.has(secScale) || o.has(secAlloc) {
 		if err := runLab(ctx, o, log, rep); err != nil {
 			return nil, err
 		}
@@ -123,6 +138,9 @@ func runBench(parent context.Context, o *options, log *slog.Logger) (*Report, er
 	}
 	rep.Targets = evaluateTargets(rep)
 	rep.Machine.LoadAvgEnd = loadAvg()
+	// Every process the run started has been waited for by now (the lab
+	// is closed), so their CPU time is in our children's rusage.
+	rep.Machine.CPU = cpuUsage(cpu0, readCPU(), time.Since(start), rep.Machine.Cores)
 	if baseline != nil {
 		rep.Baseline = &Baseline{File: basePath, StartedAt: baseline.StartedAt, GitCommit: baseline.Machine.GitCommit, Label: baseline.Label}
 		rep.Comparison = compare(baseline, rep)
@@ -141,12 +159,24 @@ func runLab(ctx context.Context, o *options, log *slog.Logger, rep *Report) erro
 	if o.has(secThroughput) || o.has(secRTT) {
 		l.runPaths(ctx, rep)
 	}
-	if o.has(secScale) && ctx.Err() == nil {
-		if l.loadgen, err = loadgenBinary(ctx, o, l.dir); err != nil {
-			rep.addError(secScale, "build 4over6-loadgen", err)
-		} else {
-			l.runScale(ctx, rep)
+	if o.has(secFairness) && ctx.Err() == nil {
+		l.runFairness(ctx, rep)
+	}
+	needLoadgen := func(section string) bool {
+		if l.loadgen != "" {
+			return true
 		}
+		if l.loadgen, err = loadgenBinary(ctx, o, l.dir); err != nil {
+			rep.addError(section, "build 4over6-loadgen", err)
+			return false
+		}
+		return true
+	}
+	if o.has(secStorm) && ctx.Err() == nil && needLoadgen(secStorm) {
+		l.runStorm(ctx, rep)
+	}
+	if o.has(secScale) && ctx.Err() == nil && needLoadgen(secScale) {
+		l.runScale(ctx, rep)
 	}
 	if o.has(secAlloc) && ctx.Err() == nil {
 		l.runAlloc(ctx, rep)
@@ -173,12 +203,12 @@ func preflight(o *options) error {
 		}
 	}
 	tools := []string{"ip", "ping"}
-	if o.has(secThroughput) || o.has(secRTT) {
+	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) {
 		tools = append(tools, "iperf3")
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found: run test/deps.sh (make deps) as root to install it", tool)
+			return fmt.Errorf("%s not found: run test/deps.sh bench (make deps-bench) as root to install it", tool)
 		}
 	}
 	return nil

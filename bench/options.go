@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,12 +17,26 @@ import (
 const (
 	secThroughput = "throughput"
 	secRTT        = "rtt"
+	secFairness   = "fairness"
+	secStorm      = "storm"
 	secScale      = "scale"
 	secAlloc      = "alloc"
 	secMicro      = "micro"
 )
 
-var allSections = []string{secThroughput, secRTT, secScale, secAlloc, secMicro}
+var allSections = []string{secThroughput, secRTT, secFairness, secStorm, secScale, secAlloc, secMicro}
+
+// backendDefault stands for "no --tun-backend flag at all": whatever the
+// binaries default to, so the row follows a change of the product's default.
+const backendDefault = "default"
+
+// Reference tunnels measured beside ours (-refs).
+const (
+	refWireguardGo = "wireguard-go"
+	refOpenVPN     = "openvpn"
+)
+
+var allRefs = []string{refWireguardGo, refOpenVPN}
 
 // options is the validated command line.
 type options struct {
@@ -37,10 +53,15 @@ type options struct {
 	pingCount      int
 	scaleN         []int
 	scaleBackend   string
+	refs           []string
+	cacheDir       string
+	fairClients    int
+	floodSize      int
+	stormN         int
 	idle           time.Duration
 	echoPhase      time.Duration
 	echoInterval   time.Duration
-	allocCallers   int
+	allocCallers   []int
 	allocDuration  time.Duration
 	microBenchtime string
 	timeout        time.Duration
@@ -57,11 +78,16 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(out)
 	o := &options{}
-	var backends, only, skip, ns string
+	var backends, only, skip, ns, refs, callers string
 	fs.StringVar(&o.bin, "bin", "bin", "directory holding 4over6-controller, 4over6-dataplane and 4over6-client (and 4over6-loadgen; built from -src when missing)")
 	fs.StringVar(&o.out, "out", "bench/results", "directory for <timestamp>.{json,md,png} and latest.*")
 	fs.StringVar(&o.src, "src", ".", "module root: micro-benchmarks run there (go test), and the load generator is built from it when -bin lacks it")
-	fs.StringVar(&backends, "tun-backend", "both", "TUN backend of our data plane and client: offload, water, or both (one row each)")
+	fs.StringVar(&backends, "tun-backend", "", "TUN backends of our data plane and client, one row each, comma-separated: default (no --tun-backend flag: the binaries' own default), offload, water; all = default,offload,water (the default; quick: default,offload); both = water,offload")
+	fs.StringVar(&refs, "refs", "", "reference tunnels measured beside ours, comma-separated: wireguard-go, openvpn (the default: both), or none")
+	fs.StringVar(&o.cacheDir, "cache", "", "where wireguard-go is built and kept between runs (default: the user cache directory's fourover6-bench)")
+	fs.IntVar(&o.fairClients, "fairness-clients", 8, "bulk clients of the fairness runs (each its own 4over6-client, TUN and namespace), plus one that pings")
+	fs.IntVar(&o.floodSize, "flood-size", 1500, "IPv4 packet size of the 102 flood in the fairness run, bytes")
+	fs.IntVar(&o.stormN, "storm-n", 0, "clients of the reconnect storm (default 10000, quick 200)")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: 1 s iperf3 runs, N=200, short idle window, micro-benchmarks run once")
 	fs.StringVar(&o.label, "label", "", "free text stored in the report, e.g. \"before batching\"")
 	fs.StringVar(&only, "only", "", "comma-separated sections to run: "+strings.Join(allSections, ","))
@@ -72,7 +98,7 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.scaleBackend, "scale-backend", "", "TUN backend of the scale runs (default: offload if measured, else the first of -tun-backend)")
 	fs.DurationVar(&o.idle, "idle", 0, "idle window of the scale runs: data-plane CPU with only keepalives flowing (default 20s, quick 3s)")
 	fs.DurationVar(&o.allocDuration, "alloc-duration", 0, "how long the controller's allocate/release loop runs (default 3s, quick 1s)")
-	fs.IntVar(&o.allocCallers, "alloc-callers", 8, "concurrent gRPC callers of the allocation benchmark")
+	fs.StringVar(&callers, "alloc-callers", "8,32", "concurrent gRPC callers of the allocation benchmark, comma-separated: one run each")
 	fs.StringVar(&o.microBenchtime, "benchtime", "", "go test -benchtime of the micro-benchmarks (default 1s, quick 1x)")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Minute, "the whole run is abandoned (and cleaned up) after this long")
 	fs.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemons' logs (their directory is printed) instead of deleting them")
@@ -85,13 +111,19 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q: all settings are flags", fs.Arg(0))
 	}
 
-	switch backends {
-	case "both", "":
-		o.backends = []string{"water", "offload"}
-	case "water", "offload":
-		o.backends = []string{backends}
-	default:
-		return nil, fmt.Errorf("-tun-backend %q: want offload, water or both", backends)
+	var err error
+	if o.backends, err = pickBackends(backends, o.quick); err != nil {
+		return nil, err
+	}
+	if o.refs, err = pickRefs(refs); err != nil {
+		return nil, err
+	}
+	if o.cacheDir == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("-cache not given and no user cache directory (%v): pass -cache DIR", err)
+		}
+		o.cacheDir = filepath.Join(dir, "fourover6-bench")
 	}
 	if o.scaleBackend == "" {
 		o.scaleBackend = o.backends[0]
@@ -99,11 +131,10 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			o.scaleBackend = "offload"
 		}
 	}
-	if o.scaleBackend != "water" && o.scaleBackend != "offload" {
-		return nil, fmt.Errorf("-scale-backend %q: want offload or water", o.scaleBackend)
+	if !slices.Contains(knownBackends, o.scaleBackend) {
+		return nil, fmt.Errorf("-scale-backend %q: want %s", o.scaleBackend, strings.Join(knownBackends, ", "))
 	}
 
-	var err error
 	if o.sections, err = pickSections(only, skip); err != nil {
 		return nil, err
 	}
@@ -123,8 +154,8 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if o.iperfSeconds == 0 {
 		o.iperfSeconds = def(1, 5)
 	}
-	o.iperfOmit = def(0, 1) // a 1 s run has no room for a warm-up to leave out
-	o.pingCount = def(20, 50)
+	o.iperfOmit = def(0, 1)    // a 1 s run has no room for a warm-up to leave out
+	o.pingCount = def(30, 300) // at pingInterval: 0.3 s, 3 s
 	if o.idle == 0 {
 		o.idle = defDur(3*time.Second, 20*time.Second)
 	}
@@ -145,17 +176,86 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			ns = "200"
 		}
 	}
-	for f := range strings.SplitSeq(ns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("-n %q: want positive client counts separated by commas", ns)
-		}
-		o.scaleN = append(o.scaleN, n)
+	if o.scaleN, err = positiveInts(ns); err != nil {
+		return nil, fmt.Errorf("-n %q: %w", ns, err)
 	}
-	if o.iperfSeconds < 1 || o.repeat < 1 || o.allocCallers < 1 || o.idle <= 0 || o.allocDuration <= 0 {
-		return nil, errors.New("-duration, -repeat, -alloc-callers, -idle and -alloc-duration must be positive")
+	if o.allocCallers, err = positiveInts(callers); err != nil {
+		return nil, fmt.Errorf("-alloc-callers %q: %w", callers, err)
+	}
+	if o.stormN == 0 {
+		o.stormN = def(200, 10000)
+	}
+	if o.iperfSeconds < 1 || o.repeat < 1 || o.idle <= 0 || o.allocDuration <= 0 || o.stormN < 1 || o.fairClients < 1 {
+		return nil, errors.New("-duration, -repeat, -idle, -alloc-duration, -storm-n and -fairness-clients must be positive")
+	}
+	if o.floodSize < 28 || o.floodSize > 1500 {
+		return nil, fmt.Errorf("-flood-size %d: want 28 (IPv4 + UDP headers) to 1500 (the TUN MTU)", o.floodSize)
 	}
 	return o, nil
+}
+
+// knownBackends are the TUN backends a row can be measured with.
+var knownBackends = []string{backendDefault, "offload", "water"}
+
+// pickBackends reads -tun-backend: a list, or all/both.
+func pickBackends(s string, quick bool) ([]string, error) {
+	switch s {
+	case "":
+		if quick {
+			// The smoke run keeps to the default and one explicit
+			// backend: water differs from offload only in the flag passed.
+			return []string{backendDefault, "offload"}, nil
+		}
+		return slices.Clone(knownBackends), nil
+	case "all":
+		return slices.Clone(knownBackends), nil
+	case "both":
+		return []string{"water", "offload"}, nil
+	}
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(knownBackends, f) {
+			return nil, fmt.Errorf("-tun-backend %q: want a comma-separated list of %s, or all, or both", s, strings.Join(knownBackends, ", "))
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// pickRefs reads -refs.
+func pickRefs(s string) ([]string, error) {
+	switch s {
+	case "":
+		return slices.Clone(allRefs), nil
+	case "none":
+		return nil, nil
+	}
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(allRefs, f) {
+			return nil, fmt.Errorf("-refs %q: want a comma-separated list of %s, or none", s, strings.Join(allRefs, ", "))
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+func positiveInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, errors.New("want positive numbers separated by commas")
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func pickSections(only, skip string) ([]string, error) {

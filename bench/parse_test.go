@@ -1,7 +1,10 @@
 package main
 
 import (
+	"io"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseIperf(t *testing.T) {
@@ -33,7 +36,7 @@ rtt min/avg/max/mdev = 0.080/0.325/1.000/0.389 ms
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.sent != 5 || s.received != 4 || s.min != 80 || s.max != 1000 || s.avg != 325 || s.p50 != 100 {
+	if s.sent != 5 || s.received != 4 || s.min != 80 || s.max != 1000 || s.avg != 325 || s.p50 != 100 || s.p90 != 1000 || s.loss() != 20 {
 		t.Errorf("parsePing = %+v", s)
 	}
 	if _, err := parsePing("5 packets transmitted, 0 received, 100% packet loss\n"); err == nil {
@@ -84,7 +87,7 @@ func TestPickSections(t *testing.T) {
 	if err != nil || len(s) != 2 || s[0] != secThroughput {
 		t.Errorf("-only rtt,throughput = %v, %v (want run order)", s, err)
 	}
-	if s, err := pickSections("", "micro,scale"); err != nil || len(s) != 3 {
+	if s, err := pickSections("", "micro,scale"); err != nil || len(s) != len(allSections)-2 {
 		t.Errorf("-skip micro,scale = %v, %v", s, err)
 	}
 	if _, err := pickSections("nope", ""); err == nil {
@@ -92,10 +95,88 @@ func TestPickSections(t *testing.T) {
 	}
 }
 
+func TestPickBackendsAndRefs(t *testing.T) {
+	for in, want := range map[string]string{"": "default,offload,water", "all": "default,offload,water", "both": "water,offload",
+		"offload": "offload", "default, water,default": "default,water"} {
+		got, err := pickBackends(in, false)
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("pickBackends(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	if got, _ := pickBackends("", true); strings.Join(got, ",") != "default,offload" {
+		t.Errorf("quick default backends = %v", got)
+	}
+	if _, err := pickBackends("auto,tap", false); err == nil {
+		t.Error("unknown backend accepted")
+	}
+	if got, err := pickRefs(""); err != nil || strings.Join(got, ",") != "wireguard-go,openvpn" {
+		t.Errorf("default refs = %v, %v", got, err)
+	}
+	if got, err := pickRefs("none"); err != nil || len(got) != 0 {
+		t.Errorf("-refs none = %v, %v", got, err)
+	}
+	if _, err := pickRefs("ipsec"); err == nil {
+		t.Error("unknown reference accepted")
+	}
+}
+
+func TestParseOptionsLists(t *testing.T) {
+	o, err := parseOptions([]string{"-alloc-callers", "8, 32", "-storm-n", "500"}, io.Discard)
+	if err != nil || len(o.allocCallers) != 2 || o.allocCallers[1] != 32 || o.stormN != 500 {
+		t.Fatalf("parseOptions = %+v, %v", o, err)
+	}
+	if q, _ := parseOptions([]string{"-quick"}, io.Discard); q.stormN != 200 || q.pingCount != 30 {
+		t.Errorf("quick sizes: storm %d, pings %d", q.stormN, q.pingCount)
+	}
+	for _, bad := range [][]string{{"-alloc-callers", "8,x"}, {"-flood-size", "9000"}, {"-storm-n", "-1"}, {"-tun-backend", "nope"}} {
+		if _, err := parseOptions(bad, io.Discard); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	c := parseProcStat("cpu  100 5 50 1000 7 3 2 9 0 0\ncpu0 50 2 25 500 3 1 1 4 0 0\n")
+	if !c.ok || c.user != 100 || c.nice != 5 || c.system != 50 || c.irq != 3 || c.softirq != 2 || c.steal != 9 {
+		t.Errorf("parseProcStat = %+v", c)
+	}
+	if parseProcStat("intr 1 2 3\n").ok {
+		t.Error("a file without the cpu line accepted")
+	}
+	b := c
+	b.user += 300 // 3 s of task time on top of c
+	u := cpuUsage(c, b, 10*time.Second, 2)
+	if u == nil || u.BusyS != 3 || u.OthersS < 0 || u.OthersS > 3 || u.BusyPct != 15 {
+		t.Errorf("cpuUsage = %+v", u)
+	}
+}
+
+func TestRTTDirection(t *testing.T) {
+	// Reports from before load_direction measured upload only.
+	if d := (RTT{Load: "loaded"}).direction(); d != "upload" {
+		t.Errorf("old loaded row: %q", d)
+	}
+	if d := (RTT{Load: "loaded", LoadDirection: "download"}).direction(); d != "download" {
+		t.Errorf("download row: %q", d)
+	}
+	if d := (RTT{Load: "idle"}).direction(); d != "" {
+		t.Errorf("idle row: %q", d)
+	}
+}
+
 func TestNiceStep(t *testing.T) {
 	for in, want := range map[float64]float64{4.3: 5, 0.7: 1, 1.2: 2, 26: 50, 0.03: 0.05} {
 		if got := niceStep(in); got != want {
 			t.Errorf("niceStep(%v) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func TestIsNumeric(t *testing.T) {
+	for s, want := range map[string]bool{"1.5": true, "37.5%": true, "2x": true, "29/30": true, "-": false,
+		"1-stream upload": false, "0.51 vs 0.47 Gbit/s": false, "ERR": false, "": false} {
+		if isNumeric(s) != want {
+			t.Errorf("isNumeric(%q) = %v", s, !want)
 		}
 	}
 }

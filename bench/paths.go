@@ -3,18 +3,21 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 )
 
 // path is one way from the client namespace to the server namespace that
 // iperf3 and ping measure.
 type path struct {
-	name    string // "raw", "kernel", "ours-water", "ours-offload"
+	name    string // raw, kernel, ours-<backend>, wireguard-go, openvpn-tcp
 	kind    string
-	backend string // ours only
+	backend string // ours only: default (no flag), offload, water
+	ref     string // reference only: refWireguardGo, refOpenVPN
 	target  string // server address: iperf3 binds to it, the client dials it
 	port    int    // iperf3 port: one per path, so a slow teardown never collides
 }
@@ -33,6 +36,9 @@ func (l *lab) paths() []path {
 	for i, b := range l.o.backends {
 		ps = append(ps, path{name: "ours-" + b, kind: KindOurs, backend: b, target: gateway, port: 5203 + i})
 	}
+	for i, r := range l.o.refs {
+		ps = append(ps, path{name: refPath(r), kind: KindRef, ref: r, target: refServerV4(r), port: 5210 + i})
+	}
 	return ps
 }
 
@@ -45,6 +51,14 @@ func (l *lab) runPaths(ctx context.Context, rep *Report) {
 		}
 		l.log.Info("path", "name", p.name)
 		teardown, err := l.setupPath(ctx, p, rep)
+		var skip *skipError
+		if errors.As(err, &skip) {
+			// A reference tunnel that cannot be had here is left out
+			// with its reason; it is not a failure of ours.
+			l.log.Warn("reference tunnel skipped", "path", p.name, "reason", skip.reason)
+			rep.Skipped = append(rep.Skipped, Skip{Section: "paths", Path: p.name, Reason: skip.reason})
+			continue
+		}
 		if err != nil {
 			l.failPath(p, rep, "setup", err)
 			continue
@@ -74,7 +88,7 @@ func (l *lab) runPaths(ctx context.Context, rep *Report) {
 		if l.o.has(secRTT) {
 			for _, r := range l.measureRTT(ctx, p, srv) {
 				if r.Error != "" {
-					rep.addError(secRTT, p.name+" "+r.Load, fmt.Errorf("%s", r.Error))
+					rep.addError(secRTT, strings.TrimSpace(p.name+" "+r.Load+" "+r.LoadDirection), fmt.Errorf("%s", r.Error))
 				}
 				rep.RTT = append(rep.RTT, r)
 			}
@@ -131,6 +145,8 @@ func (l *lab) setupPath(ctx context.Context, p path, rep *Report) (func(), error
 		// A first packet resolves the inner neighbour (vxlan) before timing.
 		output(ctx, l.cli, 5*time.Second, "ping", "-n", "-c", "1", "-W", "2", p.target)
 		return l.kernelTeardown, nil
+	case KindRef:
+		return l.setupRef(ctx, p, rep)
 	}
 	if l.ctl == nil || l.ctl.exited() {
 		if err := l.startController(ctx); err != nil {
@@ -161,14 +177,15 @@ func (l *lab) failPath(p path, rep *Report, step string, err error) {
 		}
 	}
 	if l.o.has(secRTT) {
-		for _, load := range []string{"idle", "loaded"} {
-			rep.RTT = append(rep.RTT, RTT{Path: p.name, Kind: p.kind, Backend: p.backend, Load: load, Error: "path setup failed: " + err.Error()})
+		for _, ld := range rttLoads {
+			rep.RTT = append(rep.RTT, RTT{Path: p.name, Kind: p.kind, Backend: p.backend, Load: ld.load, LoadDirection: ld.direction,
+				Error: "path setup failed: " + err.Error()})
 		}
 	}
 }
 
-// computeRatios fills ours/raw and ours/kernel for every cell, and the
-// idle RTT added over raw.
+// computeRatios fills ours/raw and ours/kernel (and the same for the
+// reference tunnels) for every cell, and the idle RTT added over raw.
 func computeRatios(rep *Report) {
 	find := func(kind, dir string, streams int) *Through {
 		for i := range rep.Throughput {
@@ -181,7 +198,7 @@ func computeRatios(rep *Report) {
 	}
 	for i := range rep.Throughput {
 		t := &rep.Throughput[i]
-		if t.Kind != KindOurs || t.Error != "" {
+		if (t.Kind != KindOurs && t.Kind != KindRef) || t.Error != "" {
 			continue
 		}
 		if r := find(KindRaw, t.Direction, t.Streams); r != nil {

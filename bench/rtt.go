@@ -10,15 +10,37 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fourover6/fourover6/test/topo"
 )
 
-const pingInterval = 0.01 // seconds; below 0.2 needs root, which the bench has
+// pingInterval is the gap between pings, everywhere the bench pings: 10 ms
+// (below 0.2 s needs root, which the bench has). Ping does not wait for a
+// reply before the next request, so a slow reply never thins the series.
+const pingInterval = 0.01
 
 // pingStats are the round trips of one ping series, in microseconds.
 type pingStats struct {
-	sent, received          int
-	min, avg, p50, p99, max float64
+	sent, received               int
+	min, avg, p50, p90, p99, max float64
 }
+
+// loss is the share of pings without a reply, in percent.
+func (s pingStats) loss() float64 {
+	if s.sent == 0 {
+		return 0
+	}
+	return 100 * float64(s.sent-s.received) / float64(s.sent)
+}
+
+func (s pingStats) dist() PingDist {
+	return PingDist{Sent: s.sent, Received: s.received, LossPct: round3(s.loss()),
+		P50Us: round1(s.p50), P90Us: round1(s.p90), P99Us: round1(s.p99), MaxUs: round1(s.max)}
+}
+
+// rttLoads are the ping series of every path, in table order: at idle,
+// then during a 1-stream iperf3 each way.
+var rttLoads = []struct{ load, direction string }{{"idle", ""}, {"loaded", "upload"}, {"loaded", "download"}}
 
 // parsePing reads ping's per-reply "time=0.045 ms" lines and its
 // "N packets transmitted" summary; the percentiles need the individual
@@ -56,7 +78,7 @@ func parsePing(out string) (pingStats, error) {
 		sum += t
 	}
 	s.min, s.max, s.avg = times[0], times[len(times)-1], sum/float64(len(times))
-	s.p50, s.p99 = percentile(times, 50), percentile(times, 99)
+	s.p50, s.p90, s.p99 = percentile(times, 50), percentile(times, 90), percentile(times, 99)
 	if s.received == 0 {
 		s.received = len(times)
 	}
@@ -74,9 +96,17 @@ func percentile(sorted []float64, p float64) float64 {
 
 // ping runs a ping series from the client namespace.
 func (l *lab) ping(ctx context.Context, target string, count int) (pingStats, error) {
+	return pingFrom(ctx, l.cli, target, count)
+}
+
+// pingFrom runs a ping series from ns, one request every pingInterval.
+func pingFrom(ctx context.Context, ns *topo.NS, target string, count int) (pingStats, error) {
 	timeout := time.Duration(float64(count)*pingInterval*float64(time.Second)) + 10*time.Second
-	out, err := output(ctx, l.cli, timeout, "ping", "-n", "-c", strconv.Itoa(count),
-		"-i", strconv.FormatFloat(pingInterval, 'f', -1, 64), "-W", "1", "-w", strconv.Itoa(int(timeout.Seconds())-2), target)
+	// No -w deadline: with one, ping stops at count replies and counts the
+	// requests still in flight as lost. Without, it sends count requests
+	// and waits twice the slowest round trip for the last replies.
+	out, err := output(ctx, ns, timeout, "ping", "-n", "-c", strconv.Itoa(count),
+		"-i", strconv.FormatFloat(pingInterval, 'f', -1, 64), "-W", "1", target)
 	s, perr := parsePing(out)
 	if perr != nil {
 		if err != nil {
@@ -87,36 +117,43 @@ func (l *lab) ping(ctx context.Context, target string, count int) (pingStats, er
 	return s, nil // ping exits 1 when some replies are lost; the counts say so
 }
 
-// measureRTT pings the path at idle, then again while a 1-stream iperf3
-// upload runs through it.
+// measureRTT pings the path at idle, then twice more while a 1-stream
+// iperf3 runs through it, upload and then download.
 func (l *lab) measureRTT(ctx context.Context, p path, srv *iperfServer) []RTT {
-	base := RTT{Path: p.name, Kind: p.kind, Backend: p.backend}
-	idle := base
-	idle.Load = "idle"
-	l.log.Info("rtt", "path", p.name, "load", "idle")
-	if s, err := l.ping(ctx, p.target, l.o.pingCount); err != nil {
-		idle.Error = err.Error()
-	} else {
-		idle.fill(s)
+	var out []RTT
+	for _, ld := range rttLoads {
+		r := RTT{Path: p.name, Kind: p.kind, Backend: p.backend, Load: ld.load, LoadDirection: ld.direction}
+		switch {
+		case ld.load == "idle":
+			l.log.Info("rtt", "path", p.name, "load", "idle")
+			if s, err := l.ping(ctx, p.target, l.o.pingCount); err != nil {
+				r.Error = err.Error()
+			} else {
+				r.fill(s)
+			}
+		case srv == nil:
+			r.Error = "no iperf3 server for this path"
+		default:
+			l.log.Info("rtt", "path", p.name, "load", "1-stream iperf3 "+ld.direction)
+			l.pingUnderLoad(ctx, p, srv, &r)
+		}
+		out = append(out, r)
 	}
+	return out
+}
 
-	loaded := base
-	loaded.Load = "loaded"
-	if srv == nil {
-		loaded.Error = "no iperf3 server for this path"
-		return []RTT{idle, loaded}
-	}
-	l.log.Info("rtt", "path", p.name, "load", "1-stream iperf3 upload")
+// pingUnderLoad pings while a 1-stream iperf3 runs in r's direction. The
+// iperf3 starts a second ahead of the pings (TCP is at full rate by then)
+// and ends at least half a second after them.
+func (l *lab) pingUnderLoad(ctx context.Context, p path, srv *iperfServer, r *RTT) {
 	pingSecs := float64(l.o.pingCount) * pingInterval
 	type res struct {
 		gbps float64
 		err  error
 	}
 	done := make(chan res, 1)
-	// The upload starts a second ahead of the pings (TCP is at full rate by
-	// then) and ends at least half a second after them.
 	go func() {
-		g, _, err := l.runIperf(ctx, srv, iperfRun{seconds: int(math.Ceil(1.5 + pingSecs)), streams: 1})
+		g, _, err := l.runIperf(ctx, srv, iperfRun{seconds: int(math.Ceil(1.5 + pingSecs)), streams: 1, reverse: r.LoadDirection == "download"})
 		done <- res{g, err}
 	}()
 	select {
@@ -124,21 +161,20 @@ func (l *lab) measureRTT(ctx context.Context, p path, srv *iperfServer) []RTT {
 	case <-time.After(time.Second):
 	}
 	if s, err := l.ping(ctx, p.target, l.o.pingCount); err != nil {
-		loaded.Error = err.Error()
+		r.Error = err.Error()
 	} else {
-		loaded.fill(s)
+		r.fill(s)
 	}
-	r := <-done
-	loaded.LoadedGbps = r.gbps
-	if r.err != nil {
-		loaded.LoaderError = r.err.Error()
+	x := <-done
+	r.LoadedGbps = round3(x.gbps)
+	if x.err != nil {
+		r.LoaderError = x.err.Error()
 	}
-	return []RTT{idle, loaded}
 }
 
 func (r *RTT) fill(s pingStats) {
-	r.Sent, r.Received = s.sent, s.received
-	r.MinUs, r.AvgUs, r.P50Us, r.P99Us, r.MaxUs = round1(s.min), round1(s.avg), round1(s.p50), round1(s.p99), round1(s.max)
+	r.Sent, r.Received, r.LossPct = s.sent, s.received, round3(s.loss())
+	r.MinUs, r.AvgUs, r.P50Us, r.P90Us, r.P99Us, r.MaxUs = round1(s.min), round1(s.avg), round1(s.p50), round1(s.p90), round1(s.p99), round1(s.max)
 }
 
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
@@ -186,6 +222,6 @@ func (l *lab) measureGoEcho(ctx context.Context) RTT {
 		sum += t
 	}
 	r.fill(pingStats{sent: l.o.pingCount, received: len(times), min: times[0], max: times[len(times)-1],
-		avg: sum / float64(len(times)), p50: percentile(times, 50), p99: percentile(times, 99)})
+		avg: sum / float64(len(times)), p50: percentile(times, 50), p90: percentile(times, 90), p99: percentile(times, 99)})
 	return r
 }

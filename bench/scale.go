@@ -26,6 +26,14 @@ type loadgenEvent struct {
 	Dropped        int64   `json:"dropped"`
 	FDLimit        uint64  `json:"fd_limit"`
 	Error          string  `json:"error"`
+
+	Lost              int     `json:"lost"`
+	Reconnected       int     `json:"reconnected"`
+	ReconnectAttempts int64   `json:"reconnect_attempts"`
+	ReconnectUnixNano []int64 `json:"reconnect_unix_nano"`
+	FloodBytes        int64   `json:"flood_bytes"`
+	FloodFrames       int64   `json:"flood_frames"`
+	FloodSeconds      float64 `json:"flood_seconds"`
 }
 
 // runScale runs the load generator once per N, each time against a fresh
@@ -190,6 +198,7 @@ func (l *lab) startEvents(ctx context.Context, name string, args []string) (<-ch
 		defer close(events)
 		defer r.Close()
 		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 16<<20) // storm_done carries a time per client
 		for sc.Scan() {
 			var e loadgenEvent
 			if json.Unmarshal(sc.Bytes(), &e) == nil {

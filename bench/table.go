@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -81,18 +82,19 @@ func (t table) markdown() string {
 	return b.String()
 }
 
+// isNumeric: a number (with an optional % or x), or a count like 29/30.
 func isNumeric(s string) bool {
 	s = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "%"), "x")
-	if s == "" {
-		return false
+	if a, b, ok := strings.Cut(s, "/"); ok {
+		return isNumeric(a) && isNumeric(b)
 	}
-	var f float64
-	_, err := fmt.Sscan(s, &f)
+	_, err := strconv.ParseFloat(s, 64)
 	return err == nil
 }
 
 func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
 func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
+func f3(v float64) string { return fmt.Sprintf("%.3f", v) }
 
 func ratio(r *float64) string {
 	if r == nil {
