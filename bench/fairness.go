@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -208,6 +209,7 @@ func (l *lab) fairOnce(ctx context.Context, scenario string, bulk []*fairClient,
 		if ok && e.FloodSeconds > 0 {
 			f.FloodGbps = round3(float64(e.FloodBytes) * 8 / e.FloodSeconds / 1e9)
 			f.FloodFrames = e.FloodFrames
+			_, _, _, f.JainWithFlood = fairStats(append(slices.Clone(rates), f.FloodGbps))
 		}
 		if f.FloodFrames == 0 && f.Error == "" {
 			f.Error = "the flood sent nothing: " + f.FloodError

@@ -1,4 +1,4 @@
-// Command bench is the benchmark suite of issue 6 (`make bench`). In one
+// Command bench is the benchmark suite (`make bench`). In one
 // run it builds a two-namespace lab (server side: controller and data
 // plane; IPv6-only client side: 4over6-client), measures
 //

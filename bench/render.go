@@ -226,18 +226,18 @@ func rttTable(rep *Report) table {
 
 func fairnessTable(rep *Report) table {
 	t := table{title: "Fairness: bulk clients through one data plane at once (iperf3 -P1 upload each), a further client pinging",
-		header: []string{"scenario", "clients", "aggregate Gbit/s", "min", "max", "Jain", "ping p50 µs", "p90", "p99", "max", "loss %", "flood Gbit/s"}}
+		header: []string{"scenario", "clients", "aggregate Gbit/s", "min", "max", "Jain", "ping p50 µs", "p90", "p99", "max", "loss %", "flood Gbit/s", "Jain with flooder"}}
 	for _, f := range rep.Fairness {
 		if f.Error != "" && len(f.ClientGbps) == 0 {
-			t.rows = append(t.rows, []string{f.Scenario, fmt.Sprint(f.Clients), "ERR", "", "", "", "", "", "", "", "", ""})
+			t.rows = append(t.rows, []string{f.Scenario, fmt.Sprint(f.Clients), "ERR", "", "", "", "", "", "", "", "", "", ""})
 			continue
 		}
-		flood := "-"
+		flood, jainAll := "-", "-"
 		if f.Scenario != "bulk" {
-			flood = f2(f.FloodGbps)
+			flood, jainAll = f2(f.FloodGbps), f3(f.JainWithFlood)
 		}
 		t.rows = append(t.rows, []string{f.Scenario, fmt.Sprint(f.Clients), f2(f.AggregateGbps), f2(f.MinGbps), f2(f.MaxGbps), f3(f.Jain),
-			f1(f.Ping.P50Us), f1(f.Ping.P90Us), f1(f.Ping.P99Us), f1(f.Ping.MaxUs), f2(f.Ping.LossPct), flood})
+			f1(f.Ping.P50Us), f1(f.Ping.P90Us), f1(f.Ping.P99Us), f1(f.Ping.MaxUs), f2(f.Ping.LossPct), flood, jainAll})
 	}
 	backend := backendDefault
 	if len(rep.Fairness) > 0 {
@@ -246,7 +246,7 @@ func fairnessTable(rep *Report) table {
 	t.notes = []string{
 		fmt.Sprintf("each client a 4over6-client with its own TUN, namespace and veth; data plane and clients on %s flags; %d s runs; ping -i %g from the extra client to %s",
 			backend, rep.Config.FairnessSeconds, rep.Config.PingIntervalS, gateway),
-		fmt.Sprintf("bulk+flood: one more lab connection (4over6-loadgen -flood) sends %d-byte 102s to a black hole behind the data plane as fast as its TCP takes them; Jain = (sum x)^2 / (n sum x^2)", rep.Config.FloodPacketBytes),
+		fmt.Sprintf("bulk+flood: one more lab connection (4over6-loadgen -flood) sends %d-byte 102s to a black hole behind the data plane as fast as its TCP takes them (flood Gbit/s: what its TCP took); Jain = (sum x)^2 / (n sum x^2) over the bulk clients, and with the flooder as one more", rep.Config.FloodPacketBytes),
 	}
 	for _, f := range rep.Fairness {
 		if len(f.ClientGbps) > 0 {

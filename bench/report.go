@@ -185,10 +185,11 @@ type Fairness struct {
 	AggregateGbps float64   `json:"aggregate_gbps"`
 	MinGbps       float64   `json:"min_gbps"`
 	MaxGbps       float64   `json:"max_gbps"`
-	Jain          float64   `json:"jain"`                   // (sum x)^2 / (n sum x^2): 1 is perfectly fair
-	Ping          PingDist  `json:"ping"`                   // the pinging client, meanwhile
-	FloodGbps     float64   `json:"flood_gbps,omitempty"`   // what the flooder's TCP connection took
-	FloodFrames   int64     `json:"flood_frames,omitempty"` // 102s it sent
+	Jain          float64   `json:"jain"`                      // (sum x)^2 / (n sum x^2) over the bulk clients: 1 is perfectly fair
+	JainWithFlood float64   `json:"jain_with_flood,omitempty"` // the same with the flooder as one more client
+	Ping          PingDist  `json:"ping"`                      // the pinging client, meanwhile
+	FloodGbps     float64   `json:"flood_gbps,omitempty"`      // what the flooder's TCP connection took
+	FloodFrames   int64     `json:"flood_frames,omitempty"`    // 102s it sent
 	FloodError    string    `json:"flood_error,omitempty"`
 	Error         string    `json:"error,omitempty"`
 }

@@ -234,7 +234,7 @@ func checkFairness(t *testing.T, rep *Report) {
 			t.Errorf("fairness %s: the pinging client: %+v", f.Scenario, p)
 		}
 		flood := f.Scenario == "bulk+flood"
-		if flood != (f.FloodFrames > 0 && f.FloodGbps > 0) || f.FloodError != "" {
+		if flood != (f.FloodFrames > 0 && f.FloodGbps > 0 && f.JainWithFlood > 0 && f.JainWithFlood <= 1) || f.FloodError != "" {
 			t.Errorf("fairness %s: flood %d frames, %v Gbit/s, error %q", f.Scenario, f.FloodFrames, f.FloodGbps, f.FloodError)
 		}
 	}

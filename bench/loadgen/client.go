@@ -99,6 +99,9 @@ func (cl *client) read(dec *wire.Decoder, st *stats) {
 	for {
 		m, err := dec.Next()
 		if err != nil {
+			// The connection is over: its descriptor goes now, not at
+			// exit, so a storm's reconnections find room under the limit.
+			cl.conn.Close()
 			if !cl.dead.Swap(true) && !st.closing.Load() {
 				st.dropped.Add(1)
 				if cl.onLoss != nil {

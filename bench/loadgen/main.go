@@ -1,5 +1,5 @@
-// Command 4over6-loadgen is the scale load generator of the benchmark suite
-// (issue 6). Run inside the client network namespace, it opens N concurrent
+// Command 4over6-loadgen is the scale load generator of the benchmark suite.
+// Run inside the client network namespace, it opens N concurrent
 // lab-protocol connections to a 4over6 server, leases an address on each
 // (100 -> 101), then holds the leases the way real lab clients do: it reads
 // everything, sends a 104 every keepalive interval and, during an echo
