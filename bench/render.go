@@ -219,7 +219,7 @@ func rttTable(rep *Report) table {
 		t.rows = append(t.rows, []string{pathLabel(rep, r.Path), load, fmt.Sprintf("%d/%d", r.Received, r.Sent), f2(r.LossPct),
 			f1(r.MinUs), f1(r.P50Us), f1(r.P90Us), f1(r.P99Us), f1(r.MaxUs), added, gbps})
 	}
-	t.notes = []string{"1-stream upload/download = while a 1-stream iperf3 runs through the same path that way (it starts 1 s before the pings);",
+	t.notes = []string{"1-stream upload/download = while a 1-stream iperf3 runs through the same path that way (it starts 1 s before the pings, 0.2 s in a quick run);",
 		"added = at idle, minus raw IPv6 over the veth; go-tcp-echo: a TCP round trip between two Go processes over the veth, the floor under any user-space relay"}
 	return t
 }

@@ -143,22 +143,27 @@ func (l *lab) measureRTT(ctx context.Context, p path, srv *iperfServer) []RTT {
 }
 
 // pingUnderLoad pings while a 1-stream iperf3 runs in r's direction. The
-// iperf3 starts a second ahead of the pings (TCP is at full rate by then)
-// and ends at least half a second after them.
+// iperf3 starts a second ahead of the pings (a fifth of one in a quick
+// run: over a veth TCP is at full rate long before either) and ends at
+// least half a second after them.
 func (l *lab) pingUnderLoad(ctx context.Context, p path, srv *iperfServer, r *RTT) {
-	pingSecs := float64(l.o.pingCount) * pingInterval
+	lead := time.Second
+	if l.o.quick {
+		lead = 200 * time.Millisecond
+	}
+	secs := int(math.Ceil(lead.Seconds() + float64(l.o.pingCount)*pingInterval + 0.5))
 	type res struct {
 		gbps float64
 		err  error
 	}
 	done := make(chan res, 1)
 	go func() {
-		g, _, err := l.runIperf(ctx, srv, iperfRun{seconds: int(math.Ceil(1.5 + pingSecs)), streams: 1, reverse: r.LoadDirection == "download"})
+		g, _, err := l.runIperf(ctx, srv, iperfRun{seconds: secs, streams: 1, reverse: r.LoadDirection == "download"})
 		done <- res{g, err}
 	}()
 	select {
 	case <-ctx.Done():
-	case <-time.After(time.Second):
+	case <-time.After(lead):
 	}
 	if s, err := l.ping(ctx, p.target, l.o.pingCount); err != nil {
 		r.Error = err.Error()
