@@ -30,8 +30,13 @@ func machineInfo(ctx context.Context, o *options) Machine {
 		m.GoVersion = v // the toolchain that built the binaries, if it differs
 	}
 	m.GitCommit = cmdOutput(ctx, o.src, "git", "rev-parse", "HEAD")
-	m.GitDescribe = cmdOutput(ctx, o.src, "git", "describe", "--tags", "--always", "--dirty")
-	m.GitDirty = cmdOutput(ctx, o.src, "git", "status", "--porcelain", "--untracked-files=no") != ""
+	// Results are not code: a run saved but not yet committed does not make
+	// the next one "dirty".
+	m.GitDirty = cmdOutput(ctx, o.src, "git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results") != ""
+	m.GitDescribe = cmdOutput(ctx, o.src, "git", "describe", "--tags", "--always")
+	if m.GitDirty && m.GitDescribe != "" {
+		m.GitDescribe += "-dirty"
+	}
 	m.BinaryVersion = cmdOutput(ctx, "", filepath.Join(o.bin, "4over6-dataplane"), "--version")
 	if v := cmdOutput(ctx, "", "iperf3", "--version"); v != "" {
 		m.Iperf3Version = strings.SplitN(v, "\n", 2)[0]
