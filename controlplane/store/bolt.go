@@ -285,6 +285,59 @@ func (b *Bolt) Release(ctx context.Context, addr netip.Addr, owner Owner, at tim
 	return released, err
 }
 
+// ReleaseMany frees every lease of rs that its owner holds in one write
+// of the group commit: it reads and checks them all, then writes, so a
+// lease that cannot be decoded fails the batch with nothing written.
+func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]bool, error) {
+	out := make([]bool, len(rs))
+	if len(rs) == 0 {
+		return out, nil
+	}
+	tv := encodeTime(at)
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		clear(out)
+		leases := tx.Bucket(bktLeases)
+		seen := make(map[netip.Addr]bool, len(rs))
+		for i, r := range rs {
+			if !r.Addr.Is4() || seen[r.Addr] {
+				continue
+			}
+			v := leases.Get(addrKey(r.Addr))
+			if v == nil {
+				continue
+			}
+			l, err := decodeLease(v)
+			if err != nil {
+				return err
+			}
+			if l.Owner == r.Owner {
+				out[i], seen[r.Addr] = true, true
+			}
+		}
+		owners, released := tx.Bucket(bktOwners), tx.Bucket(bktReleased)
+		for i, r := range rs {
+			if !out[i] {
+				continue
+			}
+			ak := addrKey(r.Addr)
+			if err := leases.Delete(ak); err != nil {
+				return err
+			}
+			if err := owners.Delete(ownerKey(r.Owner)); err != nil {
+				return err
+			}
+			if err := released.Put(ak, tv); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (b *Bolt) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
 	if !addr.Is4() {
 		return Lease{}, false, nil
@@ -363,6 +416,19 @@ func (b *Bolt) PutDataplane(ctx context.Context, d Dataplane) error {
 	return b.write(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bktDataplanes).Put([]byte(d.ID), v)
 	})
+}
+
+func (b *Bolt) DeleteDataplane(ctx context.Context, id string) (bool, error) {
+	var deleted bool
+	err := b.write(ctx, func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bktDataplanes)
+		deleted = bk.Get([]byte(id)) != nil
+		if !deleted {
+			return nil
+		}
+		return bk.Delete([]byte(id))
+	})
+	return deleted, err
 }
 
 func (b *Bolt) String() string { return "bbolt:" + b.path }

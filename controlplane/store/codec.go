@@ -122,13 +122,18 @@ type dataplaneRecord struct {
 	APIAddress   string    `json:"api_address,omitempty"`
 	Draining     bool      `json:"draining,omitempty"`
 	RegisteredAt time.Time `json:"registered_at"`
+	StoppedAt    time.Time `json:"stopped_at,omitzero"`
 }
 
 func encodeDataplane(d Dataplane) []byte {
-	b, _ := json.Marshal(dataplaneRecord{
+	r := dataplaneRecord{
 		ID: d.ID, InstanceID: d.InstanceID, Version: d.Version, ClientListen: d.ClientListen,
 		APIAddress: d.APIAddress, Draining: d.Draining, RegisteredAt: d.RegisteredAt.UTC(),
-	})
+	}
+	if !d.StoppedAt.IsZero() {
+		r.StoppedAt = d.StoppedAt.UTC()
+	}
+	b, _ := json.Marshal(r)
 	return b
 }
 

@@ -279,6 +279,97 @@ func (e *Etcd) Release(ctx context.Context, addr netip.Addr, owner Owner, at tim
 	return false, fmt.Errorf("release %s for %s: the state kept changing", addr, owner)
 }
 
+// releaseChunk bounds the releases of one etcd transaction: each takes
+// three operations and a comparison, and etcd refuses transactions of more
+// than 128 operations (its --max-txn-ops default).
+const releaseChunk = 32
+
+// ReleaseMany releases in transactions of releaseChunk: one read of the
+// chunk's leases at one revision, then one transaction that requires each
+// lease it frees to be unchanged since. When one of them changed (another
+// writer), that chunk is released one lease at a time instead.
+func (e *Etcd) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]bool, error) {
+	out := make([]bool, 0, len(rs))
+	for start := 0; start < len(rs); start += releaseChunk {
+		chunk := rs[start:min(start+releaseChunk, len(rs))]
+		done, err := e.releaseChunk(ctx, chunk, at)
+		out = append(out, done...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// releaseChunk returns, on error, the outcomes committed before it.
+func (e *Etcd) releaseChunk(ctx context.Context, rs []Release, at time.Time) ([]bool, error) {
+	out := make([]bool, len(rs))
+	gets := make([]clientv3.Op, 0, len(rs))
+	for _, r := range rs {
+		if r.Addr.Is4() {
+			gets = append(gets, clientv3.OpGet(e.leaseKey(r.Addr)))
+		}
+	}
+	if len(gets) == 0 {
+		return out, nil
+	}
+	resp, err := e.cli.Txn(ctx).Then(gets...).Commit()
+	if err != nil {
+		return nil, err
+	}
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	seen := make(map[netip.Addr]bool, len(rs))
+	g := 0
+	for i, r := range rs {
+		if !r.Addr.Is4() {
+			continue
+		}
+		kvs := resp.Responses[g].GetResponseRange().GetKvs()
+		g++
+		if len(kvs) == 0 || seen[r.Addr] {
+			continue
+		}
+		l, err := decodeLease(kvs[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		if l.Owner != r.Owner {
+			continue
+		}
+		seen[r.Addr], out[i] = true, true
+		lk := e.leaseKey(r.Addr)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(lk), "=", kvs[0].ModRevision))
+		ops = append(ops,
+			clientv3.OpDelete(lk),
+			clientv3.OpDelete(e.ownerKey(r.Owner)),
+			clientv3.OpPut(e.releasedKey(r.Addr), at.UTC().Format(time.RFC3339Nano)))
+	}
+	if len(ops) == 0 {
+		return out, nil
+	}
+	tr, fenced, err := e.txn(ctx, cmps, ops, nil)
+	if err != nil {
+		return nil, err
+	}
+	if fenced {
+		return nil, ErrFenced
+	}
+	if tr.Succeeded {
+		return out, nil
+	}
+	// A lease changed between the read and the write: one at a time.
+	for i, r := range rs {
+		if !out[i] {
+			continue
+		}
+		if out[i], err = e.Release(ctx, r.Addr, r.Owner, at); err != nil {
+			return out[:i], err
+		}
+	}
+	return out, nil
+}
+
 func (e *Etcd) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
 	if !addr.Is4() {
 		return Lease{}, false, nil
@@ -420,6 +511,20 @@ func (e *Etcd) PutDataplane(ctx context.Context, d Dataplane) error {
 		return invalid("data plane without id")
 	}
 	return e.put(ctx, e.dataplaneKey(d.ID), string(encodeDataplane(d)))
+}
+
+func (e *Etcd) DeleteDataplane(ctx context.Context, id string) (bool, error) {
+	k := e.dataplaneKey(id)
+	resp, fenced, err := e.txn(ctx,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), ">", 0)},
+		[]clientv3.Op{clientv3.OpDelete(k)}, nil)
+	if err != nil {
+		return false, err
+	}
+	if fenced {
+		return false, ErrFenced
+	}
+	return resp.Succeeded, nil
 }
 
 func (e *Etcd) String() string { return e.desc }

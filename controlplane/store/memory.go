@@ -82,6 +82,25 @@ func (m *Memory) Release(ctx context.Context, addr netip.Addr, owner Owner, at t
 	return true, nil
 }
 
+func (m *Memory) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]bool, error) {
+	if err := m.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	out := make([]bool, len(rs))
+	for i, r := range rs {
+		l, ok := m.leases[r.Addr]
+		if !ok || l.Owner != r.Owner {
+			continue
+		}
+		delete(m.leases, r.Addr)
+		delete(m.owners, r.Owner)
+		m.released[r.Addr] = at.UTC()
+		out[i] = true
+	}
+	return out, nil
+}
+
 func (m *Memory) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
 	if err := m.lock(ctx); err != nil {
 		return Lease{}, false, err
@@ -152,8 +171,21 @@ func (m *Memory) PutDataplane(ctx context.Context, d Dataplane) error {
 	}
 	defer m.mu.Unlock()
 	d.RegisteredAt = d.RegisteredAt.UTC()
+	if !d.StoppedAt.IsZero() {
+		d.StoppedAt = d.StoppedAt.UTC()
+	}
 	m.dataplanes[d.ID] = d
 	return nil
+}
+
+func (m *Memory) DeleteDataplane(ctx context.Context, id string) (bool, error) {
+	if err := m.lock(ctx); err != nil {
+		return false, err
+	}
+	defer m.mu.Unlock()
+	_, ok := m.dataplanes[id]
+	delete(m.dataplanes, id)
+	return ok, nil
 }
 
 func (m *Memory) String() string { return "memory" }

@@ -83,6 +83,16 @@ type Dataplane struct {
 	APIAddress   string
 	Draining     bool
 	RegisteredAt time.Time
+	// StoppedAt is when the instance said it stopped (StopDataplane); zero
+	// while it runs. A stopped data plane is not waited for: another
+	// instance may take its id at once.
+	StoppedAt time.Time
+}
+
+// Release is one lease to free in a batch: Addr, if Owner holds it.
+type Release struct {
+	Addr  netip.Addr
+	Owner Owner
 }
 
 // State is everything a controller loads when it starts leading.
@@ -107,6 +117,12 @@ type Store interface {
 	// Release frees addr if owner holds it, records at as its release
 	// time, and reports whether it did.
 	Release(ctx context.Context, addr netip.Addr, owner Owner, at time.Time) (bool, error)
+	// ReleaseMany is Release for many leases at once, in as few commits as
+	// the store allows (one bbolt transaction; etcd transactions of a few
+	// dozen), all released at at. released[i] says whether rs[i] freed an
+	// address. On error, released covers the releases committed before it
+	// (a prefix of rs, possibly empty); the others were not made.
+	ReleaseMany(ctx context.Context, rs []Release, at time.Time) (released []bool, err error)
 	// Lease returns the lease on addr.
 	Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error)
 	// Load returns the whole state.
@@ -122,6 +138,9 @@ type Store interface {
 	PutSettings(ctx context.Context, s Settings) error
 	// PutDataplane creates or replaces the record of d.ID.
 	PutDataplane(ctx context.Context, d Dataplane) error
+	// DeleteDataplane removes the record of id and reports whether there
+	// was one. Its leases are not touched.
+	DeleteDataplane(ctx context.Context, id string) (deleted bool, err error)
 
 	// String describes where the state lives, e.g.
 	// "bbolt:/var/lib/fourover6/controller.db" or "etcd://10.0.0.1:2379".

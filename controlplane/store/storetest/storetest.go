@@ -39,6 +39,9 @@ func Run(t *testing.T, f Factory) {
 		{"ConcurrentClaimsManyAddresses", testConcurrentMany},
 		{"ReleaseOnlyByHolder", testReleaseOnlyByHolder},
 		{"ReleaseTimes", testReleaseTimes},
+		{"ReleaseMany", testReleaseMany},
+		{"ReleaseManyLarge", testReleaseManyLarge},
+		{"DeleteDataplane", testDeleteDataplane},
 		{"Reservations", testReservations},
 		{"Settings", testSettings},
 		{"Dataplanes", testDataplanes},
@@ -390,7 +393,7 @@ func testDataplanes(t *testing.T, open Opener, _ bool) {
 	ctx := context.Background()
 	s := mustOpen(t, open)
 	d1 := store.Dataplane{ID: "dp1", InstanceID: "a", Version: "v1", ClientListen: "[::]:5678", APIAddress: "unix:///run/dp1.sock", RegisteredAt: t0}
-	d2 := store.Dataplane{ID: "dp/2 odd", InstanceID: "b", Draining: true, RegisteredAt: t0}
+	d2 := store.Dataplane{ID: "dp/2 odd", InstanceID: "b", Draining: true, RegisteredAt: t0, StoppedAt: t0.Add(time.Minute)}
 	for _, d := range []store.Dataplane{d2, d1} {
 		if err := s.PutDataplane(ctx, d); err != nil {
 			t.Fatal(err)
@@ -406,6 +409,134 @@ func testDataplanes(t *testing.T, open Opener, _ bool) {
 	}
 	if err := s.PutDataplane(ctx, store.Dataplane{}); err == nil {
 		t.Fatal("data plane without id accepted")
+	}
+}
+
+// testReleaseMany: a batch frees exactly the leases their owners hold,
+// once each, records the release time, and repeating it is a no-op.
+func testReleaseMany(t *testing.T, open Opener, _ bool) {
+	ctx := context.Background()
+	s := mustOpen(t, open)
+	if got, err := s.ReleaseMany(ctx, nil, t0); err != nil || len(got) != 0 {
+		t.Fatalf("empty batch = %v %v", got, err)
+	}
+	for i := 2; i < 7; i++ {
+		if _, _, err := s.Claim(ctx, lease(i, "dp1", fmt.Sprint("s", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	own := func(i int) store.Owner { return store.Owner{Dataplane: "dp1", Session: fmt.Sprint("s", i)} }
+	at := t0.Add(time.Hour)
+	batch := []store.Release{
+		{Addr: addr(2), Owner: own(2)},                                      // held: freed
+		{Addr: addr(3), Owner: store.Owner{Dataplane: "dp1", Session: "x"}}, // another holder: kept
+		{Addr: addr(4), Owner: own(4)},                                      // freed
+		{Addr: addr(4), Owner: own(4)},                                      // the same again: once
+		{Addr: addr(99), Owner: own(99)},                                    // free
+		{Addr: netip.MustParseAddr("2001:db8::1"), Owner: own(5)},           // not IPv4
+		{Addr: addr(6), Owner: own(6)},                                      // freed
+	}
+	got, err := s.ReleaseMany(ctx, batch, at)
+	if want := []bool{true, false, true, false, false, false, true}; err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ReleaseMany = %v %v, want %v", got, err, want)
+	}
+	st := load(t, s)
+	if len(st.Leases) != 2 || st.Leases[0].Addr != addr(3) || st.Leases[1].Addr != addr(5) {
+		t.Fatalf("leases after the batch: %+v", st.Leases)
+	}
+	for _, i := range []int{2, 4, 6} {
+		if !st.Released[addr(i)].Equal(at) {
+			t.Fatalf("release time of %s = %v, want %v", addr(i), st.Released[addr(i)], at)
+		}
+	}
+	// The owners are free to lease again.
+	if _, existing, err := s.Claim(ctx, lease(9, "dp1", "s2")); err != nil || existing {
+		t.Fatalf("claim by a released owner: %v %v", existing, err)
+	}
+	// Repeating the batch frees nothing more.
+	again, err := s.ReleaseMany(ctx, batch[:1], at)
+	if err != nil || again[0] {
+		t.Fatalf("repeated batch = %v %v", again, err)
+	}
+}
+
+// testReleaseManyLarge: more releases than one etcd transaction takes.
+func testReleaseManyLarge(t *testing.T, open Opener, _ bool) {
+	ctx := context.Background()
+	s := mustOpen(t, open)
+	const n = 300
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := s.Claim(ctx, lease(i+2, "dp1", fmt.Sprint(i))); err != nil {
+				t.Errorf("claim %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	var batch []store.Release
+	for i := range n {
+		if i%3 != 0 { // every third stays
+			batch = append(batch, store.Release{Addr: addr(i + 2), Owner: store.Owner{Dataplane: "dp1", Session: fmt.Sprint(i)}})
+		}
+	}
+	got, err := s.ReleaseMany(ctx, batch, t0)
+	if err != nil || len(got) != len(batch) {
+		t.Fatalf("ReleaseMany: %d results, %v", len(got), err)
+	}
+	for i, ok := range got {
+		if !ok {
+			t.Fatalf("release %d (%s) not made", i, batch[i].Addr)
+		}
+	}
+	st := load(t, s)
+	if len(st.Leases) != n/3 || len(st.Released) != len(batch) {
+		t.Fatalf("%d leases and %d release times left, want %d and %d", len(st.Leases), len(st.Released), n/3, len(batch))
+	}
+	for _, l := range st.Leases {
+		if i := int(l.Addr.As4()[2])<<8 | int(l.Addr.As4()[3]) - 2; i%3 != 0 {
+			t.Fatalf("%s kept %s, which the batch released", l.Owner, l.Addr)
+		}
+	}
+}
+
+func testDeleteDataplane(t *testing.T, open Opener, durable bool) {
+	ctx := context.Background()
+	s := mustOpen(t, open)
+	for _, id := range []string{"dp1", "dp/2 odd"} {
+		if err := s.PutDataplane(ctx, store.Dataplane{ID: id, InstanceID: "a", RegisteredAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.Claim(ctx, lease(2, "dp1", "s1")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.DeleteDataplane(ctx, "dp/2 odd"); err != nil || !ok {
+		t.Fatalf("delete = %v %v", ok, err)
+	}
+	if ok, err := s.DeleteDataplane(ctx, "dp/2 odd"); err != nil || ok {
+		t.Fatalf("delete again = %v %v", ok, err)
+	}
+	if ok, err := s.DeleteDataplane(ctx, "never"); err != nil || ok {
+		t.Fatalf("delete of an unknown id = %v %v", ok, err)
+	}
+	if ok, err := s.DeleteDataplane(ctx, "dp1"); err != nil || !ok {
+		t.Fatalf("delete dp1 = %v %v", ok, err)
+	}
+	st := load(t, s)
+	if len(st.Dataplanes) != 0 {
+		t.Fatalf("data planes after delete: %+v", st.Dataplanes)
+	}
+	if len(st.Leases) != 1 {
+		t.Fatalf("deleting a data plane touched its leases: %+v", st.Leases)
+	}
+	if durable {
+		s.Close()
+		if st := load(t, mustOpen(t, open)); len(st.Dataplanes) != 0 {
+			t.Fatalf("data planes after reopen: %+v", st.Dataplanes)
+		}
 	}
 }
 

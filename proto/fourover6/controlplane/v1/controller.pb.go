@@ -88,7 +88,8 @@ const (
 	Dataplane_STATE_DRAINING Dataplane_State = 2
 	// Stopped heartbeating; its leases go after the grace period.
 	Dataplane_STATE_DOWN Dataplane_State = 3
-	// Stopped on purpose (told the controller); it holds no leases.
+	// Stopped on purpose (told the controller); it holds no leases and is
+	// not judged down. It is up again when it registers again.
 	Dataplane_STATE_STOPPED Dataplane_State = 4
 )
 
@@ -1966,7 +1967,9 @@ func (x *RemoveDataplaneRequest) GetForce() bool {
 type RemoveDataplaneResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Leases released.
-	Released      uint32 `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	Released uint32 `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	// The data plane as it was before it was removed.
+	Dataplane     *Dataplane `protobuf:"bytes,2,opt,name=dataplane,proto3" json:"dataplane,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2006,6 +2009,13 @@ func (x *RemoveDataplaneResponse) GetReleased() uint32 {
 		return x.Released
 	}
 	return 0
+}
+
+func (x *RemoveDataplaneResponse) GetDataplane() *Dataplane {
+	if x != nil {
+		return x.Dataplane
+	}
+	return nil
 }
 
 type BackupRequest struct {
@@ -2211,9 +2221,10 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\bprevious\x18\x01 \x01(\tR\bprevious\"Q\n" +
 	"\x16RemoveDataplaneRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force\"5\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"y\n" +
 	"\x17RemoveDataplaneResponse\x12\x1a\n" +
-	"\breleased\x18\x01 \x01(\rR\breleased\"\x0f\n" +
+	"\breleased\x18\x01 \x01(\rR\breleased\x12B\n" +
+	"\tdataplane\x18\x02 \x01(\v2$.fourover6.controlplane.v1.DataplaneR\tdataplane\"\x0f\n" +
 	"\rBackupRequest\"$\n" +
 	"\x0eBackupResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data2\xd6\x0f\n" +
@@ -2320,47 +2331,48 @@ var file_fourover6_controlplane_v1_controller_proto_depIdxs = []int32{
 	44, // 15: fourover6.controlplane.v1.Dataplane.registered_at:type_name -> google.protobuf.Timestamp
 	44, // 16: fourover6.controlplane.v1.Dataplane.last_heartbeat:type_name -> google.protobuf.Timestamp
 	33, // 17: fourover6.controlplane.v1.DrainDataplaneResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
-	2,  // 18: fourover6.controlplane.v1.ControllerService.ListClients:input_type -> fourover6.controlplane.v1.ListClientsRequest
-	4,  // 19: fourover6.controlplane.v1.ControllerService.GetClient:input_type -> fourover6.controlplane.v1.GetClientRequest
-	6,  // 20: fourover6.controlplane.v1.ControllerService.GetPool:input_type -> fourover6.controlplane.v1.GetPoolRequest
-	8,  // 21: fourover6.controlplane.v1.ControllerService.GetVersion:input_type -> fourover6.controlplane.v1.GetVersionRequest
-	10, // 22: fourover6.controlplane.v1.ControllerService.GetStatus:input_type -> fourover6.controlplane.v1.GetStatusRequest
-	13, // 23: fourover6.controlplane.v1.ControllerService.WatchClients:input_type -> fourover6.controlplane.v1.WatchClientsRequest
-	16, // 24: fourover6.controlplane.v1.ControllerService.KickClient:input_type -> fourover6.controlplane.v1.KickClientRequest
-	19, // 25: fourover6.controlplane.v1.ControllerService.ListReservations:input_type -> fourover6.controlplane.v1.ListReservationsRequest
-	21, // 26: fourover6.controlplane.v1.ControllerService.SetReservation:input_type -> fourover6.controlplane.v1.SetReservationRequest
-	23, // 27: fourover6.controlplane.v1.ControllerService.DeleteReservation:input_type -> fourover6.controlplane.v1.DeleteReservationRequest
-	25, // 28: fourover6.controlplane.v1.ControllerService.GetDNS:input_type -> fourover6.controlplane.v1.GetDNSRequest
-	27, // 29: fourover6.controlplane.v1.ControllerService.SetDNS:input_type -> fourover6.controlplane.v1.SetDNSRequest
-	29, // 30: fourover6.controlplane.v1.ControllerService.UpdatePool:input_type -> fourover6.controlplane.v1.UpdatePoolRequest
-	31, // 31: fourover6.controlplane.v1.ControllerService.ListDataplanes:input_type -> fourover6.controlplane.v1.ListDataplanesRequest
-	34, // 32: fourover6.controlplane.v1.ControllerService.DrainDataplane:input_type -> fourover6.controlplane.v1.DrainDataplaneRequest
-	36, // 33: fourover6.controlplane.v1.ControllerService.SetLogLevel:input_type -> fourover6.controlplane.v1.SetLogLevelRequest
-	38, // 34: fourover6.controlplane.v1.ControllerService.RemoveDataplane:input_type -> fourover6.controlplane.v1.RemoveDataplaneRequest
-	40, // 35: fourover6.controlplane.v1.ControllerService.Backup:input_type -> fourover6.controlplane.v1.BackupRequest
-	3,  // 36: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
-	5,  // 37: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
-	7,  // 38: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
-	9,  // 39: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
-	11, // 40: fourover6.controlplane.v1.ControllerService.GetStatus:output_type -> fourover6.controlplane.v1.GetStatusResponse
-	14, // 41: fourover6.controlplane.v1.ControllerService.WatchClients:output_type -> fourover6.controlplane.v1.WatchClientsResponse
-	17, // 42: fourover6.controlplane.v1.ControllerService.KickClient:output_type -> fourover6.controlplane.v1.KickClientResponse
-	20, // 43: fourover6.controlplane.v1.ControllerService.ListReservations:output_type -> fourover6.controlplane.v1.ListReservationsResponse
-	22, // 44: fourover6.controlplane.v1.ControllerService.SetReservation:output_type -> fourover6.controlplane.v1.SetReservationResponse
-	24, // 45: fourover6.controlplane.v1.ControllerService.DeleteReservation:output_type -> fourover6.controlplane.v1.DeleteReservationResponse
-	26, // 46: fourover6.controlplane.v1.ControllerService.GetDNS:output_type -> fourover6.controlplane.v1.GetDNSResponse
-	28, // 47: fourover6.controlplane.v1.ControllerService.SetDNS:output_type -> fourover6.controlplane.v1.SetDNSResponse
-	30, // 48: fourover6.controlplane.v1.ControllerService.UpdatePool:output_type -> fourover6.controlplane.v1.UpdatePoolResponse
-	32, // 49: fourover6.controlplane.v1.ControllerService.ListDataplanes:output_type -> fourover6.controlplane.v1.ListDataplanesResponse
-	35, // 50: fourover6.controlplane.v1.ControllerService.DrainDataplane:output_type -> fourover6.controlplane.v1.DrainDataplaneResponse
-	37, // 51: fourover6.controlplane.v1.ControllerService.SetLogLevel:output_type -> fourover6.controlplane.v1.SetLogLevelResponse
-	39, // 52: fourover6.controlplane.v1.ControllerService.RemoveDataplane:output_type -> fourover6.controlplane.v1.RemoveDataplaneResponse
-	41, // 53: fourover6.controlplane.v1.ControllerService.Backup:output_type -> fourover6.controlplane.v1.BackupResponse
-	36, // [36:54] is the sub-list for method output_type
-	18, // [18:36] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	33, // 18: fourover6.controlplane.v1.RemoveDataplaneResponse.dataplane:type_name -> fourover6.controlplane.v1.Dataplane
+	2,  // 19: fourover6.controlplane.v1.ControllerService.ListClients:input_type -> fourover6.controlplane.v1.ListClientsRequest
+	4,  // 20: fourover6.controlplane.v1.ControllerService.GetClient:input_type -> fourover6.controlplane.v1.GetClientRequest
+	6,  // 21: fourover6.controlplane.v1.ControllerService.GetPool:input_type -> fourover6.controlplane.v1.GetPoolRequest
+	8,  // 22: fourover6.controlplane.v1.ControllerService.GetVersion:input_type -> fourover6.controlplane.v1.GetVersionRequest
+	10, // 23: fourover6.controlplane.v1.ControllerService.GetStatus:input_type -> fourover6.controlplane.v1.GetStatusRequest
+	13, // 24: fourover6.controlplane.v1.ControllerService.WatchClients:input_type -> fourover6.controlplane.v1.WatchClientsRequest
+	16, // 25: fourover6.controlplane.v1.ControllerService.KickClient:input_type -> fourover6.controlplane.v1.KickClientRequest
+	19, // 26: fourover6.controlplane.v1.ControllerService.ListReservations:input_type -> fourover6.controlplane.v1.ListReservationsRequest
+	21, // 27: fourover6.controlplane.v1.ControllerService.SetReservation:input_type -> fourover6.controlplane.v1.SetReservationRequest
+	23, // 28: fourover6.controlplane.v1.ControllerService.DeleteReservation:input_type -> fourover6.controlplane.v1.DeleteReservationRequest
+	25, // 29: fourover6.controlplane.v1.ControllerService.GetDNS:input_type -> fourover6.controlplane.v1.GetDNSRequest
+	27, // 30: fourover6.controlplane.v1.ControllerService.SetDNS:input_type -> fourover6.controlplane.v1.SetDNSRequest
+	29, // 31: fourover6.controlplane.v1.ControllerService.UpdatePool:input_type -> fourover6.controlplane.v1.UpdatePoolRequest
+	31, // 32: fourover6.controlplane.v1.ControllerService.ListDataplanes:input_type -> fourover6.controlplane.v1.ListDataplanesRequest
+	34, // 33: fourover6.controlplane.v1.ControllerService.DrainDataplane:input_type -> fourover6.controlplane.v1.DrainDataplaneRequest
+	36, // 34: fourover6.controlplane.v1.ControllerService.SetLogLevel:input_type -> fourover6.controlplane.v1.SetLogLevelRequest
+	38, // 35: fourover6.controlplane.v1.ControllerService.RemoveDataplane:input_type -> fourover6.controlplane.v1.RemoveDataplaneRequest
+	40, // 36: fourover6.controlplane.v1.ControllerService.Backup:input_type -> fourover6.controlplane.v1.BackupRequest
+	3,  // 37: fourover6.controlplane.v1.ControllerService.ListClients:output_type -> fourover6.controlplane.v1.ListClientsResponse
+	5,  // 38: fourover6.controlplane.v1.ControllerService.GetClient:output_type -> fourover6.controlplane.v1.GetClientResponse
+	7,  // 39: fourover6.controlplane.v1.ControllerService.GetPool:output_type -> fourover6.controlplane.v1.GetPoolResponse
+	9,  // 40: fourover6.controlplane.v1.ControllerService.GetVersion:output_type -> fourover6.controlplane.v1.GetVersionResponse
+	11, // 41: fourover6.controlplane.v1.ControllerService.GetStatus:output_type -> fourover6.controlplane.v1.GetStatusResponse
+	14, // 42: fourover6.controlplane.v1.ControllerService.WatchClients:output_type -> fourover6.controlplane.v1.WatchClientsResponse
+	17, // 43: fourover6.controlplane.v1.ControllerService.KickClient:output_type -> fourover6.controlplane.v1.KickClientResponse
+	20, // 44: fourover6.controlplane.v1.ControllerService.ListReservations:output_type -> fourover6.controlplane.v1.ListReservationsResponse
+	22, // 45: fourover6.controlplane.v1.ControllerService.SetReservation:output_type -> fourover6.controlplane.v1.SetReservationResponse
+	24, // 46: fourover6.controlplane.v1.ControllerService.DeleteReservation:output_type -> fourover6.controlplane.v1.DeleteReservationResponse
+	26, // 47: fourover6.controlplane.v1.ControllerService.GetDNS:output_type -> fourover6.controlplane.v1.GetDNSResponse
+	28, // 48: fourover6.controlplane.v1.ControllerService.SetDNS:output_type -> fourover6.controlplane.v1.SetDNSResponse
+	30, // 49: fourover6.controlplane.v1.ControllerService.UpdatePool:output_type -> fourover6.controlplane.v1.UpdatePoolResponse
+	32, // 50: fourover6.controlplane.v1.ControllerService.ListDataplanes:output_type -> fourover6.controlplane.v1.ListDataplanesResponse
+	35, // 51: fourover6.controlplane.v1.ControllerService.DrainDataplane:output_type -> fourover6.controlplane.v1.DrainDataplaneResponse
+	37, // 52: fourover6.controlplane.v1.ControllerService.SetLogLevel:output_type -> fourover6.controlplane.v1.SetLogLevelResponse
+	39, // 53: fourover6.controlplane.v1.ControllerService.RemoveDataplane:output_type -> fourover6.controlplane.v1.RemoveDataplaneResponse
+	41, // 54: fourover6.controlplane.v1.ControllerService.Backup:output_type -> fourover6.controlplane.v1.BackupResponse
+	37, // [37:55] is the sub-list for method output_type
+	19, // [19:37] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_controlplane_v1_controller_proto_init() }

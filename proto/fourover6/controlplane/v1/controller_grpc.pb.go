@@ -82,8 +82,10 @@ type ControllerServiceClient interface {
 	DrainDataplane(ctx context.Context, in *DrainDataplaneRequest, opts ...grpc.CallOption) (*DrainDataplaneResponse, error)
 	// SetLogLevel changes the controller's log level at run time.
 	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
-	// RemoveDataplane forgets a data plane that is down or stopped and
-	// releases its leases; refused for one that is up unless force is set.
+	// RemoveDataplane forgets a data plane that is down or stopped (its
+	// registry record is deleted) and releases its leases; FAILED_PRECONDITION
+	// for one that is up (or draining) unless force is set; NOT_FOUND for an
+	// id the controller does not know.
 	RemoveDataplane(ctx context.Context, in *RemoveDataplaneRequest, opts ...grpc.CallOption) (*RemoveDataplaneResponse, error)
 	// Backup streams a consistent snapshot of the controller's store, in the
 	// format --restore reads.
@@ -366,8 +368,10 @@ type ControllerServiceServer interface {
 	DrainDataplane(context.Context, *DrainDataplaneRequest) (*DrainDataplaneResponse, error)
 	// SetLogLevel changes the controller's log level at run time.
 	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
-	// RemoveDataplane forgets a data plane that is down or stopped and
-	// releases its leases; refused for one that is up unless force is set.
+	// RemoveDataplane forgets a data plane that is down or stopped (its
+	// registry record is deleted) and releases its leases; FAILED_PRECONDITION
+	// for one that is up (or draining) unless force is set; NOT_FOUND for an
+	// id the controller does not know.
 	RemoveDataplane(context.Context, *RemoveDataplaneRequest) (*RemoveDataplaneResponse, error)
 	// Backup streams a consistent snapshot of the controller's store, in the
 	// format --restore reads.

@@ -191,8 +191,11 @@ type AllocateAddressRequest struct {
 	// Identifies the client connection on its data plane.
 	SessionId string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// The client's IPv6 address and TCP source port.
-	ClientIpv6    string `protobuf:"bytes,3,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
-	ClientPort    uint32 `protobuf:"varint,4,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
+	ClientIpv6 string `protobuf:"bytes,3,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
+	ClientPort uint32 `protobuf:"varint,4,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
+	// The data plane process asking (see RegisterDataplane). When set, it
+	// must be the registered instance of dataplane_id.
+	InstanceId    string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +258,13 @@ func (x *AllocateAddressRequest) GetClientPort() uint32 {
 	return 0
 }
 
+func (x *AllocateAddressRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
 type AllocateAddressResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Lease         *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
@@ -306,7 +316,10 @@ type ReleaseAddressRequest struct {
 	// The IPv4 address the session held.
 	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	// Why the session ended (e.g. "eof", "keepalive timeout"), for logs.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The data plane process releasing; a release from the registered
+	// instance counts as a sign of life. Releases from any instance apply.
+	InstanceId    string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -365,6 +378,13 @@ func (x *ReleaseAddressRequest) GetAddress() string {
 func (x *ReleaseAddressRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReleaseAddressRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
 	}
 	return ""
 }
@@ -848,7 +868,8 @@ func (*Command_Drain) isCommand_Kind() {}
 func (*Command_IdConflict) isCommand_Kind() {}
 
 // IdConflictCommand tells a live data plane that another process tried to
-// register with its id (and was refused), so both sides can log it.
+// register with its id (and was refused), so both sides can log it. The
+// receiver goes on serving: it is the one that keeps the id.
 type IdConflictCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The refused instance.
@@ -1122,9 +1143,13 @@ func (x *SessionReport) GetCounters() *Counters {
 }
 
 type ReleaseAddressesRequest struct {
-	state         protoimpl.MessageState   `protogen:"open.v1"`
-	DataplaneId   string                   `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
-	Releases      []*ReleaseAddressRequest `protobuf:"bytes,2,rep,name=releases,proto3" json:"releases,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	// Each release's dataplane_id must be empty or dataplane_id; its
+	// instance_id is not read (this one is).
+	Releases []*ReleaseAddressRequest `protobuf:"bytes,2,rep,name=releases,proto3" json:"releases,omitempty"`
+	// As in ReleaseAddressRequest.
+	InstanceId    string `protobuf:"bytes,3,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1171,6 +1196,13 @@ func (x *ReleaseAddressesRequest) GetReleases() []*ReleaseAddressRequest {
 		return x.Releases
 	}
 	return nil
+}
+
+func (x *ReleaseAddressesRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
 }
 
 type ReleaseAddressesResponse struct {
@@ -1291,10 +1323,14 @@ func (x *StreamSessionReportRequest) GetSessions() []*SessionReport {
 
 type StreamSessionReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sessions in the report that hold no lease at the controller.
+	// Sessions in the report that hold no lease at the controller: the first
+	// 10000 of them (unknown_sessions counts them all).
 	UnknownSessionIds []string `protobuf:"bytes,1,rep,name=unknown_session_ids,json=unknownSessionIds,proto3" json:"unknown_session_ids,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	UnknownSessions   uint32   `protobuf:"varint,2,opt,name=unknown_sessions,json=unknownSessions,proto3" json:"unknown_sessions,omitempty"`
+	// Sessions the report listed.
+	Sessions      uint32 `protobuf:"varint,3,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamSessionReportResponse) Reset() {
@@ -1332,6 +1368,20 @@ func (x *StreamSessionReportResponse) GetUnknownSessionIds() []string {
 		return x.UnknownSessionIds
 	}
 	return nil
+}
+
+func (x *StreamSessionReportResponse) GetUnknownSessions() uint32 {
+	if x != nil {
+		return x.UnknownSessions
+	}
+	return 0
+}
+
+func (x *StreamSessionReportResponse) GetSessions() uint32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
 }
 
 type StopDataplaneRequest struct {
@@ -1458,7 +1508,7 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12-\n" +
 	"\x12controller_version\x18\x03 \x01(\tR\x11controllerVersion\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\x04R\x13heartbeatIntervalMs\x12\x1a\n" +
-	"\bdraining\x18\x05 \x01(\bR\bdraining\"\x9c\x01\n" +
+	"\bdraining\x18\x05 \x01(\bR\bdraining\"\xbd\x01\n" +
 	"\x16AllocateAddressRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
 	"\n" +
@@ -1466,15 +1516,19 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\vclient_ipv6\x18\x03 \x01(\tR\n" +
 	"clientIpv6\x12\x1f\n" +
 	"\vclient_port\x18\x04 \x01(\rR\n" +
-	"clientPort\"Q\n" +
+	"clientPort\x12\x1f\n" +
+	"\vinstance_id\x18\x05 \x01(\tR\n" +
+	"instanceId\"Q\n" +
 	"\x17AllocateAddressResponse\x126\n" +
-	"\x05lease\x18\x01 \x01(\v2 .fourover6.controlplane.v1.LeaseR\x05lease\"\x8b\x01\n" +
+	"\x05lease\x18\x01 \x01(\v2 .fourover6.controlplane.v1.LeaseR\x05lease\"\xac\x01\n" +
 	"\x15ReleaseAddressRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"4\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vinstance_id\x18\x05 \x01(\tR\n" +
+	"instanceId\"4\n" +
 	"\x16ReleaseAddressResponse\x12\x1a\n" +
 	"\breleased\x18\x01 \x01(\bR\breleased\"\xbd\x01\n" +
 	"\x15ReportSessionsRequest\x12!\n" +
@@ -1531,10 +1585,12 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\fconnected_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x129\n" +
 	"\n" +
 	"last_heard\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12?\n" +
-	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\"\x8a\x01\n" +
+	"\bcounters\x18\a \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\"\xab\x01\n" +
 	"\x17ReleaseAddressesRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12L\n" +
-	"\breleases\x18\x02 \x03(\v20.fourover6.controlplane.v1.ReleaseAddressRequestR\breleases\"6\n" +
+	"\breleases\x18\x02 \x03(\v20.fourover6.controlplane.v1.ReleaseAddressRequestR\breleases\x12\x1f\n" +
+	"\vinstance_id\x18\x03 \x01(\tR\n" +
+	"instanceId\"6\n" +
 	"\x18ReleaseAddressesResponse\x12\x1a\n" +
 	"\breleased\x18\x01 \x01(\rR\breleased\"\xc2\x01\n" +
 	"\x1aStreamSessionReportRequest\x12!\n" +
@@ -1542,9 +1598,11 @@ const file_fourover6_controlplane_v1_lease_proto_rawDesc = "" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\x12\x1a\n" +
 	"\bcomplete\x18\x03 \x01(\bR\bcomplete\x12D\n" +
-	"\bsessions\x18\x04 \x03(\v2(.fourover6.controlplane.v1.SessionReportR\bsessions\"M\n" +
+	"\bsessions\x18\x04 \x03(\v2(.fourover6.controlplane.v1.SessionReportR\bsessions\"\x94\x01\n" +
 	"\x1bStreamSessionReportResponse\x12.\n" +
-	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\"r\n" +
+	"\x13unknown_session_ids\x18\x01 \x03(\tR\x11unknownSessionIds\x12)\n" +
+	"\x10unknown_sessions\x18\x02 \x01(\rR\x0funknownSessions\x12\x1a\n" +
+	"\bsessions\x18\x03 \x01(\rR\bsessions\"r\n" +
 	"\x14StopDataplaneRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +

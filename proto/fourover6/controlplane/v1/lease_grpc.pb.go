@@ -39,11 +39,18 @@ const (
 // and report their live sessions so the controller's client table is true.
 type LeaseServiceClient interface {
 	// RegisterDataplane announces a data plane and returns the pool settings it
-	// needs to configure its TUN interface. Calling it again is harmless.
+	// needs to configure its TUN interface. Calling it again with the same
+	// instance id is harmless. A new instance id takes the data plane id over
+	// (the previous instance's leases are released) only when the previous
+	// instance is not live; otherwise it fails with ALREADY_EXISTS, reason
+	// DATAPLANE_ID_IN_USE, and the live instance is told (IdConflictCommand).
 	RegisterDataplane(ctx context.Context, in *RegisterDataplaneRequest, opts ...grpc.CallOption) (*RegisterDataplaneResponse, error)
 	// AllocateAddress leases an address to one client session. It is idempotent
 	// per (dataplane_id, session_id): a retry returns the same lease.
-	// Fails with RESOURCE_EXHAUSTED when the pool has no free address.
+	// Fails with RESOURCE_EXHAUSTED when the pool has no free address, or
+	// (reason LEASE_LIMIT) when the client's IPv6 address or prefix holds as
+	// many leases as one may; with FAILED_PRECONDITION (reason
+	// DATAPLANE_NOT_REGISTERED) when instance_id is not the registered one.
 	AllocateAddress(ctx context.Context, in *AllocateAddressRequest, opts ...grpc.CallOption) (*AllocateAddressResponse, error)
 	// ReleaseAddress returns a session's address to the pool. Releasing a lease
 	// that is not held by that session is a no-op (released = false).
@@ -60,16 +67,21 @@ type LeaseServiceClient interface {
 	// (kick a client, drain) to a data plane. The data plane keeps it open.
 	WatchCommands(ctx context.Context, in *WatchCommandsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCommandsResponse], error)
 	// ReleaseAddresses returns several sessions' addresses at once (a data
-	// plane's queue of releases, retried until it succeeds). Like
-	// ReleaseAddress, releasing a lease the session does not hold is a no-op.
+	// plane's queue of releases, retried until it succeeds) in one store
+	// transaction. Like ReleaseAddress, releasing a lease the session does not
+	// hold is a no-op, so a retry of a batch that succeeded changes nothing.
 	ReleaseAddresses(ctx context.Context, in *ReleaseAddressesRequest, opts ...grpc.CallOption) (*ReleaseAddressesResponse, error)
 	// StreamSessionReport sends one report in chunks, so that its size is not
 	// bounded by a message limit. The first chunk carries the header; a
 	// complete report counts only when the stream is closed cleanly after the
-	// last chunk.
+	// last chunk. Chunks are applied (counters, last heard) as they arrive; a
+	// stream that fails vouches for no lease. FAILED_PRECONDITION (reason
+	// DATAPLANE_NOT_REGISTERED) when instance_id is not the registered one.
 	StreamSessionReport(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamSessionReportRequest, StreamSessionReportResponse], error)
-	// StopDataplane says a data plane instance is stopping on purpose: it is
-	// shown as stopped and its leases are released in this one call.
+	// StopDataplane says a data plane instance is stopping on purpose, with its
+	// sessions closed: it is shown as stopped, is not judged down, and its
+	// leases are released in this one call. Repeating it is harmless; a
+	// stopped data plane that registers again is up again.
 	StopDataplane(ctx context.Context, in *StopDataplaneRequest, opts ...grpc.CallOption) (*StopDataplaneResponse, error)
 }
 
@@ -192,11 +204,18 @@ func (c *leaseServiceClient) StopDataplane(ctx context.Context, in *StopDataplan
 // and report their live sessions so the controller's client table is true.
 type LeaseServiceServer interface {
 	// RegisterDataplane announces a data plane and returns the pool settings it
-	// needs to configure its TUN interface. Calling it again is harmless.
+	// needs to configure its TUN interface. Calling it again with the same
+	// instance id is harmless. A new instance id takes the data plane id over
+	// (the previous instance's leases are released) only when the previous
+	// instance is not live; otherwise it fails with ALREADY_EXISTS, reason
+	// DATAPLANE_ID_IN_USE, and the live instance is told (IdConflictCommand).
 	RegisterDataplane(context.Context, *RegisterDataplaneRequest) (*RegisterDataplaneResponse, error)
 	// AllocateAddress leases an address to one client session. It is idempotent
 	// per (dataplane_id, session_id): a retry returns the same lease.
-	// Fails with RESOURCE_EXHAUSTED when the pool has no free address.
+	// Fails with RESOURCE_EXHAUSTED when the pool has no free address, or
+	// (reason LEASE_LIMIT) when the client's IPv6 address or prefix holds as
+	// many leases as one may; with FAILED_PRECONDITION (reason
+	// DATAPLANE_NOT_REGISTERED) when instance_id is not the registered one.
 	AllocateAddress(context.Context, *AllocateAddressRequest) (*AllocateAddressResponse, error)
 	// ReleaseAddress returns a session's address to the pool. Releasing a lease
 	// that is not held by that session is a no-op (released = false).
@@ -213,16 +232,21 @@ type LeaseServiceServer interface {
 	// (kick a client, drain) to a data plane. The data plane keeps it open.
 	WatchCommands(*WatchCommandsRequest, grpc.ServerStreamingServer[WatchCommandsResponse]) error
 	// ReleaseAddresses returns several sessions' addresses at once (a data
-	// plane's queue of releases, retried until it succeeds). Like
-	// ReleaseAddress, releasing a lease the session does not hold is a no-op.
+	// plane's queue of releases, retried until it succeeds) in one store
+	// transaction. Like ReleaseAddress, releasing a lease the session does not
+	// hold is a no-op, so a retry of a batch that succeeded changes nothing.
 	ReleaseAddresses(context.Context, *ReleaseAddressesRequest) (*ReleaseAddressesResponse, error)
 	// StreamSessionReport sends one report in chunks, so that its size is not
 	// bounded by a message limit. The first chunk carries the header; a
 	// complete report counts only when the stream is closed cleanly after the
-	// last chunk.
+	// last chunk. Chunks are applied (counters, last heard) as they arrive; a
+	// stream that fails vouches for no lease. FAILED_PRECONDITION (reason
+	// DATAPLANE_NOT_REGISTERED) when instance_id is not the registered one.
 	StreamSessionReport(grpc.ClientStreamingServer[StreamSessionReportRequest, StreamSessionReportResponse]) error
-	// StopDataplane says a data plane instance is stopping on purpose: it is
-	// shown as stopped and its leases are released in this one call.
+	// StopDataplane says a data plane instance is stopping on purpose, with its
+	// sessions closed: it is shown as stopped, is not judged down, and its
+	// leases are released in this one call. Repeating it is harmless; a
+	// stopped data plane that registers again is up again.
 	StopDataplane(context.Context, *StopDataplaneRequest) (*StopDataplaneResponse, error)
 	mustEmbedUnimplementedLeaseServiceServer()
 }

@@ -34,6 +34,26 @@ const (
 	// The value keeps the reason string clients have matched from the start.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_NOT_LEADER ErrorReason = 1
+	// ALREADY_EXISTS from RegisterDataplane: another instance (process) of
+	// this data plane id is live, so this one was refused; nothing changed.
+	// Metadata names the live one: "dataplane_id", "instance_id",
+	// "peer_address" (where it called from, "" if not known yet),
+	// "client_listen" and "api_address". Give one of them another --id.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DATAPLANE_ID_IN_USE ErrorReason = 2
+	// FAILED_PRECONDITION: the calling instance is not the registered
+	// instance of its data plane id (another instance took the id over, it
+	// was stopped or removed, or the controller does not know it): nothing
+	// was done; register again. Metadata: "dataplane_id", "instance_id" (the
+	// caller's) and "registered_instance_id" ("" when none).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DATAPLANE_NOT_REGISTERED ErrorReason = 3
+	// RESOURCE_EXHAUSTED from AllocateAddress: the client's IPv6 address or
+	// prefix holds as many leases as the controller allows one (the pool is
+	// not full). Metadata: "limit" ("ip" or "prefix"), "max", "client"
+	// (the IPv6 address or prefix counted).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_LEASE_LIMIT ErrorReason = 4
 )
 
 // Enum value maps for ErrorReason.
@@ -41,10 +61,16 @@ var (
 	ErrorReason_name = map[int32]string{
 		0: "ERROR_REASON_UNSPECIFIED",
 		1: "NOT_LEADER",
+		2: "DATAPLANE_ID_IN_USE",
+		3: "DATAPLANE_NOT_REGISTERED",
+		4: "LEASE_LIMIT",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
 		"NOT_LEADER":               1,
+		"DATAPLANE_ID_IN_USE":      2,
+		"DATAPLANE_NOT_REGISTERED": 3,
+		"LEASE_LIMIT":              4,
 	}
 )
 
@@ -500,11 +526,14 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\breserved\x18\b \x01(\rR\breserved\x12\x14\n" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
-	" \x03(\tR\x03dns*;\n" +
+	" \x03(\tR\x03dns*\x83\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
-	"NOT_LEADER\x10\x01BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"NOT_LEADER\x10\x01\x12\x17\n" +
+	"\x13DATAPLANE_ID_IN_USE\x10\x02\x12\x1c\n" +
+	"\x18DATAPLANE_NOT_REGISTERED\x10\x03\x12\x0f\n" +
+	"\vLEASE_LIMIT\x10\x04BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_types_proto_rawDescOnce sync.Once
