@@ -11,6 +11,16 @@
 // call but Status fails with an error matching ErrNotLeader). With the
 // bbolt store it is always active; with etcd, package leader tells it when
 // it wins or loses the election (Activate, Deactivate).
+//
+// The rule it keeps: an address goes to a new client only when no live
+// session can hold it. A lease ends only on its data plane's release
+// (Release, ReleaseMany, StopDataplane, or a new instance of the data
+// plane registering once the previous one is provably gone), on its
+// absence from the data plane's successful complete reports for the grace
+// period, on its data plane's silence for the timeout and then the grace
+// period, or by an operator (RemoveDataplane). Silence and absence are
+// measured on the liveness clock (see liveClock), which does not run
+// while the controller is stalled or down.
 package controller
 
 import (
@@ -48,6 +58,15 @@ var (
 	// ErrFailedPrecondition: the request conflicts with the current state
 	// (e.g. a reservation for an address another client holds).
 	ErrFailedPrecondition = errors.New("failed precondition")
+	// ErrIDInUse: RegisterDataplane refused an instance because another
+	// instance of the same data plane id is live; IDConflictError says
+	// which.
+	ErrIDInUse = errors.New("data plane id in use")
+	// ErrNotRegistered: the calling data plane instance is not the
+	// registered instance of its id (another took it over, it stopped or
+	// was removed): it must register again. NotRegisteredError says more;
+	// it matches ErrFailedPrecondition too.
+	ErrNotRegistered = errors.New("data plane instance not registered")
 )
 
 // kindError carries a human message while matching a sentinel, so the
@@ -161,6 +180,9 @@ type Config struct {
 	// ReuseCooldown: a released address rests this long before reuse,
 	// unless nothing else is free.
 	ReuseCooldown time.Duration
+	// Limits bound the leases one client IPv6 address, and one prefix,
+	// may hold across all data planes (zero fields: unlimited).
+	Limits pool.Limits
 }
 
 // Lease is what a 101 message carries, plus who holds it since when.
@@ -209,7 +231,14 @@ type Controller struct {
 	started  time.Time
 	poolCfg  pool.Config
 	cooldown time.Duration
+	limits   pool.Limits
 	counters activityCounters
+	// live is the liveness clock every judgement of a data plane's
+	// silence uses; Reconcile advances it every tick.
+	live *liveClock
+	tick time.Duration
+	// limitLog throttles the log lines of refused allocations, per kind.
+	limitLog throttles
 
 	mu       sync.RWMutex
 	term     *term // nil while standby
@@ -231,14 +260,19 @@ type term struct {
 	smu      sync.Mutex // serializes setting changes; guards settings
 	settings store.Settings
 
-	dpMu sync.Mutex
-	dps  map[string]*dpState
+	// regMu serializes the changes of the registry that are written to
+	// the store (registrations, stops, drains, removals), so that the
+	// check of who holds an id and the write that changes it are one
+	// step. It may be held across store calls; dpMu is taken inside it.
+	regMu sync.Mutex
+	dpMu  sync.Mutex
+	dps   map[string]*dpState
 }
 
 // New validates cfg, loads the store (unless Standby) and returns the
 // controller.
 func New(cfg Config) (*Controller, error) {
-	if _, err := pool.New(cfg.Pool); err != nil {
+	if _, err := pool.New(cfg.Pool, pool.Options{Limits: cfg.Limits}); err != nil {
 		return nil, err
 	}
 	route := cfg.Route
@@ -280,6 +314,7 @@ func New(cfg Config) (*Controller, error) {
 		now:      cfg.Now,
 		poolCfg:  cfg.Pool,
 		cooldown: cfg.ReuseCooldown,
+		limits:   cfg.Limits,
 	}
 	if c.store == nil {
 		c.store = store.NewMemory()
@@ -300,6 +335,8 @@ func New(cfg Config) (*Controller, error) {
 		c.id = "controller"
 	}
 	c.started = c.now()
+	c.tick = reconcileInterval(cfg.DataplaneTimeout, cfg.GracePeriod)
+	c.live = newLiveClock(c.started, 2*c.tick)
 	if !cfg.Standby {
 		if err := c.Activate(context.Background()); err != nil {
 			return nil, err
@@ -374,11 +411,14 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load state from %s: %w", c.store, err)
 	}
-	idx, err := pool.New(c.poolCfg, pool.Options{Cooldown: c.cooldown})
+	idx, err := pool.New(c.poolCfg, pool.Options{Cooldown: c.cooldown, Limits: c.limits})
 	if err != nil {
 		return nil, err
 	}
 	now := c.now()
+	// Every data plane gets a fresh timeout and grace from the start of
+	// the term, whatever the controller missed while it was down.
+	live := c.live.at(now)
 	t := &term{
 		c:        c,
 		idx:      idx,
@@ -421,7 +461,7 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 			continue
 		}
 		// Rebuilt from the store: the session's traffic so far is unknown.
-		if err := idx.Adopt(l, now); err != nil {
+		if err := idx.Adopt(l, now, live); err != nil {
 			c.log.Error("stored lease conflicts with another; keeping the first", "address", l.Addr,
 				"dataplane", l.Dataplane, "session", l.Session, "error", err)
 		}
@@ -435,11 +475,11 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	}
 	idx.Released(st.Released)
 	for _, d := range st.Dataplanes {
-		t.dps[d.ID] = &dpState{rec: d, known: true, lastContact: now}
+		t.dps[d.ID] = &dpState{rec: d, known: true, lastContact: live, seen: now}
 	}
 	for dp := range idx.LeaseCounts() {
 		if _, ok := t.dps[dp]; !ok {
-			t.dps[dp] = &dpState{rec: store.Dataplane{ID: dp}, lastContact: now}
+			t.dps[dp] = &dpState{rec: store.Dataplane{ID: dp}, lastContact: live, seen: now}
 		}
 	}
 	info := idx.Stats()
@@ -469,15 +509,37 @@ func wait(ctx context.Context, ch <-chan struct{}) error {
 	}
 }
 
-// Allocate leases an address to one client session. It is idempotent per
-// (dataplaneID, sessionID): a retry returns the same lease, LeasedAt
-// included. The lease is committed to the store before it is returned. On
-// a full pool the error matches pool.ErrExhausted.
+// AllocateRequest asks for an address for one client session.
+type AllocateRequest struct {
+	DataplaneID string
+	// InstanceID is the data plane process asking; when set, it must be
+	// the registered instance of DataplaneID (else the error matches
+	// ErrNotRegistered). Empty: a data plane that does not say.
+	InstanceID string
+	SessionID  string
+	ClientIPv6 netip.Addr
+	ClientPort uint16
+}
+
+// Allocate is AllocateFor without an instance id.
 func (c *Controller) Allocate(ctx context.Context, dataplaneID, sessionID string, clientIPv6 netip.Addr, clientPort uint16) (Lease, error) {
-	l, fresh, err := c.allocate(ctx, dataplaneID, sessionID, clientIPv6, clientPort)
+	return c.AllocateFor(ctx, AllocateRequest{DataplaneID: dataplaneID, SessionID: sessionID, ClientIPv6: clientIPv6, ClientPort: clientPort})
+}
+
+// AllocateFor leases an address to one client session. It is idempotent
+// per (DataplaneID, SessionID): a retry returns the same lease, LeasedAt
+// included. The lease is committed to the store before it is returned. On
+// a full pool the error matches pool.ErrExhausted; for a client at its
+// lease limit it is a *pool.LimitError (matching pool.ErrLimit).
+func (c *Controller) AllocateFor(ctx context.Context, r AllocateRequest) (Lease, error) {
+	l, fresh, err := c.allocate(ctx, r)
 	switch {
 	case err != nil:
 		c.counters.allocateFailed(failureOf(err))
+		var le *pool.LimitError
+		if errors.As(err, &le) {
+			c.limitRefused(r, le)
+		}
 	case fresh:
 		c.counters.allocated.Add(1)
 	default:
@@ -490,8 +552,9 @@ func (c *Controller) Allocate(ctx context.Context, dataplaneID, sessionID string
 // know (another writer's) and chooses again.
 const maxTaken = 3
 
-// allocate does Allocate's work and says whether the lease is new.
-func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string, clientIPv6 netip.Addr, clientPort uint16) (Lease, bool, error) {
+// allocate does AllocateFor's work and says whether the lease is new.
+func (c *Controller) allocate(ctx context.Context, r AllocateRequest) (Lease, bool, error) {
+	dataplaneID, sessionID, clientIPv6, clientPort := r.DataplaneID, r.SessionID, r.ClientIPv6, r.ClientPort
 	if err := ctx.Err(); err != nil {
 		return Lease{}, false, err
 	}
@@ -507,11 +570,17 @@ func (c *Controller) allocate(ctx context.Context, dataplaneID, sessionID string
 	if clientIPv6.Is4() {
 		return Lease{}, false, invalid("client address %s is not an IPv6 address", clientIPv6)
 	}
+	if len(r.InstanceID) > MaxIDLen {
+		return Lease{}, false, invalid("instance id is %d bytes long, more than %d", len(r.InstanceID), MaxIDLen)
+	}
 	t, err := c.active()
 	if err != nil {
 		return Lease{}, false, err
 	}
-	instance := t.touch(dataplaneID)
+	instance, err := t.caller(dataplaneID, r.InstanceID)
+	if err != nil {
+		return Lease{}, false, err
+	}
 	owner := store.Owner{Dataplane: dataplaneID, Session: sessionID}
 
 	for taken := 0; ; {
@@ -592,7 +661,7 @@ func (t *term) claim(ctx context.Context, l store.Lease, now time.Time, fresh bo
 	}()
 	held, existing, err = t.c.store.Claim(ctx, l)
 	if err == nil && !existing {
-		committed = t.idx.Commit(held, now, fresh)
+		committed = t.idx.Commit(held, now, t.c.live.at(now), fresh)
 		settled = committed
 	}
 	return held, existing, committed, err
@@ -600,7 +669,7 @@ func (t *term) claim(ctx context.Context, l store.Lease, now time.Time, fresh bo
 
 // adopt indexes a lease that is committed in the store.
 func (t *term) adopt(l store.Lease, now time.Time) bool {
-	if err := t.idx.Adopt(l, now); err != nil {
+	if err := t.idx.Adopt(l, now, t.c.live.at(now)); err != nil {
 		t.c.log.Error("cannot index a stored lease", "address", l.Addr, "dataplane", l.Dataplane,
 			"session", l.Session, "error", err)
 		return false
@@ -608,28 +677,40 @@ func (t *term) adopt(l store.Lease, now time.Time) bool {
 	return true
 }
 
-// Release returns addr to the pool if that session holds it, and reports
-// whether it did. Anything else (a duplicate or stale release) is a no-op.
-// The release is committed to the store before it returns.
+// ReleaseRequest gives one session's address back.
+type ReleaseRequest struct {
+	DataplaneID string
+	// InstanceID is the data plane process releasing; a release from the
+	// registered instance counts as a sign of life. Releases apply
+	// whichever instance sends them: only the session's own lease is
+	// freed.
+	InstanceID string
+	SessionID  string
+	Addr       netip.Addr
+	Reason     string
+}
+
+// Release is ReleaseFor without an instance id.
 func (c *Controller) Release(ctx context.Context, dataplaneID, sessionID string, addr netip.Addr, reason string) (bool, error) {
+	return c.ReleaseFor(ctx, ReleaseRequest{DataplaneID: dataplaneID, SessionID: sessionID, Addr: addr, Reason: reason})
+}
+
+// ReleaseFor returns r.Addr to the pool if that session holds it, and
+// reports whether it did. Anything else (a duplicate or stale release) is
+// a no-op. The release is committed to the store before it returns.
+func (c *Controller) ReleaseFor(ctx context.Context, r ReleaseRequest) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	if err := checkID("dataplane id", dataplaneID); err != nil {
-		return false, err
-	}
-	if err := checkID("session id", sessionID); err != nil {
-		return false, err
-	}
-	if err := checkIPv4(addr); err != nil {
+	if err := checkRelease(r); err != nil {
 		return false, err
 	}
 	t, err := c.active()
 	if err != nil {
 		return false, err
 	}
-	t.touch(dataplaneID)
-	ok, err := t.release(ctx, store.Owner{Dataplane: dataplaneID, Session: sessionID}, addr, clip(reason), slog.LevelInfo)
+	t.heard(r.DataplaneID, r.InstanceID)
+	ok, err := t.release(ctx, store.Owner{Dataplane: r.DataplaneID, Session: r.SessionID}, r.Addr, clip(r.Reason), slog.LevelInfo)
 	if err == nil {
 		if ok {
 			c.counters.released.Add(1)
@@ -638,6 +719,61 @@ func (c *Controller) Release(ctx context.Context, dataplaneID, sessionID string,
 		}
 	}
 	return ok, err
+}
+
+func checkRelease(r ReleaseRequest) error {
+	if err := checkID("dataplane id", r.DataplaneID); err != nil {
+		return err
+	}
+	if err := checkID("session id", r.SessionID); err != nil {
+		return err
+	}
+	if len(r.InstanceID) > MaxIDLen {
+		return invalid("instance id is %d bytes long, more than %d", len(r.InstanceID), MaxIDLen)
+	}
+	return checkIPv4(r.Addr)
+}
+
+// ReleaseMany is ReleaseFor for a batch of one data plane's releases (its
+// queue of releases, retried until they succeed), in one store call: it
+// returns how many freed an address. Repeating a batch that succeeded
+// frees nothing more. Every release must name dataplaneID (or none).
+func (c *Controller) ReleaseMany(ctx context.Context, dataplaneID, instanceID string, rs []ReleaseRequest) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkID("dataplane id", dataplaneID); err != nil {
+		return 0, err
+	}
+	ls := make([]store.Lease, 0, len(rs))
+	for i, r := range rs {
+		if r.DataplaneID == "" {
+			r.DataplaneID = dataplaneID
+		}
+		if r.DataplaneID != dataplaneID {
+			return 0, invalid("release %d: data plane %q is not %q, the batch's", i, clip(r.DataplaneID), clip(dataplaneID))
+		}
+		r.InstanceID = instanceID
+		if err := checkRelease(r); err != nil {
+			return 0, invalid("release %d: %v", i, err)
+		}
+		ls = append(ls, store.Lease{Addr: r.Addr, Owner: store.Owner{Dataplane: dataplaneID, Session: r.SessionID}})
+	}
+	t, err := c.active()
+	if err != nil {
+		return 0, err
+	}
+	t.heard(dataplaneID, instanceID)
+	reasons := make(map[store.Owner]string, len(rs))
+	for _, r := range rs {
+		reasons[store.Owner{Dataplane: dataplaneID, Session: r.SessionID}] = clip(r.Reason)
+	}
+	n, err := t.releaseBatch(ctx, ls, func(o store.Owner) string { return reasons[o] }, slog.LevelInfo)
+	c.counters.released.Add(uint64(n))
+	if err == nil {
+		c.counters.ignored.Add(uint64(len(rs) - n))
+	}
+	return n, err
 }
 
 // release frees one lease in the store, then in the index.

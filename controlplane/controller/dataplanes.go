@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -10,17 +9,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
 )
 
-// DataplaneState is UP, DRAINING or DOWN.
+// DataplaneState is UP, DRAINING, DOWN or STOPPED.
 type DataplaneState int
 
 const (
 	StateUp DataplaneState = iota + 1
 	StateDraining
 	StateDown
+	StateStopped
 )
 
 func (s DataplaneState) String() string {
@@ -31,6 +30,8 @@ func (s DataplaneState) String() string {
 		return "DRAINING"
 	case StateDown:
 		return "DOWN"
+	case StateStopped:
+		return "STOPPED"
 	}
 	return "UNKNOWN"
 }
@@ -47,7 +48,9 @@ type Dataplane struct {
 	Sessions     uint32 // open connections, from its last heartbeat
 	Leases       uint32 // leases the controller holds for it
 	RegisteredAt time.Time
-	LastContact  time.Time // last heartbeat (or other call)
+	LastContact  time.Time // last call of its registered instance
+	StoppedAt    time.Time // when it said it stopped; zero unless StateStopped
+	Peer         string    // where its registered instance called from, if known
 }
 
 // Registration is a data plane's RegisterDataplane request.
@@ -57,6 +60,9 @@ type Registration struct {
 	Version     string
 	Listen      string
 	APIAddress  string
+	// Peer is where the call came from (the gRPC peer address), for
+	// operators; empty when unknown.
+	Peer string
 }
 
 // RegistrationReply is what a data plane needs to configure its TUN, and
@@ -71,8 +77,9 @@ type RegistrationReply struct {
 
 // Command is pushed to a data plane: exactly one field is set.
 type Command struct {
-	Kick  *KickCommand
-	Drain *bool
+	Kick       *KickCommand
+	Drain      *bool
+	IDConflict *DataplaneInstance // another instance of this id was refused
 }
 
 // KickCommand closes the session holding Addr (only SessionID, when set).
@@ -82,16 +89,114 @@ type KickCommand struct {
 	Reason    string
 }
 
+// DataplaneInstance is one process of a data plane, as it announced
+// itself.
+type DataplaneInstance struct {
+	InstanceID string
+	Peer       string // where it called from ("" if not known)
+	Listen     string // where its clients connect
+	APIAddress string
+}
+
+func (d DataplaneInstance) String() string {
+	return fmt.Sprintf("instance %s at %s (clients connect to %s, API %s)",
+		orUnknown(d.InstanceID), orUnknown(d.Peer), orUnknown(d.Listen), orUnknown(d.APIAddress))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return s
+}
+
+// IDConflictError is RegisterDataplane's error when another instance of
+// the data plane id is live. It matches ErrIDInUse.
+type IDConflictError struct {
+	DataplaneID string
+	Live        DataplaneInstance // keeps the id
+	Refused     DataplaneInstance // the caller
+}
+
+func (e *IDConflictError) Error() string {
+	return fmt.Sprintf("another data plane with --id %s is running: %s; give this one a different --id", e.DataplaneID, e.Live)
+}
+
+func (e *IDConflictError) Is(target error) bool { return target == ErrIDInUse }
+
+// NotRegisteredError is the error of a call from a data plane instance
+// that is not the registered instance of its id. It matches
+// ErrNotRegistered and ErrFailedPrecondition.
+type NotRegisteredError struct {
+	DataplaneID string
+	InstanceID  string // the caller
+	Registered  string // the registered instance ("" when none)
+	Stopped     bool   // the registered instance (the caller) stopped
+	Removed     bool   // the controller knows no such data plane
+}
+
+func (e *NotRegisteredError) Error() string {
+	switch {
+	case e.Stopped:
+		return fmt.Sprintf("data plane %s (instance %s) stopped: register again first", e.DataplaneID, orUnknown(e.InstanceID))
+	case e.Removed || e.Registered == "":
+		return fmt.Sprintf("data plane %s is not registered: register first", e.DataplaneID)
+	}
+	return fmt.Sprintf("instance %s is not the registered instance of data plane %s (%s is): register again",
+		orUnknown(e.InstanceID), e.DataplaneID, e.Registered)
+}
+
+func (e *NotRegisteredError) Is(target error) bool {
+	return target == ErrNotRegistered || target == ErrFailedPrecondition
+}
+
+// peerKey carries the caller's address in a context (WithPeer).
+type peerKey struct{}
+
+// WithPeer returns ctx noting that the call came from peer (the gRPC peer
+// address), so the registry can tell operators where a data plane runs.
+func WithPeer(ctx context.Context, peer string) context.Context {
+	if peer == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, clip(peer))
+}
+
+func peerOf(ctx context.Context) string {
+	p, _ := ctx.Value(peerKey{}).(string)
+	return p
+}
+
 // dpState is the controller's view of one data plane in a term.
+//
+// Its registered instance is live (liveLocked) while it was heard from
+// within DataplaneTimeout on the liveness clock, has not stopped, and is
+// not provably gone: its command stream, once open this term, ended and
+// nothing was heard from it since. A term starts with every stored data
+// plane heard from at its start: after a controller restart or a change of
+// leader, the registered instance has DataplaneTimeout to reconnect before
+// another instance may take its id, unless it stopped.
 type dpState struct {
-	rec         store.Dataplane
-	known       bool // has a stored record (registered at some point)
-	lastContact time.Time
-	sessions    uint32
-	down        bool
-	downSince   time.Time
-	reported    bool       // sent a complete report during this term
-	stream      *cmdStream // the open WatchCommands stream, if any
+	rec   store.Dataplane
+	known bool // has a stored record (registered at some point)
+
+	lastContact time.Time // liveness clock: its last call, or the term's start
+	seen        time.Time // the same on the wall clock, for operators
+	contacts    uint64    // calls noted this term
+	down        bool      // judged DOWN by Reconcile (silence)
+	downSince   time.Time // liveness clock
+
+	stream      *cmdStream // the registered instance's open WatchCommands stream
+	streamEnded bool       // its last stream ended (and none is open)
+	endedAt     uint64     // contacts when it ended
+	peer        string     // where the registered instance called from
+
+	sessions   uint32
+	reported   bool      // a complete report of the registered instance arrived whole this term
+	lastReport time.Time // liveness clock: the start of the latest such report
+
+	conflictLog throttle // id-conflict log lines and commands
+	unknownLog  throttle // heartbeats of unregistered instances
 }
 
 type cmdStream struct {
@@ -102,30 +207,104 @@ type cmdStream struct {
 // cmdQueue bounds commands waiting on one stream.
 const cmdQueue = 256
 
-// touch notes that a data plane was heard from and returns its current
-// instance id. A data plane that calls before registering (say, after a
-// controller lost its state) is recorded too.
-func (t *term) touch(id string) string {
-	now := t.c.now()
-	t.dpMu.Lock()
-	defer t.dpMu.Unlock()
+// aliveLocked: d was heard from recently, did not stop and is not
+// provably gone. Callers hold dpMu.
+func (t *term) aliveLocked(d *dpState, live time.Time) bool {
+	switch {
+	case !d.rec.StoppedAt.IsZero(), d.down:
+		return false
+	case live.Sub(d.lastContact) >= t.c.cfg.DataplaneTimeout:
+		return false
+	case d.stream == nil && d.streamEnded && d.contacts == d.endedAt:
+		return false // its stream ended and nothing was heard since
+	}
+	return true
+}
+
+// liveLocked: d's registered instance is live (see dpState), so another
+// instance may not take its id.
+func (t *term) liveLocked(d *dpState, live time.Time) bool {
+	return d.rec.InstanceID != "" && t.aliveLocked(d, live)
+}
+
+// contactLocked notes a call of d's registered instance. It returns how
+// long d was DOWN if this call brought it back (0 otherwise), for the log.
+func (t *term) contactLocked(d *dpState, live, now time.Time) time.Duration {
+	d.lastContact, d.seen = live, now
+	d.contacts++
+	if !d.down {
+		return 0
+	}
+	d.down = false
+	return max(live.Sub(d.downSince), time.Nanosecond)
+}
+
+func (t *term) logBack(id string, downFor time.Duration) {
+	if downFor > 0 {
+		t.c.log.Info("data plane is back", "dataplane", id, "down_for", downFor.Round(time.Second))
+	}
+}
+
+// entryLocked returns d's state, recording a data plane never seen
+// before (one that calls before registering, say after the controller
+// lost its state).
+func (t *term) entryLocked(id string) *dpState {
 	d, ok := t.dps[id]
 	if !ok {
 		d = &dpState{rec: store.Dataplane{ID: id}}
 		t.dps[id] = d
 	}
-	d.lastContact = now
-	if d.down {
-		d.down = false
-		t.c.log.Info("data plane is back", "dataplane", id, "down_for", now.Sub(d.downSince).Round(time.Second))
-	}
-	return d.rec.InstanceID
+	return d
 }
 
-// RegisterDataplane records a data plane (again, harmlessly, on every
-// call) and returns the pool settings it needs for its TUN. A new instance
-// id means the previous process is gone, and so are its sessions: their
-// leases are released.
+// caller admits a call (an allocation, a report) of instance of data plane
+// id and notes it as a sign of life: it must be the registered instance,
+// or name none, or the data plane must have none registered; a stopped
+// data plane makes no calls. It returns the registered instance id.
+func (t *term) caller(id, instance string) (string, error) {
+	now := t.c.now()
+	live := t.c.live.at(now)
+	t.dpMu.Lock()
+	d := t.entryLocked(id)
+	reg := d.rec.InstanceID
+	switch {
+	case !d.rec.StoppedAt.IsZero():
+		t.dpMu.Unlock()
+		return "", &NotRegisteredError{DataplaneID: id, InstanceID: instance, Registered: reg, Stopped: true}
+	case instance != "" && reg != "" && instance != reg:
+		t.dpMu.Unlock()
+		return "", &NotRegisteredError{DataplaneID: id, InstanceID: instance, Registered: reg}
+	}
+	back := t.contactLocked(d, live, now)
+	t.dpMu.Unlock()
+	t.logBack(id, back)
+	return reg, nil
+}
+
+// heard notes a call of instance of data plane id that any instance may
+// make (a release) as a sign of life, if it is the registered instance (or
+// names none).
+func (t *term) heard(id, instance string) {
+	now := t.c.now()
+	live := t.c.live.at(now)
+	t.dpMu.Lock()
+	d := t.entryLocked(id)
+	var back time.Duration
+	if d.rec.StoppedAt.IsZero() && (instance == "" || d.rec.InstanceID == "" || instance == d.rec.InstanceID) {
+		back = t.contactLocked(d, live, now)
+	}
+	t.dpMu.Unlock()
+	t.logBack(id, back)
+}
+
+// RegisterDataplane records a data plane and returns the pool settings it
+// needs for its TUN. The same instance registering again changes nothing
+// but its announced fields (a stopped instance is up again). A new
+// instance id takes the data plane id over when the registered instance is
+// not live (see dpState): the previous process is gone, and so are its
+// sessions, whose leases are released. While the registered instance is
+// live, a new instance is refused with an *IDConflictError: logged,
+// counted, and told to the live instance on its command stream.
 func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (RegistrationReply, error) {
 	if err := ctx.Err(); err != nil {
 		return RegistrationReply{}, err
@@ -136,44 +315,23 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 	if len(r.InstanceID) > MaxIDLen {
 		return RegistrationReply{}, invalid("instance id is %d bytes long, more than %d", len(r.InstanceID), MaxIDLen)
 	}
+	if r.Peer == "" {
+		r.Peer = peerOf(ctx)
+	}
+	r.Version, r.Listen, r.APIAddress, r.Peer = clip(r.Version), clip(r.Listen), clip(r.APIAddress), clip(r.Peer)
 	t, err := c.active()
 	if err != nil {
 		return RegistrationReply{}, err
 	}
-	now := c.now()
-	t.dpMu.Lock()
-	d, ok := t.dps[r.DataplaneID]
-	if !ok {
-		d = &dpState{rec: store.Dataplane{ID: r.DataplaneID}}
-		t.dps[r.DataplaneID] = d
+	rec, prev, known, err := t.register(ctx, r)
+	if err != nil {
+		return RegistrationReply{}, err
 	}
-	prev := d.rec
-	rec := prev
-	rec.InstanceID = r.InstanceID
-	rec.Version = clip(r.Version)
-	rec.ClientListen = clip(r.Listen)
-	rec.APIAddress = clip(r.APIAddress)
-	rec.RegisteredAt = now
-	newInstance := prev.InstanceID != r.InstanceID
-	t.dpMu.Unlock()
-
-	if err := c.store.PutDataplane(ctx, rec); err != nil {
-		return RegistrationReply{}, c.storeErr("register data plane", err)
-	}
-	t.dpMu.Lock()
-	d.rec, d.known = rec, true
-	d.lastContact = now
-	d.down = false
-	if newInstance {
-		d.reported = false
-	}
-	t.dpMu.Unlock()
-
 	held := t.idx.LeasesOf(r.DataplaneID)
 	c.log.Info("data plane registered", "dataplane", r.DataplaneID, "instance", r.InstanceID,
-		"version", rec.Version, "listen", rec.ClientListen, "api", rec.APIAddress,
-		"known", ok && prev.InstanceID != "", "leases", len(held), "draining", rec.Draining)
-	if newInstance {
+		"version", rec.Version, "listen", rec.ClientListen, "api", rec.APIAddress, "peer", r.Peer,
+		"known", known, "leases", len(held), "draining", rec.Draining)
+	if prev.InstanceID != r.InstanceID {
 		// Its previous instance's sessions died with it. Leases taken by
 		// this instance (none yet, normally) stay.
 		var gone []store.Lease
@@ -184,8 +342,16 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 		}
 		if len(gone) > 0 {
 			c.log.Warn("data plane restarted: releasing the leases of its previous instance",
-				"dataplane", r.DataplaneID, "previous_instance", prev.InstanceID, "leases", len(gone))
-			t.releaseAll(ctx, gone, "data plane restarted (new instance "+r.InstanceID+")")
+				"dataplane", r.DataplaneID, "previous_instance", prev.InstanceID, "instance", r.InstanceID, "leases", len(gone))
+			why := "data plane restarted (new instance " + r.InstanceID + ")"
+			n, err := t.releaseBatch(ctx, gone, func(store.Owner) string { return why }, slog.LevelDebug)
+			c.counters.reclaimed.Add(uint64(n))
+			if err != nil {
+				// The new instance is registered; the rest go with the
+				// next reconcile (they are not vouched for by any report
+				// of the new instance).
+				c.log.Error("releasing the previous instance's leases failed", "dataplane", r.DataplaneID, "error", err)
+			}
 		}
 	}
 	return RegistrationReply{
@@ -194,31 +360,84 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 	}, nil
 }
 
-// releaseAll releases leases, a few at a time (each is one commit, and
-// commits are shared).
-func (t *term) releaseAll(ctx context.Context, ls []store.Lease, reason string) {
-	sem := make(chan struct{}, 16)
-	done := make(chan struct{}, len(ls))
-	for _, l := range ls {
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; done <- struct{}{} }()
-			ok, err := t.release(ctx, l.Owner, l.Addr, reason, slog.LevelInfo)
-			if err != nil {
-				t.c.log.Error("releasing a lease failed; will retry", "address", l.Addr,
-					"dataplane", l.Dataplane, "session", l.Session, "error", err)
-			} else if ok {
-				t.c.counters.reclaimed.Add(1)
-			}
-		}()
+// conflictLogEvery throttles the id-conflict log line and command per data
+// plane.
+const conflictLogEvery = 10 * time.Second
+
+// register is RegisterDataplane's change of the registry, one step under
+// regMu: the check of the id's live instance, the store write, the state.
+func (t *term) register(ctx context.Context, r Registration) (rec, prev store.Dataplane, known bool, err error) {
+	c := t.c
+	t.regMu.Lock()
+	defer t.regMu.Unlock()
+	now := c.now()
+	live := c.live.at(now)
+	t.dpMu.Lock()
+	d := t.entryLocked(r.DataplaneID)
+	prev, known = d.rec, d.known && d.rec.InstanceID != ""
+	if prev.InstanceID != "" && prev.InstanceID != r.InstanceID && t.liveLocked(d, live) {
+		ce := &IDConflictError{
+			DataplaneID: r.DataplaneID,
+			Live:        DataplaneInstance{InstanceID: prev.InstanceID, Peer: d.peer, Listen: prev.ClientListen, APIAddress: prev.APIAddress},
+			Refused:     DataplaneInstance{InstanceID: r.InstanceID, Peer: r.Peer, Listen: r.Listen, APIAddress: r.APIAddress},
+		}
+		logNow, suppressed := d.conflictLog.note(now, conflictLogEvery)
+		told := false
+		if logNow {
+			refused := ce.Refused
+			told = t.pushLocked(d, Command{IDConflict: &refused}) == nil
+		}
+		t.dpMu.Unlock()
+		c.counters.idConflicts.Add(1)
+		if logNow {
+			c.log.Error("DATA PLANE ID IN USE: refused a second instance of a live data plane; give one of them a different --id",
+				"dataplane", r.DataplaneID,
+				"live_instance", prev.InstanceID, "live_peer", d.peer, "live_listen", prev.ClientListen, "live_api", prev.APIAddress,
+				"refused_instance", r.InstanceID, "refused_peer", r.Peer, "refused_listen", r.Listen, "refused_api", r.APIAddress,
+				"live_told", told, "refused_since_last_log", suppressed)
+		}
+		return rec, prev, known, ce
 	}
-	for range ls {
-		<-done
+	rec = prev
+	rec.InstanceID = r.InstanceID
+	rec.Version, rec.ClientListen, rec.APIAddress = r.Version, r.Listen, r.APIAddress
+	rec.RegisteredAt = now
+	rec.StoppedAt = time.Time{}
+	t.dpMu.Unlock()
+
+	if err := c.store.PutDataplane(ctx, rec); err != nil {
+		return rec, prev, known, c.storeErr("register data plane", err)
 	}
+	t.dpMu.Lock()
+	d.rec, d.known = rec, true
+	if r.Peer != "" {
+		d.peer = r.Peer
+	}
+	if prev.InstanceID != r.InstanceID {
+		d.reported, d.lastReport, d.streamEnded = false, time.Time{}, false
+		if d.stream != nil {
+			// The previous instance's stream: commands for the new one
+			// must not go there.
+			close(d.stream.done)
+			d.stream = nil
+		}
+	}
+	back := t.contactLocked(d, live, now)
+	t.dpMu.Unlock()
+	t.logBack(r.DataplaneID, back)
+	return rec, prev, known, nil
 }
 
-// Heartbeat notes that a data plane is alive. known is false when the
-// controller does not know this instance: the data plane must register.
+// unknownLogEvery throttles the log of heartbeats from unregistered
+// instances per data plane.
+const unknownLogEvery = time.Minute
+
+// Heartbeat notes that a data plane is alive. known is false when
+// instanceID is not the registered instance of dataplaneID (the controller
+// lost track of it, it stopped, or another instance took the id): the data
+// plane must register, which cannot take the id from a live instance (see
+// RegisterDataplane). Such a heartbeat is no sign of life of the
+// registered instance.
 func (c *Controller) Heartbeat(ctx context.Context, dataplaneID, instanceID string, sessions, leased uint32) (known, draining bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return false, false, err
@@ -230,28 +449,46 @@ func (c *Controller) Heartbeat(ctx context.Context, dataplaneID, instanceID stri
 	if err != nil {
 		return false, false, err
 	}
+	now := c.now()
+	live := c.live.at(now)
 	t.dpMu.Lock()
 	d, ok := t.dps[dataplaneID]
-	if !ok || !d.known || d.rec.InstanceID != instanceID {
+	if !ok || !d.known || d.rec.InstanceID == "" || d.rec.InstanceID != instanceID || !d.rec.StoppedAt.IsZero() {
+		var logNow bool
+		var suppressed int
+		var reg string
+		stopped := false
+		if ok {
+			logNow, suppressed = d.unknownLog.note(now, unknownLogEvery)
+			reg, stopped = d.rec.InstanceID, !d.rec.StoppedAt.IsZero()
+		} else {
+			logNow = true
+		}
 		t.dpMu.Unlock()
-		c.log.Info("heartbeat from an unknown data plane instance: asking it to register", "dataplane", dataplaneID, "instance", instanceID)
+		if logNow {
+			c.log.Info("heartbeat from a data plane instance that is not registered: asking it to register",
+				"dataplane", dataplaneID, "instance", instanceID, "registered_instance", reg, "stopped", stopped,
+				"peer", peerOf(ctx), "suppressed_since_last_log", suppressed)
+		}
 		return false, false, nil
 	}
-	now := c.now()
-	d.lastContact = now
+	back := t.contactLocked(d, live, now)
 	d.sessions = sessions
-	if d.down {
-		d.down = false
-		c.log.Info("data plane is back", "dataplane", dataplaneID, "down_for", now.Sub(d.downSince).Round(time.Second))
+	if p := peerOf(ctx); p != "" {
+		d.peer = p
 	}
 	draining = d.rec.Draining
 	t.dpMu.Unlock()
+	t.logBack(dataplaneID, back)
 	return true, draining, nil
 }
 
 // WatchCommands serves one data plane's command stream: fn is called for
 // every command until ctx ends, the stream is replaced by a newer one of
-// the same data plane, or this controller stops leading.
+// the same instance, another instance takes the id, the data plane is
+// removed, or this controller stops leading. Only the registered instance
+// (or a caller naming none) may open it. Its end, with nothing heard from
+// the instance afterwards, means the instance is gone (see dpState).
 func (c *Controller) WatchCommands(ctx context.Context, dataplaneID, instanceID string, fn func(Command) error) error {
 	if err := checkID("dataplane id", dataplaneID); err != nil {
 		return err
@@ -261,22 +498,36 @@ func (c *Controller) WatchCommands(ctx context.Context, dataplaneID, instanceID 
 		return err
 	}
 	s := &cmdStream{ch: make(chan Command, cmdQueue), done: make(chan struct{})}
+	now := c.now()
+	live := c.live.at(now)
 	t.dpMu.Lock()
 	d, ok := t.dps[dataplaneID]
-	if !ok || !d.known {
+	switch {
+	case !ok || !d.known:
 		t.dpMu.Unlock()
-		return precondition("data plane %s is not registered: register first", dataplaneID)
+		return &NotRegisteredError{DataplaneID: dataplaneID, InstanceID: instanceID, Removed: true}
+	case !d.rec.StoppedAt.IsZero():
+		t.dpMu.Unlock()
+		return &NotRegisteredError{DataplaneID: dataplaneID, InstanceID: instanceID, Registered: d.rec.InstanceID, Stopped: true}
+	case instanceID != "" && instanceID != d.rec.InstanceID:
+		t.dpMu.Unlock()
+		return &NotRegisteredError{DataplaneID: dataplaneID, InstanceID: instanceID, Registered: d.rec.InstanceID}
 	}
 	if d.stream != nil {
 		close(d.stream.done)
 	}
-	d.stream = s
+	d.stream, d.streamEnded = s, false
+	if p := peerOf(ctx); p != "" {
+		d.peer = p
+	}
+	back := t.contactLocked(d, live, now)
 	t.dpMu.Unlock()
-	c.log.Debug("command stream opened", "dataplane", dataplaneID, "instance", instanceID)
+	t.logBack(dataplaneID, back)
+	c.log.Debug("command stream opened", "dataplane", dataplaneID, "instance", instanceID, "peer", peerOf(ctx))
 	defer func() {
 		t.dpMu.Lock()
 		if d.stream == s {
-			d.stream = nil
+			d.stream, d.streamEnded, d.endedAt = nil, true, d.contacts
 		}
 		t.dpMu.Unlock()
 	}()
@@ -287,7 +538,7 @@ func (c *Controller) WatchCommands(ctx context.Context, dataplaneID, instanceID 
 		case <-t.done:
 			return &NotLeaderError{}
 		case <-s.done:
-			return unavailable("replaced by a newer command stream of data plane %s", dataplaneID)
+			return unavailable("command stream of data plane %s closed: replaced by a newer one, or the data plane was taken over or removed", dataplaneID)
 		case cmd := <-s.ch:
 			if err := fn(cmd); err != nil {
 				return err
@@ -301,14 +552,21 @@ func (t *term) push(dp string, cmd Command) error {
 	t.dpMu.Lock()
 	defer t.dpMu.Unlock()
 	d, ok := t.dps[dp]
-	if !ok || d.stream == nil {
+	if !ok {
 		return unavailable("data plane %s has no command stream open", dp)
+	}
+	return t.pushLocked(d, cmd)
+}
+
+func (t *term) pushLocked(d *dpState, cmd Command) error {
+	if d.stream == nil {
+		return unavailable("data plane %s has no command stream open", d.rec.ID)
 	}
 	select {
 	case d.stream.ch <- cmd:
 		return nil
 	default:
-		return unavailable("data plane %s is not taking commands (%d queued)", dp, cmdQueue)
+		return unavailable("data plane %s is not taking commands (%d queued)", d.rec.ID, cmdQueue)
 	}
 }
 
@@ -347,31 +605,41 @@ func (c *Controller) DrainDataplane(ctx context.Context, id string, draining boo
 	if err != nil {
 		return Dataplane{}, err
 	}
+	t.regMu.Lock()
 	t.dpMu.Lock()
 	d, ok := t.dps[id]
 	if !ok || !d.known {
 		t.dpMu.Unlock()
+		t.regMu.Unlock()
 		return Dataplane{}, notFound("no data plane %q is registered", id)
 	}
 	rec := d.rec
 	t.dpMu.Unlock()
 	rec.Draining = draining
 	if err := c.store.PutDataplane(ctx, rec); err != nil {
+		t.regMu.Unlock()
 		return Dataplane{}, c.storeErr("drain", err)
 	}
 	t.dpMu.Lock()
 	d.rec.Draining = draining
+	pushErr := t.pushLocked(d, Command{Drain: &draining})
 	t.dpMu.Unlock()
-	if err := t.push(id, Command{Drain: &draining}); err != nil {
-		c.log.Info("drain stored; the data plane learns it with its next heartbeat", "dataplane", id, "reason", err)
+	t.regMu.Unlock()
+	if pushErr != nil {
+		c.log.Info("drain stored; the data plane learns it with its next heartbeat", "dataplane", id, "reason", pushErr)
 	}
 	c.log.Info("data plane drain set", "dataplane", id, "draining", draining)
+	return t.dataplane(id)
+}
+
+// dataplane returns the operator's view of one data plane.
+func (t *term) dataplane(id string) (Dataplane, error) {
 	for _, v := range t.dataplanes() {
 		if v.ID == id {
 			return v, nil
 		}
 	}
-	return Dataplane{}, notFound("no data plane %q is registered", id)
+	return Dataplane{}, notFound("no data plane %q is known", id)
 }
 
 // Dataplanes returns the data planes heard from, sorted by id.
@@ -385,236 +653,194 @@ func (c *Controller) Dataplanes(ctx context.Context) ([]Dataplane, error) {
 
 func (t *term) dataplanes() []Dataplane {
 	counts := t.idx.LeaseCounts()
+	live := t.c.live.at(t.c.now())
 	t.dpMu.Lock()
 	out := make([]Dataplane, 0, len(t.dps))
 	for _, d := range t.dps {
-		st := StateUp
-		switch {
-		case d.down:
-			st = StateDown
-		case d.rec.Draining:
-			st = StateDraining
-		}
-		out = append(out, Dataplane{
-			ID: d.rec.ID, InstanceID: d.rec.InstanceID, Version: d.rec.Version, Listen: d.rec.ClientListen,
-			APIAddress: d.rec.APIAddress, State: st, Draining: d.rec.Draining, Sessions: d.sessions,
-			Leases: uint32(counts[d.rec.ID]), RegisteredAt: d.rec.RegisteredAt, LastContact: d.lastContact,
-		})
+		out = append(out, t.viewLocked(d, live, uint32(counts[d.rec.ID])))
 	}
 	t.dpMu.Unlock()
 	slices.SortFunc(out, func(a, b Dataplane) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
-// Report applies a data plane's session reports to the client table and
-// returns the ids of reported sessions that hold no lease here, so the
-// data plane can act on them.
-//
-// Reconciliation: a session reported with an address it holds keeps its
-// lease (and counts as claimed, see Reconcile). A session reported with an
-// address no one holds gets that lease back (adopted: its lease was lost,
-// e.g. released while its data plane was unreachable). An address that
-// another session holds is a conflict: logged as an error; the lease in the
-// store wins and the reporting session is kicked.
-func (c *Controller) Report(ctx context.Context, dataplaneID, instanceID string, complete bool, reports []SessionReport) ([]string, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := checkID("dataplane id", dataplaneID); err != nil {
-		return nil, err
-	}
-	for i, r := range reports {
-		if err := checkID("session id", r.SessionID); err != nil {
-			return nil, invalid("report %d: %v", i, err)
-		}
-		if r.Addr.IsValid() && !r.Addr.Is4() {
-			return nil, invalid("report %d (session %s): address %s is not an IPv4 address", i, r.SessionID, r.Addr)
-		}
-		if r.ClientIPv6.IsValid() && r.ClientIPv6.Is4() {
-			return nil, invalid("report %d (session %s): client address %s is not an IPv6 address", i, r.SessionID, r.ClientIPv6)
-		}
-	}
-	t, err := c.active()
-	if err != nil {
-		return nil, err
-	}
-	current := t.touch(dataplaneID)
-	// Only the registered instance's complete report may vouch for leases.
-	vouch := complete && instanceID != "" && instanceID == current
-	now := c.now()
-	outcomes := make([]pool.Outcome, len(reports))
-	grew := t.idx.ApplyReports(dataplaneID, reports, vouch, now, outcomes)
-	if vouch {
-		// Sessions holding no lease here that say which address they hold
-		// get it back if it is free, then the report applies to them too.
-		var adopted []int
-		for i, o := range outcomes {
-			if o == pool.NoLease && reports[i].Addr.IsValid() {
-				owner := store.Owner{Dataplane: dataplaneID, Session: reports[i].SessionID}
-				if t.adoptReported(ctx, owner, instanceID, reports[i], now) {
-					adopted = append(adopted, i)
-				}
-			}
-		}
-		if len(adopted) > 0 {
-			again := make([]SessionReport, len(adopted))
-			for j, i := range adopted {
-				again[j] = reports[i]
-			}
-			out := make([]pool.Outcome, len(again))
-			grew = grew.Add(t.idx.ApplyReports(dataplaneID, again, vouch, now, out))
-			for j, i := range adopted {
-				outcomes[i] = out[j]
-			}
-		}
-	}
-	c.counters.traffic(grew)
-	var unknown []string
-	for i, o := range outcomes {
-		if o != pool.Known {
-			unknown = append(unknown, reports[i].SessionID)
-		}
-	}
-	if vouch {
-		t.dpMu.Lock()
-		if d, ok := t.dps[dataplaneID]; ok {
-			d.reported = true
-		}
-		t.dpMu.Unlock()
-	}
-	if len(unknown) > 0 {
-		c.log.Debug("report names sessions without a lease", "dataplane", dataplaneID, "sessions", len(unknown))
-	}
-	return unknown, nil
-}
-
-// adoptReported gives a reported session the lease it says it holds, if
-// the address is free; otherwise it resolves the conflict. It reports
-// whether the session holds a lease here now (the one reported or, if it
-// got one meanwhile, another).
-func (t *term) adoptReported(ctx context.Context, owner store.Owner, instance string, r SessionReport, now time.Time) bool {
-	c := t.c
-	conflict := func(holder string, why string) {
-		c.log.Error("ADDRESS CONFLICT: two sessions claim one address; the lease in the store wins, kicking the other session",
-			"address", r.Addr, "holder", holder, "claimant", owner.String(),
-			"client", r.ClientIPv6, "why", why)
-		if err := t.push(owner.Dataplane, Command{Kick: &KickCommand{Addr: r.Addr, SessionID: owner.Session,
-			Reason: "address conflict: " + r.Addr.String() + " is leased to another session"}}); err != nil {
-			c.log.Error("cannot kick the conflicting session", "dataplane", owner.Dataplane, "session", owner.Session, "error", err)
-		}
-	}
-	_, started, err := t.idx.ClaimAt(owner, r.Addr, r.ClientIPv6)
-	var ce *pool.ConflictError
+// viewLocked is the operator's view of d. A data plane that is not alive
+// (see aliveLocked) shows DOWN at once; its leases still wait for
+// Reconcile's judgement of its silence.
+func (t *term) viewLocked(d *dpState, live time.Time, leases uint32) Dataplane {
+	st := StateUp
 	switch {
-	case errors.Is(err, pool.ErrOutside):
-		c.log.Error("data plane reports a session with an address outside the pool", "dataplane", owner.Dataplane,
-			"session", owner.Session, "address", r.Addr, "pool", t.idx.Prefix())
-		return false
-	case errors.As(err, &ce) && ce.Reservation.IsValid():
-		conflict("reservation "+ce.Reservation.String(), "reserved for another client")
-		return false
-	case errors.As(err, &ce):
-		conflict(ce.Holder.String(), "held")
-		return false
-	case err != nil:
-		conflict("?", err.Error())
-		return false
-	case !started:
-		return true // it got a lease meanwhile
+	case !d.rec.StoppedAt.IsZero():
+		st = StateStopped
+	case !t.aliveLocked(d, live):
+		st = StateDown
+	case d.rec.Draining:
+		st = StateDraining
 	}
-	at := r.ConnectedAt
-	if at.IsZero() {
-		at = now
-	}
-	l := store.Lease{Addr: r.Addr, Owner: owner, InstanceID: instance,
-		ClientIPv6: r.ClientIPv6, ClientPort: r.ClientPort, LeasedAt: at}
-	held, existing, committed, err := t.claim(ctx, l, now, false)
-	if err != nil || existing || !committed {
-		if errors.Is(err, store.ErrTaken) {
-			if other, ok, _ := c.store.Lease(ctx, r.Addr); ok {
-				t.adopt(other, now)
-				conflict(other.Owner.String(), "held in the store")
-			}
-		} else if err == nil && existing {
-			t.adopt(held, now)
-		} else if err == nil {
-			c.log.Error("reported lease committed but its claim was gone from the index", "address", r.Addr,
-				"dataplane", owner.Dataplane, "session", owner.Session)
-		} else {
-			c.log.Error("cannot adopt a reported lease", "address", r.Addr, "dataplane", owner.Dataplane,
-				"session", owner.Session, "error", err)
-		}
-		return false
-	}
-	c.log.Warn("lease adopted from a data plane's report (the controller had no lease for it)",
-		"address", r.Addr, "dataplane", owner.Dataplane, "session", owner.Session, "client", r.ClientIPv6)
-	return true
-}
-
-// Run reconciles every tick until ctx ends.
-func (c *Controller) Run(ctx context.Context) {
-	tick := min(c.cfg.DataplaneTimeout, c.cfg.GracePeriod) / 4
-	tick = max(min(tick, time.Second), 50*time.Millisecond)
-	tk := time.NewTicker(tick)
-	defer tk.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tk.C:
-			c.Reconcile(ctx)
-		}
+	return Dataplane{
+		ID: d.rec.ID, InstanceID: d.rec.InstanceID, Version: d.rec.Version, Listen: d.rec.ClientListen,
+		APIAddress: d.rec.APIAddress, State: st, Draining: d.rec.Draining, Sessions: d.sessions,
+		Leases: leases, RegisteredAt: d.rec.RegisteredAt, LastContact: d.seen, StoppedAt: d.rec.StoppedAt,
+		Peer: d.peer,
 	}
 }
 
-// Reconcile marks data planes not heard from for DataplaneTimeout DOWN,
-// and releases
-//   - the leases of data planes DOWN for GracePeriod, and
-//   - leases that their data plane's complete reports have not listed for
-//     GracePeriod (only for data planes that did send a complete report
-//     while this controller led: older ones are only judged by heartbeats).
-//
-// Run calls it periodically; tests call it after moving their clock.
-func (c *Controller) Reconcile(ctx context.Context) {
+// StopDataplane records that instanceID of data plane id stopped on
+// purpose, its sessions closed: it is STOPPED (durably), is never judged
+// DOWN, makes no more calls, and its leases are released in one store
+// call; it returns how many. Stopping a stopped instance again releases
+// whatever it still holds (normally nothing). Only the registered instance
+// can stop (else the error matches ErrNotRegistered). Registering again
+// makes it up.
+func (c *Controller) StopDataplane(ctx context.Context, id, instanceID, reason string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkID("dataplane id", id); err != nil {
+		return 0, err
+	}
+	if err := checkID("instance id", instanceID); err != nil {
+		return 0, err
+	}
+	reason = clip(reason)
+	if reason == "" {
+		reason = "stopped"
+	}
 	t, err := c.active()
 	if err != nil {
-		return
+		return 0, err
 	}
-	now := c.now()
-	type dpv struct {
-		down     bool
-		since    time.Time
-		reported bool
+	again, err := t.markStopped(ctx, id, instanceID)
+	if err != nil {
+		return 0, err
 	}
-	view := map[string]dpv{}
+	why := "data plane stopped: " + reason
+	n, err := t.releaseBatch(ctx, t.idx.LeasesOf(id), func(store.Owner) string { return why }, slog.LevelDebug)
+	c.counters.released.Add(uint64(n))
+	if !again {
+		c.counters.stops.Add(1)
+		c.log.Info("data plane stopped", "dataplane", id, "instance", instanceID, "reason", reason, "leases_released", n)
+	}
+	if err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// markStopped writes the stop of the registered instance; again is true
+// when it was stopped already.
+func (t *term) markStopped(ctx context.Context, id, instanceID string) (again bool, err error) {
+	c := t.c
+	t.regMu.Lock()
+	defer t.regMu.Unlock()
 	t.dpMu.Lock()
-	for id, d := range t.dps {
-		if !d.down && now.Sub(d.lastContact) >= c.cfg.DataplaneTimeout {
-			d.down, d.downSince = true, d.lastContact.Add(c.cfg.DataplaneTimeout)
-			c.log.Warn("data plane is DOWN: no heartbeat", "dataplane", id,
-				"last_heard", d.lastContact, "leases_released_after", c.cfg.GracePeriod)
+	d, ok := t.dps[id]
+	if !ok || !d.known {
+		t.dpMu.Unlock()
+		return false, notFound("no data plane %q is registered", id)
+	}
+	if d.rec.InstanceID != instanceID {
+		t.dpMu.Unlock()
+		return false, &NotRegisteredError{DataplaneID: id, InstanceID: instanceID, Registered: d.rec.InstanceID}
+	}
+	if !d.rec.StoppedAt.IsZero() {
+		t.dpMu.Unlock()
+		return true, nil
+	}
+	rec := d.rec
+	t.dpMu.Unlock()
+	rec.StoppedAt = c.now()
+	if err := c.store.PutDataplane(ctx, rec); err != nil {
+		return false, c.storeErr("stop data plane", err)
+	}
+	t.dpMu.Lock()
+	d.rec = rec
+	d.reported, d.down = false, false
+	t.dpMu.Unlock()
+	return false, nil
+}
+
+// RemoveDataplane forgets data plane id: its leases are released (in one
+// store call) and its registry record is deleted; it returns the data
+// plane as it was and how many leases were released. A data plane that is
+// up (alive: see dpState) is refused with ErrFailedPrecondition unless
+// force is set; then its clients lose their leases while their sessions
+// may still run (its next complete report recovers the addresses nobody
+// took meanwhile, and its sessions on the others are kicked as address
+// conflicts). A data plane that calls again afterwards is recorded anew.
+func (c *Controller) RemoveDataplane(ctx context.Context, id string, force bool) (Dataplane, int, error) {
+	if err := ctx.Err(); err != nil {
+		return Dataplane{}, 0, err
+	}
+	if err := checkID("dataplane id", id); err != nil {
+		return Dataplane{}, 0, err
+	}
+	t, err := c.active()
+	if err != nil {
+		return Dataplane{}, 0, err
+	}
+	t.regMu.Lock()
+	defer t.regMu.Unlock()
+	leases := t.idx.LeasesOf(id)
+	live := c.live.at(c.now())
+	t.dpMu.Lock()
+	d, ok := t.dps[id]
+	if !ok {
+		t.dpMu.Unlock()
+		return Dataplane{}, 0, notFound("no data plane %q is known", id)
+	}
+	view := t.viewLocked(d, live, uint32(len(leases)))
+	known := d.known
+	t.dpMu.Unlock()
+	up := view.State == StateUp || view.State == StateDraining
+	if up && !force {
+		return view, 0, precondition("data plane %s is %s (last heard %s ago, %d leases): stop it first, or remove it with --force (its clients lose their addresses)",
+			id, strings.ToLower(view.State.String()), c.now().Sub(view.LastContact).Round(time.Second), len(leases))
+	}
+	why := "data plane removed by operator"
+	n, err := t.releaseBatch(ctx, leases, func(store.Owner) string { return why }, slog.LevelDebug)
+	c.counters.reclaimed.Add(uint64(n))
+	if err != nil {
+		return view, n, err
+	}
+	if known {
+		if _, err := c.store.DeleteDataplane(ctx, id); err != nil {
+			return view, n, c.storeErr("remove data plane", err)
 		}
-		view[id] = dpv{down: d.down, since: d.downSince, reported: d.reported}
+	}
+	t.dpMu.Lock()
+	if d.stream != nil {
+		close(d.stream.done)
+		d.stream = nil
+	}
+	if t.dps[id] == d {
+		delete(t.dps, id)
 	}
 	t.dpMu.Unlock()
+	c.counters.removals.Add(1)
+	lvl := slog.LevelInfo
+	if up {
+		lvl = slog.LevelWarn
+	}
+	c.log.Log(ctx, lvl, "data plane removed", "dataplane", id, "state", view.State.String(), "forced", force && up,
+		"instance", view.InstanceID, "leases_released", n)
+	return view, n, nil
+}
 
-	// Data planes registered after the view was taken wait for the next
-	// tick.
-	var downGone, unclaimed []store.Lease
-	for id, v := range view {
-		switch {
-		case v.down && now.Sub(v.since) >= c.cfg.GracePeriod:
-			downGone = append(downGone, t.idx.LeasesOf(id)...)
-		case !v.down && v.reported:
-			unclaimed = append(unclaimed, t.idx.Unvouched(id, now.Add(-c.cfg.GracePeriod))...)
-		}
+// throttle lets one event through per period and counts the rest.
+type throttle struct {
+	last       time.Time
+	suppressed int
+}
+
+// note reports whether an event at now goes through, and how many were
+// held back since the last one that did.
+func (th *throttle) note(now time.Time, every time.Duration) (bool, int) {
+	if !th.last.IsZero() && !now.Before(th.last) && now.Sub(th.last) < every {
+		th.suppressed++
+		return false, 0
 	}
-	if len(downGone) > 0 {
-		c.log.Warn("releasing the leases of data planes that are down", "leases", len(downGone), "grace", c.cfg.GracePeriod)
-		t.releaseAll(ctx, downGone, fmt.Sprintf("data plane down for %s", c.cfg.GracePeriod))
-	}
-	if len(unclaimed) > 0 {
-		c.log.Warn("releasing leases no data plane reports", "leases", len(unclaimed), "grace", c.cfg.GracePeriod)
-		t.releaseAll(ctx, unclaimed, fmt.Sprintf("not reported by its data plane for %s", c.cfg.GracePeriod))
-	}
+	n := th.suppressed
+	th.last, th.suppressed = now, 0
+	return true, n
 }

@@ -133,6 +133,18 @@ func TestRestartKeepsLeases(t *testing.T) {
 	_ = b
 }
 
+// elapse moves the clock by d in steps of the reconcile interval,
+// reconciling after each, as Run does.
+func (w *world) elapse(d time.Duration) {
+	step := w.c.ReconcileInterval()
+	for d > 0 {
+		s := min(step, d)
+		w.clk.Add(s)
+		w.c.Reconcile(ctx)
+		d -= s
+	}
+}
+
 func TestNewInstanceReleasesOldLeases(t *testing.T) {
 	w := newWorld(t)
 	w.register("dp1", "i1")
@@ -143,12 +155,26 @@ func TestNewInstanceReleasesOldLeases(t *testing.T) {
 	if n := len(w.leased()); n != 2 {
 		t.Fatalf("%d leases after re-registering", n)
 	}
+	// i1 is gone once its command stream ended and nothing was heard
+	// from it since: a restarted instance takes over at once.
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.c.WatchCommands(wctx, "dp1", "i1", func(Command) error { return nil }) }()
+	waitStream(t, w.c, "dp1")
+	cancel()
+	<-done
 	w.register("dp1", "i2") // restarted
 	if got := w.leased(); !slices.Equal(got, []string{"13.8.0.3=dp2/s1"}) {
 		t.Fatalf("leases %v", got)
 	}
 	if known, _, _ := w.c.Heartbeat(ctx, "dp1", "i1", 0, 0); known {
 		t.Fatal("old instance still known")
+	}
+	if _, err := w.c.AllocateFor(ctx, AllocateRequest{DataplaneID: "dp1", InstanceID: "i1", SessionID: "s9", ClientIPv6: client1}); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("allocation of the old instance: %v", err)
+	}
+	if c := w.c.Counts(); c.Reclaimed != 1 || c.AllocateFailed[FailNotRegistered] != 1 {
+		t.Fatalf("counts %+v", c)
 	}
 }
 
@@ -168,9 +194,8 @@ func TestDownDataplaneLosesLeasesAfterGrace(t *testing.T) {
 		return 0
 	}
 	for range 5 { // dp2 heartbeats, dp1 does not
-		w.clk.Add(5 * time.Second)
+		w.elapse(5 * time.Second)
 		w.c.Heartbeat(ctx, "dp2", "j1", 1, 1)
-		w.c.Reconcile(ctx)
 	}
 	if state("dp1") != StateDown || state("dp2") != StateUp {
 		t.Fatalf("states %v %v", state("dp1"), state("dp2"))
@@ -179,9 +204,8 @@ func TestDownDataplaneLosesLeasesAfterGrace(t *testing.T) {
 		t.Fatalf("leases released before the grace period: %v", w.leased())
 	}
 	for range 6 {
-		w.clk.Add(5 * time.Second)
+		w.elapse(5 * time.Second)
 		w.c.Heartbeat(ctx, "dp2", "j1", 1, 1)
-		w.c.Reconcile(ctx)
 	}
 	if got := w.leased(); !slices.Equal(got, []string{"13.8.0.3=dp2/s1"}) {
 		t.Fatalf("leases after grace %v", got)
@@ -219,21 +243,22 @@ func TestCompleteReportsReconcile(t *testing.T) {
 		}
 		return u
 	}
-	for range 7 {
-		w.clk.Add(5 * time.Second)
+	for range 8 {
+		w.elapse(5 * time.Second)
 		w.c.Heartbeat(ctx, "dp1", "i1", 1, 1)
 		w.c.Heartbeat(ctx, "dp2", "j1", 1, 1)
 		report("dp1", "i1", SessionReport{SessionID: "s1", Addr: a, ClientIPv6: client1})
 		report("dp2", "j1", SessionReport{SessionID: "t1", Addr: c})
-		w.c.Reconcile(ctx)
 	}
+	w.c.Reconcile(ctx)
 	// s2 was not reported for the grace period: released.
 	if got := w.leased(); !slices.Equal(got, []string{a.String() + "=dp1/s1", c.String() + "=dp2/t1"}) {
 		t.Fatalf("leases %v", got)
 	}
-	// A report from an old instance vouches for nothing.
-	if u := report("dp1", "old", SessionReport{SessionID: "zz", Addr: b}); !slices.Equal(u, []string{"zz"}) {
-		t.Fatalf("unknown %v", u)
+	// A report from another instance is refused: it vouches for nothing
+	// and adopts nothing.
+	if _, err := w.c.Report(ctx, "dp1", "old", true, []SessionReport{{SessionID: "zz", Addr: b}}); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("report of another instance: %v", err)
 	}
 	// A session the controller lost (b is free now) is adopted.
 	if u := report("dp1", "i1", SessionReport{SessionID: "s1", Addr: a}, SessionReport{SessionID: "s9", Addr: b, ClientIPv6: ip("2001:db8::99")}); len(u) != 0 {
@@ -318,6 +343,7 @@ func TestKickAndDrain(t *testing.T) {
 	if _, draining, _ := w.c.Heartbeat(ctx, "dp1", "i1", 0, 0); !draining {
 		t.Fatal("drain not durable")
 	}
+	w.elapse(16 * time.Second) // i1 is silent: DOWN, another instance may take the id
 	reg, err := w.c.RegisterDataplane(ctx, Registration{DataplaneID: "dp1", InstanceID: "i2"})
 	if err != nil || !reg.Draining || reg.HeartbeatInterval != DefaultHeartbeatInterval {
 		t.Fatalf("register = %+v %v", reg, err)

@@ -80,7 +80,7 @@ func TestLearnsOtherWritersLeases(t *testing.T) {
 			if n := c1.Counts(); n.Allocated != 1 || n.Repeated != 1 {
 				t.Fatalf("c1 counts %+v", n)
 			}
-			if err := c1.term.idx.Adopt(store.Lease{Addr: l2.Addr, Owner: store.Owner{Dataplane: "dp2", Session: "t1"}}, time.Now()); err != nil {
+			if err := c1.term.idx.Adopt(store.Lease{Addr: l2.Addr, Owner: store.Owner{Dataplane: "dp2", Session: "t1"}}, time.Now(), time.Now()); err != nil {
 				t.Fatalf("c1 did not index the store's lease: %v", err)
 			}
 		})

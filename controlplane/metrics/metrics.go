@@ -19,13 +19,20 @@
 //	fourover6_controller_pool_size                               gauge: client addresses in the pool
 //	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (they sum to the size)
 //	fourover6_controller_reservations                            gauge: reservation entries
-//	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down)
+//	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down, stopped)
 //	fourover6_controller_allocations_total                       counter: fresh leases
 //	fourover6_controller_allocations_repeated_total              counter: retries answered with the same lease
-//	fourover6_controller_allocation_failures_total{reason}       counter: exhausted, invalid, not_leader, unavailable, canceled, other
+//	fourover6_controller_allocation_failures_total{reason}       counter: exhausted, invalid, not_leader, unavailable, canceled, other, limit, not_registered
 //	fourover6_controller_releases_total                          counter: addresses given back by data planes
 //	fourover6_controller_releases_ignored_total                  counter: releases of leases the session did not hold
 //	fourover6_controller_leases_reclaimed_total                  counter: leases the controller freed on its own
+//	fourover6_controller_lease_limit_refusals_total{limit}       counter: allocations refused by a lease limit: ip (per client address), prefix
+//	fourover6_controller_dataplane_id_conflicts_total            counter: registrations refused because another instance of the id is live
+//	fourover6_controller_dataplane_stops_total                   counter: data planes that stopped on purpose (StopDataplane)
+//	fourover6_controller_dataplane_removals_total                counter: data planes removed by an operator
+//	fourover6_controller_stalls_total                            counter: times the controller found it had not run for a while (its liveness clock left that out)
+//	fourover6_controller_bytes_total{direction}                  counter: traffic the data planes reported, by direction (from_client, to_client)
+//	fourover6_controller_packets_total{direction}                counter: the same in packets
 //	fourover6_controller_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 package metrics
 
@@ -69,7 +76,7 @@ type Snapshot struct {
 	Pool         *PoolStats
 	Reservations int
 	// Dataplanes counts the known data planes by state ("up", "draining",
-	// "down"). Nil omits the series.
+	// "down", "stopped"). Nil omits the series.
 	Dataplanes map[string]int
 }
 
@@ -106,6 +113,11 @@ var (
 	descReleases  = desc("releases_total", "Leases released by their data plane.")
 	descIgnored   = desc("releases_ignored_total", "Releases ignored because the session did not hold that address (duplicates, stale releases).")
 	descReclaimed = desc("leases_reclaimed_total", "Leases the controller freed on its own (a data plane restarted, or no longer reports the session).")
+	descLimit     = desc("lease_limit_refusals_total", "Allocations refused because the client's IPv6 address (limit=ip) or prefix (limit=prefix) holds as many leases as allowed.", "limit")
+	descConflicts = desc("dataplane_id_conflicts_total", "Data plane registrations refused because another instance (process) with the same id is live.")
+	descStops     = desc("dataplane_stops_total", "Data planes that told the controller they stopped on purpose (their leases released at once).")
+	descRemovals  = desc("dataplane_removals_total", "Data planes an operator removed from the registry.")
+	descStalls    = desc("stalls_total", "Times the controller found it had not run for a while (stopped, paused, or its clock jumped); that time is not counted against the data planes.")
 	descBytes     = desc("bytes_total", "IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).", "direction")
 	descPackets   = desc("packets_total", "IPv4 packets the data planes reported for their clients, by direction.", "direction")
 )
@@ -123,7 +135,8 @@ func New(src Source, counts func() controller.ActivityCounts) *Collector {
 	return &Collector{src: src, counts: counts}
 }
 
-var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed, descBytes, descPackets}
+var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed,
+	descLimit, descConflicts, descStops, descRemovals, descStalls, descBytes, descPackets}
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
@@ -181,6 +194,12 @@ func collectCounts(ch chan<- prometheus.Metric, s controller.ActivityCounts) {
 	counter(descReleases, s.Released)
 	counter(descIgnored, s.ReleaseIgnored)
 	counter(descReclaimed, s.Reclaimed)
+	counter(descLimit, s.LimitRefused[0], "ip")
+	counter(descLimit, s.LimitRefused[1], "prefix")
+	counter(descConflicts, s.IDConflicts)
+	counter(descStops, s.Stops)
+	counter(descRemovals, s.Removals)
+	counter(descStalls, s.Stalls)
 	counter(descBytes, s.Traffic.BytesFromClient, "from_client")
 	counter(descBytes, s.Traffic.BytesToClient, "to_client")
 	counter(descPackets, s.Traffic.PacketsFromClient, "from_client")

@@ -38,10 +38,11 @@ func TestCollector(t *testing.T) {
 		Leader:       true,
 		Pool:         &stats,
 		Reservations: 2,
-		Dataplanes:   map[string]int{"up": 2, "down": 1},
+		Dataplanes:   map[string]int{"up": 2, "down": 1, "stopped": 1},
 	}}
 	counts := controller.ActivityCounts{
 		Allocated: 3, Repeated: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
+		LimitRefused: [2]uint64{5, 6}, IDConflicts: 7, Stops: 8, Removals: 9, Stalls: 10,
 		Traffic: controller.Traffic{BytesFromClient: 1500, PacketsFromClient: 15, BytesToClient: 5000, PacketsToClient: 20},
 	}
 	counts.AllocateFailed[controller.FailExhausted] = 2
@@ -49,6 +50,7 @@ func TestCollector(t *testing.T) {
 	counts.AllocateFailed[controller.FailOther] = 1
 	counts.AllocateFailed[controller.FailNotLeader] = 1
 	counts.AllocateFailed[controller.FailUnavailable] = 1
+	counts.AllocateFailed[controller.FailLimit] = 11
 
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(metrics.New(src, func() controller.ActivityCounts { return counts }))
@@ -77,6 +79,7 @@ fourover6_controller_reservations 2
 # HELP fourover6_controller_dataplanes Data planes the controller knows, by state.
 # TYPE fourover6_controller_dataplanes gauge
 fourover6_controller_dataplanes{state="down"} 1
+fourover6_controller_dataplanes{state="stopped"} 1
 fourover6_controller_dataplanes{state="up"} 2
 # HELP fourover6_controller_allocations_total Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).
 # TYPE fourover6_controller_allocations_total counter
@@ -89,7 +92,9 @@ fourover6_controller_allocations_repeated_total 1
 fourover6_controller_allocation_failures_total{reason="canceled"} 0
 fourover6_controller_allocation_failures_total{reason="exhausted"} 2
 fourover6_controller_allocation_failures_total{reason="invalid"} 1
+fourover6_controller_allocation_failures_total{reason="limit"} 11
 fourover6_controller_allocation_failures_total{reason="not_leader"} 1
+fourover6_controller_allocation_failures_total{reason="not_registered"} 0
 fourover6_controller_allocation_failures_total{reason="other"} 1
 fourover6_controller_allocation_failures_total{reason="unavailable"} 1
 # HELP fourover6_controller_releases_total Leases released by their data plane.
@@ -101,6 +106,22 @@ fourover6_controller_releases_ignored_total 2
 # HELP fourover6_controller_leases_reclaimed_total Leases the controller freed on its own (a data plane restarted, or no longer reports the session).
 # TYPE fourover6_controller_leases_reclaimed_total counter
 fourover6_controller_leases_reclaimed_total 4
+# HELP fourover6_controller_lease_limit_refusals_total Allocations refused because the client's IPv6 address (limit=ip) or prefix (limit=prefix) holds as many leases as allowed.
+# TYPE fourover6_controller_lease_limit_refusals_total counter
+fourover6_controller_lease_limit_refusals_total{limit="ip"} 5
+fourover6_controller_lease_limit_refusals_total{limit="prefix"} 6
+# HELP fourover6_controller_dataplane_id_conflicts_total Data plane registrations refused because another instance (process) with the same id is live.
+# TYPE fourover6_controller_dataplane_id_conflicts_total counter
+fourover6_controller_dataplane_id_conflicts_total 7
+# HELP fourover6_controller_dataplane_stops_total Data planes that told the controller they stopped on purpose (their leases released at once).
+# TYPE fourover6_controller_dataplane_stops_total counter
+fourover6_controller_dataplane_stops_total 8
+# HELP fourover6_controller_dataplane_removals_total Data planes an operator removed from the registry.
+# TYPE fourover6_controller_dataplane_removals_total counter
+fourover6_controller_dataplane_removals_total 9
+# HELP fourover6_controller_stalls_total Times the controller found it had not run for a while (stopped, paused, or its clock jumped); that time is not counted against the data planes.
+# TYPE fourover6_controller_stalls_total counter
+fourover6_controller_stalls_total 10
 # HELP fourover6_controller_bytes_total IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).
 # TYPE fourover6_controller_bytes_total counter
 fourover6_controller_bytes_total{direction="from_client"} 1500
@@ -158,7 +179,7 @@ func TestSourceFuncAndHalves(t *testing.T) {
 	}
 	// Counters alone: every series, failure reasons included, from zero.
 	own := metrics.New(nil, func() controller.ActivityCounts { return controller.ActivityCounts{Allocated: 1} })
-	if n := testutil.CollectAndCount(own); n != 5+int(controller.NumAllocateFailures)+4 {
+	if n := testutil.CollectAndCount(own); n != 5+int(controller.NumAllocateFailures)+2+4+4 {
 		t.Errorf("counter series = %d", n)
 	}
 	if n := testutil.CollectAndCount(own, "fourover6_controller_allocations_total"); n != 1 {
@@ -198,7 +219,9 @@ func TestControllerCounts(t *testing.T) {
 fourover6_controller_allocation_failures_total{reason="canceled"} 1
 fourover6_controller_allocation_failures_total{reason="exhausted"} 1
 fourover6_controller_allocation_failures_total{reason="invalid"} 1
+fourover6_controller_allocation_failures_total{reason="limit"} 0
 fourover6_controller_allocation_failures_total{reason="not_leader"} 0
+fourover6_controller_allocation_failures_total{reason="not_registered"} 0
 fourover6_controller_allocation_failures_total{reason="other"} 0
 fourover6_controller_allocation_failures_total{reason="unavailable"} 0
 # HELP fourover6_controller_allocations_repeated_total Allocation retries answered with the lease the session already held.

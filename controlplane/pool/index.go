@@ -49,6 +49,16 @@ import (
 //     per address: whoever finds an entry claiming or releasing waits on its
 //     done channel (Grant.Wait, BeginRelease's wait), holding no lock, and
 //     asks again.
+//  7. byIP and byPrefix count the entries (every phase) by their client's
+//     IPv6 address and its Limits.PrefixLen prefix; entries without a
+//     client are not counted. Acquire hands out no address that would
+//     take a client past Limits, except its reservation.
+//
+// Two clocks: the times of changes (what subscribers see, release times)
+// are the caller's wall clock; vouched times (Commit, Adopt, Vouch,
+// Unvouched) are on the caller's liveness clock, which the controller keeps
+// from running while it is stalled. The index only compares each with its
+// own kind.
 //
 // Lock discipline: mu guards everything but the immutable fields above it.
 // It is a leaf lock. With mu held the index runs only its own code, sends
@@ -65,6 +75,7 @@ type Index struct {
 	network, bcast    uint32
 	defFirst, defLast uint32 // all hosts but the gateway
 	cooldown          time.Duration
+	limits            Limits
 
 	mu          sync.Mutex
 	first, last uint32 // client range, inclusive
@@ -75,6 +86,8 @@ type Index struct {
 	committed   int // entries held or releasing
 	reserved    map[uint32]netip.Prefix
 	byClient    map[netip.Prefix]uint32
+	byIP        map[netip.Addr]int   // entries per client address
+	byPrefix    map[netip.Prefix]int // entries per client prefix
 	subs        map[*Subscription]struct{}
 }
 
@@ -97,8 +110,8 @@ type entry struct {
 	// done is made by the first waiter and closed when the phase in
 	// flight ends.
 	done chan struct{}
-	// vouched: committed, loaded, or last listed in a complete report of
-	// its data plane.
+	// vouched (liveness clock): committed, loaded, or last listed in a
+	// complete report of its data plane.
 	vouched time.Time
 	// session is what the data plane reported: the live part of the
 	// client table's row.
@@ -126,6 +139,8 @@ type Options struct {
 	// Cooldown: how long a released address rests before it is reused
 	// (when anything else is free).
 	Cooldown time.Duration
+	// Limits bound the leases of one client.
+	Limits Limits
 }
 
 // New validates cfg and returns an empty index.
@@ -158,11 +173,18 @@ func New(cfg Config, opts ...Options) (*Index, error) {
 		byDataplane: make(map[string]map[uint32]*entry),
 		reserved:    make(map[uint32]netip.Prefix),
 		byClient:    make(map[netip.Prefix]uint32),
+		byIP:        make(map[netip.Addr]int),
+		byPrefix:    make(map[netip.Prefix]int),
 		subs:        make(map[*Subscription]struct{}),
 	}
 	for _, o := range opts {
-		x.cooldown = o.Cooldown
+		x.cooldown, x.limits = o.Cooldown, o.Limits
 	}
+	lim, err := checkLimits(x.limits)
+	if err != nil {
+		return nil, err
+	}
+	x.limits = lim
 	first, last, err := x.checkRange(cfg.Range)
 	if err != nil {
 		return nil, err
@@ -186,6 +208,7 @@ func (x *Index) linkLocked(e *entry) {
 	if e.committed() {
 		x.committed++
 	}
+	x.countLocked(e.lease.ClientIPv6, 1)
 }
 
 func (x *Index) unlinkLocked(e *entry) {
@@ -200,6 +223,7 @@ func (x *Index) unlinkLocked(e *entry) {
 	if e.committed() {
 		x.committed--
 	}
+	x.countLocked(e.lease.ClientIPv6, -1)
 }
 
 // setPhaseLocked moves e to p, keeping the committed count.
@@ -246,7 +270,8 @@ type Grant struct {
 // client (may be unset), and starts its claim: the caller claims it in the
 // store, then calls Commit or Abort. An owner that holds an address gets
 // it again (Existing, nothing started); one with a store call in flight
-// gets Wait. On a full pool the error matches ErrExhausted.
+// gets Wait. On a full pool the error matches ErrExhausted; for a client
+// at its Limits (unless it gets its reservation) it is a *LimitError.
 func (x *Index) Acquire(owner store.Owner, client netip.Addr, now time.Time) (Grant, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -269,6 +294,9 @@ func (x *Index) Acquire(owner store.Owner, client netip.Addr, now time.Time) (Gr
 			g.Reservation = Reservation{Client: x.reserved[v], Addr: addr(v)}
 			g.Holder = h.lease.Owner
 		}
+	}
+	if err := x.limitLocked(client); err != nil {
+		return Grant{}, err
 	}
 	v, at, ok := x.free.take(x.last, x.isFreeLocked)
 	if !ok {
@@ -347,18 +375,22 @@ func (x *Index) claimOfLocked(owner store.Owner, a netip.Addr) (*entry, bool) {
 }
 
 // Commit ends a claim the caller started (Acquire, ClaimAt): the store
-// holds l now. fresh says the session is new, so its traffic counts from
-// zero; a session adopted from a report is not. Subscribers see it
-// connect. It reports false, changing nothing, when l.Owner has no claim
-// of l.Addr in flight.
-func (x *Index) Commit(l store.Lease, now time.Time, fresh bool) bool {
+// holds l now, vouched for at live (liveness clock). fresh says the session
+// is new, so its traffic counts from zero; a session adopted from a report
+// is not. Subscribers see it connect at now. It reports false, changing
+// nothing, when l.Owner has no claim of l.Addr in flight.
+func (x *Index) Commit(l store.Lease, now, live time.Time, fresh bool) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	e, ok := x.claimOfLocked(l.Owner, l.Addr)
 	if !ok {
 		return false
 	}
-	e.lease, e.vouched = l, now
+	if l.ClientIPv6 != e.lease.ClientIPv6 {
+		x.countLocked(e.lease.ClientIPv6, -1)
+		x.countLocked(l.ClientIPv6, 1)
+	}
+	e.lease, e.vouched = l, live
 	if fresh {
 		e.session = table.NewSession()
 	}
@@ -390,11 +422,12 @@ func (x *Index) Abort(owner store.Owner, a netip.Addr, now time.Time) {
 }
 
 // Adopt indexes a lease the store holds already: loaded when the term
-// starts, or learned from the store (another writer's). It fails when
-// another owner holds or is being given the address, or the owner holds
-// another one; it changes nothing when the index has that lease already.
-// Subscribers see the client connect.
-func (x *Index) Adopt(l store.Lease, now time.Time) error {
+// starts, or learned from the store (another writer's); it is vouched for
+// at live (liveness clock). It fails when another owner holds or is being
+// given the address, or the owner holds another one; it changes nothing
+// when the index has that lease already. Subscribers see the client
+// connect at now.
+func (x *Index) Adopt(l store.Lease, now, live time.Time) error {
 	if !l.Addr.Is4() || !x.prefix.Contains(l.Addr) {
 		return fmt.Errorf("%s is outside the pool %s", l.Addr, x.prefix)
 	}
@@ -410,7 +443,7 @@ func (x *Index) Adopt(l store.Lease, now time.Time) error {
 	if e, ok := x.byOwner[l.Owner]; ok {
 		return fmt.Errorf("%s holds %s already", l.Owner, addr(e.v))
 	}
-	e := &entry{v: v, lease: l, phase: held, vouched: now}
+	e := &entry{v: v, lease: l, phase: held, vouched: live}
 	x.linkLocked(e)
 	x.publishLocked(Connected, e, "", now)
 	return nil
@@ -439,6 +472,63 @@ func (x *Index) BeginRelease(owner store.Owner, a netip.Addr) (l store.Lease, wa
 	}
 	x.setPhaseLocked(e, releasing)
 	return e.lease, nil, true
+}
+
+// BeginReleaseMany is BeginRelease for many leases, for one store call
+// that releases them together (store.ReleaseMany): started are the leases
+// now releasing, in the order of rs; busy are those with a store call in
+// flight (release them one by one, BeginRelease waits). The others (not
+// held by that owner) are dropped: their release is a no-op.
+func (x *Index) BeginReleaseMany(rs []store.Release) (started []store.Lease, busy []store.Release) {
+	mine := make(map[uint32]bool) // started here: a repeat is no second release
+	for start := 0; start < len(rs); start += reportChunk {
+		end := min(start+reportChunk, len(rs))
+		x.mu.Lock()
+		for _, r := range rs[start:end] {
+			e, ok := x.byOwner[r.Owner]
+			switch {
+			case !ok || !r.Addr.Is4() || e.v != u32(r.Addr) || mine[e.v]:
+			case e.phase != held:
+				busy = append(busy, r)
+			default:
+				x.setPhaseLocked(e, releasing)
+				mine[e.v] = true
+				started = append(started, e.lease)
+			}
+		}
+		x.mu.Unlock()
+	}
+	return started, busy
+}
+
+// EndReleaseMany is EndRelease for each of ls.
+func (x *Index) EndReleaseMany(ls []store.Lease, at time.Time, reason string) {
+	x.settleMany(ls, func(e *entry) {
+		x.publishLocked(Disconnected, e, reason, at)
+		x.unlinkLocked(e)
+		if _, r := x.reserved[e.v]; !r {
+			x.free.pushBack(e.v, at)
+		}
+	})
+}
+
+// CancelReleaseMany is CancelRelease for each of ls.
+func (x *Index) CancelReleaseMany(ls []store.Lease) {
+	x.settleMany(ls, func(e *entry) { x.setPhaseLocked(e, held) })
+}
+
+func (x *Index) settleMany(ls []store.Lease, fn func(*entry)) {
+	for start := 0; start < len(ls); start += reportChunk {
+		end := min(start+reportChunk, len(ls))
+		x.mu.Lock()
+		for _, l := range ls[start:end] {
+			if e, ok := x.releaseOfLocked(l.Owner, l.Addr); ok {
+				fn(e)
+				e.wakeLocked()
+			}
+		}
+		x.mu.Unlock()
+	}
 }
 
 func (x *Index) releaseOfLocked(owner store.Owner, a netip.Addr) (*entry, bool) {
@@ -531,7 +621,8 @@ func (x *Index) LeasesOf(dataplane string) []store.Lease {
 }
 
 // Unvouched returns the committed leases of one data plane that no
-// complete report has listed since cutoff (vouched at or before it).
+// complete report has listed since cutoff (vouched at or before it, on the
+// liveness clock).
 func (x *Index) Unvouched(dataplane string, cutoff time.Time) []store.Lease {
 	return x.leasesOf(dataplane, func(e *entry) bool { return !e.vouched.After(cutoff) })
 }
@@ -650,11 +741,11 @@ const (
 const reportChunk = 512
 
 // ApplyReports applies one data plane's session reports to its leases and
-// writes each report's outcome to out (len(out) >= len(rs)). With vouch
-// (a complete report of the data plane's current instance), each lease
-// found is marked as listed at now (see Unvouched). It returns how much
-// the sessions' traffic counters grew since their previous reports.
-func (x *Index) ApplyReports(dataplane string, rs []table.Report, vouch bool, now time.Time, out []Outcome) table.Traffic {
+// writes each report's outcome to out (len(out) >= len(rs)). It vouches
+// for nothing: a complete report does that once it has arrived whole
+// (Vouch). It returns how much the sessions' traffic counters grew since
+// their previous reports.
+func (x *Index) ApplyReports(dataplane string, rs []table.Report, out []Outcome) table.Traffic {
 	var grew table.Traffic
 	for start := 0; start < len(rs); start += reportChunk {
 		end := min(start+reportChunk, len(rs))
@@ -673,12 +764,33 @@ func (x *Index) ApplyReports(dataplane string, rs []table.Report, vouch bool, no
 					continue // no row yet: Commit starts it
 				}
 				grew = grew.Add(e.session.Apply(*r))
-				if vouch {
-					e.vouched = now
-				}
 			}
 		}
 		x.mu.Unlock()
 	}
 	return grew
+}
+
+// Vouch marks the committed leases of the given sessions of one data plane
+// as listed by a complete report at live (liveness clock), unless they were
+// vouched for later already, and returns how many it found. Sessions
+// without a committed lease are skipped.
+func (x *Index) Vouch(dataplane string, sessions []string, live time.Time) int {
+	n := 0
+	for start := 0; start < len(sessions); start += reportChunk {
+		end := min(start+reportChunk, len(sessions))
+		x.mu.Lock()
+		for _, s := range sessions[start:end] {
+			e, ok := x.byOwner[store.Owner{Dataplane: dataplane, Session: s}]
+			if !ok || !e.committed() {
+				continue
+			}
+			n++
+			if live.After(e.vouched) {
+				e.vouched = live
+			}
+		}
+		x.mu.Unlock()
+	}
+	return n
 }

@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -66,6 +67,16 @@ func (x *Index) check() error {
 	if len(x.reserved) != len(x.byClient) {
 		return fmt.Errorf("%d reserved addresses, %d reserved clients", len(x.reserved), len(x.byClient))
 	}
+	byIP, byPrefix := map[netip.Addr]int{}, map[netip.Prefix]int{}
+	for _, e := range x.byAddr {
+		if k := x.keysLocked(e.lease.ClientIPv6); k.ok {
+			byIP[k.ip]++
+			byPrefix[k.prefix]++
+		}
+	}
+	if !maps.Equal(byIP, x.byIP) || !maps.Equal(byPrefix, x.byPrefix) {
+		return fmt.Errorf("client counts %v %v, counted %v %v", x.byIP, x.byPrefix, byIP, byPrefix)
+	}
 	return nil
 }
 
@@ -110,11 +121,11 @@ func TestPhases(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	// Commit of something else changes nothing.
-	if x.Commit(store.Lease{Addr: ip("10.0.0.3"), Owner: o}, t0, true) || x.Commit(store.Lease{Addr: g.Addr, Owner: owner(9)}, t0, true) {
+	if x.Commit(store.Lease{Addr: ip("10.0.0.3"), Owner: o}, t0, t0, true) || x.Commit(store.Lease{Addr: g.Addr, Owner: owner(9)}, t0, t0, true) {
 		t.Fatal("commit of a claim never started")
 	}
 	l := store.Lease{Addr: g.Addr, Owner: o, ClientIPv6: ip("fd00::1"), ClientPort: 9, LeasedAt: t0}
-	if !x.Commit(l, t0, true) {
+	if !x.Commit(l, t0, t0, true) {
 		t.Fatal("commit")
 	}
 	select {
@@ -126,7 +137,7 @@ func TestPhases(t *testing.T) {
 	if g2, _ := x.Acquire(o, ip("fd00::1"), t0); !g2.Existing || g2.Lease != l {
 		t.Fatalf("after commit: %+v", g2)
 	}
-	if x.Commit(l, t0, true) {
+	if x.Commit(l, t0, t0, true) {
 		t.Fatal("second commit")
 	}
 	// Release: in flight, the lease stays (the store may still refuse).
@@ -172,10 +183,10 @@ func TestPhases(t *testing.T) {
 func TestAdopt(t *testing.T) {
 	x := mustNew(t, "10.0.0.0/24", "")
 	l := store.Lease{Addr: ip("10.0.0.7"), Owner: owner(1), LeasedAt: t0}
-	if err := x.Adopt(l, t0); err != nil {
+	if err := x.Adopt(l, t0, t0); err != nil {
 		t.Fatal(err)
 	}
-	if err := x.Adopt(l, t0); err != nil {
+	if err := x.Adopt(l, t0, t0); err != nil {
 		t.Fatalf("adopting a known lease again: %v", err)
 	}
 	for _, bad := range []store.Lease{
@@ -184,13 +195,13 @@ func TestAdopt(t *testing.T) {
 		{Addr: ip("10.0.1.8"), Owner: owner(3)}, // outside
 		{Addr: ip("fd00::1"), Owner: owner(3)},
 	} {
-		if err := x.Adopt(bad, t0); err == nil {
+		if err := x.Adopt(bad, t0, t0); err == nil {
 			t.Errorf("Adopt(%v) succeeded", bad)
 		}
 	}
 	// A claim in flight is not adopted over.
 	g, _ := x.Acquire(owner(4), netip.Addr{}, t0)
-	if err := x.Adopt(store.Lease{Addr: g.Addr, Owner: owner(5)}, t0); err == nil {
+	if err := x.Adopt(store.Lease{Addr: g.Addr, Owner: owner(5)}, t0, t0); err == nil {
 		t.Fatal("adopted over a claim in flight")
 	}
 	if g, _ := x.Acquire(owner(1), netip.Addr{}, t0); !g.Existing || g.Addr != l.Addr {
@@ -231,12 +242,12 @@ func TestClaimAt(t *testing.T) {
 	}
 	mustCheck(t, x)
 	// Adopted, not fresh: the first report's counters are its baseline.
-	if !x.Commit(store.Lease{Addr: ip("10.0.0.200"), Owner: owner(4), LeasedAt: t0}, t0, false) {
+	if !x.Commit(store.Lease{Addr: ip("10.0.0.200"), Owner: owner(4), LeasedAt: t0}, t0, t0, false) {
 		t.Fatal("commit")
 	}
 	out := make([]Outcome, 1)
 	tr := table.Traffic{BytesFromClient: 100}
-	if grew := x.ApplyReports("dp1", []table.Report{{SessionID: owner(4).Session, Traffic: tr}}, false, t0, out); grew != (table.Traffic{}) || out[0] != Known {
+	if grew := x.ApplyReports("dp1", []table.Report{{SessionID: owner(4).Session, Traffic: tr}}, out); grew != (table.Traffic{}) || out[0] != Known {
 		t.Fatalf("adopted session's history counted: %+v %v", grew, out)
 	}
 	// An aborted ClaimAt goes to the back of the queue, as released then.
@@ -269,15 +280,25 @@ func TestApplyReports(t *testing.T) {
 		{SessionID: "ghost", Addr: ip("10.0.0.99")},
 	}
 	out := make([]Outcome, len(rs))
-	grew := x.ApplyReports("dp1", rs, true, t1, out)
+	grew := x.ApplyReports("dp1", rs, out)
 	if !slices.Equal(out, []Outcome{Known, Mismatch, Known, NoLease}) {
 		t.Fatalf("outcomes %v", out)
+	}
+	// Applying vouches for nothing; Vouch does, for committed leases only.
+	if u := x.Unvouched("dp1", t0); len(u) != 2 {
+		t.Fatalf("unvouched after apply %v", u)
+	}
+	if n := x.Vouch("dp1", []string{owner(1).Session, owner(3).Session, "ghost"}, t1); n != 1 {
+		t.Fatalf("vouched %d", n)
+	}
+	if n := x.Vouch("dp1", []string{owner(1).Session}, t0); n != 1 { // an older report: no step back
+		t.Fatalf("vouched %d", n)
 	}
 	if grew != (table.Traffic{BytesToClient: 50}) {
 		t.Fatalf("grew %+v", grew)
 	}
 	// The same session id of another data plane is another session.
-	if x.ApplyReports("dp2", rs[:1], true, t1, out); out[0] != NoLease {
+	if x.ApplyReports("dp2", rs[:1], out); out[0] != NoLease {
 		t.Fatalf("other data plane: %v", out[0])
 	}
 	r, _ := x.Row(a)
@@ -288,7 +309,7 @@ func TestApplyReports(t *testing.T) {
 	if u := x.Unvouched("dp1", t0); len(u) != 1 || u[0].Owner != owner(2) {
 		t.Fatalf("unvouched %v", u)
 	}
-	x.Commit(store.Lease{Addr: g.Addr, Owner: owner(3), LeasedAt: t0}, t0, true)
+	x.Commit(store.Lease{Addr: g.Addr, Owner: owner(3), LeasedAt: t0}, t0, t0, true)
 	if n := len(x.LeasesOf("dp1")); n != 3 {
 		t.Fatalf("%d leases of dp1", n)
 	}
@@ -303,7 +324,7 @@ func TestApplyReports(t *testing.T) {
 		big[i].Traffic.PacketsFromClient = 1
 	}
 	out = make([]Outcome, len(big))
-	if grew := x.ApplyReports("dp3", big, true, t1, out); grew.PacketsFromClient != uint64(len(big)) {
+	if grew := x.ApplyReports("dp3", big, out); grew.PacketsFromClient != uint64(len(big)) {
 		t.Fatalf("big report grew %+v", grew)
 	}
 	for i, o := range out {
@@ -321,7 +342,7 @@ func TestRowsAreAView(t *testing.T) {
 		if err != nil || g.Addr != ip(a) {
 			t.Fatalf("acquire %s: %+v %v", a, g, err)
 		}
-		x.Commit(store.Lease{Addr: g.Addr, Owner: store.Owner{Dataplane: dp, Session: s}, ClientIPv6: ip(client), ClientPort: 1, LeasedAt: t0}, t0, true)
+		x.Commit(store.Lease{Addr: g.Addr, Owner: store.Owner{Dataplane: dp, Session: s}, ClientIPv6: ip(client), ClientPort: 1, LeasedAt: t0}, t0, t0, true)
 	}
 	// Addresses whose string order differs from their numeric order.
 	for i := 2; i <= 10; i++ {
@@ -390,7 +411,8 @@ func TestSubscribe(t *testing.T) {
 // small pool and a fake store that sometimes fails, checking throughout
 // that no address is ever held by two owners and that the invariants hold.
 func TestConcurrentStress(t *testing.T) {
-	x, err := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/27")}, Options{Cooldown: time.Millisecond}) // 29 addresses
+	x, err := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/27")}, // 29 addresses
+		Options{Cooldown: time.Millisecond, Limits: Limits{PerIP: 6, PerPrefix: 9}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,15 +464,20 @@ func TestConcurrentStress(t *testing.T) {
 			for range rounds {
 				o := store.Owner{Dataplane: fmt.Sprint("dp", rng.IntN(3)), Session: fmt.Sprint("s", rng.IntN(owners))}
 				now := t0.Add(time.Duration(rng.IntN(1000)) * time.Millisecond)
-				switch rng.IntN(5) {
+				switch rng.IntN(6) {
 				case 0, 1: // allocate
 					client := netip.Addr{}
-					if rng.IntN(10) == 0 {
-						client = ip("fd00::1")
+					switch rng.IntN(4) {
+					case 0:
+						client = ip("fd00::1") // reserved
+					case 1:
+						client = ip("fd00::2") // its /64 neighbour
+					case 2:
+						client = ip("fd01::1")
 					}
 					g, err := x.Acquire(o, client, now)
 					switch {
-					case errors.Is(err, ErrExhausted):
+					case errors.Is(err, ErrExhausted), errors.Is(err, ErrLimit):
 					case err != nil:
 						t.Error(err)
 					case g.Wait != nil:
@@ -466,7 +493,7 @@ func TestConcurrentStress(t *testing.T) {
 						if rng.IntN(8) == 0 { // the store refused
 							drop(g.Addr, o)
 							x.Abort(o, g.Addr, now)
-						} else if !x.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: now}, now, true) {
+						} else if !x.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: now}, now, now, true) {
 							t.Errorf("commit of %s for %s refused", g.Addr, o)
 						}
 					}
@@ -500,11 +527,29 @@ func TestConcurrentStress(t *testing.T) {
 						drop(a, o)
 						x.Abort(o, a, now)
 					} else {
-						x.Commit(store.Lease{Addr: a, Owner: o, LeasedAt: now}, now, false)
+						x.Commit(store.Lease{Addr: a, Owner: o, LeasedAt: now}, now, now, false)
 					}
+				case 5: // a batch release of two owners
+					var rs []store.Release
+					for range 2 {
+						ob := store.Owner{Dataplane: o.Dataplane, Session: fmt.Sprint("s", rng.IntN(owners))}
+						if a, ok := x.Lookup(ob); ok {
+							rs = append(rs, store.Release{Addr: a, Owner: ob})
+						}
+					}
+					started, _ := x.BeginReleaseMany(rs)
+					if rng.IntN(8) == 0 { // the store failed
+						x.CancelReleaseMany(started)
+						continue
+					}
+					for _, l := range started {
+						drop(l.Addr, l.Owner)
+					}
+					x.EndReleaseMany(started, now, "stress batch")
 				case 4: // report, read
 					rs := []table.Report{{SessionID: o.Session}, {SessionID: fmt.Sprint("s", rng.IntN(owners))}}
-					x.ApplyReports(o.Dataplane, rs, true, now, make([]Outcome, len(rs)))
+					x.ApplyReports(o.Dataplane, rs, make([]Outcome, len(rs)))
+					x.Vouch(o.Dataplane, []string{o.Session}, now)
 					x.Rows(table.Filter{DataplaneID: o.Dataplane})
 					x.Stats()
 				}

@@ -42,7 +42,7 @@ func allocate(p *Index, o store.Owner) (a netip.Addr, fresh bool, err error) {
 	if g.Wait != nil {
 		return netip.Addr{}, false, errors.New("a claim is in flight")
 	}
-	if !p.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: t0}, t0, true) {
+	if !p.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: t0}, t0, t0, true) {
 		return netip.Addr{}, false, errors.New("commit refused")
 	}
 	return g.Addr, true, nil

@@ -23,7 +23,7 @@ func TestCooldownAndReleaseOrder(t *testing.T) {
 		if err != nil || g.EarlyReuse {
 			t.Fatalf("acquire %d: %+v %v", i, g, err)
 		}
-		p.Commit(store.Lease{Addr: g.Addr, Owner: o}, t0, true)
+		p.Commit(store.Lease{Addr: g.Addr, Owner: o}, t0, t0, true)
 	}
 	if _, err := p.Acquire(ow("z"), netip.Addr{}, t0); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("full pool: %v", err)
@@ -49,7 +49,7 @@ func TestCooldownAndReleaseOrder(t *testing.T) {
 
 func TestReleasedOrderSurvivesRestore(t *testing.T) {
 	p, _ := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/29")})
-	if err := p.Adopt(store.Lease{Addr: netip.MustParseAddr("10.0.0.3"), Owner: ow("a")}, t0); err != nil {
+	if err := p.Adopt(store.Lease{Addr: netip.MustParseAddr("10.0.0.3"), Owner: ow("a")}, t0, t0); err != nil {
 		t.Fatal(err)
 	}
 	p.Released(map[netip.Addr]time.Time{

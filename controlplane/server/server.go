@@ -7,15 +7,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/netip"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -65,7 +68,19 @@ type LeaseServer struct {
 // NewLeaseServer returns the data planes' API over c.
 func NewLeaseServer(c *controller.Controller) *LeaseServer { return &LeaseServer{c: c} }
 
+// withPeer notes the gRPC peer's address in ctx for the controller's
+// registry (where a data plane runs).
+func withPeer(ctx context.Context) context.Context {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		if a := p.Addr.String(); a != "" && a != "@" {
+			return controller.WithPeer(ctx, a)
+		}
+	}
+	return ctx
+}
+
 func (s *LeaseServer) RegisterDataplane(ctx context.Context, req *pb.RegisterDataplaneRequest) (*pb.RegisterDataplaneResponse, error) {
+	ctx = withPeer(ctx)
 	reg, err := s.c.RegisterDataplane(ctx, controller.Registration{
 		DataplaneID: req.GetDataplaneId(), InstanceID: req.GetInstanceId(), Version: req.GetVersion(),
 		Listen: req.GetClientListen(), APIAddress: req.GetApiAddress(),
@@ -91,7 +106,10 @@ func (s *LeaseServer) AllocateAddress(ctx context.Context, req *pb.AllocateAddre
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.c.Allocate(ctx, req.GetDataplaneId(), req.GetSessionId(), client, port)
+	l, err := s.c.AllocateFor(ctx, controller.AllocateRequest{
+		DataplaneID: req.GetDataplaneId(), InstanceID: req.GetInstanceId(), SessionID: req.GetSessionId(),
+		ClientIPv6: client, ClientPort: port,
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -103,11 +121,95 @@ func (s *LeaseServer) ReleaseAddress(ctx context.Context, req *pb.ReleaseAddress
 	if err != nil {
 		return nil, err
 	}
-	ok, err := s.c.Release(ctx, req.GetDataplaneId(), req.GetSessionId(), addr, req.GetReason())
+	ok, err := s.c.ReleaseFor(ctx, controller.ReleaseRequest{
+		DataplaneID: req.GetDataplaneId(), InstanceID: req.GetInstanceId(), SessionID: req.GetSessionId(),
+		Addr: addr, Reason: req.GetReason(),
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.ReleaseAddressResponse{Released: ok}, nil
+}
+
+func (s *LeaseServer) ReleaseAddresses(ctx context.Context, req *pb.ReleaseAddressesRequest) (*pb.ReleaseAddressesResponse, error) {
+	rs := make([]controller.ReleaseRequest, 0, len(req.GetReleases()))
+	for i, r := range req.GetReleases() {
+		addr, err := parseIPv4("address", r.GetAddress(), true)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "releases[%d]: %s", i, status.Convert(err).Message())
+		}
+		rs = append(rs, controller.ReleaseRequest{
+			DataplaneID: r.GetDataplaneId(), SessionID: r.GetSessionId(), Addr: addr, Reason: r.GetReason(),
+		})
+	}
+	n, err := s.c.ReleaseMany(ctx, req.GetDataplaneId(), req.GetInstanceId(), rs)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReleaseAddressesResponse{Released: uint32(n)}, nil
+}
+
+func (s *LeaseServer) StopDataplane(ctx context.Context, req *pb.StopDataplaneRequest) (*pb.StopDataplaneResponse, error) {
+	n, err := s.c.StopDataplane(ctx, req.GetDataplaneId(), req.GetInstanceId(), req.GetReason())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.StopDataplaneResponse{Released: uint32(n)}, nil
+}
+
+// MaxUnknownIDs bounds the session ids a StreamSessionReport answer lists
+// (it counts them all), so the answer stays far below a message's size
+// limit however large the report.
+const MaxUnknownIDs = 10000
+
+// StreamSessionReport receives one report in chunks: the first message
+// carries the header, every message (the first too) sessions. Each chunk
+// is applied as it arrives; the report is finished (a complete one vouches
+// for its leases) only when the data plane closes its side cleanly.
+func (s *LeaseServer) StreamSessionReport(stream grpc.ClientStreamingServer[pb.StreamSessionReportRequest, pb.StreamSessionReportResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return status.Error(codes.InvalidArgument, "empty report stream: the first message carries dataplane_id and instance_id")
+	}
+	if err != nil {
+		return err
+	}
+	rep, err := s.c.BeginReport(ctx, first.GetDataplaneId(), first.GetInstanceId(), first.GetComplete())
+	if err != nil {
+		return toStatus(err)
+	}
+	n := 0
+	for m := first; ; {
+		reports := make([]controller.SessionReport, 0, len(m.GetSessions()))
+		for _, r := range m.GetSessions() {
+			sr, err := reportFromPB(r)
+			if err != nil {
+				return status.Errorf(codes.InvalidArgument, "sessions[%d]: %s", n, status.Convert(err).Message())
+			}
+			reports = append(reports, sr)
+			n++
+		}
+		if err := rep.Add(ctx, reports); err != nil {
+			return toStatus(err)
+		}
+		if m, err = stream.Recv(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return err // the report was not finished: it vouches for nothing
+		}
+	}
+	res, err := rep.Finish(ctx)
+	if err != nil {
+		return toStatus(err)
+	}
+	ids := res.Unknown
+	if len(ids) > MaxUnknownIDs {
+		ids = ids[:MaxUnknownIDs]
+	}
+	return stream.SendAndClose(&pb.StreamSessionReportResponse{
+		UnknownSessionIds: ids, UnknownSessions: uint32(len(res.Unknown)), Sessions: uint32(res.Sessions),
+	})
 }
 
 func (s *LeaseServer) ReportSessions(ctx context.Context, req *pb.ReportSessionsRequest) (*pb.ReportSessionsResponse, error) {
@@ -127,6 +229,7 @@ func (s *LeaseServer) ReportSessions(ctx context.Context, req *pb.ReportSessions
 }
 
 func (s *LeaseServer) Heartbeat(ctx context.Context, req *pb.HeartbeatRequest) (*pb.HeartbeatResponse, error) {
+	ctx = withPeer(ctx)
 	known, draining, err := s.c.Heartbeat(ctx, req.GetDataplaneId(), req.GetInstanceId(), req.GetSessions(), req.GetLeasedSessions())
 	if err != nil {
 		return nil, toStatus(err)
@@ -139,7 +242,7 @@ func (s *LeaseServer) WatchCommands(req *pb.WatchCommandsRequest, stream grpc.Se
 	if err := stream.SendHeader(nil); err != nil {
 		return err
 	}
-	err := s.c.WatchCommands(stream.Context(), req.GetDataplaneId(), req.GetInstanceId(), func(c controller.Command) error {
+	err := s.c.WatchCommands(withPeer(stream.Context()), req.GetDataplaneId(), req.GetInstanceId(), func(c controller.Command) error {
 		var cmd *pb.Command
 		switch {
 		case c.Kick != nil:
@@ -148,6 +251,11 @@ func (s *LeaseServer) WatchCommands(req *pb.WatchCommandsRequest, stream grpc.Se
 			}}}
 		case c.Drain != nil:
 			cmd = &pb.Command{Kind: &pb.Command_Drain{Drain: &pb.DrainCommand{Draining: *c.Drain}}}
+		case c.IDConflict != nil:
+			cmd = &pb.Command{Kind: &pb.Command_IdConflict{IdConflict: &pb.IdConflictCommand{
+				InstanceId: c.IDConflict.InstanceID, PeerAddress: c.IDConflict.Peer,
+				ClientListen: c.IDConflict.Listen, ApiAddress: c.IDConflict.APIAddress,
+			}}}
 		default:
 			return nil
 		}
@@ -288,25 +396,53 @@ func (s *ControllerServer) GetVersion(context.Context, *pb.GetVersionRequest) (*
 // move to another controller.
 const ErrorDomain = "fourover6.io"
 
+// withInfo is a status with a google.rpc.ErrorInfo of reason.
+func withInfo(code codes.Code, msg string, reason pb.ErrorReason, md map[string]string) error {
+	st := status.New(code, msg)
+	if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: ErrorDomain, Metadata: md}); derr == nil {
+		st = d
+	}
+	return st.Err()
+}
+
 // toStatus maps the controller's errors to gRPC codes. The messages are the
-// controller's own: they are written to be shown as they are.
+// controller's own: they are written to be shown as they are. Errors a
+// client acts on carry an ErrorInfo (see pb.ErrorReason).
 func toStatus(err error) error {
-	var nl *controller.NotLeaderError
+	var (
+		nl *controller.NotLeaderError
+		ce *controller.IDConflictError
+		nr *controller.NotRegisteredError
+		le *pool.LimitError
+	)
 	switch {
 	case err == nil:
 		return nil
 	case status.Code(err) != codes.Unknown:
 		return err // a gRPC error already (a failed Send)
 	case errors.As(err, &nl):
-		st := status.New(codes.Unavailable, nl.Error())
 		md := map[string]string{}
 		if nl.LeaderID != "" {
 			md["leader_id"] = nl.LeaderID
 		}
-		if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: pb.ErrorReason_NOT_LEADER.String(), Domain: ErrorDomain, Metadata: md}); derr == nil {
-			st = d
+		return withInfo(codes.Unavailable, nl.Error(), pb.ErrorReason_NOT_LEADER, md)
+	case errors.As(err, &ce):
+		return withInfo(codes.AlreadyExists, ce.Error(), pb.ErrorReason_DATAPLANE_ID_IN_USE, map[string]string{
+			"dataplane_id": ce.DataplaneID, "instance_id": ce.Live.InstanceID, "peer_address": ce.Live.Peer,
+			"client_listen": ce.Live.Listen, "api_address": ce.Live.APIAddress,
+		})
+	case errors.As(err, &nr):
+		return withInfo(codes.FailedPrecondition, nr.Error(), pb.ErrorReason_DATAPLANE_NOT_REGISTERED, map[string]string{
+			"dataplane_id": nr.DataplaneID, "instance_id": nr.InstanceID, "registered_instance_id": nr.Registered,
+		})
+	case errors.As(err, &le):
+		client := le.Client.String()
+		if le.Kind == pool.LimitIP {
+			client = le.Client.Addr().String()
 		}
-		return st.Err()
+		return withInfo(codes.ResourceExhausted, le.Error(), pb.ErrorReason_LEASE_LIMIT, map[string]string{
+			"limit": le.Kind.String(), "max": strconv.Itoa(le.Max), "client": client,
+		})
 	case errors.Is(err, controller.ErrUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, controller.ErrFailedPrecondition):
@@ -588,6 +724,8 @@ func dataplaneToPB(d controller.Dataplane) *pb.Dataplane {
 		st = pb.Dataplane_STATE_DRAINING
 	case controller.StateDown:
 		st = pb.Dataplane_STATE_DOWN
+	case controller.StateStopped:
+		st = pb.Dataplane_STATE_STOPPED
 	}
 	return &pb.Dataplane{
 		DataplaneId: d.ID, InstanceId: d.InstanceID, Version: d.Version, ClientListen: d.Listen,
@@ -602,6 +740,14 @@ func (s *ControllerServer) DrainDataplane(ctx context.Context, req *pb.DrainData
 		return nil, toStatus(err)
 	}
 	return &pb.DrainDataplaneResponse{Dataplane: dataplaneToPB(d)}, nil
+}
+
+func (s *ControllerServer) RemoveDataplane(ctx context.Context, req *pb.RemoveDataplaneRequest) (*pb.RemoveDataplaneResponse, error) {
+	d, n, err := s.c.RemoveDataplane(ctx, req.GetDataplaneId(), req.GetForce())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RemoveDataplaneResponse{Released: uint32(n), Dataplane: dataplaneToPB(d)}, nil
 }
 
 func (s *ControllerServer) SetLogLevel(_ context.Context, req *pb.SetLogLevelRequest) (*pb.SetLogLevelResponse, error) {
