@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +48,9 @@ type flags struct {
 	heartbeat  time.Duration
 	cooldown   time.Duration
 	electTTL   time.Duration
+	perIP      leaseLimit
+	perPrefix  leaseLimit
+	prefixLen  int
 	logLevel   string
 	logFormat  string
 	metrics    string
@@ -73,6 +77,9 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.DurationVar(&f.dpTimeout, "dataplane-timeout", controller.DefaultDataplaneTimeout, "a data plane not heard from for this long is marked DOWN")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", controller.DefaultHeartbeatInterval, "how often data planes are told to heartbeat")
 	fs.DurationVar(&f.cooldown, "reuse-cooldown", controller.DefaultReuseCooldown, "a released address rests this long before it is reused, unless no other address is free")
+	fs.Var(&f.perIP, "max-leases-per-ip", fmt.Sprintf("leases one client IPv6 address may hold at once, across all data planes: `N`, 0 for no limit, or auto (1/%d of the pool's client addresses, at least 1); a client's reservation is exempt", autoPerIP))
+	fs.Var(&f.perPrefix, "max-leases-per-prefix", fmt.Sprintf("leases the clients of one --lease-prefix-length prefix may hold at once: `N`, 0 for no limit, or auto (1/%d of the pool's client addresses, at least 1)", autoPerPrefix))
+	fs.IntVar(&f.prefixLen, "lease-prefix-length", pool.DefaultLimitPrefixLen, "length of the client IPv6 prefixes --max-leases-per-prefix counts (a /64 is usually one site)")
 	fs.DurationVar(&f.electTTL, "election-ttl", 5*time.Second, "etcd only: session TTL of the leader election; a dead leader is replaced within about this long (whole seconds, at least 1s)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -100,6 +107,7 @@ type config struct {
 	heartbeat  time.Duration
 	cooldown   time.Duration
 	electTTL   time.Duration
+	limits     pool.Limits
 	log        logging.Options
 	metrics    string
 	tls        tlsconf.Files
@@ -210,6 +218,13 @@ func (f *flags) config() (config, error) {
 		add(fmt.Errorf("--election-ttl %s: etcd leases count whole seconds; give at least 1s", f.electTTL))
 	}
 	c.grace, c.dpTimeout, c.heartbeat, c.cooldown, c.electTTL = f.grace, f.dpTimeout, f.heartbeat, f.cooldown, f.electTTL
+	if f.prefixLen < 1 || f.prefixLen > 128 {
+		add(fmt.Errorf("--lease-prefix-length %d: want 1 to 128 (64: one IPv6 subnet)", f.prefixLen))
+	}
+	if p, err := pool.New(c.pool); err == nil {
+		size := int(p.Stats().Size)
+		c.limits = pool.Limits{PerIP: f.perIP.value(size, autoPerIP), PerPrefix: f.perPrefix.value(size, autoPerPrefix), PrefixLen: f.prefixLen}
+	}
 
 	c.log = logging.Options{Level: f.logLevel, Format: f.logFormat}
 	if _, _, err := logging.New(nil, c.log); err != nil {
@@ -240,4 +255,51 @@ func checkStatePath(p string) error {
 		return fmt.Errorf("--state %q: is a directory; give a file path such as %s", p, defaultState)
 	}
 	return nil
+}
+
+// The auto lease limits: these fractions of the pool's client addresses
+// (at least 1), so that no one host (an IPv6 address) takes more than about
+// 6% of the pool, and no one site (a /64) more than a quarter of it, however
+// many connections it opens. Reservations are exempt.
+const (
+	autoPerIP     = 16
+	autoPerPrefix = 4
+)
+
+// leaseLimit is the value of --max-leases-per-ip and --max-leases-per-prefix:
+// a number of leases (0: no limit) or "auto".
+type leaseLimit struct {
+	n   int
+	set bool // a number was given; otherwise auto
+}
+
+func (l *leaseLimit) String() string {
+	if !l.set {
+		return "auto"
+	}
+	return strconv.Itoa(l.n)
+}
+
+func (l *leaseLimit) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if strings.EqualFold(s, "auto") {
+		*l = leaseLimit{}
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a number of leases, 0 for no limit, or auto", s)
+	}
+	*l = leaseLimit{n: n, set: true}
+	return nil
+}
+
+func (l *leaseLimit) Type() string { return "N|auto" }
+
+// value is the limit for a pool of size client addresses.
+func (l *leaseLimit) value(size, fraction int) int {
+	if l.set {
+		return l.n
+	}
+	return max(1, size/fraction)
 }

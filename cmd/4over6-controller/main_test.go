@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -65,6 +66,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--dataplane-timeout", "-1s"}, "--dataplane-timeout"},
 		{[]string{"--heartbeat-interval", "5s", "--dataplane-timeout", "6s"}, "--dataplane-timeout"},
 		{[]string{"--reuse-cooldown", "-1s"}, "--reuse-cooldown"},
+		{[]string{"--max-leases-per-ip", "-1"}, "--max-leases-per-ip"},
+		{[]string{"--max-leases-per-ip", "lots"}, "or auto"},
+		{[]string{"--max-leases-per-prefix", "1.5"}, "--max-leases-per-prefix"},
+		{[]string{"--lease-prefix-length", "0"}, "--lease-prefix-length"},
+		{[]string{"--lease-prefix-length", "129"}, "--lease-prefix-length"},
 		{[]string{"--election-ttl", "500ms"}, "--election-ttl"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
@@ -79,6 +85,35 @@ func TestBadFlags(t *testing.T) {
 		}
 		if !strings.Contains(errb.String(), c.want) {
 			t.Errorf("%v: stderr %q does not mention %q", c.args, errb.String(), c.want)
+		}
+	}
+}
+
+// TestLeaseLimitFlags: auto is a share of the pool's client addresses; a
+// number is taken as it is (0: no limit).
+func TestLeaseLimitFlags(t *testing.T) {
+	for _, c := range []struct {
+		args                   []string
+		perIP, perPrefix, bits int
+	}{
+		{nil, 15, 63, 64}, // 253 addresses
+		{[]string{"--pool", "10.0.0.0/16"}, 4095, 16383, 64},
+		{[]string{"--pool", "10.0.0.0/29"}, 1, 1, 64},
+		{[]string{"--pool-range", "13.8.0.2-13.8.0.33", "--max-leases-per-prefix", "auto"}, 2, 8, 64},
+		{[]string{"--max-leases-per-ip", "0", "--max-leases-per-prefix", "100", "--lease-prefix-length", "56"}, 0, 100, 56},
+	} {
+		var f flags
+		cmd := &cobra.Command{}
+		f.register(cmd)
+		if err := cmd.Flags().Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.config()
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if l := cfg.limits; l.PerIP != c.perIP || l.PerPrefix != c.perPrefix || l.PrefixLen != c.bits {
+			t.Errorf("%v: limits %+v, want %d %d /%d", c.args, l, c.perIP, c.perPrefix, c.bits)
 		}
 	}
 }

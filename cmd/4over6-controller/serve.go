@@ -212,6 +212,7 @@ func (d *daemon) newController(context.Context) error {
 		DataplaneTimeout:  cfg.dpTimeout,
 		GracePeriod:       cfg.grace,
 		ReuseCooldown:     cfg.cooldown,
+		Limits:            cfg.limits,
 	})
 	if err != nil {
 		return d.stateProblem(err)
@@ -426,7 +427,10 @@ func (d *daemon) logStarted() {
 		"dns", joinAddrs(d.dns[:]),
 		"grace_period", cfg.grace,
 		"dataplane_timeout", cfg.dpTimeout,
-		"reuse_cooldown", cfg.cooldown)
+		"reuse_cooldown", cfg.cooldown,
+		"max_leases_per_ip", limitText(cfg.limits.PerIP),
+		"max_leases_per_prefix", limitText(cfg.limits.PerPrefix),
+		"lease_prefix_length", cfg.limits.PrefixLen)
 }
 
 // stateProblem marks an unusable state (exit code 3) and says what the
@@ -460,6 +464,13 @@ func rangeString(ctl *controller.Controller, cfg config) string {
 }
 
 func gatewayOf(p netip.Prefix) netip.Addr { return p.Addr().Next() }
+
+func limitText(n int) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
 
 // pickDNS chooses the three DNS servers and logs where they came from.
 func pickDNS(cfg config, log *slog.Logger) ([dns.Count]netip.Addr, error) {

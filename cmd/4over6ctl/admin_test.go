@@ -252,6 +252,37 @@ func TestDataplanesListAndDrain(t *testing.T) {
 	c("dataplane", "drain").expect(t, 2)
 	c("dataplane", "undrain", "a", "b").expect(t, 2)
 
+	// remove: refused for an up data plane (exit 1, the controller's
+	// reason), done for a down one and, with --force, for an up one.
+	r = c("dataplane", "remove", "dp1").expect(t, 1)
+	if !strings.Contains(r.stderr, "data plane dp1 is up") || !strings.Contains(r.stderr, "--force") {
+		t.Errorf("remove of an up data plane: %q", r.stderr)
+	}
+	r = c("dataplane", "remove", "dp1", "-o", "json").expect(t, 1)
+	if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 1 || !strings.Contains(e.Error, "failedprecondition: data plane dp1 is up") {
+		t.Errorf("remove error as JSON: %q", r.stderr)
+	}
+	r = c("dataplane", "remove", "dp2", "-o", "json").expect(t, 0)
+	var rm map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rm); err != nil || !reflect.DeepEqual(keysOf(rm), sorted("id", "released", "forced", "dataplane")) {
+		t.Fatalf("remove json %q: %v", r.stdout, err)
+	}
+	var removed DataplaneRemove
+	_ = json.Unmarshal([]byte(r.stdout), &removed)
+	if removed.ID != "dp2" || removed.Forced || removed.Dataplane.State != "down" || removed.Released != 1 {
+		t.Errorf("remove %+v", removed)
+	}
+	c("dataplane", "remove", "dp2").expect(t, 4)
+	r = c("dp", "rm", "dp1", "--force").expect(t, 0)
+	if !strings.Contains(r.stdout, "Removed data plane dp1 (it was up); released 2 leases.") {
+		t.Errorf("forced remove table %q", r.stdout)
+	}
+	r = c("dataplanes", "list", "-o", "json").expect(t, 0)
+	if strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("after removing both: %q", r.stdout)
+	}
+	c("dataplane", "remove").expect(t, 2)
+
 	r = ctl(t, nil, "--controller", serve(t, &fakeController{}, nil), "dataplanes", "list", "-o", "json").expect(t, 0)
 	if strings.TrimSpace(r.stdout) != "[]" {
 		t.Errorf("no data planes: %q", r.stdout)

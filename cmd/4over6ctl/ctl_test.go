@@ -466,7 +466,7 @@ func TestHelp(t *testing.T) {
 	}
 	// The main commands carry examples.
 	for _, cmd := range [][]string{{"status"}, {"clients", "list"}, {"clients", "watch"}, {"clients", "kick"}, {"apply"},
-		{"reservations", "set"}, {"dns", "set"}, {"dataplane", "drain"}, {"pool", "set-range"}} {
+		{"reservations", "set"}, {"dns", "set"}, {"dataplane", "drain"}, {"dataplane", "remove"}, {"pool", "set-range"}} {
 		r := ctl(t, nil, append(cmd, "--help")...).expect(t, 0)
 		if !strings.Contains(r.stdout, "Examples:") {
 			t.Errorf("%v has no examples", cmd)

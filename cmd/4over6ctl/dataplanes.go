@@ -15,17 +15,20 @@ import (
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
 
-// dataplaneCommand groups the data plane commands. "list" and "drain" ask
-// the controller (its registry of data planes, by id); "status" and
-// "log-level" talk to the one data plane at --dataplane.
+// dataplaneCommand groups the data plane commands. "list", "drain" and
+// "remove" ask the controller (its registry of data planes, by id);
+// "status" and "log-level" talk to the one data plane at --dataplane.
 func (a *app) dataplaneCommand() *cobra.Command {
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the data planes registered with the controller",
-		Long: `List every data plane the controller knows: id, state (up, draining, down),
-sessions, leases, last heartbeat and addresses, sorted by id. With -o json: a
-JSON array of data plane objects ([] when there are none).`,
+		Long: `List every data plane the controller knows: id, state (up, draining, down,
+stopped), sessions, leases, last heartbeat and addresses, sorted by id. A data
+plane is down when it has not been heard from for --dataplane-timeout (or its
+command stream ended and nothing was heard since); stopped when it told the
+controller it stopped on purpose (it holds no leases). With -o json: a JSON
+array of data plane objects ([] when there are none).`,
 		Example: `  4over6ctl dataplanes list
   4over6ctl dataplanes list -o json | jq -r '.[] | select(.state=="down") | .id'`,
 		Args: noArgs,
@@ -67,6 +70,30 @@ with that id. Prints the data plane object.`,
 			return a.drain(cmd, args[0], false)
 		},
 	}
+	var force bool
+	remove := &cobra.Command{
+		Use:     "remove ID",
+		Aliases: []string{"rm"},
+		Short:   "Forget a data plane that is down or stopped",
+		Long: `Remove the data plane with id ID from the controller's registry: its record is
+deleted and the leases it still holds are released at once (a down data plane's
+would otherwise go after --grace-period). Use it for a data plane that is gone
+for good, or whose start failed and left an entry behind.
+
+A data plane that is up (or draining) is refused (exit 1): stop it first. With
+--force it is removed anyway, and its clients lose their addresses while their
+connections may still be open (their next report recovers the addresses nobody
+took meanwhile). A data plane that calls the controller again afterwards is
+recorded anew. Exits 4 when the controller knows no data plane with that id.
+Prints the data plane as it was and how many leases were released.`,
+		Example: `  4over6ctl dataplane remove dp2
+  4over6ctl dataplane remove dp2 --force -o json`,
+		Args: exactArgs("ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.remove(cmd, args[0], force)
+		},
+	}
+	remove.Flags().BoolVar(&force, "force", false, "remove it even while it is up (its clients lose their addresses)")
 	logLevel := &cobra.Command{
 		Use:   "log-level LEVEL",
 		Short: "Change the local data plane's log level at run time",
@@ -87,20 +114,40 @@ error, until it restarts. Prints the previous level.`,
 		},
 	}
 
-	c := groupCommand("dataplane", "Data planes: the controller's registry (list, drain) and the local one (status, log-level)",
+	c := groupCommand("dataplane", "Data planes: the controller's registry (list, drain, remove) and the local one (status, log-level)",
 		needs(list, needController),
 		a.dataplaneStatusCommand(),
 		needs(drain, needController),
 		needs(undrain, needController),
+		needs(remove, needController),
 		needs(logLevel, needDataplane),
 	)
 	c.Aliases = []string{"dataplanes", "dp"}
-	c.Long = `Data planes. "list", "drain" and "undrain" ask the controller, which knows
-every data plane by id; "status" and "log-level" talk to the one data plane at
---dataplane ($FOUROVER6_DATAPLANE, else unix:///run/fourover6/dataplane.sock).
-"dataplanes" and "dp" are aliases: "4over6ctl dataplanes list".`
+	c.Long = `Data planes. "list", "drain", "undrain" and "remove" ask the controller, which
+knows every data plane by id; "status" and "log-level" talk to the one data
+plane at --dataplane ($FOUROVER6_DATAPLANE, else
+unix:///run/fourover6/dataplane.sock). "dataplanes" and "dp" are aliases:
+"4over6ctl dataplanes list".`
 	return c
 }
+
+func (a *app) remove(cmd *cobra.Command, id string, force bool) error {
+	ctx, cancel := a.callContext(cmd)
+	defer cancel()
+	resp, err := a.ctrl().RemoveDataplane(ctx, &cpv1.RemoveDataplaneRequest{DataplaneId: id, Force: force})
+	if err != nil {
+		return notFound(a.rpcError(a.controller, err), "no data plane with id %q (see \"4over6ctl dataplanes list\")", id)
+	}
+	d := dataplaneFromProto(resp.GetDataplane())
+	if d.ID == "" {
+		d.ID = id
+	}
+	out := DataplaneRemove{ID: id, Released: resp.GetReleased(), Forced: force && (d.State == "up" || d.State == "draining"), Dataplane: d}
+	return a.emit(out, func(w io.Writer) {
+		fmt.Fprintf(w, "Removed data plane %s (it was %s); released %d lease%s.\n", id, d.State, out.Released, plural(int(out.Released)))
+	})
+}
+
 
 func (a *app) drain(cmd *cobra.Command, id string, draining bool) error {
 	ctx, cancel := a.callContext(cmd)
@@ -152,6 +199,8 @@ func dataplaneState(s cpv1.Dataplane_State) string {
 		return "draining"
 	case cpv1.Dataplane_STATE_DOWN:
 		return "down"
+	case cpv1.Dataplane_STATE_STOPPED:
+		return "stopped"
 	}
 	return "unknown"
 }

@@ -9,7 +9,7 @@
 //	pool show|set-range A-B                 the address pool
 //	reservations list|set CLIENT ADDR|delete CLIENT
 //	dns show|set a,b,c
-//	dataplane list|drain ID|undrain ID      (controller) — aliases dataplanes, dp
+//	dataplane list|drain ID|undrain ID|remove ID [--force]   (controller) — aliases dataplanes, dp
 //	dataplane status|log-level LEVEL        (the data plane at --dataplane)
 //	sessions list|kick ADDR|SESSION         (the data plane at --dataplane)
 //	apply -f FILE [--dry-run]               declarative pool range, DNS, reservations
@@ -40,7 +40,7 @@
 //	1  other error
 //	2  bad arguments or flags (unknown flag/command, invalid ADDR, bad -o, malformed apply file)
 //	3  daemon unreachable (status: neither daemon answered)
-//	4  not found (gRPC NOT_FOUND; clients get/kick, reservations delete, dataplane drain)
+//	4  not found (gRPC NOT_FOUND; clients get/kick, reservations delete, dataplane drain/remove)
 //	5  permission denied (gRPC PERMISSION_DENIED: this caller's role may not do that)
 //
 // # JSON output

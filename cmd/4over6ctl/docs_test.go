@@ -17,7 +17,7 @@ func TestDocs(t *testing.T) {
 	}
 	for _, name := range []string{"4over6ctl.md", "4over6ctl_status.md", "4over6ctl_clients_watch.md", "4over6ctl_clients_kick.md",
 		"4over6ctl_apply.md", "4over6ctl_reservations_set.md", "4over6ctl_dns_set.md", "4over6ctl_pool_set-range.md",
-		"4over6ctl_dataplane_list.md", "4over6ctl_dataplane_drain.md", "4over6ctl_dataplane_status.md",
+		"4over6ctl_dataplane_list.md", "4over6ctl_dataplane_drain.md", "4over6ctl_dataplane_remove.md", "4over6ctl_dataplane_status.md",
 		"4over6ctl_log-level.md", "4over6ctl_completion_fish.md", "4over6ctl_version.md"} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {

@@ -440,6 +440,30 @@ func (f *fakeController) DrainDataplane(_ context.Context, req *cpv1.DrainDatapl
 	return nil, status.Errorf(codes.NotFound, "no data plane %q", req.GetDataplaneId())
 }
 
+// RemoveDataplane removes a down or stopped data plane, an up one only
+// with force, as the controller does.
+func (f *fakeController) RemoveDataplane(_ context.Context, req *cpv1.RemoveDataplaneRequest) (*cpv1.RemoveDataplaneResponse, error) {
+	if err := f.enter("RemoveDataplane"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, d := range f.dataplanes {
+		if d.GetDataplaneId() != req.GetDataplaneId() {
+			continue
+		}
+		up := d.State == cpv1.Dataplane_STATE_UP || d.State == cpv1.Dataplane_STATE_DRAINING
+		if up && !req.GetForce() {
+			return nil, status.Errorf(codes.FailedPrecondition, "data plane %s is up (last heard 1s ago, %d leases): stop it first, or remove it with --force (its clients lose their addresses)",
+				d.GetDataplaneId(), d.GetLeases())
+		}
+		f.dataplanes = append(f.dataplanes[:i:i], f.dataplanes[i+1:]...)
+		f.writes++
+		return &cpv1.RemoveDataplaneResponse{Released: d.GetLeases(), Dataplane: proto.Clone(d).(*cpv1.Dataplane)}, nil
+	}
+	return nil, status.Errorf(codes.NotFound, "no data plane %q is known", req.GetDataplaneId())
+}
+
 func (f *fakeController) SetLogLevel(_ context.Context, req *cpv1.SetLogLevelRequest) (*cpv1.SetLogLevelResponse, error) {
 	if err := f.enter("SetLogLevel"); err != nil {
 		return nil, err

@@ -42,7 +42,7 @@ const exitCodesHelp = `Exit codes:
   2  bad arguments or flags (unknown flag or command, invalid ADDR, bad -o value)
   3  daemon unreachable (no socket, connection refused, connect timeout)
   4  not found (clients get/kick of an address nobody holds, reservations delete
-     of a client without one, dataplane drain of an unknown id)
+     of a client without one, dataplane drain or remove of an unknown id)
   5  permission denied (this caller's role may not do that: a viewer changing
      something, a certificate without a role; the message names both roles)`
 

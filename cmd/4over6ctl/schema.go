@@ -181,11 +181,19 @@ type Dataplane struct {
 	Version       string `json:"version" yaml:"version"`
 	ClientListen  string `json:"client_listen" yaml:"client_listen"` // where clients connect
 	APIAddress    string `json:"api_address" yaml:"api_address"`     // its gRPC API (--dataplane)
-	State         string `json:"state" yaml:"state"`                 // "up", "draining", "down" ("unknown")
+	State         string `json:"state" yaml:"state"`                 // "up", "draining", "down", "stopped" ("unknown")
 	Sessions      uint32 `json:"sessions" yaml:"sessions"`
 	Leases        uint32 `json:"leases" yaml:"leases"` // leases the controller holds for it
 	RegisteredAt  string `json:"registered_at" yaml:"registered_at"`
 	LastHeartbeat string `json:"last_heartbeat" yaml:"last_heartbeat"`
+}
+
+// DataplaneRemove is the object printed by "dataplane remove".
+type DataplaneRemove struct {
+	ID        string    `json:"id" yaml:"id"`
+	Released  uint32    `json:"released" yaml:"released"`   // leases released
+	Forced    bool      `json:"forced" yaml:"forced"`       // it was up: removed by --force
+	Dataplane Dataplane `json:"dataplane" yaml:"dataplane"` // as it was before
 }
 
 // LogLevel is the object printed by "log-level" and "dataplane log-level".

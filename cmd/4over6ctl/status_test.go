@@ -239,6 +239,7 @@ func TestUnreachableAllCommands(t *testing.T) {
 		{"controller", []string{"dataplanes", "list"}},
 		{"controller", []string{"dataplane", "drain", "dp1"}},
 		{"controller", []string{"dataplane", "undrain", "dp1"}},
+		{"controller", []string{"dataplane", "remove", "dp1"}},
 		{"controller", []string{"log-level", "debug"}},
 		{"controller", []string{"apply", "-f", file}},
 		{"dataplane", []string{"dataplane", "log-level", "debug"}},
