@@ -117,12 +117,14 @@ func sweepStale(log *slog.Logger) {
 func (l *lab) bin(name string) string { return filepath.Join(l.o.bin, name) }
 
 // startController (re)starts the controller with a pool big enough for
-// the scale runs.
+// the scale runs. Every benchmark client connects from one IPv6 address,
+// so the controller's fair-share lease limits are off.
 func (l *lab) startController(ctx context.Context) error {
 	l.stopController()
 	os.Remove(l.ctlSock)
 	p, err := l.start(l.srv, "controller", l.bin("4over6-controller"),
 		"--listen", "unix://"+l.ctlSock, "--pool", benchPool,
+		"--max-leases-per-ip", "0", "--max-leases-per-prefix", "0",
 		"--dns", "192.0.2.53,192.0.2.54,192.0.2.55",
 		"--state", filepath.Join(l.dir, fmt.Sprintf("controller-%d.db", len(l.procs))))
 	if err != nil {

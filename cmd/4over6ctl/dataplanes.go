@@ -148,7 +148,6 @@ func (a *app) remove(cmd *cobra.Command, id string, force bool) error {
 	})
 }
 
-
 func (a *app) drain(cmd *cobra.Command, id string, draining bool) error {
 	ctx, cancel := a.callContext(cmd)
 	defer cancel()

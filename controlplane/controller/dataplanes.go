@@ -99,8 +99,12 @@ type DataplaneInstance struct {
 }
 
 func (d DataplaneInstance) String() string {
-	return fmt.Sprintf("instance %s at %s (clients connect to %s, API %s)",
-		orUnknown(d.InstanceID), orUnknown(d.Peer), orUnknown(d.Listen), orUnknown(d.APIAddress))
+	at := ""
+	if d.Peer != "" {
+		at = " at " + d.Peer
+	}
+	return fmt.Sprintf("instance %s%s (clients connect to %s, API %s)",
+		orUnknown(d.InstanceID), at, orUnknown(d.Listen), orUnknown(d.APIAddress))
 }
 
 func orUnknown(s string) string {
