@@ -335,12 +335,14 @@ func (c *Controller) RegisterDataplane(ctx context.Context, r Registration) (Reg
 	c.log.Info("data plane registered", "dataplane", r.DataplaneID, "instance", r.InstanceID,
 		"version", rec.Version, "listen", rec.ClientListen, "api", rec.APIAddress, "peer", r.Peer,
 		"known", known, "leases", len(held), "draining", rec.Draining)
-	if prev.InstanceID != r.InstanceID {
+	if prev.InstanceID != "" && prev.InstanceID != r.InstanceID {
 		// Its previous instance's sessions died with it. Leases taken by
-		// this instance (none yet, normally) stay.
+		// this instance (none yet, normally) stay, and so do leases taken
+		// while no instance was registered (this one's, perhaps, after
+		// the controller lost its state): reports and silence judge them.
 		var gone []store.Lease
 		for _, l := range held {
-			if l.InstanceID != r.InstanceID {
+			if l.InstanceID != r.InstanceID && l.InstanceID != "" {
 				gone = append(gone, l)
 			}
 		}

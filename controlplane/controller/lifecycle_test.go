@@ -620,3 +620,18 @@ func TestLeaseLimits(t *testing.T) {
 		t.Fatalf("after a restart: %v", err)
 	}
 }
+
+// TestRegisterAfterLostState: leases taken while no instance was
+// registered (a data plane going on after its controller lost its state)
+// are not released when it registers: no predecessor is known to be gone.
+func TestRegisterAfterLostState(t *testing.T) {
+	w := newWorld(t)
+	a := w.alloc("dp1", "s1", client1)
+	w.register("dp1", "i1")
+	if got := w.leased(); !slices.Equal(got, []string{a.String() + "=dp1/s1"}) {
+		t.Fatalf("leases %v", got)
+	}
+	if c := w.c.Counts(); c.Reclaimed != 0 {
+		t.Fatalf("counts %+v", c)
+	}
+}
