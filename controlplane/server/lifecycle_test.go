@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fourover6/fourover6/controlplane/controller"
 	"github.com/fourover6/fourover6/controlplane/pool"
@@ -328,16 +329,23 @@ func TestHundredThousandSessions(t *testing.T) {
 	if _, err := e.lease.RegisterDataplane(ctx, &pb.RegisterDataplaneRequest{DataplaneId: "dp1", InstanceId: "i1"}); err != nil {
 		t.Fatal(err)
 	}
+	// Sessions as a data plane reports them: ids like its own, addresses,
+	// times, counters.
+	connected := timestamppb.New(time.Date(2026, 3, 4, 5, 0, 0, 0, time.UTC))
 	sessions := func(from, to int, bytes uint64) []*pb.SessionReport {
+		heard := timestamppb.New(e.clk.Now())
 		out := make([]*pb.SessionReport, 0, to-from)
 		for i := from; i < to; i++ {
 			out = append(out, &pb.SessionReport{SessionId: fmt.Sprint("s", i), Address: addrs[i].String(),
-				ClientIpv6: "2001:db8::1", ClientPort: 40000, Counters: &pb.Counters{BytesToClient: bytes, PacketsToClient: bytes / 100}})
+				ClientIpv6: fmt.Sprintf("2001:db8:%x::%x", i>>16, i&0xffff), ClientPort: uint32(40000 + i%20000),
+				ConnectedAt: connected, LastHeard: heard,
+				Counters: &pb.Counters{BytesFromClient: bytes * 3, PacketsFromClient: bytes / 50, BytesToClient: bytes, PacketsToClient: bytes / 100}})
 		}
 		return out
 	}
 	all := sessions(0, n, 1000)
-	if size := proto.Size(&pb.ReportSessionsRequest{DataplaneId: "dp1", InstanceId: "i1", Complete: true, Sessions: all}); size <= 4<<20 {
+	size := proto.Size(&pb.ReportSessionsRequest{DataplaneId: "dp1", InstanceId: "i1", Complete: true, Sessions: all})
+	if size <= 4<<20 {
 		t.Fatalf("a report of %d sessions is only %d bytes: not beyond one message", n, size)
 	}
 	// One message is refused by the size limit.
@@ -402,7 +410,7 @@ func TestHundredThousandSessions(t *testing.T) {
 
 	t0 := time.Now()
 	resp := stream(all, true)
-	t.Logf("a complete report of %d sessions in chunks of %d: %v", n, chunk, time.Since(t0).Round(time.Millisecond))
+	t.Logf("a complete report of %d sessions (%d bytes) in chunks of %d: %v", n, size, chunk, time.Since(t0).Round(time.Millisecond))
 	if resp.Sessions != n || resp.UnknownSessions != 0 || len(resp.UnknownSessionIds) != 0 {
 		t.Fatalf("report answer: %d sessions, %d unknown", resp.Sessions, resp.UnknownSessions)
 	}

@@ -58,7 +58,7 @@ func TestMultiController(t *testing.T) {
 	ctlArgs := func(id, sock string) []string {
 		return []string{"--controller-id", id, "--listen", "unix://" + sock, "--store", storeURL,
 			"--election-ttl", "2s", "--dns", "192.0.2.53", "--log-level", "debug",
-			"--max-leases-per-ip", "0"} // every allocation comes from one client address
+			"--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"} // every allocation comes from one client address
 	}
 	c1 := e.startHost("4over6-controller", ctlArgs("c1", socks[0])...)
 	e.waitFor("c1 leads", func() bool { st, err := controllerStatus(socks[0]); return err == nil && st.GetLeader() })
