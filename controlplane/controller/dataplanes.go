@@ -198,6 +198,7 @@ type dpState struct {
 	sessions   uint32
 	reported   bool      // a complete report of the registered instance arrived whole this term
 	lastReport time.Time // liveness clock: the start of the latest such report
+	scannedTo  time.Time // Reconcile released the leases vouched for up to this (liveness clock)
 
 	conflictLog throttle // id-conflict log lines and commands
 	unknownLog  throttle // heartbeats of unregistered instances
@@ -420,7 +421,7 @@ func (t *term) register(ctx context.Context, r Registration) (rec, prev store.Da
 		d.peer = r.Peer
 	}
 	if prev.InstanceID != r.InstanceID {
-		d.reported, d.lastReport, d.streamEnded = false, time.Time{}, false
+		d.reported, d.lastReport, d.scannedTo, d.streamEnded = false, time.Time{}, time.Time{}, false
 		if d.stream != nil {
 			// The previous instance's stream: commands for the new one
 			// must not go there.

@@ -64,8 +64,8 @@ func (c *Controller) Reconcile(ctx context.Context) {
 		return
 	}
 	type dpv struct {
-		down, stopped, reported bool
-		since, lastReport       time.Time
+		down, stopped, reported      bool
+		since, lastReport, scannedTo time.Time
 	}
 	type downLine struct {
 		id        string
@@ -88,7 +88,8 @@ func (c *Controller) Reconcile(ctx context.Context) {
 			d.down, d.downSince = true, d.lastContact.Add(c.cfg.DataplaneTimeout)
 			downs = append(downs, downLine{id, d.seen})
 		}
-		view[id] = dpv{down: d.down, stopped: stopped, since: d.downSince, reported: d.reported, lastReport: d.lastReport}
+		view[id] = dpv{down: d.down, stopped: stopped, since: d.downSince, reported: d.reported,
+			lastReport: d.lastReport, scannedTo: d.scannedTo}
 	}
 	t.dpMu.Unlock()
 	for _, d := range downs {
@@ -99,6 +100,7 @@ func (c *Controller) Reconcile(ctx context.Context) {
 	// Data planes registered after the view was taken wait for the next
 	// tick.
 	var downGone, unclaimed, stopped []store.Lease
+	scanned := map[string]time.Time{}
 	for id, v := range view {
 		if counts[id] == 0 {
 			continue
@@ -109,22 +111,38 @@ func (c *Controller) Reconcile(ctx context.Context) {
 		case v.down && live.Sub(v.since) >= c.cfg.GracePeriod:
 			downGone = append(downGone, t.idx.LeasesOf(id)...)
 		case !v.down && v.reported:
-			unclaimed = append(unclaimed, t.idx.Unvouched(id, v.lastReport.Add(-c.cfg.GracePeriod))...)
+			// Only a newer complete report moves the cutoff: no lease
+			// becomes older than it afterwards, so one scan per report
+			// (that released what it found) is enough.
+			if cutoff := v.lastReport.Add(-c.cfg.GracePeriod); cutoff.After(v.scannedTo) {
+				unclaimed = append(unclaimed, t.idx.Unvouched(id, cutoff)...)
+				scanned[id] = cutoff
+			}
 		}
 	}
-	release := func(ls []store.Lease, why, msg string) {
+	release := func(ls []store.Lease, why, msg string) bool {
 		if len(ls) == 0 {
-			return
+			return true
 		}
 		c.log.Warn(msg, "leases", len(ls), "grace", c.cfg.GracePeriod)
 		n, err := t.releaseBatch(ctx, ls, func(store.Owner) string { return why }, slog.LevelInfo)
 		c.counters.reclaimed.Add(uint64(n))
 		if err != nil {
 			c.log.Error("releasing leases failed; will retry", "leases", len(ls)-n, "error", err)
+			return false
 		}
+		return true
 	}
 	release(downGone, fmt.Sprintf("data plane down for %s", c.cfg.GracePeriod), "releasing the leases of data planes that are down")
-	release(unclaimed, fmt.Sprintf("not reported by its data plane for %s", c.cfg.GracePeriod), "releasing leases no data plane reports")
+	if release(unclaimed, fmt.Sprintf("not reported by its data plane for %s", c.cfg.GracePeriod), "releasing leases no data plane reports") {
+		t.dpMu.Lock()
+		for id, cutoff := range scanned {
+			if d, ok := t.dps[id]; ok && cutoff.After(d.scannedTo) {
+				d.scannedTo = cutoff
+			}
+		}
+		t.dpMu.Unlock()
+	}
 	release(stopped, "data plane stopped", "releasing leases of stopped data planes")
 }
 

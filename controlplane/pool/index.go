@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -34,7 +35,8 @@ import (
 //     has at most one owner and an owner at most one address, whatever the
 //     phase.
 //  2. byDataplane files every entry, and only those, under its owner's data
-//     plane; committed counts the entries held or releasing.
+//     plane; committed counts the entries held or releasing, and
+//     committedOf the same per data plane (those with any).
 //  3. An address with an entry, a reserved address, or one outside the
 //     client range is never handed out. The free queue may still list such
 //     an address (entries go stale, see freeQueue); take skips it.
@@ -83,7 +85,8 @@ type Index struct {
 	byAddr      map[uint32]*entry
 	byOwner     map[store.Owner]*entry
 	byDataplane map[string]map[uint32]*entry
-	committed   int // entries held or releasing
+	committed   int            // entries held or releasing
+	committedOf map[string]int // the same per data plane
 	reserved    map[uint32]netip.Prefix
 	byClient    map[netip.Prefix]uint32
 	byIP        map[netip.Addr]int   // entries per client address
@@ -171,6 +174,7 @@ func New(cfg Config, opts ...Options) (*Index, error) {
 		byAddr:      make(map[uint32]*entry),
 		byOwner:     make(map[store.Owner]*entry),
 		byDataplane: make(map[string]map[uint32]*entry),
+		committedOf: make(map[string]int),
 		reserved:    make(map[uint32]netip.Prefix),
 		byClient:    make(map[netip.Prefix]uint32),
 		byIP:        make(map[netip.Addr]int),
@@ -206,7 +210,7 @@ func (x *Index) linkLocked(e *entry) {
 	}
 	dp[e.v] = e
 	if e.committed() {
-		x.committed++
+		x.countCommittedLocked(e, 1)
 	}
 	x.countLocked(e.lease.ClientIPv6, 1)
 }
@@ -221,7 +225,7 @@ func (x *Index) unlinkLocked(e *entry) {
 		}
 	}
 	if e.committed() {
-		x.committed--
+		x.countCommittedLocked(e, -1)
 	}
 	x.countLocked(e.lease.ClientIPv6, -1)
 }
@@ -232,9 +236,18 @@ func (x *Index) setPhaseLocked(e *entry, p phase) {
 	e.phase = p
 	switch now := e.committed(); {
 	case now && !was:
-		x.committed++
+		x.countCommittedLocked(e, 1)
 	case was && !now:
-		x.committed--
+		x.countCommittedLocked(e, -1)
+	}
+}
+
+func (x *Index) countCommittedLocked(e *entry, d int) {
+	x.committed += d
+	if n := x.committedOf[e.lease.Dataplane] + d; n > 0 {
+		x.committedOf[e.lease.Dataplane] = n
+	} else {
+		delete(x.committedOf, e.lease.Dataplane)
 	}
 }
 
@@ -644,19 +657,7 @@ func (x *Index) leasesOf(dataplane string, keep func(*entry) bool) []store.Lease
 func (x *Index) LeaseCounts() map[string]int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	out := make(map[string]int, len(x.byDataplane))
-	for dp, es := range x.byDataplane {
-		n := 0
-		for _, e := range es {
-			if e.committed() {
-				n++
-			}
-		}
-		if n > 0 {
-			out[dp] = n
-		}
-	}
-	return out
+	return maps.Clone(x.committedOf)
 }
 
 // Row returns the client table's row for a (committed leases only).

@@ -59,6 +59,15 @@ func (x *Index) check() error {
 	if committed != x.committed {
 		return fmt.Errorf("committed = %d, counted %d", x.committed, committed)
 	}
+	perDP := map[string]int{}
+	for _, e := range x.byAddr {
+		if e.committed() {
+			perDP[e.lease.Dataplane]++
+		}
+	}
+	if !maps.Equal(perDP, x.committedOf) {
+		return fmt.Errorf("committed per data plane %v, counted %v", x.committedOf, perDP)
+	}
 	for v, c := range x.reserved {
 		if x.byClient[c] != v {
 			return fmt.Errorf("reservation of %s for %s not filed by client", addr(v), c)

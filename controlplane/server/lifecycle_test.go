@@ -424,7 +424,9 @@ func TestHundredThousandSessions(t *testing.T) {
 	stream(sessions(0, n, 2000), false)
 	e.elapse(15*time.Second, heartbeat)
 	stream(all[:n/2], true)
+	mark := time.Now()
 	e.c.Reconcile(ctx)
+	t.Logf("the reconcile that released %d leases: %v", n/2, time.Since(mark).Round(time.Millisecond))
 	if got := leased(); got != n/2 {
 		t.Fatalf("%d leases after the half report, want %d", got, n/2)
 	}

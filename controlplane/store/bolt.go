@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -314,11 +315,19 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 				out[i], seen[r.Addr] = true, true
 			}
 		}
-		owners, released := tx.Bucket(bktOwners), tx.Bucket(bktReleased)
-		for i, r := range rs {
-			if !out[i] {
-				continue
+		// Written in key order: bbolt inserts into a node by moving its
+		// tail, so many keys in random order into one node (a batch into
+		// a fresh "released" bucket) would cost the square of their number.
+		order := make([]int, 0, len(rs))
+		for i := range rs {
+			if out[i] {
+				order = append(order, i)
 			}
+		}
+		slices.SortFunc(order, func(a, b int) int { return rs[a].Addr.Compare(rs[b].Addr) })
+		owners, released := tx.Bucket(bktOwners), tx.Bucket(bktReleased)
+		for _, i := range order {
+			r := rs[i]
 			ak := addrKey(r.Addr)
 			if err := leases.Delete(ak); err != nil {
 				return err
