@@ -76,11 +76,13 @@ const (
 	OpBackup
 	OpRestore
 	OpProbe
+	OpReleaseMany
+	OpDeleteDataplane
 	numOps
 )
 
 var opNames = [numOps]string{"claim", "release", "lease", "load", "put_reservation", "delete_reservation",
-	"put_settings", "put_dataplane", "backup", "restore", "probe"}
+	"put_settings", "put_dataplane", "backup", "restore", "probe", "release_many", "delete_dataplane"}
 
 func (o Op) String() string { return opNames[o] }
 
@@ -241,6 +243,11 @@ func (m *Monitor) Release(ctx context.Context, addr netip.Addr, owner Owner, at 
 	return ok, m.record(OpRelease, err)
 }
 
+func (m *Monitor) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]bool, error) {
+	done, err := m.Store.ReleaseMany(ctx, rs, at)
+	return done, m.record(OpReleaseMany, err)
+}
+
 func (m *Monitor) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
 	l, ok, err := m.Store.Lease(ctx, addr)
 	return l, ok, m.record(OpLease, err)
@@ -267,6 +274,11 @@ func (m *Monitor) PutSettings(ctx context.Context, s Settings) error {
 
 func (m *Monitor) PutDataplane(ctx context.Context, d Dataplane) error {
 	return m.record(OpPutDataplane, m.Store.PutDataplane(ctx, d))
+}
+
+func (m *Monitor) DeleteDataplane(ctx context.Context, id string) (bool, error) {
+	deleted, err := m.Store.DeleteDataplane(ctx, id)
+	return deleted, m.record(OpDeleteDataplane, err)
 }
 
 // Backup passes to the wrapped store if it writes backups.

@@ -44,6 +44,20 @@ func (f *flakyStore) PutSettings(ctx context.Context, s store.Settings) error {
 	return f.Store.PutSettings(ctx, s)
 }
 
+func (f *flakyStore) ReleaseMany(ctx context.Context, rs []store.Release, at time.Time) ([]bool, error) {
+	if err := f.err(); err != nil {
+		return nil, err
+	}
+	return f.Store.ReleaseMany(ctx, rs, at)
+}
+
+func (f *flakyStore) DeleteDataplane(ctx context.Context, id string) (bool, error) {
+	if err := f.err(); err != nil {
+		return false, err
+	}
+	return f.Store.DeleteDataplane(ctx, id)
+}
+
 func (f *flakyStore) Load(ctx context.Context) (store.State, error) {
 	if err := f.err(); err != nil {
 		return store.State{}, err
@@ -122,6 +136,34 @@ func TestMonitorWriteHealth(t *testing.T) {
 	fs.fail.Store(false)
 	if m.Errors(store.OpLoad) != 1 || m.LastWriteErr() != nil {
 		t.Fatalf("a failed read: %d load errors, health %v", m.Errors(store.OpLoad), m.LastWriteErr())
+	}
+}
+
+// TestMonitorBatchWrites: a batch release and a registry deletion are
+// writes like the others: counted when they fail, and they make the
+// store's health.
+func TestMonitorBatchWrites(t *testing.T) {
+	fs := &flakyStore{Store: store.NewMemory()}
+	m := store.NewMonitor(fs, store.MonitorOptions{ProbeEvery: -1})
+	defer m.Close()
+	ctx := t.Context()
+	fs.fail.Store(true)
+	if _, err := m.ReleaseMany(ctx, []store.Release{{Addr: netip.MustParseAddr("13.8.0.2")}}, baseT0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatal(err)
+	}
+	if _, err := m.DeleteDataplane(ctx, "dp1"); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatal(err)
+	}
+	var we *store.WriteError
+	if err := m.LastWriteErr(); !errors.As(err, &we) || we.Op != store.OpDeleteDataplane || we.Op.String() != "delete_dataplane" {
+		t.Fatalf("health %v", err)
+	}
+	if m.Errors(store.OpReleaseMany) != 1 || m.Errors(store.OpDeleteDataplane) != 1 {
+		t.Fatalf("errors: release_many %d, delete_dataplane %d", m.Errors(store.OpReleaseMany), m.Errors(store.OpDeleteDataplane))
+	}
+	fs.fail.Store(false)
+	if _, err := m.ReleaseMany(ctx, nil, baseT0); err != nil || m.LastWriteErr() != nil {
+		t.Fatalf("after recovery: %v, health %v", err, m.LastWriteErr())
 	}
 }
 
