@@ -698,6 +698,10 @@ func (s *stream) RecvMsg(m any) error {
 			return err
 		}
 		if s.f == nil {
+			if s.received {
+				// Messages came: the daemon itself ended the stream.
+				return err
+			}
 			return s.c.single(err)
 		}
 		if !s.f.failed(s.i, err) {

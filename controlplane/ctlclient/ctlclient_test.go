@@ -454,3 +454,55 @@ func TestDialRejects(t *testing.T) {
 		t.Fatal("Dial of no endpoints succeeded")
 	}
 }
+
+// cutBackup sends two chunks of a backup, then the server goes away.
+type cutBackup struct {
+	pb.UnimplementedControllerServiceServer
+	stop func()
+}
+
+func (b *cutBackup) Backup(_ *pb.BackupRequest, stream grpc.ServerStreamingServer[pb.BackupResponse]) error {
+	for range 2 {
+		if err := stream.Send(&pb.BackupResponse{Data: []byte("chunk")}); err != nil {
+			return err
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the chunks reach the client first
+	go b.stop()
+	<-stream.Context().Done()
+	return stream.Context().Err()
+}
+
+// TestStreamCutAfterMessages: a stream that delivered messages was answered
+// by the daemon, whatever ends it afterwards (even its connection going
+// down): the caller gets the stream's own error, never "cannot reach".
+func TestStreamCutAfterMessages(t *testing.T) {
+	ep := sockEndpoint(t, "cut")
+	l, err := ep.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	pb.RegisterControllerServiceServer(s, &cutBackup{stop: s.Stop})
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+
+	stream, err := pb.NewControllerServiceClient(dial(t, ep)).Backup(timeout(t, 5*time.Second), &pb.BackupRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		if _, err = stream.Recv(); err != nil {
+			break
+		}
+		got++
+	}
+	if got != 2 {
+		t.Fatalf("%d chunks before the cut, want 2", got)
+	}
+	var none *ctlclient.Error
+	if errors.As(err, &none) || status.Code(err) != codes.Unavailable {
+		t.Fatalf("cut stream: %T %v, want the stream's UNAVAILABLE", err, err)
+	}
+}
