@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -32,12 +33,16 @@ type Config struct {
 	Version        string
 	APIAddress     string       // the data plane's gRPC API, for the controller's registry
 	Listener       net.Listener // clients connect here (TCP over IPv6)
-	TUN            tun.Device   // configured with Gateway/Pool, up
+	TUN            tun.Device   // open; Configure gives it its address
 	MTU            int
-	Pool           Assignment
 	ControlPlane   ControlPlane
 	ControllerAddr string // for status output
 	Logger         *slog.Logger
+
+	// Configure is called once, after the first registration, with the
+	// pool the controller assigned (the TUN's address, NAT), on the
+	// goroutine that called Run; nil: nothing to do. An error ends Run.
+	Configure func(Assignment) error
 
 	KeepaliveInterval time.Duration // default 20s
 	KeepaliveTimeout  time.Duration // default 60s
@@ -45,12 +50,19 @@ type Config struct {
 	ReportInterval    time.Duration // default 5s
 	AllocateTimeout   time.Duration // how long a 100 waits for an unreachable controller; default 5s
 	ReleaseTimeout    time.Duration // per release attempt; default 3s
+	RegisterTimeout   time.Duration // per registration attempt; default 5s
+	StopTimeout       time.Duration // how long a stop waits for the controller; default 2s
 	HeartbeatInterval time.Duration // default: what the controller said at registration, else 5s
 	SendQueueLen      int           // default 256 messages
 	ReadBufferSize    int           // first decoder buffer per client; default 512 bytes
 	MaxReadBufferSize int           // busy clients' buffers grow up to this; default 256 KiB
 	Limits            limit.Config  // zero values: unlimited
 }
+
+// retryCap bounds the data plane's waits between attempts to reach the
+// controller (registration, the command stream, allocations, releases):
+// a controller that comes back is used within about a second.
+const retryCap = time.Second
 
 func (c *Config) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
@@ -64,8 +76,8 @@ func (c *Config) setDefaults() {
 	def(&c.ReportInterval, 5*time.Second)
 	def(&c.AllocateTimeout, 5*time.Second)
 	def(&c.ReleaseTimeout, 3*time.Second)
-	def(&c.HeartbeatInterval, c.Pool.HeartbeatInterval)
-	def(&c.HeartbeatInterval, 5*time.Second)
+	def(&c.RegisterTimeout, 5*time.Second)
+	def(&c.StopTimeout, 2*time.Second)
 	if c.InstanceID == "" {
 		var b [8]byte
 		rand.Read(b[:])
@@ -91,34 +103,43 @@ func (c *Config) setDefaults() {
 
 // Dataplane serves clients. Create it with New, run it with Run.
 type Dataplane struct {
-	cfg    Config
-	scfg   session.Config
-	log    *slog.Logger
-	drops  session.Drops
-	routes route.Table[session.Session]
+	cfg     Config
+	scfg    session.Config
+	log     *slog.Logger
+	drops   session.Drops
+	routes  route.Table[session.Session]
+	sweeper *session.Sweeper
+	queue   *releaseQueue
 
 	mu       sync.Mutex
 	sessions map[*session.Session]func() // value: the limiter's release
 	gone     session.Traffic             // counters of closed sessions
+	pool     Assignment                  // from the last registration
+	lastReg  time.Time                   // last registration attempt
 
 	limiter  *limit.Limiter
 	refused  sync.Map // reason -> *refusal
 	draining atomic.Bool
 
-	idPrefix string
-	seq      atomic.Uint64
-	accepted atomic.Uint64
-	closed   atomic.Uint64
-	closedBy [session.NumCauses]atomic.Uint64 // closes by cause
-	ctrlOK   atomic.Bool
-	started  time.Time
+	idPrefix   string
+	seq        atomic.Uint64
+	accepted   atomic.Uint64
+	closed     atomic.Uint64
+	closedBy   [session.NumCauses]atomic.Uint64 // closes by cause
+	merged     atomic.Uint64                    // 100s answered by a pending lease's 101
+	ctrlOK     atomic.Bool
+	registered atomic.Bool
+	stopping   atomic.Bool
+	heartbeat  atomic.Int64 // the interval in force, in nanoseconds
+	started    time.Time
+
+	reregister chan struct{} // asks the heartbeat loop to register again
 
 	reportMu       sync.Mutex // guards the report buffers
 	reportSessions []*session.Session
 	reportBuf      []SessionReport
 
-	conns    sync.WaitGroup // session goroutines
-	releases sync.WaitGroup // release calls in flight
+	conns sync.WaitGroup // session goroutines
 }
 
 // New checks the configuration and returns a data plane ready to Run.
@@ -138,17 +159,18 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	now := time.Now()
 	d := &Dataplane{
-		cfg:      cfg,
-		log:      cfg.Logger.With("dataplane", cfg.ID),
-		sessions: make(map[*session.Session]func()),
-		limiter:  limit.New(cfg.Limits),
-		started:  now,
+		cfg:        cfg,
+		log:        cfg.Logger.With("dataplane", cfg.ID),
+		sessions:   make(map[*session.Session]func()),
+		limiter:    limit.New(cfg.Limits),
+		started:    now,
+		reregister: make(chan struct{}, 1),
 		// Session ids must not repeat across restarts of this data plane:
 		// the controller keys leases by them.
 		idPrefix: strconv.FormatInt(now.UnixNano()/int64(time.Millisecond), 36) + "-",
 	}
 	d.ctrlOK.Store(true)
-	d.draining.Store(cfg.Pool.Draining)
+	d.heartbeat.Store(int64(cmp.Or(cfg.HeartbeatInterval, 5*time.Second)))
 	d.scfg = session.Config{
 		Host:              (*host)(d),
 		TUN:               cfg.TUN,
@@ -161,40 +183,168 @@ func New(cfg Config) (*Dataplane, error) {
 		ReadBufferSize:    cfg.ReadBufferSize,
 		MaxReadBufferSize: cfg.MaxReadBufferSize,
 		Epoch:             now,
+		Merged:            &d.merged,
 	}
+	d.sweeper = session.NewSweeper(d.scfg.Now)
+	d.scfg.Sweeper = d.sweeper
+	d.queue = newReleaseQueue(d.log, cfg.ReleaseTimeout, d.sendReleases, d.resolveLease)
 	return d, nil
 }
 
-// Run serves until ctx ends, then closes every session (releasing their
-// addresses), the listener and the TUN.
+// Run registers with the controller (retrying while it cannot be reached),
+// calls Configure with the pool it assigned, and serves until ctx ends or
+// serving fails; then it stops (Stop). It returns nil when asked to stop,
+// an *IDInUseError when another instance of the id is live, or why it
+// could not serve.
 func (d *Dataplane) Run(ctx context.Context) error {
+	err := d.register(ctx)
+	if err == nil && d.cfg.Configure != nil {
+		if err = d.cfg.Configure(d.Assignment()); err != nil {
+			err = fmt.Errorf("configure: %w", err)
+		}
+	}
+	if err != nil {
+		if d.registered.Load() {
+			d.stop("start failed: " + err.Error())
+		}
+		d.cfg.Listener.Close()
+		d.cfg.TUN.Close()
+		if ctx.Err() != nil && !errors.Is(err, ErrIDInUse) {
+			return nil // asked to stop before the controller answered
+		}
+		if errors.Is(err, ErrIDInUse) {
+			return err
+		}
+		return &StartError{Err: err}
+	}
+	a := d.Assignment()
+	d.log.Info("data plane started", "instance", d.cfg.InstanceID, "listen", d.cfg.Listener.Addr().String(),
+		"tun", d.cfg.TUN.Name(), "gateway", a.Gateway, "pool", a.Pool)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.acceptLoop(gctx) })
 	g.Go(func() error { return d.tunLoop(gctx) })
-	g.Go(func() error { d.sweepLoop(gctx); return nil })
+	g.Go(func() error { d.sweeper.Run(gctx); return nil })
+	g.Go(func() error { d.queue.Run(gctx); return nil })
 	g.Go(func() error { d.reportLoop(gctx); return nil })
-	g.Go(func() error { d.heartbeatLoop(gctx); return nil })
+	g.Go(func() error { return d.heartbeatLoop(gctx) })
 	g.Go(func() error { d.commandLoop(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
-		d.shutdown()
+		d.shutdown(ctx)
 		return nil
 	})
-	err := g.Wait()
-	if ctx.Err() != nil {
-		return nil // asked to stop
-	}
-	return err
+	return g.Wait() // nil when asked to stop: the loops fail only for a reason
 }
 
-func (d *Dataplane) shutdown() {
+// shutdown stops accepting, closes every session and tells the controller
+// this instance stopped: it releases all the leases at once, instead of
+// one release per session, and shows the data plane stopped.
+func (d *Dataplane) shutdown(ctx context.Context) {
+	d.stopping.Store(true)
 	d.cfg.Listener.Close()
-	for _, s := range d.snapshot() {
+	live := d.snapshot()
+	for _, s := range live {
 		s.Close(session.Reason{Cause: session.CauseShutdown})
 	}
 	d.conns.Wait()
-	d.releases.Wait()
+	why := "shutting down"
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		why = cause.Error()
+	}
+	d.stop(why)
 	d.cfg.TUN.Close()
+}
+
+// stop calls the controller's StopDataplane once, within StopTimeout: a
+// controller that is down does not hold the exit up for long (its grace
+// period frees the leases then).
+func (d *Dataplane) stop(why string) {
+	if !d.registered.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.StopTimeout)
+	defer cancel()
+	start := time.Now()
+	n, err := d.cfg.ControlPlane.Stop(ctx, StopRequest{DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Reason: why})
+	if err != nil {
+		d.log.Warn("could not tell the controller this data plane stops; it frees the leases after its grace period",
+			"controller", d.cfg.ControllerAddr, "releases_waiting", d.queue.Len(), "err", err)
+		return
+	}
+	dropped := d.queue.Drop() // the controller released them all
+	d.log.Info("stopped at the controller", "leases_released", n, "queued_releases_dropped", dropped,
+		"took", time.Since(start).Round(time.Millisecond))
+}
+
+// register registers until the controller answers; it gives up on ctx, on
+// an id conflict and on any answer but "unavailable".
+func (d *Dataplane) register(ctx context.Context) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		a, err := d.registerOnce(ctx)
+		if err == nil {
+			d.log.Info("registered with controller", "controller", d.cfg.ControllerAddr, "instance", d.cfg.InstanceID,
+				"gateway", a.Gateway, "pool", a.Pool, "draining", a.Draining)
+			return nil
+		}
+		if !errors.Is(err, ErrControllerUnavailable) || ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn("controller not reachable yet; retrying", "controller", d.cfg.ControllerAddr,
+			"attempt", attempt, "retry_in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped before the controller at %s answered: %w", d.cfg.ControllerAddr, err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, retryCap)
+	}
+}
+
+// registerOnce makes one registration attempt and applies its answer.
+func (d *Dataplane) registerOnce(ctx context.Context) (Assignment, error) {
+	d.mu.Lock()
+	d.lastReg = time.Now()
+	d.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.RegisterTimeout)
+	a, err := d.cfg.ControlPlane.Register(rctx, d.registration())
+	cancel()
+	d.setControllerOK(err)
+	if err != nil {
+		var inUse *IDInUseError
+		if errors.As(err, &inUse) {
+			if inUse.DataplaneID == "" {
+				inUse.DataplaneID = d.cfg.ID
+			}
+			d.log.Error("controller refused this data plane: "+inUse.Error(),
+				"id", d.cfg.ID, "live_instance", inUse.Live.InstanceID, "live_peer", inUse.Live.Peer,
+				"live_listen", inUse.Live.ClientListen, "live_api", inUse.Live.APIAddress)
+			return a, inUse
+		}
+		return a, err
+	}
+	d.mu.Lock()
+	if d.pool.Pool.IsValid() && (a.Pool != d.pool.Pool || a.Gateway != d.pool.Gateway) {
+		d.log.Warn("controller assigned another pool; it takes effect on restart",
+			"pool", a.Pool, "gateway", a.Gateway, "in_use", d.pool.Pool, "gateway_in_use", d.pool.Gateway)
+		a.Pool, a.Gateway = d.pool.Pool, d.pool.Gateway
+	}
+	d.pool = a
+	d.mu.Unlock()
+	if d.cfg.HeartbeatInterval <= 0 && a.HeartbeatInterval > 0 {
+		d.heartbeat.Store(int64(a.HeartbeatInterval))
+	}
+	d.SetDraining(a.Draining)
+	d.registered.Store(true)
+	return a, nil
+}
+
+// Assignment returns what the controller assigned at the last
+// registration (the zero Assignment before the first).
+func (d *Dataplane) Assignment() Assignment {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pool
 }
 
 func (d *Dataplane) acceptLoop(ctx context.Context) error {
@@ -327,25 +477,6 @@ func handOver(s *session.Session, run []*sendq.Buf) []*sendq.Buf {
 	return run[:0]
 }
 
-// sweepInterval is how often keepalives and timeouts are checked: the seed
-// uses one second; short test settings need finer steps to be exact.
-func (d *Dataplane) sweepInterval() time.Duration {
-	t := min(d.cfg.KeepaliveInterval, d.cfg.KeepaliveTimeout) / 4
-	return min(max(t, 10*time.Millisecond), time.Second)
-}
-
-func (d *Dataplane) sweepLoop(ctx context.Context) {
-	var all []*session.Session
-	every(ctx, d.sweepInterval(), func() {
-		all = d.appendSessions(all[:0])
-		now := d.scfg.Now()
-		for _, s := range all {
-			s.Tick(now)
-		}
-		clear(all)
-	})
-}
-
 func (d *Dataplane) reportLoop(ctx context.Context) {
 	every(ctx, d.cfg.ReportInterval, func() { d.report(ctx) })
 }
@@ -456,13 +587,43 @@ func (d *Dataplane) Kick(addr netip.Addr, sessionID, reason string) (session.Inf
 	return in, nil
 }
 
-func (d *Dataplane) heartbeatLoop(ctx context.Context) {
-	every(ctx, d.cfg.HeartbeatInterval, func() { d.heartbeat(ctx) })
+// heartbeatLoop sends a heartbeat every interval and registers again when
+// the controller no longer knows this instance (a heartbeat says so, or a
+// call was refused as not registered). Registering again with this
+// instance's id never takes the id from another live instance: the
+// controller refuses that, and then this instance has lost its id (its
+// leases went to the other): the loop returns the *IDInUseError and the
+// data plane stops.
+func (d *Dataplane) heartbeatLoop(ctx context.Context) error {
+	t := time.NewTimer(d.heartbeatInterval())
+	defer t.Stop()
+	for {
+		again := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			t.Reset(d.heartbeatInterval())
+			again = !d.heartbeat1(ctx)
+		case <-d.reregister:
+			again = true
+		}
+		if !again || ctx.Err() != nil {
+			continue
+		}
+		if err := d.registerAgain(ctx); errors.Is(err, ErrIDInUse) {
+			return err
+		}
+	}
 }
 
-func (d *Dataplane) heartbeat(ctx context.Context) {
+func (d *Dataplane) heartbeatInterval() time.Duration { return time.Duration(d.heartbeat.Load()) }
+
+// heartbeat1 sends one heartbeat; it returns false when the controller does
+// not know this instance.
+func (d *Dataplane) heartbeat1(ctx context.Context) bool {
 	open, leased := d.counts()
-	hctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
+	hctx, cancel := context.WithTimeout(ctx, d.heartbeatInterval())
 	r, err := d.cfg.ControlPlane.Heartbeat(hctx, Heartbeat{
 		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID,
 		Sessions: open, LeasedSessions: leased,
@@ -470,23 +631,44 @@ func (d *Dataplane) heartbeat(ctx context.Context) {
 	cancel()
 	d.setControllerOK(err)
 	if err != nil {
-		return
+		return !errors.Is(err, ErrNotRegistered)
 	}
 	d.SetDraining(r.Draining)
-	if r.Known {
-		return
+	return r.Known
+}
+
+// askRegister asks the heartbeat loop to register again (a call was
+// refused: this instance is not registered).
+func (d *Dataplane) askRegister() {
+	select {
+	case d.reregister <- struct{}{}:
+	default:
 	}
-	// The controller lost track of us (e.g. its state was reset): register
-	// again, then tell it every live session at once.
-	d.log.Warn("controller does not know this data plane; registering again")
-	rctx, cancel := context.WithTimeout(ctx, d.cfg.HeartbeatInterval)
-	_, err = d.cfg.ControlPlane.Register(rctx, d.registration())
-	cancel()
-	if err != nil {
-		d.log.Error("registering again failed", "err", err)
-		return
+}
+
+// registerAgain registers this instance again, at most once a second
+// however often it is asked, then reports every live session at once.
+func (d *Dataplane) registerAgain(ctx context.Context) error {
+	d.mu.Lock()
+	wait := time.Until(d.lastReg.Add(retryCap))
+	d.mu.Unlock()
+	if wait > 0 {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
+	d.log.Warn("controller does not know this data plane instance; registering again", "instance", d.cfg.InstanceID)
+	if _, err := d.registerOnce(ctx); err != nil {
+		if !errors.Is(err, ErrIDInUse) {
+			d.log.Error("registering again failed; trying again with the next heartbeat", "err", err)
+		}
+		return err
+	}
+	d.log.Info("registered with controller again", "controller", d.cfg.ControllerAddr, "instance", d.cfg.InstanceID)
 	d.report(ctx)
+	return nil
 }
 
 func (d *Dataplane) registration() Registration {
@@ -496,17 +678,21 @@ func (d *Dataplane) registration() Registration {
 	}
 }
 
-// commandLoop keeps the command stream from the controller open.
+// commandLoop keeps the command stream from the controller open,
+// reopening it within retryCap of its end.
 func (d *Dataplane) commandLoop(ctx context.Context) {
-	wait := time.Second
+	wait := 100 * time.Millisecond
 	for {
 		start := time.Now()
 		err := d.cfg.ControlPlane.WatchDirectives(ctx, d.cfg.ID, d.cfg.InstanceID, d.command)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(start) > time.Minute {
-			wait = time.Second
+		if errors.Is(err, ErrNotRegistered) {
+			d.askRegister()
+		}
+		if time.Since(start) > 10*time.Second {
+			wait = 100 * time.Millisecond
 		}
 		d.log.Debug("command stream from controller ended; reopening", "err", err, "retry_in", wait)
 		select {
@@ -514,7 +700,7 @@ func (d *Dataplane) commandLoop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 30*time.Second)
+		wait = min(2*wait, retryCap)
 	}
 }
 
@@ -530,6 +716,11 @@ func (d *Dataplane) command(c Directive) {
 		d.log.Info("client kicked on the controller's request", "addr", in.Addr, "session", in.ID, "reason", c.Kick.Reason)
 	case c.Drain != nil:
 		d.SetDraining(*c.Drain)
+	case c.IDConflict != nil:
+		in := c.IDConflict
+		d.log.Error("DATA PLANE ID IN USE: another data plane tried to register with this one's --id and was refused; this one keeps serving. Give the other a different --id",
+			"id", d.cfg.ID, "other", in.Where(), "other_instance", in.InstanceID, "other_peer", in.Peer,
+			"other_listen", in.ClientListen, "other_api", in.APIAddress)
 	}
 }
 
@@ -553,18 +744,22 @@ func (d *Dataplane) report(ctx context.Context) {
 	d.reportBuf = reps
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReportInterval)
 	defer cancel()
-	unknown, err := d.cfg.ControlPlane.Report(rctx, Report{
+	r, err := d.cfg.ControlPlane.Report(rctx, Report{
 		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Complete: true, Sessions: reps,
 	})
 	d.setControllerOK(err)
 	if err != nil {
+		if errors.Is(err, ErrNotRegistered) {
+			d.askRegister()
+		}
 		if ctx.Err() == nil {
 			d.log.Warn("session report to controller failed", "sessions", len(reps), "err", err)
 		}
 		return
 	}
-	if len(unknown) > 0 {
-		d.log.Warn("controller holds no lease for sessions of this data plane", "sessions", unknown)
+	if r.UnknownCount > 0 {
+		d.log.Warn("controller holds no lease for sessions of this data plane",
+			"unknown", r.UnknownCount, "sessions", r.Unknown[:min(len(r.Unknown), 20)])
 	}
 }
 
@@ -611,11 +806,17 @@ type host Dataplane
 
 func (h *host) dp() *Dataplane { return (*Dataplane)(h) }
 
+// Lease asks the controller for s's address, retrying within
+// AllocateTimeout while it cannot be reached (or does not know this
+// instance, which then registers again). An allocation that ends without
+// the controller's answer may have leased an address all the same: its
+// release is queued unresolved (see releaseQueue).
 func (h *host) Lease(ctx context.Context, s *session.Session) (wire.AddrResponse, error) {
 	d := h.dp()
-	req := AllocateRequest{DataplaneID: d.cfg.ID, SessionID: s.ID(), Client: s.Remote()}
+	req := AllocateRequest{DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, SessionID: s.ID(), Client: s.Remote()}
 	deadline := time.Now().Add(d.cfg.AllocateTimeout)
-	wait := 100 * time.Millisecond
+	wait := 50 * time.Millisecond
+	unknown := false // an attempt may have reached the controller unanswered
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithDeadline(ctx, deadline)
 		lease, err := d.cfg.ControlPlane.Allocate(actx, req)
@@ -624,26 +825,41 @@ func (h *host) Lease(ctx context.Context, s *session.Session) (wire.AddrResponse
 		if err == nil {
 			return lease, nil
 		}
-		if ctx.Err() != nil {
-			return wire.AddrResponse{}, ctx.Err()
+		retry := errors.Is(err, ErrControllerUnavailable)
+		unknown = unknown || (retry && !errors.Is(err, ErrNotSent))
+		if errors.Is(err, ErrNotRegistered) {
+			d.askRegister()
+			retry = true
 		}
-		if errors.Is(err, ErrPoolExhausted) {
+		switch {
+		case ctx.Err() != nil:
+			// The session closed while it waited for the controller.
+		case errors.Is(err, ErrLeaseLimit):
+			d.refuse("lease_limit", s.Remote())
+			return wire.AddrResponse{}, &session.Refusal{Cause: session.CauseLeaseLimit, Err: err}
+		case errors.Is(err, ErrPoolExhausted):
 			d.log.Warn("no address for client: pool exhausted; closing its connection",
 				"session", s.ID(), "client", s.Remote(), "err", err)
 			return wire.AddrResponse{}, err
-		}
-		if !errors.Is(err, ErrControllerUnavailable) || time.Now().Add(wait).After(deadline) {
+		case !retry || time.Now().Add(wait).After(deadline):
 			d.log.Error("no address for client: allocation failed; closing its connection",
 				"session", s.ID(), "client", s.Remote(), "attempts", attempt, "err", err)
-			return wire.AddrResponse{}, err
+		default:
+			d.log.Debug("allocation failed, retrying", "session", s.ID(), "attempt", attempt, "retry_in", wait, "err", err)
+			select {
+			case <-time.After(wait):
+				wait = min(2*wait, retryCap)
+				continue
+			case <-ctx.Done():
+			}
 		}
-		d.log.Debug("allocation failed, retrying", "session", s.ID(), "attempt", attempt, "retry_in", wait, "err", err)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
+		if unknown {
+			d.queue.AddUnresolved(s.ID(), s.Remote(), "allocation given up without an answer")
+		}
+		if ctx.Err() != nil {
 			return wire.AddrResponse{}, ctx.Err()
 		}
-		wait = min(2*wait, time.Second)
+		return wire.AddrResponse{}, err
 	}
 }
 
@@ -660,32 +876,13 @@ func (h *host) Leased(s *session.Session) {
 	d.log.Info("client connected", "session", s.ID(), "client", s.Remote(), "addr", addr)
 }
 
+// Release removes the route at once and queues the release: the queue
+// delivers it, batched with others, however long the controller is away.
 func (h *host) Release(s *session.Session, addr netip.Addr, why session.Reason) {
 	d := h.dp()
 	d.routes.Remove(packet.Addr4(addr), s)
-	d.releases.Add(1)
-	go func() {
-		defer d.releases.Done()
-		// The controller keeps free text: the reason as a person reads it.
-		req := ReleaseRequest{DataplaneID: d.cfg.ID, SessionID: s.ID(), Addr: addr, Reason: why.String()}
-		var err error
-		for attempt := 0; attempt < 3; attempt++ {
-			if attempt > 0 {
-				time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ReleaseTimeout)
-			err = d.cfg.ControlPlane.Release(ctx, req)
-			cancel()
-			d.setControllerOK(err)
-			if err == nil || !errors.Is(err, ErrControllerUnavailable) {
-				break
-			}
-		}
-		if err != nil {
-			d.log.Error("release at controller failed; the controller keeps the lease until it learns otherwise",
-				"addr", addr, "session", s.ID(), "err", err)
-		}
-	}()
+	// The controller keeps free text: the reason as a person reads it.
+	d.queue.Add(ReleaseRequest{SessionID: s.ID(), Addr: addr, Reason: why.String()})
 }
 
 func (h *host) Closed(s *session.Session, why session.Reason) {
@@ -711,4 +908,24 @@ func (h *host) Closed(s *session.Session, why session.Reason) {
 		d.log.Info("connection closed before lease", "session", s.ID(), "client", in.Remote,
 			"reason", why.Cause.String(), "detail", why.Detail)
 	}
+}
+
+// sendReleases is the release queue's delivery.
+func (d *Dataplane) sendReleases(ctx context.Context, rs []ReleaseRequest) (int, error) {
+	n, err := d.cfg.ControlPlane.ReleaseBatch(ctx, ReleaseBatch{DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, Releases: rs})
+	d.setControllerOK(err)
+	return n, err
+}
+
+// resolveLease is the release queue's question for an allocation of unknown
+// outcome: the session's lease, if it has one (asking again is idempotent).
+func (d *Dataplane) resolveLease(ctx context.Context, sessionID string, client netip.AddrPort) (netip.Addr, error) {
+	lease, err := d.cfg.ControlPlane.Allocate(ctx, AllocateRequest{
+		DataplaneID: d.cfg.ID, InstanceID: d.cfg.InstanceID, SessionID: sessionID, Client: client,
+	})
+	d.setControllerOK(err)
+	if errors.Is(err, ErrNotRegistered) {
+		d.askRegister()
+	}
+	return lease.Addr, err
 }

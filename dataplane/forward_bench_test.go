@@ -93,7 +93,6 @@ func startBench(b *testing.B, backend tun.Backend) *benchEnv {
 	env.buf = make([]byte, 64<<10)
 	dp, err := dataplane.New(dataplane.Config{
 		ID: "bench", Listener: ln, TUN: dev, ControlPlane: dataplanetest.NewMemController(253),
-		Pool:   dataplane.Assignment{Gateway: netip.MustParseAddr(benchGW), Pool: netip.MustParsePrefix("13.8.0.0/24")},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReportInterval: time.Hour,
 	})
 	if err != nil {

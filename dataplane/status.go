@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"runtime"
@@ -37,6 +38,9 @@ type Status struct {
 	OpenFDs             int // -1 when unknown
 	Refused             map[string]uint64
 	Limits              limit.Config
+	Registered          bool   // the controller accepted this instance
+	ReleasesPending     int    // releases waiting for the controller
+	RepeatedAddrReqs    uint64 // 100s answered by a pending lease's 101
 }
 
 // ID is the data plane's name.
@@ -44,11 +48,13 @@ func (d *Dataplane) ID() string { return d.cfg.ID }
 
 // Status returns a snapshot.
 func (d *Dataplane) Status() Status {
+	pool := d.Assignment()
 	st := Status{
 		ID: d.cfg.ID, Version: d.cfg.Version,
 		ClientListen: d.cfg.Listener.Addr().String(),
 		TUN:          d.cfg.TUN.Name(), MTU: d.cfg.MTU,
-		Gateway: d.cfg.Pool.Gateway, Pool: d.cfg.Pool.Pool,
+		Gateway: pool.Gateway, Pool: pool.Pool,
+		Registered: d.registered.Load(), ReleasesPending: d.queue.Len(), RepeatedAddrReqs: d.merged.Load(),
 		Controller: d.cfg.ControllerAddr, ControllerConnected: d.ctrlOK.Load(),
 		StartedAt: d.started,
 		Accepted:  d.accepted.Load(), Closed: d.closed.Load(),
@@ -77,6 +83,24 @@ func (d *Dataplane) Status() Status {
 		st.Traffic = st.Traffic.Add(s.Traffic())
 	}
 	return st
+}
+
+// Ready says whether the data plane takes new clients, from a few cheap
+// values (no status is built): it is registered, not draining or stopping,
+// and the controller answered its last call (a 100 needs it). The error
+// says why not.
+func (d *Dataplane) Ready() error {
+	switch {
+	case d.stopping.Load():
+		return errors.New("stopping")
+	case !d.registered.Load():
+		return errors.New("not registered with the controller yet")
+	case d.draining.Load():
+		return errors.New("draining")
+	case !d.ctrlOK.Load():
+		return errors.New("controller unreachable")
+	}
+	return nil
 }
 
 // Sessions returns a snapshot of every open session, ordered by id.

@@ -39,6 +39,8 @@ type options struct {
 	prefixLen         int
 	acceptRate        float64
 	acceptBurst       int
+	prefixAcceptRate  float64
+	prefixAcceptBurst int
 	logLevel          string
 	logFormat         string
 	tls               tlsconf.Files
@@ -86,6 +88,8 @@ func newCommand(o *options) *cobra.Command {
 	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix (a /64 is one subscriber)")
 	f.Float64Var(&o.acceptRate, "accept-rate", 1000, "new connections accepted per second, on average (0: unlimited)")
 	f.IntVar(&o.acceptBurst, "accept-burst", 2000, "new connections accepted at once above --accept-rate")
+	f.Float64Var(&o.prefixAcceptRate, "accept-rate-per-prefix", 100, "new connections accepted per second from one client prefix of --prefix-length bits, on average (0: unlimited): one prefix's flood leaves --accept-rate to the others")
+	f.IntVar(&o.prefixAcceptBurst, "accept-burst-per-prefix", 200, "new connections accepted at once from one prefix above --accept-rate-per-prefix")
 	f.StringVar(&o.tls.Cert, "tls-cert", "", "certificate (PEM) for the gRPC API and for calls to the controller (mutual TLS)")
 	f.StringVar(&o.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
 	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
@@ -149,7 +153,7 @@ func (o *options) validate() error {
 	if o.sendQueue < 1 || o.sendQueue > 65536 {
 		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)
 	}
-	for name, v := range map[string]int{"--max-clients": o.maxClients, "--max-conns-per-ip": o.maxConnsPerIP, "--max-conns-per-prefix": o.maxConnsPerPrefix, "--accept-burst": o.acceptBurst} {
+	for name, v := range map[string]int{"--max-clients": o.maxClients, "--max-conns-per-ip": o.maxConnsPerIP, "--max-conns-per-prefix": o.maxConnsPerPrefix, "--accept-burst": o.acceptBurst, "--accept-burst-per-prefix": o.prefixAcceptBurst} {
 		if v < 0 {
 			return fmt.Errorf("%s %d: must be 0 (unlimited) or more", name, v)
 		}
@@ -159,6 +163,9 @@ func (o *options) validate() error {
 	}
 	if o.acceptRate < 0 {
 		return fmt.Errorf("--accept-rate %g: must be 0 (unlimited) or more", o.acceptRate)
+	}
+	if o.prefixAcceptRate < 0 {
+		return fmt.Errorf("--accept-rate-per-prefix %g: must be 0 (unlimited) or more", o.prefixAcceptRate)
 	}
 	valid := false
 	for _, b := range tun.Backends() {

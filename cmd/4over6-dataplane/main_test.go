@@ -217,7 +217,9 @@ func TestServeInNamespace(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(t.Context(), time.Second)
 		resp, err := dapi.GetStatus(cctx, &dpv1.GetStatusRequest{})
 		ccancel()
-		if err == nil {
+		// The API answers from the start; the gateway comes with the
+		// registration.
+		if err == nil && resp.GetStatus().GetGateway() != "" {
 			st = resp.GetStatus()
 		} else {
 			time.Sleep(10 * time.Millisecond)

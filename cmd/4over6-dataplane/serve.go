@@ -15,13 +15,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
-	"github.com/fourover6/fourover6/controlplane/ctlclient"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
@@ -32,199 +37,270 @@ import (
 	"github.com/fourover6/fourover6/dataplane/netcfg"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
-	"github.com/spf13/pflag"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) (err error) {
+// daemon is a data plane process: what it opened, closed in reverse order
+// by close (the one cleanup path, however serve ends).
+type daemon struct {
+	o      *options
+	log    *slog.Logger
+	level  *slog.LevelVar
+	link   *ctlink.Link
+	dev    tun.Device
+	apiEP  endpoint.Endpoint
+	apiLn  net.Listener
+	gs     *grpc.Server
+	health *health.Server
+	ms     *metrics.Server // nil without --metrics
+
+	grpcMetrics *metrics.GRPC
+	guard       *authz.Guard
+	dp     *dataplane.Dataplane
+	undo   []func()
+}
+
+// serve runs the data plane until SIGINT or SIGTERM. The order matters:
+// everything this host must provide (the TUN, the client listener, the
+// API, the metrics listener) is opened first, so that a start that fails
+// for a local reason (a busy TUN, a port in use) leaves nothing at the
+// controller; then the data plane registers, configures the TUN from the
+// registration's answer and serves. Errors an operator must fix are
+// usageErrors (exit 2, which the unit does not restart).
+func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) error {
 	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
 	if err != nil {
 		return usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// Undo in reverse order whatever was set up, however we leave.
-	var undo []func()
-	defer func() {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-	}()
-
-	if err := debug.ServePprof(o.pprof, log); err != nil {
-		return usageError{fmt.Errorf("--pprof: %w", err)}
-	}
-	ctlAddrs, _ := endpoint.ParseList(o.controller)
-	creds, err := o.tls.DialOption()
-	if err != nil {
+	d := &daemon{o: o, log: log, level: level}
+	defer d.close()
+	if err := d.open(); err != nil {
 		return usageError{err}
 	}
-	link, err := ctlink.Dial(ctlAddrs, ctlclient.WithDialOptions(creds))
-	if err != nil {
-		return fmt.Errorf("controller %s: %w", o.controller, err)
-	}
-	undo = append(undo, func() { link.Close() })
+	return d.run(ctx, fs)
+}
 
-	instance := newInstanceID()
-	apiEP, _ := endpoint.Parse(o.api)
-	reg := dataplane.Registration{DataplaneID: o.id, InstanceID: instance, Version: version.String(), ClientListen: o.listen, APIAddress: apiEP.String()}
-	pool, err := register(ctx, log, link, reg, link.String())
-	if err != nil {
+// onClose adds f to what close undoes.
+func (d *daemon) onClose(f func()) { d.undo = append(d.undo, f) }
+
+// close undoes whatever was set up, in reverse order.
+func (d *daemon) close() {
+	for i := len(d.undo) - 1; i >= 0; i-- {
+		d.undo[i]()
+	}
+	d.undo = nil
+}
+
+// open opens the local resources and builds the data plane; nothing is
+// said to the controller yet.
+func (d *daemon) open() error {
+	o := d.o
+	if err := debug.ServePprof(o.pprof, d.log); err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	if err := d.dial(); err != nil {
 		return err
 	}
-
 	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
 	if err != nil {
-		return err
+		return fmt.Errorf("--tun %s: %w", o.tunName, err)
 	}
-	tunOpen := true
-	undo = append(undo, func() {
-		if tunOpen {
-			dev.Close()
-		}
-	})
-	if err := netcfg.Configure(netcfg.LinkConfig{Name: dev.Name(), MTU: o.mtu, Addr: netip.PrefixFrom(pool.Gateway, pool.Pool.Bits())}); err != nil {
-		return fmt.Errorf("configure TUN %s: %w", dev.Name(), err)
-	}
-	if o.nat {
-		undoNAT, err := nat.Enable(nat.Config{Pool: pool.Pool, TUN: dev.Name(), Interfaces: o.natInterfaces, Logger: log})
-		if err != nil {
-			return fmt.Errorf("--nat: %w", err)
-		}
-		undo = append(undo, func() {
-			if err := undoNAT(); err != nil {
-				log.Error("removing NAT rules failed", "err", err)
-			}
-		})
-	}
-
+	d.dev = dev
+	d.onClose(func() { dev.Close() }) // Run closes it too; closing twice is harmless
 	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
 	}
-	dp, err := dataplane.New(dataplane.Config{
-		ID: o.id, InstanceID: instance, Version: version.String(), APIAddress: apiEP.String(),
-		Listener: ln, TUN: dev, MTU: o.mtu, Pool: pool,
-		ControlPlane: link, ControllerAddr: link.String(), Logger: log,
+	d.onClose(func() { ln.Close() })
+	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
+		return err
+	}
+	if err := d.openAPI(); err != nil {
+		return err
+	}
+	return d.openMetrics()
+}
+
+// dial prepares the link to the controller (it connects on first use).
+func (d *daemon) dial() error {
+	eps, err := endpoint.ParseList(d.o.controller)
+	if err != nil {
+		return fmt.Errorf("--controller: %w", err)
+	}
+	creds, err := d.o.tls.DialOption()
+	if err != nil {
+		return err
+	}
+	if d.link, err = ctlink.Dial(eps, []grpc.DialOption{creds}); err != nil {
+		return fmt.Errorf("--controller %s: %w", d.o.controller, err)
+	}
+	d.onClose(func() { d.link.Close() })
+	return nil
+}
+
+func (d *daemon) config(ln net.Listener) dataplane.Config {
+	o := d.o
+	d.apiEP, _ = endpoint.Parse(o.api) // validated
+	return dataplane.Config{
+		ID: o.id, InstanceID: newInstanceID(), Version: version.String(), APIAddress: d.apiEP.String(),
+		Listener: ln, TUN: d.dev, MTU: o.mtu, Configure: d.configure,
+		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log,
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
 		Limits: limit.Config{
 			MaxClients: o.maxClients, MaxConnsPerIP: o.maxConnsPerIP, MaxConnsPerPrefix: o.maxConnsPerPrefix,
 			PrefixLen: o.prefixLen, AcceptRate: o.acceptRate, AcceptBurst: o.acceptBurst,
+			PrefixAcceptRate: o.prefixAcceptRate, PrefixAcceptBurst: o.prefixAcceptBurst,
 		},
-	})
+	}
+}
+
+// openAPI listens on --api and builds the gRPC server (served by run).
+func (d *daemon) openAPI() error {
+	sopt, err := d.o.tls.ServerOption()
 	if err != nil {
-		ln.Close()
 		return err
 	}
-	tunOpen = false // Run closes it
-
-	grpcMetrics := metrics.NewGRPC()
-	sopt, err := o.tls.ServerOption()
-	if err != nil {
-		ln.Close()
-		return usageError{err}
-	}
-	guard := authz.New(log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
-	gs := grpc.NewServer(append(append(grpcMetrics.ServerOptions(), sopt), guard.ServerOptions()...)...)
-	api.New(dp, level, log).Register(gs)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
-	grpcMetrics.InitializeMethods(gs)
-
-	var ms *metrics.Server
-	if o.metrics != "" {
-		reg := metrics.NewRegistry()
-		reg.MustRegister(dpmetrics.New(dp), grpcMetrics, dpmetrics.NewAudit(guard))
-		ms, err = metrics.Start(metrics.Config{Addr: o.metrics, Registry: reg, Logger: log, Ready: readiness(dp)})
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("--metrics: %w", err)
-		}
-	}
-
-	apiLn, err := apiEP.Listen()
-	if err != nil {
-		ln.Close()
+	d.grpcMetrics = metrics.NewGRPC()
+	d.guard = authz.New(d.log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
+	d.gs = grpc.NewServer(append(append(d.grpcMetrics.ServerOptions(), sopt), d.guard.ServerOptions()...)...)
+	api.New(d.dp, d.level, d.log).Register(d.gs)
+	d.health = health.NewServer()
+	healthpb.RegisterHealthServer(d.gs, d.health)
+	d.grpcMetrics.InitializeMethods(d.gs)
+	if d.apiLn, err = d.apiEP.Listen(); err != nil {
 		return fmt.Errorf("--api: %w", err)
 	}
-	go gs.Serve(apiLn)
-	go config.ReloadOnHUP(ctx, fs, *o.configFile, level, log)
-
-	log.Info("data plane started",
-		"id", o.id, "version", version.String(), "listen", ln.Addr().String(),
-		"tun", dev.Name(), "tun_backend", o.tunBackend, "gateway", pool.Gateway, "pool", pool.Pool, "mtu", o.mtu,
-		"api", apiEP.String(), "controller", link.String(), "metrics", o.metrics, "nat", o.nat,
-		"keepalive_interval", o.keepaliveInterval, "keepalive_timeout", o.keepaliveTimeout)
-
-	runErr := dp.Run(ctx)
-	log.Info("data plane stopping")
-	hs.Shutdown()
-	if ms != nil {
-		ms.NotReady("shutting down")
-	}
-	stopGRPC(gs, 5*time.Second)
-	if apiEP.Network == "unix" {
-		os.Remove(apiEP.Address)
-	}
-	if ms != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		ms.Shutdown(sctx)
-		cancel()
-	}
-	return runErr
+	d.onClose(func() {
+		d.gs.Stop() // closes the listener even if Serve never ran
+		if d.apiEP.Network == "unix" {
+			os.Remove(d.apiEP.Address)
+		}
+	})
+	return nil
 }
 
-// readiness: a data plane is ready for new clients when it is not draining
-// and can reach the controller (a 100 needs it).
-func readiness(dp *dataplane.Dataplane) metrics.ReadyFunc {
-	return func(context.Context) error {
-		if dp.Draining() {
-			return errors.New("draining")
-		}
-		if !dp.Status().ControllerConnected {
-			return errors.New("controller unreachable")
-		}
+// openMetrics starts --metrics, if set: /metrics, /healthz, /readyz.
+func (d *daemon) openMetrics() error {
+	if d.o.metrics == "" {
 		return nil
 	}
-}
-
-// register retries until the controller answers: a data plane without a
-// pool cannot configure its TUN or serve anyone.
-func register(ctx context.Context, log *slog.Logger, link dataplane.ControlPlane, r dataplane.Registration, addr string) (dataplane.Assignment, error) {
-	wait := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		pool, err := link.Register(rctx, r)
-		cancel()
-		if err == nil {
-			log.Info("registered with controller", "controller", addr, "gateway", pool.Gateway, "pool", pool.Pool)
-			return pool, nil
-		}
-		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
-			return dataplane.Assignment{}, fmt.Errorf("register with controller %s: %w", addr, err)
-		}
-		log.Warn("controller not reachable yet; retrying", "controller", addr, "attempt", attempt, "retry_in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return dataplane.Assignment{}, fmt.Errorf("stopped before the controller at %s answered", addr)
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
+	reg := metrics.NewRegistry()
+	reg.MustRegister(dpmetrics.New(d.dp), d.grpcMetrics, dpmetrics.NewAudit(d.guard))
+	ms, err := metrics.Start(metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
+		Ready: func(context.Context) error { return d.dp.Ready() }})
+	if err != nil {
+		return err // says --metrics
 	}
+	d.ms = ms
+	d.onClose(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ms.Shutdown(ctx)
+	})
+	return nil
 }
 
-func stopGRPC(gs *grpc.Server, grace time.Duration) {
+// run serves until ctx ends or a part fails: the data plane (which
+// registers first), the API, the metrics listener and SIGHUP reloads. The
+// data plane runs on this goroutine, so it configures the TUN in the
+// network namespace the daemon started in (a test locks its thread in
+// one); the other parts run in an errgroup whose failure stops it.
+func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := d.gs.Serve(d.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("--api %s: %w", d.apiEP, err)
+		}
+		return nil
+	})
+	if d.ms != nil {
+		g.Go(func() error {
+			select {
+			case <-d.ms.Done():
+				if err := d.ms.Err(); err != nil {
+					return fmt.Errorf("--metrics: %w", err)
+				}
+			case <-gctx.Done():
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log)
+		return nil
+	})
+	d.log.Info("data plane starting",
+		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
+		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
+		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat,
+		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
+	err := classify(d.dp.Run(gctx))
+	d.log.Info("data plane stopped")
+	d.stopServing()
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	return err
+}
+
+// stopServing ends the API (gracefully, within 5 s) once the data plane
+// has stopped, so that run's other parts return.
+func (d *daemon) stopServing() {
+	d.health.Shutdown()
+	if d.ms != nil {
+		d.ms.NotReady("shutting down")
+	}
 	done := make(chan struct{})
-	go func() { gs.GracefulStop(); close(done) }()
+	go func() { d.gs.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(grace):
-		gs.Stop()
+	case <-time.After(5 * time.Second):
+		d.gs.Stop()
 	}
+	if d.ms != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		d.ms.Shutdown(ctx)
+	}
+}
+
+// classify marks the data plane's errors an operator must fix (another
+// instance holds the id; the controller refused the registration or the
+// TUN could not be configured) as usageErrors: exit code 2.
+func classify(err error) error {
+	var se *dataplane.StartError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, dataplane.ErrIDInUse), errors.As(err, &se):
+		return usageError{err}
+	}
+	return err
+}
+
+// configure is the data plane's Configure: the TUN's address from the
+// registration, then NAT.
+func (d *daemon) configure(a dataplane.Assignment) error {
+	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
+		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
+	}
+	d.log.Info("TUN configured", "tun", d.dev.Name(), "gateway", a.Gateway, "pool", a.Pool)
+	if !d.o.nat {
+		return nil
+	}
+	undoNAT, err := nat.Enable(nat.Config{Pool: a.Pool, TUN: d.dev.Name(), Interfaces: d.o.natInterfaces, Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("--nat: %w", err)
+	}
+	d.onClose(func() {
+		if err := undoNAT(); err != nil {
+			d.log.Error("removing NAT rules failed", "err", err)
+		}
+	})
+	return nil
 }
 
 // newInstanceID names this process start: the controller tells a restarted

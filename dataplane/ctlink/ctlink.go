@@ -1,18 +1,25 @@
 // Package ctlink is the data plane's gRPC client of the controller: it
 // implements dataplane.ControlPlane over controlplanev1.LeaseService and
-// maps gRPC status codes to the data plane's error kinds.
+// maps gRPC status codes and error reasons to the data plane's error kinds.
 //
 // Dial takes one or more controller endpoints and follows the leader with
 // controlplane/ctlclient, the client 4over6ctl uses too: a standby's
 // NOT_LEADER answer and a dead controller both move the link to the
 // controller that leads, and look like ErrControllerUnavailable to the
 // data plane until one does.
+//
+// Reports go in chunks on one StreamSessionReport stream (ReportChunk
+// sessions a message), so that no report is bounded by gRPC's message
+// size; releases go in batches (ReleaseAddresses).
 package ctlink
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/fourover6/fourover6/controlplane/ctlclient"
@@ -20,13 +27,48 @@ import (
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/wire"
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// Link talks to the controller.
+// ReportChunk is how many sessions one StreamSessionReport message
+// carries. A session's report is about 100 bytes on the wire (ids,
+// addresses, two timestamps, four counters), so a chunk is about 100 KiB:
+// far below gRPC's 4 MiB message limit even with long session ids, small
+// enough that the data plane converts and the controller applies one chunk
+// at a time (the controller applies 512 sessions per hold of its index
+// lock), and large enough that per-message costs do not matter.
+const ReportChunk = 1024
+
+// ReconnectMaxDelay caps gRPC's reconnect backoff (by default it grows to
+// 120 s): a controller that comes back is found within about a second.
+const ReconnectMaxDelay = time.Second
+
+// ConnectParams is the dial option that sets the reconnect backoff: from
+// 100 ms up to ReconnectMaxDelay. A connection attempt may take up to
+// 5 s (a TLS handshake over a slow link); gRPC's default is 20 s.
+func ConnectParams() grpc.DialOption {
+	return grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  100 * time.Millisecond,
+			Multiplier: 1.6,
+			Jitter:     0.2,
+			MaxDelay:   ReconnectMaxDelay,
+		},
+		MinConnectTimeout: 5 * time.Second,
+	})
+}
+
+// Link talks to the controller. Registration, allocations, releases and
+// the stop wait for a connection (gRPC's wait-for-ready) up to their
+// deadline instead of failing at once while gRPC reconnects: they go out
+// the moment the controller is back. Heartbeats and reports fail fast.
 type Link struct {
 	c    cpv1.LeaseServiceClient
 	conn *ctlclient.Conn // set by Dial
@@ -39,9 +81,14 @@ func New(cc grpc.ClientConnInterface) *Link {
 
 // Dial returns a Link to the controllers at endpoints (several when
 // controllers run active/passive): every call goes to the one that leads.
-// Options are ctlclient's (dial options for TLS, probe timeout).
-func Dial(endpoints []endpoint.Endpoint, opts ...ctlclient.Option) (*Link, error) {
-	conn, err := ctlclient.Dial(endpoints, opts...)
+// dialOpts are gRPC's (transport credentials; nil: insecure); the link adds
+// ConnectParams. opts are ctlclient's (a probe timeout).
+func Dial(endpoints []endpoint.Endpoint, dialOpts []grpc.DialOption, opts ...ctlclient.Option) (*Link, error) {
+	if dialOpts == nil {
+		dialOpts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	all := append(append([]grpc.DialOption{}, dialOpts...), ConnectParams())
+	conn, err := ctlclient.Dial(endpoints, append([]ctlclient.Option{ctlclient.WithDialOptions(all...)}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -75,14 +122,18 @@ func (l *Link) Close() error {
 
 var _ dataplane.ControlPlane = (*Link)(nil)
 
-// Register implements dataplane.Controller.
+// Register implements dataplane.ControlPlane.
 func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplane.Assignment, error) {
-	resp, err := l.c.RegisterDataplane(ctx, &cpv1.RegisterDataplaneRequest{
-		DataplaneId: r.DataplaneID, Version: r.Version, ClientListen: r.ClientListen,
-		InstanceId: r.InstanceID, ApiAddress: r.APIAddress,
+	var resp *cpv1.RegisterDataplaneResponse
+	err := l.waiting("register", func(opts ...grpc.CallOption) (err error) {
+		resp, err = l.c.RegisterDataplane(ctx, &cpv1.RegisterDataplaneRequest{
+			DataplaneId: r.DataplaneID, Version: r.Version, ClientListen: r.ClientListen,
+			InstanceId: r.InstanceID, ApiAddress: r.APIAddress,
+		}, opts...)
+		return err
 	})
 	if err != nil {
-		return dataplane.Assignment{}, mapErr("register", err)
+		return dataplane.Assignment{}, err
 	}
 	gw, err := netip.ParseAddr(resp.GetGateway())
 	if err != nil || !gw.Is4() {
@@ -99,14 +150,18 @@ func (l *Link) Register(ctx context.Context, r dataplane.Registration) (dataplan
 	}, nil
 }
 
-// Allocate implements dataplane.Controller.
+// Allocate implements dataplane.ControlPlane.
 func (l *Link) Allocate(ctx context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
-	resp, err := l.c.AllocateAddress(ctx, &cpv1.AllocateAddressRequest{
-		DataplaneId: r.DataplaneID, SessionId: r.SessionID,
-		ClientIpv6: addrString(r.Client.Addr()), ClientPort: uint32(r.Client.Port()),
+	var resp *cpv1.AllocateAddressResponse
+	err := l.waiting("allocate", func(opts ...grpc.CallOption) (err error) {
+		resp, err = l.c.AllocateAddress(ctx, &cpv1.AllocateAddressRequest{
+			DataplaneId: r.DataplaneID, InstanceId: r.InstanceID, SessionId: r.SessionID,
+			ClientIpv6: addrString(r.Client.Addr()), ClientPort: uint32(r.Client.Port()),
+		}, opts...)
+		return err
 	})
 	if err != nil {
-		return wire.AddrResponse{}, mapErr("allocate", err)
+		return wire.AddrResponse{}, err
 	}
 	return leaseToAddrResponse(resp.GetLease())
 }
@@ -138,39 +193,92 @@ func leaseToAddrResponse(l *cpv1.Lease) (wire.AddrResponse, error) {
 	return out, nil
 }
 
-// Release implements dataplane.Controller.
-func (l *Link) Release(ctx context.Context, r dataplane.ReleaseRequest) error {
-	_, err := l.c.ReleaseAddress(ctx, &cpv1.ReleaseAddressRequest{
-		DataplaneId: r.DataplaneID, SessionId: r.SessionID, Address: addrString(r.Addr), Reason: r.Reason,
+// ReleaseBatch implements dataplane.ControlPlane with one ReleaseAddresses
+// call.
+func (l *Link) ReleaseBatch(ctx context.Context, b dataplane.ReleaseBatch) (int, error) {
+	req := &cpv1.ReleaseAddressesRequest{
+		DataplaneId: b.DataplaneID, InstanceId: b.InstanceID,
+		Releases: make([]*cpv1.ReleaseAddressRequest, len(b.Releases)),
+	}
+	for i, r := range b.Releases {
+		req.Releases[i] = &cpv1.ReleaseAddressRequest{SessionId: r.SessionID, Address: addrString(r.Addr), Reason: r.Reason}
+	}
+	var resp *cpv1.ReleaseAddressesResponse
+	err := l.waiting("release", func(opts ...grpc.CallOption) (err error) {
+		resp, err = l.c.ReleaseAddresses(ctx, req, opts...)
+		return err
 	})
-	return mapErr("release", err)
-}
-
-// Report implements dataplane.Controller.
-func (l *Link) Report(ctx context.Context, r dataplane.Report) ([]string, error) {
-	req := &cpv1.ReportSessionsRequest{
-		DataplaneId: r.DataplaneID, InstanceId: r.InstanceID, Complete: r.Complete,
-		Sessions: make([]*cpv1.SessionReport, 0, len(r.Sessions)),
-	}
-	for _, s := range r.Sessions {
-		req.Sessions = append(req.Sessions, &cpv1.SessionReport{
-			SessionId: s.SessionID, Address: addrString(s.Addr),
-			ClientIpv6: addrString(s.Client.Addr()), ClientPort: uint32(s.Client.Port()),
-			ConnectedAt: timestamppb.New(s.ConnectedAt), LastHeard: timestamppb.New(s.LastHeard),
-			Counters: &cpv1.Counters{
-				BytesFromClient: s.Traffic.BytesFromClient, PacketsFromClient: s.Traffic.PacketsFromClient,
-				BytesToClient: s.Traffic.BytesToClient, PacketsToClient: s.Traffic.PacketsToClient,
-			},
-		})
-	}
-	resp, err := l.c.ReportSessions(ctx, req)
 	if err != nil {
-		return nil, mapErr("report", err)
+		return 0, err
 	}
-	return resp.GetUnknownSessionIds(), nil
+	return int(resp.GetReleased()), nil
 }
 
-// Heartbeat implements dataplane.Controller.
+// Report implements dataplane.ControlPlane: one StreamSessionReport stream
+// of ReportChunk sessions a message. The messages are reused from chunk to
+// chunk (Send has marshalled a message when it returns), so a report of
+// 100,000 sessions costs one chunk's worth of messages.
+func (l *Link) Report(ctx context.Context, r dataplane.Report) (dataplane.ReportReply, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // a stream given up half way is cancelled: it vouches for nothing
+	stream, err := l.c.StreamSessionReport(ctx)
+	if err != nil {
+		return dataplane.ReportReply{}, mapErr("report", err)
+	}
+	n := min(len(r.Sessions), ReportChunk)
+	reps := make([]cpv1.SessionReport, n)
+	ptrs := make([]*cpv1.SessionReport, n)
+	stamps := make([]timestamppb.Timestamp, 2*n)
+	counters := make([]cpv1.Counters, n)
+	for i := range reps {
+		reps[i].ConnectedAt, reps[i].LastHeard, reps[i].Counters = &stamps[2*i], &stamps[2*i+1], &counters[i]
+		ptrs[i] = &reps[i]
+	}
+	msg := &cpv1.StreamSessionReportRequest{DataplaneId: r.DataplaneID, InstanceId: r.InstanceID, Complete: r.Complete}
+	for start := 0; start == 0 || start < len(r.Sessions); start += ReportChunk {
+		chunk := r.Sessions[start:min(start+ReportChunk, len(r.Sessions))]
+		for i, s := range chunk {
+			fillReport(&reps[i], s)
+		}
+		msg.Sessions = ptrs[:len(chunk)]
+		if err := stream.Send(msg); err != nil {
+			// The stream's status says why, on the receive side.
+			if errors.Is(err, io.EOF) {
+				_, err = stream.CloseAndRecv()
+			}
+			return dataplane.ReportReply{}, mapErr("report", err)
+		}
+		if start == 0 {
+			// The header is read from the first chunk only.
+			msg.DataplaneId, msg.InstanceId, msg.Complete = "", "", false
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return dataplane.ReportReply{}, mapErr("report", err)
+	}
+	return dataplane.ReportReply{
+		Unknown:      resp.GetUnknownSessionIds(),
+		UnknownCount: max(int(resp.GetUnknownSessions()), len(resp.GetUnknownSessionIds())),
+	}, nil
+}
+
+func fillReport(p *cpv1.SessionReport, s dataplane.SessionReport) {
+	p.SessionId, p.Address = s.SessionID, addrString(s.Addr)
+	p.ClientIpv6, p.ClientPort = addrString(s.Client.Addr()), uint32(s.Client.Port())
+	setTime(p.ConnectedAt, s.ConnectedAt)
+	setTime(p.LastHeard, s.LastHeard)
+	*p.Counters = cpv1.Counters{
+		BytesFromClient: s.Traffic.BytesFromClient, PacketsFromClient: s.Traffic.PacketsFromClient,
+		BytesToClient: s.Traffic.BytesToClient, PacketsToClient: s.Traffic.PacketsToClient,
+	}
+}
+
+func setTime(ts *timestamppb.Timestamp, t time.Time) {
+	ts.Seconds, ts.Nanos = t.Unix(), int32(t.Nanosecond())
+}
+
+// Heartbeat implements dataplane.ControlPlane.
 func (l *Link) Heartbeat(ctx context.Context, h dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
 	resp, err := l.c.Heartbeat(ctx, &cpv1.HeartbeatRequest{
 		DataplaneId: h.DataplaneID, InstanceId: h.InstanceID,
@@ -182,7 +290,20 @@ func (l *Link) Heartbeat(ctx context.Context, h dataplane.Heartbeat) (dataplane.
 	return dataplane.HeartbeatReply{Known: resp.GetKnown(), Draining: resp.GetDraining()}, nil
 }
 
-// WatchDirectives implements dataplane.Controller.
+// Stop implements dataplane.ControlPlane with StopDataplane.
+func (l *Link) Stop(ctx context.Context, s dataplane.StopRequest) (int, error) {
+	var resp *cpv1.StopDataplaneResponse
+	err := l.waiting("stop", func(opts ...grpc.CallOption) (err error) {
+		resp, err = l.c.StopDataplane(ctx, &cpv1.StopDataplaneRequest{DataplaneId: s.DataplaneID, InstanceId: s.InstanceID, Reason: s.Reason}, opts...)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return int(resp.GetReleased()), nil
+}
+
+// WatchDirectives implements dataplane.ControlPlane.
 func (l *Link) WatchDirectives(ctx context.Context, id, instance string, fn func(dataplane.Directive)) error {
 	stream, err := l.c.WatchCommands(ctx, &cpv1.WatchCommandsRequest{DataplaneId: id, InstanceId: instance})
 	if err != nil {
@@ -202,24 +323,94 @@ func (l *Link) WatchDirectives(ctx context.Context, id, instance string, fn func
 		case c.GetDrain() != nil:
 			on := c.GetDrain().GetDraining()
 			fn(dataplane.Directive{Drain: &on})
+		case c.GetIdConflict() != nil:
+			ic := c.GetIdConflict()
+			fn(dataplane.Directive{IDConflict: &dataplane.Instance{
+				InstanceID: ic.GetInstanceId(), Peer: ic.GetPeerAddress(),
+				ClientListen: ic.GetClientListen(), APIAddress: ic.GetApiAddress(),
+			}})
 		}
 	}
 }
 
-// mapErr turns gRPC status codes into the error kinds the data plane acts on,
-// keeping the controller's message.
+// waiting makes a unary call that waits for a connection (wait-for-ready)
+// and maps its error. A call that never had a connection (gRPC names the
+// peer once it has one) had no effect: its error matches ErrNotSent and,
+// for a Link made by Dial, says why each endpoint could not be reached
+// (wait-for-ready hides the dial's errno).
+func (l *Link) waiting(op string, call func(...grpc.CallOption) error) error {
+	var p peer.Peer
+	err := call(grpc.WaitForReady(true), grpc.Peer(&p))
+	if err == nil {
+		return nil
+	}
+	mapped := mapErr(op, err)
+	if p.Addr != nil || !errors.Is(mapped, dataplane.ErrControllerUnavailable) {
+		return mapped
+	}
+	if why := l.unreachable(); why != "" {
+		return fmt.Errorf("%s: %w: %s (%w)", op, dataplane.ErrControllerUnavailable, why, dataplane.ErrNotSent)
+	}
+	return fmt.Errorf("%w (%w)", mapped, dataplane.ErrNotSent)
+}
+
+// unreachable dials every endpoint and says why those that fail do ("" if
+// none does, or for a Link made with New).
+func (l *Link) unreachable() string {
+	if l.conn == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var why []string
+	for _, ep := range l.conn.Endpoints() {
+		if err := ep.Check(ctx); err != nil {
+			why = append(why, ep.String()+": "+endpoint.Cause(err))
+		}
+	}
+	return strings.Join(why, "; ")
+}
+
+// mapErr turns gRPC status codes and error reasons into the error kinds the
+// data plane acts on, keeping the controller's message.
 func mapErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w: %v", op, dataplane.ErrControllerUnavailable, err)
+	}
 	st, _ := status.FromError(err)
+	reason, md := errorInfo(st)
+	switch {
+	case reason == cpv1.ErrorReason_DATAPLANE_ID_IN_USE.String():
+		return fmt.Errorf("%s: %w", op, &dataplane.IDInUseError{
+			DataplaneID: md["dataplane_id"], Msg: st.Message(),
+			Live: dataplane.Instance{InstanceID: md["instance_id"], Peer: md["peer_address"],
+				ClientListen: md["client_listen"], APIAddress: md["api_address"]},
+		})
+	case reason == cpv1.ErrorReason_DATAPLANE_NOT_REGISTERED.String():
+		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrNotRegistered, st.Message())
+	case reason == cpv1.ErrorReason_LEASE_LIMIT.String():
+		return fmt.Errorf("%s: %w", op, &dataplane.LeaseLimitError{Limit: md["limit"], Max: md["max"], Client: md["client"], Msg: st.Message()})
+	}
 	switch st.Code() {
 	case codes.ResourceExhausted:
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrPoolExhausted, st.Message())
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.Canceled:
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrControllerUnavailable, st.Message())
 	}
 	return fmt.Errorf("%s: controller said %s: %s", op, st.Code(), st.Message())
+}
+
+// errorInfo returns the google.rpc.ErrorInfo reason and metadata of st.
+func errorInfo(st *status.Status) (string, map[string]string) {
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason(), ei.GetMetadata()
+		}
+	}
+	return "", nil
 }
 
 // addrString renders an unset address as "" (netip prints "invalid IP"),

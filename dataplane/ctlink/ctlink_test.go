@@ -93,6 +93,17 @@ func dial(t *testing.T, sock string) *grpc.ClientConn {
 	return cc
 }
 
+// short bounds a call that waits for a connection that will not come.
+func short(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	t.Cleanup(cancel)
+	return c
+}
+
+func releases(dp string, rs ...dataplane.ReleaseRequest) dataplane.ReleaseBatch {
+	return dataplane.ReleaseBatch{DataplaneID: dp, Releases: rs}
+}
+
 // ctx bounds every call so that a hang fails the test instead of stalling it.
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -229,15 +240,15 @@ func TestReleaseThenAllocate(t *testing.T) {
 	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s3")); !errors.Is(err, dataplane.ErrPoolExhausted) {
 		t.Fatalf("allocate on a full pool: %v", err)
 	}
-	if err := c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a1.Addr, Reason: "test"}); err != nil {
-		t.Fatal(err)
+	if n, err := c.link.ReleaseBatch(ctx(t), releases("dp1", dataplane.ReleaseRequest{SessionID: "s1", Addr: a1.Addr, Reason: "test"})); err != nil || n != 1 {
+		t.Fatalf("release: %d freed, %v", n, err)
 	}
 	if _, err := c.ops.GetClient(ctx(t), &cpv1.GetClientRequest{Address: a1.Addr.String()}); status.Code(err) != codes.NotFound {
 		t.Errorf("released %s is still in the client table (err %v)", a1.Addr, err)
 	}
 	// A duplicate (or stale) release is harmless.
-	if err := c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a1.Addr, Reason: "again"}); err != nil {
-		t.Fatalf("duplicate release: %v", err)
+	if n, err := c.link.ReleaseBatch(ctx(t), releases("dp1", dataplane.ReleaseRequest{SessionID: "s1", Addr: a1.Addr, Reason: "again"})); err != nil || n != 0 {
+		t.Fatalf("duplicate release: %d freed, %v", n, err)
 	}
 	a3, err := c.link.Allocate(ctx(t), alloc("dp1", "s3"))
 	if err != nil {
@@ -265,10 +276,11 @@ func TestReport(t *testing.T) {
 	if _, err := c.link.Allocate(ctx(t), alloc("dp1", "s1-wrong")); err != nil {
 		t.Fatal(err)
 	}
-	unknown, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: reps})
+	r, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: reps})
 	if err != nil {
 		t.Fatal(err)
 	}
+	unknown := r.Unknown
 	slices.Sort(unknown)
 	if want := []string{"ghost", "s1-wrong"}; !slices.Equal(unknown, want) {
 		t.Errorf("unknown = %q, want %q", unknown, want)
@@ -288,42 +300,42 @@ func TestReport(t *testing.T) {
 	}
 
 	// A report from a data plane without leases names every session.
-	unknown, err = c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp2", Sessions: reps[:1]})
+	r, err = c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp2", Sessions: reps[:1]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(unknown, []string{"s1"}) {
-		t.Errorf("report from another data plane: unknown = %q, want [s1]", unknown)
+	if !slices.Equal(r.Unknown, []string{"s1"}) || r.UnknownCount != 1 {
+		t.Errorf("report from another data plane: unknown = %q (%d), want [s1]", r.Unknown, r.UnknownCount)
 	}
 	// An empty report is fine and names nothing.
-	if unknown, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: nil}); err != nil || len(unknown) != 0 {
-		t.Errorf("empty report = %q, %v", unknown, err)
+	if r, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", Sessions: nil}); err != nil || len(r.Unknown) != 0 {
+		t.Errorf("empty report = %q, %v", r.Unknown, err)
 	}
 }
 
 func TestControllerUnavailable(t *testing.T) {
 	t.Run("missing socket", func(t *testing.T) {
 		link := ctlink.New(dial(t, filepath.Join(t.TempDir(), "nobody-here.sock")))
-		_, err := link.Register(ctx(t), dataplane.Registration{DataplaneID: "dp1"})
+		_, err := link.Register(short(t), dataplane.Registration{DataplaneID: "dp1"})
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Fatalf("register with no controller: err = %v, want ErrControllerUnavailable", err)
 		}
 		if errors.Is(err, dataplane.ErrPoolExhausted) {
 			t.Errorf("err = %v also matches ErrPoolExhausted", err)
 		}
-		_, err = link.Allocate(ctx(t), alloc("dp1", "s1"))
-		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
-			t.Errorf("allocate with no controller: err = %v, want ErrControllerUnavailable", err)
+		_, err = link.Allocate(short(t), alloc("dp1", "s1"))
+		if !errors.Is(err, dataplane.ErrControllerUnavailable) || !errors.Is(err, dataplane.ErrNotSent) {
+			t.Errorf("allocate with no controller: err = %v, want ErrControllerUnavailable, not sent", err)
 		}
 	})
 	t.Run("dialled, missing socket", func(t *testing.T) {
 		missing := endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.TempDir(), "nobody-here.sock")}
-		link, err := ctlink.Dial([]endpoint.Endpoint{missing})
+		link, err := ctlink.Dial([]endpoint.Endpoint{missing}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer link.Close()
-		_, err = link.Allocate(ctx(t), alloc("dp1", "s1"))
+		_, err = link.Allocate(short(t), alloc("dp1", "s1"))
 		// The data plane acts on the kind; an operator reads why.
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) || !strings.Contains(err.Error(), missing.String()+": no such file or directory") {
 			t.Errorf("allocate with no controller: err = %v", err)
@@ -336,11 +348,13 @@ func TestControllerUnavailable(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.stop()
-		_, err = c.link.Allocate(ctx(t), alloc("dp1", "s2"))
+		// Not necessarily "not sent": the call may have gone out on the
+		// connection the server was closing.
+		_, err = c.link.Allocate(short(t), alloc("dp1", "s2"))
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Errorf("allocate after stop: err = %v, want ErrControllerUnavailable", err)
 		}
-		err = c.link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: a.Addr})
+		_, err = c.link.ReleaseBatch(short(t), releases("dp1", dataplane.ReleaseRequest{SessionID: "s1", Addr: a.Addr}))
 		if !errors.Is(err, dataplane.ErrControllerUnavailable) {
 			t.Errorf("release after stop: err = %v, want ErrControllerUnavailable", err)
 		}
@@ -371,8 +385,8 @@ func (f *fakeLease) AllocateAddress(context.Context, *cpv1.AllocateAddressReques
 	return &cpv1.AllocateAddressResponse{Lease: f.lease}, nil
 }
 
-func (f *fakeLease) ReleaseAddress(context.Context, *cpv1.ReleaseAddressRequest) (*cpv1.ReleaseAddressResponse, error) {
-	return &cpv1.ReleaseAddressResponse{}, f.err
+func (f *fakeLease) ReleaseAddresses(context.Context, *cpv1.ReleaseAddressesRequest) (*cpv1.ReleaseAddressesResponse, error) {
+	return &cpv1.ReleaseAddressesResponse{}, f.err
 }
 
 func startFake(t *testing.T, f *fakeLease) *ctlink.Link {
@@ -416,7 +430,7 @@ func TestErrorMapping(t *testing.T) {
 			if !strings.Contains(err.Error(), "the controller's words") || !strings.HasPrefix(err.Error(), "allocate: ") {
 				t.Errorf("err = %q: want the operation and the controller's message", err)
 			}
-			rerr := link.Release(ctx(t), dataplane.ReleaseRequest{DataplaneID: "dp1", SessionID: "s1", Addr: netip.MustParseAddr("13.8.0.2")})
+			_, rerr := link.ReleaseBatch(ctx(t), releases("dp1", dataplane.ReleaseRequest{SessionID: "s1", Addr: netip.MustParseAddr("13.8.0.2")}))
 			if errors.Is(rerr, dataplane.ErrControllerUnavailable) != c.unavail {
 				t.Errorf("release: err = %v, unavailable want %v", rerr, c.unavail)
 			}

@@ -87,11 +87,14 @@ type MemController struct {
 	leases map[string]netip.Addr // session -> address
 	used   map[netip.Addr]string
 	down   bool
+	stops  []dataplane.StopRequest
 
 	// Released receives every release, as it arrives.
 	Released chan dataplane.ReleaseRequest
 	// Commands are delivered to the data plane's command stream.
 	Commands chan dataplane.Directive
+	// Batches counts ReleaseBatch calls that succeeded.
+	Batches int
 }
 
 // NewMemController returns a controller with size addresses.
@@ -121,17 +124,36 @@ func (c *MemController) Leased() int {
 	return len(c.leases)
 }
 
-// Register implements dataplane.Controller.
+// Stops returns the StopDataplane calls received.
+func (c *MemController) Stops() []dataplane.StopRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]dataplane.StopRequest(nil), c.stops...)
+}
+
+func (c *MemController) unavailable(op string) error {
+	if c.down {
+		return fmt.Errorf("%s: %w: connection refused (%w)", op, dataplane.ErrControllerUnavailable, dataplane.ErrNotSent)
+	}
+	return nil
+}
+
+// Register implements dataplane.ControlPlane.
 func (c *MemController) Register(context.Context, dataplane.Registration) (dataplane.Assignment, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.unavailable("register"); err != nil {
+		return dataplane.Assignment{}, err
+	}
 	return Pool, nil
 }
 
-// Allocate implements dataplane.Controller: the lowest free address.
+// Allocate implements dataplane.ControlPlane: the lowest free address.
 func (c *MemController) Allocate(_ context.Context, r dataplane.AllocateRequest) (wire.AddrResponse, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.down {
-		return wire.AddrResponse{}, fmt.Errorf("allocate: %w: connection refused", dataplane.ErrControllerUnavailable)
+	if err := c.unavailable("allocate"); err != nil {
+		return wire.AddrResponse{}, err
 	}
 	a, ok := c.leases[r.SessionID]
 	if !ok {
@@ -151,29 +173,61 @@ func (c *MemController) Allocate(_ context.Context, r dataplane.AllocateRequest)
 	return wire.AddrResponse{Addr: a, Route: netip.IPv4Unspecified(), DNS: DNS}, nil
 }
 
-// Release implements dataplane.Controller.
-func (c *MemController) Release(_ context.Context, r dataplane.ReleaseRequest) error {
+// ReleaseBatch implements dataplane.ControlPlane.
+func (c *MemController) ReleaseBatch(_ context.Context, b dataplane.ReleaseBatch) (int, error) {
 	c.mu.Lock()
-	if c.leases[r.SessionID] == r.Addr {
-		delete(c.leases, r.SessionID)
-		delete(c.used, r.Addr)
+	if err := c.unavailable("release"); err != nil {
+		c.mu.Unlock()
+		return 0, err
 	}
+	n := 0
+	for _, r := range b.Releases {
+		if a, ok := c.leases[r.SessionID]; ok && a == r.Addr {
+			delete(c.leases, r.SessionID)
+			delete(c.used, r.Addr)
+			n++
+		}
+	}
+	c.Batches++
 	c.mu.Unlock()
-	c.Released <- r
-	return nil
+	for _, r := range b.Releases {
+		c.Released <- r
+	}
+	return n, nil
 }
 
-// Report implements dataplane.Controller.
-func (c *MemController) Report(context.Context, dataplane.Report) ([]string, error) {
-	return nil, nil
+// Report implements dataplane.ControlPlane.
+func (c *MemController) Report(context.Context, dataplane.Report) (dataplane.ReportReply, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return dataplane.ReportReply{}, c.unavailable("report")
 }
 
-// Heartbeat implements dataplane.Controller.
+// Heartbeat implements dataplane.ControlPlane.
 func (c *MemController) Heartbeat(context.Context, dataplane.Heartbeat) (dataplane.HeartbeatReply, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.unavailable("heartbeat"); err != nil {
+		return dataplane.HeartbeatReply{}, err
+	}
 	return dataplane.HeartbeatReply{Known: true}, nil
 }
 
-// WatchDirectives implements dataplane.Controller: it delivers Commands.
+// Stop implements dataplane.ControlPlane: every lease goes.
+func (c *MemController) Stop(_ context.Context, s dataplane.StopRequest) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.unavailable("stop"); err != nil {
+		return 0, err
+	}
+	c.stops = append(c.stops, s)
+	n := len(c.leases)
+	clear(c.leases)
+	clear(c.used)
+	return n, nil
+}
+
+// WatchDirectives implements dataplane.ControlPlane: it delivers Commands.
 func (c *MemController) WatchDirectives(ctx context.Context, _, _ string, fn func(dataplane.Directive)) error {
 	for {
 		select {

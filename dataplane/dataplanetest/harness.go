@@ -50,7 +50,7 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 	}
 	h := &Harness{T: t, TUN: tun, Ctl: NewMemController(253), Addr: ln.Addr().String(), ClientIP: clientIP}
 	cfg := dataplane.Config{
-		ID: "dp-test", Listener: ln, TUN: h.TUN, ControlPlane: h.Ctl, Pool: Pool,
+		ID: "dp-test", Listener: ln, TUN: h.TUN, ControlPlane: h.Ctl,
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		KeepaliveInterval: 20 * time.Second, KeepaliveTimeout: 60 * time.Second,
 		ReportInterval: time.Hour,
@@ -70,6 +70,7 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
+	Eventually(t, "the data plane to register", func() bool { return h.DP.Status().Registered })
 	return h
 }
 

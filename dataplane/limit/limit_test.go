@@ -92,3 +92,91 @@ func TestIPv4ClientsUseSlash24(t *testing.T) {
 		t.Fatalf("same /24 via mapped address: %q", why)
 	}
 }
+
+// TestPrefixRate: one prefix's flood is held by its own rate and leaves
+// the overall rate to the other prefixes.
+func TestPrefixRate(t *testing.T) {
+	l := New(Config{AcceptRate: 100, AcceptBurst: 20, PrefixAcceptRate: 10, PrefixAcceptBurst: 5})
+	flood := netip.MustParseAddr("fd00:46::2")
+	other := netip.MustParseAddr("fd00:47::2")
+	ok, byPrefix := 0, 0
+	for range 1000 {
+		r, why := l.Admit(flood, t0)
+		switch why {
+		case "":
+			ok++
+			r()
+		case ReasonPrefixRate:
+			byPrefix++
+		default:
+			t.Fatalf("flood refused by %q", why)
+		}
+	}
+	if ok != 5 || byPrefix != 995 {
+		t.Fatalf("flood at one instant: %d admitted, %d refused by the prefix rate; want the prefix burst of 5", ok, byPrefix)
+	}
+	// Another address of the flooding /64 shares its bucket.
+	if _, why := l.Admit(netip.MustParseAddr("fd00:46::99"), t0); why != ReasonPrefixRate {
+		t.Fatalf("same /64: %q", why)
+	}
+	// The flood took only its 5 from the overall burst of 20: another
+	// prefix still gets its own 5 at the same instant.
+	for i := range 5 {
+		if r, why := l.Admit(other, t0); r == nil {
+			t.Fatalf("other prefix's connection %d refused: %s", i, why)
+		}
+	}
+	// A tenth of a second later the flooding prefix has one more token.
+	if r, why := l.Admit(flood, t0.Add(100*time.Millisecond)); r == nil {
+		t.Fatalf("refused after refill: %s", why)
+	}
+}
+
+// TestPrefixRateGivesBackOnOverallRefusal: a connection the overall rate
+// refuses costs its prefix nothing.
+func TestPrefixRateGivesBackOnOverallRefusal(t *testing.T) {
+	l := New(Config{AcceptRate: 1, AcceptBurst: 2, PrefixAcceptRate: 1, PrefixAcceptBurst: 3})
+	a := netip.MustParseAddr("fd00:46::2")
+	b := netip.MustParseAddr("fd00:47::2")
+	if r, _ := l.Admit(a, t0); r == nil {
+		t.Fatal("first refused")
+	}
+	if r, _ := l.Admit(b, t0); r == nil {
+		t.Fatal("second refused")
+	}
+	for range 10 {
+		if _, why := l.Admit(a, t0); why != ReasonRate {
+			t.Fatalf("over the overall burst: %q, want %q", why, ReasonRate)
+		}
+	}
+	// Two seconds on, the overall rate has two tokens; a's bucket kept its
+	// two (the ten overall refusals gave theirs back).
+	t1 := t0.Add(2 * time.Second)
+	for i := range 2 {
+		if r, why := l.Admit(a, t1); r == nil {
+			t.Fatalf("connection %d from a refused: %s", i, why)
+		}
+	}
+}
+
+// TestPrefixBucketsAreDropped: buckets of prefixes that went quiet are
+// dropped, and there are never more than maxBuckets.
+func TestPrefixBucketsAreDropped(t *testing.T) {
+	l := New(Config{PrefixAcceptRate: 10, PrefixAcceptBurst: 10})
+	for i := range 100 {
+		l.Admit(netip.AddrFrom16([16]byte{0xfd, 1, 2, byte(i)}), t0)
+	}
+	if n := l.Buckets(); n != 100 {
+		t.Fatalf("%d buckets, want 100", n)
+	}
+	l.Admit(netip.MustParseAddr("fd00::1"), t0.Add(sweepEvery))
+	if n := l.Buckets(); n != 1 {
+		t.Fatalf("%d buckets after the quiet ones filled up, want 1", n)
+	}
+	for i := range maxBuckets + 10 {
+		l.Admit(netip.AddrFrom16([16]byte{0xfd, 2, byte(i >> 16), byte(i >> 8), byte(i)}), t0.Add(sweepEvery))
+	}
+	if n := l.Buckets(); n > maxBuckets {
+		t.Fatalf("%d buckets, more than %d", n, maxBuckets)
+	}
+}

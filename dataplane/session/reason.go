@@ -22,6 +22,7 @@ const (
 	CauseAddressConflict          // its address was leased to another session
 	CauseKicked                   // an operator or the controller asked
 	CauseShutdown                 // the data plane is shutting down
+	CauseLeaseLimit               // the controller refused a lease: the client's address or prefix holds its limit
 	NumCauses
 )
 
@@ -42,6 +43,7 @@ var causes = [NumCauses]struct{ name, text string }{
 	CauseAddressConflict:    {"address_conflict", "address conflict"},
 	CauseKicked:             {"kicked", "kicked by operator"},
 	CauseShutdown:           {"shutdown", "data plane shutting down"},
+	CauseLeaseLimit:         {"lease_limit", "lease limit"},
 }
 
 func (c Cause) String() string {

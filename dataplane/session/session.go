@@ -5,6 +5,16 @@
 // A session moves Accepted -> Leased -> Closing -> Closed. Every exit path
 // goes through Close, which runs once: it releases the lease (if any) and
 // all resources exactly once, whichever goroutine notices the end first.
+//
+// The reader never waits for the controller: the first 100 starts the
+// lease on a goroutine of its own, and the reader goes on reading (104s
+// count as signs of life, a 102 before the 101 is dropped). A 100 that
+// arrives while the lease is pending is answered by the same, single 101;
+// one that arrives after the 101 went out gets the 101 again.
+//
+// Keepalives run on a Sweeper: each session is visited when its next 104
+// (due at leased_at + k × interval) or its timeout is due, not on a
+// periodic sweep of every session.
 package session
 
 import (
@@ -55,7 +65,9 @@ func (s State) String() string {
 // Host is what a session needs from its data plane.
 type Host interface {
 	// Lease obtains the 101 for s on its first 100. It may block (it asks
-	// the controller); ctx ends when s closes.
+	// the controller; the reader goes on meanwhile); ctx ends when s
+	// closes. An error that is a *Refusal closes s with its Cause, any
+	// other with CauseNoAddress.
 	Lease(ctx context.Context, s *Session) (wire.AddrResponse, error)
 	// Leased is called once the 101 is queued: from now on packets for
 	// s.Addr() go to s. It runs under the session's lock, so a concurrent
@@ -85,6 +97,12 @@ type Config struct {
 
 	// Epoch is the base of the monotonic clock sessions keep (Now).
 	Epoch time.Time
+
+	// Sweeper, when set, runs every session's keepalive rules when they
+	// are due; without one the caller calls Tick.
+	Sweeper *Sweeper
+	// Merged, when set, counts 100s answered by a pending lease's 101.
+	Merged *atomic.Uint64
 
 	// tunWriters recycles TUN writers: a session holds one only while it
 	// has decoded 102s to write, so idle sessions cost nothing.
@@ -121,14 +139,26 @@ type Session struct {
 
 	state     atomic.Int32
 	addr4     atomic.Uint32 // leased address as packet.Addr4, 0 before
+	src4      atomic.Uint32 // the source 102s must carry: set just before the 101 goes out
 	lastHeard atomic.Int64  // cfg.Now() of the last complete message
+	leasedAt  atomic.Int64  // cfg.Now() when the 101 went out: 104s are due at leasedAt + k × interval
 	nextKA    atomic.Int64  // cfg.Now() when the next 104 is due
+	asked     atomic.Bool   // a 100 arrived
 	logged    atomic.Uint32 // drop reasons already logged (bit per Drop)
 	c         counters
+	sched     schedEntry // the Sweeper's, under its lock
 
 	mu     sync.Mutex // guards the transitions below
-	lease  wire.AddrResponse
 	reason Reason
+
+	// leaseMu orders the 101s: a 100 either finds the lease pending (and
+	// is answered by the 101 on its way) or finds the 101 sent (and gets
+	// it again). Close never takes it, so a 101 may be written under it.
+	leaseMu sync.Mutex
+	lease   wire.AddrResponse // valid once sent101
+	pending bool              // the lease goroutine runs
+	sent101 bool
+	leasing sync.WaitGroup // the lease goroutine
 
 	tunw tun.Writer // reader goroutine: 102s on their way to the TUN; nil when none
 }
@@ -153,6 +183,10 @@ func New(cfg *Config, id string, conn net.Conn) (*Session, error) {
 		s.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	s.lastHeard.Store(s.born)
+	s.sched.idx = -1
+	if cfg.Sweeper != nil {
+		cfg.Sweeper.schedule(s, s.born+int64(cfg.KeepaliveTimeout)+1)
+	}
 	return s, nil
 }
 
@@ -208,9 +242,11 @@ func (s *Session) Traffic() Traffic {
 }
 
 // Serve runs the session's reader in this goroutine until the session
-// closes, then waits for its send queue's writer goroutine, if one runs.
+// closes, then waits for its lease goroutine and its send queue's writer
+// goroutine, if they run.
 func (s *Session) Serve() {
 	s.readLoop()
+	s.leasing.Wait()
 	s.out.Wait()
 }
 
@@ -273,6 +309,9 @@ func (s *Session) Close(why Reason) {
 	close(s.done)
 	s.conn.Close() // unblocks the reader and a waiting writer
 	s.out.Close()  // drops what still waits for the client
+	if s.cfg.Sweeper != nil {
+		s.cfg.Sweeper.remove(s)
+	}
 	if leased.IsValid() {
 		s.cfg.Host.Release(s, leased, why)
 	}
@@ -287,28 +326,48 @@ func (s *Session) Reason() Reason {
 	return s.reason
 }
 
-// Tick runs the keepalive rules at time now (cfg.Now()); one sweeper calls
-// it for every session, like the seed's once-a-second keepalive thread.
-func (s *Session) Tick(now int64) {
+// Tick runs the keepalive rules at time now (cfg.Now()) and returns when
+// they are next due (0 once the session is closing). The Sweeper calls it
+// when due; calling it earlier or more often changes nothing.
+//
+// The rules: no 100 within the keepalive timeout of the connect, or
+// silence for longer than the timeout, closes; once leased a 104 goes out
+// at leasedAt + k × interval for k = 1, 2, ..., however late the tick
+// that sends one (a late 104 does not push the next ones back).
+func (s *Session) Tick(now int64) (next int64) {
 	st := State(s.state.Load())
 	if st >= Closing {
-		return
+		return 0
 	}
 	timeout := int64(s.cfg.KeepaliveTimeout)
-	if st == Accepted && now-s.born > timeout {
+	waiting := st == Accepted && !s.asked.Load()
+	if waiting && now-s.born > timeout {
 		s.Close(Reason{CauseNoAddrRequest, "none within " + s.cfg.KeepaliveTimeout.String()})
-		return
+		return 0
 	}
-	if now-s.lastHeard.Load() > timeout {
+	heard := s.lastHeard.Load()
+	if now-heard > timeout {
 		s.Close(Reason{CauseKeepaliveTimeout, "silent for more than " + s.cfg.KeepaliveTimeout.String()})
-		return
+		return 0
 	}
-	if st == Leased && now >= s.nextKA.Load() {
-		s.nextKA.Store(now + int64(s.cfg.KeepaliveInterval))
-		if errors.Is(s.send(keepaliveBuf), sendq.ErrFull) {
-			s.drop(DropSendQueueFull, nil)
+	next = heard + timeout + 1
+	if waiting {
+		next = min(next, s.born+timeout+1)
+	}
+	if st == Leased {
+		ka := s.nextKA.Load()
+		if now >= ka {
+			if errors.Is(s.send(keepaliveBuf), sendq.ErrFull) {
+				s.drop(DropSendQueueFull, nil)
+			}
+			interval := int64(s.cfg.KeepaliveInterval)
+			at := s.leasedAt.Load()
+			ka = at + ((now-at)/interval+1)*interval
+			s.nextKA.Store(ka)
 		}
+		next = min(next, ka)
 	}
+	return next
 }
 
 func (s *Session) readLoop() {
@@ -332,9 +391,7 @@ func (s *Session) readLoop() {
 		s.lastHeard.Store(s.cfg.Now())
 		switch m.Type {
 		case wire.TypeAddrRequest:
-			if !s.addrRequest() {
-				return
-			}
+			s.addrRequest()
 		case wire.TypeNetRequest:
 			s.netRequest(m.Data)
 		case wire.TypeKeepalive:
@@ -376,47 +433,95 @@ func writeErrReason(err error, timeout time.Duration) Reason {
 	return Reason{CauseWriteError, err.Error()}
 }
 
-// addrRequest answers a 100. It returns false when the session closed.
-func (s *Session) addrRequest() bool {
-	if s.State() == Leased {
+// addrRequest answers a 100: it starts the lease, or (a repeat) sends the
+// 101 again, or (the lease is pending) leaves the answer to the 101 on its
+// way. It never blocks on the controller.
+func (s *Session) addrRequest() {
+	s.asked.Store(true)
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	switch {
+	case s.sent101:
 		// A repeated 100 gets the same address again.
-		s.mu.Lock()
-		lease := s.lease
-		s.mu.Unlock()
-		s.send101(lease)
-		return true
+		s.send101(s.lease)
+	case s.pending:
+		// Answered by the pending lease's 101: one 100 or five, one 101.
+		if s.cfg.Merged != nil {
+			s.cfg.Merged.Add(1)
+		}
+	default:
+		s.pending = true
+		s.leasing.Add(1)
+		go s.getLease()
 	}
+}
+
+// getLease runs on its own goroutine: it asks the host for the lease, sends
+// the 101 and makes the session Leased.
+func (s *Session) getLease() {
+	defer s.leasing.Done()
 	lease, err := s.cfg.Host.Lease(s.ctx, s)
 	if err != nil {
+		s.leaseMu.Lock()
+		s.pending = false
+		s.leaseMu.Unlock()
 		if s.ctx.Err() == nil {
-			s.Close(Reason{CauseNoAddress, err.Error()})
+			var r *Refusal
+			if errors.As(err, &r) {
+				s.Close(Reason{r.Cause, r.Err.Error()})
+			} else {
+				s.Close(Reason{CauseNoAddress, err.Error()})
+			}
 		}
-		return false
+		return
 	}
 	// The 101 goes into the queue before the session can receive 103s
 	// (routed to it from Host.Leased on) or 104s (sent once Leased), so it
 	// is the first message the client gets. Not under s.mu: a write that
-	// fails closes the session, which takes s.mu. A session already closing
-	// sends none; one that starts closing meanwhile is seen below.
+	// fails closes the session, which takes s.mu. A session already
+	// closing sends none; one that starts closing meanwhile is seen below.
+	// leaseMu is held until the route is in: a 102 the client sends on
+	// reading the 101 waits for it (netRequest), so its answer finds the
+	// route.
+	s.leaseMu.Lock()
 	if s.state.Load() < int32(Closing) {
+		s.src4.Store(packet.Addr4(lease.Addr))
 		s.send101(lease)
+		s.lease, s.sent101 = lease, true
 	}
+	s.pending = false
 	s.mu.Lock()
 	if s.state.Load() >= int32(Closing) {
 		// Closed while the controller answered (or by the 101's write):
 		// nobody else knows about this lease, so give it back here.
 		s.mu.Unlock()
+		s.leaseMu.Unlock()
 		s.cfg.Host.Release(s, lease.Addr, Reason{Cause: CauseClosedWhileLeasing})
-		return false
+		return
 	}
-	s.lease = lease
+	now := s.cfg.Now()
 	s.addr4.Store(packet.Addr4(lease.Addr))
-	s.nextKA.Store(s.cfg.Now() + int64(s.cfg.KeepaliveInterval))
+	s.leasedAt.Store(now)
+	s.nextKA.Store(now + int64(s.cfg.KeepaliveInterval))
 	s.state.Store(int32(Leased))
 	s.cfg.Host.Leased(s)
 	s.mu.Unlock()
-	return true
+	s.leaseMu.Unlock()
+	if s.cfg.Sweeper != nil {
+		s.cfg.Sweeper.schedule(s, now+int64(s.cfg.KeepaliveInterval))
+	}
 }
+
+// Refusal is a Host.Lease error that says why the session closes.
+type Refusal struct {
+	Cause Cause
+	Err   error
+}
+
+func (r *Refusal) Error() string { return r.Err.Error() }
+
+// Unwrap returns Err.
+func (r *Refusal) Unwrap() error { return r.Err }
 
 func (s *Session) send101(lease wire.AddrResponse) {
 	b := sendq.Get()
@@ -437,7 +542,12 @@ func (s *Session) send101(lease wire.AddrResponse) {
 
 // netRequest checks a 102 and writes its packet to the TUN.
 func (s *Session) netRequest(p []byte) {
-	addr := s.addr4.Load()
+	addr := s.src4.Load()
+	if addr != 0 && s.addr4.Load() == 0 {
+		// The 101 is out, the route not in yet: wait for it.
+		s.leaseMu.Lock()
+		s.leaseMu.Unlock() //nolint:staticcheck // an empty critical section: waiting is the point
+	}
 	if addr == 0 {
 		s.drop(DropBeforeLease, nil)
 		return

@@ -490,30 +490,51 @@ func TestLeaseFails(t *testing.T) {
 	}
 }
 
+// TestTickKeepalive: 104s are due at leasedAt + k × interval, exactly,
+// whenever the ticks come: a late one does not move the next ones.
 func TestTickKeepalive(t *testing.T) {
-	p := newPair(t, nil, true)
+	p := newPair(t, func(c *session.Config) { c.KeepaliveTimeout = 10 * c.KeepaliveInterval }, true)
 	interval := int64(p.cfg.KeepaliveInterval)
 	t0, t1 := p.lease()
 	// The first 104 is due one interval after the lease, which happened
-	// between t0 and t1.
-	p.s.Tick(t0 + interval - 1)
+	// between t0 and t1; Tick says when.
+	due := p.s.Tick(t1)
+	if due < t0+interval || due > t1+interval {
+		t.Fatalf("first 104 due at %d, want within [%d, %d]", due, t0+interval, t1+interval)
+	}
+	if again := p.s.Tick(t1); again != due {
+		t.Fatalf("a second tick moved the due time from %d to %d", due, again)
+	}
+	if next := p.s.Tick(due - 1); next != due {
+		t.Fatalf("tick just before: due %d, want %d", next, due)
+	}
 	p.marker(1)
-	p.expectMarker(1)
+	p.expectMarker(1) // nothing was sent before it
 
-	p.s.Tick(t1 + interval)
+	next := p.s.Tick(due)
 	p.expect(wire.TypeKeepalive)
-
-	p.s.Tick(t1 + interval) // the same instant again: nothing new is due
+	if next != due+interval {
+		t.Fatalf("after the 104 at %d the next is due at %d, want exactly %d", due, next, due+interval)
+	}
+	p.s.Tick(due) // the same instant again: nothing new is due
 	p.marker(2)
 	p.expectMarker(2)
 
-	// The next one is due exactly one interval after the tick that sent
-	// the last.
-	p.s.Tick(t1 + 2*interval - 1)
+	// A tick half an interval late sends the second 104; the third stays
+	// anchored to the lease.
+	late := due + interval + interval/2
+	if next := p.s.Tick(late); next != due+2*interval {
+		t.Fatalf("after a late 104 the next is due at %d, want %d", next, due+2*interval)
+	}
+	p.expect(wire.TypeKeepalive)
+	// Two intervals missed at once (a stalled sweeper): one 104, then back
+	// on the schedule.
+	if next := p.s.Tick(due + 4*interval + 1); next != due+5*interval {
+		t.Fatalf("after a stall the next is due at %d, want %d", next, due+5*interval)
+	}
+	p.expect(wire.TypeKeepalive)
 	p.marker(3)
 	p.expectMarker(3)
-	p.s.Tick(t1 + 2*interval)
-	p.expect(wire.TypeKeepalive)
 
 	if p.s.State() != session.Leased {
 		t.Fatalf("state %v after keepalives, want leased", p.s.State())
