@@ -929,3 +929,164 @@ func TestCauseNames(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeated100WhilePending: the reader goes on while the controller is
+// slow. 100s that arrive while the lease is pending are answered by the
+// one 101 (a lab client exits on a second one); a 104 meanwhile is a sign
+// of life; a 100 after the 101 gets the 101 again, as the protocol says.
+func TestRepeated100WhilePending(t *testing.T) {
+	var merged atomic.Uint64
+	p := newPair(t, func(c *session.Config) { c.Merged = &merged }, true)
+	answer := make(chan struct{})
+	p.host.lease = func(ctx context.Context, _ *session.Session) (wire.AddrResponse, error) {
+		select {
+		case <-answer:
+			return testLease, nil
+		case <-ctx.Done():
+			return wire.AddrResponse{}, ctx.Err()
+		}
+	}
+	p.write(wire.AddrRequest[:])
+	eventually(t, "the lease to be asked for", func() bool { return p.host.leaseCalls.Load() == 1 })
+	heard := p.s.Info().LastHeard
+	p.write(wire.AddrRequest[:])
+	p.write(wire.Keepalive[:])
+	p.write(wire.AddrRequest[:])
+	eventually(t, "the repeated 100s to be read while the lease is pending", func() bool { return merged.Load() == 2 })
+	if !p.s.Info().LastHeard.After(heard) {
+		t.Error("messages read while the lease was pending are no sign of life")
+	}
+	close(answer)
+	if m := p.expect(wire.TypeAddrResponse); string(m.Data) != test101 {
+		t.Fatalf("101 = %q", m.Data)
+	}
+	p.waitLeased()
+	p.marker(1)
+	p.expectMarker(1) // one 101 only
+	if n := p.host.leaseCalls.Load(); n != 1 {
+		t.Fatalf("%d leases asked for, want 1", n)
+	}
+
+	// After the 101: a repeat gets it again, once per 100.
+	p.write(wire.AddrRequest[:])
+	if m := p.expect(wire.TypeAddrResponse); string(m.Data) != test101 {
+		t.Fatalf("repeated 101 = %q", m.Data)
+	}
+	p.marker(2)
+	p.expectMarker(2)
+	if merged.Load() != 2 {
+		t.Errorf("%d 100s merged, want 2", merged.Load())
+	}
+}
+
+// TestSessionClosedWhilePending: a client that leaves while its lease is
+// pending is closed at once; the lease that arrives later is given back.
+func TestSessionClosedWhilePending(t *testing.T) {
+	p := newPair(t, nil, true)
+	answer := make(chan struct{})
+	p.host.lease = func(context.Context, *session.Session) (wire.AddrResponse, error) {
+		<-answer // a controller that answers whatever happens
+		return testLease, nil
+	}
+	p.write(wire.AddrRequest[:])
+	eventually(t, "the lease to be asked for", func() bool { return p.host.leaseCalls.Load() == 1 })
+	p.client.Close()
+	select {
+	case <-p.host.closedCh:
+	case <-time.After(failAfter):
+		t.Fatal("session not closed while its lease was pending")
+	}
+	close(answer)
+	p.waitServed()
+	rel, closed := p.host.calls()
+	if len(rel) != 1 || rel[0].addr != testLease.Addr || rel[0].reason.Cause != session.CauseClosedWhileLeasing || len(closed) != 1 {
+		t.Fatalf("releases %v closed %v; want the late lease released", rel, closed)
+	}
+}
+
+// TestRefusalCause: a Host.Lease error that is a *session.Refusal closes
+// the session with its cause.
+func TestRefusalCause(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.host.lease = func(context.Context, *session.Session) (wire.AddrResponse, error) {
+		return wire.AddrResponse{}, &session.Refusal{Cause: session.CauseLeaseLimit, Err: errors.New("prefix fd00::/64 holds 4 leases")}
+	}
+	p.write(wire.AddrRequest[:])
+	p.expectEOF()
+	p.waitServed()
+	if r := p.s.Reason(); r.Cause != session.CauseLeaseLimit || r.String() != "lease limit: prefix fd00::/64 holds 4 leases" {
+		t.Fatalf("reason %v %q", r.Cause, r)
+	}
+}
+
+// TestSweeperKeepsTheSchedule: on a real Sweeper, each session's 104s come
+// at leased_at + k × interval: the k-th 104 of a client arrives k-1
+// intervals after its first, with no drift however many there are. (The
+// periodic sweep it replaced sent each 104 at the first sweep after it was
+// due and counted the next interval from there: a drift of up to a sweep
+// step per 104.)
+func TestSweeperKeepsTheSchedule(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	const n = 10
+	epoch := time.Now()
+	now := func() int64 { return int64(time.Since(epoch)) }
+	w := session.NewSweeper(now)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go w.Run(ctx)
+	pairs := make([]*pair, 3)
+	for i := range pairs {
+		pairs[i] = newPair(t, func(c *session.Config) {
+			c.Epoch, c.Sweeper = epoch, w
+			c.KeepaliveInterval, c.KeepaliveTimeout = interval, time.Minute
+		}, true)
+		pairs[i].lease()
+		time.Sleep(interval / 3)
+	}
+	if w.Len() != 3 {
+		t.Fatalf("%d sessions scheduled, want 3", w.Len())
+	}
+	// Each client is read on its own goroutine, so that arrival times are
+	// read times.
+	arrivals := make([][]time.Time, len(pairs))
+	var wg sync.WaitGroup
+	for i, p := range pairs {
+		wg.Go(func() {
+			for len(arrivals[i]) < n {
+				p.client.SetReadDeadline(time.Now().Add(failAfter))
+				m, err := p.dec.Next()
+				if err != nil {
+					t.Errorf("client %d: %v", i, err)
+					return
+				}
+				if m.Type == wire.TypeKeepalive {
+					arrivals[i] = append(arrivals[i], time.Now())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// A loaded machine delays a wake-up now and then; what must not
+	// happen is drift (the offsets growing with k: the median shows it) or
+	// a 104 lost or doubled (an offset of an interval).
+	var offs []time.Duration
+	for i, at := range arrivals {
+		for k := 1; k < len(at); k++ {
+			off := (at[k].Sub(at[0]) - time.Duration(k)*interval).Abs()
+			offs = append(offs, off)
+			if off > interval/2 {
+				t.Errorf("client %d: 104 #%d came %v off its schedule", i, k+1, off)
+			}
+		}
+	}
+	slices.Sort(offs)
+	median, worst := offs[len(offs)/2], offs[len(offs)-1]
+	if median > 15*time.Millisecond {
+		t.Errorf("median deviation from the schedule %v: the 104s drift", median)
+	}
+	t.Logf("deviation from the schedule over %d 104s of 3 clients: median %v, worst %v", len(offs), median, worst)
+	for _, p := range pairs {
+		p.s.Close(testOver)
+	}
+	eventually(t, "closed sessions to leave the sweeper", func() bool { return w.Len() == 0 })
+}
