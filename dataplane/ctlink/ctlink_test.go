@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +37,7 @@ var testDNS = [3]netip.Addr{
 // ctl is a real controller served over gRPC on a unix socket, and a Link to
 // it.
 type ctl struct {
+	c    *controller.Controller // the controller itself, to set up state fast
 	link *ctlink.Link
 	ops  cpv1.ControllerServiceClient // the operators' view, to check what the link sent
 	sock string
@@ -80,7 +83,7 @@ func startController(t *testing.T, prefix, rng string) *ctl {
 	}
 	t.Cleanup(stop)
 	cc := dial(t, sock)
-	return &ctl{link: ctlink.New(cc), ops: cpv1.NewControllerServiceClient(cc), sock: sock, stop: stop}
+	return &ctl{c: c, link: ctlink.New(cc), ops: cpv1.NewControllerServiceClient(cc), sock: sock, stop: stop}
 }
 
 func dial(t *testing.T, sock string) *grpc.ClientConn {
@@ -484,5 +487,134 @@ func TestBadResponses(t *testing.T) {
 	}
 	if r.Addr != netip.MustParseAddr("13.8.0.9") || r.Route != netip.MustParseAddr("10.0.0.0") || r.DNS[2] != netip.MustParseAddr("9.9.9.9") {
 		t.Errorf("good lease parsed as %v", r)
+	}
+}
+
+// TestReportOf100000Sessions: a complete report of 100,000 leased sessions
+// (about 10 MB: more than twice gRPC's 4 MiB message limit) goes to a real
+// controller over real gRPC in chunks; the controller knows every session,
+// takes their counters, and keeps every lease (nothing is reconciled away).
+func TestReportOf100000Sessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 100,000 leases")
+	}
+	const n = 100_000
+	c := startController(t, "10.0.0.0/15", "")
+	reg := dataplane.Registration{DataplaneID: "dp1", InstanceID: "i1", ClientListen: "[::]:5678"}
+	if _, err := c.link.Register(ctx(t), reg); err != nil {
+		t.Fatal(err)
+	}
+	reps := make([]dataplane.SessionReport, n)
+	now := time.Now().Truncate(time.Second)
+	var wg sync.WaitGroup
+	const workers = 64
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				id := "s" + strconv.Itoa(i)
+				client := netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}), 40000)
+				// Straight to the controller: 100,000 gRPC calls take
+				// minutes under the race detector, and the link's
+				// allocations are tested above.
+				l, err := c.c.Allocate(ctx(t), "dp1", id, client.Addr(), client.Port())
+				if err != nil {
+					errs <- err
+					return
+				}
+				reps[i] = dataplane.SessionReport{SessionID: id, Addr: l.Addr, Client: client, ConnectedAt: now, LastHeard: now,
+					Traffic: session.Traffic{BytesFromClient: uint64(i), PacketsFromClient: 1, BytesToClient: 2 * uint64(i), PacketsToClient: 2}}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r, err := c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", InstanceID: "i1", Complete: true, Sessions: reps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("report of %d sessions in chunks of %d: %v", n, ctlink.ReportChunk, time.Since(start))
+	if r.UnknownCount != 0 || len(r.Unknown) != 0 {
+		t.Fatalf("controller knows no lease for %d sessions (%q...)", r.UnknownCount, r.Unknown[:min(len(r.Unknown), 5)])
+	}
+	pi, err := c.ops.GetPool(ctx(t), &cpv1.GetPoolRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pi.GetPool().GetLeased(); got != n {
+		t.Fatalf("pool has %d leases after the report, want %d", got, n)
+	}
+	// The last chunk's sessions were applied too.
+	for _, i := range []int{0, ctlink.ReportChunk, n - 1} {
+		row, err := c.ops.GetClient(ctx(t), &cpv1.GetClientRequest{Address: reps[i].Addr.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cl := row.GetClient(); cl.GetSessionId() != reps[i].SessionID || cl.GetCounters().GetBytesToClient() != 2*uint64(i) {
+			t.Errorf("row of session %d = %v", i, cl)
+		}
+	}
+	// Sessions the controller does not know are counted, and named.
+	ghosts := []dataplane.SessionReport{{SessionID: "ghost-1", Client: client1, ConnectedAt: now, LastHeard: now},
+		{SessionID: "ghost-2", Client: client1, ConnectedAt: now, LastHeard: now}}
+	r, err = c.link.Report(ctx(t), dataplane.Report{DataplaneID: "dp1", InstanceID: "i1", Sessions: ghosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.UnknownCount != 2 || len(r.Unknown) != 2 {
+		t.Errorf("unknown %q (%d), want both ghosts", r.Unknown, r.UnknownCount)
+	}
+}
+
+// TestIDInUse: a second instance of a live data plane id is refused with
+// the live one's whereabouts, and the live one is told on its command
+// stream.
+func TestIDInUse(t *testing.T) {
+	c := startController(t, "13.8.0.0/24", "")
+	live := dataplane.Registration{DataplaneID: "dp1", InstanceID: "live", ClientListen: "[fd00:46::1]:5678", APIAddress: "unix:///run/a.sock"}
+	if _, err := c.link.Register(ctx(t), live); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx(t))
+	defer cancel()
+	told := make(chan dataplane.Directive, 4)
+	go c.link.WatchDirectives(wctx, "dp1", "live", func(d dataplane.Directive) { told <- d })
+	time.Sleep(100 * time.Millisecond) // the stream is open: the instance is live
+	second := dataplane.Registration{DataplaneID: "dp1", InstanceID: "second", ClientListen: "[fd00:47::1]:5678", APIAddress: "unix:///run/b.sock"}
+	_, err := c.link.Register(ctx(t), second)
+	var inUse *dataplane.IDInUseError
+	if !errors.As(err, &inUse) || !errors.Is(err, dataplane.ErrIDInUse) {
+		t.Fatalf("second instance: err = %v, want an *IDInUseError", err)
+	}
+	if inUse.Live.InstanceID != "live" || inUse.Live.ClientListen != live.ClientListen || inUse.Live.APIAddress != live.APIAddress {
+		t.Errorf("live instance = %+v", inUse.Live)
+	}
+	if msg := inUse.Error(); !strings.Contains(msg, "--id dp1") || !strings.Contains(msg, "[fd00:46::1]:5678") || !strings.Contains(msg, "give this one a different --id") {
+		t.Errorf("message %q does not say what to do", msg)
+	}
+	select {
+	case d := <-told:
+		if d.IDConflict == nil || d.IDConflict.InstanceID != "second" || d.IDConflict.ClientListen != second.ClientListen {
+			t.Errorf("directive %+v, want the refused instance", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the live instance was not told")
+	}
+	// The refused instance is not registered: its allocations are refused.
+	_, err = c.link.Allocate(ctx(t), dataplane.AllocateRequest{DataplaneID: "dp1", InstanceID: "second", SessionID: "s1", Client: client1})
+	if !errors.Is(err, dataplane.ErrNotRegistered) {
+		t.Errorf("allocate from the refused instance: err = %v, want ErrNotRegistered", err)
+	}
+	// Stop: the live instance's leases go at once.
+	if _, err := c.link.Allocate(ctx(t), dataplane.AllocateRequest{DataplaneID: "dp1", InstanceID: "live", SessionID: "s1", Client: client1}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.link.Stop(ctx(t), dataplane.StopRequest{DataplaneID: "dp1", InstanceID: "live", Reason: "test"})
+	if err != nil || n != 1 {
+		t.Fatalf("stop: %d released, %v", n, err)
 	}
 }
