@@ -202,7 +202,12 @@ type IDInUseError struct {
 	Msg         string   // the controller's words
 }
 
+// Error is the controller's message (it names the live instance and says
+// what to do), or one made from Live.
 func (e *IDInUseError) Error() string {
+	if e.Msg != "" {
+		return e.Msg
+	}
 	return fmt.Sprintf("another data plane with --id %s is running (%s): give this one a different --id",
 		e.DataplaneID, e.Live.Where())
 }

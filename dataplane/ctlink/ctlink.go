@@ -65,10 +65,11 @@ func ConnectParams() grpc.DialOption {
 	})
 }
 
-// Link talks to the controller. Registration, allocations, releases and
-// the stop wait for a connection (gRPC's wait-for-ready) up to their
-// deadline instead of failing at once while gRPC reconnects: they go out
-// the moment the controller is back. Heartbeats and reports fail fast.
+// Link talks to the controller. With one controller endpoint,
+// registration, allocations, releases and the stop wait for a connection
+// (gRPC's wait-for-ready) up to their deadline instead of failing at once
+// while gRPC reconnects: they go out the moment the controller is back.
+// Heartbeats and reports fail fast.
 type Link struct {
 	c    cpv1.LeaseServiceClient
 	conn *ctlclient.Conn // set by Dial
@@ -338,9 +339,16 @@ func (l *Link) WatchDirectives(ctx context.Context, id, instance string, fn func
 // peer once it has one) had no effect: its error matches ErrNotSent and,
 // for a Link made by Dial, says why each endpoint could not be reached
 // (wait-for-ready hides the dial's errno).
+//
+// With several endpoints the call does not wait: ctlclient moves it to the
+// leader, which a call waiting on a dead endpoint would never do.
 func (l *Link) waiting(op string, call func(...grpc.CallOption) error) error {
 	var p peer.Peer
-	err := call(grpc.WaitForReady(true), grpc.Peer(&p))
+	opts := []grpc.CallOption{grpc.Peer(&p)}
+	if l.conn == nil || len(l.conn.Endpoints()) == 1 {
+		opts = append(opts, grpc.WaitForReady(true))
+	}
+	err := call(opts...)
 	if err == nil {
 		return nil
 	}

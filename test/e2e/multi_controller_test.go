@@ -83,7 +83,7 @@ func TestMultiController(t *testing.T) {
 		t.Fatalf("standby answered %v", err)
 	}
 
-	link, err := ctlink.Dial([]endpoint.Endpoint{{Network: "unix", Address: socks[0]}, {Network: "unix", Address: socks[1]}})
+	link, err := ctlink.Dial([]endpoint.Endpoint{{Network: "unix", Address: socks[0]}, {Network: "unix", Address: socks[1]}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
