@@ -209,6 +209,8 @@ func (d *daemon) openMetrics() error {
 // network namespace the daemon started in (a test locks its thread in
 // one); the other parts run in an errgroup whose failure stops it.
 func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := d.gs.Serve(d.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -239,6 +241,7 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
 	err := classify(d.dp.Run(gctx))
 	d.log.Info("data plane stopped")
+	cancel() // the rest stops with it
 	d.stopServing()
 	if gerr := g.Wait(); err == nil {
 		err = gerr
