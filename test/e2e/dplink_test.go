@@ -258,8 +258,9 @@ func TestControllerOutageRecovery(t *testing.T) {
 func TestReleasesAcrossControllerRestart(t *testing.T) {
 	t.Parallel()
 	const n = 500
+	ctlArgs := []string{"--pool", "13.8.0.0/22", "--grace-period", "5m", "--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"}
 	e := newEnv(t, envOptions{
-		controllerArgs: []string{"--pool", "13.8.0.0/22", "--grace-period", "5m", "--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"},
+		controllerArgs: ctlArgs,
 		dataplaneArgs:  []string{"--max-conns-per-ip", "0", "--max-conns-per-prefix", "0", "--accept-rate-per-prefix", "0"},
 	})
 	conns := make([]*labClient, n)
@@ -284,7 +285,7 @@ func TestReleasesAcrossControllerRestart(t *testing.T) {
 	e.waitFor("the data plane to see every client go", func() bool { return e.dpStatus().Sessions == 0 })
 	time.Sleep(time.Second) // releases retried against nobody
 	os.Remove(e.ctlSock)
-	e.start(e.srv, "4over6-controller", e.controllerArgs()...)
+	e.start(e.srv, "4over6-controller", append(e.controllerArgs(), ctlArgs...)...)
 	e.waitFor("the controller back", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
 	back := time.Now()
 	var leased int
@@ -473,11 +474,11 @@ func waitDAD(t *testing.T, ns *topo.NS) {
 func TestStoppedWithinTwoSeconds(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{controllerArgs: []string{"--grace-period", "5m"}})
-	for range 20 {
+	for range 10 {
 		e.dialLab().lease()
 	}
-	if p := e.controllerPool(); p.Leased != 20 {
-		t.Fatalf("%d leased, want 20", p.Leased)
+	if p := e.controllerPool(); p.Leased != 10 {
+		t.Fatalf("%d leased, want 10", p.Leased)
 	}
 	dp := e.procs[1]
 	start := time.Now()
@@ -500,7 +501,7 @@ func TestStoppedWithinTwoSeconds(t *testing.T) {
 	if p := e.controllerPool(); p.Leased != 0 {
 		t.Fatalf("%d leases held after the stop, want none", p.Leased)
 	}
-	if out := logOf(t, dp); !strings.Contains(out, "stopped at the controller") || !strings.Contains(out, "leases_released=20") {
+	if out := logOf(t, dp); !strings.Contains(out, "stopped at the controller") || !strings.Contains(out, "leases_released=10") {
 		t.Errorf("the data plane did not log its stop:\n%s", out)
 	}
 	t.Logf("shown stopped %v after SIGTERM", took.Round(time.Millisecond))
