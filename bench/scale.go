@@ -88,7 +88,7 @@ func (l *lab) scaleOnce(ctx context.Context, n int) (s Scale) {
 	}
 	defer l.stopController()
 	dp, err := l.startDataplane(ctx, fmt.Sprintf("bench-scale-%d", n), s.Backend,
-		"--max-clients", "0", "--max-conns-per-ip", "0", "--max-conns-per-prefix", "0", "--accept-rate", "0")
+		"--max-clients", "0", "--max-conns-per-ip", "0", "--max-conns-per-prefix", "0", "--accept-rate", "0", "--accept-rate-per-prefix", "0")
 	if err != nil {
 		return fail(err)
 	}

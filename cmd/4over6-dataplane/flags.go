@@ -57,6 +57,21 @@ func newCommand(o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "4over6-dataplane",
 		Short: "4over6 data plane: TUN, client connections, 102/103 forwarding, keepalives",
+		Long: `4over6 data plane: TUN, client connections, 102/103 forwarding, keepalives.
+
+It opens its TUN, its client listener and its API first, then registers with
+the controller (waiting for it as long as it takes) and gives the TUN the
+address the controller assigns. On SIGTERM or SIGINT it stops accepting,
+closes the sessions and tells the controller it stopped (their leases are
+released in one call).
+
+Exit codes:
+  0  stopped on a signal
+  1  a failure at run time (restarting may help)
+  2  a configuration error an operator must fix: bad flags or config file,
+     --listen or --api not usable (port in use, address not on this host),
+     the TUN busy, another data plane running with this --id, the
+     controller refusing the registration`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usageError{fmt.Errorf("unexpected argument %q: all settings are flags (see --help)", args[0])}
@@ -85,7 +100,7 @@ func newCommand(o *options) *cobra.Command {
 	f.IntVar(&o.maxClients, "max-clients", 20000, "most client connections at once (0: unlimited)")
 	f.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", 256, "most connections from one client IPv6 address (0: unlimited)")
 	f.IntVar(&o.maxConnsPerPrefix, "max-conns-per-prefix", 1024, "most connections from one client prefix of --prefix-length bits (0: unlimited)")
-	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix (a /64 is one subscriber)")
+	f.IntVar(&o.prefixLen, "prefix-length", 64, "client prefix length for --max-conns-per-prefix and --accept-rate-per-prefix (a /64 is one subscriber)")
 	f.Float64Var(&o.acceptRate, "accept-rate", 1000, "new connections accepted per second, on average (0: unlimited)")
 	f.IntVar(&o.acceptBurst, "accept-burst", 2000, "new connections accepted at once above --accept-rate")
 	f.Float64Var(&o.prefixAcceptRate, "accept-rate-per-prefix", 500, "new connections accepted per second from one client prefix of --prefix-length bits, on average (0: unlimited): one prefix's flood leaves --accept-rate to the others")

@@ -55,8 +55,8 @@ type daemon struct {
 
 	grpcMetrics *metrics.GRPC
 	guard       *authz.Guard
-	dp     *dataplane.Dataplane
-	undo   []func()
+	dp          *dataplane.Dataplane
+	undo        []func()
 }
 
 // serve runs the data plane until SIGINT or SIGTERM. The order matters:

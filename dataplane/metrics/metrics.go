@@ -16,6 +16,9 @@
 //	fourover6_dataplane_keepalive_timeouts_total                counter: clients cut for silence (when the source counts them)
 //	fourover6_dataplane_controller_reachable                    gauge: 1 while the controller answers
 //	fourover6_dataplane_draining                                gauge: 1 while new clients are refused
+//	fourover6_dataplane_registered                              gauge: 1 once the controller accepted this instance
+//	fourover6_dataplane_releases_pending                        gauge: releases waiting to reach the controller
+//	fourover6_dataplane_address_requests_merged_total           counter: 100s answered by the 101 of a lease already pending
 //	fourover6_dataplane_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 //
 // Byte and packet counters include the sessions already closed, so they only
@@ -55,7 +58,10 @@ const (
 // RefusalReasons are the reasons a connection is refused at accept:
 // draining, then the limits of package limit. They are exported at 0 until
 // they happen; a reason the data plane reports beyond these is exported too.
-var RefusalReasons = []string{"draining", limit.ReasonMaxClients, limit.ReasonPerIP, limit.ReasonPerPrefix, limit.ReasonRate}
+// "lease_limit" counts clients whose 100 the controller refused for their
+// address's or prefix's lease limit (their connection is closed).
+var RefusalReasons = []string{"draining", limit.ReasonMaxClients, limit.ReasonPerIP, limit.ReasonPerPrefix, limit.ReasonRate,
+	limit.ReasonPrefixRate, "lease_limit"}
 
 const ns, sub = "fourover6", "dataplane"
 
@@ -77,6 +83,10 @@ var (
 	descKATimeout = desc("keepalive_timeouts_total", "Clients disconnected because they were silent longer than the keepalive timeout.")
 	descCtrl      = desc("controller_reachable", "1 while the controller answers, 0 while it is unreachable.")
 	descDraining  = desc("draining", "1 while the data plane refuses new clients, else 0.")
+
+	descRegistered = desc("registered", "1 once the controller accepted this data plane instance, else 0.")
+	descPending    = desc("releases_pending", "Releases waiting to reach the controller (queued, retried until delivered).")
+	descMerged     = desc("address_requests_merged_total", "100s that arrived while the client's lease was pending, answered by its one 101.")
 )
 
 // Collector is a prometheus.Collector over one data plane.
@@ -90,7 +100,7 @@ func New(src Source) *Collector { return &Collector{src: src} }
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descStart, descSessions, descLeased, descAccepted, descClosed,
-		descBytes, descPackets, descDrops, descRefused, descCtrl, descDraining} {
+		descBytes, descPackets, descDrops, descRefused, descCtrl, descDraining, descRegistered, descPending, descMerged} {
 		ch <- d
 	}
 	if _, ok := c.src.(KeepaliveTimeoutCounter); ok {
@@ -141,6 +151,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descCtrl, b2f(st.ControllerConnected))
 	gauge(descDraining, b2f(st.Draining))
+	gauge(descRegistered, b2f(st.Registered))
+	gauge(descPending, float64(st.ReleasesPending))
+	counter(descMerged, st.RepeatedAddrReqs)
 }
 
 func b2f(b bool) float64 {
