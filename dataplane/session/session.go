@@ -512,6 +512,14 @@ func (s *Session) getLease() {
 	}
 }
 
+// waitLeased returns once the lease goroutine has finished the lease's
+// transition: it holds leaseMu throughout.
+func (s *Session) waitLeased() {
+	s.leaseMu.Lock()
+	_ = s.sent101 // read under the lock: the transition is done
+	s.leaseMu.Unlock()
+}
+
 // Refusal is a Host.Lease error that says why the session closes.
 type Refusal struct {
 	Cause Cause
@@ -545,8 +553,7 @@ func (s *Session) netRequest(p []byte) {
 	addr := s.src4.Load()
 	if addr != 0 && s.addr4.Load() == 0 {
 		// The 101 is out, the route not in yet: wait for it.
-		s.leaseMu.Lock()
-		s.leaseMu.Unlock() //nolint:staticcheck // an empty critical section: waiting is the point
+		s.waitLeased()
 	}
 	if addr == 0 {
 		s.drop(DropBeforeLease, nil)
