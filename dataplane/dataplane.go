@@ -821,7 +821,9 @@ func (h *host) Lease(ctx context.Context, s *session.Session) (wire.AddrResponse
 		actx, cancel := context.WithDeadline(ctx, deadline)
 		lease, err := d.cfg.ControlPlane.Allocate(actx, req)
 		cancel()
-		d.setControllerOK(err)
+		if ctx.Err() == nil { // a session that closed says nothing of the controller
+			d.setControllerOK(err)
+		}
 		if err == nil {
 			return lease, nil
 		}

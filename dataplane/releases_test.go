@@ -80,10 +80,13 @@ func (f *fakeReleaser) sent() ([]ReleaseRequest, int) {
 	return all, len(f.batches)
 }
 
-func newTestQueue(t *testing.T, f *fakeReleaser) (*releaseQueue, func()) {
+func newTestQueue(t *testing.T, f *fakeReleaser, maxBatch ...int) (*releaseQueue, func()) {
 	t.Helper()
 	q := newReleaseQueue(slog.New(slog.NewTextHandler(io.Discard, nil)), time.Second, f.send, f.resolve)
 	q.minWait, q.maxWait = time.Millisecond, 10*time.Millisecond
+	if len(maxBatch) > 0 {
+		q.maxBatch = maxBatch[0]
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); q.Run(ctx) }()
@@ -109,8 +112,7 @@ func waitIdle(t *testing.T, q *releaseQueue) {
 // flight go together in the next, and everything arrives in the order made.
 func TestReleaseQueueBatchesInOrder(t *testing.T) {
 	f := &fakeReleaser{gate: make(chan struct{}), entered: make(chan int)}
-	q, _ := newTestQueue(t, f)
-	q.maxBatch = 100
+	q, _ := newTestQueue(t, f, 100)
 	q.Add(rel(0)) // goes out alone and waits at the gate
 	if n := <-f.entered; n != 1 {
 		t.Fatalf("first batch of %d, want 1", n)

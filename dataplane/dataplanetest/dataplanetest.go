@@ -95,6 +95,16 @@ type MemController struct {
 	Commands chan dataplane.Directive
 	// Batches counts ReleaseBatch calls that succeeded.
 	Batches int
+
+	// RegisterErr, when set, decides each registration (nil: accepted).
+	RegisterErr func(dataplane.Registration) error
+	// AllocateErr, when set, answers every allocation with its error.
+	AllocateErr error
+	// Unknown makes heartbeats say the controller does not know the
+	// instance.
+	Unknown bool
+	// Registrations counts registrations accepted.
+	Registrations int
 }
 
 // NewMemController returns a controller with size addresses.
@@ -139,13 +149,27 @@ func (c *MemController) unavailable(op string) error {
 }
 
 // Register implements dataplane.ControlPlane.
-func (c *MemController) Register(context.Context, dataplane.Registration) (dataplane.Assignment, error) {
+func (c *MemController) Register(_ context.Context, r dataplane.Registration) (dataplane.Assignment, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.unavailable("register"); err != nil {
 		return dataplane.Assignment{}, err
 	}
+	if c.RegisterErr != nil {
+		if err := c.RegisterErr(r); err != nil {
+			return dataplane.Assignment{}, err
+		}
+	}
+	c.Registrations++
+	c.Unknown = false
 	return Pool, nil
+}
+
+// Set runs f under the controller's lock, to change its fields.
+func (c *MemController) Set(f func(c *MemController)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(c)
 }
 
 // Allocate implements dataplane.ControlPlane: the lowest free address.
@@ -154,6 +178,9 @@ func (c *MemController) Allocate(_ context.Context, r dataplane.AllocateRequest)
 	defer c.mu.Unlock()
 	if err := c.unavailable("allocate"); err != nil {
 		return wire.AddrResponse{}, err
+	}
+	if c.AllocateErr != nil {
+		return wire.AddrResponse{}, c.AllocateErr
 	}
 	a, ok := c.leases[r.SessionID]
 	if !ok {
@@ -210,7 +237,7 @@ func (c *MemController) Heartbeat(context.Context, dataplane.Heartbeat) (datapla
 	if err := c.unavailable("heartbeat"); err != nil {
 		return dataplane.HeartbeatReply{}, err
 	}
-	return dataplane.HeartbeatReply{Known: true}, nil
+	return dataplane.HeartbeatReply{Known: !c.Unknown}, nil
 }
 
 // Stop implements dataplane.ControlPlane: every lease goes.

@@ -30,12 +30,49 @@ type Harness struct {
 	// ClientIP is the address clients connect from, as the data plane
 	// sees it: ::1, or 127.0.0.1 where there is no IPv6 loopback.
 	ClientIP string
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	err       error
+	expectErr bool
+}
+
+// Stop stops the data plane (as a signal does) and returns Run's error.
+func (h *Harness) Stop() error {
+	h.cancel()
+	<-h.done
+	return h.err
+}
+
+// ExpectError tells the harness that Run is to end with an error.
+func (h *Harness) ExpectError() { h.expectErr = true }
+
+// Done is closed when Run has returned.
+func (h *Harness) Done() <-chan struct{} { return h.done }
+
+// Err is Run's error, once Done.
+func (h *Harness) Err() error {
+	<-h.done
+	return h.err
 }
 
 // Start runs a data plane over tun (nil: a MemTUN reading four packets at
 // a time). mod may change the
 // configuration before it starts.
 func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
+	t.Helper()
+	return start(t, tun, nil, mod, false)
+}
+
+// StartFailing is Start for a data plane expected to stop on its own with
+// an error (Err): it does not wait for it to register, and ctl (nil: a
+// fresh MemController) is set up before Run starts.
+func StartFailing(t testing.TB, ctl *MemController, mod func(*dataplane.Config)) *Harness {
+	t.Helper()
+	return start(t, nil, ctl, mod, true)
+}
+
+func start(t testing.TB, tun *MemTUN, ctl *MemController, mod func(*dataplane.Config), expectErr bool) *Harness {
 	t.Helper()
 	clientIP := "::1" // clients are IPv6, as in the protocol
 	ln, err := net.Listen("tcp", "[::1]:0")
@@ -48,7 +85,10 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 	if tun == nil {
 		tun = NewMemTUN(4)
 	}
-	h := &Harness{T: t, TUN: tun, Ctl: NewMemController(253), Addr: ln.Addr().String(), ClientIP: clientIP}
+	if ctl == nil {
+		ctl = NewMemController(253)
+	}
+	h := &Harness{T: t, TUN: tun, Ctl: ctl, Addr: ln.Addr().String(), ClientIP: clientIP, expectErr: expectErr}
 	cfg := dataplane.Config{
 		ID: "dp-test", Listener: ln, TUN: h.TUN, ControlPlane: h.Ctl,
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -62,15 +102,20 @@ func Start(t testing.TB, tun *MemTUN, mod func(*dataplane.Config)) *Harness {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	h.done = make(chan struct{})
+	h.cancel = cancel
 	go func() {
-		defer close(done)
-		if err := h.DP.Run(ctx); err != nil {
+		defer close(h.done)
+		h.err = h.DP.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		if err := h.Stop(); err != nil && !h.expectErr {
 			t.Errorf("Run: %v", err)
 		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	Eventually(t, "the data plane to register", func() bool { return h.DP.Status().Registered })
+	})
+	if !h.expectErr {
+		Eventually(t, "the data plane to register", func() bool { return h.DP.Status().Registered })
+	}
 	return h
 }
 

@@ -290,11 +290,12 @@ func TestRoleMatrix(t *testing.T) {
 		}
 	}
 
-	// A data plane holding a viewer's certificate cannot register.
+	// A data plane holding a viewer's certificate cannot register: a
+	// configuration error (exit 2, not restarted).
 	viewer := certs["viewer"]
 	out, err := w.dpNS.Command(t.Context(), filepath.Join(binDir, "4over6-dataplane"), append([]string{"--id", "dp-viewer",
 		"--controller", w.ctlAddr, "--api", "unix://" + filepath.Join(w.dir, "viewer-dp.sock"), "--tun", "4o6v"}, tlsArgs(viewer)...)...).CombinedOutput()
-	if exitCode(err) != 1 || !strings.Contains(string(out), "RegisterDataplane needs the dataplane or operator role") {
+	if exitCode(err) != 2 || !strings.Contains(string(out), "RegisterDataplane needs the dataplane or operator role") {
 		t.Errorf("a data plane with a viewer's certificate: %v\n%s", err, out)
 	}
 	// Through the CLI, a refusal is exit 5 and names both roles.
