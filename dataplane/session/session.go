@@ -331,7 +331,9 @@ func (s *Session) Reason() Reason {
 // when due; calling it earlier or more often changes nothing.
 //
 // The rules: no 100 within the keepalive timeout of the connect, or
-// silence for longer than the timeout, closes; once leased a 104 goes out
+// silence for longer than the timeout (counted from the last message, or
+// the 101 if later; not while the lease is pending), closes; once leased a
+// 104 goes out
 // at leasedAt + k × interval for k = 1, 2, ..., however late the tick
 // that sends one (a late 104 does not push the next ones back).
 func (s *Session) Tick(now int64) (next int64) {
@@ -345,7 +347,15 @@ func (s *Session) Tick(now int64) (next int64) {
 		s.Close(Reason{CauseNoAddrRequest, "none within " + s.cfg.KeepaliveTimeout.String()})
 		return 0
 	}
-	heard := s.lastHeard.Load()
+	if st == Accepted && !waiting {
+		// The 100 is answered by a lease still pending: the client waits
+		// for us, which is no silence (the host's allocation timeout
+		// bounds the wait).
+		return now + timeout
+	}
+	// Silence is counted from the last message heard, or from the 101 if
+	// that came later: a client is not silent while it waits for it.
+	heard := max(s.lastHeard.Load(), s.leasedAt.Load())
 	if now-heard > timeout {
 		s.Close(Reason{CauseKeepaliveTimeout, "silent for more than " + s.cfg.KeepaliveTimeout.String()})
 		return 0

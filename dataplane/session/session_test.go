@@ -1090,3 +1090,35 @@ func TestSweeperKeepsTheSchedule(t *testing.T) {
 	}
 	eventually(t, "closed sessions to leave the sweeper", func() bool { return w.Len() == 0 })
 }
+
+// TestNotSilentWhilePending: a client waiting for its 101 is not cut for
+// silence, however long the controller takes; its silence counts from the
+// 101.
+func TestNotSilentWhilePending(t *testing.T) {
+	p := newPair(t, nil, true)
+	timeout := int64(p.cfg.KeepaliveTimeout)
+	answer := make(chan struct{})
+	p.host.lease = func(context.Context, *session.Session) (wire.AddrResponse, error) {
+		<-answer
+		return testLease, nil
+	}
+	p.write(wire.AddrRequest[:])
+	eventually(t, "the lease to be asked for", func() bool { return p.host.leaseCalls.Load() == 1 })
+	p.s.Tick(p.bornMax + 2*timeout)
+	if p.s.State() != session.Accepted {
+		t.Fatalf("state %v while the lease is pending, want accepted", p.s.State())
+	}
+	before := p.cfg.Now()
+	close(answer)
+	p.expect(wire.TypeAddrResponse)
+	p.waitLeased()
+	after := p.cfg.Now()
+	p.s.Tick(before + timeout - 1)
+	if p.s.State() != session.Leased {
+		t.Fatalf("state %v within the timeout of the 101, want leased", p.s.State())
+	}
+	p.s.Tick(after + timeout + 1)
+	if p.s.State() != session.Closed || p.s.Reason().Cause != session.CauseKeepaliveTimeout {
+		t.Fatalf("state %v (%v) past the timeout of the 101, want closed for silence", p.s.State(), p.s.Reason())
+	}
+}

@@ -294,7 +294,8 @@ func TestRoleMatrix(t *testing.T) {
 	// configuration error (exit 2, not restarted).
 	viewer := certs["viewer"]
 	out, err := w.dpNS.Command(t.Context(), filepath.Join(binDir, "4over6-dataplane"), append([]string{"--id", "dp-viewer",
-		"--controller", w.ctlAddr, "--api", "unix://" + filepath.Join(w.dir, "viewer-dp.sock"), "--tun", "4o6v"}, tlsArgs(viewer)...)...).CombinedOutput()
+		"--controller", w.ctlAddr, "--api", "unix://" + filepath.Join(w.dir, "viewer-dp.sock"), "--tun", "4o6v",
+		"--listen", "[::]:5679"}, tlsArgs(viewer)...)...).CombinedOutput() // its own port: the listener opens before it registers
 	if exitCode(err) != 2 || !strings.Contains(string(out), "RegisterDataplane needs the dataplane or operator role") {
 		t.Errorf("a data plane with a viewer's certificate: %v\n%s", err, out)
 	}
