@@ -116,10 +116,13 @@ func (d *daemon) open() error {
 	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
 		return err
 	}
-	if err := d.openAPI(); err != nil {
+	if err := d.buildAPI(); err != nil {
 		return err
 	}
-	return d.openMetrics()
+	if err := d.openMetrics(); err != nil {
+		return err
+	}
+	return d.listenAPI() // last: its socket says the daemon is up
 }
 
 // dial prepares the link to the controller (it connects on first use).
@@ -157,8 +160,8 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 	}
 }
 
-// openAPI listens on --api and builds the gRPC server (served by run).
-func (d *daemon) openAPI() error {
+// buildAPI builds the gRPC server (served by run).
+func (d *daemon) buildAPI() error {
 	sopt, err := d.o.tls.ServerOption()
 	if err != nil {
 		return err
@@ -170,11 +173,18 @@ func (d *daemon) openAPI() error {
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.gs, d.health)
 	d.grpcMetrics.InitializeMethods(d.gs)
+	d.onClose(func() { d.gs.Stop() }) // closes the listener even if Serve never ran
+	return nil
+}
+
+// listenAPI listens on --api.
+func (d *daemon) listenAPI() error {
+	var err error
 	if d.apiLn, err = d.apiEP.Listen(); err != nil {
 		return fmt.Errorf("--api: %w", err)
 	}
 	d.onClose(func() {
-		d.gs.Stop() // closes the listener even if Serve never ran
+		d.apiLn.Close()
 		if d.apiEP.Network == "unix" {
 			os.Remove(d.apiEP.Address)
 		}
