@@ -1024,9 +1024,9 @@ func TestRefusalCause(t *testing.T) {
 // intervals after its first, with no drift however many there are. (The
 // periodic sweep it replaced sent each 104 at the first sweep after it was
 // due and counted the next interval from there: a drift of up to a sweep
-// step per 104.)
+// step, interval/4, per 104.)
 func TestSweeperKeepsTheSchedule(t *testing.T) {
-	const interval = 100 * time.Millisecond
+	const interval = 200 * time.Millisecond
 	const n = 10
 	epoch := time.Now()
 	now := func() int64 { return int64(time.Since(epoch)) }
@@ -1066,17 +1066,19 @@ func TestSweeperKeepsTheSchedule(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// A loaded machine delays a wake-up now and then; what must not
-	// happen is drift (the offsets growing with k: the median shows it) or
-	// a 104 lost or doubled (an offset of an interval).
+	// A loaded machine delays a wake-up now and then (by more than an
+	// interval, the late 104 is sent and the one it ran into skipped: see
+	// TestTickKeepalive); what must not happen is drift. Each arrival is
+	// measured against the nearest point of its client's schedule: on time
+	// they are all close to one, drifting they spread over the interval.
 	var offs []time.Duration
-	for i, at := range arrivals {
+	skipped := 0
+	for _, at := range arrivals {
 		for k := 1; k < len(at); k++ {
-			off := (at[k].Sub(at[0]) - time.Duration(k)*interval).Abs()
-			offs = append(offs, off)
-			if off > interval/2 {
-				t.Errorf("client %d: 104 #%d came %v off its schedule", i, k+1, off)
-			}
+			since := at[k].Sub(at[0])
+			j := (since + interval/2) / interval // the schedule point it is nearest
+			skipped += int(j) - k
+			offs = append(offs, (since - j*interval).Abs())
 		}
 	}
 	slices.Sort(offs)
@@ -1084,7 +1086,7 @@ func TestSweeperKeepsTheSchedule(t *testing.T) {
 	if median > 15*time.Millisecond {
 		t.Errorf("median deviation from the schedule %v: the 104s drift", median)
 	}
-	t.Logf("deviation from the schedule over %d 104s of 3 clients: median %v, worst %v", len(offs), median, worst)
+	t.Logf("deviation from the schedule over %d 104s of 3 clients: median %v, worst %v; %d skipped by a stall", len(offs), median, worst, skipped)
 	for _, p := range pairs {
 		p.s.Close(testOver)
 	}

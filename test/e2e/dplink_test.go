@@ -375,22 +375,28 @@ func TestKeepaliveOnSchedule(t *testing.T) {
 			at = append(at, time.Now())
 		}
 	}
+	// Each 104 against the nearest point of the schedule: a busy machine
+	// delays one now and then (by more than an interval, the late one is
+	// sent and the one it ran into skipped); a drifting schedule spreads
+	// them over the interval, and its median shows it.
 	var gaps, offs []time.Duration
+	skipped := 0
 	for k := 1; k < len(at); k++ {
 		gaps = append(gaps, at[k].Sub(at[k-1]))
-		offs = append(offs, (at[k].Sub(at[0]) - time.Duration(k)*interval).Abs())
+		since := at[k].Sub(at[0])
+		j := (since + interval/2) / interval
+		skipped += int(j) - k
+		offs = append(offs, (since - j*interval).Abs())
 	}
 	slices.Sort(offs)
 	median, worst := offs[len(offs)/2], offs[len(offs)-1]
-	t.Logf("20 gaps between 104s at a %v interval: %v; offset from leased_at + k × interval: median %v, worst %v",
-		interval, gaps, median, worst)
-	// A busy machine delays a wake-up now and then (worst); a schedule
-	// that drifts shows in the median, which stays within a tenth of the
-	// interval. (A periodic sweep of interval/4 that counts each 104 from
-	// the sweep that sent it drifts about interval/8 per 104: a median of
-	// more than the interval over 20 of them.)
-	if median > interval/10 || worst > interval/2 {
-		t.Errorf("104s off their schedule: median %v, worst %v", median, worst)
+	t.Logf("20 gaps between 104s at a %v interval: %v; offset from leased_at + k × interval: median %v, worst %v; %d skipped",
+		interval, gaps, median, worst, skipped)
+	// (A periodic sweep of interval/4 that counts each 104 from the sweep
+	// that sent it drifts about interval/8 per 104: over 20 of them the
+	// offsets spread over the whole interval, a median near interval/4.)
+	if median > interval/10 {
+		t.Errorf("104s off their schedule: median %v", median)
 	}
 }
 
