@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readmeMetrics returns the metric names of the README's metrics table,
+// and those whose row says they appear only in some configurations ("only
+// with ..." / "only when ...").
+func readmeMetrics(t *testing.T) (all, conditional []string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	name := regexp.MustCompile("`(fourover6_[a-z0-9_]+)`")
+	sc := bufio.NewScanner(f)
+	inTable := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "## Metrics":
+			inTable = true
+		case inTable && strings.HasPrefix(line, "## "):
+			inTable = false
+		}
+		if !inTable || !strings.HasPrefix(line, "| `fourover6_") {
+			continue
+		}
+		first, rest, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+		for _, m := range name.FindAllStringSubmatch(first, -1) {
+			all = append(all, m[1])
+			if strings.Contains(rest, "only with") || strings.Contains(rest, "only when") {
+				conditional = append(conditional, m[1])
+			}
+		}
+	}
+	if len(all) == 0 {
+		t.Fatal("no metrics table found in README.md")
+	}
+	return all, conditional
+}
+
+// families returns the metric families a daemon's /metrics declares (its
+// "# TYPE" lines).
+func families(t *testing.T, sock string) map[string]bool {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://metrics/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]bool{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "# TYPE "); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// TestREADMEMetricsTable: the README's metrics table lists exactly the
+// fourover6_ series the two daemons export (a row may say a series
+// appears only with some flag).
+func TestREADMEMetricsTable(t *testing.T) {
+	t.Parallel()
+	dpSock := filepath.Join(t.TempDir(), "dp-metrics.sock")
+	ctlSock := filepath.Join(t.TempDir(), "ctl-metrics.sock")
+	e := newEnv(t, envOptions{
+		dataplaneArgs:  []string{"--metrics", "unix://" + dpSock},
+		controllerArgs: []string{"--metrics", "unix://" + ctlSock},
+	})
+	e.waitFor("metrics endpoints", func() bool { return len(scrape(t, dpSock)) > 0 && len(scrape(t, ctlSock)) > 0 })
+	// A lease and a release, so the gRPC series of both daemons exist.
+	c := e.dialLab()
+	c.lease()
+	c.conn.Close()
+	e.waitFor("the release", func() bool { return e.pool().Leased == 0 })
+	e.dpStatus()
+
+	exported := families(t, dpSock)
+	for n := range families(t, ctlSock) {
+		exported[n] = true
+	}
+	documented, conditional := readmeMetrics(t)
+	for _, n := range documented {
+		if !exported[n] && !slices.Contains(conditional, n) {
+			t.Errorf("README.md lists %s, which neither daemon exports", n)
+		}
+	}
+	for n := range exported {
+		if strings.HasPrefix(n, "fourover6_") && !slices.Contains(documented, n) {
+			t.Errorf("%s is exported but missing from README.md's metrics table", n)
+		}
+	}
+}
