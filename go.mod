@@ -3,6 +3,7 @@ module github.com/fourover6/fourover6
 go 1.26.0
 
 require (
+	github.com/google/btree v1.1.2
 	github.com/google/nftables v0.3.0
 	github.com/osrg/gobgp/v4 v4.8.0
 	github.com/prometheus/client_golang v1.25.0

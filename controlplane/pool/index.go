@@ -15,8 +15,9 @@ import (
 
 // Index is the lease index of one leadership term: every address of the
 // pool that is leased, being leased or being released, who holds it, and
-// what its data plane reported about the session; the free queue, the
-// reservations and the client range; and the subscribers to lease changes.
+// what its data plane reported about the session; the free order, the last
+// holders of the free addresses (holders.go), the reservations and the
+// client range; and the subscribers to lease changes.
 // The client table is a view of it (Rows, Row, Subscribe). It is safe for
 // concurrent use.
 //
@@ -38,8 +39,8 @@ import (
 //     plane; committed counts the entries held or releasing, and
 //     committedOf the same per data plane (those with any).
 //  3. An address with an entry, a reserved address, or one outside the
-//     client range is never handed out. The free queue may still list such
-//     an address (entries go stale, see freeQueue); take skips it.
+//     client range is never handed out. The free order may still list such
+//     an address (see freeOrder); take skips it.
 //  4. reserved and byClient are one relation seen from both sides.
 //  5. The store is ahead of the index: an entry becomes held only after the
 //     store committed its lease, and is dropped only after the store
@@ -55,6 +56,10 @@ import (
 //     IPv6 address and its Limits.PrefixLen prefix; entries without a
 //     client are not counted. Acquire hands out no address that would
 //     take a client past Limits, except its reservation.
+//  8. holders and holdersOf are one relation seen from both sides (an
+//     address has at most one last holder); no committed entry's address
+//     has one (Commit and Adopt drop it); holdersIn counts those in the
+//     client range.
 //
 // Two clocks: the times of changes (what subscribers see, release times)
 // are the caller's wall clock; vouched times (Commit, Adopt, Vouch,
@@ -81,7 +86,10 @@ type Index struct {
 
 	mu          sync.Mutex
 	first, last uint32 // client range, inclusive
-	free        freeQueue
+	free        freeOrder
+	holders     map[uint32]netip.Addr   // last holder of a free address
+	holdersOf   map[netip.Addr][]uint32 // the same by client
+	holdersIn   int                     // holders within the client range
 	byAddr      map[uint32]*entry
 	byOwner     map[store.Owner]*entry
 	byDataplane map[string]map[uint32]*entry
@@ -107,9 +115,10 @@ type entry struct {
 	v     uint32
 	lease store.Lease // while claiming: address, owner and client only
 	phase phase
-	// queued: a claim whose address came from the free queue; Abort puts
-	// it back in front.
+	// queued: a claim whose address Acquire took out of the free order,
+	// from the slot with key from; Abort puts it back there.
 	queued bool
+	from   int64
 	// done is made by the first waiter and closed when the phase in
 	// flight ends.
 	done chan struct{}
@@ -139,8 +148,10 @@ func (e *entry) wakeLocked() {
 
 // Options are the index's tunables.
 type Options struct {
-	// Cooldown: how long a released address rests before it is reused
-	// (when anything else is free).
+	// Cooldown: how long a released address rests before another client
+	// gets it (when anything else is free). Reuse is least recently used
+	// first, so the cooldown holds by itself: it only marks the grants
+	// that break it (Grant.EarlyReuse).
 	Cooldown time.Duration
 	// Limits bound the leases of one client.
 	Limits Limits
@@ -170,7 +181,9 @@ func New(cfg Config, opts ...Options) (*Index, error) {
 		bcast:       broadcast,
 		defFirst:    network + 2,
 		defLast:     broadcast - 1,
-		free:        freeQueue{inQueue: make(map[uint32]time.Time)},
+		free:        newFreeOrder(),
+		holders:     make(map[uint32]netip.Addr),
+		holdersOf:   make(map[netip.Addr][]uint32),
 		byAddr:      make(map[uint32]*entry),
 		byOwner:     make(map[store.Owner]*entry),
 		byDataplane: make(map[string]map[uint32]*entry),
@@ -274,14 +287,21 @@ type Grant struct {
 	ReservationBusy bool
 	Reservation     Reservation
 	Holder          store.Owner
-	// EarlyReuse: Addr was released less than the cooldown ago; nothing
-	// else was free.
+	// Sticky: Addr is the client's remembered address (it was its last
+	// holder), free again.
+	Sticky bool
+	// ReleasedAt is when Addr was released (zero if never, or unknown).
+	ReleasedAt time.Time
+	// EarlyReuse: Addr was released less than the cooldown ago, by
+	// another client; nothing else was free.
 	EarlyReuse bool
 }
 
 // Acquire chooses an address for owner, whose client has IPv6 address
 // client (may be unset), and starts its claim: the caller claims it in the
-// store, then calls Commit or Abort. An owner that holds an address gets
+// store, then calls Commit or Abort. The choice, in order: the client's
+// reservation; else the address it held last, if that is free (Sticky);
+// else the least recently used free address. An owner that holds an address gets
 // it again (Existing, nothing started); one with a store call in flight
 // gets Wait. On a full pool the error matches ErrExhausted; for a client
 // at its Limits (unless it gets its reservation) it is a *LimitError.
@@ -300,7 +320,7 @@ func (x *Index) Acquire(owner store.Owner, client netip.Addr, now time.Time) (Gr
 		if v, ok := x.matchLocked(client); ok {
 			h, busy := x.byAddr[v]
 			if !busy {
-				x.claimLocked(v, owner, client, false)
+				x.claimLocked(v, owner, client, false, 0)
 				return Grant{Addr: addr(v), Reserved: true}, nil
 			}
 			g.ReservationBusy = true
@@ -311,22 +331,31 @@ func (x *Index) Acquire(owner store.Owner, client netip.Addr, now time.Time) (Gr
 	if err := x.limitLocked(client); err != nil {
 		return Grant{}, err
 	}
+	if v, key, queued, ok := x.stickyLocked(client); ok {
+		x.claimLocked(v, owner, client, queued, key)
+		g.Addr, g.Sticky = addr(v), true
+		if queued {
+			g.ReleasedAt = timeOf(key)
+		}
+		return g, nil
+	}
 	v, at, ok := x.free.take(x.last, x.isFreeLocked)
 	if !ok {
 		return Grant{}, x.exhaustedLocked()
 	}
-	x.claimLocked(v, owner, client, true)
-	g.Addr = addr(v)
+	x.claimLocked(v, owner, client, true, nanos(at))
+	g.Addr, g.ReleasedAt = addr(v), at
 	g.EarlyReuse = !at.IsZero() && x.cooldown > 0 && now.Sub(at) < x.cooldown
 	return g, nil
 }
 
-func (x *Index) claimLocked(v uint32, owner store.Owner, client netip.Addr, queued bool) {
+func (x *Index) claimLocked(v uint32, owner store.Owner, client netip.Addr, queued bool, from int64) {
 	x.linkLocked(&entry{
 		v:      v,
 		lease:  store.Lease{Addr: addr(v), Owner: owner, ClientIPv6: client},
 		phase:  claiming,
 		queued: queued,
+		from:   from,
 	})
 }
 
@@ -374,7 +403,7 @@ func (x *Index) ClaimAt(owner store.Owner, a, client netip.Addr) (held netip.Add
 			return netip.Addr{}, false, &ConflictError{Addr: a, Reservation: c}
 		}
 	}
-	x.claimLocked(v, owner, client, false)
+	x.claimLocked(v, owner, client, false, 0)
 	return a, true, nil
 }
 
@@ -404,6 +433,7 @@ func (x *Index) Commit(l store.Lease, now, live time.Time, fresh bool) bool {
 		x.countLocked(l.ClientIPv6, 1)
 	}
 	e.lease, e.vouched = l, live
+	x.forgetLocked(e.v) // its holder is the lease's client now
 	if fresh {
 		e.session = table.NewSession()
 	}
@@ -414,8 +444,10 @@ func (x *Index) Commit(l store.Lease, now, live time.Time, fresh bool) bool {
 }
 
 // Abort ends a claim the caller started whose store claim failed: the
-// address is free again. One taken from the free queue goes back to its
-// front; one claimed by ClaimAt goes to its back, as released at now.
+// address is free again, and its last holder is still remembered. One that
+// Acquire took out of the free order goes back where it was; one claimed by
+// ClaimAt keeps its place, or if it had none goes to the back, as released
+// at now.
 func (x *Index) Abort(owner store.Owner, a netip.Addr, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -425,9 +457,10 @@ func (x *Index) Abort(owner store.Owner, a netip.Addr, now time.Time) {
 	}
 	x.unlinkLocked(e)
 	if _, r := x.reserved[e.v]; !r {
-		if e.queued {
-			x.free.pushFront(e.v)
-		} else {
+		switch {
+		case e.queued:
+			x.free.put(e.v, e.from)
+		case !x.free.has(e.v):
 			x.free.pushBack(e.v, now)
 		}
 	}
@@ -458,6 +491,7 @@ func (x *Index) Adopt(l store.Lease, now, live time.Time) error {
 	}
 	e := &entry{v: v, lease: l, phase: held, vouched: live}
 	x.linkLocked(e)
+	x.forgetLocked(v)
 	x.publishLocked(Connected, e, "", now)
 	return nil
 }
@@ -517,11 +551,7 @@ func (x *Index) BeginReleaseMany(rs []store.Release) (started []store.Lease, bus
 // EndReleaseMany is EndRelease for each of ls.
 func (x *Index) EndReleaseMany(ls []store.Lease, at time.Time, reason string) {
 	x.settleMany(ls, func(e *entry) {
-		x.publishLocked(Disconnected, e, reason, at)
-		x.unlinkLocked(e)
-		if _, r := x.reserved[e.v]; !r {
-			x.free.pushBack(e.v, at)
-		}
+		x.releasedLocked(e, reason, at)
 	})
 }
 
@@ -553,8 +583,9 @@ func (x *Index) releaseOfLocked(owner store.Owner, a netip.Addr) (*entry, bool) 
 }
 
 // EndRelease ends a release the caller started: the store does not hold
-// the lease any more. The address is queued as released at at (unless
-// reserved), and subscribers see the client disconnect for reason.
+// the lease any more. The address is filed as released at at (unless
+// reserved), the lease's client is remembered as its last holder, and
+// subscribers see the client disconnect for reason.
 func (x *Index) EndRelease(owner store.Owner, a netip.Addr, at time.Time, reason string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -562,12 +593,18 @@ func (x *Index) EndRelease(owner store.Owner, a netip.Addr, at time.Time, reason
 	if !ok {
 		return
 	}
+	x.releasedLocked(e, reason, at)
+	e.wakeLocked()
+}
+
+// releasedLocked drops the entry of a lease the store released.
+func (x *Index) releasedLocked(e *entry, reason string, at time.Time) {
 	x.publishLocked(Disconnected, e, reason, at)
 	x.unlinkLocked(e)
 	if _, r := x.reserved[e.v]; !r {
 		x.free.pushBack(e.v, at)
 	}
-	e.wakeLocked()
+	x.rememberLocked(e.v, e.lease.ClientIPv6)
 }
 
 // CancelRelease ends a release the caller started whose store call
@@ -582,18 +619,19 @@ func (x *Index) CancelRelease(owner store.Owner, a netip.Addr) {
 }
 
 // Released records when free addresses were released, so reuse stays in
-// release order across restarts. Leased and reserved ones are skipped when
-// their turn comes.
+// release order across restarts. Leased ones are skipped; reserved ones
+// are skipped when their turn comes.
 func (x *Index) Released(times map[netip.Addr]time.Time) {
-	q := make([]queued, 0, len(times))
-	for a, at := range times {
-		if a.Is4() && x.prefix.Contains(a) {
-			q = append(q, queued{u32(a), at})
-		}
-	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.free.restore(q)
+	for a, at := range times {
+		if !a.Is4() || !x.prefix.Contains(a) {
+			continue
+		}
+		if _, held := x.byAddr[u32(a)]; !held {
+			x.free.pushBack(u32(a), at)
+		}
+	}
 }
 
 // Lease returns the committed lease on a.
@@ -717,6 +755,7 @@ func rowOf(e *entry) table.Row {
 		DataplaneID: l.Dataplane,
 		SessionID:   l.Session,
 		LeasedAt:    l.LeasedAt,
+		Sticky:      l.Sticky,
 		ConnectedAt: l.LeasedAt, // until the data plane reports its own
 		LastHeard:   l.LeasedAt,
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,6 +86,56 @@ func (x *Index) check() error {
 	}
 	if !maps.Equal(byIP, x.byIP) || !maps.Equal(byPrefix, x.byPrefix) {
 		return fmt.Errorf("client counts %v %v, counted %v %v", x.byIP, x.byPrefix, byIP, byPrefix)
+	}
+	return x.checkFreeLocked()
+}
+
+// checkFreeLocked verifies invariant 8 and the free order's two views.
+func (x *Index) checkFreeLocked() error {
+	n, in := 0, 0
+	for c, vs := range x.holdersOf {
+		if len(vs) == 0 {
+			return fmt.Errorf("client %s filed with no remembered addresses", c)
+		}
+		for _, v := range vs {
+			if x.holders[v] != c {
+				return fmt.Errorf("%s filed under %s, remembered for %s", addr(v), c, x.holders[v])
+			}
+			n++
+		}
+	}
+	for v := range x.holders {
+		if e, ok := x.byAddr[v]; ok && e.committed() {
+			return fmt.Errorf("%s is held by %s and remembered for %s", addr(v), e.lease.Owner, x.holders[v])
+		}
+		if x.inRange(v) {
+			in++
+		}
+	}
+	if n != len(x.holders) || in != x.holdersIn {
+		return fmt.Errorf("%d holders, %d filed by client; %d in range, counted %d", len(x.holders), n, x.holdersIn, in)
+	}
+	if x.free.tree.Len() != len(x.free.at) {
+		return fmt.Errorf("free order: %d slots, %d addresses", x.free.tree.Len(), len(x.free.at))
+	}
+	var err error
+	x.free.tree.Ascend(func(s slot) bool {
+		if at, ok := x.free.at[s.v]; !ok || at != s.at {
+			err = fmt.Errorf("free order: slot %s at %d, filed at %d", addr(s.v), s.at, at)
+		}
+		return err == nil
+	})
+	if err != nil {
+		return err
+	}
+	remembered := uint32(0)
+	for v := range x.holders {
+		if x.isFreeLocked(v) {
+			remembered++
+		}
+	}
+	if st := x.statsLocked(); st.FreeRemembered != remembered || st.FreeRemembered > st.Free {
+		return fmt.Errorf("stats say %d free remembered (of %d free), counted %d", st.FreeRemembered, st.Free, remembered)
 	}
 	return nil
 }
@@ -449,6 +500,7 @@ func TestConcurrentStress(t *testing.T) {
 		}
 		delete(shadow, a)
 	}
+	var sticky atomic.Int64
 	const workers, owners, rounds = 8, 40, 3000
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -475,14 +527,17 @@ func TestConcurrentStress(t *testing.T) {
 				now := t0.Add(time.Duration(rng.IntN(1000)) * time.Millisecond)
 				switch rng.IntN(6) {
 				case 0, 1: // allocate
+					// Few clients, many sessions: most allocations are
+					// returning clients asking for an address they held.
 					client := netip.Addr{}
-					switch rng.IntN(4) {
+					switch k := rng.IntN(8); k {
 					case 0:
 						client = ip("fd00::1") // reserved
 					case 1:
 						client = ip("fd00::2") // its /64 neighbour
-					case 2:
-						client = ip("fd01::1")
+					case 7:
+					default:
+						client = netip.AddrFrom16([16]byte{0: 0xfd, 1: 1, 15: byte(k)})
 					}
 					g, err := x.Acquire(o, client, now)
 					switch {
@@ -498,11 +553,14 @@ func TestConcurrentStress(t *testing.T) {
 							t.Errorf("existing %s of %s is %+v", g.Addr, o, g.Lease)
 						}
 					default:
+						if g.Sticky {
+							sticky.Add(1)
+						}
 						take(g.Addr, o)
 						if rng.IntN(8) == 0 { // the store refused
 							drop(g.Addr, o)
 							x.Abort(o, g.Addr, now)
-						} else if !x.Commit(store.Lease{Addr: g.Addr, Owner: o, LeasedAt: now}, now, now, true) {
+						} else if !x.Commit(store.Lease{Addr: g.Addr, Owner: o, ClientIPv6: client, LeasedAt: now, Sticky: g.Sticky}, now, now, true) {
 							t.Errorf("commit of %s for %s refused", g.Addr, o)
 						}
 					}
@@ -527,7 +585,8 @@ func TestConcurrentStress(t *testing.T) {
 					x.EndRelease(o, a, now, "stress")
 				case 3: // a report claims an address
 					a := addr(u32(ip("10.0.0.2")) + uint32(rng.IntN(29)))
-					_, started, err := x.ClaimAt(o, a, netip.Addr{})
+					client := netip.AddrFrom16([16]byte{0: 0xfd, 1: 1, 15: byte(rng.IntN(8))})
+					_, started, err := x.ClaimAt(o, a, client)
 					if err != nil || !started {
 						continue
 					}
@@ -536,7 +595,7 @@ func TestConcurrentStress(t *testing.T) {
 						drop(a, o)
 						x.Abort(o, a, now)
 					} else {
-						x.Commit(store.Lease{Addr: a, Owner: o, LeasedAt: now}, now, now, false)
+						x.Commit(store.Lease{Addr: a, Owner: o, ClientIPv6: client, LeasedAt: now}, now, now, false)
 					}
 				case 5: // a batch release of two owners
 					var rs []store.Release
@@ -580,4 +639,8 @@ func TestConcurrentStress(t *testing.T) {
 			t.Fatalf("%s: index says %v %v, callers %s", a, l, ok, o)
 		}
 	}
+	if sticky.Load() == 0 {
+		t.Fatal("no allocation went to a returning client: the stress test missed the sticky path")
+	}
+	t.Logf("%d sticky grants", sticky.Load())
 }

@@ -7,21 +7,28 @@
 //
 // What the index decides:
 //
-//   - Which address a new session gets. Addresses are handed out in order
-//     on a fresh pool, and released addresses go to the back of the free
-//     queue (FIFO), so an address that was just freed is the last one to be
-//     reused: a late packet for a departed client is less likely to reach a
-//     newcomer.
-//   - Reuse cooldown: the queue orders released addresses by release time
-//     (the times are kept in the store, so the order survives restarts), so
-//     an address is only handed out again when every address released after
-//     it is in use too. An address still within its cooldown is therefore
-//     handed out only when nothing else is free; Grant.EarlyReuse says so,
-//     for the log. Refusing it instead would turn a busy pool into a full
-//     one.
+//   - Which address a new session gets: its client's reservation, if it has
+//     one; else the address the client (its IPv6 address) held last, if
+//     that is free (sticky addresses: a client that reconnects after a
+//     data-plane restart or a kick keeps its address, and so the
+//     connections inside its tunnel); else the least recently used free
+//     address: never-used ones in address order first, then released ones
+//     oldest release first, so an address that was just freed is the last
+//     one a newcomer gets. A late packet for a departed client is less
+//     likely to reach a newcomer, and a remembered address goes to someone
+//     else only when nothing older is free.
+//   - Reuse cooldown: as reuse is least recently used first (the release
+//     times are kept in the store, so the order survives restarts), an
+//     address is only handed to another client when every address released
+//     after it is in use too. An address still within its cooldown is
+//     therefore handed out only when nothing else is free; Grant.EarlyReuse
+//     says so, for the log. Refusing it instead would turn a busy pool into
+//     a full one. The cooldown does not apply to the address's own last
+//     holder: giving it back is the point.
 //   - Reservations bind a client IPv6 address or prefix to one address: a
-//     reserved address never enters the free queue, so nobody else gets it;
-//     the most specific reservation matching a client wins.
+//     reserved address goes to no one else, remembered or not; the most
+//     specific reservation matching a client wins, and a client with a
+//     free reservation gets it rather than its remembered address.
 //
 // Every lease belongs to an Owner (data plane + session): an owner holds at
 // most one address, and asking again returns the same one, so a data plane
@@ -144,6 +151,10 @@ type Stats struct {
 	Leased      uint32
 	Free        uint32
 	Reserved    uint32 // reserved addresses not leased right now
+	// FreeRemembered: free addresses whose last holder is remembered (a
+	// returning client gets its own back). Free - FreeRemembered were
+	// never used, or their holder is forgotten.
+	FreeRemembered uint32
 }
 
 // checkRange validates r against the prefix; the zero Range is every host
@@ -231,6 +242,7 @@ func (x *Index) SetRange(r Range) (changed bool, err error) {
 			Msg: fmt.Sprintf("range %s-%s would leave out %s", addr(first), addr(last), strings.Join(out, ", "))}
 	}
 	x.first, x.last, x.free.cursor = first, last, uint64(first)
+	x.recountHoldersLocked()
 	return true, nil
 }
 
@@ -243,6 +255,7 @@ func (x *Index) RestoreRange(r Range) error {
 	}
 	x.mu.Lock()
 	x.first, x.last, x.free.cursor = first, last, uint64(first)
+	x.recountHoldersLocked()
 	x.mu.Unlock()
 	return nil
 }
@@ -258,14 +271,21 @@ func (x *Index) Stats() Stats {
 func (x *Index) statsLocked() Stats {
 	size := x.last - x.first + 1
 	var leased, reserved uint32
+	remembered := x.holdersIn // less those held (claiming) or reserved
 	for v := range x.byAddr {
 		if x.inRange(v) {
 			leased++
+			if _, ok := x.holders[v]; ok {
+				remembered--
+			}
 		}
 	}
 	for v := range x.reserved {
 		if _, h := x.byAddr[v]; !h && x.inRange(v) {
 			reserved++
+			if _, ok := x.holders[v]; ok {
+				remembered--
+			}
 		}
 	}
 	return Stats{
@@ -277,6 +297,8 @@ func (x *Index) statsLocked() Stats {
 		Leased:   leased,
 		Reserved: reserved,
 		Free:     size - leased - reserved,
+
+		FreeRemembered: uint32(remembered),
 	}
 }
 

@@ -121,6 +121,7 @@ func ReadSnapshot(path string, log *slog.Logger) (Snapshot, error) {
 // StateSummary counts what a state holds.
 type StateSummary struct {
 	Leases, ReleaseTimes, Reservations, Dataplanes int
+	Holders                                        int  // remembered last holders of free addresses
 	Settings                                       bool // DNS servers or a pool range are set
 }
 
@@ -129,6 +130,7 @@ func Summarize(st State) StateSummary {
 	s := st.Settings
 	return StateSummary{
 		Leases: len(st.Leases), ReleaseTimes: len(st.Released), Reservations: len(st.Reservations),
+		Holders:    len(st.Holders),
 		Dataplanes: len(st.Dataplanes),
 		Settings:   len(s.DNS) > 0 || s.RangeFirst.IsValid() || s.RangeLast.IsValid() || s.WholePrefix,
 	}
@@ -141,6 +143,9 @@ func (s StateSummary) String() string {
 	parts := []string{
 		fmt.Sprintf("%d leases", s.Leases), fmt.Sprintf("%d reservations", s.Reservations),
 		fmt.Sprintf("%d data planes", s.Dataplanes), fmt.Sprintf("%d release times", s.ReleaseTimes),
+	}
+	if s.Holders > 0 {
+		parts = append(parts, fmt.Sprintf("%d remembered holders", s.Holders))
 	}
 	if s.Settings {
 		parts = append(parts, "settings (DNS or pool range)")
@@ -309,6 +314,14 @@ func checkState(st State) error {
 			return invalid("release time of %v: not an IPv4 address", a)
 		}
 	}
+	for a, c := range st.Holders {
+		if !a.Is4() {
+			return invalid("last holder of %v: not an IPv4 address", a)
+		}
+		if _, err := decodeHolder(encodeHolder(c)); err != nil {
+			return invalid("last holder of %s: %v", a, err)
+		}
+	}
 	for _, r := range st.Reservations {
 		if _, err := decodeReservation([]byte(r.Client.String()), []byte(r.Addr.String())); err != nil {
 			return invalid("%v", err)
@@ -351,6 +364,10 @@ func putState(tx *bolt.Tx, st State) error {
 	for a, t := range st.Released {
 		released = append(released, kv{addrKey(a), encodeTime(t)})
 	}
+	holders := make([]kv, 0, len(st.Holders))
+	for a, c := range st.Holders {
+		holders = append(holders, kv{addrKey(a), encodeHolder(c)})
+	}
 	reservations := make([]kv, 0, len(st.Reservations))
 	for _, r := range st.Reservations {
 		reservations = append(reservations, kv{[]byte(r.Client.String()), []byte(r.Addr.String())})
@@ -366,7 +383,7 @@ func putState(tx *bolt.Tx, st State) error {
 	for _, b := range []struct {
 		name []byte
 		kvs  []kv
-	}{{bktLeases, leases}, {bktOwners, owners}, {bktReleased, released}, {bktReservations, reservations},
+	}{{bktLeases, leases}, {bktOwners, owners}, {bktReleased, released}, {bktHolders, holders}, {bktReservations, reservations},
 		{bktSettings, settings}, {bktDataplanes, dataplanes}} {
 		if err := put(b.name, b.kvs); err != nil {
 			return err
@@ -533,7 +550,7 @@ func (e *Etcd) Restore(ctx context.Context, snap Snapshot) error {
 		return err
 	}
 	var dels []clientv3.Op
-	for _, dir := range []string{"leases/", "owners/", "released/", "reservations/", "dataplanes/"} {
+	for _, dir := range []string{"leases/", "owners/", "released/", "holders/", "reservations/", "dataplanes/"} {
 		dels = append(dels, clientv3.OpDelete(e.prefix+dir, clientv3.WithPrefix()))
 	}
 	dels = append(dels, clientv3.OpDelete(e.settingsKey()), clientv3.OpDelete(e.prefix+"meta/"+metaProbe))
@@ -548,6 +565,9 @@ func (e *Etcd) Restore(ctx context.Context, snap Snapshot) error {
 	}
 	for a, t := range st.Released {
 		ops = append(ops, clientv3.OpPut(e.releasedKey(a), t.UTC().Format(time.RFC3339Nano)))
+	}
+	for a, c := range st.Holders {
+		ops = append(ops, clientv3.OpPut(e.holderKey(a), string(encodeHolder(c))))
 	}
 	for _, r := range st.Reservations {
 		ops = append(ops, clientv3.OpPut(e.reservationKey(r.Client), r.Addr.String()))
@@ -610,6 +630,7 @@ func (m *Memory) Restore(ctx context.Context, snap Snapshot) error {
 	m.leases = make(map[netip.Addr]Lease)
 	m.owners = make(map[Owner]netip.Addr)
 	m.released = make(map[netip.Addr]time.Time)
+	m.holders = make(map[netip.Addr]netip.Addr)
 	m.reservations = make(map[netip.Prefix]netip.Addr)
 	m.dataplanes = make(map[string]Dataplane)
 	for _, l := range st.Leases {
@@ -618,6 +639,9 @@ func (m *Memory) Restore(ctx context.Context, snap Snapshot) error {
 	}
 	for a, t := range st.Released {
 		m.released[a] = t.UTC()
+	}
+	for a, c := range st.Holders {
+		m.holders[a] = c
 	}
 	for _, r := range st.Reservations {
 		m.reservations[r.Client] = r.Addr

@@ -55,6 +55,7 @@ func fill(t *testing.T, s store.Store, n int) {
 			ClientIPv6: netip.MustParseAddr(fmt.Sprintf("fd00:46::%x", i+2)),
 			ClientPort: uint16(1000 + i),
 			LeasedAt:   baseT0.Add(time.Duration(i) * time.Millisecond),
+			Sticky:     i%5 == 1,
 		}
 		if _, _, err := s.Claim(ctx, l); err != nil {
 			t.Fatal(err)
@@ -94,7 +95,7 @@ func sameState(t *testing.T, got, want store.State) {
 	for i, l := range want.Leases {
 		g := got.Leases[i]
 		if g.Addr != l.Addr || g.Owner != l.Owner || g.InstanceID != l.InstanceID || g.ClientIPv6 != l.ClientIPv6 ||
-			g.ClientPort != l.ClientPort || !g.LeasedAt.Equal(l.LeasedAt) {
+			g.ClientPort != l.ClientPort || !g.LeasedAt.Equal(l.LeasedAt) || g.Sticky != l.Sticky {
 			t.Fatalf("lease %d: %+v, want %+v", i, g, l)
 		}
 	}
@@ -102,6 +103,9 @@ func sameState(t *testing.T, got, want store.State) {
 		if !got.Released[a].Equal(ts) {
 			t.Fatalf("release time of %s: %v, want %v", a, got.Released[a], ts)
 		}
+	}
+	if len(want.Holders) == 0 || fmt.Sprint(got.Holders) != fmt.Sprint(want.Holders) {
+		t.Fatalf("last holders %v, want %v (not empty)", got.Holders, want.Holders)
 	}
 	if fmt.Sprint(got.Reservations) != fmt.Sprint(want.Reservations) || fmt.Sprint(got.Settings) != fmt.Sprint(want.Settings) {
 		t.Fatalf("reservations %v settings %+v, want %v %+v", got.Reservations, got.Settings, want.Reservations, want.Settings)

@@ -20,6 +20,7 @@ import (
 //	leases        addr (4 bytes, big endian) -> lease (JSON)
 //	owners        dataplane 0x00 session -> addr (4 bytes)
 //	released      addr (4 bytes) -> release time (time.MarshalBinary)
+//	holders       addr (4 bytes) -> last holder: client IPv6 address (text)
 //	reservations  client prefix ("fd00::/64", "fd00::2/128") -> IPv4 address (text)
 //	settings      "settings" -> settings (JSON)
 //	dataplanes    id -> data plane (JSON)
@@ -28,6 +29,7 @@ var (
 	bktLeases       = []byte("leases")
 	bktOwners       = []byte("owners")
 	bktReleased     = []byte("released")
+	bktHolders      = []byte("holders")
 	bktReservations = []byte("reservations")
 	bktSettings     = []byte("settings")
 	bktDataplanes   = []byte("dataplanes")
@@ -242,6 +244,9 @@ func (b *Bolt) Claim(ctx context.Context, l Lease) (Lease, bool, error) {
 		if err := tx.Bucket(bktReleased).Delete(ak); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bktHolders).Delete(ak); err != nil {
+			return err
+		}
 		held = l
 		return nil
 	})
@@ -280,6 +285,9 @@ func (b *Bolt) Release(ctx context.Context, addr netip.Addr, owner Owner, at tim
 		if err := tx.Bucket(bktReleased).Put(ak, encodeTime(at)); err != nil {
 			return err
 		}
+		if err := putHolder(tx.Bucket(bktHolders), ak, l); err != nil {
+			return err
+		}
 		released = true
 		return nil
 	})
@@ -299,6 +307,7 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 		clear(out)
 		leases := tx.Bucket(bktLeases)
 		seen := make(map[netip.Addr]bool, len(rs))
+		held := make([]Lease, len(rs))
 		for i, r := range rs {
 			if !r.Addr.Is4() || seen[r.Addr] {
 				continue
@@ -312,7 +321,7 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 				return err
 			}
 			if l.Owner == r.Owner {
-				out[i], seen[r.Addr] = true, true
+				out[i], seen[r.Addr], held[i] = true, true, l
 			}
 		}
 		// Written in key order: bbolt inserts into a node by moving its
@@ -325,7 +334,7 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 			}
 		}
 		slices.SortFunc(order, func(a, b int) int { return rs[a].Addr.Compare(rs[b].Addr) })
-		owners, released := tx.Bucket(bktOwners), tx.Bucket(bktReleased)
+		owners, released, holders := tx.Bucket(bktOwners), tx.Bucket(bktReleased), tx.Bucket(bktHolders)
 		for _, i := range order {
 			r := rs[i]
 			ak := addrKey(r.Addr)
@@ -338,6 +347,9 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 			if err := released.Put(ak, tv); err != nil {
 				return err
 			}
+			if err := putHolder(holders, ak, held[i]); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -345,6 +357,15 @@ func (b *Bolt) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([]b
 		return nil, err
 	}
 	return out, nil
+}
+
+// putHolder records l's client as the last holder of its address ak, or
+// forgets the address's holder when l has none.
+func putHolder(bk *bolt.Bucket, ak []byte, l Lease) error {
+	if c, ok := holderOf(l); ok {
+		return bk.Put(ak, encodeHolder(c))
+	}
+	return bk.Delete(ak)
 }
 
 func (b *Bolt) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {

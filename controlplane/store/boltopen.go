@@ -114,7 +114,7 @@ func OpenBoltWith(path string, o BoltOptions) (*Bolt, error) {
 }
 
 // dataBuckets are every bucket of format 1 but meta.
-var dataBuckets = [][]byte{bktLeases, bktOwners, bktReleased, bktReservations, bktSettings, bktDataplanes}
+var dataBuckets = [][]byte{bktLeases, bktOwners, bktReleased, bktHolders, bktReservations, bktSettings, bktDataplanes}
 
 // openBoltDB opens path with bbolt, turning a panic of bbolt into an error
 // and closing the file it opened (so its lock is released).
@@ -304,6 +304,15 @@ func loadTx(tx *bolt.Tx, where string, log *slog.Logger) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	each(bktHolders, func(k, v []byte) error {
+		a, ok := addrOf(k)
+		if !ok {
+			l.holder(a, fmt.Sprintf("%x", clipKey(k)), v, fmt.Errorf("last holder key of %d bytes, not an IPv4 address (4)", len(k)))
+			return nil
+		}
+		l.holder(a, a.String(), v, nil)
+		return nil
+	})
 	if err := each(bktReservations, l.reservation); err != nil {
 		return State{}, err
 	}

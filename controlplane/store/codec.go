@@ -18,12 +18,13 @@ type leaseRecord struct {
 	ClientIPv6 string    `json:"client_ipv6,omitempty"`
 	ClientPort uint16    `json:"client_port,omitempty"`
 	LeasedAt   time.Time `json:"leased_at"`
+	Sticky     bool      `json:"sticky,omitempty"`
 }
 
 func encodeLease(l Lease) []byte {
 	r := leaseRecord{
 		Addr: l.Addr.String(), Dataplane: l.Dataplane, Session: l.Session, Instance: l.InstanceID,
-		ClientPort: l.ClientPort, LeasedAt: l.LeasedAt.UTC(),
+		ClientPort: l.ClientPort, LeasedAt: l.LeasedAt.UTC(), Sticky: l.Sticky,
 	}
 	if l.ClientIPv6.IsValid() {
 		r.ClientIPv6 = l.ClientIPv6.String()
@@ -45,7 +46,7 @@ func decodeLease(b []byte) (Lease, error) {
 	}
 	l := Lease{
 		Addr: a, Owner: Owner{Dataplane: r.Dataplane, Session: r.Session}, InstanceID: r.Instance,
-		ClientPort: r.ClientPort, LeasedAt: r.LeasedAt,
+		ClientPort: r.ClientPort, LeasedAt: r.LeasedAt, Sticky: r.Sticky,
 	}
 	if r.ClientIPv6 != "" {
 		if l.ClientIPv6, err = netip.ParseAddr(r.ClientIPv6); err != nil {
@@ -177,4 +178,28 @@ func decodeReservation(key, val []byte) (Reservation, error) {
 		return Reservation{}, fmt.Errorf("decode reservation %s: %s is not an IPv4 address", p, a)
 	}
 	return Reservation{Client: p, Addr: a}, nil
+}
+
+// holderOf is the last holder a released lease leaves on its address: its
+// client's IPv6 address, if it has one (false: forget the address's).
+func holderOf(l Lease) (netip.Addr, bool) {
+	if !l.ClientIPv6.Is6() || l.ClientIPv6.Is4In6() {
+		return netip.Addr{}, false
+	}
+	return l.ClientIPv6.WithZone(""), true
+}
+
+// encodeHolder is a last holder as stored: its IPv6 address as text.
+func encodeHolder(a netip.Addr) []byte { return []byte(a.String()) }
+
+// decodeHolder decodes and checks a stored last holder: an IPv6 address.
+func decodeHolder(b []byte) (netip.Addr, error) {
+	a, err := netip.ParseAddr(string(b))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("decode last holder: %w", err)
+	}
+	if !a.Is6() || a.Is4In6() || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("decode last holder: %s is not an IPv6 client address", a)
+	}
+	return a, nil
 }

@@ -407,5 +407,12 @@ func corruptions() []corruption {
 		{"data plane: id differs from its key", editBolt(put("dataplanes", "dp3", `{"id":"dp4"}`)), skipped, "dp3"},
 		{"release time: bad value", editBolt(put("released", a4("13.8.0.253"), "yesterday")), skipped, "13.8.0.253"},
 		{"release time: key of 5 bytes", editBolt(put("released", "\x0d\x08\x00\x01\x02", "")), skipped, "release time"},
+		{"last holder: not an address", editBolt(put("holders", a4("13.8.0.253"), "fd00:46::zz")), skipped, "13.8.0.253"},
+		{"last holder: an IPv4 address", editBolt(put("holders", a4("13.8.0.253"), "192.0.2.7")), skipped, "not an IPv6 client address"},
+		{"last holder: key of 5 bytes", editBolt(put("holders", "\x0d\x08\x00\x01\x02", "fd00:46::2")), skipped, "last holder"},
+		{"last holder: a nested bucket", editBolt(func(tx *bolt.Tx) error {
+			_, err := tx.Bucket([]byte("holders")).CreateBucket([]byte(a4("13.8.0.252")))
+			return err
+		}), skipped, "nested bucket"},
 	}
 }

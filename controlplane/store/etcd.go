@@ -21,6 +21,7 @@ import (
 //	leases/13.8.0.2                   lease (JSON): one key per address
 //	owners/<dataplane>/<session>      "13.8.0.2": the session's lease
 //	released/13.8.0.2                 release time (RFC 3339): orders reuse
+//	holders/13.8.0.2                  last holder of a free address: client IPv6 (text)
 //	reservations/<client prefix>      "13.8.0.9" (the prefix path-escaped)
 //	settings                          settings (JSON)
 //	dataplanes/<id>                   data plane (JSON)
@@ -180,6 +181,7 @@ func (e *Etcd) txn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op, 
 
 func (e *Etcd) leaseKey(a netip.Addr) string    { return e.prefix + "leases/" + a.String() }
 func (e *Etcd) releasedKey(a netip.Addr) string { return e.prefix + "released/" + a.String() }
+func (e *Etcd) holderKey(a netip.Addr) string   { return e.prefix + "holders/" + a.String() }
 func (e *Etcd) ownerKey(o Owner) string         { return e.prefix + "owners/" + e.ownerPath(o) }
 func (e *Etcd) reservationKey(p netip.Prefix) string {
 	return e.prefix + "reservations/" + url.PathEscape(p.String())
@@ -207,6 +209,7 @@ func (e *Etcd) Claim(ctx context.Context, l Lease) (Lease, bool, error) {
 				clientv3.OpPut(lk, string(encodeLease(l))),
 				clientv3.OpPut(ok, l.Addr.String()),
 				clientv3.OpDelete(e.releasedKey(l.Addr)),
+				clientv3.OpDelete(e.holderKey(l.Addr)),
 			},
 			[]clientv3.Op{clientv3.OpGet(ok)},
 		)
@@ -265,6 +268,7 @@ func (e *Etcd) Release(ctx context.Context, addr netip.Addr, owner Owner, at tim
 				clientv3.OpDelete(lk),
 				clientv3.OpDelete(e.ownerKey(owner)),
 				clientv3.OpPut(e.releasedKey(addr), at.UTC().Format(time.RFC3339Nano)),
+				e.holderOp(l),
 			}, nil)
 		if err != nil {
 			return false, err
@@ -280,9 +284,9 @@ func (e *Etcd) Release(ctx context.Context, addr netip.Addr, owner Owner, at tim
 }
 
 // releaseChunk bounds the releases of one etcd transaction: each takes
-// three operations and a comparison, and etcd refuses transactions of more
+// four operations and a comparison, and etcd refuses transactions of more
 // than 128 operations (its --max-txn-ops default).
-const releaseChunk = 32
+const releaseChunk = 30
 
 // ReleaseMany releases in transactions of releaseChunk: one read of the
 // chunk's leases at one revision, then one transaction that requires each
@@ -343,7 +347,8 @@ func (e *Etcd) releaseChunk(ctx context.Context, rs []Release, at time.Time) ([]
 		ops = append(ops,
 			clientv3.OpDelete(lk),
 			clientv3.OpDelete(e.ownerKey(r.Owner)),
-			clientv3.OpPut(e.releasedKey(r.Addr), at.UTC().Format(time.RFC3339Nano)))
+			clientv3.OpPut(e.releasedKey(r.Addr), at.UTC().Format(time.RFC3339Nano)),
+			e.holderOp(l))
 	}
 	if len(ops) == 0 {
 		return out, nil
@@ -368,6 +373,15 @@ func (e *Etcd) releaseChunk(ctx context.Context, rs []Release, at time.Time) ([]
 		}
 	}
 	return out, nil
+}
+
+// holderOp records l's client as the last holder of its address, or
+// forgets the address's holder when l has none.
+func (e *Etcd) holderOp(l Lease) clientv3.Op {
+	if c, ok := holderOf(l); ok {
+		return clientv3.OpPut(e.holderKey(l.Addr), string(encodeHolder(c)))
+	}
+	return clientv3.OpDelete(e.holderKey(l.Addr))
 }
 
 func (e *Etcd) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
@@ -429,6 +443,13 @@ func (e *Etcd) decode(resp *clientv3.GetResponse, log *slog.Logger) (State, erro
 			default:
 				l.released(a, t, name, err2)
 			}
+		case "holders":
+			a, err := netip.ParseAddr(name)
+			if err != nil || !a.Is4() {
+				l.holder(a, string(kv.Key), val, fmt.Errorf("%q is not an IPv4 address", name))
+				continue
+			}
+			l.holder(a, name, val, nil)
 		case "reservations":
 			p, err := url.PathUnescape(name)
 			if err != nil {

@@ -15,6 +15,7 @@ type Memory struct {
 	leases       map[netip.Addr]Lease
 	owners       map[Owner]netip.Addr
 	released     map[netip.Addr]time.Time
+	holders      map[netip.Addr]netip.Addr
 	reservations map[netip.Prefix]netip.Addr
 	settings     Settings
 	dataplanes   map[string]Dataplane
@@ -27,6 +28,7 @@ func NewMemory() *Memory {
 		leases:       make(map[netip.Addr]Lease),
 		owners:       make(map[Owner]netip.Addr),
 		released:     make(map[netip.Addr]time.Time),
+		holders:      make(map[netip.Addr]netip.Addr),
 		reservations: make(map[netip.Prefix]netip.Addr),
 		dataplanes:   make(map[string]Dataplane),
 	}
@@ -64,6 +66,7 @@ func (m *Memory) Claim(ctx context.Context, l Lease) (Lease, bool, error) {
 	m.leases[l.Addr] = l
 	m.owners[l.Owner] = l.Addr
 	delete(m.released, l.Addr)
+	delete(m.holders, l.Addr)
 	return l, false, nil
 }
 
@@ -79,6 +82,7 @@ func (m *Memory) Release(ctx context.Context, addr netip.Addr, owner Owner, at t
 	delete(m.leases, addr)
 	delete(m.owners, owner)
 	m.released[addr] = at.UTC()
+	m.putHolder(l)
 	return true, nil
 }
 
@@ -96,9 +100,20 @@ func (m *Memory) ReleaseMany(ctx context.Context, rs []Release, at time.Time) ([
 		delete(m.leases, r.Addr)
 		delete(m.owners, r.Owner)
 		m.released[r.Addr] = at.UTC()
+		m.putHolder(l)
 		out[i] = true
 	}
 	return out, nil
+}
+
+// putHolder records l's client as its address's last holder (or forgets
+// the holder when l has none).
+func (m *Memory) putHolder(l Lease) {
+	if c, ok := holderOf(l); ok {
+		m.holders[l.Addr] = c
+	} else {
+		delete(m.holders, l.Addr)
+	}
 }
 
 func (m *Memory) Lease(ctx context.Context, addr netip.Addr) (Lease, bool, error) {
@@ -115,7 +130,7 @@ func (m *Memory) Load(ctx context.Context) (State, error) {
 		return State{}, err
 	}
 	defer m.mu.Unlock()
-	st := State{Released: maps.Clone(m.released), Settings: m.settings}
+	st := State{Released: maps.Clone(m.released), Holders: maps.Clone(m.holders), Settings: m.settings}
 	st.Settings.DNS = append([]netip.Addr(nil), m.settings.DNS...)
 	for _, l := range m.leases {
 		st.Leases = append(st.Leases, l)

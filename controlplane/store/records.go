@@ -19,11 +19,15 @@ import (
 //     a setting skipped would silently undo an operator's change. None of
 //     these can be guessed, so the controller refuses to start rather than
 //     run on a state it does not have.
-//   - release times, data-plane registry entries: skipped, each with an
-//     ERROR log line naming it and what it costs. A release time only
-//     orders the reuse of free addresses (the address may be reused before
-//     its cooldown); a data plane's entry is written again when it
-//     registers (a drained data plane must be drained again).
+//   - release times, last holders, data-plane registry entries: skipped,
+//     each with an ERROR log line naming it and what it costs. A release
+//     time only orders the reuse of free addresses (the address may be
+//     reused before its cooldown); a last holder only lets a returning
+//     client have its address back (without it, the client gets another
+//     one); a data plane's entry is written again when it registers (a
+//     drained data plane must be drained again). Refusing to start over
+//     one of these would cost every client its service for what costs one
+//     client its address.
 type loader struct {
 	where    string
 	st       State
@@ -35,7 +39,7 @@ type loader struct {
 func newLoader(where string, ownerKey func(Owner) string, log *slog.Logger) *loader {
 	return &loader{
 		where:    where,
-		st:       State{Released: make(map[netip.Addr]time.Time)},
+		st:       State{Released: make(map[netip.Addr]time.Time), Holders: make(map[netip.Addr]netip.Addr)},
 		ownerKey: ownerKey,
 		owners:   make(map[string]netip.Addr),
 		log:      log,
@@ -80,6 +84,22 @@ func (l *loader) released(addr netip.Addr, t time.Time, key string, err error) {
 		return
 	}
 	l.st.Released[addr] = t
+}
+
+// holder adds the last holder stored for addr (val nil: a nested bucket).
+func (l *loader) holder(addr netip.Addr, key string, val []byte, err error) {
+	if err == nil && val == nil {
+		err = fmt.Errorf("a nested bucket where a last holder belongs")
+	}
+	var c netip.Addr
+	if err == nil {
+		c, err = decodeHolder(val)
+	}
+	if err != nil {
+		l.skip("last holder", key, err, "the address's last holder is forgotten: that client gets another address when it returns")
+		return
+	}
+	l.st.Holders[addr] = c
 }
 
 func (l *loader) reservation(key, val []byte) error {

@@ -1,5 +1,6 @@
 // Package store keeps the controller's durable state: leases, the release
-// times that order address reuse, reservations, settings (DNS servers, pool
+// times that order address reuse and the last holder of each free address
+// (sticky addresses), reservations, settings (DNS servers, pool
 // range) and the data-plane registry.
 //
 // Two implementations share one interface and one conformance suite
@@ -51,6 +52,9 @@ type Lease struct {
 	ClientIPv6 netip.Addr
 	ClientPort uint16
 	LeasedAt   time.Time
+	// Sticky: the address went to its remembered last holder (see
+	// State.Holders) when it came back.
+	Sticky bool
 }
 
 // Reservation binds a client IPv6 address (a /128) or prefix to one IPv4
@@ -97,8 +101,13 @@ type Release struct {
 
 // State is everything a controller loads when it starts leading.
 type State struct {
-	Leases       []Lease
-	Released     map[netip.Addr]time.Time // release time of each free address ever released
+	Leases   []Lease
+	Released map[netip.Addr]time.Time // release time of each free address ever released
+	// Holders is the last holder (the client IPv6 address of the lease
+	// released last) of each free address released by a client: at most
+	// one entry per address of the pool. Release writes it, a claim of
+	// the address drops it, in the same commits as the release times.
+	Holders      map[netip.Addr]netip.Addr
 	Reservations []Reservation
 	Settings     Settings
 	Dataplanes   []Dataplane
@@ -112,10 +121,12 @@ type Store interface {
 	//     unchanged, and existing = true;
 	//   - l.Addr is free: l, committed, existing = false;
 	//   - l.Addr is leased to another owner: an error matching ErrTaken.
-	// A successful claim also forgets l.Addr's release time.
+	// A successful claim also forgets l.Addr's release time and last
+	// holder.
 	Claim(ctx context.Context, l Lease) (held Lease, existing bool, err error)
 	// Release frees addr if owner holds it, records at as its release
-	// time, and reports whether it did.
+	// time and the lease's client as its last holder (forgets it if the
+	// lease had none), and reports whether it did.
 	Release(ctx context.Context, addr netip.Addr, owner Owner, at time.Time) (bool, error)
 	// ReleaseMany is Release for many leases at once, in as few commits as
 	// the store allows (one bbolt transaction; etcd transactions of a few

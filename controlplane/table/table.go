@@ -39,6 +39,9 @@ type Row struct {
 	DataplaneID string
 	SessionID   string
 	LeasedAt    time.Time // when the controller leased Addr
+	// Sticky: Addr is the one the client (its IPv6 address) held last,
+	// given back to it when it returned.
+	Sticky      bool
 	ConnectedAt time.Time // when the client connected, per its data plane
 	LastHeard   time.Time // last message from the client, per its data plane
 	Traffic     Traffic

@@ -39,6 +39,8 @@ func Run(t *testing.T, f Factory) {
 		{"ConcurrentClaimsManyAddresses", testConcurrentMany},
 		{"ReleaseOnlyByHolder", testReleaseOnlyByHolder},
 		{"ReleaseTimes", testReleaseTimes},
+		{"LastHolders", testLastHolders},
+		{"LastHoldersBatch", testLastHoldersBatch},
 		{"ReleaseMany", testReleaseMany},
 		{"ReleaseManyLarge", testReleaseManyLarge},
 		{"DeleteDataplane", testDeleteDataplane},
@@ -86,7 +88,8 @@ func lease(i int, dp, session string) store.Lease {
 
 func same(a, b store.Lease) bool {
 	return a.Addr == b.Addr && a.Owner == b.Owner && a.InstanceID == b.InstanceID &&
-		a.ClientIPv6 == b.ClientIPv6 && a.ClientPort == b.ClientPort && a.LeasedAt.Equal(b.LeasedAt)
+		a.ClientIPv6 == b.ClientIPv6 && a.ClientPort == b.ClientPort && a.LeasedAt.Equal(b.LeasedAt) &&
+		a.Sticky == b.Sticky
 }
 
 func load(t *testing.T, s store.Store) store.State {
@@ -101,7 +104,7 @@ func load(t *testing.T, s store.Store) store.State {
 func testEmpty(t *testing.T, open Opener, _ bool) {
 	s := mustOpen(t, open)
 	st := load(t, s)
-	if len(st.Leases) != 0 || len(st.Released) != 0 || len(st.Reservations) != 0 || len(st.Dataplanes) != 0 ||
+	if len(st.Leases) != 0 || len(st.Released) != 0 || len(st.Holders) != 0 || len(st.Reservations) != 0 || len(st.Dataplanes) != 0 ||
 		len(st.Settings.DNS) != 0 || st.Settings.RangeFirst.IsValid() || st.Settings.WholePrefix {
 		t.Fatalf("fresh store is not empty: %+v", st)
 	}
@@ -331,6 +334,109 @@ func testReleaseTimes(t *testing.T, open Opener, _ bool) {
 	}
 	if _, ok := load(t, s).Released[addr(3)]; ok {
 		t.Fatal("release time kept after a claim")
+	}
+}
+
+// testLastHolders: a release records the lease's client as its address's
+// last holder (or forgets it, for a lease without one), a claim forgets
+// it, and it survives a reopen; the sticky mark of a lease is kept.
+func testLastHolders(t *testing.T, open Opener, durable bool) {
+	ctx := context.Background()
+	s := mustOpen(t, open)
+	for i := 2; i < 6; i++ {
+		l := lease(i, "dp1", fmt.Sprint(i))
+		l.Sticky = i == 3
+		if i == 5 {
+			l.ClientIPv6 = netip.Addr{}
+		}
+		if _, _, err := s.Claim(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := load(t, s); len(st.Holders) != 0 || !st.Leases[1].Sticky || st.Leases[0].Sticky {
+		t.Fatalf("holders of held addresses %v, leases %+v", st.Holders, st.Leases)
+	}
+	for i := 2; i < 6; i++ {
+		if ok, err := s.Release(ctx, addr(i), store.Owner{Dataplane: "dp1", Session: fmt.Sprint(i)}, t0); err != nil || !ok {
+			t.Fatalf("release %d: %v %v", i, ok, err)
+		}
+	}
+	want := map[netip.Addr]netip.Addr{}
+	for i := 2; i < 5; i++ {
+		want[addr(i)] = lease(i, "", "").ClientIPv6
+	}
+	check := func(s store.Store, what string) {
+		t.Helper()
+		st := load(t, s)
+		if len(st.Holders) != len(want) {
+			t.Fatalf("%s: holders %v, want %v", what, st.Holders, want)
+		}
+		for a, c := range want {
+			if st.Holders[a] != c {
+				t.Fatalf("%s: holder of %s = %v, want %v", what, a, st.Holders[a], c)
+			}
+		}
+	}
+	check(s, "after releases")
+	// A claim forgets the holder; the new lease's release records its own.
+	l := lease(3, "dp2", "other")
+	l.ClientIPv6 = netip.MustParseAddr("fd00:47::1")
+	if _, _, err := s.Claim(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, addr(3))
+	check(s, "after a claim")
+	// A claim that fails (the address is taken) changes nothing.
+	if _, _, err := s.Claim(ctx, lease(3, "dp3", "x")); !errors.Is(err, store.ErrTaken) {
+		t.Fatalf("claim of a leased address: %v", err)
+	}
+	if _, err := s.Release(ctx, addr(3), l.Owner, t0); err != nil {
+		t.Fatal(err)
+	}
+	want[addr(3)] = l.ClientIPv6
+	check(s, "after the second release")
+	// A lease without a client forgets the previous holder.
+	nl := lease(4, "dp1", "anon")
+	nl.ClientIPv6 = netip.Addr{}
+	if _, _, err := s.Claim(ctx, nl); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Release(ctx, nl.Addr, nl.Owner, t0); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, addr(4))
+	check(s, "after a release without a client")
+	if durable {
+		s.Close()
+		check(mustOpen(t, open), "after a reopen")
+	}
+}
+
+// testLastHoldersBatch: ReleaseMany records the holders as Release does.
+func testLastHoldersBatch(t *testing.T, open Opener, _ bool) {
+	ctx := context.Background()
+	s := mustOpen(t, open)
+	const n = 70 // more than one etcd transaction
+	var rs []store.Release
+	for i := range n {
+		l := lease(i+2, "dp1", fmt.Sprint(i))
+		if _, _, err := s.Claim(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, store.Release{Addr: l.Addr, Owner: l.Owner})
+	}
+	done, err := s.ReleaseMany(ctx, rs, t0)
+	if err != nil || len(done) != n {
+		t.Fatalf("ReleaseMany: %v %v", done, err)
+	}
+	st := load(t, s)
+	if len(st.Holders) != n {
+		t.Fatalf("%d holders, want %d", len(st.Holders), n)
+	}
+	for i := range n {
+		if c := st.Holders[addr(i+2)]; c != lease(i+2, "", "").ClientIPv6 {
+			t.Fatalf("holder of %s = %v", addr(i+2), c)
+		}
 	}
 }
 

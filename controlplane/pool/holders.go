@@ -1,0 +1,129 @@
+package pool
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// The index remembers the last holder of each free address: the client
+// IPv6 address of the lease released last on it. A client that comes back
+// from the same IPv6 address (a /128) gets that address again if it is
+// still free, on any data plane (see Acquire), so the connections inside
+// its tunnel survive a reconnect.
+//
+// "The same client" is the /128 and nothing coarser: a /64 is usually a
+// whole LAN of hosts, and handing one host's address to its neighbour
+// would take it from the host when it returns. A client whose IPv6 address
+// changes (privacy addresses) gets a new address, as before.
+//
+// The memory is bounded by the pool: one entry per free address at most,
+// dropped when the address is leased again (its holder is the lease's
+// client then) and replaced when that lease is released. The store keeps
+// the same records (store.State.Holders), written in the same transactions
+// as the releases and claims, so the memory survives restarts and leader
+// changes.
+
+// holderKey is the form a client address is remembered under.
+func holderKey(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+
+// rememberLocked records client as v's last holder (an invalid client
+// forgets v's).
+func (x *Index) rememberLocked(v uint32, client netip.Addr) {
+	x.forgetLocked(v)
+	if !client.IsValid() {
+		return
+	}
+	k := holderKey(client)
+	x.holders[v] = k
+	x.holdersOf[k] = append(x.holdersOf[k], v)
+	if x.inRange(v) {
+		x.holdersIn++
+	}
+}
+
+// forgetLocked drops v's last holder.
+func (x *Index) forgetLocked(v uint32) {
+	k, ok := x.holders[v]
+	if !ok {
+		return
+	}
+	delete(x.holders, v)
+	vs := x.holdersOf[k]
+	if i := slices.Index(vs, v); i >= 0 {
+		vs[i] = vs[len(vs)-1]
+		vs = vs[:len(vs)-1]
+	}
+	if len(vs) == 0 {
+		delete(x.holdersOf, k)
+	} else {
+		x.holdersOf[k] = vs
+	}
+	if x.inRange(v) {
+		x.holdersIn--
+	}
+}
+
+// recountHoldersLocked recounts holdersIn after a range change.
+func (x *Index) recountHoldersLocked() {
+	x.holdersIn = 0
+	for v := range x.holders {
+		if x.inRange(v) {
+			x.holdersIn++
+		}
+	}
+}
+
+// stickyLocked finds client's remembered address that is free now (of
+// several, the one released last: the address of its latest session) and
+// takes it out of the free order. It returns the address, its key in the
+// free order and whether it had one.
+func (x *Index) stickyLocked(client netip.Addr) (v uint32, key int64, queued, ok bool) {
+	if !client.IsValid() || len(x.holdersOf) == 0 {
+		return 0, 0, false, false
+	}
+	var best time.Time
+	for _, c := range x.holdersOf[holderKey(client)] {
+		if !x.isFreeLocked(c) {
+			continue
+		}
+		at, _ := x.free.releasedAt(c)
+		if !ok || at.After(best) {
+			v, best, ok = c, at, true
+		}
+	}
+	if !ok {
+		return 0, 0, false, false
+	}
+	key, queued = x.free.remove(v)
+	return v, key, queued, true
+}
+
+// LastHolder returns the remembered last holder of a (free) address.
+func (x *Index) LastHolder(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is4() {
+		return netip.Addr{}, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	c, ok := x.holders[u32(a)]
+	return c, ok
+}
+
+// Remember records the stored last holders of free addresses (at load,
+// after the leases were adopted): an address leased meanwhile is skipped,
+// its holder is the lease's client.
+func (x *Index) Remember(holders map[netip.Addr]netip.Addr) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for a, c := range holders {
+		if !a.Is4() || !x.prefix.Contains(a) {
+			continue
+		}
+		v := u32(a)
+		if _, held := x.byAddr[v]; held {
+			continue
+		}
+		x.rememberLocked(v, c)
+	}
+}
