@@ -177,8 +177,10 @@ type Config struct {
 	// GracePeriod: leases of a data plane DOWN this long, and leases its
 	// complete reports have not listed for this long, are released.
 	GracePeriod time.Duration
-	// ReuseCooldown: a released address rests this long before reuse,
-	// unless nothing else is free.
+	// ReuseCooldown: a released address rests this long before another
+	// client gets it, unless nothing else is free (reuse is least
+	// recently used first, so this holds by itself; it marks the grants
+	// that break it in the log). Its last holder may have it back at once.
 	ReuseCooldown time.Duration
 	// Limits bound the leases one client IPv6 address, and one prefix,
 	// may hold across all data planes (zero fields: unlimited).
@@ -474,6 +476,7 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 			idx.Prefix(), strings.Join(outside, ", "))
 	}
 	idx.Released(st.Released)
+	idx.Remember(st.Holders)
 	for _, d := range st.Dataplanes {
 		t.dps[d.ID] = &dpState{rec: d, known: true, lastContact: live, seen: now}
 	}
@@ -485,7 +488,8 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	info := idx.Stats()
 	c.log.Info("state loaded", "store", c.store.String(), "leases", idx.Len(),
 		"reservations", len(st.Reservations), "dataplanes", len(st.Dataplanes),
-		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "free", info.Free)
+		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "free", info.Free,
+		"free_remembered", info.FreeRemembered)
 	return t, nil
 }
 
@@ -615,7 +619,7 @@ func (c *Controller) allocate(ctx context.Context, r AllocateRequest) (Lease, bo
 		}
 		l := store.Lease{
 			Addr: g.Addr, Owner: owner, InstanceID: instance,
-			ClientIPv6: clientIPv6, ClientPort: clientPort, LeasedAt: now,
+			ClientIPv6: clientIPv6, ClientPort: clientPort, LeasedAt: now, Sticky: g.Sticky,
 		}
 		held, existing, committed, err := t.claim(ctx, l, now, true)
 		if err != nil {
@@ -642,8 +646,24 @@ func (c *Controller) allocate(ctx context.Context, r AllocateRequest) (Lease, bo
 			c.log.Error("lease committed but its claim was gone from the index", "address", g.Addr,
 				"dataplane", dataplaneID, "session", sessionID)
 		}
+		switch {
+		case g.Sticky:
+			c.counters.sticky.Add(1)
+			var away time.Duration
+			if !g.ReleasedAt.IsZero() {
+				away = now.Sub(g.ReleasedAt).Round(time.Millisecond)
+			}
+			c.log.Info("lease", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID,
+				"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", false,
+				"sticky", true, "away", away)
+			return t.leaseOf(held), true, nil
+		case g.Reserved:
+			c.counters.reservedGrants.Add(1)
+		default:
+			c.counters.newGrants.Add(1)
+		}
 		c.log.Info("lease", "address", g.Addr, "dataplane", dataplaneID, "session", sessionID,
-			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved)
+			"client", netip.AddrPortFrom(clientIPv6, clientPort), "reserved", g.Reserved, "sticky", false)
 		return t.leaseOf(held), true, nil
 	}
 }

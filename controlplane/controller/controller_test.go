@@ -255,9 +255,19 @@ func TestAllocateReportRelease(t *testing.T) {
 	if info.Leased != 1 || info.Free != 252 || info.Size != 253 || info.Gateway.String() != "13.8.0.1" || info.Route.String() != "0.0.0.0" {
 		t.Fatalf("pool info = %+v", info)
 	}
-	// The freed address goes to the back of the queue.
-	if l4, _ := f.c.Allocate(ctx, "dp1", "s4", client1, 1); l4.Addr.String() != "13.8.0.4" {
+	if info.FreeRemembered != 1 {
+		t.Fatalf("pool info = %+v: want the freed address remembered", info)
+	}
+	// The freed address goes to the back of the queue for newcomers, and
+	// back to its client when it returns.
+	if l4, _ := f.c.Allocate(ctx, "dp1", "s4", ip("2001:db8::4"), 1); l4.Addr.String() != "13.8.0.4" {
 		t.Fatalf("next lease = %s", l4.Addr)
+	}
+	if l5, _ := f.c.Allocate(ctx, "dp1", "s5", client1, 1); l5.Addr != l.Addr {
+		t.Fatalf("returning client's lease = %s, want %s", l5.Addr, l.Addr)
+	}
+	if r := f.logs.records(t, "lease"); r[len(r)-1]["sticky"] != true || r[len(r)-1]["address"] != "13.8.0.2" {
+		t.Fatalf("lease log = %v", r[len(r)-1])
 	}
 }
 

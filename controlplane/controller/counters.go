@@ -71,12 +71,18 @@ func failureOf(err error) AllocateFailure {
 // ActivityCounts is a snapshot of the controller's counters since it
 // started (across leadership terms).
 type ActivityCounts struct {
-	Allocated      uint64 // fresh leases
-	Repeated       uint64 // allocation retries answered with the session's lease
-	AllocateFailed [NumAllocateFailures]uint64
-	Released       uint64 // leases given back by their data plane
-	ReleaseIgnored uint64 // releases of leases the session did not hold
-	Reclaimed      uint64 // leases the controller freed on its own
+	Allocated uint64 // fresh leases
+	// The fresh leases by how their address was chosen: a returning
+	// client's remembered address (sticky), a client's reservation, or
+	// a new address for the client (the least recently used free one).
+	AllocatedSticky   uint64
+	AllocatedReserved uint64
+	AllocatedNew      uint64
+	Repeated          uint64 // allocation retries answered with the session's lease
+	AllocateFailed    [NumAllocateFailures]uint64
+	Released          uint64 // leases given back by their data plane
+	ReleaseIgnored    uint64 // releases of leases the session did not hold
+	Reclaimed         uint64 // leases the controller freed on its own
 	// LimitRefused counts allocations refused by a lease limit, by kind:
 	// [0] per client address, [1] per client prefix.
 	LimitRefused [2]uint64
@@ -94,6 +100,8 @@ type ActivityCounts struct {
 // activityCounters are the atomics behind ActivityCounts.
 type activityCounters struct {
 	allocated, repeated          atomic.Uint64
+	sticky, reservedGrants       atomic.Uint64
+	newGrants                    atomic.Uint64
 	failed                       [NumAllocateFailures]atomic.Uint64
 	released, ignored, reclaimed atomic.Uint64
 	limitIP, limitPrefix         atomic.Uint64
@@ -120,6 +128,7 @@ func (c *activityCounters) traffic(t Traffic) {
 func (c *activityCounters) snapshot() ActivityCounts {
 	s := ActivityCounts{
 		Allocated: c.allocated.Load(), Repeated: c.repeated.Load(),
+		AllocatedSticky: c.sticky.Load(), AllocatedReserved: c.reservedGrants.Load(), AllocatedNew: c.newGrants.Load(),
 		Released: c.released.Load(), ReleaseIgnored: c.ignored.Load(), Reclaimed: c.reclaimed.Load(),
 		LimitRefused: [2]uint64{c.limitIP.Load(), c.limitPrefix.Load()},
 		IDConflicts:  c.idConflicts.Load(), Stops: c.stops.Load(), Removals: c.removals.Load(),

@@ -22,6 +22,8 @@
 //	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down, stopped)
 //	fourover6_controller_allocations_total                       counter: fresh leases
 //	fourover6_controller_allocations_repeated_total              counter: retries answered with the same lease
+//	fourover6_controller_allocation_choices_total{choice}        counter: fresh leases by address chosen: sticky (the client's remembered one), reserved, new (they sum to allocations_total)
+//	fourover6_controller_pool_free_remembered                    gauge: free addresses whose last holder is remembered (of pool_addresses{state="free"})
 //	fourover6_controller_allocation_failures_total{reason}       counter: exhausted, invalid, not_leader, unavailable, canceled, other, limit, not_registered
 //	fourover6_controller_releases_total                          counter: addresses given back by data planes
 //	fourover6_controller_releases_ignored_total                  counter: releases of leases the session did not hold
@@ -56,12 +58,14 @@ type PoolStats struct {
 	Leased      uint32
 	Free        uint32
 	Reserved    uint32
+	// FreeRemembered: of Free, those whose last holder is remembered.
+	FreeRemembered uint32
 }
 
 // FromPool converts the pool package's snapshot.
 func FromPool(s pool.Stats) PoolStats {
 	return PoolStats{Prefix: s.Prefix, Gateway: s.Gateway, First: s.First, Last: s.Last,
-		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved}
+		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved, FreeRemembered: s.FreeRemembered}
 }
 
 // Snapshot is what the collector reads from the controller at each scrape.
@@ -106,9 +110,11 @@ var (
 	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).", "state")
 	descResv       = desc("reservations", "Reservations configured (IPv6 address or prefix to IPv4 address).")
 	descDataplanes = desc("dataplanes", "Data planes the controller knows, by state.", "state")
+	descRemembered = desc("pool_free_remembered", "Free addresses whose last holder (client IPv6 address) is remembered: that client gets its address back when it returns. The other free addresses were never used or their holder is forgotten.")
 
 	descAllocs    = desc("allocations_total", "Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).")
 	descRepeated  = desc("allocations_repeated_total", "Allocation retries answered with the lease the session already held.")
+	descChoices   = desc("allocation_choices_total", "Fresh leases by how the address was chosen: sticky (the address the client's IPv6 address held last, given back), reserved (the client's reservation), new (the least recently used free address).", "choice")
 	descFailures  = desc("allocation_failures_total", "Allocations that failed, by reason.", "reason")
 	descReleases  = desc("releases_total", "Leases released by their data plane.")
 	descIgnored   = desc("releases_ignored_total", "Releases ignored because the session did not hold that address (duplicates, stale releases).")
@@ -135,13 +141,13 @@ func New(src Source, counts func() controller.ActivityCounts) *Collector {
 	return &Collector{src: src, counts: counts}
 }
 
-var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descFailures, descReleases, descIgnored, descReclaimed,
+var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descChoices, descFailures, descReleases, descIgnored, descReclaimed,
 	descLimit, descConflicts, descStops, descRemovals, descStalls, descBytes, descPackets}
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.src != nil {
-		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descResv, descDataplanes} {
+		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descRemembered, descResv, descDataplanes} {
 			ch <- d
 		}
 	}
@@ -171,6 +177,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descPoolAddrs, float64(p.Leased), "leased")
 			gauge(descPoolAddrs, float64(p.Free), "free")
 			gauge(descPoolAddrs, float64(p.Reserved), "reserved")
+			gauge(descRemembered, float64(p.FreeRemembered))
 			gauge(descResv, float64(s.Reservations))
 		}
 		for _, state := range slices.Sorted(maps.Keys(s.Dataplanes)) {
@@ -188,6 +195,9 @@ func collectCounts(ch chan<- prometheus.Metric, s controller.ActivityCounts) {
 	}
 	counter(descAllocs, s.Allocated)
 	counter(descRepeated, s.Repeated)
+	counter(descChoices, s.AllocatedSticky, "sticky")
+	counter(descChoices, s.AllocatedReserved, "reserved")
+	counter(descChoices, s.AllocatedNew, "new")
 	for f := range controller.NumAllocateFailures {
 		counter(descFailures, s.AllocateFailed[f], f.String())
 	}

@@ -31,7 +31,7 @@ func TestCollector(t *testing.T) {
 	stats := metrics.FromPool(pool.Stats{
 		Prefix: netip.MustParsePrefix("13.8.0.0/24"), Gateway: netip.MustParseAddr("13.8.0.1"),
 		First: netip.MustParseAddr("13.8.0.2"), Last: netip.MustParseAddr("13.8.0.11"),
-		Size: 10, Leased: 3, Free: 5, Reserved: 2,
+		Size: 10, Leased: 3, Free: 5, Reserved: 2, FreeRemembered: 4,
 	})
 	src := &fakeSource{snap: metrics.Snapshot{
 		Version:      "v9",
@@ -41,7 +41,7 @@ func TestCollector(t *testing.T) {
 		Dataplanes:   map[string]int{"up": 2, "down": 1, "stopped": 1},
 	}}
 	counts := controller.ActivityCounts{
-		Allocated: 3, Repeated: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
+		Allocated: 3, Repeated: 1, AllocatedSticky: 2, AllocatedReserved: 0, AllocatedNew: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
 		LimitRefused: [2]uint64{5, 6}, IDConflicts: 7, Stops: 8, Removals: 9, Stalls: 10,
 		Traffic: controller.Traffic{BytesFromClient: 1500, PacketsFromClient: 15, BytesToClient: 5000, PacketsToClient: 20},
 	}
@@ -73,6 +73,9 @@ fourover6_controller_pool_size 10
 fourover6_controller_pool_addresses{state="free"} 5
 fourover6_controller_pool_addresses{state="leased"} 3
 fourover6_controller_pool_addresses{state="reserved"} 2
+# HELP fourover6_controller_pool_free_remembered Free addresses whose last holder (client IPv6 address) is remembered: that client gets its address back when it returns. The other free addresses were never used or their holder is forgotten.
+# TYPE fourover6_controller_pool_free_remembered gauge
+fourover6_controller_pool_free_remembered 4
 # HELP fourover6_controller_reservations Reservations configured (IPv6 address or prefix to IPv4 address).
 # TYPE fourover6_controller_reservations gauge
 fourover6_controller_reservations 2
@@ -87,6 +90,11 @@ fourover6_controller_allocations_total 3
 # HELP fourover6_controller_allocations_repeated_total Allocation retries answered with the lease the session already held.
 # TYPE fourover6_controller_allocations_repeated_total counter
 fourover6_controller_allocations_repeated_total 1
+# HELP fourover6_controller_allocation_choices_total Fresh leases by how the address was chosen: sticky (the address the client's IPv6 address held last, given back), reserved (the client's reservation), new (the least recently used free address).
+# TYPE fourover6_controller_allocation_choices_total counter
+fourover6_controller_allocation_choices_total{choice="new"} 1
+fourover6_controller_allocation_choices_total{choice="reserved"} 0
+fourover6_controller_allocation_choices_total{choice="sticky"} 2
 # HELP fourover6_controller_allocation_failures_total Allocations that failed, by reason.
 # TYPE fourover6_controller_allocation_failures_total counter
 fourover6_controller_allocation_failures_total{reason="canceled"} 0
@@ -163,8 +171,8 @@ func TestSourceFuncAndHalves(t *testing.T) {
 	})
 	col := metrics.New(src, nil)
 	// No counters, no dataplane states: only the source's fixed series.
-	if n := testutil.CollectAndCount(col); n != 8 {
-		t.Errorf("series = %d, want 8", n)
+	if n := testutil.CollectAndCount(col); n != 9 {
+		t.Errorf("series = %d, want 9", n)
 	}
 	// A standby knows no pool: info and leader only.
 	standby := metrics.New(metrics.SourceFunc(func() metrics.Snapshot { return metrics.Snapshot{Version: "v1"} }), nil)
@@ -179,7 +187,7 @@ func TestSourceFuncAndHalves(t *testing.T) {
 	}
 	// Counters alone: every series, failure reasons included, from zero.
 	own := metrics.New(nil, func() controller.ActivityCounts { return controller.ActivityCounts{Allocated: 1} })
-	if n := testutil.CollectAndCount(own); n != 5+int(controller.NumAllocateFailures)+2+4+4 {
+	if n := testutil.CollectAndCount(own); n != 5+3+int(controller.NumAllocateFailures)+2+4+4 {
 		t.Errorf("counter series = %d", n)
 	}
 	if n := testutil.CollectAndCount(own, "fourover6_controller_allocations_total"); n != 1 {
@@ -211,9 +219,17 @@ func TestControllerCounts(t *testing.T) {
 	}
 	c.Release(ctx, "dp1", "s2", l.Addr, "not the holder") // ignored
 	c.Release(ctx, "dp1", "s1", l.Addr, "eof")
+	if back, err := c.Allocate(ctx, "dp2", "s5", client, 1); err != nil || back.Addr != l.Addr {
+		t.Fatalf("returning client: %v %v", back, err) // sticky
+	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(metrics.New(nil, c.Counts))
 	want := `
+# HELP fourover6_controller_allocation_choices_total Fresh leases by how the address was chosen: sticky (the address the client's IPv6 address held last, given back), reserved (the client's reservation), new (the least recently used free address).
+# TYPE fourover6_controller_allocation_choices_total counter
+fourover6_controller_allocation_choices_total{choice="new"} 1
+fourover6_controller_allocation_choices_total{choice="reserved"} 0
+fourover6_controller_allocation_choices_total{choice="sticky"} 1
 # HELP fourover6_controller_allocation_failures_total Allocations that failed, by reason.
 # TYPE fourover6_controller_allocation_failures_total counter
 fourover6_controller_allocation_failures_total{reason="canceled"} 1
@@ -229,7 +245,7 @@ fourover6_controller_allocation_failures_total{reason="unavailable"} 0
 fourover6_controller_allocations_repeated_total 1
 # HELP fourover6_controller_allocations_total Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).
 # TYPE fourover6_controller_allocations_total counter
-fourover6_controller_allocations_total 1
+fourover6_controller_allocations_total 2
 # HELP fourover6_controller_bytes_total IPv4 packet bytes the data planes reported for their clients, by direction (from_client: 102, to_client: 103).
 # TYPE fourover6_controller_bytes_total counter
 fourover6_controller_bytes_total{direction="from_client"} 0
@@ -242,6 +258,7 @@ fourover6_controller_releases_ignored_total 1
 fourover6_controller_releases_total 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"fourover6_controller_allocation_choices_total",
 		"fourover6_controller_allocation_failures_total", "fourover6_controller_allocations_repeated_total",
 		"fourover6_controller_allocations_total", "fourover6_controller_bytes_total",
 		"fourover6_controller_releases_ignored_total", "fourover6_controller_releases_total"); err != nil {
