@@ -243,6 +243,7 @@ func clientFromProto(c *cpv1.Client) Client {
 			BytesToClient:     k.GetBytesToClient(),
 			PacketsToClient:   k.GetPacketsToClient(),
 		},
+		Sticky: c.GetSticky(),
 	}
 }
 
@@ -265,6 +266,11 @@ func (a *app) clientDetail(w io.Writer, c Client) {
 	fmt.Fprintf(w, "IPv6:\t%s port %d\n", orDash(c.IPv6), c.Port)
 	fmt.Fprintf(w, "Data plane:\t%s\n", orDash(c.Dataplane))
 	fmt.Fprintf(w, "Session:\t%s\n", orDash(c.Session))
+	sticky := "no"
+	if c.Sticky {
+		sticky = "yes (returning client: the address it held last)"
+	}
+	fmt.Fprintf(w, "Sticky:\t%s\n", sticky)
 	fmt.Fprintf(w, "Connected since:\t%s\n", a.when(c.ConnectedSince))
 	fmt.Fprintf(w, "Last heard:\t%s\n", a.when(c.LastHeard))
 	fmt.Fprintf(w, "From client:\t%s\n", traffic(c.BytesFromClient, c.PacketsFromClient))

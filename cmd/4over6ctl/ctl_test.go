@@ -40,7 +40,8 @@ func TestClientsList(t *testing.T) {
 	}
 	want := Client{IPv4: "13.8.0.2", IPv6: "fd00:46::2", Port: 51234, Dataplane: "dp1", Session: "s-2",
 		ConnectedSince: "2025-03-01T10:00:00Z", LastHeard: "2025-03-01T10:05:07Z",
-		Counters: Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7}}
+		Counters: Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7},
+		Sticky:   true}
 	if cs[0] != want {
 		t.Errorf("first client (sorted numerically)\n got %+v\nwant %+v", cs[0], want)
 	}
@@ -110,7 +111,7 @@ func TestClientsGet(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatalf("json: %v\n%s", err, r.stdout)
 	}
-	if !reflect.DeepEqual(keysOf(raw), clientKeys) || raw["ipv6"] != "fd00:46::2" || raw["port"] != 51234.0 {
+	if !reflect.DeepEqual(keysOf(raw), clientKeys) || raw["ipv6"] != "fd00:46::2" || raw["port"] != 51234.0 || raw["sticky"] != true {
 		t.Errorf("clients get: %v", raw)
 	}
 	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.2", "-o", "yaml").expect(t, 0)
@@ -119,7 +120,8 @@ func TestClientsGet(t *testing.T) {
 		t.Errorf("yaml: %v %+v", err, c)
 	}
 	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.2").expect(t, 0)
-	if !strings.Contains(r.stdout, "fd00:46::2 port 51234") || !strings.Contains(r.stdout, "2025-03-01 10:00:00 UTC") {
+	if !strings.Contains(r.stdout, "fd00:46::2 port 51234") || !strings.Contains(r.stdout, "2025-03-01 10:00:00 UTC") ||
+		!strings.Contains(r.stdout, "returning client") {
 		t.Errorf("table:\n%s", r.stdout)
 	}
 
@@ -159,14 +161,16 @@ func TestPoolShow(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatal(err)
 	}
-	want := sorted("prefix", "gateway", "range_first", "range_last", "size", "leased", "free", "reserved", "route", "dns")
+	want := sorted("prefix", "gateway", "range_first", "range_last", "size", "leased", "free", "reserved", "route", "dns",
+		"free_remembered", "free_unremembered")
 	if !reflect.DeepEqual(keysOf(raw), want) {
 		t.Errorf("pool keys %v", keysOf(raw))
 	}
 	var p Pool
 	_ = json.Unmarshal([]byte(r.stdout), &p)
 	wantPool := Pool{Prefix: "13.8.0.0/24", Gateway: "13.8.0.1", RangeFirst: "13.8.0.2", RangeLast: "13.8.0.128",
-		Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", DNS: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"}}
+		Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", DNS: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"},
+		FreeRemembered: 30, FreeUnremembered: 94}
 	if !reflect.DeepEqual(p, wantPool) {
 		t.Errorf("pool %+v", p)
 	}
@@ -176,7 +180,7 @@ func TestPoolShow(t *testing.T) {
 		t.Errorf("yaml pool %+v %v", yp, err)
 	}
 	r = ctl(t, nil, "--controller", addr, "pool", "show").expect(t, 0)
-	for _, s := range []string{"13.8.0.0/24", "13.8.0.2 - 13.8.0.128", "2 leased", "8.8.8.8"} {
+	for _, s := range []string{"13.8.0.0/24", "13.8.0.2 - 13.8.0.128", "2 leased", "8.8.8.8", "30 remembered", "94 never used"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("pool table lacks %q:\n%s", s, r.stdout)
 		}

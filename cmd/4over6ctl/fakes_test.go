@@ -537,10 +537,12 @@ func newController() *fakeController {
 				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1)},
 			{Address: "13.8.0.2", ClientIpv6: "fd00:46::2", ClientPort: 51234, DataplaneId: "dp1", SessionId: "s-2",
 				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
-				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7}},
+				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7},
+				Sticky:   true},
 		},
 		pool: &cpv1.Pool{Prefix: "13.8.0.0/24", Gateway: "13.8.0.1", RangeFirst: "13.8.0.2", RangeLast: "13.8.0.128",
-			Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", Dns: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"}},
+			Size: 127, Leased: 2, Free: 124, Reserved: 1, Route: "0.0.0.0", Dns: []string{"202.38.120.242", "8.8.8.8", "202.106.0.20"},
+			FreeRemembered: 30},
 		reservations: map[string]string{"fd00:46::99": "13.8.0.99"},
 		dataplanes: []*cpv1.Dataplane{
 			{DataplaneId: "dp2", InstanceId: "i-2", Version: "v1.2.3-test", ClientListen: "[2001:db8::2]:5678",
@@ -670,4 +672,4 @@ func keysOf(m map[string]any) []string {
 func sorted(s ...string) []string { sort.Strings(s); return s }
 
 var clientKeys = sorted("ipv4", "ipv6", "port", "dataplane", "session", "connected_since", "last_heard",
-	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client")
+	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "sticky")

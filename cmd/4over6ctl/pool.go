@@ -162,6 +162,9 @@ func poolFromProto(p *cpv1.Pool) Pool {
 		Reserved:   p.GetReserved(),
 		Route:      p.GetRoute(),
 		DNS:        dns,
+
+		FreeRemembered:   p.GetFreeRemembered(),
+		FreeUnremembered: p.GetFree() - min(p.GetFreeRemembered(), p.GetFree()),
 	}
 }
 
@@ -174,6 +177,7 @@ func poolTable(w io.Writer, p Pool) {
 		usage = fmt.Sprintf(" (%.1f%% leased)", 100*float64(p.Leased)/float64(p.Size))
 	}
 	fmt.Fprintf(w, "In use:\t%d leased, %d reserved, %d free%s\n", p.Leased, p.Reserved, p.Free, usage)
+	fmt.Fprintf(w, "Free:\t%d remembered for their last holder, %d never used or forgotten\n", p.FreeRemembered, p.FreeUnremembered)
 	route := orDash(p.Route)
 	if p.Route == "0.0.0.0" {
 		route += " (default route through the tunnel)"

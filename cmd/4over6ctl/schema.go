@@ -28,6 +28,9 @@ type Client struct {
 	ConnectedSince string `json:"connected_since" yaml:"connected_since"` // RFC 3339 UTC
 	LastHeard      string `json:"last_heard" yaml:"last_heard"`           // RFC 3339 UTC
 	Counters       `yaml:",inline"`
+	// The address is the one this IPv6 address held last, given back to
+	// it when it returned (sticky addresses).
+	Sticky bool `json:"sticky" yaml:"sticky"`
 }
 
 // Pool is the object printed by "pool show".
@@ -42,6 +45,10 @@ type Pool struct {
 	Reserved   uint32   `json:"reserved" yaml:"reserved"`
 	Route      string   `json:"route" yaml:"route"` // route field of 101; "0.0.0.0" = default route
 	DNS        []string `json:"dns" yaml:"dns"`     // the three DNS servers of 101
+	// Of free: remembered for their last holder (a returning client gets
+	// its own back), and not (never used, or the holder is forgotten).
+	FreeRemembered   uint32 `json:"free_remembered" yaml:"free_remembered"`
+	FreeUnremembered uint32 `json:"free_unremembered" yaml:"free_unremembered"`
 }
 
 // Status is the object printed by "dataplane status" (one data plane), and

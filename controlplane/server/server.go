@@ -374,6 +374,8 @@ func poolToPB(info controller.PoolInfo) *pb.Pool {
 		Reserved:   info.Reserved,
 		Route:      info.Route.String(),
 		Dns:        addrStrings(info.DNS[:]),
+
+		FreeRemembered: info.FreeRemembered,
 	}
 }
 
@@ -546,6 +548,7 @@ func clientToPB(r controller.Client) *pb.Client {
 			BytesToClient:     r.Traffic.BytesToClient,
 			PacketsToClient:   r.Traffic.PacketsToClient,
 		},
+		Sticky: r.Sticky,
 	}
 }
 

@@ -261,15 +261,18 @@ func (x *Counters) GetPacketsToClient() uint64 {
 
 // Client is one row of the controller's client table.
 type Client struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	ClientIpv6    string                 `protobuf:"bytes,2,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
-	ClientPort    uint32                 `protobuf:"varint,3,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
-	DataplaneId   string                 `protobuf:"bytes,4,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
-	SessionId     string                 `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	ConnectedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
-	LastHeard     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_heard,json=lastHeard,proto3" json:"last_heard,omitempty"`
-	Counters      *Counters              `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Address     string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	ClientIpv6  string                 `protobuf:"bytes,2,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
+	ClientPort  uint32                 `protobuf:"varint,3,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
+	DataplaneId string                 `protobuf:"bytes,4,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	SessionId   string                 `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ConnectedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
+	LastHeard   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_heard,json=lastHeard,proto3" json:"last_heard,omitempty"`
+	Counters    *Counters              `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	// The address is the one this client (its IPv6 address) held last,
+	// given back to it when it returned.
+	Sticky        bool `protobuf:"varint,9,opt,name=sticky,proto3" json:"sticky,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +363,13 @@ func (x *Client) GetCounters() *Counters {
 	return nil
 }
 
+func (x *Client) GetSticky() bool {
+	if x != nil {
+		return x.Sticky
+	}
+	return false
+}
+
 // Pool describes the address pool and its use.
 type Pool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -376,10 +386,14 @@ type Pool struct {
 	Free     uint32 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
 	Reserved uint32 `protobuf:"varint,8,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// The route and DNS servers sent in every 101.
-	Route         string   `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
-	Dns           []string `protobuf:"bytes,10,rep,name=dns,proto3" json:"dns,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Route string   `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
+	Dns   []string `protobuf:"bytes,10,rep,name=dns,proto3" json:"dns,omitempty"`
+	// Of the free addresses, those whose last holder is remembered: that
+	// client gets its address back when it returns. The others (free minus
+	// this) were never used, or their holder is forgotten.
+	FreeRemembered uint32 `protobuf:"varint,11,opt,name=free_remembered,json=freeRemembered,proto3" json:"free_remembered,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -482,6 +496,13 @@ func (x *Pool) GetDns() []string {
 	return nil
 }
 
+func (x *Pool) GetFreeRemembered() uint32 {
+	if x != nil {
+		return x.FreeRemembered
+	}
+	return 0
+}
+
 var File_fourover6_controlplane_v1_types_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
@@ -499,7 +520,7 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x11bytes_from_client\x18\x01 \x01(\x04R\x0fbytesFromClient\x12.\n" +
 	"\x13packets_from_client\x18\x02 \x01(\x04R\x11packetsFromClient\x12&\n" +
 	"\x0fbytes_to_client\x18\x03 \x01(\x04R\rbytesToClient\x12*\n" +
-	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\xe1\x02\n" +
+	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\xf9\x02\n" +
 	"\x06Client\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vclient_ipv6\x18\x02 \x01(\tR\n" +
@@ -512,7 +533,8 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\fconnected_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x129\n" +
 	"\n" +
 	"last_heard\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12?\n" +
-	"\bcounters\x18\b \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\"\xfc\x01\n" +
+	"\bcounters\x18\b \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\x12\x16\n" +
+	"\x06sticky\x18\t \x01(\bR\x06sticky\"\xa5\x02\n" +
 	"\x04Pool\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1f\n" +
@@ -526,7 +548,8 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\breserved\x18\b \x01(\rR\breserved\x12\x14\n" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
-	" \x03(\tR\x03dns*\x83\x01\n" +
+	" \x03(\tR\x03dns\x12'\n" +
+	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered*\x83\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
