@@ -25,13 +25,14 @@ import (
 // changes.
 
 // holderKey is the form a client address is remembered under.
-func holderKey(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
+func holderKey(a netip.Addr) netip.Addr { return a.WithZone("") }
 
-// rememberLocked records client as v's last holder (an invalid client
-// forgets v's).
+// rememberLocked records client as v's last holder; a client that is not
+// an IPv6 address (unset, IPv4, IPv4-mapped) forgets v's, as the store
+// does.
 func (x *Index) rememberLocked(v uint32, client netip.Addr) {
 	x.forgetLocked(v)
-	if !client.IsValid() {
+	if !client.Is6() || client.Is4In6() {
 		return
 	}
 	k := holderKey(client)
