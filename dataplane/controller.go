@@ -215,6 +215,21 @@ func (e *IDInUseError) Error() string {
 // Is makes errors.Is(err, ErrIDInUse) true.
 func (e *IDInUseError) Is(target error) bool { return target == ErrIDInUse }
 
+// IDPendingError is Register's error while the controller waits to learn
+// whether the instance registered before it started leading is still
+// running: retry (it matches ErrControllerUnavailable); the id is handed
+// over when that instance shows no sign of life within Wait.
+type IDPendingError struct {
+	Registered string        // the registered instance id
+	Wait       time.Duration // at most this long
+	Msg        string        // the controller's words
+}
+
+func (e *IDPendingError) Error() string { return e.Msg }
+
+// Is makes errors.Is(err, ErrControllerUnavailable) true.
+func (e *IDPendingError) Is(target error) bool { return target == ErrControllerUnavailable }
+
 // LeaseLimitError details an ErrLeaseLimit refusal.
 type LeaseLimitError struct {
 	Limit  string // "ip" or "prefix"

@@ -290,8 +290,14 @@ func (d *Dataplane) register(ctx context.Context) error {
 		if !errors.Is(err, ErrControllerUnavailable) || ctx.Err() != nil {
 			return err
 		}
-		d.log.Warn("controller not reachable yet; retrying", "controller", d.cfg.ControllerAddr,
-			"attempt", attempt, "retry_in", wait, "err", err)
+		var pending *IDPendingError
+		if errors.As(err, &pending) {
+			d.log.Warn("the controller is waiting to learn whether the previous instance of this --id still runs; retrying",
+				"id", d.cfg.ID, "previous_instance", pending.Registered, "waits_at_most", pending.Wait, "retry_in", wait)
+		} else {
+			d.log.Warn("controller not reachable yet; retrying", "controller", d.cfg.ControllerAddr,
+				"attempt", attempt, "retry_in", wait, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("stopped before the controller at %s answered: %w", d.cfg.ControllerAddr, err)
@@ -764,7 +770,9 @@ func (d *Dataplane) report(ctx context.Context) {
 }
 
 func (d *Dataplane) setControllerOK(err error) {
-	ok := err == nil || !errors.Is(err, ErrControllerUnavailable)
+	// A controller asking us to wait (IDPendingError) answered: it is reachable.
+	var pending *IDPendingError
+	ok := err == nil || !errors.Is(err, ErrControllerUnavailable) || errors.As(err, &pending)
 	if d.ctrlOK.Swap(ok) != ok {
 		if ok {
 			d.log.Info("controller reachable again", "controller", d.cfg.ControllerAddr)

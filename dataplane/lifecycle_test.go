@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,6 +105,29 @@ func TestIDInUseAtStart(t *testing.T) {
 	}
 	if len(ctl.Stops()) != 0 {
 		t.Error("an instance that never registered said it stopped")
+	}
+}
+
+// TestIDPendingRetried: while the controller waits to learn whether the
+// previous instance of this id still runs, registration is retried (and
+// logged as such) until the id is handed over; no start error.
+func TestIDPendingRetried(t *testing.T) {
+	var logs syncBuffer
+	var calls atomic.Int32
+	ctl := dataplanetest.NewMemController(253)
+	ctl.RegisterErr = func(dataplane.Registration) error {
+		if calls.Add(1) <= 2 {
+			return fmt.Errorf("register: %w", &dataplane.IDPendingError{Registered: "old", Wait: 3 * time.Second, Msg: "waiting"})
+		}
+		return nil
+	}
+	h := dataplanetest.StartFailing(t, ctl, logTo(&logs))
+	dataplanetest.Eventually(t, "registered after the wait", func() bool { return h.DP.Status().Registered })
+	if n := calls.Load(); n < 3 {
+		t.Fatalf("%d registrations, want the refused two and one more", n)
+	}
+	if l := logs.String(); !strings.Contains(l, "previous_instance=old") || strings.Contains(l, "level=ERROR") {
+		t.Errorf("log:\n%s", l)
 	}
 }
 

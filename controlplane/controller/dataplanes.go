@@ -128,6 +128,25 @@ func (e *IDConflictError) Error() string {
 
 func (e *IDConflictError) Is(target error) bool { return target == ErrIDInUse }
 
+// IDPendingError refuses a new instance of a data plane id for now: the
+// registered instance was registered before this term and has not been
+// heard from in it, so it may be live (it reconnects after the controller's
+// restart or a change of leader) or gone. Until Wait has passed the new
+// instance should retry; then the id is handed over, unless the registered
+// instance came back. It matches ErrUnavailable.
+type IDPendingError struct {
+	DataplaneID string
+	Registered  string        // the registered instance id
+	Wait        time.Duration // at most this long
+}
+
+func (e *IDPendingError) Error() string {
+	return fmt.Sprintf("data plane %s: its registered instance %s has not been heard from since this controller started leading; "+
+		"waiting up to %s for it before handing the id over (retry)", e.DataplaneID, e.Registered, e.Wait.Round(time.Second))
+}
+
+func (e *IDPendingError) Is(target error) bool { return target == ErrUnavailable }
+
 // NotRegisteredError is the error of a call from a data plane instance
 // that is not the registered instance of its id. It matches
 // ErrNotRegistered and ErrFailedPrecondition.
@@ -382,6 +401,21 @@ func (t *term) register(ctx context.Context, r Registration) (rec, prev store.Da
 	t.dpMu.Lock()
 	d := t.entryLocked(r.DataplaneID)
 	prev, known = d.rec, d.known && d.rec.InstanceID != ""
+	if prev.InstanceID != "" && prev.InstanceID != r.InstanceID && t.liveLocked(d, live) && d.contacts == 0 {
+		// Live only by the term's presumption: a crash of the data plane
+		// near a controller restart looks like this, and so does a clone
+		// racing the live instance's reconnect. Neither may be refused for
+		// good yet: ask the newcomer to retry until the window closes.
+		wait := t.c.cfg.DataplaneTimeout - live.Sub(d.lastContact)
+		logNow, _ := d.conflictLog.note(now, conflictLogEvery)
+		t.dpMu.Unlock()
+		if logNow {
+			c.log.Warn("a new instance of a data plane waits: its registered instance has not reconnected since this controller started leading",
+				"dataplane", r.DataplaneID, "registered_instance", prev.InstanceID, "new_instance", r.InstanceID,
+				"new_peer", r.Peer, "waits_at_most", wait.Round(time.Millisecond))
+		}
+		return rec, prev, known, &IDPendingError{DataplaneID: r.DataplaneID, Registered: prev.InstanceID, Wait: wait}
+	}
 	if prev.InstanceID != "" && prev.InstanceID != r.InstanceID && t.liveLocked(d, live) {
 		ce := &IDConflictError{
 			DataplaneID: r.DataplaneID,

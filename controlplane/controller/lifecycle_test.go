@@ -358,13 +358,20 @@ func TestRestartWindow(t *testing.T) {
 	}
 	w.elapse(w.cfg.DataplaneTimeout - time.Second)
 	w.restart()
-	if err := w.registerAt("dp1", "i2", ""); !errors.Is(err, ErrIDInUse) {
+	// Not heard from since the restart: maybe live, maybe gone. The
+	// newcomer is asked to retry, not refused for good (a crash of the
+	// data plane near a controller restart must heal by itself).
+	var pending *IDPendingError
+	if err := w.registerAt("dp1", "i2", ""); !errors.As(err, &pending) || !errors.Is(err, ErrUnavailable) || pending.Registered != "i1" {
 		t.Fatalf("takeover right after a restart: %v", err)
 	}
 	if err := w.registerAt("dp2", "j2", ""); err != nil { // stopped: provably gone
 		t.Fatalf("takeover of a stopped data plane after a restart: %v", err)
 	}
 	w.register("dp1", "i1") // the stored instance itself: welcome back
+	if err := w.registerAt("dp1", "i2", ""); !errors.Is(err, ErrIDInUse) {
+		t.Fatalf("a newcomer once the registered instance is back: %v", err)
+	}
 	// A change of leader gives fresh grace too.
 	w.elapse(w.cfg.DataplaneTimeout - time.Second)
 	w.c.Deactivate("c2")

@@ -414,6 +414,7 @@ func toStatus(err error) error {
 	var (
 		nl *controller.NotLeaderError
 		ce *controller.IDConflictError
+		ip *controller.IDPendingError
 		nr *controller.NotRegisteredError
 		le *pool.LimitError
 	)
@@ -432,6 +433,11 @@ func toStatus(err error) error {
 		return withInfo(codes.AlreadyExists, ce.Error(), pb.ErrorReason_DATAPLANE_ID_IN_USE, map[string]string{
 			"dataplane_id": ce.DataplaneID, "instance_id": ce.Live.InstanceID, "peer_address": ce.Live.Peer,
 			"client_listen": ce.Live.Listen, "api_address": ce.Live.APIAddress,
+		})
+	case errors.As(err, &ip):
+		return withInfo(codes.Unavailable, ip.Error(), pb.ErrorReason_DATAPLANE_ID_PENDING, map[string]string{
+			"dataplane_id": ip.DataplaneID, "instance_id": ip.Registered,
+			"retry_after_ms": strconv.FormatInt(ip.Wait.Milliseconds(), 10),
 		})
 	case errors.As(err, &nr):
 		return withInfo(codes.FailedPrecondition, nr.Error(), pb.ErrorReason_DATAPLANE_NOT_REGISTERED, map[string]string{

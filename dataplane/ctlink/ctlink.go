@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -397,6 +398,10 @@ func mapErr(op string, err error) error {
 			Live: dataplane.Instance{InstanceID: md["instance_id"], Peer: md["peer_address"],
 				ClientListen: md["client_listen"], APIAddress: md["api_address"]},
 		})
+	case reason == cpv1.ErrorReason_DATAPLANE_ID_PENDING.String():
+		ms, _ := strconv.ParseInt(md["retry_after_ms"], 10, 64)
+		return fmt.Errorf("%s: %w", op, &dataplane.IDPendingError{
+			Registered: md["instance_id"], Wait: time.Duration(ms) * time.Millisecond, Msg: st.Message()})
 	case reason == cpv1.ErrorReason_DATAPLANE_NOT_REGISTERED.String():
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrNotRegistered, st.Message())
 	case reason == cpv1.ErrorReason_LEASE_LIMIT.String():

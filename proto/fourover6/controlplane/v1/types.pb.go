@@ -54,6 +54,15 @@ const (
 	// (the IPv6 address or prefix counted).
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_LEASE_LIMIT ErrorReason = 4
+	// UNAVAILABLE from RegisterDataplane: another instance of this data plane
+	// id was registered before this controller started leading and has not
+	// been heard from since, so it may still be running; the controller waits
+	// for it up to --dataplane-timeout. Retry: the id is handed over once that
+	// instance shows no sign of life, or refused (DATAPLANE_ID_IN_USE) if it
+	// comes back. Metadata: "dataplane_id", "instance_id" (the registered
+	// one), "retry_after_ms" (when the wait ends at the latest).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DATAPLANE_ID_PENDING ErrorReason = 5
 )
 
 // Enum value maps for ErrorReason.
@@ -64,6 +73,7 @@ var (
 		2: "DATAPLANE_ID_IN_USE",
 		3: "DATAPLANE_NOT_REGISTERED",
 		4: "LEASE_LIMIT",
+		5: "DATAPLANE_ID_PENDING",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -71,6 +81,7 @@ var (
 		"DATAPLANE_ID_IN_USE":      2,
 		"DATAPLANE_NOT_REGISTERED": 3,
 		"LEASE_LIMIT":              4,
+		"DATAPLANE_ID_PENDING":     5,
 	}
 )
 
@@ -549,14 +560,15 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
 	" \x03(\tR\x03dns\x12'\n" +
-	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered*\x83\x01\n" +
+	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered*\x9d\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"NOT_LEADER\x10\x01\x12\x17\n" +
 	"\x13DATAPLANE_ID_IN_USE\x10\x02\x12\x1c\n" +
 	"\x18DATAPLANE_NOT_REGISTERED\x10\x03\x12\x0f\n" +
-	"\vLEASE_LIMIT\x10\x04BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
+	"\vLEASE_LIMIT\x10\x04\x12\x18\n" +
+	"\x14DATAPLANE_ID_PENDING\x10\x05BOZMgithub.com/fourover6/fourover6/proto/fourover6/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_fourover6_controlplane_v1_types_proto_rawDescOnce sync.Once
