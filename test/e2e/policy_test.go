@@ -48,6 +48,44 @@ func (e *env) tcpUnanswered(addr string) {
 	}
 }
 
+// get fetches url (host:port given) from ns and wants a 200. The
+// connection is dialed here, not by an http.Transport: a transport goes on
+// dialing in the background after its request timed out, and a SYN that
+// gets no answer would outlive the test and its namespace.
+func get(ns *topo.NS, url string) error {
+	_, err := fetch(ns, url)
+	return err
+}
+
+// fetch is get, returning the body.
+func fetch(ns *topo.NS, url string) (string, error) {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), noAnswer)
+	defer cancel()
+	c, err := ns.Dial(ctx, "tcp4", req.URL.Host)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := req.Write(c); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		return "", err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	return string(body), err
+}
+
 // ping sends one ICMP echo from the client namespace.
 func (e *env) ping(addr string) error {
 	return e.cli.Exec("ping", "-n", "-c", "1", "-W", "2", addr)
@@ -220,13 +258,8 @@ func TestPolicyDataplaneHost(t *testing.T) {
 
 	e.startClient()
 	// The tunnel carries IPv4 beyond the host (the host forwards).
-	hc := &http.Client{Transport: &http.Transport{DialContext: e.cli.Dial}, Timeout: 5 * time.Second}
 	e.waitFor("HTTP beyond the host", func() bool {
-		resp, err := hc.Get("http://" + net.JoinHostPort(internetV4, "8080") + "/ping")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
+		return get(e.cli, "http://"+net.JoinHostPort(internetV4, "8080")+"/ping") == nil
 	})
 	// SYNs to the host's services, on the gateway and on its uplink
 	// address, get no answer.
@@ -243,17 +276,11 @@ func TestPolicyDataplaneHost(t *testing.T) {
 		t.Error("ping to the host's uplink address answered: only the gateway's echo passes")
 	}
 	// The host's metrics are still there for the host itself.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	mc := &http.Client{Transport: &http.Transport{DialContext: e.srv.Dial}}
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://127.0.0.1:9462/metrics", nil)
-	resp, err := mc.Do(req)
+	metrics, err := fetch(e.srv, "http://127.0.0.1:9462/metrics")
 	if err != nil {
 		t.Fatalf("metrics from the host itself: %v", err)
 	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(metrics), `fourover6_dataplane_drops_total{reason="policy_host"}`) {
+	if !strings.Contains(metrics, `fourover6_dataplane_drops_total{reason="policy_host"}`) {
 		t.Errorf("metrics lack the policy_host drops:\n%s", metrics)
 	}
 
@@ -273,14 +300,11 @@ func TestPolicyDataplaneHost(t *testing.T) {
 	if got := srvUDP.received(); len(got) != 0 {
 		t.Errorf("the host's UDP socket on 0.0.0.0 received %q through the tunnel", got)
 	}
-	resp, err = mc.Get("http://127.0.0.1:9462/metrics")
-	if err != nil {
+	if metrics, err = fetch(e.srv, "http://127.0.0.1:9462/metrics"); err != nil {
 		t.Fatal(err)
 	}
-	metrics, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(metrics), fmt.Sprintf("fourover6_dataplane_drops_total{reason=\"policy_broadcast\"} %d", before["policy_broadcast"]+3)) {
-		t.Errorf("metrics do not show the 3 broadcast drops:\n%s", grepLines(string(metrics), "policy_"))
+	if !strings.Contains(metrics, fmt.Sprintf("fourover6_dataplane_drops_total{reason=\"policy_broadcast\"} %d", before["policy_broadcast"]+3)) {
+		t.Errorf("metrics do not show the 3 broadcast drops:\n%s", grepLines(metrics, "policy_"))
 	}
 }
 
@@ -440,20 +464,11 @@ func TestPolicyMetadataAndReload(t *testing.T) {
 	notDNS := e.udpSink(e.srv, gateway+":54")
 
 	e.startClient()
-	hc := &http.Client{Transport: &http.Transport{DialContext: e.cli.Dial}, Timeout: noAnswer}
-	get := func(url string) error {
-		resp, err := hc.Get(url)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	}
-	metadata := "http://169.254.169.254/latest/meta-data/"
+	metadata := "http://169.254.169.254:80/latest/meta-data/"
 	internet := "http://" + net.JoinHostPort(internetV4, "8080") + "/ping"
-	e.waitFor("HTTP beyond the host through NAT", func() bool { return get(internet) == nil })
+	e.waitFor("HTTP beyond the host through NAT", func() bool { return get(e.cli, internet) == nil })
 	before := e.drops()
-	if err := get(metadata); err == nil {
+	if err := get(e.cli, metadata); err == nil {
 		t.Fatal("the metadata service answered a client")
 	}
 	if d := e.drops(); d["policy_link_local"] <= before["policy_link_local"] {
@@ -491,7 +506,7 @@ func TestPolicyMetadataAndReload(t *testing.T) {
 	if logCount(dp, "destination policy changed") != 1 {
 		t.Fatal("no \"destination policy changed\" line after the SIGHUP")
 	}
-	if err := get(metadata); err != nil {
+	if err := get(e.cli, metadata); err != nil {
 		t.Fatalf("the allowed metadata service: %v", err)
 	}
 	if src := <-seen; src != serverV4 {
@@ -506,7 +521,7 @@ func TestPolicyMetadataAndReload(t *testing.T) {
 		c.Close()
 	}
 	before = e.drops()
-	if err := get(internet); err == nil {
+	if err := get(e.cli, internet); err == nil {
 		t.Error("the denied IPv4 host answered")
 	}
 	if d := e.drops(); d["policy_denied"] <= before["policy_denied"] {
@@ -518,7 +533,7 @@ func TestPolicyMetadataAndReload(t *testing.T) {
 	if logCount(dp, "did you mean 10.0.0.0/8?") == 0 {
 		t.Error("the bad prefix was not reported with its fix")
 	}
-	if err := get(metadata); err != nil {
+	if err := get(e.cli, metadata); err != nil {
 		t.Errorf("after a broken file, the metadata service (still allowed): %v", err)
 	}
 }
