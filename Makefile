@@ -97,6 +97,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime $(FUZZTIME) ./dataplane/wire
 	$(GO) test -run '^$$' -fuzz FuzzCheckIPv4 -fuzztime $(FUZZTIME) ./dataplane/packet
+	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime $(FUZZTIME) ./dataplane/policy
+	$(GO) test -run '^$$' -fuzz FuzzRanges -fuzztime $(FUZZTIME) ./dataplane/policy
 
 ## install: the four binaries to $(BINDIR), the systemd units to $(UNITDIR)
 ## (4over6-client@.service is a template: instance NAME reads

@@ -161,8 +161,11 @@ func backendFlag(backend string) []string {
 func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...string) (*proc, error) {
 	api := filepath.Join(l.dir, id+".sock")
 	os.Remove(api)
+	// The measured iperf3 server listens on the gateway, on the data
+	// plane's own host, which the destination policy keeps clients from
+	// reaching by default: this lab opens it.
 	args := append([]string{"--id", id, "--controller", "unix://" + l.ctlSock, "--api", "unix://" + api,
-		"--listen", "[::]:" + clientPort, "--tun", "4o6"}, backendFlag(backend)...)
+		"--listen", "[::]:" + clientPort, "--tun", "4o6", "--allow", gateway + "/32"}, backendFlag(backend)...)
 	args = append(args, extra...)
 	p, err := l.start(l.srv, "dataplane-"+id, l.bin("4over6-dataplane"), args...)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fourover6/fourover6/dataplane/limit"
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/policy"
 	"github.com/fourover6/fourover6/dataplane/route"
 	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/session"
@@ -57,6 +58,10 @@ type Config struct {
 	ReadBufferSize    int           // first decoder buffer per client; default 512 bytes
 	MaxReadBufferSize int           // busy clients' buffers grow up to this; default 256 KiB
 	Limits            limit.Config  // zero values: unlimited
+	// Policy says where clients' packets may go; Run gives it the pool
+	// the controller assigned. Nil: the built-in rules, without the host's
+	// addresses beyond the gateway (Policy.WatchHost reads them).
+	Policy *policy.Policy
 }
 
 // retryCap bounds the data plane's waits between attempts to reach the
@@ -157,6 +162,9 @@ func New(cfg Config) (*Dataplane, error) {
 	case cfg.KeepaliveTimeout <= cfg.KeepaliveInterval:
 		return nil, fmt.Errorf("keepalive timeout %s must be longer than the interval %s", cfg.KeepaliveTimeout, cfg.KeepaliveInterval)
 	}
+	if cfg.Policy == nil {
+		cfg.Policy, _ = policy.New(policy.Config{}) // the built-in rules: cannot fail
+	}
 	now := time.Now()
 	d := &Dataplane{
 		cfg:        cfg,
@@ -176,6 +184,7 @@ func New(cfg Config) (*Dataplane, error) {
 		TUN:               cfg.TUN,
 		Drops:             &d.drops,
 		Logger:            d.log,
+		Policy:            cfg.Policy,
 		KeepaliveInterval: cfg.KeepaliveInterval,
 		KeepaliveTimeout:  cfg.KeepaliveTimeout,
 		SendQueueLen:      cfg.SendQueueLen,
@@ -198,6 +207,10 @@ func New(cfg Config) (*Dataplane, error) {
 // could not serve.
 func (d *Dataplane) Run(ctx context.Context) error {
 	err := d.register(ctx)
+	if err == nil {
+		a := d.Assignment()
+		_, err = d.cfg.Policy.SetPool(a.Gateway, a.Pool)
+	}
 	if err == nil && d.cfg.Configure != nil {
 		if err = d.cfg.Configure(d.Assignment()); err != nil {
 			err = fmt.Errorf("configure: %w", err)

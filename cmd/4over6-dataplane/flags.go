@@ -15,6 +15,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
+	"github.com/fourover6/fourover6/dataplane/policy"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
 )
@@ -48,8 +49,11 @@ type options struct {
 	metrics           string
 	nat               bool
 	natInterfaces     []string
+	allow, deny       []string
+	clientToClient    bool
 	configFile        *string
 	checks            *config.Checks
+	args              []string // the command line, read again on SIGHUP
 }
 
 func newCommand(o *options) *cobra.Command {
@@ -113,6 +117,9 @@ Exit codes:
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port or unix:///path; empty: off)")
 	f.BoolVar(&o.nat, "nat", false, "enable IPv4 forwarding and masquerade the pool out of the uplinks (nftables table \"ip fourover6\", removed on exit)")
 	f.StringSliceVar(&o.natInterfaces, "nat-interface", nil, "with --nat: masquerade only out of these interfaces (default: every interface but the TUN)")
+	f.StringSliceVar(&o.allow, "allow", nil, "let clients reach `CIDR` (or an address; comma separated, repeatable) although a built-in rule refuses it; the most specific prefix wins (reloaded on SIGHUP)")
+	f.StringSliceVar(&o.deny, "deny", nil, "refuse clients every destination in `CIDR` (or an address; comma separated, repeatable); the most specific prefix wins (reloaded on SIGHUP)")
+	f.BoolVar(&o.clientToClient, "allow-client-to-client", false, "let clients reach each other's addresses through the tunnel (the host must forward IPv4; reloaded on SIGHUP)")
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
@@ -200,7 +207,32 @@ func (o *options) validate() error {
 	if len(o.natInterfaces) > 0 && !o.nat {
 		return errors.New("--nat-interface needs --nat")
 	}
+	if _, err := o.policyRules(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// policyRules are the operator's additions to the destination policy.
+func (o *options) policyRules() (policy.Rules, error) {
+	r := policy.Rules{ClientToClient: o.clientToClient}
+	for _, l := range []struct {
+		flag string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--allow", o.allow, &r.Allow}, {"--deny", o.deny, &r.Deny}} {
+		for _, s := range l.in {
+			p, err := policy.ParsePrefix(s)
+			if err != nil {
+				return r, fmt.Errorf("%s: %v", l.flag, err)
+			}
+			*l.out = append(*l.out, p)
+		}
+	}
+	if err := r.Validate(); err != nil {
+		return r, fmt.Errorf("--allow and --deny: %v", err)
+	}
+	return r, nil
 }
 
 // checkFiles is what --check-config checks beyond validate: that the TLS

@@ -33,6 +33,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
+	o.args = args
 	cmd := newCommand(&o)
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)

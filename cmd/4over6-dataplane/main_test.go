@@ -84,6 +84,12 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--bogus"}, "--bogus"},
 		{[]string{"serve"}, `unexpected argument "serve"`},
+		{[]string{"--allow", "10.1.2.3/8"}, "--allow: 10.1.2.3/8 has bits set beyond its /8: did you mean 10.0.0.0/8?"},
+		{[]string{"--deny", "2001:db8::/32"}, "--deny: 2001:db8::/32 is IPv6"},
+		{[]string{"--deny", "198.51.100.0/24,"}, "--deny: empty prefix (a stray comma?)"},
+		{[]string{"--deny", "metadata"}, `--deny: "metadata" is neither a prefix nor an address`},
+		{[]string{"--allow", "198.51.100.0/24", "--deny", "203.0.113.0/24,198.51.100.0/24"}, "--allow and --deny: 198.51.100.0/24 is both allowed and denied"},
+		{[]string{"--allow-client-to-client=maybe"}, "--allow-client-to-client"},
 	}
 	for _, c := range cases {
 		ctx, cancel := context.WithTimeout(t.Context(), failAfter)

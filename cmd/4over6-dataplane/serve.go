@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
 	"github.com/fourover6/fourover6/dataplane/nat"
 	"github.com/fourover6/fourover6/dataplane/netcfg"
+	"github.com/fourover6/fourover6/dataplane/policy"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
@@ -56,6 +58,8 @@ type daemon struct {
 	grpcMetrics *metrics.GRPC
 	guard       *authz.Guard
 	dp          *dataplane.Dataplane
+	pol         *policy.Policy
+	hosts       atomic.Pointer[policy.HostWatcher] // set by configure
 	undo        []func()
 }
 
@@ -113,6 +117,9 @@ func (d *daemon) open() error {
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
 	}
 	d.onClose(func() { ln.Close() })
+	if err := d.newPolicy(); err != nil {
+		return err
+	}
 	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
 		return err
 	}
@@ -148,7 +155,7 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 	return dataplane.Config{
 		ID: o.id, InstanceID: newInstanceID(), Version: version.String(), APIAddress: d.apiEP.String(),
 		Listener: ln, TUN: d.dev, MTU: o.mtu, Configure: d.configure,
-		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log,
+		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log, Policy: d.pol,
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
@@ -241,7 +248,7 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		})
 	}
 	g.Go(func() error {
-		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log)
+		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log, d.policyReloader())
 		return nil
 	})
 	d.log.Info("data plane starting",
@@ -301,6 +308,9 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
 	}
 	d.log.Info("TUN configured", "tun", d.dev.Name(), "gateway", a.Gateway, "pool", a.Pool)
+	if err := d.watchHost(); err != nil {
+		return err
+	}
 	if !d.o.nat {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/session"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
@@ -36,8 +37,8 @@ func TestCollectorCountsTraffic(t *testing.T) {
 	reg.MustRegister(col)
 
 	// Before any client: every drop and refusal reason is there, at 0.
-	if n := testutil.CollectAndCount(col, "fourover6_dataplane_drops_total"); n != 13 {
-		t.Errorf("drop series = %d, want 13 (session.NumDrops)", n)
+	if n := testutil.CollectAndCount(col, "fourover6_dataplane_drops_total"); n != int(session.NumDrops) {
+		t.Errorf("drop series = %d, want %d (session.NumDrops)", n, session.NumDrops)
 	}
 	if n := testutil.CollectAndCount(col, "fourover6_dataplane_connections_refused_total"); n != len(dpmetrics.RefusalReasons) {
 		t.Errorf("refusal series = %d, want %d", n, len(dpmetrics.RefusalReasons))

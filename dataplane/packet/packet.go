@@ -79,6 +79,26 @@ func Addr4(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
+// IP protocol numbers (the header's protocol field) the data plane looks at.
+const (
+	ProtoICMP = 1
+	ProtoTCP  = 6
+	ProtoUDP  = 17
+)
+
+// Protocol returns the protocol field of a packet that passed CheckIPv4.
+func Protocol(p []byte) uint8 { return p[9] }
+
+// LaterFragment reports whether a packet that passed CheckIPv4 is a
+// fragment other than the first (its fragment offset is not 0): it carries
+// no transport header of its own.
+func LaterFragment(p []byte) bool { return binary.BigEndian.Uint16(p[6:8])&0x1fff != 0 }
+
+// Transport returns what follows the IPv4 header (options included) of a
+// packet that passed CheckIPv4 and was cut to its total length: the
+// transport header and payload, possibly shorter than a transport header.
+func Transport(p []byte) []byte { return p[int(p[0]&0x0f)*4:] }
+
 // Version returns the IP version nibble, or 0 for an empty packet.
 func Version(p []byte) int {
 	if len(p) == 0 {

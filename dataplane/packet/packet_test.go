@@ -84,3 +84,33 @@ func BenchmarkCheckIPv4(b *testing.B) {
 		_ = Dst4(p)
 	}
 }
+
+func TestTransportAccessors(t *testing.T) {
+	p := BuildICMPEcho(src, dst, 1, 1, []byte("hi"), false)
+	if Protocol(p) != ProtoICMP || LaterFragment(p) {
+		t.Fatalf("protocol %d, later fragment %v", Protocol(p), LaterFragment(p))
+	}
+	if tr := Transport(p); len(tr) != 8+2 || tr[0] != 8 {
+		t.Fatalf("transport %x: want the echo request", tr)
+	}
+	// With options the transport header starts after them.
+	opt := append(append(append([]byte(nil), p[:20]...), 1, 1, 1, 1), p[20:]...)
+	opt[0] = 0x46
+	if tr := Transport(opt); tr[0] != 8 {
+		t.Fatalf("transport with options starts at %x", tr[:2])
+	}
+	mf := append([]byte(nil), p...)
+	mf[6] = 0x20 // more fragments, offset 0: the first fragment
+	if LaterFragment(mf) {
+		t.Fatal("the first fragment taken for a later one")
+	}
+	mf[7] = 1 // offset 8 bytes
+	if !LaterFragment(mf) {
+		t.Fatal("a fragment at offset 8 not seen")
+	}
+	df := append([]byte(nil), p...)
+	df[6] = 0x40 // don't fragment
+	if LaterFragment(df) {
+		t.Fatal("DF taken for an offset")
+	}
+}

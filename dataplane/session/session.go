@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/policy"
 	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -87,6 +88,7 @@ type Config struct {
 	TUN    tun.Device
 	Drops  *Drops
 	Logger *slog.Logger
+	Policy *policy.Policy // where 102s may go; nil: anywhere
 
 	KeepaliveInterval time.Duration // 104 every interval once leased
 	KeepaliveTimeout  time.Duration // silence (or no 100) longer than this closes
@@ -159,6 +161,9 @@ type Session struct {
 	pending bool              // the lease goroutine runs
 	sent101 bool
 	leasing sync.WaitGroup // the lease goroutine
+	// gwDNS: the 101 names the gateway as a DNS server (then DNS to it
+	// passes the policy). Stored before src4, which the reader loads first.
+	gwDNS atomic.Bool
 
 	tunw tun.Writer // reader goroutine: 102s on their way to the TUN; nil when none
 }
@@ -495,6 +500,7 @@ func (s *Session) getLease() {
 	// route.
 	s.leaseMu.Lock()
 	if s.state.Load() < int32(Closing) {
+		s.gwDNS.Store(s.cfg.Policy.GatewayDNS(lease.DNS[:]))
 		s.src4.Store(packet.Addr4(lease.Addr))
 		s.send101(lease)
 		s.lease, s.sent101 = lease, true
@@ -578,6 +584,10 @@ func (s *Session) netRequest(p []byte) {
 		s.drop(DropSpoofedSource, []any{"src", packet.Src(p)})
 		return
 	}
+	if r := s.cfg.Policy.Check(p[:n], s.gwDNS.Load()); r != policy.Allow {
+		s.drop(policyDrops[r], []any{"dst", packet.Dst(p)})
+		return
+	}
 	if s.tunw == nil {
 		s.tunw = s.cfg.getTUNWriter()
 	}
@@ -608,7 +618,13 @@ func (s *Session) drop(r Drop, attrs []any) {
 		return
 	}
 	args := append([]any{"session", s.id, "client", s.remote, "addr", s.Addr(), "reason", r.String()}, attrs...)
-	s.cfg.Logger.Warn("dropped message from or to client (further drops of this kind on this connection are only counted)", args...)
+	level := slog.LevelWarn
+	if r.byPolicy() {
+		// Refused destinations are routine (clients' mDNS, SSDP and
+		// broadcasts): counted, and logged for whoever looks closer.
+		level = slog.LevelDebug
+	}
+	s.cfg.Logger.Log(context.Background(), level, "dropped message from or to client (further drops of this kind on this connection are only counted)", args...)
 }
 
 var keepaliveBuf = sendq.Static(wire.Keepalive[:])

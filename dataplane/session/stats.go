@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/policy"
 )
 
 // Drop is a reason a message or packet was dropped.
@@ -25,6 +26,17 @@ const (
 	DropNoRoute       // packet from the TUN for an address no session holds
 	DropTUNNotIPv4    // packet from the TUN that is not IPv4
 	DropTUNWriteError // the kernel refused a 102's packet
+
+	// A 102 whose destination the policy refuses (see package policy).
+	DropPolicyHost        // the data-plane host's own addresses
+	DropPolicyClient      // another client
+	DropPolicyLinkLocal   // 169.254.0.0/16
+	DropPolicyBroadcast   // a broadcast address
+	DropPolicyMulticast   // 224.0.0.0/4
+	DropPolicyLoopback    // 127.0.0.0/8
+	DropPolicyUnspecified // 0.0.0.0/8
+	DropPolicyReserved    // 240.0.0.0/4
+	DropPolicyDenied      // an operator's deny prefix
 	NumDrops
 )
 
@@ -42,6 +54,35 @@ var dropNames = [NumDrops]string{
 	DropNoRoute:          "no_route",
 	DropTUNNotIPv4:       "tun_not_ipv4",
 	DropTUNWriteError:    "tun_write_error",
+
+	DropPolicyHost:        "policy_host",
+	DropPolicyClient:      "policy_client",
+	DropPolicyLinkLocal:   "policy_link_local",
+	DropPolicyBroadcast:   "policy_broadcast",
+	DropPolicyMulticast:   "policy_multicast",
+	DropPolicyLoopback:    "policy_loopback",
+	DropPolicyUnspecified: "policy_unspecified",
+	DropPolicyReserved:    "policy_reserved",
+	DropPolicyDenied:      "policy_denied",
+}
+
+// byPolicy reports whether d is a destination the policy refused.
+func (d Drop) byPolicy() bool { return d >= DropPolicyHost && d <= DropPolicyDenied }
+
+// Session.drop logs the first drop of each reason in a 32-bit set.
+var _ [32 - NumDrops]struct{}
+
+// policyDrops maps the policy's reasons to drop reasons.
+var policyDrops = [policy.NumReasons]Drop{
+	policy.ToHost:        DropPolicyHost,
+	policy.ToClient:      DropPolicyClient,
+	policy.ToLinkLocal:   DropPolicyLinkLocal,
+	policy.ToBroadcast:   DropPolicyBroadcast,
+	policy.ToMulticast:   DropPolicyMulticast,
+	policy.ToLoopback:    DropPolicyLoopback,
+	policy.ToUnspecified: DropPolicyUnspecified,
+	policy.ToReserved:    DropPolicyReserved,
+	policy.Denied:        DropPolicyDenied,
 }
 
 func (d Drop) String() string {
