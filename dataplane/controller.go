@@ -54,6 +54,10 @@ type Assignment struct {
 	Pool              netip.Prefix // e.g. 13.8.0.0/24
 	HeartbeatInterval time.Duration
 	Draining          bool
+	// HandedOver: the data plane took over from a predecessor process
+	// (Restore), which configured the TUN already; Configure only takes
+	// charge of what it set up (NAT, watchers).
+	HandedOver bool `json:"-"`
 }
 
 // Report is one session report. Complete means it lists every leased

@@ -145,6 +145,13 @@ type Dataplane struct {
 	reportBuf      []SessionReport
 
 	conns sync.WaitGroup // session goroutines
+
+	// Hand-offs (handoff.go); under mu.
+	loopCancel  context.CancelFunc // stops Run's loops; nil when they do not run
+	handoff     *handoff           // a Freeze in progress
+	handoffs    atomic.Uint64
+	lastHandoff *HandoffState // what Restore took over; Run starts its sessions
+	closeLater  []closeReq
 }
 
 // New checks the configuration and returns a data plane ready to Run.
@@ -203,22 +210,36 @@ func New(cfg Config) (*Dataplane, error) {
 // Run registers with the controller (retrying while it cannot be reached),
 // calls Configure with the pool it assigned, and serves until ctx ends or
 // serving fails; then it stops (Stop). It returns nil when asked to stop,
-// an *IDInUseError when another instance of the id is live, or why it
-// could not serve.
+// an *IDInUseError when another instance of the id is live, ErrHandedOver
+// once a successor took over (Freeze), or why it could not serve.
+//
+// A data plane made by Restore does not register first: its predecessor's
+// registration is its own. It serves its sessions at once and registers
+// again on the side, which tells the controller its version.
 func (d *Dataplane) Run(ctx context.Context) error {
-	err := d.register(ctx)
+	var err error
+	if d.lastHandoff != nil {
+		d.registered.Store(true)
+	} else {
+		err = d.register(ctx)
+	}
 	if err == nil {
 		a := d.Assignment()
 		_, err = d.cfg.Policy.SetPool(a.Gateway, a.Pool)
 	}
 	if err == nil && d.cfg.Configure != nil {
-		if err = d.cfg.Configure(d.Assignment()); err != nil {
+		a := d.Assignment()
+		a.HandedOver = d.lastHandoff != nil
+		if err = d.cfg.Configure(a); err != nil {
 			err = fmt.Errorf("configure: %w", err)
 		}
 	}
 	if err != nil {
-		if d.registered.Load() {
+		if d.registered.Load() && d.lastHandoff == nil {
 			d.stop("start failed: " + err.Error())
+		}
+		if d.lastHandoff != nil {
+			d.abandon()
 		}
 		d.cfg.Listener.Close()
 		d.cfg.TUN.Close()
@@ -231,9 +252,75 @@ func (d *Dataplane) Run(ctx context.Context) error {
 		return &StartError{Err: err}
 	}
 	a := d.Assignment()
-	d.log.Info("data plane started", "instance", d.cfg.InstanceID, "listen", d.cfg.Listener.Addr().String(),
-		"tun", d.cfg.TUN.Name(), "gateway", a.Gateway, "pool", a.Pool)
-	g, gctx := errgroup.WithContext(ctx)
+	if h := d.lastHandoff; h != nil {
+		d.startRestored()
+		d.log.Info("data plane took over from its predecessor", "instance", d.cfg.InstanceID,
+			"sessions", len(h.Sessions), "releases_pending", len(h.Releases), "predecessor_version", h.Version,
+			"handoffs", h.Handoffs, "listen", d.cfg.Listener.Addr().String(), "tun", d.cfg.TUN.Name(), "pool", a.Pool)
+		d.lastHandoff = nil
+		go d.announce(ctx)
+	} else {
+		d.log.Info("data plane started", "instance", d.cfg.InstanceID, "listen", d.cfg.Listener.Addr().String(),
+			"tun", d.cfg.TUN.Name(), "gateway", a.Gateway, "pool", a.Pool)
+	}
+	for {
+		err, paused := d.serveLoops(ctx)
+		if !paused {
+			d.shutdown(ctx)
+			return err
+		}
+		d.mu.Lock()
+		h := d.handoff
+		d.mu.Unlock()
+		close(h.stopped)
+		var resume bool
+		select {
+		case resume = <-h.decided:
+		case <-ctx.Done():
+			// Asked to stop during a hand-off: wait for its outcome, which
+			// its own deadline bounds, then stop (or not) as it says.
+			resume = <-h.decided
+		}
+		d.mu.Lock()
+		d.handoff = nil
+		d.mu.Unlock()
+		if !resume {
+			d.stopping.Store(true)
+			d.conns.Wait()
+			return ErrHandedOver
+		}
+		d.log.Info("hand-off abandoned: this process serves on", "sessions", len(d.snapshot()))
+		if ctx.Err() != nil {
+			d.shutdown(ctx)
+			return nil
+		}
+	}
+}
+
+// announce registers the instance again after a hand-off (same instance:
+// the controller keeps its leases) so the controller learns this process's
+// version; the heartbeat loop registers again if this fails.
+func (d *Dataplane) announce(ctx context.Context) {
+	if _, err := d.registerOnce(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("registering after the hand-off failed; the heartbeat tries again", "err", err)
+			d.askRegister()
+		}
+		return
+	}
+	d.log.Info("registered with controller after the hand-off", "controller", d.cfg.ControllerAddr, "instance", d.cfg.InstanceID, "version", d.cfg.Version)
+	d.report(ctx)
+}
+
+// serveLoops runs the data plane's loops until ctx ends, one fails, or a
+// hand-off stops them (paused).
+func (d *Dataplane) serveLoops(ctx context.Context) (err error, paused bool) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.mu.Lock()
+	d.loopCancel = cancel
+	d.mu.Unlock()
+	g, gctx := errgroup.WithContext(lctx)
 	g.Go(func() error { return d.acceptLoop(gctx) })
 	g.Go(func() error { return d.tunLoop(gctx) })
 	g.Go(func() error { d.sweeper.Run(gctx); return nil })
@@ -241,12 +328,12 @@ func (d *Dataplane) Run(ctx context.Context) error {
 	g.Go(func() error { d.reportLoop(gctx); return nil })
 	g.Go(func() error { return d.heartbeatLoop(gctx) })
 	g.Go(func() error { d.commandLoop(gctx); return nil })
-	g.Go(func() error {
-		<-gctx.Done()
-		d.shutdown(ctx)
-		return nil
-	})
-	return g.Wait() // nil when asked to stop: the loops fail only for a reason
+	err = g.Wait() // nil when asked to stop: the loops fail only for a reason
+	d.mu.Lock()
+	d.loopCancel = nil
+	paused = d.handoff != nil && err == nil && ctx.Err() == nil
+	d.mu.Unlock()
+	return err, paused
 }
 
 // shutdown stops accepting, closes every session and tells the controller

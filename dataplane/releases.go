@@ -296,3 +296,22 @@ func (q *releaseQueue) count(delivered, freed int) {
 	q.stats.Freed += uint64(freed)
 	q.mu.Unlock()
 }
+
+// export returns what waits, for a successor process (the queue's Run has
+// stopped).
+func (q *releaseQueue) export() []PendingRelease {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]PendingRelease, 0, len(q.pending))
+	for _, e := range q.pending {
+		out = append(out, PendingRelease{ReleaseRequest: e.ReleaseRequest, Client: e.client, Unresolved: e.unresolved})
+	}
+	return out
+}
+
+// load queues a predecessor's pending releases, before anything else.
+func (q *releaseQueue) load(rs []PendingRelease) {
+	for _, r := range rs {
+		q.add(queued{ReleaseRequest: r.ReleaseRequest, client: r.Client, unresolved: r.Unresolved})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -105,6 +106,8 @@ type Queue struct {
 	msgs     []*Buf    // waiting, oldest first
 	writing  bool      // the writer role is taken
 	closed   bool
+	paused   bool // Pause holds the writer role: messages wait, nothing is written
+	pausing  bool // Pause is taking the role: a writer goroutine's deadline is Pause's
 	running  sync.WaitGroup // the writer goroutine; Add only under mu while open
 	handoffs int            // times the role went to a goroutine (tests look)
 }
@@ -234,6 +237,10 @@ func (q *Queue) writeLoop() {
 		}
 		done, err := w.write(q.raw, w.bufs, true)
 		q.count(w)
+		if err != nil && q.yield(w.bufs[done:], err) {
+			clear(w.bufs)
+			return
+		}
 		if err != nil {
 			q.fail(w.bufs[done:], err)
 			clear(w.bufs)
@@ -241,6 +248,128 @@ func (q *Queue) writeLoop() {
 		}
 		clear(w.bufs)
 	}
+}
+
+// yield ends the writer goroutine's turn without a failure when Pause cut
+// its write short (by the deadline): rest goes back to the front, a partly
+// written message with its offset, and the role is given up to Pause.
+func (q *Queue) yield(rest []*Buf, err error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.pausing || q.closed {
+		return false
+	}
+	old := len(q.msgs)
+	q.msgs = append(q.msgs, rest...)
+	copy(q.msgs[len(rest):], q.msgs[:old])
+	copy(q.msgs, rest)
+	q.conn.SetWriteDeadline(time.Time{})
+	q.release()
+	return true
+}
+
+// Pause takes the writer role and keeps it: nothing more is written to
+// the socket, a message partly written stays at the head with what is left
+// of it, and Sends queue (within the bound) behind it. A writer goroutine
+// waiting for room is stopped by a write deadline in the past. It returns
+// false when the queue is closed. Resume or Close end the pause; Pending
+// says what waits meanwhile.
+func (q *Queue) Pause() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return false
+	}
+	if q.paused {
+		return true
+	}
+	q.pausing = true
+	if q.writing {
+		q.conn.SetWriteDeadline(time.Now().Add(-time.Second))
+	}
+	for q.writing && !q.closed {
+		q.free.Wait()
+	}
+	q.pausing = false
+	if q.closed {
+		return false
+	}
+	q.writing, q.paused = true, true
+	return true
+}
+
+// Pending returns the bytes that wait for the client while paused, message
+// by message in order (the first may be the rest of a partly written one),
+// with their kinds. The slices are copies.
+func (q *Queue) Pending() (msgs [][]byte, kinds []Kind) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, b := range q.msgs {
+		msgs = append(msgs, append([]byte(nil), b.Message()...))
+		k := b.Kind
+		if b.off > 0 {
+			k = Control // the rest of a message: not a whole packet to count
+		}
+		kinds = append(kinds, k)
+	}
+	return msgs, kinds
+}
+
+// Resume ends a pause: what waits is written by a writer goroutine (it may
+// wait for room), or the role is given up when nothing waits.
+func (q *Queue) Resume() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.paused {
+		return
+	}
+	q.paused = false
+	if q.closed {
+		q.release()
+		return
+	}
+	if len(q.msgs) == 0 {
+		q.release()
+		return
+	}
+	q.running.Add(1)
+	q.handoffs++
+	go q.writeLoop()
+}
+
+// Preload queues messages before anything else is sent: what another
+// process's queue had not written yet when the connection was handed over.
+// Each is copied into a pooled buffer; a message of kind Data is counted
+// when written, as any other. Call it before the first Send.
+func (q *Queue) Preload(msgs [][]byte, kinds []Kind) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, m := range msgs {
+		if len(m) == 0 || len(m) > BufSize {
+			continue
+		}
+		b := Get()
+		b.N = copy(b.B, m)
+		if i < len(kinds) {
+			b.Kind = kinds[i]
+		}
+		q.msgs = append(q.msgs, b)
+	}
+	if len(q.msgs) > 0 && !q.writing && !q.closed {
+		q.writing = true
+		q.running.Add(1)
+		go q.writeLoop()
+	}
+}
+
+// AddSent adds to the counters of Sent (the totals of a connection's
+// earlier life in another process).
+func (q *Queue) AddSent(bytes, packets uint64) {
+	q.bytes.Add(bytes)
+	q.packets.Add(packets)
 }
 
 // release gives up the writer role. Under mu.
@@ -293,6 +422,10 @@ func (q *Queue) count(w *writer) {
 func (q *Queue) Close() {
 	q.mu.Lock()
 	q.closed = true
+	if q.paused {
+		q.paused = false
+		q.release()
+	}
 	for q.writing {
 		q.free.Wait()
 	}

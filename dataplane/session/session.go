@@ -153,6 +153,15 @@ type Session struct {
 	mu     sync.Mutex // guards the transitions below
 	reason Reason
 
+	// A hand-off freezes the session (Freeze, Thaw); under mu.
+	frozen   bool
+	deferred *Reason       // a Close asked for while frozen
+	parked   chan struct{} // closed by the reader when it stopped
+	thaw     chan bool     // Thaw's word to the parked reader: resume?
+
+	dec   *wire.Decoder // the reader's; read by Export once it parked
+	inbuf []byte        // bytes another process had read: decoded first
+
 	// leaseMu orders the 101s: a 100 either finds the lease pending (and
 	// is answered by the 101 on its way) or finds the 101 sent (and gets
 	// it again). Close never takes it, so a 101 may be written under it.
@@ -305,6 +314,16 @@ func (s *Session) Close(why Reason) {
 		s.mu.Unlock()
 		return
 	}
+	if s.frozen {
+		// A hand-off is under way: the lease must not be released while
+		// another process may take the session over; Thaw or the receiver
+		// closes it.
+		if s.deferred == nil {
+			s.deferred = &why
+		}
+		s.mu.Unlock()
+		return
+	}
 	s.state.Store(int32(Closing))
 	s.reason = why
 	leased := s.Addr()
@@ -388,6 +407,9 @@ func (s *Session) Tick(now int64) (next int64) {
 func (s *Session) readLoop() {
 	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
 	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
+	dec.Prime(s.inbuf)
+	s.inbuf = nil
+	s.dec = dec
 	defer s.flushTUN()
 	for {
 		if s.tunw != nil && !dec.Ready() {
@@ -395,6 +417,18 @@ func (s *Session) readLoop() {
 			s.flushTUN()
 		}
 		m, err := dec.Next()
+		if err != nil && s.isFrozen() {
+			s.flushTUN()
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				s.Close(readErrReason(err)) // kept for after the hand-off
+				close(s.parked)
+				return
+			}
+			if s.park() {
+				continue
+			}
+			return
+		}
 		if err != nil {
 			var fe *wire.FrameError
 			if errors.As(err, &fe) {
@@ -417,6 +451,12 @@ func (s *Session) readLoop() {
 			s.drop(DropUnknownType, []any{"type", m.Type, "length", wire.HeaderLen + len(m.Data)})
 		}
 	}
+}
+
+func (s *Session) isFrozen() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.frozen
 }
 
 func readErrReason(err error) Reason {

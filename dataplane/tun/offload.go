@@ -3,6 +3,7 @@ package tun
 import (
 	"fmt"
 	"os"
+	"time"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
@@ -56,3 +57,9 @@ func (d *offloadDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error
 
 // NewWriter returns a coalescer writing to the TUN's file.
 func (d *offloadDevice) NewWriter() Writer { return &coalescer{f: d.file} }
+
+// SetReadDeadline stops a blocked Read (os.ErrDeadlineExceeded) at t.
+func (d *offloadDevice) SetReadDeadline(t time.Time) error { return d.file.SetReadDeadline(t) }
+
+// File returns the TUN's file, to hand over to another process.
+func (d *offloadDevice) File() *os.File { return d.file }

@@ -1,8 +1,10 @@
 package tun
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/songgao/water"
 )
@@ -41,3 +43,22 @@ func (d *waterDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 	sizes[0] = n
 	return 1, nil
 }
+
+// file is the TUN's descriptor: water opens it non-blocking, so the
+// runtime's poller serves it and a read deadline can stop a Read.
+func (d *waterDevice) file() *os.File {
+	f, _ := d.ifce.ReadWriteCloser.(*os.File)
+	return f
+}
+
+// SetReadDeadline stops a blocked Read (os.ErrDeadlineExceeded) at t.
+func (d *waterDevice) SetReadDeadline(t time.Time) error {
+	f := d.file()
+	if f == nil {
+		return errors.New("the TUN has no file")
+	}
+	return f.SetReadDeadline(t)
+}
+
+// File returns the TUN's file, to hand over to another process.
+func (d *waterDevice) File() *os.File { return d.file() }

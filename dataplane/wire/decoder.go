@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // FrameError reports a length field outside 0..MaxMsgLen. After it the byte
@@ -96,6 +97,30 @@ func (d *Decoder) Next() (Msg, error) {
 	return m, nil
 }
 
+// Buffered returns the bytes read but not yet returned by Next: the start
+// of a message not complete yet, or whole messages not asked for. It
+// aliases the buffer until the next call to Next.
+func (d *Decoder) Buffered() []byte { return d.buf[d.head:d.tail] }
+
+// Prime puts b in front of what the decoder reads next, as if it had been
+// read from the stream: the bytes another decoder had buffered (Buffered)
+// when its connection was handed over. Call it before the first Next.
+func (d *Decoder) Prime(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if d.tail-d.head+len(b) > len(d.buf) {
+		d.resize(max(len(d.buf), d.tail-d.head+len(b)))
+	}
+	if d.head > 0 {
+		d.tail = copy(d.buf, d.buf[d.head:d.tail])
+		d.head = 0
+	}
+	copy(d.buf[len(b):], d.buf[:d.tail])
+	copy(d.buf, b)
+	d.tail += len(b)
+}
+
 // grow doubles the buffer (up to max), keeping the unconsumed bytes.
 func (d *Decoder) grow() { d.resize(min(2*len(d.buf), d.max)) }
 
@@ -130,6 +155,14 @@ func (d *Decoder) fill(n int) error {
 			d.grow() // a read filled most of the buffer: more is waiting
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// A deadline pauses the reader (a hand-off stops it at a
+				// message boundary): nothing is lost, the next call reads on.
+				if d.tail-d.head >= n {
+					return nil
+				}
+				return err
+			}
 			if d.tail-d.head >= n {
 				// Keep the error for the next call; this message is whole.
 				d.err = err

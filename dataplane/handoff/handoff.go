@@ -1,0 +1,336 @@
+// Package handoff is the conversation between a data-plane process and the
+// successor it starts to take over its work: a unix socket pair, whose
+// child end the successor inherits as a descriptor named by an environment
+// variable, carrying messages (a kind, JSON, and file descriptors passed
+// with SCM_RIGHTS).
+//
+// The data plane's conversation (see cmd/4over6-dataplane) runs: the
+// successor says hello; the predecessor sends its listeners and TUN; the
+// successor prepares all it can and says so; the predecessor freezes and
+// sends the sessions with their connections; the successor takes them and
+// says it is ready; the predecessor commits (from then on it never serves
+// again) and exits; the successor serves. Whoever does not hear the next
+// step in time gives up: a successor that hears no commit exits without
+// serving, a predecessor that hears no "ready" kills it and serves on.
+package handoff
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// EnvFD names the environment variable holding the successor's end of the
+// socket (a descriptor number).
+const EnvFD = "FOUROVER6_HANDOFF_FD"
+
+// Kind is a message's kind.
+type Kind uint8
+
+// Kinds of message, in the order of the conversation.
+const (
+	KindHello    Kind = 1 + iota // successor: who it is
+	KindFiles                    // predecessor: listeners, TUN
+	KindPrepared                 // successor: ready for the sessions
+	KindState                    // predecessor: the sessions and their connections
+	KindReady                    // successor: took them, about to serve
+	KindCommit                   // predecessor: stopped for good; serve
+	KindFail                     // either side: gives up, with why (Failure)
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindHello:
+		return "hello"
+	case KindFiles:
+		return "files"
+	case KindPrepared:
+		return "prepared"
+	case KindState:
+		return "state"
+	case KindReady:
+		return "ready"
+	case KindCommit:
+		return "commit"
+	case KindFail:
+		return "fail"
+	}
+	return "kind " + strconv.Itoa(int(k))
+}
+
+// Failure is the body of a KindFail message.
+type Failure struct {
+	Error string
+}
+
+// FailedError is Recv's error when the other side sent KindFail.
+type FailedError struct{ Reason string }
+
+func (e *FailedError) Error() string { return "the other process gave up: " + e.Reason }
+
+// Limits of a message: what a successor accepts from its predecessor, and
+// the other way round.
+const (
+	maxMeta     = 1 << 30
+	maxFiles    = 1 << 22
+	filesPerMsg = 250 // below the kernel's SCM_MAX_FD (253)
+	headerLen   = 9
+)
+
+// Conn is one end of the hand-off socket.
+type Conn struct {
+	c *net.UnixConn
+}
+
+// Close closes this end.
+func (c *Conn) Close() error { return c.c.Close() }
+
+// Send sends one message: meta as JSON and files (their descriptors are
+// duplicated into the other process; the caller keeps and closes its own).
+func (c *Conn) Send(kind Kind, meta any, files []*os.File) error {
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return fmt.Errorf("hand-off %s: %w", kind, err)
+	}
+	var h [headerLen]byte
+	h[0] = byte(kind)
+	binary.BigEndian.PutUint32(h[1:], uint32(len(b)))
+	binary.BigEndian.PutUint32(h[5:], uint32(len(files)))
+	if _, err := c.c.Write(append(h[:], b...)); err != nil {
+		return fmt.Errorf("hand-off %s: %w", kind, err)
+	}
+	fds := make([]int, 0, filesPerMsg)
+	for i := 0; i < len(files); i += filesPerMsg {
+		fds = fds[:0]
+		for _, f := range files[i:min(i+filesPerMsg, len(files))] {
+			fd, err := rawFD(f)
+			if err != nil {
+				return fmt.Errorf("hand-off %s: %w", kind, err)
+			}
+			fds = append(fds, fd)
+		}
+		if _, _, err := c.c.WriteMsgUnix([]byte{'F'}, unix.UnixRights(fds...), nil); err != nil {
+			return fmt.Errorf("hand-off %s: passing descriptors: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+// rawFD is f's descriptor, without f.Fd's switch to blocking mode (the
+// sender's files are in use: its TUN, listeners, connections).
+func rawFD(f *os.File) (int, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// Recv receives the next message, which must be of kind want (a KindFail
+// is a *FailedError), within ctx; meta is filled from its JSON. The files
+// are the caller's.
+func (c *Conn) Recv(ctx context.Context, want Kind, meta any) ([]*os.File, error) {
+	stop := context.AfterFunc(ctx, func() { c.c.SetReadDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			c.c.SetReadDeadline(time.Time{})
+		}
+	}()
+	files, err := c.recv(want, meta)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("hand-off: no %s in time: %w", want, context.Cause(ctx))
+	}
+	return files, err
+}
+
+func (c *Conn) recv(want Kind, meta any) (files []*os.File, err error) {
+	var h [headerLen]byte
+	if _, err := io.ReadFull(c.c, h[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("hand-off: the other process went away before its %s", want)
+		}
+		return nil, fmt.Errorf("hand-off: waiting for %s: %w", want, err)
+	}
+	kind := Kind(h[0])
+	n := binary.BigEndian.Uint32(h[1:])
+	nf := binary.BigEndian.Uint32(h[5:])
+	if n > maxMeta || nf > maxFiles {
+		return nil, fmt.Errorf("hand-off: %s message too large (%d bytes, %d descriptors)", kind, n, nf)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c.c, b); err != nil {
+		return nil, fmt.Errorf("hand-off: reading %s: %w", kind, err)
+	}
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			files = nil
+		}
+	}()
+	oob := make([]byte, unix.CmsgSpace(filesPerMsg*4))
+	for uint32(len(files)) < nf {
+		var one [1]byte
+		_, oobn, _, _, err := c.c.ReadMsgUnix(one[:], oob)
+		if err != nil {
+			return files, fmt.Errorf("hand-off: reading %s's descriptors: %w", kind, err)
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return files, fmt.Errorf("hand-off: %s's descriptors: %w", kind, err)
+		}
+		got := 0
+		for _, m := range msgs {
+			fds, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				files = append(files, os.NewFile(uintptr(fd), "handoff-"+strconv.Itoa(len(files))))
+				got++
+			}
+		}
+		if got == 0 {
+			return files, fmt.Errorf("hand-off: %s: a descriptor batch without descriptors", kind)
+		}
+	}
+	if uint32(len(files)) != nf {
+		return files, fmt.Errorf("hand-off: %s: %d descriptors, %d announced", kind, len(files), nf)
+	}
+	if kind == KindFail {
+		var f Failure
+		json.Unmarshal(b, &f)
+		return files, &FailedError{Reason: f.Error}
+	}
+	if kind != want {
+		return files, fmt.Errorf("hand-off: got %s, want %s", kind, want)
+	}
+	if meta != nil {
+		if err := json.Unmarshal(b, meta); err != nil {
+			return files, fmt.Errorf("hand-off: %s: %w", kind, err)
+		}
+	}
+	return files, nil
+}
+
+// Fail tells the other side why this one gives up (best effort).
+func (c *Conn) Fail(err error) {
+	c.Send(KindFail, Failure{Error: err.Error()}, nil)
+}
+
+// Inherited returns the successor's end of the socket when this process
+// was started by a predecessor (EnvFD is set), and nil otherwise. The
+// variable is cleared so that this process's own successor does not see
+// it.
+func Inherited() (*Conn, error) {
+	v, ok := os.LookupEnv(EnvFD)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(EnvFD)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q is not a descriptor", EnvFD, v)
+	}
+	f := os.NewFile(uintptr(fd), "handoff")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%s: %w", EnvFD, v, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%s=%s is not a unix socket", EnvFD, v)
+	}
+	return &Conn{c: uc}, nil
+}
+
+// Child is a successor process and the predecessor's end of its socket.
+type Child struct {
+	*Conn
+	Cmd    *exec.Cmd
+	exited chan struct{}
+	state  *os.ProcessState
+	werr   error
+}
+
+// Start starts path with args (args[0] is the program's name) and env,
+// giving it the socket's other end (EnvFD) and this process's stdout and
+// stderr.
+func Start(path string, args, env []string) (*Child, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("hand-off socket: %w", err)
+	}
+	mine := os.NewFile(uintptr(fds[0]), "handoff")
+	theirs := os.NewFile(uintptr(fds[1]), "handoff-child")
+	defer theirs.Close()
+	c, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		return nil, fmt.Errorf("hand-off socket: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path: path, Args: args,
+		Env:        append(env, EnvFD+"=3"),
+		Stdin:      nil,
+		Stdout:     os.Stdout,
+		Stderr:     os.Stderr,
+		ExtraFiles: []*os.File{theirs},
+		// Its own process group: a signal to ours (a terminal's ^C) is
+		// not one to it.
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	if err := cmd.Start(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	ch := &Child{Conn: &Conn{c: c.(*net.UnixConn)}, Cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		ch.werr = cmd.Wait()
+		ch.state = cmd.ProcessState
+		close(ch.exited)
+	}()
+	return ch, nil
+}
+
+// PID is the successor's process id.
+func (c *Child) PID() int { return c.Cmd.Process.Pid }
+
+// Exited is closed when the successor has exited.
+func (c *Child) Exited() <-chan struct{} { return c.exited }
+
+// ExitStatus says how the successor ended (after Exited).
+func (c *Child) ExitStatus() string {
+	if c.state == nil {
+		if c.werr != nil {
+			return c.werr.Error()
+		}
+		return "unknown"
+	}
+	return c.state.String()
+}
+
+// Kill ends a successor that failed or took too long, and waits for it.
+func (c *Child) Kill() {
+	c.Cmd.Process.Kill()
+	<-c.exited
+	c.Close()
+}
