@@ -106,8 +106,8 @@ type Queue struct {
 	msgs     []*Buf    // waiting, oldest first
 	writing  bool      // the writer role is taken
 	closed   bool
-	paused   bool // Pause holds the writer role: messages wait, nothing is written
-	pausing  bool // Pause is taking the role: a writer goroutine's deadline is Pause's
+	paused   bool           // Pause holds the writer role: messages wait, nothing is written
+	pausing  bool           // Pause is taking the role: a writer goroutine's deadline is Pause's
 	running  sync.WaitGroup // the writer goroutine; Add only under mu while open
 	handoffs int            // times the role went to a goroutine (tests look)
 }

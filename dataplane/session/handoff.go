@@ -21,8 +21,8 @@ type Handoff struct {
 	ID          string
 	Remote      netip.AddrPort
 	ConnectedAt time.Time
-	State       State // Accepted or Leased
-	Asked       bool  // a 100 arrived
+	State       State              // Accepted or Leased
+	Asked       bool               // a 100 arrived
 	Lease       *wire.AddrResponse `json:",omitempty"` // the 101 sent, when Leased
 	Exported    time.Time
 	Born        time.Duration // age of the connection

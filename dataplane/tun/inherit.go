@@ -5,8 +5,8 @@ import (
 	"os"
 	"time"
 
-	wgtun "golang.zx2c4.com/wireguard/tun"
 	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // Filer is a device whose descriptor can be handed to another process
