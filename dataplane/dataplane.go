@@ -147,11 +147,14 @@ type Dataplane struct {
 	conns sync.WaitGroup // session goroutines
 
 	// Hand-offs (handoff.go); under mu.
-	loopCancel  context.CancelFunc // stops Run's loops; nil when they do not run
-	handoff     *handoff           // a Freeze in progress
-	handoffs    atomic.Uint64
-	lastHandoff *HandoffState // what Restore took over; Run starts its sessions
-	closeLater  []closeReq
+	loopCancel      context.CancelFunc // stops Run's loops; nil when they do not run
+	handoff         *handoff           // a Freeze in progress
+	handoffs        atomic.Uint64
+	handoffFailures atomic.Uint64
+	lastPause       atomic.Int64 // the last hand-off's freeze, in ns, measured by the successor
+	processStart    time.Time
+	lastHandoff     *HandoffState // what Restore took over; Run starts its sessions
+	closeLater      []closeReq
 }
 
 // New checks the configuration and returns a data plane ready to Run.
@@ -174,12 +177,13 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	now := time.Now()
 	d := &Dataplane{
-		cfg:        cfg,
-		log:        cfg.Logger.With("dataplane", cfg.ID),
-		sessions:   make(map[*session.Session]func()),
-		limiter:    limit.New(cfg.Limits),
-		started:    now,
-		reregister: make(chan struct{}, 1),
+		cfg:          cfg,
+		log:          cfg.Logger.With("dataplane", cfg.ID),
+		sessions:     make(map[*session.Session]func()),
+		limiter:      limit.New(cfg.Limits),
+		started:      now,
+		processStart: now,
+		reregister:   make(chan struct{}, 1),
 		// Session ids must not repeat across restarts of this data plane:
 		// the controller keys leases by them.
 		idPrefix: strconv.FormatInt(now.UnixNano()/int64(time.Millisecond), 36) + "-",

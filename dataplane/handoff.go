@@ -37,6 +37,7 @@ type HandoffState struct {
 	Gone        session.Traffic
 	Handoffs    uint64 // hand-offs in this instance's life, this one included
 	StartedAt   time.Time
+	FrozenAt    time.Time // when the clients' traffic stopped
 }
 
 // PendingRelease is a release waiting for the controller.
@@ -98,6 +99,7 @@ func (d *Dataplane) Freeze(ctx context.Context) (*Frozen, error) {
 	d.cfg.Listener.(deadliner).SetDeadline(past)
 	d.cfg.TUN.(readDeadliner).SetReadDeadline(past)
 	f := &Frozen{d: d}
+	frozenAt := time.Now()
 	select {
 	case <-h.stopped:
 	case <-ctx.Done():
@@ -126,6 +128,7 @@ func (d *Dataplane) Freeze(ctx context.Context) (*Frozen, error) {
 		return nil, err
 	}
 	f.State = d.exportState(f.sessions)
+	f.State.FrozenAt = frozenAt
 	for _, s := range f.sessions {
 		file, err := connFile(s.Conn())
 		if err != nil {
@@ -299,11 +302,18 @@ func (d *Dataplane) startRestored() {
 			s.Serve()
 		}()
 	}
+	if h := d.lastHandoff; h != nil && !h.FrozenAt.IsZero() {
+		d.lastPause.Store(int64(time.Since(h.FrozenAt)))
+	}
 	for _, c := range d.closeLater {
 		c.s.Close(c.why)
 	}
 	d.closeLater = nil
 }
+
+// HandoffFailed counts a hand-off that did not happen (this process
+// serves on).
+func (d *Dataplane) HandoffFailed() { d.handoffFailures.Add(1) }
 
 // Handoffs counts the hand-offs in this instance's life (to this process
 // and the ones before it).

@@ -41,6 +41,11 @@ type Status struct {
 	Registered          bool   // the controller accepted this instance
 	ReleasesPending     int    // releases waiting for the controller
 	RepeatedAddrReqs    uint64 // 100s answered by a pending lease's 101
+	PID                 int
+	ProcessStartedAt    time.Time     // this process; StartedAt is the instance's (a hand-off keeps it)
+	Handoffs            uint64        // hand-offs in the instance's life
+	HandoffFailures     uint64        // hand-offs this process attempted that did not happen
+	LastHandoffPause    time.Duration // how long the last hand-off froze traffic (0: none)
 }
 
 // ID is the data plane's name.
@@ -64,6 +69,9 @@ func (d *Dataplane) Status() Status {
 		Goroutines: runtime.NumGoroutine(), OpenFDs: openFDs(),
 		Refused: d.Refused(), Limits: d.limiter.Config(),
 		ClosedBy: make(map[string]uint64, session.NumCauses),
+		PID:      os.Getpid(), ProcessStartedAt: d.processStart,
+		Handoffs: d.handoffs.Load(), HandoffFailures: d.handoffFailures.Load(),
+		LastHandoffPause: time.Duration(d.lastPause.Load()),
 	}
 	for c := range session.NumCauses {
 		st.ClosedBy[c.String()] = d.closedBy[c].Load()

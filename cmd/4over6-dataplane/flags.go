@@ -51,6 +51,8 @@ type options struct {
 	natInterfaces     []string
 	allow, deny       []string
 	clientToClient    bool
+	handoffTimeout    time.Duration
+	pidFile           string
 	configFile        *string
 	checks            *config.Checks
 	args              []string // the command line, read again on SIGHUP
@@ -68,6 +70,13 @@ the controller (waiting for it as long as it takes) and gives the TUN the
 address the controller assigns. On SIGTERM or SIGINT it stops accepting,
 closes the sessions and tells the controller it stopped (their leases are
 released in one call).
+
+On SIGUSR2 (or 4over6ctl dataplane upgrade) it hands over, live: it starts
+the binary at its path with the same arguments and gives the new process
+its listeners, the TUN, every client connection and each session's state;
+the new process carries on the same instance at the controller and this one
+exits. Clients see a pause, not a disconnect. A new process that fails or
+is not ready within --handoff-timeout is killed, and this one serves on.
 
 Exit codes:
   0  stopped on a signal
@@ -120,6 +129,8 @@ Exit codes:
 	f.StringSliceVar(&o.allow, "allow", nil, "let clients reach `CIDR` (or an address; comma separated, repeatable) although a built-in rule refuses it; the most specific prefix wins (reloaded on SIGHUP)")
 	f.StringSliceVar(&o.deny, "deny", nil, "refuse clients every destination in `CIDR` (or an address; comma separated, repeatable); the most specific prefix wins (reloaded on SIGHUP)")
 	f.BoolVar(&o.clientToClient, "allow-client-to-client", false, "let clients reach each other's addresses through the tunnel (the host must forward IPv4; reloaded on SIGHUP)")
+	f.DurationVar(&o.handoffTimeout, "handoff-timeout", 15*time.Second, "on SIGUSR2 or `4over6ctl dataplane upgrade`: how long the new process may take to become ready before this one gives up and serves on")
+	f.StringVar(&o.pidFile, "pid-file", "", "write the serving process's id to this file (rewritten by the new process after a hand-off); for service managers that follow a PID file")
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
@@ -171,6 +182,9 @@ func (o *options) validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s %s: must be positive", name, d)
 		}
+	}
+	if o.handoffTimeout <= 0 {
+		return fmt.Errorf("--handoff-timeout %s: must be positive", o.handoffTimeout)
 	}
 	if o.sendQueue < 1 || o.sendQueue > 65536 {
 		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)

@@ -32,6 +32,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
+	"github.com/fourover6/fourover6/dataplane/handoff"
 	"github.com/fourover6/fourover6/dataplane/limit"
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
 	"github.com/fourover6/fourover6/dataplane/nat"
@@ -61,6 +62,11 @@ type daemon struct {
 	pol         *policy.Policy
 	hosts       atomic.Pointer[policy.HostWatcher] // set by configure
 	undo        []func()
+
+	ln         net.Listener // clients'
+	metricsLn  net.Listener // --metrics, handed over by a predecessor
+	upgrades   *upgrader
+	handedOver atomic.Bool // a successor serves: leave what it uses alone
 }
 
 // serve runs the data plane until SIGINT or SIGTERM. The order matters:
@@ -78,7 +84,19 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d := &daemon{o: o, log: log, level: level}
+	d.upgrades = newUpgrader(d)
 	defer d.close()
+	parent, err := handoff.Inherited()
+	if err != nil {
+		return err
+	}
+	if parent != nil {
+		// Started by a running data plane to take over from it.
+		if err := d.takeOver(parent); err != nil {
+			return fmt.Errorf("hand-off: %w", err)
+		}
+		return d.run(ctx, fs)
+	}
 	if err := d.open(); err != nil {
 		return usageError{err}
 	}
@@ -116,6 +134,7 @@ func (d *daemon) open() error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
 	}
+	d.ln = ln
 	d.onClose(func() { ln.Close() })
 	if err := d.newPolicy(); err != nil {
 		return err
@@ -192,12 +211,14 @@ func (d *daemon) listenAPI() error {
 	}
 	d.onClose(func() {
 		d.apiLn.Close()
-		if d.apiEP.Network == "unix" {
+		if d.apiEP.Network == "unix" && !d.handedOver.Load() {
 			os.Remove(d.apiEP.Address)
 		}
 	})
 	return nil
 }
+
+func parseAPI(s string) (endpoint.Endpoint, error) { return endpoint.Parse(s) }
 
 // openMetrics starts --metrics, if set: /metrics, /healthz, /readyz.
 func (d *daemon) openMetrics() error {
@@ -206,10 +227,16 @@ func (d *daemon) openMetrics() error {
 	}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(dpmetrics.New(d.dp), d.grpcMetrics, dpmetrics.NewAudit(d.guard))
-	ms, err := metrics.Start(metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
-		Ready: func(context.Context) error { return d.dp.Ready() }})
-	if err != nil {
-		return err // says --metrics
+	cfg := metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
+		Ready: func(context.Context) error { return d.dp.Ready() }}
+	var ms *metrics.Server
+	if d.metricsLn != nil {
+		ms = metrics.Serve(d.metricsLn, cfg)
+	} else {
+		var err error
+		if ms, err = metrics.Start(cfg); err != nil {
+			return err // says --metrics
+		}
 	}
 	d.ms = ms
 	d.onClose(func() {
@@ -251,13 +278,23 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log, d.policyReloader())
 		return nil
 	})
+	g.Go(func() error { d.upgrades.watch(gctx); return nil })
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
 		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat,
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
+	d.notifyReady()
 	err := classify(d.dp.Run(gctx))
-	d.log.Info("data plane stopped")
+	if errors.Is(err, dataplane.ErrHandedOver) {
+		err = nil
+		d.log.Info("data plane handed over; this process exits", "pid", os.Getpid())
+		if ul, ok := d.apiLn.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false) // the socket is the new process's now
+		}
+	} else {
+		d.log.Info("data plane stopped")
+	}
 	cancel() // the rest stops with it
 	d.stopServing()
 	if gerr := g.Wait(); err == nil {
@@ -304,6 +341,10 @@ func classify(err error) error {
 // configure is the data plane's Configure: the TUN's address from the
 // registration, then NAT.
 func (d *daemon) configure(a dataplane.Assignment) error {
+	if a.HandedOver {
+		// The predecessor configured the TUN; it stays as it is.
+		return d.configureAfterHandoff(a)
+	}
 	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
 	}
@@ -314,11 +355,31 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 	if !d.o.nat {
 		return nil
 	}
+	return d.enableNAT(a)
+}
+
+// configureAfterHandoff takes charge of what the predecessor configured:
+// the host watcher, and NAT (installing the table again replaces it in one
+// step, so forwarding never stops, and gives this process its undo).
+func (d *daemon) configureAfterHandoff(a dataplane.Assignment) error {
+	if err := d.watchHost(); err != nil {
+		return err
+	}
+	if !d.o.nat {
+		return nil
+	}
+	return d.enableNAT(a)
+}
+
+func (d *daemon) enableNAT(a dataplane.Assignment) error {
 	undoNAT, err := nat.Enable(nat.Config{Pool: a.Pool, TUN: d.dev.Name(), Interfaces: d.o.natInterfaces, Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("--nat: %w", err)
 	}
 	d.onClose(func() {
+		if d.handedOver.Load() {
+			return // the new process forwards on with these rules
+		}
 		if err := undoNAT(); err != nil {
 			d.log.Error("removing NAT rules failed", "err", err)
 		}

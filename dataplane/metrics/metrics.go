@@ -19,6 +19,10 @@
 //	fourover6_dataplane_registered                              gauge: 1 once the controller accepted this instance
 //	fourover6_dataplane_releases_pending                        gauge: releases waiting to reach the controller
 //	fourover6_dataplane_address_requests_merged_total           counter: 100s answered by the 101 of a lease already pending
+//	fourover6_dataplane_process_start_time_seconds              gauge, Unix time: this process (a hand-off changes it, not start_time_seconds)
+//	fourover6_dataplane_handoffs_total                          counter: live hand-offs in the instance's life
+//	fourover6_dataplane_handoff_failures_total                  counter: hand-offs this process attempted that did not happen
+//	fourover6_dataplane_handoff_pause_seconds                   gauge: how long the last hand-off into this process froze traffic
 //	fourover6_dataplane_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 //
 // Byte and packet counters include the sessions already closed, so they only
@@ -86,6 +90,10 @@ var (
 
 	descRegistered = desc("registered", "1 once the controller accepted this data plane instance, else 0.")
 	descPending    = desc("releases_pending", "Releases waiting to reach the controller (queued, retried until delivered).")
+	descProcStart  = desc("process_start_time_seconds", "When the process serving this data plane started, in Unix seconds (a live hand-off starts a new one; start_time_seconds stays the instance's).")
+	descHandoffs   = desc("handoffs_total", "Live hand-offs to a new process in this data plane instance's life.")
+	descHandoffErr = desc("handoff_failures_total", "Hand-offs this process attempted that did not happen (it served on).")
+	descPause      = desc("handoff_pause_seconds", "How long the last hand-off into this process froze the clients' traffic (0: none).")
 	descMerged     = desc("address_requests_merged_total", "100s that arrived while the client's lease was pending, answered by its one 101.")
 )
 
@@ -100,7 +108,8 @@ func New(src Source) *Collector { return &Collector{src: src} }
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descStart, descSessions, descLeased, descAccepted, descClosed,
-		descBytes, descPackets, descDrops, descRefused, descCtrl, descDraining, descRegistered, descPending, descMerged} {
+		descBytes, descPackets, descDrops, descRefused, descCtrl, descDraining, descRegistered, descPending, descMerged,
+		descProcStart, descHandoffs, descHandoffErr, descPause} {
 		ch <- d
 	}
 	if _, ok := c.src.(KeepaliveTimeoutCounter); ok {
@@ -154,6 +163,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descRegistered, b2f(st.Registered))
 	gauge(descPending, float64(st.ReleasesPending))
 	counter(descMerged, st.RepeatedAddrReqs)
+	if !st.ProcessStartedAt.IsZero() {
+		gauge(descProcStart, float64(st.ProcessStartedAt.UnixNano())/1e9)
+	}
+	counter(descHandoffs, st.Handoffs)
+	counter(descHandoffErr, st.HandoffFailures)
+	gauge(descPause, st.LastHandoffPause.Seconds())
 }
 
 func b2f(b bool) float64 {

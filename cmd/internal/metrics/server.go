@@ -128,6 +128,9 @@ func Serve(ln net.Listener, cfg Config) *Server {
 	return s
 }
 
+// Listener is the server's listener (a hand-off passes it on).
+func (s *Server) Listener() net.Listener { return s.ln }
+
 func (s *Server) handler(reg *prometheus.Registry, ready ReadyFunc, readyTimeout time.Duration) http.Handler {
 	if reg == nil {
 		reg = NewRegistry()
