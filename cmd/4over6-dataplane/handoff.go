@@ -16,6 +16,7 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/api"
 	"github.com/fourover6/fourover6/dataplane/handoff"
 	"github.com/fourover6/fourover6/dataplane/tun"
 )
@@ -39,12 +40,7 @@ type inheritedFiles struct {
 }
 
 // upgradeResult is what a hand-off did, for the log and the API.
-type upgradeResult struct {
-	OldPID, NewPID int
-	OldVersion     string
-	Sessions       int
-	Took, Paused   time.Duration
-}
+type upgradeResult = api.UpgradeResult
 
 // upgrader runs one hand-off at a time, on SIGUSR2 or an API request.
 type upgrader struct {

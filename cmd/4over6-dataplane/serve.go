@@ -195,7 +195,13 @@ func (d *daemon) buildAPI() error {
 	d.grpcMetrics = metrics.NewGRPC()
 	d.guard = authz.New(d.log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
 	d.gs = grpc.NewServer(append(append(d.grpcMetrics.ServerOptions(), sopt), d.guard.ServerOptions()...)...)
-	api.New(d.dp, d.level, d.log).Register(d.gs)
+	as := api.New(d.dp, d.level, d.log)
+	// A hand-off asked for over the API runs to its end (its own timeout
+	// bounds it) even if the caller goes away.
+	as.SetUpgrader(func(ctx context.Context) (api.UpgradeResult, error) {
+		return d.upgrades.Upgrade(context.WithoutCancel(ctx))
+	})
+	as.Register(d.gs)
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.gs, d.health)
 	d.grpcMetrics.InitializeMethods(d.gs)

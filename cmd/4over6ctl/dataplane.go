@@ -202,6 +202,9 @@ func statusFromProto(s *dpv1.Status) Status {
 		Goroutines:          s.GetGoroutines(),
 		OpenFDs:             s.GetOpenFds(),
 		Refused:             refused,
+		PID:                 s.GetPid(),
+		ProcessStartedAt:    timestamp(s.GetProcessStartedAt()),
+		HandoffsTotal:       s.GetHandoffsTotal(),
 		Limits: Limits{
 			MaxClients:        l.GetMaxClients(),
 			MaxConnsPerIP:     l.GetMaxConnsPerIp(),
@@ -244,6 +247,9 @@ func (a *app) statusTable(w io.Writer, s Status) {
 	fmt.Fprintf(w, "Limits:\t%s\n", limitsText(s.Limits))
 	fmt.Fprintf(w, "Refused:\t%s\n", countsText(s.Refused))
 	fmt.Fprintf(w, "Drops:\t%s\n", countsText(s.Drops))
+	if s.PID > 0 {
+		fmt.Fprintf(w, "Process:\t%d, %d hand-offs\n", s.PID, s.HandoffsTotal)
+	}
 	if s.Goroutines > 0 || s.OpenFDs > 0 {
 		fmt.Fprintf(w, "Resources:\t%d goroutines, %d open files\n", s.Goroutines, s.OpenFDs)
 	}
@@ -298,4 +304,47 @@ func (a *app) sessionsTable(w io.Writer, sessions []Session) {
 			traffic(s.BytesFromClient, s.PacketsFromClient), traffic(s.BytesToClient, s.PacketsToClient),
 			s.SendQueue)
 	}
+}
+
+func (a *app) dataplaneUpgradeCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "upgrade",
+		Short: "Hand the local data plane over, live, to a new process of its binary",
+		Long: `Have the data plane at --dataplane hand over to a new process of the binary at
+its path, started with the same arguments (what SIGUSR2 does): the listeners,
+the TUN, every client connection and each session's state go to the new
+process, which carries on the same instance at the controller; the old one
+exits. Clients stay connected, with the same addresses; their traffic stands
+still for the pause printed. Install the new binary first (rename it over the
+old one). When the new process fails to start or is not ready in time, the
+old one serves on and this exits 1 with the reason.`,
+		Example: `  install -m 755 4over6-dataplane.new /usr/local/bin/4over6-dataplane && 4over6ctl dataplane upgrade
+  4over6ctl dataplane upgrade -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := a.callContext(cmd)
+			defer cancel()
+			resp, err := a.dp().Upgrade(ctx, &dpv1.UpgradeRequest{})
+			if err != nil {
+				return a.rpcError(a.dataplane, err)
+			}
+			out := DataplaneUpgrade{
+				OldPID: resp.GetOldPid(), NewPID: resp.GetNewPid(), OldVersion: resp.GetOldVersion(),
+				Sessions: resp.GetSessions(), TookMs: resp.GetTookMs(), PausedMs: resp.GetPausedMs(),
+			}
+			// The new process answers on the same socket once it serves.
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
+				st, err := a.dataplaneStatus(ctx)
+				if err == nil && st.PID == out.NewPID {
+					out.NewVersion = st.Version
+					break
+				}
+			}
+			return a.emit(out, func(w io.Writer) {
+				fmt.Fprintf(w, "Handed over: process %d (version %s) to %d (version %s): %d sessions, traffic paused %d ms, took %d ms.\n",
+					out.OldPID, orDash(out.OldVersion), out.NewPID, orDash(out.NewVersion), out.Sessions, out.PausedMs, out.TookMs)
+			})
+		},
+	}
+	return needs(cmd, needDataplane)
 }

@@ -121,11 +121,12 @@ error, until it restarts. Prints the previous level.`,
 		needs(undrain, needController),
 		needs(remove, needController),
 		needs(logLevel, needDataplane),
+		a.dataplaneUpgradeCommand(),
 	)
 	c.Aliases = []string{"dataplanes", "dp"}
 	c.Long = `Data planes. "list", "drain", "undrain" and "remove" ask the controller, which
-knows every data plane by id; "status" and "log-level" talk to the one data
-plane at --dataplane ($FOUROVER6_DATAPLANE, else
+knows every data plane by id; "status", "log-level" and "upgrade" talk to the one
+data plane at --dataplane ($FOUROVER6_DATAPLANE, else
 unix:///run/fourover6/dataplane.sock). "dataplanes" and "dp" are aliases:
 "4over6ctl dataplanes list".`
 	return c

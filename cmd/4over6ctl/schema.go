@@ -79,6 +79,23 @@ type Status struct {
 	OpenFDs    uint32            `json:"open_fds" yaml:"open_fds"`
 	Refused    map[string]uint64 `json:"refused" yaml:"refused"` // limit -> connections refused; {} when none
 	Limits     Limits            `json:"limits" yaml:"limits"`
+	// The process serving now: a live hand-off (dataplane upgrade) changes
+	// it, not the instance.
+	PID              uint32 `json:"pid" yaml:"pid"`
+	ProcessStartedAt string `json:"process_started_at" yaml:"process_started_at"` // RFC 3339 UTC
+	HandoffsTotal    uint64 `json:"handoffs_total" yaml:"handoffs_total"`
+}
+
+// DataplaneUpgrade is the object printed by "dataplane upgrade": the
+// process that handed over and the one that serves now.
+type DataplaneUpgrade struct {
+	OldPID     uint32 `json:"old_pid" yaml:"old_pid"`
+	NewPID     uint32 `json:"new_pid" yaml:"new_pid"`
+	OldVersion string `json:"old_version" yaml:"old_version"`
+	NewVersion string `json:"new_version" yaml:"new_version"` // "" when the new process did not answer in time
+	Sessions   uint32 `json:"sessions" yaml:"sessions"`       // handed over
+	TookMs     uint64 `json:"took_ms" yaml:"took_ms"`         // new process start to take-over
+	PausedMs   uint64 `json:"paused_ms" yaml:"paused_ms"`     // clients' traffic frozen
 }
 
 // Session is one element of the array printed by "sessions list": one

@@ -122,6 +122,7 @@ var rules = map[string]Class{
 	dpv1.DataplaneService_KickSession_FullMethodName:  Change,
 	dpv1.DataplaneService_SetDraining_FullMethodName:  Change,
 	dpv1.DataplaneService_SetLogLevel_FullMethodName:  Change,
+	dpv1.DataplaneService_Upgrade_FullMethodName:      Change,
 
 	// Both daemons serve gRPC health.
 	healthpb.Health_Check_FullMethodName: Status,

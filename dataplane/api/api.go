@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/fourover6/fourover6/controlplane/loglevel"
 	"github.com/fourover6/fourover6/dataplane"
@@ -22,9 +23,41 @@ import (
 // Server implements dpv1.DataplaneServiceServer.
 type Server struct {
 	dpv1.UnimplementedDataplaneServiceServer
-	dp    *dataplane.Dataplane
-	level *slog.LevelVar
-	log   *slog.Logger
+	dp       *dataplane.Dataplane
+	level    *slog.LevelVar
+	log      *slog.Logger
+	upgrader Upgrader
+}
+
+// Upgrader hands the data plane over to a new process (the daemon's
+// SIGUSR2) and says how it went.
+type Upgrader func(ctx context.Context) (UpgradeResult, error)
+
+// UpgradeResult is what a hand-off did.
+type UpgradeResult struct {
+	OldPID, NewPID int
+	OldVersion     string
+	Sessions       int
+	Took, Paused   time.Duration
+}
+
+// SetUpgrader makes Upgrade available (without one it is Unimplemented).
+func (s *Server) SetUpgrader(u Upgrader) { s.upgrader = u }
+
+// Upgrade implements dpv1.DataplaneServiceServer.
+func (s *Server) Upgrade(ctx context.Context, _ *dpv1.UpgradeRequest) (*dpv1.UpgradeResponse, error) {
+	if s.upgrader == nil {
+		return nil, status.Error(codes.Unimplemented, "this data plane cannot hand over to a new process")
+	}
+	s.log.Info("API: hand-off to a new process requested")
+	r, err := s.upgrader(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "hand-off failed, the data plane serves on in process %d: %v", r.OldPID, err)
+	}
+	return &dpv1.UpgradeResponse{
+		OldPid: uint32(r.OldPID), NewPid: uint32(r.NewPID), OldVersion: r.OldVersion,
+		Sessions: uint32(r.Sessions), TookMs: uint64(r.Took.Milliseconds()), PausedMs: uint64(r.Paused.Milliseconds()),
+	}, nil
 }
 
 // New returns the API over dp. level, when not nil, is the daemon's log
@@ -66,6 +99,9 @@ func (s *Server) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetSt
 		Goroutines:          uint32(st.Goroutines),
 		OpenFds:             uint32(max(st.OpenFDs, 0)),
 		Refused:             st.Refused,
+		Pid:                 uint32(st.PID),
+		ProcessStartedAt:    timestamppb.New(st.ProcessStartedAt),
+		HandoffsTotal:       st.Handoffs,
 		Limits: &dpv1.Limits{
 			MaxClients:        uint32(st.Limits.MaxClients),
 			MaxConnsPerIp:     uint32(st.Limits.MaxConnsPerIP),

@@ -77,6 +77,130 @@ func (SessionState) EnumDescriptor() ([]byte, []int) {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
 }
 
+type UpgradeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeRequest) Reset() {
+	*x = UpgradeRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeRequest) ProtoMessage() {}
+
+func (x *UpgradeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeRequest.ProtoReflect.Descriptor instead.
+func (*UpgradeRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
+}
+
+type UpgradeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The process that handed over, and the one that took over.
+	OldPid     uint32 `protobuf:"varint,1,opt,name=old_pid,json=oldPid,proto3" json:"old_pid,omitempty"`
+	NewPid     uint32 `protobuf:"varint,2,opt,name=new_pid,json=newPid,proto3" json:"new_pid,omitempty"`
+	OldVersion string `protobuf:"bytes,3,opt,name=old_version,json=oldVersion,proto3" json:"old_version,omitempty"`
+	// Sessions handed over.
+	Sessions uint32 `protobuf:"varint,4,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	// From the start of the new process to its taking over, and how long
+	// the clients' traffic stood still (the freeze), in milliseconds.
+	TookMs        uint64 `protobuf:"varint,5,opt,name=took_ms,json=tookMs,proto3" json:"took_ms,omitempty"`
+	PausedMs      uint64 `protobuf:"varint,6,opt,name=paused_ms,json=pausedMs,proto3" json:"paused_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeResponse) Reset() {
+	*x = UpgradeResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeResponse) ProtoMessage() {}
+
+func (x *UpgradeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeResponse.ProtoReflect.Descriptor instead.
+func (*UpgradeResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UpgradeResponse) GetOldPid() uint32 {
+	if x != nil {
+		return x.OldPid
+	}
+	return 0
+}
+
+func (x *UpgradeResponse) GetNewPid() uint32 {
+	if x != nil {
+		return x.NewPid
+	}
+	return 0
+}
+
+func (x *UpgradeResponse) GetOldVersion() string {
+	if x != nil {
+		return x.OldVersion
+	}
+	return ""
+}
+
+func (x *UpgradeResponse) GetSessions() uint32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *UpgradeResponse) GetTookMs() uint64 {
+	if x != nil {
+		return x.TookMs
+	}
+	return 0
+}
+
+func (x *UpgradeResponse) GetPausedMs() uint64 {
+	if x != nil {
+		return x.PausedMs
+	}
+	return 0
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -85,7 +209,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[0]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +221,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[0]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +234,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{2}
 }
 
 type KickSessionRequest struct {
@@ -126,7 +250,7 @@ type KickSessionRequest struct {
 
 func (x *KickSessionRequest) Reset() {
 	*x = KickSessionRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +262,7 @@ func (x *KickSessionRequest) String() string {
 func (*KickSessionRequest) ProtoMessage() {}
 
 func (x *KickSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[1]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +275,7 @@ func (x *KickSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSessionRequest.ProtoReflect.Descriptor instead.
 func (*KickSessionRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *KickSessionRequest) GetAddress() string {
@@ -185,7 +309,7 @@ type KickSessionResponse struct {
 
 func (x *KickSessionResponse) Reset() {
 	*x = KickSessionResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +321,7 @@ func (x *KickSessionResponse) String() string {
 func (*KickSessionResponse) ProtoMessage() {}
 
 func (x *KickSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[2]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +334,7 @@ func (x *KickSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSessionResponse.ProtoReflect.Descriptor instead.
 func (*KickSessionResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{2}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KickSessionResponse) GetSessionId() string {
@@ -236,7 +360,7 @@ type SetDrainingRequest struct {
 
 func (x *SetDrainingRequest) Reset() {
 	*x = SetDrainingRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +372,7 @@ func (x *SetDrainingRequest) String() string {
 func (*SetDrainingRequest) ProtoMessage() {}
 
 func (x *SetDrainingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[3]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +385,7 @@ func (x *SetDrainingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingRequest.ProtoReflect.Descriptor instead.
 func (*SetDrainingRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{3}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SetDrainingRequest) GetDraining() bool {
@@ -280,7 +404,7 @@ type SetDrainingResponse struct {
 
 func (x *SetDrainingResponse) Reset() {
 	*x = SetDrainingResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +416,7 @@ func (x *SetDrainingResponse) String() string {
 func (*SetDrainingResponse) ProtoMessage() {}
 
 func (x *SetDrainingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +429,7 @@ func (x *SetDrainingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrainingResponse.ProtoReflect.Descriptor instead.
 func (*SetDrainingResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetDrainingResponse) GetDraining() bool {
@@ -325,7 +449,7 @@ type SetLogLevelRequest struct {
 
 func (x *SetLogLevelRequest) Reset() {
 	*x = SetLogLevelRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +461,7 @@ func (x *SetLogLevelRequest) String() string {
 func (*SetLogLevelRequest) ProtoMessage() {}
 
 func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[5]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +474,7 @@ func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
 func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{5}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetLogLevelRequest) GetLevel() string {
@@ -369,7 +493,7 @@ type SetLogLevelResponse struct {
 
 func (x *SetLogLevelResponse) Reset() {
 	*x = SetLogLevelResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +505,7 @@ func (x *SetLogLevelResponse) String() string {
 func (*SetLogLevelResponse) ProtoMessage() {}
 
 func (x *SetLogLevelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[6]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +518,7 @@ func (x *SetLogLevelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLogLevelResponse.ProtoReflect.Descriptor instead.
 func (*SetLogLevelResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{6}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetLogLevelResponse) GetPrevious() string {
@@ -413,7 +537,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +549,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[7]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +562,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{7}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetStatusResponse) GetStatus() *Status {
@@ -456,7 +580,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +592,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[8]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +605,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{8}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{10}
 }
 
 type ListSessionsResponse struct {
@@ -493,7 +617,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +629,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[9]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +642,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{9}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListSessionsResponse) GetSession() *Session {
@@ -564,15 +688,20 @@ type Status struct {
 	Goroutines uint32 `protobuf:"varint,21,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	OpenFds    uint32 `protobuf:"varint,22,opt,name=open_fds,json=openFds,proto3" json:"open_fds,omitempty"`
 	// Connections refused by a limit, by limit name.
-	Refused       map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	Limits        *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	Refused map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Limits  *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The process serving now (a hand-off changes it, not the instance).
+	Pid              uint32                 `protobuf:"varint,25,opt,name=pid,proto3" json:"pid,omitempty"`
+	ProcessStartedAt *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=process_started_at,json=processStartedAt,proto3" json:"process_started_at,omitempty"`
+	// Hand-offs in this instance's life.
+	HandoffsTotal uint64 `protobuf:"varint,27,opt,name=handoffs_total,json=handoffsTotal,proto3" json:"handoffs_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +713,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[10]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +726,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{10}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Status) GetDataplaneId() string {
@@ -768,6 +897,27 @@ func (x *Status) GetLimits() *Limits {
 	return nil
 }
 
+func (x *Status) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Status) GetProcessStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProcessStartedAt
+	}
+	return nil
+}
+
+func (x *Status) GetHandoffsTotal() uint64 {
+	if x != nil {
+		return x.HandoffsTotal
+	}
+	return 0
+}
+
 // Limits protect the data plane from floods; 0 means unlimited.
 type Limits struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -783,7 +933,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +945,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +958,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxClients() uint32 {
@@ -867,7 +1017,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1029,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1042,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Counters) GetBytesFromClient() uint64 {
@@ -945,7 +1095,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1107,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1120,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1047,7 +1197,16 @@ var File_fourover6_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\n" +
-	"&fourover6/dataplane/v1/dataplane.proto\x12\x16fourover6.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"&fourover6/dataplane/v1/dataplane.proto\x12\x16fourover6.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n" +
+	"\x0eUpgradeRequest\"\xb6\x01\n" +
+	"\x0fUpgradeResponse\x12\x17\n" +
+	"\aold_pid\x18\x01 \x01(\rR\x06oldPid\x12\x17\n" +
+	"\anew_pid\x18\x02 \x01(\rR\x06newPid\x12\x1f\n" +
+	"\vold_version\x18\x03 \x01(\tR\n" +
+	"oldVersion\x12\x1a\n" +
+	"\bsessions\x18\x04 \x01(\rR\bsessions\x12\x17\n" +
+	"\atook_ms\x18\x05 \x01(\x04R\x06tookMs\x12\x1b\n" +
+	"\tpaused_ms\x18\x06 \x01(\x04R\bpausedMs\"\x12\n" +
 	"\x10GetStatusRequest\"e\n" +
 	"\x12KickSessionRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1d\n" +
@@ -1070,7 +1229,7 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1e.fourover6.dataplane.v1.StatusR\x06status\"\x15\n" +
 	"\x13ListSessionsRequest\"Q\n" +
 	"\x14ListSessionsResponse\x129\n" +
-	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xab\b\n" +
+	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xae\t\n" +
 	"\x06Status\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
@@ -1102,7 +1261,10 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"goroutines\x12\x19\n" +
 	"\bopen_fds\x18\x16 \x01(\rR\aopenFds\x12E\n" +
 	"\arefused\x18\x17 \x03(\v2+.fourover6.dataplane.v1.Status.RefusedEntryR\arefused\x126\n" +
-	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x1a8\n" +
+	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x12\x10\n" +
+	"\x03pid\x18\x19 \x01(\rR\x03pid\x12H\n" +
+	"\x12process_started_at\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x10processStartedAt\x12%\n" +
+	"\x0ehandoffs_total\x18\x1b \x01(\x04R\rhandoffsTotal\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1145,13 +1307,14 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SESSION_STATE_ACCEPTED\x10\x01\x12\x18\n" +
 	"\x14SESSION_STATE_LEASED\x10\x02\x12\x19\n" +
-	"\x15SESSION_STATE_CLOSING\x10\x032\x99\x04\n" +
+	"\x15SESSION_STATE_CLOSING\x10\x032\xf5\x04\n" +
 	"\x10DataplaneService\x12`\n" +
 	"\tGetStatus\x12(.fourover6.dataplane.v1.GetStatusRequest\x1a).fourover6.dataplane.v1.GetStatusResponse\x12k\n" +
 	"\fListSessions\x12+.fourover6.dataplane.v1.ListSessionsRequest\x1a,.fourover6.dataplane.v1.ListSessionsResponse0\x01\x12f\n" +
 	"\vKickSession\x12*.fourover6.dataplane.v1.KickSessionRequest\x1a+.fourover6.dataplane.v1.KickSessionResponse\x12f\n" +
 	"\vSetDraining\x12*.fourover6.dataplane.v1.SetDrainingRequest\x1a+.fourover6.dataplane.v1.SetDrainingResponse\x12f\n" +
-	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponseBIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
+	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponse\x12Z\n" +
+	"\aUpgrade\x12&.fourover6.dataplane.v1.UpgradeRequest\x1a'.fourover6.dataplane.v1.UpgradeResponseBIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
 
 var (
 	file_fourover6_dataplane_v1_dataplane_proto_rawDescOnce sync.Once
@@ -1166,54 +1329,59 @@ func file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 }
 
 var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(SessionState)(0),             // 0: fourover6.dataplane.v1.SessionState
-	(*GetStatusRequest)(nil),      // 1: fourover6.dataplane.v1.GetStatusRequest
-	(*KickSessionRequest)(nil),    // 2: fourover6.dataplane.v1.KickSessionRequest
-	(*KickSessionResponse)(nil),   // 3: fourover6.dataplane.v1.KickSessionResponse
-	(*SetDrainingRequest)(nil),    // 4: fourover6.dataplane.v1.SetDrainingRequest
-	(*SetDrainingResponse)(nil),   // 5: fourover6.dataplane.v1.SetDrainingResponse
-	(*SetLogLevelRequest)(nil),    // 6: fourover6.dataplane.v1.SetLogLevelRequest
-	(*SetLogLevelResponse)(nil),   // 7: fourover6.dataplane.v1.SetLogLevelResponse
-	(*GetStatusResponse)(nil),     // 8: fourover6.dataplane.v1.GetStatusResponse
-	(*ListSessionsRequest)(nil),   // 9: fourover6.dataplane.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 10: fourover6.dataplane.v1.ListSessionsResponse
-	(*Status)(nil),                // 11: fourover6.dataplane.v1.Status
-	(*Limits)(nil),                // 12: fourover6.dataplane.v1.Limits
-	(*Counters)(nil),              // 13: fourover6.dataplane.v1.Counters
-	(*Session)(nil),               // 14: fourover6.dataplane.v1.Session
-	nil,                           // 15: fourover6.dataplane.v1.Status.DropsEntry
-	nil,                           // 16: fourover6.dataplane.v1.Status.RefusedEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*UpgradeRequest)(nil),        // 1: fourover6.dataplane.v1.UpgradeRequest
+	(*UpgradeResponse)(nil),       // 2: fourover6.dataplane.v1.UpgradeResponse
+	(*GetStatusRequest)(nil),      // 3: fourover6.dataplane.v1.GetStatusRequest
+	(*KickSessionRequest)(nil),    // 4: fourover6.dataplane.v1.KickSessionRequest
+	(*KickSessionResponse)(nil),   // 5: fourover6.dataplane.v1.KickSessionResponse
+	(*SetDrainingRequest)(nil),    // 6: fourover6.dataplane.v1.SetDrainingRequest
+	(*SetDrainingResponse)(nil),   // 7: fourover6.dataplane.v1.SetDrainingResponse
+	(*SetLogLevelRequest)(nil),    // 8: fourover6.dataplane.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),   // 9: fourover6.dataplane.v1.SetLogLevelResponse
+	(*GetStatusResponse)(nil),     // 10: fourover6.dataplane.v1.GetStatusResponse
+	(*ListSessionsRequest)(nil),   // 11: fourover6.dataplane.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 12: fourover6.dataplane.v1.ListSessionsResponse
+	(*Status)(nil),                // 13: fourover6.dataplane.v1.Status
+	(*Limits)(nil),                // 14: fourover6.dataplane.v1.Limits
+	(*Counters)(nil),              // 15: fourover6.dataplane.v1.Counters
+	(*Session)(nil),               // 16: fourover6.dataplane.v1.Session
+	nil,                           // 17: fourover6.dataplane.v1.Status.DropsEntry
+	nil,                           // 18: fourover6.dataplane.v1.Status.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_fourover6_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	11, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
-	14, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
-	17, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
-	13, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
-	15, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
-	16, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
-	12, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
-	0,  // 7: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
-	17, // 8: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
-	17, // 9: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
-	13, // 10: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
-	1,  // 11: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
-	9,  // 12: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
-	2,  // 13: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
-	4,  // 14: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
-	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
-	8,  // 16: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
-	10, // 17: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
-	3,  // 18: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
-	5,  // 19: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
-	7,  // 20: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
+	16, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
+	19, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
+	15, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
+	17, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
+	18, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
+	14, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
+	19, // 7: fourover6.dataplane.v1.Status.process_started_at:type_name -> google.protobuf.Timestamp
+	0,  // 8: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
+	19, // 9: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
+	19, // 10: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
+	15, // 11: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
+	3,  // 12: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
+	11, // 13: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
+	4,  // 14: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
+	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
+	8,  // 16: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
+	1,  // 17: fourover6.dataplane.v1.DataplaneService.Upgrade:input_type -> fourover6.dataplane.v1.UpgradeRequest
+	10, // 18: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
+	12, // 19: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
+	5,  // 20: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
+	7,  // 21: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
+	9,  // 22: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
+	2,  // 23: fourover6.dataplane.v1.DataplaneService.Upgrade:output_type -> fourover6.dataplane.v1.UpgradeResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_dataplane_v1_dataplane_proto_init() }
@@ -1227,7 +1395,7 @@ func file_fourover6_dataplane_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_dataplane_v1_dataplane_proto_rawDesc), len(file_fourover6_dataplane_v1_dataplane_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	DataplaneService_KickSession_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/KickSession"
 	DataplaneService_SetDraining_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
 	DataplaneService_SetLogLevel_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
+	DataplaneService_Upgrade_FullMethodName      = "/fourover6.dataplane.v1.DataplaneService/Upgrade"
 )
 
 // DataplaneServiceClient is the client API for DataplaneService service.
@@ -43,6 +44,12 @@ type DataplaneServiceClient interface {
 	SetDraining(ctx context.Context, in *SetDrainingRequest, opts ...grpc.CallOption) (*SetDrainingResponse, error)
 	// SetLogLevel changes the data plane's log level at run time.
 	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
+	// Upgrade hands the running data plane over to a new process of the
+	// binary at the same path with the same arguments (as SIGUSR2 does): the
+	// client listener, the TUN, every client connection and its session.
+	// It answers once the hand-off is done (the new process serves, this one
+	// exits) or failed (this one serves on; the error says why).
+	Upgrade(ctx context.Context, in *UpgradeRequest, opts ...grpc.CallOption) (*UpgradeResponse, error)
 }
 
 type dataplaneServiceClient struct {
@@ -112,6 +119,16 @@ func (c *dataplaneServiceClient) SetLogLevel(ctx context.Context, in *SetLogLeve
 	return out, nil
 }
 
+func (c *dataplaneServiceClient) Upgrade(ctx context.Context, in *UpgradeRequest, opts ...grpc.CallOption) (*UpgradeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpgradeResponse)
+	err := c.cc.Invoke(ctx, DataplaneService_Upgrade_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DataplaneServiceServer is the server API for DataplaneService service.
 // All implementations must embed UnimplementedDataplaneServiceServer
 // for forward compatibility.
@@ -129,6 +146,12 @@ type DataplaneServiceServer interface {
 	SetDraining(context.Context, *SetDrainingRequest) (*SetDrainingResponse, error)
 	// SetLogLevel changes the data plane's log level at run time.
 	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
+	// Upgrade hands the running data plane over to a new process of the
+	// binary at the same path with the same arguments (as SIGUSR2 does): the
+	// client listener, the TUN, every client connection and its session.
+	// It answers once the hand-off is done (the new process serves, this one
+	// exits) or failed (this one serves on; the error says why).
+	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
 	mustEmbedUnimplementedDataplaneServiceServer()
 }
 
@@ -153,6 +176,9 @@ func (UnimplementedDataplaneServiceServer) SetDraining(context.Context, *SetDrai
 }
 func (UnimplementedDataplaneServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
+}
+func (UnimplementedDataplaneServiceServer) Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Upgrade not implemented")
 }
 func (UnimplementedDataplaneServiceServer) mustEmbedUnimplementedDataplaneServiceServer() {}
 func (UnimplementedDataplaneServiceServer) testEmbeddedByValue()                          {}
@@ -258,6 +284,24 @@ func _DataplaneService_SetLogLevel_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DataplaneService_Upgrade_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpgradeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DataplaneServiceServer).Upgrade(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DataplaneService_Upgrade_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DataplaneServiceServer).Upgrade(ctx, req.(*UpgradeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DataplaneService_ServiceDesc is the grpc.ServiceDesc for DataplaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +324,10 @@ var DataplaneService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetLogLevel",
 			Handler:    _DataplaneService_SetLogLevel_Handler,
+		},
+		{
+			MethodName: "Upgrade",
+			Handler:    _DataplaneService_Upgrade_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
