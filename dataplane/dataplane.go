@@ -270,21 +270,16 @@ func (d *Dataplane) Run(ctx context.Context) error {
 	for {
 		err, paused := d.serveLoops(ctx)
 		if !paused {
-			d.shutdown(ctx)
 			return err
 		}
 		d.mu.Lock()
 		h := d.handoff
 		d.mu.Unlock()
 		close(h.stopped)
-		var resume bool
-		select {
-		case resume = <-h.decided:
-		case <-ctx.Done():
-			// Asked to stop during a hand-off: wait for its outcome, which
-			// its own deadline bounds, then stop (or not) as it says.
-			resume = <-h.decided
-		}
+		// Asked to stop meanwhile or not, the hand-off's outcome decides
+		// (its own deadline bounds the wait): the successor may hold the
+		// sessions already.
+		resume := <-h.decided
 		d.mu.Lock()
 		d.handoff = nil
 		d.mu.Unlock()
@@ -293,11 +288,11 @@ func (d *Dataplane) Run(ctx context.Context) error {
 			d.conns.Wait()
 			return ErrHandedOver
 		}
-		d.log.Info("hand-off abandoned: this process serves on", "sessions", len(d.snapshot()))
 		if ctx.Err() != nil {
 			d.shutdown(ctx)
 			return nil
 		}
+		d.log.Info("hand-off abandoned: this process serves on", "sessions", len(d.snapshot()))
 	}
 }
 
@@ -332,11 +327,29 @@ func (d *Dataplane) serveLoops(ctx context.Context) (err error, paused bool) {
 	g.Go(func() error { d.reportLoop(gctx); return nil })
 	g.Go(func() error { return d.heartbeatLoop(gctx) })
 	g.Go(func() error { d.commandLoop(gctx); return nil })
+	var shut bool
+	g.Go(func() error {
+		<-gctx.Done()
+		d.mu.Lock()
+		freezing := d.handoff != nil
+		d.mu.Unlock()
+		if freezing {
+			return nil // Freeze stops the loops at message boundaries instead
+		}
+		// Closing the listener and the TUN is what ends the loops blocked
+		// on them.
+		d.shutdown(ctx)
+		shut = true
+		return nil
+	})
 	err = g.Wait() // nil when asked to stop: the loops fail only for a reason
 	d.mu.Lock()
 	d.loopCancel = nil
-	paused = d.handoff != nil && err == nil && ctx.Err() == nil
+	paused = d.handoff != nil && !shut
 	d.mu.Unlock()
+	if !paused && !shut {
+		d.shutdown(ctx) // a hand-off ended the loops only to be refused
+	}
 	return err, paused
 }
 

@@ -68,6 +68,9 @@ type env struct {
 type envOptions struct {
 	controllerArgs []string
 	dataplaneArgs  []string
+	// dataplaneBin, when set, is the data plane binary to run (a test that
+	// replaces it for a hand-off has its own copy).
+	dataplaneBin string
 	// noReturnRoute leaves the IPv4 host without a route to the pool, as
 	// on the internet: only NAT on the data plane gets answers back.
 	noReturnRoute bool
@@ -110,7 +113,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 
 	e.start(e.srv, "4over6-controller", append(e.controllerArgs(), o.controllerArgs...)...)
 	e.waitFor("controller socket", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
-	e.start(e.srv, "4over6-dataplane", append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)...)
+	dpArgs := append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)
+	if o.dataplaneBin != "" {
+		e.launch("4over6-dataplane", exec.Command("ip", append([]string{"netns", "exec", e.srv.Name, o.dataplaneBin}, dpArgs...)...))
+	} else {
+		e.start(e.srv, "4over6-dataplane", dpArgs...)
+	}
 	e.waitFor("data plane API", func() bool {
 		_, err := os.Stat(e.dpSock)
 		return err == nil

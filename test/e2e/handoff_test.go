@@ -1,0 +1,442 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The live hand-off from outside: a real client with a ping and an inner
+// TCP download through the tunnel, the data plane handed over (SIGUSR2,
+// 4over6ctl dataplane upgrade) to another build and back; and a new binary
+// that fails, which leaves the old process serving.
+
+const handoffVersion = "e2e-handoff-2"
+
+var (
+	v2Once sync.Once
+	v2Bin  string
+	v2Err  error
+)
+
+// dataplaneV2 builds the data plane once more with another version string.
+func dataplaneV2(t *testing.T) string {
+	t.Helper()
+	v2Once.Do(func() {
+		dir := filepath.Join(binDir, "v2")
+		v2Bin = filepath.Join(dir, "4over6-dataplane")
+		cmd := exec.Command("go", "build", "-o", v2Bin,
+			"-ldflags", "-X github.com/fourover6/fourover6/cmd/internal/version.Version="+handoffVersion,
+			"github.com/fourover6/fourover6/cmd/4over6-dataplane")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			v2Err = fmt.Errorf("building the second data plane: %v\n%s", err, out)
+		}
+	})
+	if v2Err != nil {
+		t.Fatal(v2Err)
+	}
+	return v2Bin
+}
+
+// handoffEnv is an env whose data plane runs from a binary of its own,
+// which the test replaces, and writes --pid-file.
+type handoffEnv struct {
+	*env
+	bin, pidFile string
+	first        int // the first data plane process
+}
+
+func newHandoffEnv(t *testing.T, extra ...string) *handoffEnv {
+	dir := t.TempDir()
+	h := &handoffEnv{bin: filepath.Join(dir, "4over6-dataplane"), pidFile: filepath.Join(dir, "dataplane.pid")}
+	installBinary(t, filepath.Join(binDir, "4over6-dataplane"), h.bin)
+	h.env = newEnv(t, envOptions{dataplaneBin: h.bin, dataplaneArgs: append([]string{
+		"--report-interval", "200ms", "--pid-file", h.pidFile, "--handoff-timeout", "10s"}, extra...)})
+	h.first = h.env.procs[len(h.env.procs)-1].cmd.Process.Pid
+	h.waitFor("pid file", func() bool { return h.pid() == h.first })
+	// The processes that took over are not children of the test: stop the
+	// serving one before the env stops the rest.
+	t.Cleanup(func() {
+		if pid := h.pid(); pid != h.first && pid > 0 {
+			syscall.Kill(pid, syscall.SIGTERM)
+			deadline := time.Now().Add(15 * time.Second)
+			for alive(pid) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if alive(pid) {
+				syscall.Kill(pid, syscall.SIGQUIT) // a goroutine dump in its log
+				time.Sleep(time.Second)
+				if b, err := os.ReadFile(h.procs[1].log); err == nil {
+					os.WriteFile("/tmp/ho-dp.log", b, 0o644)
+				}
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Errorf("data plane %d did not stop within 15s of SIGTERM", pid)
+			}
+		}
+	})
+	return h
+}
+
+// installBinary puts a copy of src at dst as an upgrade does: a new file
+// renamed over the old one (a running binary cannot be written).
+func installBinary(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (h *handoffEnv) pid() int {
+	b, err := os.ReadFile(h.pidFile)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// alive: the process exists and is not a zombie (a successor's parent
+// exits before it, so nobody may reap it).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+type hoStatus struct {
+	Version    string `json:"version"`
+	PID        int    `json:"pid"`
+	InstanceID string `json:"instance_id"`
+	Sessions   int    `json:"sessions"`
+	Handoffs   uint64 `json:"handoffs_total"`
+}
+
+func (h *handoffEnv) status() hoStatus {
+	h.t.Helper()
+	var st hoStatus
+	h.ctlJSON(&st, "dataplane", "status")
+	return st
+}
+
+// handOff sends SIGUSR2 to the serving process and waits until another
+// serves and the old one is gone.
+func (h *handoffEnv) handOff() (newPID int) {
+	h.t.Helper()
+	old := h.pid()
+	start := time.Now()
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		h.t.Fatal(err)
+	}
+	h.waitFor("a new data plane process", func() bool { return h.pid() != old })
+	h.waitFor("the old data plane process to exit", func() bool { return !alive(old) })
+	h.t.Logf("hand-off %d -> %d: old process gone %s after the signal", old, h.pid(), time.Since(start).Round(time.Millisecond))
+	return h.pid()
+}
+
+// hoPinger pings from the client namespace every 20 ms until stopped.
+type hoPinger struct {
+	cmd *exec.Cmd
+	out strings.Builder
+	mu  sync.Mutex
+}
+
+func (e *env) startPing(dst string) *hoPinger {
+	e.t.Helper()
+	p := &hoPinger{cmd: exec.Command("ip", "netns", "exec", e.cli.Name, "ping", "-n", "-i", "0.02", "-W", "2", dst)}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// stop interrupts ping and returns its totals.
+func (p *hoPinger) stop(t *testing.T) (sent, received int) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGINT)
+	p.cmd.Wait()
+	time.Sleep(50 * time.Millisecond) // the scanner's last lines
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := pingStats.FindStringSubmatch(p.out.String())
+	if m == nil {
+		t.Fatalf("no ping statistics in:\n%s", p.out.String())
+	}
+	sent, _ = strconv.Atoi(m[1])
+	received, _ = strconv.Atoi(m[2])
+	return sent, received
+}
+
+// startSlowHTTP serves /slow?n=: n pseudo-random bytes, 32 KiB every 10 ms,
+// so a download is in progress for seconds.
+func (e *env) startSlowHTTP() *http.Server {
+	e.t.Helper()
+	ln, err := e.inet.Listen("tcp4", net.JoinHostPort(internetV4, "8081"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ping", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "pong") })
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n < 0 || n > 1<<30 {
+			http.Error(w, "bad n", http.StatusBadRequest)
+			return
+		}
+		b := make([]byte, n)
+		rand.NewChaCha8([32]byte{3}).Read(b)
+		sum := sha256.Sum256(b)
+		w.Header().Set("X-Sha256", hex.EncodeToString(sum[:]))
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		for len(b) > 0 {
+			k := min(len(b), 32<<10)
+			if _, err := w.Write(b[:k]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			b = b[k:]
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	return srv
+}
+
+// download fetches /slow through the tunnel and checks its checksum; the
+// result arrives on the channel.
+func (e *env) download(n int) <-chan error {
+	done := make(chan error, 1)
+	hc := &http.Client{Transport: &http.Transport{DialContext: e.cli.Dial}, Timeout: 120 * time.Second}
+	go func() {
+		resp, err := hc.Get("http://" + net.JoinHostPort(internetV4, "8081") + "/slow?n=" + strconv.Itoa(n))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		h := sha256.New()
+		got, err := io.Copy(h, resp.Body)
+		switch {
+		case err != nil:
+			done <- fmt.Errorf("download broke after %d bytes: %w", got, err)
+		case got != int64(n):
+			done <- fmt.Errorf("download: %d bytes, want %d", got, n)
+		case hex.EncodeToString(h.Sum(nil)) != resp.Header.Get("X-Sha256"):
+			done <- fmt.Errorf("download checksum differs")
+		default:
+			done <- nil
+		}
+	}()
+	return done
+}
+
+// waitTunnel waits until HTTP gets through the tunnel.
+func (e *env) waitTunnel() {
+	e.t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: e.cli.Dial}, Timeout: 2 * time.Second}
+	e.waitFor("HTTP through the tunnel", func() bool {
+		resp, err := hc.Get("http://" + net.JoinHostPort(internetV4, "8081") + "/ping")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+}
+
+// clientLog returns the client's log so far.
+func (e *env) logOf(p *proc) string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func countLines(log, substr string) int {
+	n := 0
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestLiveHandoff: two SIGUSR2 hand-offs in a row into another build, then
+// 4over6ctl dataplane upgrade back, while a client pings every 20 ms and
+// downloads through the tunnel: the client's connection to the data plane
+// is never closed (one "connected" in its log, no "disconnected"), its
+// address and session stay, the ping loses at most a couple of echoes, the
+// download completes with the right checksum, and the controller's lease
+// is the same.
+func TestLiveHandoff(t *testing.T) {
+	t.Parallel()
+	v2 := dataplaneV2(t)
+	h := newHandoffEnv(t)
+	srv := h.startSlowHTTP()
+	defer srv.Close()
+	client := h.start(h.cli, "4over6-client", "--server", serverAddr, "--tun", "4o6c")
+	h.waitFor("client lease", func() bool { return len(h.clients()) == 1 })
+	h.waitTunnel()
+	before := h.clients()[0]
+	st0 := h.status()
+
+	ping := h.startPing(internetV4)
+	dl := h.download(24 << 20) // about eight seconds at 3 MB/s
+	time.Sleep(500 * time.Millisecond)
+
+	installBinary(t, v2, h.bin)
+	pid1 := h.handOff()
+	st1 := h.status()
+	if st1.Version != handoffVersion || st1.PID != pid1 || st1.InstanceID != st0.InstanceID || st1.Handoffs != 1 {
+		t.Errorf("after the first hand-off: status %+v, want version %s, pid %d, instance %s, 1 hand-off", st1, handoffVersion, pid1, st0.InstanceID)
+	}
+	time.Sleep(300 * time.Millisecond)
+	pid2 := h.handOff()
+	if st := h.status(); st.PID != pid2 || st.Handoffs != 2 || st.Version != handoffVersion {
+		t.Errorf("after the second hand-off: status %+v, want pid %d, 2 hand-offs", st, pid2)
+	}
+
+	// Back to the first build, through the API.
+	installBinary(t, filepath.Join(binDir, "4over6-dataplane"), h.bin)
+	var up struct {
+		OldPID     int    `json:"old_pid"`
+		NewPID     int    `json:"new_pid"`
+		OldVersion string `json:"old_version"`
+		NewVersion string `json:"new_version"`
+		Sessions   int    `json:"sessions"`
+		PausedMs   int    `json:"paused_ms"`
+	}
+	h.ctlJSON(&up, "dataplane", "upgrade")
+	if up.OldPID != pid2 || up.NewPID == pid2 || up.OldVersion != handoffVersion || up.NewVersion != st0.Version || up.Sessions != 1 {
+		t.Errorf("dataplane upgrade: %+v, want from %d (%s) to the first build (%s), 1 session", up, pid2, handoffVersion, st0.Version)
+	}
+	h.waitFor("the pid file to name the new process", func() bool { return h.pid() == up.NewPID })
+	h.waitFor("the old process to exit", func() bool { return !alive(pid2) })
+	t.Logf("dataplane upgrade: %+v", up)
+
+	select {
+	case err := <-dl:
+		if err != nil {
+			t.Errorf("inner TCP download across three hand-offs: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("download did not finish")
+	}
+	sent, received := ping.stop(t)
+	t.Logf("ping: %d sent, %d received across three hand-offs", sent, received)
+	if sent < 100 || sent-received > 2 {
+		t.Errorf("ping: %d sent, %d received: more than 2 lost across the hand-offs", sent, received)
+	}
+	after := h.clients()
+	if len(after) != 1 || after[0].IPv4 != before.IPv4 || after[0].Session != before.Session || after[0].Port != before.Port {
+		t.Errorf("clients after the hand-offs: %+v, before: %+v", after, before)
+	}
+	log := h.logOf(client)
+	if n := countLines(log, "msg=connected"); n != 1 {
+		t.Errorf("client connected %d times, want once (no reconnect)", n)
+	}
+	if n := countLines(log, "msg=disconnected"); n != 0 {
+		t.Errorf("client saw %d disconnects, want none", n)
+	}
+	if p := h.pool(); p.Leased != 1 {
+		t.Errorf("pool after the hand-offs: %+v, want the one lease", p)
+	}
+}
+
+// TestHandoffRollback: a new binary that exits at once, and one that is
+// not a data plane at all (it never says hello): the old process serves
+// on, its client never notices, and the log says why.
+func TestHandoffRollback(t *testing.T) {
+	t.Parallel()
+	h := newHandoffEnv(t, "--handoff-timeout", "2s")
+	srv := h.startSlowHTTP()
+	defer srv.Close()
+	client := h.start(h.cli, "4over6-client", "--server", serverAddr, "--tun", "4o6c")
+	h.waitFor("client lease", func() bool { return len(h.clients()) == 1 })
+	h.waitTunnel()
+	before := h.clients()[0]
+	dpLog := h.procs[1]
+
+	for i, script := range []string{
+		"#!/bin/sh\necho 'this build fails at start' >&2\nexit 1\n",
+		"#!/bin/sh\nsleep 30\n",
+	} {
+		if err := os.WriteFile(h.bin+".new", []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(h.bin+".new", h.bin); err != nil {
+			t.Fatal(err)
+		}
+		syscall.Kill(h.first, syscall.SIGUSR2)
+		h.waitFor("the hand-off to fail", func() bool { return countLines(h.logOf(dpLog), "hand-off failed") == i+1 })
+		// Through the API too: an error, exit 1.
+		if _, errOut, code := h.ctl("dataplane", "upgrade"); code != 1 || !strings.Contains(errOut, "hand-off failed") {
+			t.Errorf("dataplane upgrade to a failing binary: exit %d, %s", code, errOut)
+		}
+	}
+	if st := h.status(); st.PID != h.first || st.Handoffs != 0 {
+		t.Errorf("status after failed hand-offs: %+v, want the first process %d", st, h.first)
+	}
+	if !alive(h.first) {
+		t.Fatal("the data plane died")
+	}
+	ping := h.startPing(internetV4)
+	time.Sleep(time.Second)
+	if sent, received := ping.stop(t); received == 0 || sent-received > 1 {
+		t.Errorf("ping after the failed hand-offs: %d sent, %d received", sent, received)
+	}
+	if after := h.clients(); len(after) != 1 || after[0].Session != before.Session || after[0].IPv4 != before.IPv4 {
+		t.Errorf("clients after the failed hand-offs: %+v, before %+v", after, before)
+	}
+	if n := countLines(h.logOf(client), "msg=connected"); n != 1 {
+		t.Errorf("client connected %d times, want once", n)
+	}
+	var m struct{ Failures int }
+	_ = m
+	if !strings.Contains(h.logOf(dpLog), "exited") {
+		t.Errorf("the data plane's log does not say the new process exited")
+	}
+}
+
+var _ = context.Background
