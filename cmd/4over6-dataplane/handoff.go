@@ -127,6 +127,11 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 		child.Kill()
 	}()
 	fail := func(stage string, err error) error {
+		// A process that went away: say how it ended (it has, or is about to).
+		select {
+		case <-child.Exited():
+		case <-time.After(200 * time.Millisecond):
+		}
 		select {
 		case <-child.Exited():
 			return fmt.Errorf("%s: %w (the new process exited: %s)", stage, err, child.ExitStatus())
