@@ -440,3 +440,45 @@ func TestHandoffRollback(t *testing.T) {
 }
 
 var _ = context.Background
+
+// TestConnectionBlip: ss -K cuts the client's outer TCP connection in the
+// middle of an inner download; the client reconnects at once, gets the
+// same address, and the download completes with the right checksum.
+func TestConnectionBlip(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{dataplaneArgs: []string{"--report-interval", "200ms"}})
+	srv := e.startSlowHTTP()
+	defer srv.Close()
+	client := e.start(e.cli, "4over6-client", "--server", serverAddr, "--tun", "4o6c")
+	e.waitFor("client lease", func() bool { return len(e.clients()) == 1 })
+	e.waitTunnel()
+	before := e.clients()[0]
+
+	dl := e.download(12 << 20) // about four seconds
+	time.Sleep(time.Second)
+	out, err := e.cli.Output("ss", "-K", "-t", "dst", "["+serverV6+"]:5678")
+	if err != nil {
+		t.Fatalf("ss -K: %v\n%s", err, out)
+	}
+	e.waitFor("the client to reconnect", func() bool { return countLines(e.logOf(client), "msg=connected") == 2 })
+	var after []ctlClient
+	e.waitFor("the new session's lease", func() bool {
+		after = e.clients()
+		return len(after) == 1 && after[0].Session != before.Session
+	})
+	if after[0].IPv4 != before.IPv4 {
+		t.Errorf("after the blip the client has %s, before %s", after[0].IPv4, before.IPv4)
+	}
+	select {
+	case err := <-dl:
+		if err != nil {
+			t.Errorf("inner download across the blip: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("download did not finish")
+	}
+	log := e.logOf(client)
+	if !strings.Contains(log, "lease unchanged") {
+		t.Errorf("the client did not keep its address and routes across the reconnect:\n%s", log)
+	}
+}
