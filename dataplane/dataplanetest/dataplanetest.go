@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/tun"
@@ -23,6 +24,39 @@ type MemTUN struct {
 	closed  chan struct{}
 	once    sync.Once
 	batch   int
+
+	dmu      sync.Mutex
+	deadline chan struct{} // closed when the read deadline passes; nil: none
+	changed  chan struct{} // closed (and replaced) when the deadline changes
+}
+
+// SetReadDeadline implements the deadline a hand-off stops the TUN reader
+// with: a Read blocked at t returns os.ErrDeadlineExceeded (t in the
+// past: at once); the zero time clears it.
+func (m *MemTUN) SetReadDeadline(t time.Time) error {
+	m.dmu.Lock()
+	defer m.dmu.Unlock()
+	if m.changed != nil {
+		close(m.changed) // a blocked Read looks again
+	}
+	m.changed = make(chan struct{})
+	if t.IsZero() {
+		m.deadline = nil
+		return nil
+	}
+	ch := make(chan struct{})
+	m.deadline = ch
+	time.AfterFunc(time.Until(t), func() { close(ch) })
+	return nil
+}
+
+func (m *MemTUN) deadlineCh() (deadline, changed <-chan struct{}) {
+	m.dmu.Lock()
+	defer m.dmu.Unlock()
+	if m.changed == nil {
+		m.changed = make(chan struct{})
+	}
+	return m.deadline, m.changed
 }
 
 // NewMemTUN returns a device reading up to batch packets at a time.
@@ -48,11 +82,18 @@ func (m *MemTUN) Close() error { m.once.Do(func() { close(m.closed) }); return n
 
 // Read implements tun.Device.
 func (m *MemTUN) Read(bufs [][]byte, sizes []int, off int) (int, error) {
-	select {
-	case p := <-m.in:
-		sizes[0] = copy(bufs[0][off:], p)
-	case <-m.closed:
-		return 0, os.ErrClosed
+	for waiting := true; waiting; {
+		deadline, changed := m.deadlineCh()
+		select {
+		case p := <-m.in:
+			sizes[0] = copy(bufs[0][off:], p)
+			waiting = false
+		case <-m.closed:
+			return 0, os.ErrClosed
+		case <-deadline:
+			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+		}
 	}
 	n := 1
 	for n < len(bufs) {

@@ -58,11 +58,12 @@ func (s *Session) Freeze(ctx context.Context) (bool, error) {
 	s.frozen = true
 	s.parked = make(chan struct{})
 	s.thaw = make(chan bool, 1)
+	parked := s.parked
 	s.mu.Unlock()
 	s.conn.SetReadDeadline(time.Now().Add(-time.Second))
 	s.out.Pause() // false: closed by a failed write, whose close waits in s.deferred
 	select {
-	case <-s.parked:
+	case <-parked:
 	case <-ctx.Done():
 		return true, fmt.Errorf("session %s: reader did not stop: %w", s.id, ctx.Err())
 	}
@@ -74,14 +75,6 @@ func (s *Session) Freeze(ctx context.Context) (bool, error) {
 		return true, fmt.Errorf("session %s: its lease is still being answered: %w", s.id, ctx.Err())
 	}
 	return true, nil
-}
-
-// park is the reader's stop while frozen: it says so and waits for Thaw.
-// It returns true when the session resumes here, false when it was handed
-// over (the reader then ends without closing anything).
-func (s *Session) park() bool {
-	close(s.parked)
-	return <-s.thaw
 }
 
 // Thaw ends a freeze. resume: the session goes on here (the hand-off did
@@ -98,6 +91,7 @@ func (s *Session) Thaw(resume bool) {
 	s.frozen = false
 	deferred := s.deferred
 	s.deferred = nil
+	thaw := s.thaw
 	if !resume {
 		s.state.Store(int32(Closed))
 	}
@@ -105,7 +99,7 @@ func (s *Session) Thaw(resume bool) {
 	if resume {
 		s.conn.SetReadDeadline(time.Time{})
 		s.out.Resume()
-		s.thaw <- true
+		thaw <- true
 		if deferred != nil {
 			s.Close(*deferred)
 		}
@@ -118,7 +112,7 @@ func (s *Session) Thaw(resume bool) {
 	}
 	s.out.Close()
 	s.conn.Close()
-	s.thaw <- false
+	thaw <- false
 }
 
 // Export returns the state of a frozen session (Freeze returned true and

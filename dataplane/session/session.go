@@ -417,17 +417,20 @@ func (s *Session) readLoop() {
 			s.flushTUN()
 		}
 		m, err := dec.Next()
-		if err != nil && s.isFrozen() {
-			s.flushTUN()
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				s.Close(readErrReason(err)) // kept for after the hand-off
-				close(s.parked)
+		if err != nil {
+			if parked, thaw, frozen := s.freezing(); frozen {
+				s.flushTUN()
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					s.Close(readErrReason(err)) // kept for after the hand-off
+					close(parked)
+					return
+				}
+				close(parked)
+				if <-thaw {
+					continue
+				}
 				return
 			}
-			if s.park() {
-				continue
-			}
-			return
 		}
 		if err != nil {
 			var fe *wire.FrameError
@@ -453,10 +456,12 @@ func (s *Session) readLoop() {
 	}
 }
 
-func (s *Session) isFrozen() bool {
+// freezing returns the channels of the freeze in force, if any: the reader
+// says it stopped on parked and learns on thaw whether to go on.
+func (s *Session) freezing() (parked chan struct{}, thaw chan bool, frozen bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.frozen
+	return s.parked, s.thaw, s.frozen
 }
 
 func readErrReason(err error) Reason {
