@@ -155,6 +155,8 @@ type Dataplane struct {
 	processStart    time.Time
 	lastHandoff     *HandoffState // what Restore took over; Run starts its sessions
 	closeLater      []closeReq
+	serving         chan struct{} // closed when Run first starts its loops
+	servingOnce     sync.Once
 }
 
 // New checks the configuration and returns a data plane ready to Run.
@@ -184,6 +186,7 @@ func New(cfg Config) (*Dataplane, error) {
 		started:      now,
 		processStart: now,
 		reregister:   make(chan struct{}, 1),
+		serving:      make(chan struct{}),
 		// Session ids must not repeat across restarts of this data plane:
 		// the controller keys leases by them.
 		idPrefix: strconv.FormatInt(now.UnixNano()/int64(time.Millisecond), 36) + "-",
@@ -320,6 +323,7 @@ func (d *Dataplane) serveLoops(ctx context.Context) (err error, paused bool) {
 	d.loopCancel = cancel
 	d.mu.Unlock()
 	g, gctx := errgroup.WithContext(lctx)
+	d.servingOnce.Do(func() { close(d.serving) })
 	g.Go(func() error { return d.acceptLoop(gctx) })
 	g.Go(func() error { return d.tunLoop(gctx) })
 	g.Go(func() error { d.sweeper.Run(gctx); return nil })

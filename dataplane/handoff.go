@@ -311,6 +311,10 @@ func (d *Dataplane) startRestored() {
 	d.closeLater = nil
 }
 
+// Serving is closed once Run serves: its sessions (a Restore's too) are
+// live and its loops run.
+func (d *Dataplane) Serving() <-chan struct{} { return d.serving }
+
 // HandoffFailed counts a hand-off that did not happen (this process
 // serves on).
 func (d *Dataplane) HandoffFailed() { d.handoffFailures.Add(1) }

@@ -226,7 +226,8 @@ func (c *MemController) Allocate(_ context.Context, r dataplane.AllocateRequest)
 	a, ok := c.leases[r.SessionID]
 	if !ok {
 		for i := 0; i < c.size; i++ {
-			cand := netip.AddrFrom4([4]byte{13, 8, 0, byte(2 + i)})
+			v := uint32(13)<<24 | uint32(8)<<16 + 2 + uint32(i) // 13.8.0.2 up, past .255 for big pools
+			cand := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 			if _, taken := c.used[cand]; !taken {
 				a, ok = cand, true
 				break

@@ -262,6 +262,21 @@ func Inherited() (*Conn, error) {
 	return &Conn{c: uc}, nil
 }
 
+// FromFile makes a Conn of a unix stream socket's file (f stays the
+// caller's): for tests and for callers that make their own socket pair.
+func FromFile(f *os.File) (*Conn, error) {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%s is not a unix socket", f.Name())
+	}
+	return &Conn{c: uc}, nil
+}
+
 // Child is a successor process and the predecessor's end of its socket.
 type Child struct {
 	*Conn
