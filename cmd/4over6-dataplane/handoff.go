@@ -39,6 +39,19 @@ type inheritedFiles struct {
 	Pool       string // for the successor's log
 }
 
+// bgpHandoff is where a BGP speaker (package dataplane/bgp) joins the
+// hand-off once it is wired into the daemon. commit runs after the new
+// process said it is ready and before this one commits: it calls
+// Speaker.Handoff (sessions closed without NOTIFICATION, so the routers
+// keep the routes, stale, for the restart time); an error abandons the
+// hand-off. rollback runs when the hand-off is abandoned after commit ran:
+// it starts the speaker again. The new process starts its speaker with
+// bgp.Config.Restarting when takeOver returns. Both nil: no speaker.
+type bgpHandoff struct {
+	commit   func() error
+	rollback func()
+}
+
 // upgradeResult is what a hand-off did, for the log and the API.
 type upgradeResult = api.UpgradeResult
 
@@ -170,6 +183,18 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 	}
 	if _, err := child.Recv(ctx, handoff.KindReady, nil); err != nil {
 		return r, fail("new process taking the sessions", err)
+	}
+	if h := d.bgp; h.commit != nil {
+		if err := h.commit(); err != nil {
+			return r, fail("BGP graceful restart", err)
+		}
+		if h.rollback != nil {
+			defer func() {
+				if !committed {
+					h.rollback()
+				}
+			}()
+		}
 	}
 	if err := child.Send(handoff.KindCommit, struct{}{}, nil); err != nil {
 		return r, fail("commit", err)

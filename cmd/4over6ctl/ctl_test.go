@@ -200,7 +200,9 @@ func TestDataplaneStatus(t *testing.T) {
 		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "drops",
 		"keepalive_interval", "keepalive_timeout",
 		// added with issue 5
-		"draining", "instance_id", "goroutines", "open_fds", "refused", "limits")
+		"draining", "instance_id", "goroutines", "open_fds", "refused", "limits",
+		// the serving process (a live hand-off changes it)
+		"pid", "process_started_at", "handoffs_total")
 	if !reflect.DeepEqual(keysOf(raw), want) {
 		t.Errorf("status keys %v\nwant %v", keysOf(raw), want)
 	}
