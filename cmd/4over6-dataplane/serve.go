@@ -66,7 +66,7 @@ type daemon struct {
 	ln         net.Listener // clients'
 	metricsLn  net.Listener // --metrics, handed over by a predecessor
 	upgrades   *upgrader
-	bgp        bgpHandoff // the BGP speaker's part in a hand-off, once there is one
+	bgp        bgpHandoff  // the BGP speaker's part in a hand-off, once there is one
 	handedOver atomic.Bool // a successor serves: leave what it uses alone
 }
 
