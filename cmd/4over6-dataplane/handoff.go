@@ -58,26 +58,33 @@ type upgradeResult = api.UpgradeResult
 // upgrader runs one hand-off at a time, on SIGUSR2 or an API request.
 type upgrader struct {
 	d    *daemon
+	sig  chan os.Signal
 	mu   sync.Mutex // one hand-off at a time
 	done chan struct{}
 	once sync.Once
 }
 
-func newUpgrader(d *daemon) *upgrader { return &upgrader{d: d, done: make(chan struct{})} }
+// newUpgrader catches SIGUSR2 at once, before anything is opened: its
+// default action would kill the process (a signal sent as soon as the
+// pid file names a new process, say), and one that comes early waits for
+// watch.
+func newUpgrader(d *daemon) *upgrader {
+	u := &upgrader{d: d, sig: make(chan os.Signal, 1), done: make(chan struct{})}
+	signal.Notify(u.sig, syscall.SIGUSR2)
+	return u
+}
 
 // HandedOver is closed once a successor took over: the daemon exits.
 func (u *upgrader) HandedOver() <-chan struct{} { return u.done }
 
 // watch hands over on every SIGUSR2 until ctx ends.
 func (u *upgrader) watch(ctx context.Context) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGUSR2)
-	defer signal.Stop(ch)
+	defer signal.Stop(u.sig)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ch:
+		case <-u.sig:
 		}
 		u.d.log.Info("SIGUSR2: handing over to a new process")
 		u.Upgrade(ctx)
