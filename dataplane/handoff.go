@@ -47,13 +47,12 @@ type PendingRelease struct {
 	Unresolved bool
 }
 
-// Frozen is a data plane stopped for a hand-off: State and Conns (dup'd
-// descriptors of the sessions' sockets, in State.Sessions' order) go to the
-// successor; then Thaw(false) ends this data plane's part, or Thaw(true)
-// resumes it as if nothing happened.
+// Frozen is a data plane stopped for a hand-off: State and the sessions'
+// connections (File, in State.Sessions' order) go to the successor; then
+// Thaw(false) ends this data plane's part, or Thaw(true) resumes it as if
+// nothing happened.
 type Frozen struct {
 	State HandoffState
-	Conns []*os.File
 
 	d        *Dataplane
 	sessions []*session.Session
@@ -129,16 +128,23 @@ func (d *Dataplane) Freeze(ctx context.Context) (*Frozen, error) {
 	}
 	f.State = d.exportState(f.sessions)
 	f.State.FrozenAt = frozenAt
-	for _, s := range f.sessions {
-		file, err := connFile(s.Conn())
-		if err != nil {
-			f.closeFiles()
-			f.Thaw(true)
-			return nil, fmt.Errorf("session %s: %w", s.ID(), err)
-		}
-		f.Conns = append(f.Conns, file)
-	}
 	return f, nil
+}
+
+// File returns a duplicate of the i-th session's socket and its release
+// (which closes it): made one at a time, so that handing over ten
+// thousand connections needs a batch of extra descriptors, not ten
+// thousand.
+func (f *Frozen) File(i int) (*os.File, func(), error) {
+	if i < 0 || i >= len(f.sessions) {
+		return nil, nil, fmt.Errorf("no session %d of %d", i, len(f.sessions))
+	}
+	s := f.sessions[i]
+	file, err := connFile(s.Conn())
+	if err != nil {
+		return nil, nil, fmt.Errorf("session %s: %w", s.ID(), err)
+	}
+	return file, func() { file.Close() }, nil
 }
 
 func connFile(c net.Conn) (*os.File, error) {
@@ -166,13 +172,6 @@ func (d *Dataplane) exportState(live []*session.Session) HandoffState {
 	return st
 }
 
-func (f *Frozen) closeFiles() {
-	for _, c := range f.Conns {
-		c.Close()
-	}
-	f.Conns = nil
-}
-
 // Thaw ends the freeze: resume (the successor failed) puts every session
 // and loop back to work; otherwise the successor took over: the sessions
 // end here without a release (their connections live on in the successor)
@@ -180,7 +179,6 @@ func (f *Frozen) closeFiles() {
 func (f *Frozen) Thaw(resume bool) {
 	f.once.Do(func() {
 		d := f.d
-		f.closeFiles()
 		if resume {
 			d.cfg.Listener.(deadliner).SetDeadline(time.Time{})
 			d.cfg.TUN.(readDeadliner).SetReadDeadline(time.Time{})

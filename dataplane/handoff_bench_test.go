@@ -36,10 +36,10 @@ func BenchmarkHandoff(b *testing.B) {
 			b.Logf("cannot raise the descriptor limit: %v", err)
 		}
 	}
-	// Clients, the old and the new sessions and the descriptors in flight
-	// share one process here: 4000 sessions is what fits under a limit of
-	// 20000 descriptors (the daemon's two processes hold half each).
-	for _, n := range []int{100, 1000, 4000} {
+	// Clients, the old and the new sessions share one process here: 6000
+	// sessions is what fits under a limit of 20000 descriptors (the
+	// daemon's two processes hold a third each).
+	for _, n := range []int{100, 1000, 6000} {
 		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchHandoff(b, n) })
 	}
 }
@@ -107,9 +107,15 @@ func benchHandoff(b *testing.B, n int) {
 		}
 		phases[0] += time.Since(start)
 		sent := make(chan error, 1)
-		go func() { sent <- a.Send(handoff.KindState, f.State, f.Conns) }()
+		go func() { sent <- a.SendEach(handoff.KindState, f.State, len(f.State.Sessions), f.File) }()
 		var st dataplane.HandoffState
-		files, err := z.Recv(context.Background(), handoff.KindState, &st)
+		var conns []net.Conn
+		err = z.RecvEach(context.Background(), handoff.KindState, &st, func(file *os.File) error {
+			defer file.Close()
+			c, err := net.FileConn(file)
+			conns = append(conns, c)
+			return err
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -117,13 +123,6 @@ func benchHandoff(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		phases[1] += time.Since(start)
-		conns := make([]net.Conn, len(files))
-		for i, file := range files {
-			if conns[i], err = net.FileConn(file); err != nil {
-				b.Fatal(err)
-			}
-			file.Close()
-		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)
@@ -156,7 +155,7 @@ func benchHandoff(b *testing.B, n int) {
 		dp = next
 	}
 	b.StopTimer()
-	b.Logf("n=%d: per hand-off, since the freeze: frozen %s, sent %s, restored %s, successor serving %s, old side let go %s", n,
+	b.Logf("n=%d: per hand-off, since the freeze: frozen %s, sent and received %s, restored %s, successor serving %s, old side let go %s", n,
 		phases[0]/time.Duration(b.N), phases[1]/time.Duration(b.N), phases[2]/time.Duration(b.N), total/time.Duration(b.N), phases[3]/time.Duration(b.N))
 	per := total / time.Duration(b.N)
 	b.ReportMetric(float64(per)/float64(time.Millisecond), "pause-ms")

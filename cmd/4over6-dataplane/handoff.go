@@ -185,7 +185,7 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 		return r, fail("freezing the sessions", err)
 	}
 	r.Sessions = len(frozen.State.Sessions)
-	if err := child.Send(handoff.KindState, frozen.State, frozen.Conns); err != nil {
+	if err := child.SendEach(handoff.KindState, frozen.State, len(frozen.State.Sessions), frozen.File); err != nil {
 		return r, fail("passing the sessions", err)
 	}
 	if _, err := child.Recv(ctx, handoff.KindReady, nil); err != nil {
@@ -337,25 +337,24 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 	}
 	ctx, cancel = step()
 	var st dataplane.HandoffState
-	connFiles, err := c.Recv(ctx, handoff.KindState, &st)
-	cancel()
-	if err != nil {
-		return err
-	}
-	conns := make([]net.Conn, 0, len(connFiles))
-	for i, f := range connFiles {
+	var conns []net.Conn
+	err = c.RecvEach(ctx, handoff.KindState, &st, func(f *os.File) error {
+		// Each file becomes a connection at once (and is closed): ten
+		// thousand of them must not hold twice the descriptors.
+		defer f.Close()
 		cn, err := net.FileConn(f)
-		f.Close()
 		if err != nil {
-			for _, c := range conns {
-				c.Close()
-			}
-			for _, f := range connFiles[i+1:] {
-				f.Close()
-			}
-			return fmt.Errorf("hand-off: connection %d: %w", i, err)
+			return fmt.Errorf("hand-off: connection %d: %w", len(conns), err)
 		}
 		conns = append(conns, cn)
+		return nil
+	})
+	cancel()
+	if err != nil {
+		for _, c := range conns {
+			c.Close()
+		}
+		return err
 	}
 	if d.dp, err = dataplane.Restore(d.config(d.ln), &st, conns); err != nil {
 		return err

@@ -99,6 +99,14 @@ func (c *Conn) Close() error { return c.c.Close() }
 // Send sends one message: meta as JSON and files (their descriptors are
 // duplicated into the other process; the caller keeps and closes its own).
 func (c *Conn) Send(kind Kind, meta any, files []*os.File) error {
+	return c.SendEach(kind, meta, len(files), func(i int) (*os.File, func(), error) { return files[i], func() {}, nil })
+}
+
+// SendEach is Send for n files made one at a time by file, which returns
+// each with its release: called once the file's batch is sent, so that no
+// more than a batch of extra descriptors is open at once (a hand-off of
+// ten thousand connections must fit the descriptor limit).
+func (c *Conn) SendEach(kind Kind, meta any, n int, file func(i int) (*os.File, func(), error)) error {
 	b, err := json.Marshal(meta)
 	if err != nil {
 		return fmt.Errorf("hand-off %s: %w", kind, err)
@@ -106,14 +114,27 @@ func (c *Conn) Send(kind Kind, meta any, files []*os.File) error {
 	var h [headerLen]byte
 	h[0] = byte(kind)
 	binary.BigEndian.PutUint32(h[1:], uint32(len(b)))
-	binary.BigEndian.PutUint32(h[5:], uint32(len(files)))
+	binary.BigEndian.PutUint32(h[5:], uint32(n))
 	if _, err := c.c.Write(append(h[:], b...)); err != nil {
 		return fmt.Errorf("hand-off %s: %w", kind, err)
 	}
 	fds := make([]int, 0, filesPerMsg)
-	for i := 0; i < len(files); i += filesPerMsg {
+	releases := make([]func(), 0, filesPerMsg)
+	done := func() {
+		for _, r := range releases {
+			r()
+		}
+		releases = releases[:0]
+	}
+	defer done()
+	for i := 0; i < n; i += filesPerMsg {
 		fds = fds[:0]
-		for _, f := range files[i:min(i+filesPerMsg, len(files))] {
+		for j := i; j < min(i+filesPerMsg, n); j++ {
+			f, release, err := file(j)
+			if err != nil {
+				return fmt.Errorf("hand-off %s: descriptor %d: %w", kind, j, err)
+			}
+			releases = append(releases, release)
 			fd, err := rawFD(f)
 			if err != nil {
 				return fmt.Errorf("hand-off %s: %w", kind, err)
@@ -123,6 +144,7 @@ func (c *Conn) Send(kind Kind, meta any, files []*os.File) error {
 		if _, _, err := c.c.WriteMsgUnix([]byte{'F'}, unix.UnixRights(fds...), nil); err != nil {
 			return fmt.Errorf("hand-off %s: passing descriptors: %w", kind, err)
 		}
+		done()
 	}
 	return nil
 }
@@ -151,82 +173,107 @@ func (c *Conn) Recv(ctx context.Context, want Kind, meta any) ([]*os.File, error
 			c.c.SetReadDeadline(time.Time{})
 		}
 	}()
-	files, err := c.recv(want, meta)
-	if err != nil && ctx.Err() != nil {
-		return nil, fmt.Errorf("hand-off: no %s in time: %w", want, context.Cause(ctx))
+	var files []*os.File
+	err := c.recv(want, meta, func(f *os.File) error { files = append(files, f); return nil })
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		files = nil
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("hand-off: no %s in time: %w", want, context.Cause(ctx))
+		}
 	}
 	return files, err
 }
 
-func (c *Conn) recv(want Kind, meta any) (files []*os.File, err error) {
+// RecvEach is Recv handing each file to each as it arrives (each owns it,
+// even when it fails): the receiver of ten thousand connections turns each
+// into its own and closes the file at once, within the descriptor limit.
+// meta is filled before the first call.
+func (c *Conn) RecvEach(ctx context.Context, want Kind, meta any, each func(f *os.File) error) error {
+	stop := context.AfterFunc(ctx, func() { c.c.SetReadDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			c.c.SetReadDeadline(time.Time{})
+		}
+	}()
+	err := c.recv(want, meta, each)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("hand-off: no %s in time: %w", want, context.Cause(ctx))
+	}
+	return err
+}
+
+func (c *Conn) recv(want Kind, meta any, each func(*os.File) error) (err error) {
 	var h [headerLen]byte
 	if _, err := io.ReadFull(c.c, h[:]); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("hand-off: the other process went away before its %s", want)
+			return fmt.Errorf("hand-off: the other process went away before its %s", want)
 		}
-		return nil, fmt.Errorf("hand-off: waiting for %s: %w", want, err)
+		return fmt.Errorf("hand-off: waiting for %s: %w", want, err)
 	}
 	kind := Kind(h[0])
 	n := binary.BigEndian.Uint32(h[1:])
 	nf := binary.BigEndian.Uint32(h[5:])
 	if n > maxMeta || nf > maxFiles {
-		return nil, fmt.Errorf("hand-off: %s message too large (%d bytes, %d descriptors)", kind, n, nf)
+		return fmt.Errorf("hand-off: %s message too large (%d bytes, %d descriptors)", kind, n, nf)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(c.c, b); err != nil {
-		return nil, fmt.Errorf("hand-off: reading %s: %w", kind, err)
+		return fmt.Errorf("hand-off: reading %s: %w", kind, err)
 	}
-	defer func() {
-		if err != nil {
-			for _, f := range files {
-				f.Close()
-			}
-			files = nil
+	if kind == KindFail {
+		var f Failure
+		json.Unmarshal(b, &f)
+		return &FailedError{Reason: f.Error}
+	}
+	if kind != want {
+		return fmt.Errorf("hand-off: got %s, want %s", kind, want)
+	}
+	if meta != nil {
+		if err := json.Unmarshal(b, meta); err != nil {
+			return fmt.Errorf("hand-off: %s: %w", kind, err)
 		}
-	}()
+	}
 	oob := make([]byte, unix.CmsgSpace(filesPerMsg*4))
-	for uint32(len(files)) < nf {
+	var got uint32
+	var eachErr error
+	for got < nf {
 		var one [1]byte
 		_, oobn, _, _, err := c.c.ReadMsgUnix(one[:], oob)
 		if err != nil {
-			return files, fmt.Errorf("hand-off: reading %s's descriptors: %w", kind, err)
+			return fmt.Errorf("hand-off: reading %s's descriptors: %w", kind, err)
 		}
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
-			return files, fmt.Errorf("hand-off: %s's descriptors: %w", kind, err)
+			return fmt.Errorf("hand-off: %s's descriptors: %w", kind, err)
 		}
-		got := 0
+		batch := 0
 		for _, m := range msgs {
 			fds, err := unix.ParseUnixRights(&m)
 			if err != nil {
 				continue
 			}
 			for _, fd := range fds {
-				files = append(files, os.NewFile(uintptr(fd), "handoff-"+strconv.Itoa(len(files))))
+				f := os.NewFile(uintptr(fd), "handoff-"+strconv.Itoa(int(got)))
 				got++
+				batch++
+				if eachErr != nil {
+					f.Close() // the rest still arrive: read and drop them
+					continue
+				}
+				eachErr = each(f)
 			}
 		}
-		if got == 0 {
-			return files, fmt.Errorf("hand-off: %s: a descriptor batch without descriptors", kind)
+		if batch == 0 {
+			return fmt.Errorf("hand-off: %s: a descriptor batch without descriptors", kind)
 		}
 	}
-	if uint32(len(files)) != nf {
-		return files, fmt.Errorf("hand-off: %s: %d descriptors, %d announced", kind, len(files), nf)
+	if got != nf {
+		return fmt.Errorf("hand-off: %s: %d descriptors, %d announced", kind, got, nf)
 	}
-	if kind == KindFail {
-		var f Failure
-		json.Unmarshal(b, &f)
-		return files, &FailedError{Reason: f.Error}
-	}
-	if kind != want {
-		return files, fmt.Errorf("hand-off: got %s, want %s", kind, want)
-	}
-	if meta != nil {
-		if err := json.Unmarshal(b, meta); err != nil {
-			return files, fmt.Errorf("hand-off: %s: %w", kind, err)
-		}
-	}
-	return files, nil
+	return eachErr
 }
 
 // Fail tells the other side why this one gives up (best effort).
