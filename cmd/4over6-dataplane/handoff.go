@@ -310,9 +310,12 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 		return err
 	}
 	d.apiEP, _ = parseAPI(o.api)
+	committed := false
 	d.onClose(func() {
 		d.apiLn.Close()
-		if d.apiEP.Network == "unix" && !d.handedOver.Load() {
+		// Before the commit the socket is the predecessor's, which serves
+		// on when this process gives up.
+		if committed && d.apiEP.Network == "unix" && !d.handedOver.Load() {
 			os.Remove(d.apiEP.Address)
 		}
 	})
@@ -371,6 +374,7 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 	if err != nil {
 		return fmt.Errorf("the predecessor did not commit; not serving: %w", err)
 	}
+	committed = true
 	d.log.Info("hand-off: took over from the predecessor", "predecessor_version", st.Version,
 		"sessions", len(st.Sessions), "pool", meta.Pool, "handoffs", st.Handoffs)
 	return d.openMetrics()

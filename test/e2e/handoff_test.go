@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -438,8 +437,6 @@ func TestHandoffRollback(t *testing.T) {
 		t.Errorf("the data plane's log does not say why the hand-offs failed")
 	}
 }
-
-var _ = context.Background
 
 // TestConnectionBlip: ss -K cuts the client's outer TCP connection in the
 // middle of an inner download; the client reconnects at once, gets the
