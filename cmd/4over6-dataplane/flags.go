@@ -51,6 +51,7 @@ type options struct {
 	natInterfaces     []string
 	allow, deny       []string
 	clientToClient    bool
+	bgp               bgpOptions
 	configFile        *string
 	checks            *config.Checks
 	args              []string // the command line, read again on SIGHUP
@@ -120,6 +121,7 @@ Exit codes:
 	f.StringSliceVar(&o.allow, "allow", nil, "let clients reach `CIDR` (or an address; comma separated, repeatable) although a built-in rule refuses it; the most specific prefix wins (reloaded on SIGHUP)")
 	f.StringSliceVar(&o.deny, "deny", nil, "refuse clients every destination in `CIDR` (or an address; comma separated, repeatable); the most specific prefix wins (reloaded on SIGHUP)")
 	f.BoolVar(&o.clientToClient, "allow-client-to-client", false, "let clients reach each other's addresses through the tunnel (the host must forward IPv4; reloaded on SIGHUP)")
+	o.bgp.addFlags(f)
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
@@ -208,6 +210,9 @@ func (o *options) validate() error {
 		return errors.New("--nat-interface needs --nat")
 	}
 	if _, err := o.policyRules(); err != nil {
+		return err
+	}
+	if _, _, err := o.bgp.config(); err != nil {
 		return err
 	}
 	return nil

@@ -31,6 +31,7 @@ import (
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
+	"github.com/fourover6/fourover6/dataplane/bgp"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
 	"github.com/fourover6/fourover6/dataplane/limit"
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
@@ -60,6 +61,7 @@ type daemon struct {
 	dp          *dataplane.Dataplane
 	pol         *policy.Policy
 	hosts       atomic.Pointer[policy.HostWatcher] // set by configure
+	bgp         *bgp.Speaker                       // nil without --bgp-asn
 	undo        []func()
 }
 
@@ -120,6 +122,9 @@ func (d *daemon) open() error {
 	if err := d.newPolicy(); err != nil {
 		return err
 	}
+	if err := d.newSpeaker(); err != nil {
+		return err
+	}
 	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
 		return err
 	}
@@ -152,7 +157,7 @@ func (d *daemon) dial() error {
 func (d *daemon) config(ln net.Listener) dataplane.Config {
 	o := d.o
 	d.apiEP, _ = endpoint.Parse(o.api) // validated
-	return dataplane.Config{
+	cfg := dataplane.Config{
 		ID: o.id, InstanceID: newInstanceID(), Version: version.String(), APIAddress: d.apiEP.String(),
 		Listener: ln, TUN: d.dev, MTU: o.mtu, Configure: d.configure,
 		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log, Policy: d.pol,
@@ -165,6 +170,10 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 			PrefixAcceptRate: o.prefixAcceptRate, PrefixAcceptBurst: o.prefixAcceptBurst,
 		},
 	}
+	if d.bgp != nil { // a nil *Speaker in the interface would not be nil
+		cfg.Routes = d.bgp
+	}
+	return cfg
 }
 
 // buildAPI builds the gRPC server (served by run).
@@ -176,7 +185,11 @@ func (d *daemon) buildAPI() error {
 	d.grpcMetrics = metrics.NewGRPC()
 	d.guard = authz.New(d.log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
 	d.gs = grpc.NewServer(append(append(d.grpcMetrics.ServerOptions(), sopt), d.guard.ServerOptions()...)...)
-	api.New(d.dp, d.level, d.log).Register(d.gs)
+	srv := api.New(d.dp, d.level, d.log)
+	if d.bgp != nil {
+		srv.SetBGP(d.bgp)
+	}
+	srv.Register(d.gs)
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.gs, d.health)
 	d.grpcMetrics.InitializeMethods(d.gs)
@@ -206,6 +219,9 @@ func (d *daemon) openMetrics() error {
 	}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(dpmetrics.New(d.dp), d.grpcMetrics, dpmetrics.NewAudit(d.guard))
+	if d.bgp != nil {
+		reg.MustRegister(dpmetrics.NewBGP(d.bgp))
+	}
 	ms, err := metrics.Start(metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
 		Ready: func(context.Context) error { return d.dp.Ready() }})
 	if err != nil {
@@ -254,9 +270,10 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
-		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat,
+		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat, "bgp", d.bgp != nil,
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
 	err := classify(d.dp.Run(gctx))
+	d.stopBGP() // the clients are gone: so are their routes
 	d.log.Info("data plane stopped")
 	cancel() // the rest stops with it
 	d.stopServing()
@@ -302,7 +319,7 @@ func classify(err error) error {
 }
 
 // configure is the data plane's Configure: the TUN's address from the
-// registration, then NAT.
+// registration, then NAT, then BGP.
 func (d *daemon) configure(a dataplane.Assignment) error {
 	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
@@ -311,9 +328,16 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 	if err := d.watchHost(); err != nil {
 		return err
 	}
-	if !d.o.nat {
-		return nil
+	if d.o.nat {
+		if err := d.enableNAT(a); err != nil {
+			return err
+		}
 	}
+	return d.startBGP(a)
+}
+
+// enableNAT masquerades the pool (--nat) until the daemon closes.
+func (d *daemon) enableNAT(a dataplane.Assignment) error {
 	undoNAT, err := nat.Enable(nat.Config{Pool: a.Pool, TUN: d.dev.Name(), Interfaces: d.o.natInterfaces, Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("--nat: %w", err)

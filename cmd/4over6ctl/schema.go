@@ -79,6 +79,43 @@ type Status struct {
 	OpenFDs    uint32            `json:"open_fds" yaml:"open_fds"`
 	Refused    map[string]uint64 `json:"refused" yaml:"refused"` // limit -> connections refused; {} when none
 	Limits     Limits            `json:"limits" yaml:"limits"`
+	BGP        BGP               `json:"bgp" yaml:"bgp"`
+}
+
+// BGP is the data plane's BGP speaker, the "bgp" object of "dataplane
+// status": enabled false (every other key zero, sessions []) when the
+// data plane runs without --bgp-asn.
+type BGP struct {
+	Enabled         bool   `json:"enabled" yaml:"enabled"`
+	ASN             uint32 `json:"asn" yaml:"asn"`
+	RouterID        string `json:"router_id" yaml:"router_id"`
+	NextHop         string `json:"next_hop" yaml:"next_hop"`                 // "": each session's local address
+	HoldTime        string `json:"hold_time" yaml:"hold_time"`               // proposed, "1m30s"; "0s": none
+	GracefulRestart string `json:"graceful_restart" yaml:"graceful_restart"` // restart time, "30s"; "0s": off
+	Announced       uint32 `json:"announced" yaml:"announced"`               // client /32s in the table
+	Aggregate       string `json:"aggregate" yaml:"aggregate"`               // the pool, "" when not announced
+	Pending         uint32 `json:"pending" yaml:"pending"`                   // route changes not yet in the table
+	FailedTotal     uint64 `json:"failed_total" yaml:"failed_total"`         // route changes refused
+	// One per --bgp-peer, in configuration order; [] when BGP is off.
+	Sessions []BGPSession `json:"sessions" yaml:"sessions"`
+}
+
+// BGPSession is one BGP peer of the data plane and its session.
+type BGPSession struct {
+	Peer     string `json:"peer" yaml:"peer"` // the peer's address
+	PeerPort uint32 `json:"peer_port" yaml:"peer_port"`
+	PeerASN  uint32 `json:"peer_asn" yaml:"peer_asn"`
+	// "idle", "connect", "active", "opensent", "openconfirm", "established".
+	State            string `json:"state" yaml:"state"`
+	EstablishedSince string `json:"established_since" yaml:"established_since"` // RFC 3339 UTC, "" unless established
+	Uptime           string `json:"uptime" yaml:"uptime"`                       // "5m3s"; "0s" unless established
+	PrefixesSent     uint64 `json:"prefixes_sent" yaml:"prefixes_sent"`
+	PrefixesReceived uint64 `json:"prefixes_received" yaml:"prefixes_received"` // all dropped: the data plane imports nothing
+	LocalAddress     string `json:"local_address" yaml:"local_address"`         // our end: the default next hop
+	RouterID         string `json:"router_id" yaml:"router_id"`                 // the peer's
+	Flaps            uint32 `json:"flaps" yaml:"flaps"`
+	GracefulRestart  bool   `json:"graceful_restart" yaml:"graceful_restart"` // negotiated with the peer
+	LastError        string `json:"last_error" yaml:"last_error"`             // why it last went down, "" if never
 }
 
 // Session is one element of the array printed by "sessions list": one

@@ -21,6 +21,16 @@
 //	fourover6_dataplane_address_requests_merged_total           counter: 100s answered by the 101 of a lease already pending
 //	fourover6_dataplane_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
 //
+// With BGP on (BGPCollector), per configured peer and for the speaker:
+//
+//	fourover6_dataplane_bgp_session_up{peer,peer_asn}             gauge: 1 while established
+//	fourover6_dataplane_bgp_session_uptime_seconds{peer,peer_asn} gauge
+//	fourover6_dataplane_bgp_prefixes_sent{peer,peer_asn}          gauge: routes the peer has from us
+//	fourover6_dataplane_bgp_session_flaps_total{peer,peer_asn}    counter
+//	fourover6_dataplane_bgp_routes_announced                      gauge: client /32s in the speaker's table
+//	fourover6_dataplane_bgp_route_changes_pending                 gauge
+//	fourover6_dataplane_bgp_route_changes_failed_total            counter
+//
 // Byte and packet counters include the sessions already closed, so they only
 // grow for the life of the process.
 package metrics

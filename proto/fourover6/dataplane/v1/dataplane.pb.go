@@ -564,8 +564,11 @@ type Status struct {
 	Goroutines uint32 `protobuf:"varint,21,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	OpenFds    uint32 `protobuf:"varint,22,opt,name=open_fds,json=openFds,proto3" json:"open_fds,omitempty"`
 	// Connections refused by a limit, by limit name.
-	Refused       map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	Limits        *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	Refused map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Limits  *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The BGP speaker that announces the clients' addresses; absent when
+	// BGP is off.
+	Bgp           *Bgp `protobuf:"bytes,25,opt,name=bgp,proto3" json:"bgp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +771,283 @@ func (x *Status) GetLimits() *Limits {
 	return nil
 }
 
+func (x *Status) GetBgp() *Bgp {
+	if x != nil {
+		return x.Bgp
+	}
+	return nil
+}
+
+// Bgp is the data plane's BGP speaker: a /32 per client it holds, and
+// optionally the pool, announced to every established session.
+type Bgp struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Asn      uint32                 `protobuf:"varint,1,opt,name=asn,proto3" json:"asn,omitempty"`
+	RouterId string                 `protobuf:"bytes,2,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	// The next hop of every route; empty: each session's local address.
+	NextHop string `protobuf:"bytes,3,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	// Proposed hold time and graceful restart time (0: off), in milliseconds.
+	HoldTimeMs        uint64 `protobuf:"varint,4,opt,name=hold_time_ms,json=holdTimeMs,proto3" json:"hold_time_ms,omitempty"`
+	GracefulRestartMs uint64 `protobuf:"varint,5,opt,name=graceful_restart_ms,json=gracefulRestartMs,proto3" json:"graceful_restart_ms,omitempty"`
+	// Client /32s in the speaker's table.
+	Announced uint32 `protobuf:"varint,6,opt,name=announced,proto3" json:"announced,omitempty"`
+	// The pool announced as an aggregate; empty when not.
+	Aggregate string `protobuf:"bytes,7,opt,name=aggregate,proto3" json:"aggregate,omitempty"`
+	// Route changes asked for and not yet in the table; changes GoBGP refused.
+	Pending     uint32 `protobuf:"varint,8,opt,name=pending,proto3" json:"pending,omitempty"`
+	FailedTotal uint64 `protobuf:"varint,9,opt,name=failed_total,json=failedTotal,proto3" json:"failed_total,omitempty"`
+	// One per configured peer, in configuration order.
+	Sessions      []*BgpSession `protobuf:"bytes,10,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bgp) Reset() {
+	*x = Bgp{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bgp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bgp) ProtoMessage() {}
+
+func (x *Bgp) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bgp.ProtoReflect.Descriptor instead.
+func (*Bgp) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Bgp) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *Bgp) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *Bgp) GetNextHop() string {
+	if x != nil {
+		return x.NextHop
+	}
+	return ""
+}
+
+func (x *Bgp) GetHoldTimeMs() uint64 {
+	if x != nil {
+		return x.HoldTimeMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetGracefulRestartMs() uint64 {
+	if x != nil {
+		return x.GracefulRestartMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetAnnounced() uint32 {
+	if x != nil {
+		return x.Announced
+	}
+	return 0
+}
+
+func (x *Bgp) GetAggregate() string {
+	if x != nil {
+		return x.Aggregate
+	}
+	return ""
+}
+
+func (x *Bgp) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *Bgp) GetFailedTotal() uint64 {
+	if x != nil {
+		return x.FailedTotal
+	}
+	return 0
+}
+
+func (x *Bgp) GetSessions() []*BgpSession {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// BgpSession is one configured BGP peer and its session.
+type BgpSession struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PeerAddress string                 `protobuf:"bytes,1,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	PeerPort    uint32                 `protobuf:"varint,2,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	PeerAsn     uint32                 `protobuf:"varint,3,opt,name=peer_asn,json=peerAsn,proto3" json:"peer_asn,omitempty"`
+	// idle, connect, active, opensent, openconfirm, established.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Set while established.
+	EstablishedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=established_at,json=establishedAt,proto3" json:"established_at,omitempty"`
+	UptimeMs      uint64                 `protobuf:"varint,6,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
+	// Our end of the session (the default next hop) and the peer's router id.
+	LocalAddress     string `protobuf:"bytes,7,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
+	RouterId         string `protobuf:"bytes,8,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	PrefixesSent     uint64 `protobuf:"varint,9,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
+	PrefixesReceived uint64 `protobuf:"varint,10,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
+	Flaps            uint32 `protobuf:"varint,11,opt,name=flaps,proto3" json:"flaps,omitempty"`
+	// Both sides announced graceful restart.
+	GracefulRestart bool `protobuf:"varint,12,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	// Why the session last went down, if it did.
+	LastError     string `protobuf:"bytes,13,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpSession) Reset() {
+	*x = BgpSession{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpSession) ProtoMessage() {}
+
+func (x *BgpSession) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpSession.ProtoReflect.Descriptor instead.
+func (*BgpSession) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BgpSession) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPeerPort() uint32 {
+	if x != nil {
+		return x.PeerPort
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPeerAsn() uint32 {
+	if x != nil {
+		return x.PeerAsn
+	}
+	return 0
+}
+
+func (x *BgpSession) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpSession) GetEstablishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EstablishedAt
+	}
+	return nil
+}
+
+func (x *BgpSession) GetUptimeMs() uint64 {
+	if x != nil {
+		return x.UptimeMs
+	}
+	return 0
+}
+
+func (x *BgpSession) GetLocalAddress() string {
+	if x != nil {
+		return x.LocalAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPrefixesSent() uint64 {
+	if x != nil {
+		return x.PrefixesSent
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPrefixesReceived() uint64 {
+	if x != nil {
+		return x.PrefixesReceived
+	}
+	return 0
+}
+
+func (x *BgpSession) GetFlaps() uint32 {
+	if x != nil {
+		return x.Flaps
+	}
+	return 0
+}
+
+func (x *BgpSession) GetGracefulRestart() bool {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return false
+}
+
+func (x *BgpSession) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // Limits protect the data plane from floods; 0 means unlimited.
 type Limits struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -783,7 +1063,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1075,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1088,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxClients() uint32 {
@@ -867,7 +1147,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1159,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1172,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Counters) GetBytesFromClient() uint64 {
@@ -945,7 +1225,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1237,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1250,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1070,7 +1350,7 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1e.fourover6.dataplane.v1.StatusR\x06status\"\x15\n" +
 	"\x13ListSessionsRequest\"Q\n" +
 	"\x14ListSessionsResponse\x129\n" +
-	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xab\b\n" +
+	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xda\b\n" +
 	"\x06Status\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
@@ -1102,14 +1382,45 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"goroutines\x12\x19\n" +
 	"\bopen_fds\x18\x16 \x01(\rR\aopenFds\x12E\n" +
 	"\arefused\x18\x17 \x03(\v2+.fourover6.dataplane.v1.Status.RefusedEntryR\arefused\x126\n" +
-	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x1a8\n" +
+	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x12-\n" +
+	"\x03bgp\x18\x19 \x01(\v2\x1b.fourover6.dataplane.v1.BgpR\x03bgp\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a:\n" +
 	"\fRefusedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xec\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xda\x02\n" +
+	"\x03Bgp\x12\x10\n" +
+	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
+	"\trouter_id\x18\x02 \x01(\tR\brouterId\x12\x19\n" +
+	"\bnext_hop\x18\x03 \x01(\tR\anextHop\x12 \n" +
+	"\fhold_time_ms\x18\x04 \x01(\x04R\n" +
+	"holdTimeMs\x12.\n" +
+	"\x13graceful_restart_ms\x18\x05 \x01(\x04R\x11gracefulRestartMs\x12\x1c\n" +
+	"\tannounced\x18\x06 \x01(\rR\tannounced\x12\x1c\n" +
+	"\taggregate\x18\a \x01(\tR\taggregate\x12\x18\n" +
+	"\apending\x18\b \x01(\rR\apending\x12!\n" +
+	"\ffailed_total\x18\t \x01(\x04R\vfailedTotal\x12>\n" +
+	"\bsessions\x18\n" +
+	" \x03(\v2\".fourover6.dataplane.v1.BgpSessionR\bsessions\"\xd1\x03\n" +
+	"\n" +
+	"BgpSession\x12!\n" +
+	"\fpeer_address\x18\x01 \x01(\tR\vpeerAddress\x12\x1b\n" +
+	"\tpeer_port\x18\x02 \x01(\rR\bpeerPort\x12\x19\n" +
+	"\bpeer_asn\x18\x03 \x01(\rR\apeerAsn\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12A\n" +
+	"\x0eestablished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\restablishedAt\x12\x1b\n" +
+	"\tuptime_ms\x18\x06 \x01(\x04R\buptimeMs\x12#\n" +
+	"\rlocal_address\x18\a \x01(\tR\flocalAddress\x12\x1b\n" +
+	"\trouter_id\x18\b \x01(\tR\brouterId\x12#\n" +
+	"\rprefixes_sent\x18\t \x01(\x04R\fprefixesSent\x12+\n" +
+	"\x11prefixes_received\x18\n" +
+	" \x01(\x04R\x10prefixesReceived\x12\x14\n" +
+	"\x05flaps\x18\v \x01(\rR\x05flaps\x12)\n" +
+	"\x10graceful_restart\x18\f \x01(\bR\x0fgracefulRestart\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\r \x01(\tR\tlastError\"\xec\x01\n" +
 	"\x06Limits\x12\x1f\n" +
 	"\vmax_clients\x18\x01 \x01(\rR\n" +
 	"maxClients\x12'\n" +
@@ -1166,7 +1477,7 @@ func file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 }
 
 var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(SessionState)(0),             // 0: fourover6.dataplane.v1.SessionState
 	(*GetStatusRequest)(nil),      // 1: fourover6.dataplane.v1.GetStatusRequest
@@ -1180,40 +1491,45 @@ var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(*ListSessionsRequest)(nil),   // 9: fourover6.dataplane.v1.ListSessionsRequest
 	(*ListSessionsResponse)(nil),  // 10: fourover6.dataplane.v1.ListSessionsResponse
 	(*Status)(nil),                // 11: fourover6.dataplane.v1.Status
-	(*Limits)(nil),                // 12: fourover6.dataplane.v1.Limits
-	(*Counters)(nil),              // 13: fourover6.dataplane.v1.Counters
-	(*Session)(nil),               // 14: fourover6.dataplane.v1.Session
-	nil,                           // 15: fourover6.dataplane.v1.Status.DropsEntry
-	nil,                           // 16: fourover6.dataplane.v1.Status.RefusedEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*Bgp)(nil),                   // 12: fourover6.dataplane.v1.Bgp
+	(*BgpSession)(nil),            // 13: fourover6.dataplane.v1.BgpSession
+	(*Limits)(nil),                // 14: fourover6.dataplane.v1.Limits
+	(*Counters)(nil),              // 15: fourover6.dataplane.v1.Counters
+	(*Session)(nil),               // 16: fourover6.dataplane.v1.Session
+	nil,                           // 17: fourover6.dataplane.v1.Status.DropsEntry
+	nil,                           // 18: fourover6.dataplane.v1.Status.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_fourover6_dataplane_v1_dataplane_proto_depIdxs = []int32{
 	11, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
-	14, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
-	17, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
-	13, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
-	15, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
-	16, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
-	12, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
-	0,  // 7: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
-	17, // 8: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
-	17, // 9: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
-	13, // 10: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
-	1,  // 11: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
-	9,  // 12: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
-	2,  // 13: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
-	4,  // 14: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
-	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
-	8,  // 16: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
-	10, // 17: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
-	3,  // 18: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
-	5,  // 19: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
-	7,  // 20: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	16, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
+	19, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
+	15, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
+	17, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
+	18, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
+	14, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
+	12, // 7: fourover6.dataplane.v1.Status.bgp:type_name -> fourover6.dataplane.v1.Bgp
+	13, // 8: fourover6.dataplane.v1.Bgp.sessions:type_name -> fourover6.dataplane.v1.BgpSession
+	19, // 9: fourover6.dataplane.v1.BgpSession.established_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
+	19, // 11: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
+	19, // 12: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
+	15, // 13: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
+	1,  // 14: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
+	9,  // 15: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
+	2,  // 16: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
+	4,  // 17: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
+	6,  // 18: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
+	8,  // 19: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
+	10, // 20: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
+	3,  // 21: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
+	5,  // 22: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
+	7,  // 23: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_dataplane_v1_dataplane_proto_init() }
@@ -1227,7 +1543,7 @@ func file_fourover6_dataplane_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_dataplane_v1_dataplane_proto_rawDesc), len(file_fourover6_dataplane_v1_dataplane_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
