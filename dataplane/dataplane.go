@@ -122,17 +122,17 @@ func (c *Config) setDefaults() {
 
 // Dataplane serves clients. Create it with New, run it with Run.
 type Dataplane struct {
-	cfg     Config
-	scfg    session.Config
-	log     *slog.Logger
-	drops   session.Drops
-	routes  route.Table[session.Session]
+	cfg    Config
+	scfg   session.Config
+	log    *slog.Logger
+	drops  session.Drops
+	routes route.Table[session.Session]
 	// routesMu orders route table changes with their Announce/Withdraw
 	// (only with Config.Routes): a withdrawal of an address's old session
 	// cannot overtake the announcement of its new one.
 	routesMu sync.Mutex
-	sweeper *session.Sweeper
-	queue   *releaseQueue
+	sweeper  *session.Sweeper
+	queue    *releaseQueue
 
 	mu       sync.Mutex
 	sessions map[*session.Session]func() // value: the limiter's release
