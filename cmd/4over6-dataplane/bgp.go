@@ -21,7 +21,8 @@ type bgpOptions struct {
 	peers        []string
 	nextHop      string
 	communities  []string
-	announcePool bool
+	aggregate    bool
+	listenPort   uint16
 	holdTime     time.Duration
 	restartTime  time.Duration
 	connectRetry time.Duration
@@ -33,7 +34,11 @@ func (b *bgpOptions) addFlags(f *pflag.FlagSet) {
 	f.StringSliceVar(&b.peers, "bgp-peer", nil, "BGP neighbour `ADDR[:PORT]@ASN` to dial, IPv4 or IPv6, e.g. 198.51.100.2@65001 or [2001:db8::2]:179@65001 (comma separated, repeatable)")
 	f.StringVar(&b.nextHop, "bgp-next-hop", "", "IPv4 next hop `A.B.C.D` of the announced routes (default: our address on the link toward each peer)")
 	f.StringSliceVar(&b.communities, "bgp-communities", nil, "communities `ASN:VALUE` (or no-export, no-advertise) attached to every announced route (comma separated, repeatable)")
-	f.BoolVar(&b.announcePool, "bgp-announce-pool", false, "announce the pool as an aggregate too, besides the clients' /32s")
+	f.BoolVar(&b.aggregate, "bgp-aggregate", false, "announce the pool as an aggregate too, besides the clients' /32s")
+	// The same switch under the name it was first planned with.
+	f.BoolVar(&b.aggregate, "bgp-announce-pool", false, "same as --bgp-aggregate")
+	f.MarkHidden("bgp-announce-pool")
+	f.Uint16Var(&b.listenPort, "bgp-listen-port", 0, "also accept sessions that the --bgp-peer routers open toward us on this TCP port (0: no listening socket, we dial out only)")
 	f.DurationVar(&b.holdTime, "bgp-hold-time", bgp.DefaultHoldTime, "BGP hold time proposed to the peers (whole seconds, 3s or more; 0: none); keepalives go every third of it")
 	f.DurationVar(&b.restartTime, "bgp-graceful-restart", bgp.DefaultRestartTime, "BGP graceful restart time: how long routers keep our routes when the process dies or hands off (whole seconds, at most 4095s; 0: off, routes go with the session)")
 	f.DurationVar(&b.connectRetry, "bgp-connect-retry", bgp.DefaultConnectRetry, "pause between attempts to reach a peer that is not up (whole seconds)")
@@ -41,7 +46,7 @@ func (b *bgpOptions) addFlags(f *pflag.FlagSet) {
 
 // bgpFlagNames are the --bgp-* flags other than --bgp-asn, for the message
 // when one is given without it.
-var bgpFlagNames = []string{"bgp-router-id", "bgp-peer", "bgp-next-hop", "bgp-communities", "bgp-announce-pool"}
+var bgpFlagNames = []string{"bgp-router-id", "bgp-peer", "bgp-next-hop", "bgp-communities", "bgp-aggregate", "bgp-listen-port"}
 
 // config builds the speaker's configuration; ok is false when BGP is off.
 // The error says which flag to fix.
@@ -97,6 +102,7 @@ func (b *bgpOptions) config() (cfg bgp.Config, ok bool, err error) {
 		return cfg, false, fmt.Errorf("--bgp-connect-retry %s: want 1s or more", b.connectRetry)
 	}
 	cfg.ConnectRetry = b.connectRetry
+	cfg.ListenPort = b.listenPort
 	// The speaker's own checks (reserved ASNs, a peer given twice, the
 	// next hop, the router id, which it defaults from the host's
 	// addresses) run without opening anything.
@@ -116,8 +122,10 @@ func (b *bgpOptions) setWithoutASN() string {
 		return bgpFlagNames[2]
 	case len(b.communities) > 0:
 		return bgpFlagNames[3]
-	case b.announcePool:
+	case b.aggregate:
 		return bgpFlagNames[4]
+	case b.listenPort != 0:
+		return bgpFlagNames[5]
 	}
 	return ""
 }
@@ -145,9 +153,9 @@ func (d *daemon) startBGP(a dataplane.Assignment) error {
 	if d.bgp == nil {
 		return nil
 	}
-	if d.o.bgp.announcePool {
+	if d.o.bgp.aggregate {
 		if err := d.bgp.SetAggregate(a.Pool.Masked()); err != nil {
-			return fmt.Errorf("--bgp-announce-pool: %w", err)
+			return fmt.Errorf("--bgp-aggregate: %w", err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -91,7 +91,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--allow", "198.51.100.0/24", "--deny", "203.0.113.0/24,198.51.100.0/24"}, "--allow and --deny: 198.51.100.0/24 is both allowed and denied"},
 		{[]string{"--allow-client-to-client=maybe"}, "--allow-client-to-client"},
 		{[]string{"--bgp-peer", "198.51.100.2@65001"}, "--bgp-peer needs --bgp-asn"},
-		{[]string{"--bgp-announce-pool"}, "--bgp-announce-pool needs --bgp-asn"},
+		{[]string{"--bgp-aggregate"}, "--bgp-aggregate needs --bgp-asn"},
+		{[]string{"--bgp-announce-pool"}, "--bgp-aggregate needs --bgp-asn"},
+		{[]string{"--bgp-listen-port", "179"}, "--bgp-listen-port needs --bgp-asn"},
 		{[]string{"--bgp-asn", "65000"}, "--bgp-asn needs at least one --bgp-peer"},
 		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2"}, "--bgp-peer: BGP peer \"198.51.100.2\": want ADDR[:PORT]@ASN"},
 		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@0"}, "ASN 0 is reserved"},
@@ -128,7 +130,7 @@ func TestBadFlags(t *testing.T) {
 func TestBGPConfig(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "dp.yaml")
-	if err := os.WriteFile(file, []byte("bgp-asn: 65000\nbgp-peer: [198.51.100.2@65001, \"[2001:db8::2]:1179@65002\"]\nbgp-communities: [65000:100, no-export]\nbgp-announce-pool: true\n"), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte("bgp-asn: 65000\nbgp-peer: [198.51.100.2@65001, \"[2001:db8::2]:1179@65002\"]\nbgp-communities: [65000:100, no-export]\nbgp-aggregate: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	base := []string{"--controller", "unix://" + filepath.Join(dir, "none.sock"), "--api", "unix://" + filepath.Join(dir, "api.sock"),
@@ -142,7 +144,7 @@ func TestBGPConfig(t *testing.T) {
 		t.Fatalf("--print-config: exit %d, stderr %q", code, errb.String())
 	}
 	for _, want := range []string{"bgp-asn: 65000", "198.51.100.2@65001", "[2001:db8::2]:1179@65002", "bgp-router-id: 192.0.2.7",
-		"bgp-hold-time: 9s", "bgp-graceful-restart: 30s", "bgp-connect-retry: 5s", "bgp-announce-pool: true", "no-export"} {
+		"bgp-hold-time: 9s", "bgp-graceful-restart: 30s", "bgp-connect-retry: 5s", "bgp-aggregate: true", "bgp-listen-port: 0", "no-export"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--print-config lacks %q:\n%s", want, out.String())
 		}

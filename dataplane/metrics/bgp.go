@@ -17,7 +17,7 @@ type BGPSource interface {
 var (
 	descBGPUp       = desc("bgp_session_up", "1 while the BGP session with the peer is established.", "peer", "peer_asn")
 	descBGPUptime   = desc("bgp_session_uptime_seconds", "How long the BGP session with the peer has been established (0 while down).", "peer", "peer_asn")
-	descBGPSent     = desc("bgp_prefixes_sent", "Routes the peer has from us: the clients' /32s, and the pool with --bgp-announce-pool.", "peer", "peer_asn")
+	descBGPSent     = desc("bgp_prefixes_sent", "Routes the peer has from us: the clients' /32s, and the pool with --bgp-aggregate.", "peer", "peer_asn")
 	descBGPFlaps    = desc("bgp_session_flaps_total", "Times the BGP session with the peer went down after being established.", "peer", "peer_asn")
 	descBGPRoutes   = desc("bgp_routes_announced", "Client /32s in the BGP speaker's table, sent to every established session.")
 	descBGPPending  = desc("bgp_route_changes_pending", "Route changes asked for and not yet in the BGP speaker's table.")

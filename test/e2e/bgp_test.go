@@ -69,7 +69,7 @@ func newRoutedLab(t *testing.T) *routedLab {
 	// link to the router exists, so it has no IPv4 address to take its
 	// router id from.
 	ns, p := e.addDataplane("dp2", server2V6, client2V6, "--bgp-asn", fmt.Sprint(dpASN), "--bgp-router-id", dp2V4,
-		"--bgp-peer", fmt.Sprintf("%s@%d", router2V4, routerASN), "--bgp-connect-retry", "1s", "--bgp-announce-pool")
+		"--bgp-peer", fmt.Sprintf("%s@%d", router2V4, routerASN), "--bgp-connect-retry", "1s", "--bgp-aggregate")
 	l.dp2, l.dp2Ctl = p, filepath.Join(e.dir, "dp2.sock")
 	must(topo.Veth(ns, "v4r", router, "v4d2"))
 	must(ns.AddAddr("v4r", dp2V4+"/24"))
