@@ -234,6 +234,10 @@ func TestBGPRoutedDataplanes(t *testing.T) {
 		t.Fatalf("route %s: AS path %q, next hop %v: want %d, %s (our address on the router's link)", r.Prefix, r.ASPath, r.NextHop, dpASN, serverV4)
 	}
 
+	if out, err := l.router.Control("show", "route"); err == nil {
+		t.Logf("birdc show route:\n%s", out)
+	}
+
 	// The IPv4 host reaches a client on each data plane, no NAT.
 	a.answerPings(addrA)
 	b.answerPings(addrB)
