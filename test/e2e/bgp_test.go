@@ -48,59 +48,74 @@ type routedLab struct {
 
 func newRoutedLab(t *testing.T) *routedLab {
 	l := &routedLab{dp1Met: filepath.Join(t.TempDir(), "dp1-metrics.sock")}
-	// dp1: exactly the operator's flags of the acceptance setup (plus a
-	// short connect retry: BIRD starts after it), in the env's server
-	// namespace, 198.51.100.1 on the router's link.
-	e := newEnv(t, envOptions{noReturnRoute: true, dataplaneArgs: []string{
-		"--bgp-asn", fmt.Sprint(dpASN), "--bgp-peer", fmt.Sprintf("%s@%d", internetV4, routerASN),
-		"--bgp-connect-retry", "1s", "--metrics", "unix://" + l.dp1Met}})
-	l.e = e
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	router := e.inet
-	must(router.Sysctl("net.ipv4.ip_forward", "1"))
-	must(e.srv.Exec("ip", "route", "add", "192.0.2.0/24", "via", internetV4))
+	var dp2 *topo.NS
+	// The router and the host are up before dp1 starts, as in a
+	// deployment: dp1 runs with exactly the operator's flags of the
+	// acceptance setup, in the env's server namespace (198.51.100.1 on
+	// the router's link).
+	e := newEnv(t, envOptions{noReturnRoute: true, dataplaneArgs: []string{
+		"--bgp-asn", fmt.Sprint(dpASN), "--bgp-peer", fmt.Sprintf("%s@%d", internetV4, routerASN),
+		"--metrics", "unix://" + l.dp1Met,
+	}, beforeDataplane: func(e *env) {
+		router := e.inet
+		must(router.Sysctl("net.ipv4.ip_forward", "1"))
+		must(e.srv.Exec("ip", "route", "add", "192.0.2.0/24", "via", internetV4))
 
-	// dp2 announces the pool as well as its clients. It starts before its
-	// link to the router exists, so it has no IPv4 address to take its
-	// router id from.
-	ns, p := e.addDataplane("dp2", server2V6, client2V6, "--bgp-asn", fmt.Sprint(dpASN), "--bgp-router-id", dp2V4,
-		"--bgp-peer", fmt.Sprintf("%s@%d", router2V4, routerASN), "--bgp-connect-retry", "1s", "--bgp-aggregate")
-	l.dp2, l.dp2Ctl = p, filepath.Join(e.dir, "dp2.sock")
-	must(topo.Veth(ns, "v4r", router, "v4d2"))
-	must(ns.AddAddr("v4r", dp2V4+"/24"))
-	must(router.AddAddr("v4d2", router2V4+"/24"))
-	must(ns.Exec("ip", "route", "add", "192.0.2.0/24", "via", router2V4))
-	must(ns.Sysctl("net.ipv4.ip_forward", "1"))
-	// A client of dp1 may move to dp2 with its own IPv6 address.
-	must(ns.Exec("ip", "-6", "route", "add", "fd00:46::/64", "via", client2V6))
+		// dp2's namespace: IPv6 toward the clients, IPv4 toward the router.
+		var err error
+		dp2, err = topo.NewNS(topo.UniqueName("d"))
+		must(err)
+		t.Cleanup(dp2.Delete)
+		must(topo.Veth(dp2, "v6c", e.cli, "v6dp2"))
+		must(dp2.AddAddr("v6c", server2V6+"/64"))
+		must(e.cli.AddAddr("v6dp2", client2V6+"/64"))
+		// A client of dp1 may move to dp2 with its own IPv6 address.
+		must(dp2.Exec("ip", "-6", "route", "add", "fd00:46::/64", "via", client2V6))
+		must(topo.Veth(dp2, "v4r", router, "v4d2"))
+		must(dp2.AddAddr("v4r", dp2V4+"/24"))
+		must(router.AddAddr("v4d2", router2V4+"/24"))
+		must(dp2.Exec("ip", "route", "add", "192.0.2.0/24", "via", router2V4))
+		must(dp2.Sysctl("net.ipv4.ip_forward", "1"))
 
-	host, err := topo.NewNS(topo.UniqueName("h"))
-	must(err)
-	t.Cleanup(host.Delete)
-	l.host = host
-	must(topo.Veth(host, "v4r", router, "v4h"))
-	must(host.AddAddr("v4r", hostV4+"/24"))
-	must(router.AddAddr("v4h", routerHost+"/24"))
-	must(host.Exec("ip", "route", "add", "default", "via", routerHost))
+		host, err := topo.NewNS(topo.UniqueName("h"))
+		must(err)
+		t.Cleanup(host.Delete)
+		l.host = host
+		must(topo.Veth(host, "v4r", router, "v4h"))
+		must(host.AddAddr("v4r", hostV4+"/24"))
+		must(router.AddAddr("v4h", routerHost+"/24"))
+		must(host.Exec("ip", "route", "add", "default", "via", routerHost))
 
-	hold := int(bgpHold / time.Second)
-	l.router = bird.Start(t, router, bird.Config{
-		RouterID: netip.MustParseAddr(routerHost), ASN: routerASN,
-		Peers: []bird.Peer{
-			{Name: "dp1", Local: netip.MustParseAddr(internetV4), Neighbor: netip.MustParseAddr(serverV4), ASN: dpASN, HoldTime: hold},
-			{Name: "dp2", Local: netip.MustParseAddr(router2V4), Neighbor: netip.MustParseAddr(dp2V4), ASN: dpASN, HoldTime: hold},
-		},
-		// The router forwards along what it learnt.
-		Extra: "protocol kernel { ipv4 { export all; }; }\n",
-	})
+		hold := int(bgpHold / time.Second)
+		l.router = bird.Start(t, router, bird.Config{
+			RouterID: netip.MustParseAddr(routerHost), ASN: routerASN,
+			Peers: []bird.Peer{
+				{Name: "dp1", Local: netip.MustParseAddr(internetV4), Neighbor: netip.MustParseAddr(serverV4), ASN: dpASN, HoldTime: hold},
+				{Name: "dp2", Local: netip.MustParseAddr(router2V4), Neighbor: netip.MustParseAddr(dp2V4), ASN: dpASN, HoldTime: hold},
+			},
+			// The router forwards along what it learnt.
+			Extra: "protocol kernel { ipv4 { export all; }; }\n",
+		})
+	}})
+	l.e = e
+	// dp2 announces the pool as well as its clients, with its router id
+	// set rather than taken from the host.
+	l.dp2Ctl = filepath.Join(e.dir, "dp2.sock")
+	l.dp2 = e.start(dp2, "4over6-dataplane", "--id", "dp2", "--controller", "unix://"+e.ctlSock, "--api", "unix://"+l.dp2Ctl,
+		"--bgp-asn", fmt.Sprint(dpASN), "--bgp-router-id", dp2V4, "--bgp-peer", fmt.Sprintf("%s@%d", router2V4, routerASN),
+		"--bgp-aggregate")
+	start := time.Now()
 	for _, name := range []string{"dp1", "dp2"} {
 		must(l.router.WaitEstablished(name, 20*time.Second))
 	}
+	t.Logf("both BGP sessions established %v after dp2 started", time.Since(start).Round(time.Millisecond))
+	e.waitFor("dp2's API", func() bool { _, err := os.Stat(l.dp2Ctl); return err == nil })
 	return l
 }
 

@@ -71,6 +71,9 @@ type envOptions struct {
 	// noReturnRoute leaves the IPv4 host without a route to the pool, as
 	// on the internet: only NAT on the data plane gets answers back.
 	noReturnRoute bool
+	// beforeDataplane runs once the namespaces and the controller are up,
+	// before the data plane starts (to start what it talks to first).
+	beforeDataplane func(e *env)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -110,6 +113,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 
 	e.start(e.srv, "4over6-controller", append(e.controllerArgs(), o.controllerArgs...)...)
 	e.waitFor("controller socket", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
+	if o.beforeDataplane != nil {
+		o.beforeDataplane(e)
+	}
 	e.start(e.srv, "4over6-dataplane", append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)...)
 	e.waitFor("data plane API", func() bool {
 		_, err := os.Stat(e.dpSock)
