@@ -22,7 +22,8 @@ func (a *app) dataplaneStatusCommand() *cobra.Command {
 		Short: "Show the local data plane's settings, health and counters",
 		Long: `Show the status of the data plane at --dataplane (not through the controller):
 its settings, whether it reaches the controller, whether it is draining, its
-sessions, traffic totals, drops by reason, limits and refused connections.
+sessions, traffic totals, drops by reason, limits and refused connections,
+and, with BGP on, each BGP session (state, uptime, prefixes sent).
 This is what "4over6ctl status" printed before it showed the whole system.`,
 		Example: `  4over6ctl dataplane status
   4over6ctl --dataplane '[2001:db8::1]:5679' dataplane status -o json`,
