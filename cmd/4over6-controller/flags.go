@@ -21,7 +21,7 @@ import (
 	"github.com/fourover6/fourover6/controlplane/store"
 )
 
-// Defaults. The flag names and these values are contracts (issue 2).
+// Defaults. The flag names and these values are contracts: scripts and units rely on them.
 const (
 	defaultPool       = "13.8.0.0/24"
 	defaultResolvConf = "/etc/resolv.conf"

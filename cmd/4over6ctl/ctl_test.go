@@ -203,7 +203,7 @@ func TestDataplaneStatus(t *testing.T) {
 		"controller_connected", "started_at", "sessions", "leased_sessions", "accepted_total", "closed_total",
 		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "drops",
 		"keepalive_interval", "keepalive_timeout",
-		// added with issue 5
+		// added after the first release
 		"draining", "instance_id", "goroutines", "open_fds", "refused", "limits",
 		"bgp")
 	if !reflect.DeepEqual(keysOf(raw), want) {

@@ -72,7 +72,7 @@ type Status struct {
 	Drops               map[string]uint64 `json:"drops" yaml:"drops"`                           // reason -> count; {} when none
 	KeepaliveInterval   string            `json:"keepalive_interval" yaml:"keepalive_interval"` // "20s"
 	KeepaliveTimeout    string            `json:"keepalive_timeout" yaml:"keepalive_timeout"`   // "1m0s"
-	// Added with issue 5.
+	// Added after the first release; scripts may meet either.
 	Draining   bool              `json:"draining" yaml:"draining"`       // accepting no new clients
 	InstanceID string            `json:"instance_id" yaml:"instance_id"` // random per process start
 	Goroutines uint32            `json:"goroutines" yaml:"goroutines"`
