@@ -909,10 +909,13 @@ func (h *host) Leased(s *session.Session) {
 	addr := s.Addr()
 	if d.cfg.Routes != nil {
 		d.routesMu.Lock()
-		defer d.routesMu.Unlock()
-		d.announce(addr, true)
 	}
-	if prev := d.routes.Insert(packet.Addr4(addr), s); prev != nil && prev != s {
+	prev := d.routes.Insert(packet.Addr4(addr), s)
+	if d.cfg.Routes != nil {
+		d.announce(addr, true)
+		d.routesMu.Unlock()
+	}
+	if prev != nil && prev != s {
 		// The controller leased one address twice, or a release was lost.
 		// The newer lease wins; the older session cannot be trusted.
 		d.log.Error("address conflict: address was still routed to another session; closing it",

@@ -61,8 +61,11 @@ type daemon struct {
 	dp          *dataplane.Dataplane
 	pol         *policy.Policy
 	hosts       atomic.Pointer[policy.HostWatcher] // set by configure
-	bgp         *bgp.Speaker                       // nil without --bgp-asn
-	undo        []func()
+	// bgp announces the clients' addresses (nil without --bgp-asn). It is
+	// stopped after the data plane, or handed off (Handoff) to a successor
+	// process that keeps the routes.
+	bgp  *bgp.Speaker
+	undo []func()
 }
 
 // serve runs the data plane until SIGINT or SIGTERM. The order matters:
