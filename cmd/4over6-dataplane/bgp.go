@@ -161,6 +161,9 @@ func (d *daemon) startBGP(a dataplane.Assignment) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.bgp.Start(ctx); err != nil {
+		if d.o.bgp.listenPort != 0 {
+			return fmt.Errorf("--bgp-listen-port %d: %w", d.o.bgp.listenPort, err)
+		}
 		return err
 	}
 	return nil

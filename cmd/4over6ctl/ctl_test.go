@@ -304,6 +304,11 @@ func TestDataplaneStatusBGP(t *testing.T) {
 			t.Errorf("status table lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// The system's status has the gist.
+	r = ctl(t, nil, "--controller", serve(t, newController(), nil), "--dataplane", addr, "status").expect(t, 0)
+	if want := "1 of 2 sessions established, 2 client routes announced"; !strings.Contains(r.stdout, want) {
+		t.Errorf("status lacks %q:\n%s", want, r.stdout)
+	}
 }
 
 func TestSessionsList(t *testing.T) {
