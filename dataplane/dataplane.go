@@ -785,6 +785,10 @@ func (d *Dataplane) report(ctx context.Context) {
 func (d *Dataplane) setControllerOK(err error) {
 	// A controller asking us to wait (IDPendingError) answered: it is reachable.
 	var pending *IDPendingError
+	if errors.Is(err, context.Canceled) {
+		// Our own shutdown cut the call short: it says nothing of the controller.
+		return
+	}
 	ok := err == nil || !errors.Is(err, ErrControllerUnavailable) || errors.As(err, &pending)
 	if d.ctrlOK.Swap(ok) != ok {
 		if ok {
