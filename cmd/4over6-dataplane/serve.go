@@ -71,7 +71,7 @@ type daemon struct {
 // registration's answer and serves. Errors an operator must fix are
 // usageErrors (exit 2, which the unit does not restart).
 func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) error {
-	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
+	log, level, err := logging.New(stderr, o.logOptions())
 	if err != nil {
 		return usageError{err}
 	}
