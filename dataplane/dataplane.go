@@ -409,7 +409,7 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 		d.mu.Lock()
 		d.sessions[s] = release
 		d.mu.Unlock()
-		d.log.Debug("client connected", "session", s.ID(), "client", s.Remote())
+		d.log.Debug("connection accepted", "session", s.ID(), "client", s.Remote())
 		d.conns.Add(1)
 		go func() {
 			defer d.conns.Done()
