@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
@@ -99,6 +100,26 @@ func (d *Dataplane) Ready() error {
 		return errors.New("draining")
 	case !d.ctrlOK.Load():
 		return errors.New("controller unreachable")
+	}
+	return nil
+}
+
+// Stuck says whether the data plane's control loop is stuck: running, and
+// no heartbeat went out (successful or not: each call has its timeout)
+// for six heartbeat intervals, at least 30 s. It takes the data plane's
+// lock too, so a deadlock there blocks the caller: a watchdog built on it
+// stops either way. Before registration it is nil: waiting for the
+// controller is not being stuck.
+func (d *Dataplane) Stuck() error {
+	d.mu.Lock()
+	//lint:ignore SA2001 taking the lock is the check
+	d.mu.Unlock()
+	at := d.beatAt.Load()
+	if at == 0 {
+		return nil
+	}
+	if age := time.Since(time.Unix(0, at)); age > max(6*d.heartbeatInterval(), 30*time.Second) {
+		return fmt.Errorf("the heartbeat loop last went round %s ago", age.Round(time.Millisecond))
 	}
 	return nil
 }

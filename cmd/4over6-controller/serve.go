@@ -25,6 +25,7 @@ import (
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/controller"
@@ -59,6 +60,7 @@ type daemon struct {
 	health  *health.Server
 	gm      *metrics.GRPC // counts and times the gRPC requests
 	guard   *authz.Guard  // access and audit of the gRPC API
+	notify  *sdnotify.Notifier
 	// leading is what readiness reads: set when this controller starts and
 	// stops leading.
 	leading atomic.Bool
@@ -96,6 +98,7 @@ func (d *daemon) open(ctx context.Context, logw io.Writer) error {
 	if d.log, d.level, err = logging.New(logw, d.cfg.log); err != nil {
 		return usageError{err}
 	}
+	d.notify = sdnotify.New(d.log)
 	if d.dnsRes, err = pickDNS(d.cfg, d.log); err != nil {
 		return usageError{fmt.Errorf("--dns: %v", err)}
 	}
@@ -375,9 +378,11 @@ func (d *daemon) run(ctx context.Context) error {
 	if d.metrics != nil {
 		bg.Go(func() error { return d.watchMetrics(bgctx) })
 	}
+	bg.Go(func() error { d.notify.Watchdog(bgctx, d.ctl.Stuck); return nil })
 	g.Go(d.serveGRPC)
 	g.Go(func() error {
 		<-bgctx.Done()
+		d.notify.Stopping("shutting down")
 		d.log.Info("shutting down", "grace", shutdownGrace)
 		if d.metrics != nil {
 			d.metrics.NotReady("shutting down")
@@ -392,7 +397,25 @@ func (d *daemon) run(ctx context.Context) error {
 		return err
 	})
 	d.logStarted()
+	// The listener was opened by start: connections made from here on are
+	// accepted (queued until Serve takes them).
+	d.notify.Ready(d.statusLine())
 	return g.Wait()
+}
+
+// statusLine is what `systemctl status` shows.
+func (d *daemon) statusLine() string {
+	if d.leading.Load() {
+		return "leading; serving on " + d.cfg.listen.String()
+	}
+	return "standby (leader: " + orUnknown(d.ctl.Status().LeaderID) + "); serving on " + d.cfg.listen.String()
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // serveGRPC serves until the server is stopped; a listener that fails is
@@ -440,14 +463,19 @@ func (d *daemon) elect(ctx context.Context) error {
 			}
 			d.leading.Store(true)
 			d.setHealth(true)
+			d.notify.Status(d.statusLine())
 			return nil
 		},
 		Lost: func(id string) {
 			d.leading.Store(false)
 			d.setHealth(false)
 			d.ctl.Deactivate(id)
+			d.notify.Status(d.statusLine())
 		},
-		Leader: d.ctl.SetLeader,
+		Leader: func(id string) {
+			d.ctl.SetLeader(id)
+			d.notify.Status(d.statusLine())
+		},
 	})
 	if unusable != nil {
 		return d.stateProblem(unusable)

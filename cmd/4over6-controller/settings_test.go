@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -143,5 +144,49 @@ func TestPublicDNSWarning(t *testing.T) {
 		case c.public != "" && (len(w) != 1 || w[0]["level"] != "warn" || w[0]["public"] != c.public):
 			t.Errorf("%s: want one warning naming %s, got %v", c.name, c.public, w)
 		}
+	}
+}
+
+// TestJournalPriorities: with stderr the journal's stream (as systemd
+// sets JOURNAL_STREAM), every line carries its syslog priority, so
+// `journalctl -p warning` finds the warnings.
+func TestJournalPriorities(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	sock := filepath.Join(dir, "c.sock")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "unix://" + sock, "--state", filepath.Join(dir, "state.db"),
+			"--resolv-conf", filepath.Join(dir, "missing")}, &lockedBuffer{}, f)
+	}()
+	getPool(t, sock)
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ := os.ReadFile(f.Name())
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	warned := false
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "<4>"):
+			warned = warned || strings.Contains(l, "public DNS servers")
+		case strings.HasPrefix(l, "<6>"), strings.HasPrefix(l, "<3>"):
+		default:
+			t.Errorf("line without a priority: %q", l)
+		}
+	}
+	if !warned || !strings.HasPrefix(lines[0], "<") {
+		t.Errorf("the public DNS warning is not at priority 4:\n%s", b)
 	}
 }

@@ -246,6 +246,10 @@ type Controller struct {
 	// limitLog throttles the log lines of refused allocations, per kind.
 	limitLog throttles
 
+	// ranAt is when Run last finished a Reconcile (wall clock, Unix ns;
+	// 0 before Run): what Stuck reads.
+	ranAt atomic.Int64
+
 	mu       sync.RWMutex
 	term     *term // nil while standby
 	leaderID string

@@ -1,9 +1,12 @@
 package controller
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
@@ -95,5 +98,30 @@ func TestSettingsStandby(t *testing.T) {
 	}
 	if _, err := c.Settings(); err == nil {
 		t.Fatal("a standby has settings in effect")
+	}
+}
+
+// TestStuck: the watchdog's check is quiet before Run and while Run
+// reconciles, and fails once no reconcile finished for long.
+func TestStuck(t *testing.T) {
+	f := newFixture(t, "13.8.0.0/24", "")
+	if err := f.c.Stuck(); err != nil {
+		t.Fatalf("before Run: %v", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { f.c.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.c.ranAt.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := f.c.Stuck(); err != nil {
+		t.Fatalf("running: %v", err)
+	}
+	cancel()
+	<-done
+	f.c.ranAt.Store(time.Now().Add(-time.Minute).UnixNano())
+	if err := f.c.Stuck(); err == nil || !strings.Contains(err.Error(), "reconcile loop last finished 1m") {
+		t.Fatalf("a minute without a reconcile: %v", err)
 	}
 }
