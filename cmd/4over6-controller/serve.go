@@ -626,7 +626,7 @@ func metricsSource(ctl *controller.Controller) ctlmetrics.Source {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		st := ctl.Status()
-		s := ctlmetrics.Snapshot{Version: st.Version, Leader: st.Leader}
+		s := ctlmetrics.Snapshot{ID: st.ID, Version: st.Version, Leader: st.Leader}
 		if pi, err := ctl.PoolInfo(ctx); err == nil {
 			p := ctlmetrics.FromPool(pi.Stats)
 			s.Pool = &p
@@ -638,6 +638,8 @@ func metricsSource(ctl *controller.Controller) ctlmetrics.Source {
 			s.Dataplanes = map[string]int{}
 			for _, d := range dps {
 				s.Dataplanes[strings.ToLower(d.State.String())]++
+				up := d.State == controller.StateUp || d.State == controller.StateDraining
+				s.DataplaneList = append(s.DataplaneList, ctlmetrics.Dataplane{ID: d.ID, Up: up, LastHeartbeat: d.LastContact})
 			}
 		}
 		return s
