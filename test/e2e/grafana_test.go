@@ -79,8 +79,8 @@ func TestPromQLMetrics(t *testing.T) {
 		`sum by (id, direction) (rate(fourover6_dataplane_bytes_total{direction="from_client"}[$__rate_interval]) * on (instance, job) group_left (id) fourover6_dataplane_info{id=~"$dataplane"}) * 8`: {
 			"fourover6_dataplane_bytes_total", "fourover6_dataplane_info"},
 		`histogram_quantile(0.99, sum by (le, job) (rate(grpc_server_handling_seconds_bucket{grpc_type="unary"}[5m])))`: {"grpc_server_handling_seconds_bucket"},
-		`count(up_gauge == 0) or vector(0)`:        {"up_gauge"},
-		`time() - last_seen_seconds > 1e9`:         {"last_seen_seconds"},
+		`count(up_gauge == 0) or vector(0)`:          {"up_gauge"},
+		`time() - last_seen_seconds > 1e9`:           {"last_seen_seconds"},
 		`1 - sum(a{state="free"}) / sum(b) unless c`: {"a", "b", "c"},
 	} {
 		got, _ := promqlMetrics(expr)
