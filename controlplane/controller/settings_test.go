@@ -91,6 +91,36 @@ func TestStoredSettingsOverrideWarns(t *testing.T) {
 	}
 }
 
+// TestStoredWholePrefixWarns: "the whole prefix" set at run time over a
+// configured --pool-range is an override too.
+func TestStoredWholePrefixWarns(t *testing.T) {
+	st := store.NewMemory()
+	cfg := Config{
+		Pool:      pool.Config{Prefix: netip.MustParsePrefix("13.8.0.0/24"), Range: pool.Range{First: ip("13.8.0.2"), Last: ip("13.8.0.9")}},
+		RangeFrom: "file c.yaml:2",
+		Store:     st,
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.UpdatePool(ctx, pool.Range{}); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	if c, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	w := logs.records(t, "the whole prefix, as set at run time (pool set-range, apply), overrides the configured pool range")
+	if len(w) != 1 || w[0]["level"] != "WARN" || w[0]["configured"] != "13.8.0.2-13.8.0.9" || w[0]["configured_from"] != "file c.yaml:2" {
+		t.Errorf("whole prefix override: %v", w)
+	}
+	if s, _ := c.Settings(); !s.RangeStored || s.Range.First != ip("13.8.0.2") || s.Range.Last != ip("13.8.0.254") {
+		t.Errorf("settings: %+v", s)
+	}
+}
+
 func TestSettingsStandby(t *testing.T) {
 	c, err := New(Config{Pool: pool.Config{Prefix: netip.MustParsePrefix("13.8.0.0/24")}, Standby: true})
 	if err != nil {
