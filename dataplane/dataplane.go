@@ -154,6 +154,7 @@ type Dataplane struct {
 	registered atomic.Bool
 	stopping   atomic.Bool
 	heartbeat  atomic.Int64 // the interval in force, in nanoseconds
+	beatAt     atomic.Int64 // when the heartbeat loop last went round (Unix ns; 0 before it runs)
 	started    time.Time
 
 	reregister chan struct{} // asks the heartbeat loop to register again
@@ -427,7 +428,7 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 		d.mu.Lock()
 		d.sessions[s] = release
 		d.mu.Unlock()
-		d.log.Debug("client connected", "session", s.ID(), "client", s.Remote())
+		d.log.Debug("connection accepted", "session", s.ID(), "client", s.Remote())
 		d.conns.Add(1)
 		go func() {
 			defer d.conns.Done()
@@ -635,6 +636,7 @@ func (d *Dataplane) heartbeatLoop(ctx context.Context) error {
 	t := time.NewTimer(d.heartbeatInterval())
 	defer t.Stop()
 	for {
+		d.beatAt.Store(time.Now().UnixNano())
 		again := false
 		select {
 		case <-ctx.Done():
@@ -803,6 +805,10 @@ func (d *Dataplane) report(ctx context.Context) {
 func (d *Dataplane) setControllerOK(err error) {
 	// A controller asking us to wait (IDPendingError) answered: it is reachable.
 	var pending *IDPendingError
+	if errors.Is(err, context.Canceled) {
+		// Our own shutdown cut the call short: it says nothing of the controller.
+		return
+	}
 	ok := err == nil || !errors.Is(err, ErrControllerUnavailable) || errors.As(err, &pending)
 	if d.ctrlOK.Swap(ok) != ok {
 		if ok {

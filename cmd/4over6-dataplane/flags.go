@@ -44,6 +44,7 @@ type options struct {
 	prefixAcceptBurst int
 	logLevel          string
 	logFormat         string
+	logPrefix         string
 	tls               tlsconf.Files
 	pprof             string
 	metrics           string
@@ -115,6 +116,7 @@ Exit codes:
 	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.logPrefix, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port or unix:///path; empty: off)")
 	f.BoolVar(&o.nat, "nat", false, "enable IPv4 forwarding and masquerade the pool out of the uplinks (nftables table \"ip fourover6\", removed on exit)")
 	f.StringSliceVar(&o.natInterfaces, "nat-interface", nil, "with --nat: masquerade only out of these interfaces (default: every interface but the TUN)")
@@ -198,7 +200,7 @@ func (o *options) validate() error {
 	if !valid {
 		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
 	}
-	if _, _, err := logging.New(io.Discard, logging.Options{Level: o.logLevel, Format: o.logFormat}); err != nil {
+	if _, _, err := logging.New(io.Discard, o.logOptions()); err != nil {
 		return err
 	}
 	if o.metrics != "" {
@@ -257,4 +259,9 @@ func listenNetwork(addr string) string {
 		return "tcp6"
 	}
 	return "tcp"
+}
+
+// logOptions are the logging flags.
+func (o *options) logOptions() logging.Options {
+	return logging.Options{Level: o.logLevel, Format: o.logFormat, Priority: o.logPrefix}
 }

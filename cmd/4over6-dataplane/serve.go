@@ -26,6 +26,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
@@ -55,6 +56,7 @@ type daemon struct {
 	gs     *grpc.Server
 	health *health.Server
 	ms     *metrics.Server // nil without --metrics
+	notify *sdnotify.Notifier
 
 	grpcMetrics *metrics.GRPC
 	guard       *authz.Guard
@@ -76,13 +78,13 @@ type daemon struct {
 // registration's answer and serves. Errors an operator must fix are
 // usageErrors (exit 2, which the unit does not restart).
 func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) error {
-	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
+	log, level, err := logging.New(stderr, o.logOptions())
 	if err != nil {
 		return usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{o: o, log: log, level: level}
+	d := &daemon{o: o, log: log, level: level, notify: sdnotify.New(log)}
 	defer d.close()
 	if err := d.open(); err != nil {
 		return usageError{err}
@@ -270,11 +272,16 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log, d.policyReloader())
 		return nil
 	})
+	g.Go(func() error { d.notify.Watchdog(gctx, d.dp.Stuck); return nil })
+	g.Go(func() error { d.showStatus(gctx); return nil })
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
 		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat, "bgp", d.bgp != nil,
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
+	// Every listener is open (open): connections are accepted from here
+	// on, and served once the controller answered the registration.
+	d.notify.Ready(d.statusLine())
 	err := classify(d.dp.Run(gctx))
 	d.stopBGP() // the clients are gone: so are their routes
 	d.log.Info("data plane stopped")
@@ -284,6 +291,34 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		err = gerr
 	}
 	return err
+}
+
+// showStatus keeps the status systemd shows up to date until ctx ends,
+// and says STOPPING=1 then.
+func (d *daemon) showStatus(ctx context.Context) {
+	if !d.notify.Enabled() {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.notify.Stopping("shutting down")
+			return
+		case <-t.C:
+			d.notify.Status(d.statusLine())
+		}
+	}
+}
+
+// statusLine is what `systemctl status` shows.
+func (d *daemon) statusLine() string {
+	if err := d.dp.Ready(); err != nil {
+		return "not ready: " + err.Error() + "; controller " + d.link.String()
+	}
+	return "serving clients on " + d.o.listen + "; controller " + d.link.String()
 }
 
 // stopServing ends the API (gracefully, within 5 s) once the data plane

@@ -3,7 +3,7 @@
 // The Collector reads the data plane when scraped (Dataplane.Status): the
 // hot path is not touched, and nothing is counted twice. Series:
 //
-//	fourover6_dataplane_info{id,version,instance}               gauge, always 1
+//	fourover6_dataplane_info{id,version,instance_id}            gauge, always 1
 //	fourover6_dataplane_start_time_seconds                      gauge, Unix time
 //	fourover6_dataplane_sessions                                gauge: open client connections
 //	fourover6_dataplane_sessions_leased                         gauge: of those, holding an address
@@ -80,7 +80,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descInfo      = desc("info", "Data plane identity: always 1, labeled with id, version and instance (random per process start).", "id", "version", "instance")
+	descInfo      = desc("info", "Data plane identity: always 1, labeled with its id, version and instance_id (random per process start).", "id", "version", "instance_id")
 	descStart     = desc("start_time_seconds", "When this data plane started, in Unix seconds.")
 	descSessions  = desc("sessions", "Open client connections (leased or not yet).")
 	descLeased    = desc("sessions_leased", "Open client connections holding an address.")

@@ -143,8 +143,8 @@ func TestKeepalive(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{dataplaneArgs: []string{"--keepalive-interval", "1s", "--keepalive-timeout", "3s"}})
 	c := e.dialLab()
-	// The server hears the 100 after this and nothing more: its silence
-	// timer starts later than lastSent, never earlier.
+	// Taken before the 100 is written: the server hears it later still,
+	// so closedAt-lastSent can only overstate the silence it measured.
 	lastSent := time.Now()
 	c.lease()
 	m, err := c.next(2 * time.Second)

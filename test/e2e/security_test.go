@@ -507,7 +507,7 @@ func TestAuditEveryChange(t *testing.T) {
 				t.Errorf("%v: no audit line for %s in %v", c.args, w.method, lines)
 				continue
 			}
-			if l["level"] != "INFO" || l["result"] != w.result {
+			if l["level"] != "info" || l["result"] != w.result {
 				t.Errorf("%v: audit line %v, want level INFO and result %s", c.args, l, w.result)
 			}
 			for path, v := range map[string]any{"who.role": "operator", "who.via": "unix", "who.uid": float64(0), "who.gid": float64(0)} {
