@@ -49,6 +49,8 @@ type Packet struct {
 	Drop string
 	Len  int    // the packet's length
 	Data []byte // its first min(Len, snaplen) bytes
+	// Lost is how many packets the tap had lost when this one was added.
+	Lost uint64
 }
 
 // DefaultDepth is how many packet records a tap has when NewTap is given
@@ -134,7 +136,7 @@ func (t *Tap) fill(p *Packet, now time.Time, dir Dir, drop string, pkt []byte) {
 		p.Data = make([]byte, n, max(n, min(2048, t.snaplen)))
 	}
 	p.Data = append(p.Data[:0], pkt[:n]...)
-	p.Time, p.Dir, p.Drop, p.Len = now, dir, drop, len(pkt)
+	p.Time, p.Dir, p.Drop, p.Len, p.Lost = now, dir, drop, len(pkt), t.lost.Load()
 }
 
 // publish hands a filled record to the consumer; it never blocks, as the

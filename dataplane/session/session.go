@@ -428,13 +428,16 @@ func (s *Session) readLoop() {
 	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
 	defer s.flushTUN()
 	for {
-		if !dec.Ready() {
-			// Next would block: hand what the last read carried to the
-			// TUN, and see whether the next read's packets are captured.
+		fresh := !dec.Ready()
+		if fresh {
+			// Next would block: hand what the last read carried to the TUN.
 			s.flushTUN()
-			s.taps = s.tap.Load()
 		}
 		m, err := dec.Next()
+		if fresh {
+			// A read: are its packets captured? One atomic load per read.
+			s.taps = s.tap.Load()
+		}
 		if err != nil {
 			var fe *wire.FrameError
 			if errors.As(err, &fe) {
