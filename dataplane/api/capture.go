@@ -142,4 +142,3 @@ func capturedPacket(p *capture.Packet) *dpv1.CapturedPacket {
 		Length: uint32(p.Len), Data: append([]byte(nil), p.Data...), Lost: p.Lost,
 	}
 }
-

@@ -117,4 +117,3 @@ func TestTapConcurrent(t *testing.T) {
 		t.Errorf("received %d + lost %d, want 4000", got, tap.Lost())
 	}
 }
-
