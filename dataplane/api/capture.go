@@ -66,31 +66,44 @@ func (s *Server) CaptureClient(r *dpv1.CaptureClientRequest, stream grpc.ServerS
 	}
 	limit := r.GetCount()
 	var sent uint64
-	// take moves up to maxPerMessage waiting packets into a message.
-	take := func(first *capture.Packet) []*dpv1.CapturedPacket {
-		var out []*dpv1.CapturedPacket
+	// send sends up to maxPerMessage waiting packets, first the one given,
+	// in one message; the records go back to the tap once it is sent
+	// (the message points into them).
+	held := make([]*capture.Packet, 0, maxPerMessage)
+	msg := &dpv1.CaptureClientResponse{}
+	send := func(first *capture.Packet) error {
 		p := first
 		for {
 			if limit == 0 || sent < limit {
-				out = append(out, capturedPacket(p))
+				msg.Packets = append(msg.Packets, capturedPacket(p))
 				sent++
 			}
-			tap.Release(p)
-			if len(out) == maxPerMessage || (limit > 0 && sent >= limit) {
-				return out
+			held = append(held, p)
+			if len(held) == maxPerMessage || (limit > 0 && sent >= limit) {
+				break
 			}
 			select {
 			case p = <-tap.C():
+				continue
 			default:
-				return out
 			}
+			break
 		}
+		err := stream.Send(msg)
+		for _, p := range held {
+			tap.Release(p)
+		}
+		clear(held)
+		held = held[:0]
+		clear(msg.Packets)
+		msg.Packets = msg.Packets[:0]
+		return err
 	}
 	reason := ""
 	for reason == "" {
 		select {
 		case p := <-tap.C():
-			if err := stream.Send(&dpv1.CaptureClientResponse{Packets: take(p)}); err != nil {
+			if err := send(p); err != nil {
 				log.Info("capture ended", "reason", "caller gone", "captured", sent, "lost", tap.Lost(), "took", time.Since(start).Round(time.Millisecond))
 				return err
 			}
@@ -103,7 +116,7 @@ func (s *Server) CaptureClient(r *dpv1.CaptureClientRequest, stream grpc.ServerS
 			for reason == "" {
 				select {
 				case p := <-tap.C():
-					if err := stream.Send(&dpv1.CaptureClientResponse{Packets: take(p)}); err != nil {
+					if err := send(p); err != nil {
 						return err
 					}
 					if limit > 0 && sent >= limit {
@@ -132,6 +145,8 @@ func (s *Server) CaptureClient(r *dpv1.CaptureClientRequest, stream grpc.ServerS
 	}})
 }
 
+// capturedPacket is p as a message; its data is p's until the message is
+// sent.
 func capturedPacket(p *capture.Packet) *dpv1.CapturedPacket {
 	dir := dpv1.CaptureDirection_CAPTURE_DIRECTION_FROM_CLIENT
 	if p.Dir == capture.ToClient {
@@ -139,6 +154,6 @@ func capturedPacket(p *capture.Packet) *dpv1.CapturedPacket {
 	}
 	return &dpv1.CapturedPacket{
 		Time: timestamppb.New(p.Time), Direction: dir, DropReason: p.Drop,
-		Length: uint32(p.Len), Data: append([]byte(nil), p.Data...), Lost: p.Lost,
+		Length: uint32(p.Len), Data: p.Data, Lost: p.Lost,
 	}
 }
