@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -263,6 +264,39 @@ func TestCaptureRealClient(t *testing.T) {
 	if strings.Join(hs, ", ") != "SYN in, SYN-ACK out, ACK in" {
 		t.Errorf("handshake in the capture: %v, want SYN in, SYN-ACK out, ACK in", hs)
 	}
+
+	// Live rates: while the client pings every 10 ms, the client table
+	// shows packets per second both ways, and clients top lists it.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	pinger := e.cli.Command(ctx, "ping", "-n", "-q", "-i", "0.01", "-w", "30", internetV4)
+	if err := pinger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); pinger.Wait() }()
+	var rated []ctlRatedClient
+	e.waitFor("rates in the client table", func() bool {
+		e.ctlJSON(&rated, "clients", "list", "--sort", "rate")
+		return len(rated) == 1 && rated[0].PacketsFromClientPerSecond > 10 && rated[0].PacketsToClientPerSecond > 10 &&
+			rated[0].BytesFromClientPerSecond > 800 && rated[0].BytesToClientPerSecond > 800
+	})
+	var one ctlRatedClient
+	e.ctlJSON(&one, "clients", "get", "13.8.0.2")
+	if one.PacketsFromClientPerSecond <= 0 || one.BytesToClientPerSecond <= 0 {
+		t.Errorf("clients get: rates %+v", one)
+	}
+	top, errOut, code := e.ctl("clients", "top", "--once")
+	if code != 0 || !strings.Contains(top, "13.8.0.2") || !strings.Contains(top, "FROM CLIENT/S") || strings.Contains(top, "\x1b") {
+		t.Errorf("clients top --once: exit %d: %s%s", code, top, errOut)
+	}
+}
+
+type ctlRatedClient struct {
+	IPv4                       string  `json:"ipv4"`
+	BytesFromClientPerSecond   float64 `json:"bytes_from_client_per_second"`
+	PacketsFromClientPerSecond float64 `json:"packets_from_client_per_second"`
+	BytesToClientPerSecond     float64 `json:"bytes_to_client_per_second"`
+	PacketsToClientPerSecond   float64 `json:"packets_to_client_per_second"`
 }
 
 // startCaptureTo is startCapture with the capture on standard output.
