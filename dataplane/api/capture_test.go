@@ -167,3 +167,38 @@ func TestCaptureRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureSlowReaderLoses: a capture whose reader reads nothing never
+// holds the client's traffic up: every packet reaches the TUN, the capture
+// loses what it cannot hold, and says how many when it ends.
+func TestCaptureSlowReaderLoses(t *testing.T) {
+	e := start(t)
+	c := e.Dial()
+	addr := e.LeaseRouted(c)
+	stream, _ := e.startCapture(e.ctx(), &dpv1.CaptureClientRequest{Address: addr.String()})
+
+	const n = 5000
+	msgs := make([]byte, 0, n*1100)
+	for i := range n {
+		p := packet.BuildICMPEcho(addr, dataplanetest.Pool.Gateway, 7, uint16(i), bytes.Repeat([]byte("x"), 1000), false)
+		msgs = wire.AppendMsg(msgs, wire.TypeNetRequest, p)
+	}
+	c.Write(msgs)
+	for range n {
+		e.FromTUN() // all of them, while the capture's reader sleeps
+	}
+	c.Conn.Close()
+	got, last := end(t, stream)
+	if last.GetReason() != "disconnected" || last.GetLost() == 0 || last.GetCaptured() != uint64(len(got)) ||
+		last.GetCaptured()+last.GetLost() != n {
+		t.Errorf("end %v after %d packets received; want disconnected, some lost, captured + lost = %d", last, len(got), n)
+	}
+	// Each packet says how many were lost before it, never more than in the end.
+	var prev uint64
+	for i, p := range got {
+		if p.GetLost() < prev || p.GetLost() > last.GetLost() {
+			t.Fatalf("packet %d: lost %d after %d (end: %d)", i, p.GetLost(), prev, last.GetLost())
+		}
+		prev = p.GetLost()
+	}
+}
