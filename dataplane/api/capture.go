@@ -69,13 +69,18 @@ func (s *Server) CaptureClient(r *dpv1.CaptureClientRequest, stream grpc.ServerS
 	// send sends up to maxPerMessage waiting packets, first the one given,
 	// in one message; the records go back to the tap once it is sent
 	// (the message points into them).
+	// The messages are reused from one send to the next: a busy capture
+	// allocates nothing per packet here.
 	held := make([]*capture.Packet, 0, maxPerMessage)
 	msg := &dpv1.CaptureClientResponse{}
+	pkts := make([]dpv1.CapturedPacket, maxPerMessage)
+	times := make([]timestamppb.Timestamp, maxPerMessage)
 	send := func(first *capture.Packet) error {
 		p := first
 		for {
 			if limit == 0 || sent < limit {
-				msg.Packets = append(msg.Packets, capturedPacket(p))
+				i := len(msg.Packets)
+				msg.Packets = append(msg.Packets, capturedPacket(&pkts[i], &times[i], p))
 				sent++
 			}
 			held = append(held, p)
@@ -145,15 +150,15 @@ func (s *Server) CaptureClient(r *dpv1.CaptureClientRequest, stream grpc.ServerS
 	}})
 }
 
-// capturedPacket is p as a message; its data is p's until the message is
-// sent.
-func capturedPacket(p *capture.Packet) *dpv1.CapturedPacket {
+// capturedPacket fills m (and its time ts) with p; m's data is p's until
+// the message is sent.
+func capturedPacket(m *dpv1.CapturedPacket, ts *timestamppb.Timestamp, p *capture.Packet) *dpv1.CapturedPacket {
 	dir := dpv1.CaptureDirection_CAPTURE_DIRECTION_FROM_CLIENT
 	if p.Dir == capture.ToClient {
 		dir = dpv1.CaptureDirection_CAPTURE_DIRECTION_TO_CLIENT
 	}
-	return &dpv1.CapturedPacket{
-		Time: timestamppb.New(p.Time), Direction: dir, DropReason: p.Drop,
-		Length: uint32(p.Len), Data: p.Data, Lost: p.Lost,
-	}
+	ts.Seconds, ts.Nanos = p.Time.Unix(), int32(p.Time.Nanosecond())
+	m.Time, m.Direction, m.DropReason = ts, dir, p.Drop
+	m.Length, m.Data, m.Lost = uint32(p.Len), p.Data, p.Lost
+	return m
 }
