@@ -52,6 +52,10 @@ func TestClientsList(t *testing.T) {
 	if cs[1].IPv4 != "13.8.0.10" {
 		t.Errorf("second client %q, want 13.8.0.10", cs[1].IPv4)
 	}
+	wantRates := Rates{BytesFromClientPerSecond: 2048, PacketsFromClientPerSecond: 4, BytesToClientPerSecond: 1536000, PacketsToClientPerSecond: 1000.5}
+	if cs[1].Rates != wantRates {
+		t.Errorf("rates of 13.8.0.10 = %+v, want %+v", cs[1].Rates, wantRates)
+	}
 
 	r = ctl(t, nil, "--controller", addr, "clients", "list", "-o", "yaml").expect(t, 0)
 	var ys []Client
@@ -670,4 +674,57 @@ func TestConnectTimeout(t *testing.T) {
 	if !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("stderr %q, want prefix %q", r.stderr, want)
 	}
+}
+
+func TestClientsSortByRateAndTop(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	addr := serve(t, ctrl, nil)
+
+	r := ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "rate", "-o", "json").expect(t, 0)
+	var cs []Client
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 2 {
+		t.Fatalf("json: %v\n%s", err, r.stdout)
+	}
+	if cs[0].IPv4 != "13.8.0.10" || cs[1].IPv4 != "13.8.0.2" {
+		t.Errorf("--sort rate: %s, %s; want the busy 13.8.0.10 first", cs[0].IPv4, cs[1].IPv4)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "rate").expect(t, 0)
+	for _, s := range []string{"FROM CLIENT/S", "TO CLIENT/S", "2.0 KiB/s (4.0 pkt/s)", "1.5 MiB/s (1000 pkt/s)", "0 B/s (0 pkt/s)"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	if strings.Index(r.stdout, "13.8.0.10") > strings.Index(r.stdout, "13.8.0.2 ") {
+		t.Errorf("table not sorted by rate:\n%s", r.stdout)
+	}
+	ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "speed").expect(t, 2)
+
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.10").expect(t, 0)
+	if !strings.Contains(r.stdout, "Rate to client:") || !strings.Contains(r.stdout, "1.5 MiB/s") {
+		t.Errorf("clients get lacks the rates:\n%s", r.stdout)
+	}
+
+	// top --once: one screen, no control sequences off a terminal.
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once").expect(t, 0)
+	if strings.Contains(r.stdout, "\x1b") {
+		t.Errorf("top off a terminal wrote control sequences: %q", r.stdout)
+	}
+	for _, s := range []string{"2 clients", "IPV4", "FROM CLIENT/S", "1.5 MiB/s"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("top --once lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	if i, j := strings.Index(r.stdout, "13.8.0.10"), strings.Index(r.stdout, "13.8.0.2 "); i < 0 || j < 0 || i > j {
+		t.Errorf("top not sorted busiest first:\n%s", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once", "-n", "1").expect(t, 0)
+	if strings.Contains(r.stdout, "13.8.0.2 ") || !strings.Contains(r.stdout, "and 1 more") {
+		t.Errorf("top -n 1:\n%s", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once", "-o", "json").expect(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 2 || cs[0].IPv4 != "13.8.0.10" {
+		t.Errorf("top --once -o json: %v\n%s", err, r.stdout)
+	}
+	ctl(t, nil, "--controller", addr, "clients", "top", "--interval", "0s").expect(t, 2)
 }

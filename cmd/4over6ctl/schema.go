@@ -17,6 +17,17 @@ type Counters struct {
 	PacketsToClient   uint64 `json:"packets_to_client" yaml:"packets_to_client"`
 }
 
+// Rates are current traffic per second each way: the growth of a client's
+// counters between its data plane's last two reports (every
+// --report-interval, 5s by default), 0 until two reports arrived. Flattened
+// into the objects that embed them.
+type Rates struct {
+	BytesFromClientPerSecond   float64 `json:"bytes_from_client_per_second" yaml:"bytes_from_client_per_second"`
+	PacketsFromClientPerSecond float64 `json:"packets_from_client_per_second" yaml:"packets_from_client_per_second"`
+	BytesToClientPerSecond     float64 `json:"bytes_to_client_per_second" yaml:"bytes_to_client_per_second"`
+	PacketsToClientPerSecond   float64 `json:"packets_to_client_per_second" yaml:"packets_to_client_per_second"`
+}
+
 // Client is one client of the controller's client table: an element of the
 // array printed by "clients list", the object printed by "clients get".
 type Client struct {
@@ -31,6 +42,30 @@ type Client struct {
 	// The address is the one this IPv6 address held last, given back to
 	// it when it returned (sticky addresses).
 	Sticky bool `json:"sticky" yaml:"sticky"`
+	Rates  `yaml:",inline"`
+}
+
+// CaptureSummary is the object "clients capture" prints to stderr when the
+// capture ends (standard output may hold the capture itself).
+type CaptureSummary struct {
+	IPv4       string `json:"ipv4" yaml:"ipv4"`           // the client captured
+	Dataplane  string `json:"dataplane" yaml:"dataplane"` // the data plane that captured it
+	Session    string `json:"session" yaml:"session"`
+	File       string `json:"file" yaml:"file"`     // -w, "-" for standard output
+	Format     string `json:"format" yaml:"format"` // "pcapng" or "pcap"
+	Captured   uint64 `json:"captured" yaml:"captured"`
+	FromClient uint64 `json:"from_client" yaml:"from_client"` // of captured: 102s
+	ToClient   uint64 `json:"to_client" yaml:"to_client"`     // of captured: 103s
+	Dropped    uint64 `json:"dropped" yaml:"dropped"`         // of captured: dropped by the data plane
+	// Packets the capture lost because this reader was too slow (the
+	// client's traffic went on).
+	Lost uint64 `json:"lost" yaml:"lost"`
+	// "count", "duration", "disconnected" (the client left), "shutdown"
+	// (the data plane stopped), "interrupted" (Ctrl-C), "reader_closed"
+	// (standard output was closed).
+	Ended     string `json:"ended" yaml:"ended"`
+	StartedAt string `json:"started_at" yaml:"started_at"`
+	EndedAt   string `json:"ended_at" yaml:"ended_at"`
 }
 
 // Pool is the object printed by "pool show".
