@@ -18,8 +18,10 @@ import (
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 )
 
-// On clients list and watch, --dataplane is the data plane id filter,
-// wherever it is written; elsewhere it stays the data plane's address.
+// On clients list and watch, the data plane id filter is --dataplane-id;
+// --dataplane is the data plane's address there too. An id given to
+// --dataplane (its old meaning there) still filters, with a deprecation
+// note on stderr.
 func TestDataplaneFilterVersusAddress(t *testing.T) {
 	t.Parallel()
 	ctrl := newController()
@@ -28,12 +30,17 @@ func TestDataplaneFilterVersusAddress(t *testing.T) {
 	// The environment's data plane address is irrelevant to clients list.
 	env := map[string]string{"FOUROVER6_DATAPLANE": "garbage"}
 
-	for _, args := range [][]string{
-		{"--controller", caddr, "clients", "list", "--dataplane", "dp2", "-o", "json"},
-		{"--controller", caddr, "--dataplane", "dp2", "clients", "list", "-o", "json"},
-		{"--controller", caddr, "clients", "list", "--dataplane=dp2", "--dataplane-id", "dp2", "-o", "json"},
-		{"--controller", caddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"},
+	for _, c := range []struct {
+		args       []string
+		deprecated bool
+	}{
+		{[]string{"--controller", caddr, "clients", "list", "--dataplane", "dp2", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "--dataplane", "dp2", "clients", "list", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "clients", "list", "--dataplane=dp2", "--dataplane-id", "dp2", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"}, false},
+		{[]string{"--controller", caddr, "--dataplane", daddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"}, false},
 	} {
+		args := c.args
 		r := ctl(t, env, args...).expect(t, 0)
 		var cs []Client
 		if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 1 || cs[0].Dataplane != "dp2" {
@@ -44,6 +51,9 @@ func TestDataplaneFilterVersusAddress(t *testing.T) {
 			t.Errorf("%v: filter sent %q", args, ctrl.lastFilter)
 		}
 		ctrl.mu.Unlock()
+		if got := strings.Contains(r.stderr, "deprecated: use --dataplane-id dp2"); got != c.deprecated {
+			t.Errorf("%v: deprecation note %v, want %v: %q", args, got, c.deprecated, r.stderr)
+		}
 	}
 
 	// Two different ids: exit 2, nothing asked.

@@ -179,7 +179,14 @@ func (f *fakeController) GetPool(ctx context.Context, _ *cpv1.GetPoolRequest) (*
 	}
 	p := proto.Clone(f.pool).(*cpv1.Pool)
 	p.Dns = slices.Clone(f.dnsLocked())
-	p.Reserved = uint32(len(f.reservations))
+	p.Reserved, p.ReservedInUse = uint32(len(f.reservations)), 0
+	for _, ip := range f.reservations {
+		for _, c := range f.clients {
+			if c.GetAddress() == ip {
+				p.ReservedInUse++
+			}
+		}
+	}
 	return &cpv1.GetPoolResponse{Pool: p}, nil
 }
 

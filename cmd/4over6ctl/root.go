@@ -34,6 +34,7 @@ const (
 	exitUnreachable = 3 // a daemon could not be reached
 	exitNotFound    = 4 // the daemon answered NOT_FOUND
 	exitDenied      = 5 // the daemon answered PERMISSION_DENIED
+	exitCheckFailed = 6 // check found a problem
 )
 
 const exitCodesHelp = `Exit codes:
@@ -44,7 +45,8 @@ const exitCodesHelp = `Exit codes:
   4  not found (clients get/kick of an address nobody holds, reservations delete
      of a client without one, dataplane drain or remove of an unknown id)
   5  permission denied (this caller's role may not do that: a viewer changing
-     something, a certificate without a role; the message names both roles)`
+     something, a certificate without a role; the message names both roles)
+  6  check found at least one problem (one line each)`
 
 // Annotation key naming the daemons a command talks to (comma separated).
 // The root's PersistentPreRunE dials exactly these and nothing else.
@@ -133,17 +135,13 @@ The controller may be given as several comma-separated addresses
 to the leader (when none leads, to the first that answers), following it
 when it changes. A command connects only to the daemons it needs.
 
-On "clients list" and "clients watch", --dataplane is a FILTER (a data plane
-id); an address given there is the global flag's and is ignored, as those
-commands do not talk to a data plane.
-
 Output: -o table (default, for people), -o json or -o yaml (stable, for
 scripts; see the README's "JSON output"). Errors go to stderr in the same
 format: {"error":"...","code":N}.
 
 ` + exitCodesHelp,
 		Example: `  4over6ctl status                             # health of the whole system
-  4over6ctl clients list --dataplane dp1 -o json
+  4over6ctl clients list --dataplane-id dp1 -o json
   4over6ctl --controller unix:///run/a.sock,10.0.0.2:7000 pool show
   4over6ctl apply -f fourover6.yaml --dry-run`,
 		SilenceErrors:     true,
@@ -162,7 +160,7 @@ format: {"error":"...","code":N}.
 	pf.StringVar(&a.controller.flagValue, "controller", "",
 		"controller address(es), unix:///path or host:port, several comma-separated (default $FOUROVER6_CONTROLLER, else "+a.controller.def+")")
 	pf.StringVar(&a.dataplane.flagValue, "dataplane", "",
-		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+"); on clients list/watch: a data plane id filter")
+		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+")")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.StringVar(&a.tls.Cert, "tls-cert", "", "client certificate (PEM) for daemons that require mutual TLS (default $FOUROVER6_TLS_CERT)")
 	pf.StringVar(&a.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert (default $FOUROVER6_TLS_KEY)")
@@ -174,6 +172,7 @@ format: {"error":"...","code":N}.
 
 	root.AddCommand(
 		a.statusCommand(),
+		a.checkCommand(),
 		a.clientsCommand(),
 		a.poolCommand(),
 		a.reservationsCommand(),
@@ -181,6 +180,7 @@ format: {"error":"...","code":N}.
 		a.dataplaneCommand(),
 		a.sessionsCommand(),
 		a.applyCommand(),
+		a.exportCommand(),
 		a.backupCommand(),
 		a.logLevelCommand(),
 		a.pkiCommand(),
@@ -385,6 +385,9 @@ type cliError struct {
 	code  int
 	msg   string
 	usage bool // print a hint to --help in table mode
+	// silent: the command printed what went wrong itself (check): only
+	// the exit code is left to give.
+	silent bool
 }
 
 func (e *cliError) Error() string { return e.msg }

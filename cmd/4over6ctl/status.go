@@ -129,7 +129,7 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 		if p.Size > 0 {
 			usage = fmt.Sprintf(" (%.1f%% leased)", 100*float64(p.Leased)/float64(p.Size))
 		}
-		fmt.Fprintf(w, "Addresses:\t%d leased, %d reserved, %d free of %d%s\n", p.Leased, p.Reserved, p.Free, p.Size, usage)
+		fmt.Fprintf(w, "Addresses:\t%d leased, %s, %d free of %d%s\n", p.Leased, reservedText(*p), p.Free, p.Size, usage)
 		fmt.Fprintf(w, "DNS:\t%s\n", orDash(strings.Join(p.DNS, ", ")))
 	} else {
 		fmt.Fprintf(w, "Pool:\tunknown\n")

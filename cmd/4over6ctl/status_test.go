@@ -54,7 +54,7 @@ func TestSystemStatus(t *testing.T) {
 		t.Errorf("yaml status %+v %v", ys, err)
 	}
 	r = ctl(t, nil, "--controller", caddr, "--dataplane", daddr, "status").expect(t, 0)
-	for _, want := range []string{"ctl-a (leader), version v1.2.3-test", "bbolt:", "2 leased, 1 reserved, 124 free of 127",
+	for _, want := range []string{"ctl-a (leader), version v1.2.3-test", "bbolt:", "2 leased, 1 reserved (0 in use), 124 free of 127",
 		"LAST HEARTBEAT", "dp2", "DOWN", "Local data plane:", "3 open, 2 leased", "spoofed_source 5"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status table lacks %q:\n%s", want, r.stdout)

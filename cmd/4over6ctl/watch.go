@@ -36,10 +36,10 @@ per current client, then one "synced", then "connected"/"disconnected" events.
 
 ` + dataplaneFilterNote,
 		Example: `  4over6ctl clients watch
-  4over6ctl clients watch --dataplane dp1 -o json | jq -c 'select(.type=="disconnected")'`,
+  4over6ctl clients watch --dataplane-id dp1 -o json | jq -c 'select(.type=="disconnected")'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, prefix, err := f.values(cmd)
+			id, prefix, err := a.filterValues(cmd, &f)
 			if err != nil {
 				return err
 			}
