@@ -323,6 +323,17 @@ func TestVersion(t *testing.T) {
 	if _, ok := v["controller_error"]; ok {
 		t.Errorf("controller_error present on success: %v", v)
 	}
+	build, _ := v["build"].(map[string]any)
+	if !reflect.DeepEqual(keysOf(build), sorted("version", "commit", "go_version", "build_date", "platform")) ||
+		!strings.HasPrefix(build["go_version"].(string), "go") || build["version"] != v["client"] {
+		t.Errorf("version build %v", build)
+	}
+	r = ctl(t, nil, "--controller", addr, "version").expect(t, 0)
+	for _, want := range []string{"Client:", "commit:", "built:", "go version:  go", "v1.2.3-test ("} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("version table lacks %q:\n%s", want, r.stdout)
+		}
+	}
 
 	// The controller down is not an error for version.
 	missing := "unix://" + filepath.Join(t.TempDir(), "none.sock")

@@ -44,6 +44,7 @@ type fakeController struct {
 	// notLeader (leadership moved, and it learnt so).
 	stale       bool
 	statusDelay time.Duration // GetStatus answers this late
+	storeError  string        // GetStatus's store_error
 	clients     []*cpv1.Client
 	pool        *cpv1.Pool
 	hang        bool // GetPool waits for the caller to give up
@@ -214,7 +215,8 @@ func (f *fakeController) GetStatus(ctx context.Context, _ *cpv1.GetStatusRequest
 		leaderID = f.id
 	}
 	return &cpv1.GetStatusResponse{Status: &cpv1.ControllerStatus{ControllerId: f.id, Version: f.version,
-		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: leads, LeaderId: leaderID, StartedAt: timestamppb.New(t0)}}, nil
+		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: leads, LeaderId: leaderID, StartedAt: timestamppb.New(t0),
+		StoreError: f.storeError}}, nil
 }
 
 func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc.ServerStreamingServer[cpv1.WatchClientsResponse]) error {
