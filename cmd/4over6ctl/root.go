@@ -450,7 +450,13 @@ func (a *app) rpcError(d *daemon, err error) error {
 	// turns a connection that never came up into a *ctlclient.Error).
 	switch st.Code() {
 	case codes.Unavailable:
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: unavailable: %s", d.name, addr, st.Message())}
+		msg := cleanTransport(st.Message())
+		if c := d.current(); c != nil {
+			if ep, ok := c.Current(); ok {
+				msg = withHint(msg, a.connectionHint(ep, err, msg))
+			}
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s is unavailable: %s", d.name, addr, msg)}
 	case codes.DeadlineExceeded:
 		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, addr, a.timeout)}
 	case codes.NotFound:
@@ -464,7 +470,7 @@ func (a *app) rpcError(d *daemon, err error) error {
 	case codes.Canceled:
 		return &cliError{code: exitError, msg: "interrupted"}
 	}
-	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, addr, strings.ToLower(st.Code().String()), st.Message())}
+	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, addr, codeText(st.Code()), st.Message())}
 }
 
 // noneAnswered explains a request no address could take: unreachable
@@ -496,12 +502,14 @@ func (a *app) noneAnswered(d *daemon, e *ctlclient.Error) error {
 // reason is why one address was given up on; a call's own deadline is
 // --timeout.
 func (a *app) reason(ee *ctlclient.EndpointError) string {
+	r := ee.Reason()
 	if errors.Is(ee.Err, context.DeadlineExceeded) && ee.Within == 0 && a.timeout > 0 {
 		e := *ee
 		e.Within = a.timeout
-		return e.Reason()
+		r = e.Reason()
 	}
-	return ee.Reason()
+	r = cleanTransport(r)
+	return withHint(r, a.connectionHint(ee.Endpoint, ee.Err, r))
 }
 
 func (a *app) unreachable(d *daemon, addr, reason string) error {
