@@ -104,7 +104,7 @@ func TestCleanTransport(t *testing.T) {
 	for in, want := range map[string]string{
 		`connection error: desc = "transport: Error while dialing: dial unix /x.sock: connect: permission denied"`: "dial unix /x.sock: connect: permission denied",
 		`connection error: desc = "error reading server preface: EOF"`:                                             "error reading server preface: EOF",
-		"connection refused": "connection refused",
+		"connection refused":                     "connection refused",
 		`connection error: desc = "unterminated`: `"unterminated`,
 	} {
 		if got := cleanTransport(in); got != want {
