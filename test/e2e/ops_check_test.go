@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -210,5 +213,70 @@ func TestCtlCheck(t *testing.T) {
 	out, errOut, code = e.ctl("check", "-o", "json")
 	if code != 6 || !strings.Contains(out, `"check": "controller"`) || !strings.Contains(out, "cannot reach controller") {
 		t.Fatalf("check with the controller stopped: exit %d: %q %q", code, out, errOut)
+	}
+}
+
+// TestCtlPermissionHint runs 4over6ctl as an unprivileged user against a
+// controller socket it may not open: exit 3, and the message says to run
+// as root or join the socket's group, by name.
+func TestCtlPermissionHint(t *testing.T) {
+	t.Parallel()
+	netnstest.RequireRoot(t)
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("this test runs 4over6ctl as the user nobody: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	// A group nobody is not in, for the socket.
+	group, err := user.LookupGroup("adm")
+	if err != nil {
+		group = &user.Group{Gid: "0", Name: "root"}
+	}
+	sgid, _ := strconv.Atoi(group.Gid)
+
+	dir, err := os.MkdirTemp("", "fo6-perm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "4over6ctl") // binDir is root's alone
+	data, err := os.ReadFile(filepath.Join(binDir, "4over6ctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "controller.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if err := os.Chown(sock, 0, sgid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o660); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(bin, "--controller", "unix://"+sock, "pool", "show")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 3 {
+		t.Fatalf("as nobody: %v, stdout %q stderr %q", err, out.String(), errb.String())
+	}
+	want := "cannot reach controller at unix://" + sock + ": permission denied; run as root, or join the socket's group " + group.Name
+	if !strings.Contains(errb.String(), want) {
+		t.Fatalf("as nobody:\n got %q\nwant %q...", errb.String(), want)
 	}
 }
