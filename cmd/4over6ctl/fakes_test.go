@@ -55,6 +55,10 @@ type fakeController struct {
 	events     []*cpv1.ClientEvent
 	watchDelay time.Duration
 	watchEnd   error            // how the stream ends after the events (nil: OK)
+	// beforeWatch, when set, is called (with mu held) at the start of each
+	// WatchClients call, numbered from 1: it may change the fake.
+	beforeWatch func(call int)
+	watchCalls  int
 	fail       map[string]error // method -> error to answer with
 
 	mu           sync.Mutex
@@ -220,12 +224,19 @@ func (f *fakeController) GetStatus(ctx context.Context, _ *cpv1.GetStatusRequest
 }
 
 func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc.ServerStreamingServer[cpv1.WatchClientsResponse]) error {
+	f.mu.Lock()
+	f.watchCalls++
+	if f.beforeWatch != nil {
+		f.beforeWatch(f.watchCalls)
+	}
+	f.mu.Unlock()
 	if err := f.enter("WatchClients"); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.lastFilter, f.lastPrefix = req.GetDataplaneId(), req.GetIpv6Prefix()
 	clients := f.matching(req.GetDataplaneId(), req.GetIpv6Prefix())
+	events, watchEnd := f.events, f.watchEnd
 	f.mu.Unlock()
 	send := func(e *cpv1.ClientEvent) error { return stream.Send(&cpv1.WatchClientsResponse{Event: e}) }
 	for _, c := range clients {
@@ -236,7 +247,7 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 	if err := send(&cpv1.ClientEvent{Type: cpv1.ClientEvent_TYPE_SYNCED, Time: timestamppb.New(t0)}); err != nil {
 		return err
 	}
-	if f.events == nil {
+	if events == nil {
 		<-stream.Context().Done()
 		return stream.Context().Err()
 	}
@@ -245,12 +256,12 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 	case <-stream.Context().Done():
 		return stream.Context().Err()
 	}
-	for _, e := range f.events {
+	for _, e := range events {
 		if err := send(e); err != nil {
 			return err
 		}
 	}
-	return f.watchEnd
+	return watchEnd
 }
 
 func (f *fakeController) KickClient(_ context.Context, req *cpv1.KickClientRequest) (*cpv1.KickClientResponse, error) {
