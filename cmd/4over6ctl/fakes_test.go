@@ -54,12 +54,12 @@ type fakeController struct {
 	// until the client goes.
 	events     []*cpv1.ClientEvent
 	watchDelay time.Duration
-	watchEnd   error            // how the stream ends after the events (nil: OK)
+	watchEnd   error // how the stream ends after the events (nil: OK)
 	// beforeWatch, when set, is called (with mu held) at the start of each
 	// WatchClients call, numbered from 1: it may change the fake.
 	beforeWatch func(call int)
 	watchCalls  int
-	fail       map[string]error // method -> error to answer with
+	fail        map[string]error // method -> error to answer with
 
 	mu           sync.Mutex
 	calls        map[string]int // method -> count
