@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,4 +223,92 @@ func TestKickAndWatch(t *testing.T) {
 	if _, _, code := e.ctl("clients", "get", secondAddr); code != 0 {
 		t.Error("the other client was disturbed")
 	}
+}
+
+// TestWatchSurvivesControllerRestart: clients watch keeps running through a
+// restart of the controller and goes on printing events from the new one.
+func TestWatchSurvivesControllerRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	first := e.dialLab()
+	firstAddr := first.lease().Addr.String()
+
+	watch := exec.Command(filepath.Join(binDir, "4over6ctl"), "--controller", "unix://"+e.ctlSock, "clients", "watch", "-o", "json")
+	stdout, _ := watch.StdoutPipe()
+	var stderr syncBuffer
+	watch.Stderr = &stderr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- watch.Wait() }()
+	defer watch.Process.Kill()
+	events := make(chan map[string]any, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev map[string]any
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				events <- ev
+			}
+		}
+		close(events)
+	}()
+	ipv4 := func(ev map[string]any) string {
+		c, _ := ev["client"].(map[string]any)
+		s, _ := c["ipv4"].(string)
+		return s
+	}
+	next := func(want, addr string) {
+		t.Helper()
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("watch ended while waiting for %q %s; stderr:\n%s", want, addr, stderr.String())
+				}
+				if ev["type"] == want && (addr == "" || ipv4(ev) == addr) {
+					return
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no %q event for %s; stderr:\n%s", want, addr, stderr.String())
+			}
+		}
+	}
+	next("existing", firstAddr)
+	next("synced", "")
+
+	if err := e.stop(e.procs[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.start(e.srv, "4over6-controller", e.controllerArgs()...)
+	second := e.dialLab()
+	secondAddr := second.lease().Addr.String()
+	next("connected", secondAddr)
+	select {
+	case err := <-exited:
+		t.Fatalf("watch exited: %v; stderr:\n%s", err, stderr.String())
+	default:
+	}
+	if s := stderr.String(); !strings.Contains(s, "reconnecting") || !strings.Contains(s, "watch: resumed at unix://"+e.ctlSock) || strings.Contains(s, "not the leader") {
+		t.Errorf("watch stderr:\n%s", s)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
