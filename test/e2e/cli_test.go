@@ -59,6 +59,11 @@ func TestCLIAgainstRealDaemons(t *testing.T) {
 	if got.IPv4 != me || got.IPv6 != clientV6 || got.Dataplane != "dp1" {
 		t.Fatalf("clients get: %+v", got)
 	}
+	var byV6 ctlClient
+	e.ctlJSON(&byV6, "clients", "get", clientV6) // the address an operator knows
+	if byV6 != got {
+		t.Fatalf("clients get %s: %+v, want %+v", clientV6, byV6, got)
+	}
 	var y []map[string]any
 	out, _, _ := e.ctl("clients", "list", "-o", "yaml")
 	if err := yaml.Unmarshal([]byte(out), &y); err != nil || len(y) != 1 || y[0]["ipv6"] != clientV6 {
@@ -110,8 +115,14 @@ func TestCLIAgainstRealDaemons(t *testing.T) {
 	}
 	// A new client gets the new DNS servers in its 101.
 	c2 := e.dialLab()
-	if r := c2.lease(); r.DNS[0].String() != "192.0.2.1" {
-		t.Fatalf("101 after dns set: %+v", r)
+	r2 := c2.lease()
+	if r2.DNS[0].String() != "192.0.2.1" {
+		t.Fatalf("101 after dns set: %+v", r2)
+	}
+	// Now that IPv6 address is connected twice: both are named.
+	if _, errOut, code := e.ctl("clients", "get", clientV6); code != 1 || !strings.Contains(errOut, clientV6+" is connected 2 times") ||
+		!strings.Contains(errOut, me+" (port") || !strings.Contains(errOut, r2.Addr.String()+" (port") {
+		t.Fatalf("clients get %s connected twice: exit %d: %s", clientV6, code, errOut)
 	}
 
 	// Drain and undrain.
