@@ -155,7 +155,7 @@ func (f *percentFlag) Type() string   { return "percent" }
 
 func (f *percentFlag) Set(s string) error {
 	v, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(s), "%"), 64)
-	if err != nil || v < 0 || v > 100 {
+	if err != nil || !(v >= 0 && v <= 100) { // NaN fails both
 		return fmt.Errorf("want a percentage from 0 to 100, e.g. 90%%")
 	}
 	f.v = v

@@ -235,3 +235,42 @@ func indent(s, by string) string {
 	}
 	return strings.Join(lines, "")
 }
+
+// FuzzPercentFlag: --pool-warn never panics and keeps only 0 to 100.
+func FuzzPercentFlag(f *testing.F) {
+	for _, s := range []string{"90%", "90", "92.5", "0", "100%", "101", "-1", "NaN", "1e2", " 50 % ", "%", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p := percentFlag{v: defaultPoolWarn}
+		if err := p.Set(s); err != nil {
+			if p.v != defaultPoolWarn {
+				t.Fatalf("%q: refused but changed to %v", s, p.v)
+			}
+			return
+		}
+		if !(p.v >= 0 && p.v <= 100) {
+			t.Fatalf("%q accepted as %v", s, p.v)
+		}
+	})
+}
+
+// FuzzParseClientAddr: clients get's ADDR is an IPv4 or a plain IPv6
+// address, or a usage error; never a panic.
+func FuzzParseClientAddr(f *testing.F) {
+	for _, s := range []string{"13.8.0.2", "fd00:46::2", "::ffff:13.8.0.2", "fe80::1%eth0", "fd00::/64", "banana", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := parseClientAddr(s)
+		if err != nil {
+			if asCLIError(err).code != exitUsage {
+				t.Fatalf("%q: %v is not a usage error", s, err)
+			}
+			return
+		}
+		if !a.Is4() && (!a.Is6() || a.Is4In6() || a.Zone() != "") {
+			t.Fatalf("%q accepted as %v", s, a)
+		}
+	})
+}

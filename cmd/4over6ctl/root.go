@@ -165,7 +165,7 @@ format: {"error":"...","code":N}.
 	pf.StringVar(&a.tls.Cert, "tls-cert", "", "client certificate (PEM) for daemons that require mutual TLS (default $FOUROVER6_TLS_CERT)")
 	pf.StringVar(&a.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert (default $FOUROVER6_TLS_KEY)")
 	pf.StringVar(&a.tls.CA, "tls-ca", "", "CA (PEM) that signs the daemons' certificates (default $FOUROVER6_TLS_CA)")
-	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: connecting only)")
+	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: the wait for the first event of each connection)")
 	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return formatNames, cobra.ShellCompDirectiveNoFileComp
 	})
