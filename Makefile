@@ -102,6 +102,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCheckIPv4 -fuzztime $(FUZZTIME) ./dataplane/packet
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime $(FUZZTIME) ./dataplane/policy
 	$(GO) test -run '^$$' -fuzz FuzzRanges -fuzztime $(FUZZTIME) ./dataplane/policy
+	$(GO) test -run '^$$' -fuzz FuzzPercentFlag -fuzztime $(FUZZTIME) ./cmd/4over6ctl
+	$(GO) test -run '^$$' -fuzz FuzzParseClientAddr -fuzztime $(FUZZTIME) ./cmd/4over6ctl
 
 ## install: the four binaries to $(BINDIR), the systemd units to $(UNITDIR)
 ## (4over6-client@.service is a template: instance NAME reads
