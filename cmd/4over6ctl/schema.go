@@ -245,6 +245,8 @@ type ControllerStatus struct {
 	Leader    bool   `json:"leader" yaml:"leader"`
 	LeaderID  string `json:"leader_id" yaml:"leader_id"`
 	StartedAt string `json:"started_at" yaml:"started_at"`
+	// Why the store is failing (its last write failed); "" while it works.
+	StoreError string `json:"store_error" yaml:"store_error"`
 }
 
 // SystemStatus is the object printed by "status": every part is null (or
