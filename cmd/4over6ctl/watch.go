@@ -169,12 +169,12 @@ func (a *app) watchStream(parent context.Context, req *cpv1.WatchClientsRequest,
 			}
 		case ev.Type == "synced":
 			if st.synced {
-				n, err := st.resume(fresh, a.now())
-				if err != nil {
+				progressed = true
+				if err := st.resume(fresh, a.now(), func(n int) {
+					fmt.Fprintf(a.stderr, "4over6ctl: watch: resumed at %s (%d change%s meanwhile)\n", a.controller.addressText(), n, plural(n))
+				}); err != nil {
 					return true, err
 				}
-				progressed = true
-				fmt.Fprintf(a.stderr, "4over6ctl: watch: resumed at %s (%d change%s meanwhile)\n", a.controller.addressText(), n, plural(n))
 				continue
 			}
 			st.synced, st.known, progressed = true, fresh, true
@@ -200,9 +200,10 @@ func (a *app) causeOr(ctx context.Context, err error) error {
 }
 
 // resume prints what changed between the set the watch knew and a new
-// stream's: who left (disconnected) and who came (connected). A client whose
-// address is held by another session now counts as both.
-func (st *watchState) resume(fresh map[string]Client, now time.Time) (int, error) {
+// stream's: who left (disconnected) and who came (connected), after note
+// was told how many. A client whose address is held by another session now
+// counts as both.
+func (st *watchState) resume(fresh map[string]Client, now time.Time, note func(changes int)) error {
 	var gone, came []Client
 	for ip, k := range st.known {
 		if f, ok := fresh[ip]; !ok || f.Session != k.Session || f.Dataplane != k.Dataplane {
@@ -216,20 +217,21 @@ func (st *watchState) resume(fresh map[string]Client, now time.Time) (int, error
 	}
 	sortClients(gone)
 	sortClients(came)
+	note(len(gone) + len(came))
+	st.known = fresh
 	for _, c := range gone {
 		c := c
 		if err := st.w.write(ClientEvent{Type: "disconnected", Time: now.UTC().Format(time.RFC3339), Client: &c, Reason: reconnectReason}); err != nil {
-			return 0, &cliError{code: exitError, msg: err.Error()}
+			return &cliError{code: exitError, msg: err.Error()}
 		}
 	}
 	for _, c := range came {
 		c := c
 		if err := st.w.write(ClientEvent{Type: "connected", Time: c.ConnectedSince, Client: &c, Reason: ""}); err != nil {
-			return 0, &cliError{code: exitError, msg: err.Error()}
+			return &cliError{code: exitError, msg: err.Error()}
 		}
 	}
-	st.known = fresh
-	return len(gone) + len(came), nil
+	return nil
 }
 
 // reconnectReason is the reason of a disconnect the watch learnt of on

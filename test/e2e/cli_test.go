@@ -301,7 +301,9 @@ func TestWatchSurvivesControllerRestart(t *testing.T) {
 		t.Fatalf("watch exited: %v; stderr:\n%s", err, stderr.String())
 	default:
 	}
-	if s := stderr.String(); !strings.Contains(s, "reconnecting") || !strings.Contains(s, "watch: resumed at unix://"+e.ctlSock) || strings.Contains(s, "not the leader") {
+	// stderr is copied by another goroutine: it may lag behind stdout.
+	e.waitFor("the resumed note", func() bool { return strings.Contains(stderr.String(), "watch: resumed at unix://"+e.ctlSock) })
+	if s := stderr.String(); !strings.Contains(s, "reconnecting") || strings.Contains(s, "not the leader") {
 		t.Errorf("watch stderr:\n%s", s)
 	}
 }

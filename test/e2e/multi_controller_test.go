@@ -280,7 +280,9 @@ func TestWatchFollowsLeader(t *testing.T) {
 	<-c1.done
 	second := allocate("s2", 1002) // through c2, once it leads
 	next(`"ipv4":"` + second + `"`)
-	if s := stderr.String(); !strings.Contains(s, "watch: resumed at unix://"+socks[1]) || strings.Contains(s, "not the leader") {
+	// stderr is copied by another goroutine: it may lag behind stdout.
+	e.waitFor("the resumed note", func() bool { return strings.Contains(stderr.String(), "watch: resumed at unix://"+socks[1]) })
+	if s := stderr.String(); strings.Contains(s, "not the leader") {
 		t.Errorf("watch stderr:\n%s", s)
 	}
 }
