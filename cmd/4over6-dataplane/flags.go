@@ -44,6 +44,7 @@ type options struct {
 	prefixAcceptBurst int
 	logLevel          string
 	logFormat         string
+	logPrefix         string
 	tls               tlsconf.Files
 	pprof             string
 	metrics           string
@@ -51,6 +52,7 @@ type options struct {
 	natInterfaces     []string
 	allow, deny       []string
 	clientToClient    bool
+	bgp               bgpOptions
 	configFile        *string
 	checks            *config.Checks
 	args              []string // the command line, read again on SIGHUP
@@ -114,12 +116,14 @@ Exit codes:
 	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.logPrefix, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port or unix:///path; empty: off)")
 	f.BoolVar(&o.nat, "nat", false, "enable IPv4 forwarding and masquerade the pool out of the uplinks (nftables table \"ip fourover6\", removed on exit)")
 	f.StringSliceVar(&o.natInterfaces, "nat-interface", nil, "with --nat: masquerade only out of these interfaces (default: every interface but the TUN)")
 	f.StringSliceVar(&o.allow, "allow", nil, "let clients reach `CIDR` (or an address; comma separated, repeatable) although a built-in rule refuses it; the most specific prefix wins (reloaded on SIGHUP)")
 	f.StringSliceVar(&o.deny, "deny", nil, "refuse clients every destination in `CIDR` (or an address; comma separated, repeatable); the most specific prefix wins (reloaded on SIGHUP)")
 	f.BoolVar(&o.clientToClient, "allow-client-to-client", false, "let clients reach each other's addresses through the tunnel (the host must forward IPv4; reloaded on SIGHUP)")
+	o.bgp.addFlags(f)
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
@@ -197,7 +201,7 @@ func (o *options) validate() error {
 	if !valid {
 		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
 	}
-	if _, _, err := logging.New(io.Discard, logging.Options{Level: o.logLevel, Format: o.logFormat}); err != nil {
+	if _, _, err := logging.New(io.Discard, o.logOptions()); err != nil {
 		return err
 	}
 	if o.metrics != "" {
@@ -209,6 +213,9 @@ func (o *options) validate() error {
 		return errors.New("--nat-interface needs --nat")
 	}
 	if _, err := o.policyRules(); err != nil {
+		return err
+	}
+	if _, _, err := o.bgp.config(); err != nil {
 		return err
 	}
 	return nil
@@ -253,4 +260,9 @@ func listenNetwork(addr string) string {
 		return "tcp6"
 	}
 	return "tcp"
+}
+
+// logOptions are the logging flags.
+func (o *options) logOptions() logging.Options {
+	return logging.Options{Level: o.logLevel, Format: o.logFormat, Priority: o.logPrefix}
 }

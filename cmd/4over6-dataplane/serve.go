@@ -26,11 +26,13 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
+	"github.com/fourover6/fourover6/dataplane/bgp"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
 	"github.com/fourover6/fourover6/dataplane/limit"
 	dpmetrics "github.com/fourover6/fourover6/dataplane/metrics"
@@ -54,13 +56,18 @@ type daemon struct {
 	gs     *grpc.Server
 	health *health.Server
 	ms     *metrics.Server // nil without --metrics
+	notify *sdnotify.Notifier
 
 	grpcMetrics *metrics.GRPC
 	guard       *authz.Guard
 	dp          *dataplane.Dataplane
 	pol         *policy.Policy
 	hosts       atomic.Pointer[policy.HostWatcher] // set by configure
-	undo        []func()
+	// bgp announces the clients' addresses (nil without --bgp-asn). It is
+	// stopped after the data plane, or handed off (Handoff) to a successor
+	// process that keeps the routes.
+	bgp  *bgp.Speaker
+	undo []func()
 }
 
 // serve runs the data plane until SIGINT or SIGTERM. The order matters:
@@ -71,13 +78,13 @@ type daemon struct {
 // registration's answer and serves. Errors an operator must fix are
 // usageErrors (exit 2, which the unit does not restart).
 func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) error {
-	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
+	log, level, err := logging.New(stderr, o.logOptions())
 	if err != nil {
 		return usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{o: o, log: log, level: level}
+	d := &daemon{o: o, log: log, level: level, notify: sdnotify.New(log)}
 	defer d.close()
 	if err := d.open(); err != nil {
 		return usageError{err}
@@ -120,6 +127,9 @@ func (d *daemon) open() error {
 	if err := d.newPolicy(); err != nil {
 		return err
 	}
+	if err := d.newSpeaker(); err != nil {
+		return err
+	}
 	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
 		return err
 	}
@@ -152,7 +162,7 @@ func (d *daemon) dial() error {
 func (d *daemon) config(ln net.Listener) dataplane.Config {
 	o := d.o
 	d.apiEP, _ = endpoint.Parse(o.api) // validated
-	return dataplane.Config{
+	cfg := dataplane.Config{
 		ID: o.id, InstanceID: newInstanceID(), Version: version.String(), APIAddress: d.apiEP.String(),
 		Listener: ln, TUN: d.dev, MTU: o.mtu, Configure: d.configure,
 		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log, Policy: d.pol,
@@ -165,6 +175,10 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 			PrefixAcceptRate: o.prefixAcceptRate, PrefixAcceptBurst: o.prefixAcceptBurst,
 		},
 	}
+	if d.bgp != nil { // a nil *Speaker in the interface would not be nil
+		cfg.Routes = d.bgp
+	}
+	return cfg
 }
 
 // buildAPI builds the gRPC server (served by run).
@@ -176,7 +190,11 @@ func (d *daemon) buildAPI() error {
 	d.grpcMetrics = metrics.NewGRPC()
 	d.guard = authz.New(d.log, &dpv1.DataplaneService_ServiceDesc, &healthpb.Health_ServiceDesc)
 	d.gs = grpc.NewServer(append(append(d.grpcMetrics.ServerOptions(), sopt), d.guard.ServerOptions()...)...)
-	api.New(d.dp, d.level, d.log).Register(d.gs)
+	srv := api.New(d.dp, d.level, d.log)
+	if d.bgp != nil {
+		srv.SetBGP(d.bgp)
+	}
+	srv.Register(d.gs)
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.gs, d.health)
 	d.grpcMetrics.InitializeMethods(d.gs)
@@ -206,6 +224,9 @@ func (d *daemon) openMetrics() error {
 	}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(dpmetrics.New(d.dp), d.grpcMetrics, dpmetrics.NewAudit(d.guard))
+	if d.bgp != nil {
+		reg.MustRegister(dpmetrics.NewBGP(d.bgp))
+	}
 	ms, err := metrics.Start(metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
 		Ready: func(context.Context) error { return d.dp.Ready() }})
 	if err != nil {
@@ -251,12 +272,18 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		config.ReloadOnHUP(gctx, fs, *d.o.configFile, d.level, d.log, d.policyReloader())
 		return nil
 	})
+	g.Go(func() error { d.notify.Watchdog(gctx, d.dp.Stuck); return nil })
+	g.Go(func() error { d.showStatus(gctx); return nil })
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
-		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat,
+		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat, "bgp", d.bgp != nil,
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
+	// Every listener is open (open): connections are accepted from here
+	// on, and served once the controller answered the registration.
+	d.notify.Ready(d.statusLine())
 	err := classify(d.dp.Run(gctx))
+	d.stopBGP() // the clients are gone: so are their routes
 	d.log.Info("data plane stopped")
 	cancel() // the rest stops with it
 	d.stopServing()
@@ -264,6 +291,34 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		err = gerr
 	}
 	return err
+}
+
+// showStatus keeps the status systemd shows up to date until ctx ends,
+// and says STOPPING=1 then.
+func (d *daemon) showStatus(ctx context.Context) {
+	if !d.notify.Enabled() {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.notify.Stopping("shutting down")
+			return
+		case <-t.C:
+			d.notify.Status(d.statusLine())
+		}
+	}
+}
+
+// statusLine is what `systemctl status` shows.
+func (d *daemon) statusLine() string {
+	if err := d.dp.Ready(); err != nil {
+		return "not ready: " + err.Error() + "; controller " + d.link.String()
+	}
+	return "serving clients on " + d.o.listen + "; controller " + d.link.String()
 }
 
 // stopServing ends the API (gracefully, within 5 s) once the data plane
@@ -302,7 +357,7 @@ func classify(err error) error {
 }
 
 // configure is the data plane's Configure: the TUN's address from the
-// registration, then NAT.
+// registration, then NAT, then BGP.
 func (d *daemon) configure(a dataplane.Assignment) error {
 	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
@@ -311,9 +366,16 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 	if err := d.watchHost(); err != nil {
 		return err
 	}
-	if !d.o.nat {
-		return nil
+	if d.o.nat {
+		if err := d.enableNAT(a); err != nil {
+			return err
+		}
 	}
+	return d.startBGP(a)
+}
+
+// enableNAT masquerades the pool (--nat) until the daemon closes.
+func (d *daemon) enableNAT(a dataplane.Assignment) error {
 	undoNAT, err := nat.Enable(nat.Config{Pool: a.Pool, TUN: d.dev.Name(), Interfaces: d.o.natInterfaces, Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("--nat: %w", err)

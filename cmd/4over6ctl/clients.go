@@ -21,6 +21,8 @@ func (a *app) clientsCommand() *cobra.Command {
 		a.clientsGetCommand(),
 		a.clientsKickCommand(),
 		a.clientsWatchCommand(),
+		a.clientsCaptureCommand(),
+		a.clientsTopCommand(),
 	)
 }
 
@@ -99,22 +101,29 @@ func parseIPv6Prefix(s string) (netip.Prefix, error) {
 
 func (a *app) clientsListCommand() *cobra.Command {
 	var f clientFilter
+	var by string
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the clients holding an address",
 		Long: `List every client holding an address, sorted by IPv4 address, optionally only
 those on one data plane (--dataplane-id ID) or from one IPv6 prefix
-(--v6-prefix).
-With -o json: a JSON array of client objects ([] when there are none).
+(--v6-prefix). --sort rate puts the busiest first (bytes per second, both
+ways, over the data planes' last two reports). With -o json: a JSON array of
+client objects ([] when there are none).
 
 ` + dataplaneFilterNote,
 		Example: `  4over6ctl clients list
   4over6ctl clients list --dataplane-id dp1 --v6-prefix fd00:46::/64
-  4over6ctl clients list -o json | jq -r '.[] | "\(.ipv4) \(.ipv6)"'`,
+  4over6ctl clients list -o json | jq -r '.[] | "\(.ipv4) \(.ipv6)"'
+  4over6ctl clients list --sort rate`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			id, prefix, err := a.filterValues(cmd, &f)
+			if err != nil {
+				return err
+			}
+			sortBy, err := parseSort(by)
 			if err != nil {
 				return err
 			}
@@ -122,10 +131,12 @@ With -o json: a JSON array of client objects ([] when there are none).
 			if err != nil {
 				return err
 			}
+			sortBy(clients)
 			return a.emit(clients, func(w io.Writer) { a.clientsTable(w, clients) })
 		},
 	}
 	f.addFlags(cmd)
+	cmd.Flags().StringVar(&by, "sort", "address", "order: address (IPv4 address) or rate (bytes per second both ways, busiest first)")
 	return needs(cmd, needController)
 }
 
@@ -152,6 +163,26 @@ func (a *app) listClients(cmd *cobra.Command, req *cpv1.ListClientsRequest) ([]C
 	sortClients(clients)
 	return clients, nil
 }
+
+// parseSort checks --sort and returns the sort it names.
+func parseSort(by string) (func([]Client), error) {
+	switch strings.ToLower(strings.TrimSpace(by)) {
+	case "address", "addr", "ipv4", "":
+		return sortClients, nil
+	case "rate":
+		return sortByRate, nil
+	}
+	return nil, usageErrorf("invalid --sort %q: want address or rate", by)
+}
+
+// sortByRate puts the busiest clients first (bytes per second, both ways),
+// then by address.
+func sortByRate(clients []Client) {
+	sortClients(clients)
+	sort.SliceStable(clients, func(i, j int) bool { return clients[i].Rates.total() > clients[j].Rates.total() })
+}
+
+func (r Rates) total() float64 { return r.BytesFromClientPerSecond + r.BytesToClientPerSecond }
 
 func sortClients(clients []Client) {
 	sort.SliceStable(clients, func(i, j int) bool { return addrLess(clients[i].IPv4, clients[j].IPv4) })
@@ -295,6 +326,12 @@ func clientFromProto(c *cpv1.Client) Client {
 			PacketsToClient:   k.GetPacketsToClient(),
 		},
 		Sticky: c.GetSticky(),
+		Rates: Rates{
+			BytesFromClientPerSecond:   c.GetRates().GetBytesFromClient(),
+			PacketsFromClientPerSecond: c.GetRates().GetPacketsFromClient(),
+			BytesToClientPerSecond:     c.GetRates().GetBytesToClient(),
+			PacketsToClientPerSecond:   c.GetRates().GetPacketsToClient(),
+		},
 	}
 }
 
@@ -303,12 +340,13 @@ func (a *app) clientsTable(w io.Writer, clients []Client) {
 		fmt.Fprintln(w, "No clients connected.")
 		return
 	}
-	fmt.Fprintln(w, "IPV4\tIPV6\tPORT\tDATAPLANE\tCONNECTED\tLAST HEARD\tFROM CLIENT\tTO CLIENT")
+	fmt.Fprintln(w, "IPV4\tIPV6\tPORT\tDATAPLANE\tCONNECTED\tLAST HEARD\tFROM CLIENT\tTO CLIENT\tFROM CLIENT/S\tTO CLIENT/S")
 	for _, c := range clients {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			c.IPv4, orDash(c.IPv6), c.Port, orDash(c.Dataplane),
 			a.ago(c.ConnectedSince), a.ago(c.LastHeard),
-			traffic(c.BytesFromClient, c.PacketsFromClient), traffic(c.BytesToClient, c.PacketsToClient))
+			traffic(c.BytesFromClient, c.PacketsFromClient), traffic(c.BytesToClient, c.PacketsToClient),
+			rate(c.BytesFromClientPerSecond, c.PacketsFromClientPerSecond), rate(c.BytesToClientPerSecond, c.PacketsToClientPerSecond))
 	}
 }
 
@@ -326,6 +364,8 @@ func (a *app) clientDetail(w io.Writer, c Client) {
 	fmt.Fprintf(w, "Last heard:\t%s\n", a.when(c.LastHeard))
 	fmt.Fprintf(w, "From client:\t%s\n", traffic(c.BytesFromClient, c.PacketsFromClient))
 	fmt.Fprintf(w, "To client:\t%s\n", traffic(c.BytesToClient, c.PacketsToClient))
+	fmt.Fprintf(w, "Rate from client:\t%s\n", rate(c.BytesFromClientPerSecond, c.PacketsFromClientPerSecond))
+	fmt.Fprintf(w, "Rate to client:\t%s\n", rate(c.BytesToClientPerSecond, c.PacketsToClientPerSecond))
 }
 
 func (a *app) clientsKickCommand() *cobra.Command {

@@ -554,7 +554,8 @@ func newController() *fakeController {
 		clients: []*cpv1.Client{
 			// Out of order on purpose: the CLI sorts numerically (.10 after .2).
 			{Address: "13.8.0.10", ClientIpv6: "fd00:47::10", ClientPort: 40000, DataplaneId: "dp2", SessionId: "s-10",
-				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1)},
+				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
+				Rates: &cpv1.Rates{BytesFromClient: 2048, PacketsFromClient: 4, BytesToClient: 1536000, PacketsToClient: 1000.5}},
 			{Address: "13.8.0.2", ClientIpv6: "fd00:46::2", ClientPort: 51234, DataplaneId: "dp1", SessionId: "s-2",
 				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
 				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7},
@@ -692,4 +693,5 @@ func keysOf(m map[string]any) []string {
 func sorted(s ...string) []string { sort.Strings(s); return s }
 
 var clientKeys = sorted("ipv4", "ipv6", "port", "dataplane", "session", "connected_since", "last_heard",
-	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "sticky")
+	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "sticky",
+	"bytes_from_client_per_second", "packets_from_client_per_second", "bytes_to_client_per_second", "packets_to_client_per_second")

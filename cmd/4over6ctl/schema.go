@@ -19,6 +19,17 @@ type Counters struct {
 	PacketsToClient   uint64 `json:"packets_to_client" yaml:"packets_to_client"`
 }
 
+// Rates are current traffic per second each way: the growth of a client's
+// counters between its data plane's last two reports (every
+// --report-interval, 5s by default), 0 until two reports arrived. Flattened
+// into the objects that embed them.
+type Rates struct {
+	BytesFromClientPerSecond   float64 `json:"bytes_from_client_per_second" yaml:"bytes_from_client_per_second"`
+	PacketsFromClientPerSecond float64 `json:"packets_from_client_per_second" yaml:"packets_from_client_per_second"`
+	BytesToClientPerSecond     float64 `json:"bytes_to_client_per_second" yaml:"bytes_to_client_per_second"`
+	PacketsToClientPerSecond   float64 `json:"packets_to_client_per_second" yaml:"packets_to_client_per_second"`
+}
+
 // Client is one client of the controller's client table: an element of the
 // array printed by "clients list", the object printed by "clients get".
 type Client struct {
@@ -33,6 +44,30 @@ type Client struct {
 	// The address is the one this IPv6 address held last, given back to
 	// it when it returned (sticky addresses).
 	Sticky bool `json:"sticky" yaml:"sticky"`
+	Rates  `yaml:",inline"`
+}
+
+// CaptureSummary is the object "clients capture" prints to stderr when the
+// capture ends (standard output may hold the capture itself).
+type CaptureSummary struct {
+	IPv4       string `json:"ipv4" yaml:"ipv4"`           // the client captured
+	Dataplane  string `json:"dataplane" yaml:"dataplane"` // the data plane that captured it
+	Session    string `json:"session" yaml:"session"`
+	File       string `json:"file" yaml:"file"`     // -w, "-" for standard output
+	Format     string `json:"format" yaml:"format"` // "pcapng" or "pcap"
+	Captured   uint64 `json:"captured" yaml:"captured"`
+	FromClient uint64 `json:"from_client" yaml:"from_client"` // of captured: 102s
+	ToClient   uint64 `json:"to_client" yaml:"to_client"`     // of captured: 103s
+	Dropped    uint64 `json:"dropped" yaml:"dropped"`         // of captured: dropped by the data plane
+	// Packets the capture lost because this reader was too slow (the
+	// client's traffic went on).
+	Lost uint64 `json:"lost" yaml:"lost"`
+	// "count", "duration", "disconnected" (the client left), "shutdown"
+	// (the data plane stopped), "interrupted" (Ctrl-C), "reader_closed"
+	// (standard output was closed).
+	Ended     string `json:"ended" yaml:"ended"`
+	StartedAt string `json:"started_at" yaml:"started_at"`
+	EndedAt   string `json:"ended_at" yaml:"ended_at"`
 }
 
 // Pool is the object printed by "pool show".
@@ -78,13 +113,50 @@ type Status struct {
 	Drops               map[string]uint64 `json:"drops" yaml:"drops"`                           // reason -> count; {} when none
 	KeepaliveInterval   string            `json:"keepalive_interval" yaml:"keepalive_interval"` // "20s"
 	KeepaliveTimeout    string            `json:"keepalive_timeout" yaml:"keepalive_timeout"`   // "1m0s"
-	// Added with issue 5.
+	// Added after the first release; scripts may meet either.
 	Draining   bool              `json:"draining" yaml:"draining"`       // accepting no new clients
 	InstanceID string            `json:"instance_id" yaml:"instance_id"` // random per process start
 	Goroutines uint32            `json:"goroutines" yaml:"goroutines"`
 	OpenFDs    uint32            `json:"open_fds" yaml:"open_fds"`
 	Refused    map[string]uint64 `json:"refused" yaml:"refused"` // limit -> connections refused; {} when none
 	Limits     Limits            `json:"limits" yaml:"limits"`
+	BGP        BGP               `json:"bgp" yaml:"bgp"`
+}
+
+// BGP is the data plane's BGP speaker, the "bgp" object of "dataplane
+// status": enabled false (every other key zero, sessions []) when the
+// data plane runs without --bgp-asn.
+type BGP struct {
+	Enabled         bool   `json:"enabled" yaml:"enabled"`
+	ASN             uint32 `json:"asn" yaml:"asn"`
+	RouterID        string `json:"router_id" yaml:"router_id"`
+	NextHop         string `json:"next_hop" yaml:"next_hop"`                 // "": each session's local address
+	HoldTime        string `json:"hold_time" yaml:"hold_time"`               // proposed, "1m30s"; "0s": none
+	GracefulRestart string `json:"graceful_restart" yaml:"graceful_restart"` // restart time, "30s"; "0s": off
+	Announced       uint32 `json:"announced" yaml:"announced"`               // client /32s in the table
+	Aggregate       string `json:"aggregate" yaml:"aggregate"`               // the pool, "" when not announced
+	Pending         uint32 `json:"pending" yaml:"pending"`                   // route changes not yet in the table
+	FailedTotal     uint64 `json:"failed_total" yaml:"failed_total"`         // route changes refused
+	// One per --bgp-peer, in configuration order; [] when BGP is off.
+	Sessions []BGPSession `json:"sessions" yaml:"sessions"`
+}
+
+// BGPSession is one BGP peer of the data plane and its session.
+type BGPSession struct {
+	Peer     string `json:"peer" yaml:"peer"` // the peer's address
+	PeerPort uint32 `json:"peer_port" yaml:"peer_port"`
+	PeerASN  uint32 `json:"peer_asn" yaml:"peer_asn"`
+	// "idle", "connect", "active", "opensent", "openconfirm", "established".
+	State            string `json:"state" yaml:"state"`
+	EstablishedSince string `json:"established_since" yaml:"established_since"` // RFC 3339 UTC, "" unless established
+	Uptime           string `json:"uptime" yaml:"uptime"`                       // "5m3s"; "0s" unless established
+	PrefixesSent     uint64 `json:"prefixes_sent" yaml:"prefixes_sent"`
+	PrefixesReceived uint64 `json:"prefixes_received" yaml:"prefixes_received"` // all dropped: the data plane imports nothing
+	LocalAddress     string `json:"local_address" yaml:"local_address"`         // our end: the default next hop
+	RouterID         string `json:"router_id" yaml:"router_id"`                 // the peer's
+	Flaps            uint32 `json:"flaps" yaml:"flaps"`
+	GracefulRestart  bool   `json:"graceful_restart" yaml:"graceful_restart"` // negotiated with the peer
+	LastError        string `json:"last_error" yaml:"last_error"`             // why it last went down, "" if never
 }
 
 // Session is one element of the array printed by "sessions list": one

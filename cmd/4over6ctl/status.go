@@ -165,6 +165,15 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 		fmt.Fprintf(w, "Traffic:\tfrom clients %s, to clients %s\n",
 			traffic(d.BytesFromClient, d.PacketsFromClient), traffic(d.BytesToClient, d.PacketsToClient))
 		fmt.Fprintf(w, "Drops:\t%s\n", countsText(d.Drops))
+		if b := d.BGP; b.Enabled {
+			up := 0
+			for _, p := range b.Sessions {
+				if p.State == "established" {
+					up++
+				}
+			}
+			fmt.Fprintf(w, "BGP:\t%d of %d sessions established, %d client routes announced\n", up, len(b.Sessions), b.Announced)
+		}
 	} else {
 		fmt.Fprintf(w, "Local data plane:\tnone answered\n")
 	}

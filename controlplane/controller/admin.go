@@ -162,6 +162,7 @@ func (c *Controller) SetDNS(ctx context.Context, servers []netip.Addr) ([dns.Cou
 		return out, false, c.storeErr("set DNS", err)
 	}
 	t.settings = set
+	t.dnsStored = res.Servers != c.flagDNS
 	t.dns.Store(&res.Servers)
 	c.log.Info("DNS servers set", "dns", joinAddrs(res.Servers[:]))
 	return res.Servers, true, nil
@@ -201,6 +202,7 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 		}
 		t.settings = set
 	}
+	t.rangeStored = r != c.poolCfg.Range
 	if changed {
 		c.log.Info("pool range changed", "from", old.String(), "to", t.idx.Range().String())
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -34,11 +35,17 @@ func TestCollector(t *testing.T) {
 		Size: 10, Leased: 3, Free: 5, Reserved: 3, ReservedInUse: 1, FreeRemembered: 4,
 	})
 	src := &fakeSource{snap: metrics.Snapshot{
+		ID:           "ctl1",
 		Version:      "v9",
 		Leader:       true,
 		Pool:         &stats,
 		Reservations: 2,
 		Dataplanes:   map[string]int{"up": 2, "down": 1, "stopped": 1},
+		DataplaneList: []metrics.Dataplane{
+			{ID: "dp1", Up: true, LastHeartbeat: time.Unix(1767225600, 500e6)},
+			{ID: "dp2", Up: false, LastHeartbeat: time.Unix(1767225500, 0)},
+			{ID: "dp3"}, // not heard from in this term
+		},
 	}}
 	counts := controller.ActivityCounts{
 		Allocated: 3, Repeated: 1, AllocatedSticky: 2, AllocatedReserved: 0, AllocatedNew: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
@@ -56,9 +63,18 @@ func TestCollector(t *testing.T) {
 	reg.MustRegister(metrics.New(src, func() controller.ActivityCounts { return counts }))
 
 	want := `
-# HELP fourover6_controller_info Controller identity: always 1, labeled with its version.
+# HELP fourover6_controller_info Controller identity: always 1, labeled with its --controller-id and version.
 # TYPE fourover6_controller_info gauge
-fourover6_controller_info{version="v9"} 1
+fourover6_controller_info{id="ctl1",version="v9"} 1
+# HELP fourover6_controller_dataplane_up 1 while the data plane is up (heard from within --dataplane-timeout; draining counts), 0 while it is down or stopped.
+# TYPE fourover6_controller_dataplane_up gauge
+fourover6_controller_dataplane_up{dataplane_id="dp1"} 1
+fourover6_controller_dataplane_up{dataplane_id="dp2"} 0
+fourover6_controller_dataplane_up{dataplane_id="dp3"} 0
+# HELP fourover6_controller_dataplane_last_heartbeat_timestamp_seconds When the data plane's registered instance last called the controller (heartbeat, report or lease), in Unix seconds.
+# TYPE fourover6_controller_dataplane_last_heartbeat_timestamp_seconds gauge
+fourover6_controller_dataplane_last_heartbeat_timestamp_seconds{dataplane_id="dp1"} 1.7672256005e+09
+fourover6_controller_dataplane_last_heartbeat_timestamp_seconds{dataplane_id="dp2"} 1.7672255e+09
 # HELP fourover6_controller_leader 1 while this controller is the leader (serves leases), 0 while it is a standby.
 # TYPE fourover6_controller_leader gauge
 fourover6_controller_leader 1

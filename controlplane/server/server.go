@@ -556,6 +556,12 @@ func clientToPB(r controller.Client) *pb.Client {
 			PacketsToClient:   r.Traffic.PacketsToClient,
 		},
 		Sticky: r.Sticky,
+		Rates: &pb.Rates{
+			BytesFromClient:   r.Rates.BytesFromClient,
+			PacketsFromClient: r.Rates.PacketsFromClient,
+			BytesToClient:     r.Rates.BytesToClient,
+			PacketsToClient:   r.Rates.PacketsToClient,
+		},
 	}
 }
 

@@ -71,7 +71,8 @@ func TestMakeInstall(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("%s lacks %q", unit, want)
 		}
-		for _, must := range []string{"RuntimeDirectory=fourover6\n", "NoNewPrivileges=yes\n", "ExecReload=", "DynamicUser=yes\n"} {
+		for _, must := range []string{"RuntimeDirectory=fourover6\n", "NoNewPrivileges=yes\n", "ExecReload=", "DynamicUser=yes\n",
+			"Type=notify\n", "NotifyAccess=main\n", "WatchdogSec=30s\n"} {
 			if !strings.Contains(string(b), must) {
 				t.Errorf("%s lacks %q", unit, must)
 			}

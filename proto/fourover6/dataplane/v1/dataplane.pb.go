@@ -77,6 +77,57 @@ func (SessionState) EnumDescriptor() ([]byte, []int) {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
 }
 
+type CaptureDirection int32
+
+const (
+	CaptureDirection_CAPTURE_DIRECTION_UNSPECIFIED CaptureDirection = 0
+	// A 102's packet: from the client, towards the IPv4 side.
+	CaptureDirection_CAPTURE_DIRECTION_FROM_CLIENT CaptureDirection = 1
+	// A 103's packet: from the IPv4 side, to the client.
+	CaptureDirection_CAPTURE_DIRECTION_TO_CLIENT CaptureDirection = 2
+)
+
+// Enum value maps for CaptureDirection.
+var (
+	CaptureDirection_name = map[int32]string{
+		0: "CAPTURE_DIRECTION_UNSPECIFIED",
+		1: "CAPTURE_DIRECTION_FROM_CLIENT",
+		2: "CAPTURE_DIRECTION_TO_CLIENT",
+	}
+	CaptureDirection_value = map[string]int32{
+		"CAPTURE_DIRECTION_UNSPECIFIED": 0,
+		"CAPTURE_DIRECTION_FROM_CLIENT": 1,
+		"CAPTURE_DIRECTION_TO_CLIENT":   2,
+	}
+)
+
+func (x CaptureDirection) Enum() *CaptureDirection {
+	p := new(CaptureDirection)
+	*p = x
+	return p
+}
+
+func (x CaptureDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CaptureDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_fourover6_dataplane_v1_dataplane_proto_enumTypes[1].Descriptor()
+}
+
+func (CaptureDirection) Type() protoreflect.EnumType {
+	return &file_fourover6_dataplane_v1_dataplane_proto_enumTypes[1]
+}
+
+func (x CaptureDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CaptureDirection.Descriptor instead.
+func (CaptureDirection) EnumDescriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -564,8 +615,11 @@ type Status struct {
 	Goroutines uint32 `protobuf:"varint,21,opt,name=goroutines,proto3" json:"goroutines,omitempty"`
 	OpenFds    uint32 `protobuf:"varint,22,opt,name=open_fds,json=openFds,proto3" json:"open_fds,omitempty"`
 	// Connections refused by a limit, by limit name.
-	Refused       map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	Limits        *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	Refused map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Limits  *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The BGP speaker that announces the clients' addresses; absent when
+	// BGP is off.
+	Bgp           *Bgp `protobuf:"bytes,25,opt,name=bgp,proto3" json:"bgp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +822,283 @@ func (x *Status) GetLimits() *Limits {
 	return nil
 }
 
+func (x *Status) GetBgp() *Bgp {
+	if x != nil {
+		return x.Bgp
+	}
+	return nil
+}
+
+// Bgp is the data plane's BGP speaker: a /32 per client it holds, and
+// optionally the pool, announced to every established session.
+type Bgp struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Asn      uint32                 `protobuf:"varint,1,opt,name=asn,proto3" json:"asn,omitempty"`
+	RouterId string                 `protobuf:"bytes,2,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	// The next hop of every route; empty: each session's local address.
+	NextHop string `protobuf:"bytes,3,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	// Proposed hold time and graceful restart time (0: off), in milliseconds.
+	HoldTimeMs        uint64 `protobuf:"varint,4,opt,name=hold_time_ms,json=holdTimeMs,proto3" json:"hold_time_ms,omitempty"`
+	GracefulRestartMs uint64 `protobuf:"varint,5,opt,name=graceful_restart_ms,json=gracefulRestartMs,proto3" json:"graceful_restart_ms,omitempty"`
+	// Client /32s in the speaker's table.
+	Announced uint32 `protobuf:"varint,6,opt,name=announced,proto3" json:"announced,omitempty"`
+	// The pool announced as an aggregate; empty when not.
+	Aggregate string `protobuf:"bytes,7,opt,name=aggregate,proto3" json:"aggregate,omitempty"`
+	// Route changes asked for and not yet in the table; changes GoBGP refused.
+	Pending     uint32 `protobuf:"varint,8,opt,name=pending,proto3" json:"pending,omitempty"`
+	FailedTotal uint64 `protobuf:"varint,9,opt,name=failed_total,json=failedTotal,proto3" json:"failed_total,omitempty"`
+	// One per configured peer, in configuration order.
+	Sessions      []*BgpSession `protobuf:"bytes,10,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bgp) Reset() {
+	*x = Bgp{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bgp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bgp) ProtoMessage() {}
+
+func (x *Bgp) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bgp.ProtoReflect.Descriptor instead.
+func (*Bgp) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Bgp) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *Bgp) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *Bgp) GetNextHop() string {
+	if x != nil {
+		return x.NextHop
+	}
+	return ""
+}
+
+func (x *Bgp) GetHoldTimeMs() uint64 {
+	if x != nil {
+		return x.HoldTimeMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetGracefulRestartMs() uint64 {
+	if x != nil {
+		return x.GracefulRestartMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetAnnounced() uint32 {
+	if x != nil {
+		return x.Announced
+	}
+	return 0
+}
+
+func (x *Bgp) GetAggregate() string {
+	if x != nil {
+		return x.Aggregate
+	}
+	return ""
+}
+
+func (x *Bgp) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *Bgp) GetFailedTotal() uint64 {
+	if x != nil {
+		return x.FailedTotal
+	}
+	return 0
+}
+
+func (x *Bgp) GetSessions() []*BgpSession {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// BgpSession is one configured BGP peer and its session.
+type BgpSession struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PeerAddress string                 `protobuf:"bytes,1,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	PeerPort    uint32                 `protobuf:"varint,2,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	PeerAsn     uint32                 `protobuf:"varint,3,opt,name=peer_asn,json=peerAsn,proto3" json:"peer_asn,omitempty"`
+	// idle, connect, active, opensent, openconfirm, established.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Set while established.
+	EstablishedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=established_at,json=establishedAt,proto3" json:"established_at,omitempty"`
+	UptimeMs      uint64                 `protobuf:"varint,6,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
+	// Our end of the session (the default next hop) and the peer's router id.
+	LocalAddress     string `protobuf:"bytes,7,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
+	RouterId         string `protobuf:"bytes,8,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	PrefixesSent     uint64 `protobuf:"varint,9,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
+	PrefixesReceived uint64 `protobuf:"varint,10,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
+	Flaps            uint32 `protobuf:"varint,11,opt,name=flaps,proto3" json:"flaps,omitempty"`
+	// Both sides announced graceful restart.
+	GracefulRestart bool `protobuf:"varint,12,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	// Why the session last went down, if it did.
+	LastError     string `protobuf:"bytes,13,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpSession) Reset() {
+	*x = BgpSession{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpSession) ProtoMessage() {}
+
+func (x *BgpSession) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpSession.ProtoReflect.Descriptor instead.
+func (*BgpSession) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BgpSession) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPeerPort() uint32 {
+	if x != nil {
+		return x.PeerPort
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPeerAsn() uint32 {
+	if x != nil {
+		return x.PeerAsn
+	}
+	return 0
+}
+
+func (x *BgpSession) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpSession) GetEstablishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EstablishedAt
+	}
+	return nil
+}
+
+func (x *BgpSession) GetUptimeMs() uint64 {
+	if x != nil {
+		return x.UptimeMs
+	}
+	return 0
+}
+
+func (x *BgpSession) GetLocalAddress() string {
+	if x != nil {
+		return x.LocalAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPrefixesSent() uint64 {
+	if x != nil {
+		return x.PrefixesSent
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPrefixesReceived() uint64 {
+	if x != nil {
+		return x.PrefixesReceived
+	}
+	return 0
+}
+
+func (x *BgpSession) GetFlaps() uint32 {
+	if x != nil {
+		return x.Flaps
+	}
+	return 0
+}
+
+func (x *BgpSession) GetGracefulRestart() bool {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return false
+}
+
+func (x *BgpSession) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // Limits protect the data plane from floods; 0 means unlimited.
 type Limits struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -783,7 +1114,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1126,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[11]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1139,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{11}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxClients() uint32 {
@@ -867,7 +1198,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1210,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[12]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1223,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{12}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Counters) GetBytesFromClient() uint64 {
@@ -945,7 +1276,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1288,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1301,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1043,6 +1374,398 @@ func (x *Session) GetDataplaneId() string {
 	return ""
 }
 
+type CaptureClientRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's IPv4 address.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Bytes kept of each packet; 0: all of it.
+	Snaplen uint32 `protobuf:"varint,2,opt,name=snaplen,proto3" json:"snaplen,omitempty"`
+	// End after this many packets; 0: no limit.
+	Count uint64 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// End after this long, in milliseconds; 0: no limit.
+	DurationMs    uint64 `protobuf:"varint,4,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureClientRequest) Reset() {
+	*x = CaptureClientRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureClientRequest) ProtoMessage() {}
+
+func (x *CaptureClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureClientRequest.ProtoReflect.Descriptor instead.
+func (*CaptureClientRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CaptureClientRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CaptureClientRequest) GetSnaplen() uint32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+func (x *CaptureClientRequest) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *CaptureClientRequest) GetDurationMs() uint64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+// CaptureClientResponse is one message of a capture: the first carries
+// start, the last end, any may carry packets (in the order captured, per
+// direction).
+type CaptureClientResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         *CaptureStart          `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Packets       []*CapturedPacket      `protobuf:"bytes,2,rep,name=packets,proto3" json:"packets,omitempty"`
+	End           *CaptureEnd            `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureClientResponse) Reset() {
+	*x = CaptureClientResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureClientResponse) ProtoMessage() {}
+
+func (x *CaptureClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureClientResponse.ProtoReflect.Descriptor instead.
+func (*CaptureClientResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CaptureClientResponse) GetStart() *CaptureStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *CaptureClientResponse) GetPackets() []*CapturedPacket {
+	if x != nil {
+		return x.Packets
+	}
+	return nil
+}
+
+func (x *CaptureClientResponse) GetEnd() *CaptureEnd {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+// CaptureStart says what is captured.
+type CaptureStart struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	SessionId   string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Address     string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	ClientIpv6  string                 `protobuf:"bytes,4,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
+	ClientPort  uint32                 `protobuf:"varint,5,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
+	// Bytes kept of each packet.
+	Snaplen       uint32                 `protobuf:"varint,6,opt,name=snaplen,proto3" json:"snaplen,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureStart) Reset() {
+	*x = CaptureStart{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureStart) ProtoMessage() {}
+
+func (x *CaptureStart) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureStart.ProtoReflect.Descriptor instead.
+func (*CaptureStart) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CaptureStart) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetClientIpv6() string {
+	if x != nil {
+		return x.ClientIpv6
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetClientPort() uint32 {
+	if x != nil {
+		return x.ClientPort
+	}
+	return 0
+}
+
+func (x *CaptureStart) GetSnaplen() uint32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+func (x *CaptureStart) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+// CapturedPacket is one IPv4 packet.
+type CapturedPacket struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	Direction CaptureDirection       `protobuf:"varint,2,opt,name=direction,proto3,enum=fourover6.dataplane.v1.CaptureDirection" json:"direction,omitempty"`
+	// Why the data plane dropped it (a drop reason of the data plane's
+	// status, e.g. "spoofed_source", "policy_host", "send_queue_full"); empty
+	// when it was forwarded.
+	DropReason string `protobuf:"bytes,3,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`
+	// The packet's length; data holds its first snaplen bytes.
+	Length uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Data   []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// Packets this capture lost before this one (the reader was too slow).
+	Lost          uint64 `protobuf:"varint,6,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CapturedPacket) Reset() {
+	*x = CapturedPacket{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CapturedPacket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CapturedPacket) ProtoMessage() {}
+
+func (x *CapturedPacket) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CapturedPacket.ProtoReflect.Descriptor instead.
+func (*CapturedPacket) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CapturedPacket) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *CapturedPacket) GetDirection() CaptureDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return CaptureDirection_CAPTURE_DIRECTION_UNSPECIFIED
+}
+
+func (x *CapturedPacket) GetDropReason() string {
+	if x != nil {
+		return x.DropReason
+	}
+	return ""
+}
+
+func (x *CapturedPacket) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CapturedPacket) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+// CaptureEnd says how the capture ended.
+type CaptureEnd struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "count" (the count was reached), "duration", "disconnected" (the
+	// client's session closed), "shutdown" (the data plane stops).
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Packets sent to the caller, and packets lost (the reader was too
+	// slow), over the whole capture.
+	Captured      uint64                 `protobuf:"varint,2,opt,name=captured,proto3" json:"captured,omitempty"`
+	Lost          uint64                 `protobuf:"varint,3,opt,name=lost,proto3" json:"lost,omitempty"`
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureEnd) Reset() {
+	*x = CaptureEnd{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureEnd) ProtoMessage() {}
+
+func (x *CaptureEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureEnd.ProtoReflect.Descriptor instead.
+func (*CaptureEnd) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CaptureEnd) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CaptureEnd) GetCaptured() uint64 {
+	if x != nil {
+		return x.Captured
+	}
+	return 0
+}
+
+func (x *CaptureEnd) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+func (x *CaptureEnd) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
 var File_fourover6_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
@@ -1070,7 +1793,7 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1e.fourover6.dataplane.v1.StatusR\x06status\"\x15\n" +
 	"\x13ListSessionsRequest\"Q\n" +
 	"\x14ListSessionsResponse\x129\n" +
-	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xab\b\n" +
+	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xda\b\n" +
 	"\x06Status\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
@@ -1102,14 +1825,45 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"goroutines\x12\x19\n" +
 	"\bopen_fds\x18\x16 \x01(\rR\aopenFds\x12E\n" +
 	"\arefused\x18\x17 \x03(\v2+.fourover6.dataplane.v1.Status.RefusedEntryR\arefused\x126\n" +
-	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x1a8\n" +
+	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x12-\n" +
+	"\x03bgp\x18\x19 \x01(\v2\x1b.fourover6.dataplane.v1.BgpR\x03bgp\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a:\n" +
 	"\fRefusedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xec\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xda\x02\n" +
+	"\x03Bgp\x12\x10\n" +
+	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
+	"\trouter_id\x18\x02 \x01(\tR\brouterId\x12\x19\n" +
+	"\bnext_hop\x18\x03 \x01(\tR\anextHop\x12 \n" +
+	"\fhold_time_ms\x18\x04 \x01(\x04R\n" +
+	"holdTimeMs\x12.\n" +
+	"\x13graceful_restart_ms\x18\x05 \x01(\x04R\x11gracefulRestartMs\x12\x1c\n" +
+	"\tannounced\x18\x06 \x01(\rR\tannounced\x12\x1c\n" +
+	"\taggregate\x18\a \x01(\tR\taggregate\x12\x18\n" +
+	"\apending\x18\b \x01(\rR\apending\x12!\n" +
+	"\ffailed_total\x18\t \x01(\x04R\vfailedTotal\x12>\n" +
+	"\bsessions\x18\n" +
+	" \x03(\v2\".fourover6.dataplane.v1.BgpSessionR\bsessions\"\xd1\x03\n" +
+	"\n" +
+	"BgpSession\x12!\n" +
+	"\fpeer_address\x18\x01 \x01(\tR\vpeerAddress\x12\x1b\n" +
+	"\tpeer_port\x18\x02 \x01(\rR\bpeerPort\x12\x19\n" +
+	"\bpeer_asn\x18\x03 \x01(\rR\apeerAsn\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12A\n" +
+	"\x0eestablished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\restablishedAt\x12\x1b\n" +
+	"\tuptime_ms\x18\x06 \x01(\x04R\buptimeMs\x12#\n" +
+	"\rlocal_address\x18\a \x01(\tR\flocalAddress\x12\x1b\n" +
+	"\trouter_id\x18\b \x01(\tR\brouterId\x12#\n" +
+	"\rprefixes_sent\x18\t \x01(\x04R\fprefixesSent\x12+\n" +
+	"\x11prefixes_received\x18\n" +
+	" \x01(\x04R\x10prefixesReceived\x12\x14\n" +
+	"\x05flaps\x18\v \x01(\rR\x05flaps\x12)\n" +
+	"\x10graceful_restart\x18\f \x01(\bR\x0fgracefulRestart\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\r \x01(\tR\tlastError\"\xec\x01\n" +
 	"\x06Limits\x12\x1f\n" +
 	"\vmax_clients\x18\x01 \x01(\rR\n" +
 	"maxClients\x12'\n" +
@@ -1140,18 +1894,59 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\n" +
 	"send_queue\x18\t \x01(\rR\tsendQueue\x12!\n" +
 	"\fdataplane_id\x18\n" +
-	" \x01(\tR\vdataplaneId*~\n" +
+	" \x01(\tR\vdataplaneId\"\x81\x01\n" +
+	"\x14CaptureClientRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
+	"\asnaplen\x18\x02 \x01(\rR\asnaplen\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\x12\x1f\n" +
+	"\vduration_ms\x18\x04 \x01(\x04R\n" +
+	"durationMs\"\xcb\x01\n" +
+	"\x15CaptureClientResponse\x12:\n" +
+	"\x05start\x18\x01 \x01(\v2$.fourover6.dataplane.v1.CaptureStartR\x05start\x12@\n" +
+	"\apackets\x18\x02 \x03(\v2&.fourover6.dataplane.v1.CapturedPacketR\apackets\x124\n" +
+	"\x03end\x18\x03 \x01(\v2\".fourover6.dataplane.v1.CaptureEndR\x03end\"\x81\x02\n" +
+	"\fCaptureStart\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vclient_ipv6\x18\x04 \x01(\tR\n" +
+	"clientIpv6\x12\x1f\n" +
+	"\vclient_port\x18\x05 \x01(\rR\n" +
+	"clientPort\x12\x18\n" +
+	"\asnaplen\x18\x06 \x01(\rR\asnaplen\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"\xe9\x01\n" +
+	"\x0eCapturedPacket\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12F\n" +
+	"\tdirection\x18\x02 \x01(\x0e2(.fourover6.dataplane.v1.CaptureDirectionR\tdirection\x12\x1f\n" +
+	"\vdrop_reason\x18\x03 \x01(\tR\n" +
+	"dropReason\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x12\n" +
+	"\x04lost\x18\x06 \x01(\x04R\x04lost\"\x8b\x01\n" +
+	"\n" +
+	"CaptureEnd\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bcaptured\x18\x02 \x01(\x04R\bcaptured\x12\x12\n" +
+	"\x04lost\x18\x03 \x01(\x04R\x04lost\x125\n" +
+	"\bended_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt*~\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SESSION_STATE_ACCEPTED\x10\x01\x12\x18\n" +
 	"\x14SESSION_STATE_LEASED\x10\x02\x12\x19\n" +
-	"\x15SESSION_STATE_CLOSING\x10\x032\x99\x04\n" +
+	"\x15SESSION_STATE_CLOSING\x10\x03*y\n" +
+	"\x10CaptureDirection\x12!\n" +
+	"\x1dCAPTURE_DIRECTION_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dCAPTURE_DIRECTION_FROM_CLIENT\x10\x01\x12\x1f\n" +
+	"\x1bCAPTURE_DIRECTION_TO_CLIENT\x10\x022\x89\x05\n" +
 	"\x10DataplaneService\x12`\n" +
 	"\tGetStatus\x12(.fourover6.dataplane.v1.GetStatusRequest\x1a).fourover6.dataplane.v1.GetStatusResponse\x12k\n" +
 	"\fListSessions\x12+.fourover6.dataplane.v1.ListSessionsRequest\x1a,.fourover6.dataplane.v1.ListSessionsResponse0\x01\x12f\n" +
 	"\vKickSession\x12*.fourover6.dataplane.v1.KickSessionRequest\x1a+.fourover6.dataplane.v1.KickSessionResponse\x12f\n" +
 	"\vSetDraining\x12*.fourover6.dataplane.v1.SetDrainingRequest\x1a+.fourover6.dataplane.v1.SetDrainingResponse\x12f\n" +
-	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponseBIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
+	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponse\x12n\n" +
+	"\rCaptureClient\x12,.fourover6.dataplane.v1.CaptureClientRequest\x1a-.fourover6.dataplane.v1.CaptureClientResponse0\x01BIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
 
 var (
 	file_fourover6_dataplane_v1_dataplane_proto_rawDescOnce sync.Once
@@ -1165,55 +1960,75 @@ func file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescData
 }
 
-var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(SessionState)(0),             // 0: fourover6.dataplane.v1.SessionState
-	(*GetStatusRequest)(nil),      // 1: fourover6.dataplane.v1.GetStatusRequest
-	(*KickSessionRequest)(nil),    // 2: fourover6.dataplane.v1.KickSessionRequest
-	(*KickSessionResponse)(nil),   // 3: fourover6.dataplane.v1.KickSessionResponse
-	(*SetDrainingRequest)(nil),    // 4: fourover6.dataplane.v1.SetDrainingRequest
-	(*SetDrainingResponse)(nil),   // 5: fourover6.dataplane.v1.SetDrainingResponse
-	(*SetLogLevelRequest)(nil),    // 6: fourover6.dataplane.v1.SetLogLevelRequest
-	(*SetLogLevelResponse)(nil),   // 7: fourover6.dataplane.v1.SetLogLevelResponse
-	(*GetStatusResponse)(nil),     // 8: fourover6.dataplane.v1.GetStatusResponse
-	(*ListSessionsRequest)(nil),   // 9: fourover6.dataplane.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 10: fourover6.dataplane.v1.ListSessionsResponse
-	(*Status)(nil),                // 11: fourover6.dataplane.v1.Status
-	(*Limits)(nil),                // 12: fourover6.dataplane.v1.Limits
-	(*Counters)(nil),              // 13: fourover6.dataplane.v1.Counters
-	(*Session)(nil),               // 14: fourover6.dataplane.v1.Session
-	nil,                           // 15: fourover6.dataplane.v1.Status.DropsEntry
-	nil,                           // 16: fourover6.dataplane.v1.Status.RefusedEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(CaptureDirection)(0),         // 1: fourover6.dataplane.v1.CaptureDirection
+	(*GetStatusRequest)(nil),      // 2: fourover6.dataplane.v1.GetStatusRequest
+	(*KickSessionRequest)(nil),    // 3: fourover6.dataplane.v1.KickSessionRequest
+	(*KickSessionResponse)(nil),   // 4: fourover6.dataplane.v1.KickSessionResponse
+	(*SetDrainingRequest)(nil),    // 5: fourover6.dataplane.v1.SetDrainingRequest
+	(*SetDrainingResponse)(nil),   // 6: fourover6.dataplane.v1.SetDrainingResponse
+	(*SetLogLevelRequest)(nil),    // 7: fourover6.dataplane.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),   // 8: fourover6.dataplane.v1.SetLogLevelResponse
+	(*GetStatusResponse)(nil),     // 9: fourover6.dataplane.v1.GetStatusResponse
+	(*ListSessionsRequest)(nil),   // 10: fourover6.dataplane.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 11: fourover6.dataplane.v1.ListSessionsResponse
+	(*Status)(nil),                // 12: fourover6.dataplane.v1.Status
+	(*Bgp)(nil),                   // 13: fourover6.dataplane.v1.Bgp
+	(*BgpSession)(nil),            // 14: fourover6.dataplane.v1.BgpSession
+	(*Limits)(nil),                // 15: fourover6.dataplane.v1.Limits
+	(*Counters)(nil),              // 16: fourover6.dataplane.v1.Counters
+	(*Session)(nil),               // 17: fourover6.dataplane.v1.Session
+	(*CaptureClientRequest)(nil),  // 18: fourover6.dataplane.v1.CaptureClientRequest
+	(*CaptureClientResponse)(nil), // 19: fourover6.dataplane.v1.CaptureClientResponse
+	(*CaptureStart)(nil),          // 20: fourover6.dataplane.v1.CaptureStart
+	(*CapturedPacket)(nil),        // 21: fourover6.dataplane.v1.CapturedPacket
+	(*CaptureEnd)(nil),            // 22: fourover6.dataplane.v1.CaptureEnd
+	nil,                           // 23: fourover6.dataplane.v1.Status.DropsEntry
+	nil,                           // 24: fourover6.dataplane.v1.Status.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_fourover6_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	11, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
-	14, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
-	17, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
-	13, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
-	15, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
-	16, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
-	12, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
-	0,  // 7: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
-	17, // 8: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
-	17, // 9: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
-	13, // 10: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
-	1,  // 11: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
-	9,  // 12: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
-	2,  // 13: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
-	4,  // 14: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
-	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
-	8,  // 16: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
-	10, // 17: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
-	3,  // 18: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
-	5,  // 19: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
-	7,  // 20: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
+	17, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
+	25, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
+	16, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
+	23, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
+	24, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
+	15, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
+	13, // 7: fourover6.dataplane.v1.Status.bgp:type_name -> fourover6.dataplane.v1.Bgp
+	14, // 8: fourover6.dataplane.v1.Bgp.sessions:type_name -> fourover6.dataplane.v1.BgpSession
+	25, // 9: fourover6.dataplane.v1.BgpSession.established_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
+	25, // 11: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
+	25, // 12: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
+	16, // 13: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
+	20, // 14: fourover6.dataplane.v1.CaptureClientResponse.start:type_name -> fourover6.dataplane.v1.CaptureStart
+	21, // 15: fourover6.dataplane.v1.CaptureClientResponse.packets:type_name -> fourover6.dataplane.v1.CapturedPacket
+	22, // 16: fourover6.dataplane.v1.CaptureClientResponse.end:type_name -> fourover6.dataplane.v1.CaptureEnd
+	25, // 17: fourover6.dataplane.v1.CaptureStart.started_at:type_name -> google.protobuf.Timestamp
+	25, // 18: fourover6.dataplane.v1.CapturedPacket.time:type_name -> google.protobuf.Timestamp
+	1,  // 19: fourover6.dataplane.v1.CapturedPacket.direction:type_name -> fourover6.dataplane.v1.CaptureDirection
+	25, // 20: fourover6.dataplane.v1.CaptureEnd.ended_at:type_name -> google.protobuf.Timestamp
+	2,  // 21: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
+	10, // 22: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
+	3,  // 23: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
+	5,  // 24: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
+	7,  // 25: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
+	18, // 26: fourover6.dataplane.v1.DataplaneService.CaptureClient:input_type -> fourover6.dataplane.v1.CaptureClientRequest
+	9,  // 27: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
+	11, // 28: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
+	4,  // 29: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
+	6,  // 30: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
+	8,  // 31: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
+	19, // 32: fourover6.dataplane.v1.DataplaneService.CaptureClient:output_type -> fourover6.dataplane.v1.CaptureClientResponse
+	27, // [27:33] is the sub-list for method output_type
+	21, // [21:27] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_dataplane_v1_dataplane_proto_init() }
@@ -1226,8 +2041,8 @@ func file_fourover6_dataplane_v1_dataplane_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_dataplane_v1_dataplane_proto_rawDesc), len(file_fourover6_dataplane_v1_dataplane_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   16,
+			NumEnums:      2,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DataplaneService_GetStatus_FullMethodName    = "/fourover6.dataplane.v1.DataplaneService/GetStatus"
-	DataplaneService_ListSessions_FullMethodName = "/fourover6.dataplane.v1.DataplaneService/ListSessions"
-	DataplaneService_KickSession_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/KickSession"
-	DataplaneService_SetDraining_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
-	DataplaneService_SetLogLevel_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
+	DataplaneService_GetStatus_FullMethodName     = "/fourover6.dataplane.v1.DataplaneService/GetStatus"
+	DataplaneService_ListSessions_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/ListSessions"
+	DataplaneService_KickSession_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/KickSession"
+	DataplaneService_SetDraining_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
+	DataplaneService_SetLogLevel_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
+	DataplaneService_CaptureClient_FullMethodName = "/fourover6.dataplane.v1.DataplaneService/CaptureClient"
 )
 
 // DataplaneServiceClient is the client API for DataplaneService service.
@@ -43,6 +44,14 @@ type DataplaneServiceClient interface {
 	SetDraining(ctx context.Context, in *SetDrainingRequest, opts ...grpc.CallOption) (*SetDrainingResponse, error)
 	// SetLogLevel changes the data plane's log level at run time.
 	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*SetLogLevelResponse, error)
+	// CaptureClient streams copies of one client's IPv4 packets, both ways,
+	// dropped ones included (marked with why), until the client disconnects,
+	// the request's count or duration is reached, or the caller cancels. The
+	// first message says which session is captured, the last how the capture
+	// ended and how many packets it lost (a slow reader loses packets: the
+	// capture never slows forwarding). Operators only: it shows a client's
+	// traffic.
+	CaptureClient(ctx context.Context, in *CaptureClientRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureClientResponse], error)
 }
 
 type dataplaneServiceClient struct {
@@ -112,6 +121,25 @@ func (c *dataplaneServiceClient) SetLogLevel(ctx context.Context, in *SetLogLeve
 	return out, nil
 }
 
+func (c *dataplaneServiceClient) CaptureClient(ctx context.Context, in *CaptureClientRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureClientResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &DataplaneService_ServiceDesc.Streams[1], DataplaneService_CaptureClient_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CaptureClientRequest, CaptureClientResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DataplaneService_CaptureClientClient = grpc.ServerStreamingClient[CaptureClientResponse]
+
 // DataplaneServiceServer is the server API for DataplaneService service.
 // All implementations must embed UnimplementedDataplaneServiceServer
 // for forward compatibility.
@@ -129,6 +157,14 @@ type DataplaneServiceServer interface {
 	SetDraining(context.Context, *SetDrainingRequest) (*SetDrainingResponse, error)
 	// SetLogLevel changes the data plane's log level at run time.
 	SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error)
+	// CaptureClient streams copies of one client's IPv4 packets, both ways,
+	// dropped ones included (marked with why), until the client disconnects,
+	// the request's count or duration is reached, or the caller cancels. The
+	// first message says which session is captured, the last how the capture
+	// ended and how many packets it lost (a slow reader loses packets: the
+	// capture never slows forwarding). Operators only: it shows a client's
+	// traffic.
+	CaptureClient(*CaptureClientRequest, grpc.ServerStreamingServer[CaptureClientResponse]) error
 	mustEmbedUnimplementedDataplaneServiceServer()
 }
 
@@ -153,6 +189,9 @@ func (UnimplementedDataplaneServiceServer) SetDraining(context.Context, *SetDrai
 }
 func (UnimplementedDataplaneServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*SetLogLevelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
+}
+func (UnimplementedDataplaneServiceServer) CaptureClient(*CaptureClientRequest, grpc.ServerStreamingServer[CaptureClientResponse]) error {
+	return status.Error(codes.Unimplemented, "method CaptureClient not implemented")
 }
 func (UnimplementedDataplaneServiceServer) mustEmbedUnimplementedDataplaneServiceServer() {}
 func (UnimplementedDataplaneServiceServer) testEmbeddedByValue()                          {}
@@ -258,6 +297,17 @@ func _DataplaneService_SetLogLevel_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DataplaneService_CaptureClient_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CaptureClientRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DataplaneServiceServer).CaptureClient(m, &grpc.GenericServerStream[CaptureClientRequest, CaptureClientResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DataplaneService_CaptureClientServer = grpc.ServerStreamingServer[CaptureClientResponse]
+
 // DataplaneService_ServiceDesc is the grpc.ServiceDesc for DataplaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +336,11 @@ var DataplaneService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListSessions",
 			Handler:       _DataplaneService_ListSessions_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "CaptureClient",
+			Handler:       _DataplaneService_CaptureClient_Handler,
 			ServerStreams: true,
 		},
 	},
