@@ -147,7 +147,7 @@ func newCommand(start func(*cobra.Command, config) error) *cobra.Command {
 			return start(cmd, c)
 		},
 	}
-	cmd.SetVersionTemplate(name + " {{.Version}}\n")
+	version.SetCommand(cmd) // --version: version, commit, build date, Go version
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	o.register(cmd.Flags())
 	for flag, values := range map[string][]string{

@@ -128,6 +128,7 @@ Exit codes:
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
 	f.MarkHidden("pprof")
+	version.SetCommand(cmd) // --version: version, commit, build date, Go version
 	return cmd
 }
 

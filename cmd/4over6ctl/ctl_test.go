@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
 
@@ -144,11 +145,40 @@ func TestClientsGet(t *testing.T) {
 		t.Errorf("json error %q: %v", r.stderr, err)
 	}
 
+	// The client's IPv6 address: the same object.
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::2", "-o", "json").expect(t, 0)
+	var byV6 Client
+	if err := json.Unmarshal([]byte(r.stdout), &byV6); err != nil || byV6.IPv4 != "13.8.0.2" || byV6.Session != "s-2" {
+		t.Errorf("clients get IPV6: %v %+v", err, byV6)
+	}
+	ctrl.mu.Lock()
+	if ctrl.lastPrefix != "fd00:46::2/128" {
+		t.Errorf("clients get IPV6 asked for prefix %q", ctrl.lastPrefix)
+	}
+	ctrl.mu.Unlock()
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::77").expect(t, 4)
+	if !strings.Contains(r.stderr, "no client is connected from fd00:46::77") {
+		t.Errorf("IPv6 not found: %q", r.stderr)
+	}
+	// Connected twice from one IPv6 address: an error naming both, exit 1.
+	ctrl.mu.Lock()
+	ctrl.clients = append(ctrl.clients, &cpv1.Client{Address: "13.8.0.7", ClientIpv6: "fd00:46::2", ClientPort: 51235, DataplaneId: "dp2", SessionId: "s-7"})
+	ctrl.mu.Unlock()
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::2").expect(t, 1)
+	for _, want := range []string{"fd00:46::2 is connected 2 times", "13.8.0.2 (port 51234, data plane dp1, session s-2)", "13.8.0.7 (port 51235, data plane dp2, session s-7)", "clients list --v6-prefix fd00:46::2"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("IPv6 held twice: stderr lacks %q: %q", want, r.stderr)
+		}
+	}
+	if r.stdout != "" {
+		t.Errorf("IPv6 held twice printed %q", r.stdout)
+	}
+
 	// Bad ADDR: exit 2 without asking the controller.
 	ctrl.mu.Lock()
 	before := ctrl.getCalls
 	ctrl.mu.Unlock()
-	for _, bad := range [][]string{{"fd00:46::2"}, {"13.8.0"}, {"banana"}, {}, {"13.8.0.2", "13.8.0.3"}} {
+	for _, bad := range [][]string{{"fe80::1%eth0"}, {"::ffff:13.8.0.2"}, {"fd00::/64"}, {"13.8.0"}, {"banana"}, {}, {"13.8.0.2", "13.8.0.3"}} {
 		r = ctl(t, nil, append([]string{"--controller", addr, "clients", "get"}, bad...)...).expect(t, 2)
 		if !strings.Contains(r.stderr, "clients get") && !strings.Contains(r.stderr, "invalid ADDR") {
 			t.Errorf("%v: stderr %q", bad, r.stderr)
@@ -170,7 +200,7 @@ func TestPoolShow(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := sorted("prefix", "gateway", "range_first", "range_last", "size", "leased", "free", "reserved", "route", "dns",
-		"free_remembered", "free_unremembered")
+		"free_remembered", "free_unremembered", "reserved_in_use")
 	if !reflect.DeepEqual(keysOf(raw), want) {
 		t.Errorf("pool keys %v", keysOf(raw))
 	}
@@ -367,6 +397,17 @@ func TestVersion(t *testing.T) {
 	if _, ok := v["controller_error"]; ok {
 		t.Errorf("controller_error present on success: %v", v)
 	}
+	build, _ := v["build"].(map[string]any)
+	if !reflect.DeepEqual(keysOf(build), sorted("version", "commit", "go_version", "build_date", "platform")) ||
+		!strings.HasPrefix(build["go_version"].(string), "go") || build["version"] != v["client"] {
+		t.Errorf("version build %v", build)
+	}
+	r = ctl(t, nil, "--controller", addr, "version").expect(t, 0)
+	for _, want := range []string{"Client:", "commit:", "built:", "go version:  go", "v1.2.3-test ("} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("version table lacks %q:\n%s", want, r.stdout)
+		}
+	}
 
 	// The controller down is not an error for version.
 	missing := "unix://" + filepath.Join(t.TempDir(), "none.sock")
@@ -531,7 +572,7 @@ func TestHelp(t *testing.T) {
 	r := ctl(t, nil, "--help").expect(t, 0)
 	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "5  permission denied", "pki", "--controller", "FOUROVER6_DATAPLANE",
 		"clients", "pool", "status", "sessions", "version", "reservations", "dns", "dataplane", "apply", "log-level",
-		"several comma-separated", "a data plane id filter"} {
+		"several comma-separated", "6  check found", "check", "export"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("help lacks %q", s)
 		}

@@ -71,6 +71,9 @@ type errorOutput struct {
 // one line, YAML, or "4over6ctl: message" for table. When -o itself is
 // invalid, it falls back to plain text.
 func (a *app) printError(cmd *cobra.Command, args []string, err *cliError) {
+	if err.silent {
+		return
+	}
 	f := formatTable
 	if ff, perr := parseFormat(outputArg(args, a.output)); perr == nil {
 		f = ff

@@ -7,6 +7,8 @@ package main
 // in UTC ("" when unknown), durations are Go duration strings ("20s"),
 // counters are integers.
 
+import "github.com/fourover6/fourover6/cmd/internal/version"
+
 // Counters are traffic totals. "from client" is client-to-IPv4 traffic (102
 // messages), "to client" is IPv4-to-client traffic (103 messages). They are
 // flattened into the objects that embed them.
@@ -70,20 +72,24 @@ type CaptureSummary struct {
 
 // Pool is the object printed by "pool show".
 type Pool struct {
-	Prefix     string   `json:"prefix" yaml:"prefix"`           // "13.8.0.0/24"
-	Gateway    string   `json:"gateway" yaml:"gateway"`         // data planes' TUN address
-	RangeFirst string   `json:"range_first" yaml:"range_first"` // first client address
-	RangeLast  string   `json:"range_last" yaml:"range_last"`   // last client address
-	Size       uint32   `json:"size" yaml:"size"`               // client addresses in the range
-	Leased     uint32   `json:"leased" yaml:"leased"`
-	Free       uint32   `json:"free" yaml:"free"`
-	Reserved   uint32   `json:"reserved" yaml:"reserved"`
-	Route      string   `json:"route" yaml:"route"` // route field of 101; "0.0.0.0" = default route
-	DNS        []string `json:"dns" yaml:"dns"`     // the three DNS servers of 101
+	Prefix     string `json:"prefix" yaml:"prefix"`           // "13.8.0.0/24"
+	Gateway    string `json:"gateway" yaml:"gateway"`         // data planes' TUN address
+	RangeFirst string `json:"range_first" yaml:"range_first"` // first client address
+	RangeLast  string `json:"range_last" yaml:"range_last"`   // last client address
+	Size       uint32 `json:"size" yaml:"size"`               // client addresses in the range
+	Leased     uint32 `json:"leased" yaml:"leased"`
+	Free       uint32 `json:"free" yaml:"free"` // neither leased nor reserved
+	// Every reservation whose address is in the range, in use or not;
+	// reserved_in_use of them are leased (and counted in leased too):
+	// size = leased + free + reserved - reserved_in_use.
+	Reserved uint32   `json:"reserved" yaml:"reserved"`
+	Route    string   `json:"route" yaml:"route"` // route field of 101; "0.0.0.0" = default route
+	DNS      []string `json:"dns" yaml:"dns"`     // the three DNS servers of 101
 	// Of free: remembered for their last holder (a returning client gets
 	// its own back), and not (never used, or the holder is forgotten).
 	FreeRemembered   uint32 `json:"free_remembered" yaml:"free_remembered"`
 	FreeUnremembered uint32 `json:"free_unremembered" yaml:"free_unremembered"`
+	ReservedInUse    uint32 `json:"reserved_in_use" yaml:"reserved_in_use"`
 }
 
 // Status is the object printed by "dataplane status" (one data plane), and
@@ -175,6 +181,9 @@ type Version struct {
 	ControllerAddress string `json:"controller_address" yaml:"controller_address"`
 	// Why the controller's version is missing; absent when it is known.
 	ControllerError string `json:"controller_error,omitempty" yaml:"controller_error,omitempty"`
+	// This 4over6ctl's build: version, commit, go_version, build_date
+	// (RFC 3339), platform; "" when unknown.
+	Build version.Info `json:"build" yaml:"build"`
 }
 
 // Limits are a data plane's connection limits (0: unlimited), in "dataplane
@@ -225,6 +234,22 @@ type PoolRangeChange struct {
 type Reservation struct {
 	Client string `json:"client" yaml:"client"` // "fd00:46::2" or "fd00:47::/64"
 	IPv4   string `json:"ipv4" yaml:"ipv4"`
+}
+
+// ReservationStatus is an element of "reservations list": a reservation
+// and whether its address is leased now.
+type ReservationStatus struct {
+	Reservation `yaml:",inline"`
+	InUse       bool               `json:"in_use" yaml:"in_use"` // a client holds the address now
+	Holder      *ReservationHolder `json:"holder" yaml:"holder"` // that client; null when idle
+}
+
+// ReservationHolder is the client holding a reserved address.
+type ReservationHolder struct {
+	IPv6      string `json:"ipv6" yaml:"ipv6"`
+	Port      uint32 `json:"port" yaml:"port"`
+	Dataplane string `json:"dataplane" yaml:"dataplane"` // data plane id
+	Session   string `json:"session" yaml:"session"`
 }
 
 // ReservationSet is the object printed by "reservations set".
@@ -292,6 +317,8 @@ type ControllerStatus struct {
 	Leader    bool   `json:"leader" yaml:"leader"`
 	LeaderID  string `json:"leader_id" yaml:"leader_id"`
 	StartedAt string `json:"started_at" yaml:"started_at"`
+	// Why the store is failing (its last write failed); "" while it works.
+	StoreError string `json:"store_error" yaml:"store_error"`
 }
 
 // SystemStatus is the object printed by "status": every part is null (or
@@ -338,4 +365,36 @@ type Change struct {
 	Action string `json:"action" yaml:"action"` // "create", "update" or "delete"
 	From   string `json:"from" yaml:"from"`     // "" for create
 	To     string `json:"to" yaml:"to"`         // "" for delete
+}
+
+// Check is the object printed by "check".
+type Check struct {
+	OK bool `json:"ok" yaml:"ok"` // no problem found (exit 0; else exit 6)
+	// "controller ctl-a leads, store ok, 2 of 2 data planes up, ..." when
+	// OK, else "N problems".
+	Summary    string         `json:"summary" yaml:"summary"`
+	Controller string         `json:"controller" yaml:"controller"` // the address that answered, "" when none did
+	Problems   []CheckProblem `json:"problems" yaml:"problems"`     // [] when OK
+}
+
+// CheckProblem is one thing "check" found wrong.
+type CheckProblem struct {
+	// "controller" (unreachable), "leader" (none, or not this one),
+	// "store", "dataplane", "pool".
+	Check   string `json:"check" yaml:"check"`
+	Subject string `json:"subject" yaml:"subject"` // the data plane's id, the pool's prefix, the store; "" otherwise
+	Message string `json:"message" yaml:"message"`
+}
+
+// Export is the object printed by "export": a file "apply -f" takes.
+type Export struct {
+	Pool         ExportPool    `json:"pool" yaml:"pool"`
+	DNS          []string      `json:"dns" yaml:"dns"`
+	Reservations []Reservation `json:"reservations" yaml:"reservations"` // [] when none
+	Prune        bool          `json:"prune" yaml:"prune"`               // always true: the list is complete
+}
+
+// ExportPool is the pool part of "export".
+type ExportPool struct {
+	Range string `json:"range" yaml:"range"` // "13.8.0.2-13.8.0.128"
 }

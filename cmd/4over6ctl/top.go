@@ -50,7 +50,7 @@ one document per screen). The filters are those of "clients list".
   4over6ctl clients top --once -o json | jq '.[0]'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, prefix, err := f.values(cmd)
+			id, prefix, err := a.filterValues(cmd, &f)
 			if err != nil {
 				return err
 			}

@@ -21,16 +21,26 @@ type Status struct {
 	Leader    bool
 	LeaderID  string
 	StartedAt time.Time
+	// StoreErr is why the store is failing (its last write failed), when
+	// the store reports that (store.Monitor does); nil otherwise.
+	StoreErr error
 }
+
+// storeHealth is a store that knows whether its last write succeeded.
+type storeHealth interface{ LastWriteErr() error }
 
 // Status works on standbys too.
 func (c *Controller) Status() Status {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return Status{
+	st := Status{
 		ID: c.id, Version: c.version, Store: c.store.String(),
 		Leader: c.term != nil, LeaderID: c.leaderID, StartedAt: c.started,
 	}
+	if h, ok := c.store.(storeHealth); ok {
+		st.StoreErr = h.LastWriteErr()
+	}
+	return st
 }
 
 // Reservation binds a client IPv6 address (a /128) or prefix to an IPv4

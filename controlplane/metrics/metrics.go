@@ -17,7 +17,8 @@
 //	fourover6_controller_leader                                  gauge: 1 on the leader, 0 on a standby
 //	fourover6_controller_pool_info{prefix,gateway,first,last}    gauge, always 1
 //	fourover6_controller_pool_size                               gauge: client addresses in the pool
-//	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (they sum to the size)
+//	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (reserved: every reservation in the range, in use or not)
+//	fourover6_controller_pool_reserved_in_use                    gauge: reserved addresses leased right now (leased + free + reserved - this = size)
 //	fourover6_controller_reservations                            gauge: reservation entries
 //	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down, stopped)
 //	fourover6_controller_dataplane_up{dataplane_id}              gauge: 1 while the data plane is up (draining counts), 0 down or stopped
@@ -60,7 +61,9 @@ type PoolStats struct {
 	Size        uint32
 	Leased      uint32
 	Free        uint32
-	Reserved    uint32
+	Reserved    uint32 // every reservation in the range, in use or not
+	// ReservedInUse: of Reserved, those leased.
+	ReservedInUse uint32
 	// FreeRemembered: of Free, those whose last holder is remembered.
 	FreeRemembered uint32
 }
@@ -68,7 +71,7 @@ type PoolStats struct {
 // FromPool converts the pool package's snapshot.
 func FromPool(s pool.Stats) PoolStats {
 	return PoolStats{Prefix: s.Prefix, Gateway: s.Gateway, First: s.First, Last: s.Last,
-		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved, FreeRemembered: s.FreeRemembered}
+		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved, ReservedInUse: s.ReservedInUse, FreeRemembered: s.FreeRemembered}
 }
 
 // Snapshot is what the collector reads from the controller at each scrape.
@@ -126,7 +129,8 @@ var (
 	descLeader     = desc("leader", "1 while this controller is the leader (serves leases), 0 while it is a standby.")
 	descPoolInfo   = desc("pool_info", "The address pool: always 1, labeled with its prefix, gateway and client range.", "prefix", "gateway", "first", "last")
 	descPoolSize   = desc("pool_size", "Client addresses in the pool (the gateway excluded).")
-	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).", "state")
+	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).", "state")
+	descResvInUse  = desc("pool_reserved_in_use", "Reserved addresses leased right now (of pool_addresses{state=\"reserved\"}); leased + free + reserved - this = pool_size.")
 	descResv       = desc("reservations", "Reservations configured (IPv6 address or prefix to IPv4 address).")
 	descDataplanes = desc("dataplanes", "Data planes the controller knows, by state.", "state")
 	descDPUp       = desc("dataplane_up", "1 while the data plane is up (heard from within --dataplane-timeout; draining counts), 0 while it is down or stopped.", "dataplane_id")
@@ -168,7 +172,7 @@ var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descChoices, des
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.src != nil {
-		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descRemembered, descResv, descDataplanes, descDPUp, descDPBeat} {
+		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descResvInUse, descRemembered, descResv, descDataplanes, descDPUp, descDPBeat} {
 			ch <- d
 		}
 	}
@@ -198,6 +202,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descPoolAddrs, float64(p.Leased), "leased")
 			gauge(descPoolAddrs, float64(p.Free), "free")
 			gauge(descPoolAddrs, float64(p.Reserved), "reserved")
+			gauge(descResvInUse, float64(p.ReservedInUse))
 			gauge(descRemembered, float64(p.FreeRemembered))
 			gauge(descResv, float64(s.Reservations))
 		}

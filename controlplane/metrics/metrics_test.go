@@ -32,7 +32,7 @@ func TestCollector(t *testing.T) {
 	stats := metrics.FromPool(pool.Stats{
 		Prefix: netip.MustParsePrefix("13.8.0.0/24"), Gateway: netip.MustParseAddr("13.8.0.1"),
 		First: netip.MustParseAddr("13.8.0.2"), Last: netip.MustParseAddr("13.8.0.11"),
-		Size: 10, Leased: 3, Free: 5, Reserved: 2, FreeRemembered: 4,
+		Size: 10, Leased: 3, Free: 5, Reserved: 3, ReservedInUse: 1, FreeRemembered: 4,
 	})
 	src := &fakeSource{snap: metrics.Snapshot{
 		ID:           "ctl1",
@@ -84,11 +84,14 @@ fourover6_controller_pool_info{first="13.8.0.2",gateway="13.8.0.1",last="13.8.0.
 # HELP fourover6_controller_pool_size Client addresses in the pool (the gateway excluded).
 # TYPE fourover6_controller_pool_size gauge
 fourover6_controller_pool_size 10
-# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).
+# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).
 # TYPE fourover6_controller_pool_addresses gauge
 fourover6_controller_pool_addresses{state="free"} 5
 fourover6_controller_pool_addresses{state="leased"} 3
-fourover6_controller_pool_addresses{state="reserved"} 2
+fourover6_controller_pool_addresses{state="reserved"} 3
+# HELP fourover6_controller_pool_reserved_in_use Reserved addresses leased right now (of pool_addresses{state="reserved"}); leased + free + reserved - this = pool_size.
+# TYPE fourover6_controller_pool_reserved_in_use gauge
+fourover6_controller_pool_reserved_in_use 1
 # HELP fourover6_controller_pool_free_remembered Free addresses whose last holder (client IPv6 address) is remembered: that client gets its address back when it returns. The other free addresses were never used or their holder is forgotten.
 # TYPE fourover6_controller_pool_free_remembered gauge
 fourover6_controller_pool_free_remembered 4
@@ -168,11 +171,11 @@ fourover6_controller_packets_total{direction="to_client"} 20
 	src.snap.Pool.Free--
 	src.mu.Unlock()
 	want2 := `
-# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).
+# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).
 # TYPE fourover6_controller_pool_addresses gauge
 fourover6_controller_pool_addresses{state="free"} 4
 fourover6_controller_pool_addresses{state="leased"} 4
-fourover6_controller_pool_addresses{state="reserved"} 2
+fourover6_controller_pool_addresses{state="reserved"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want2), "fourover6_controller_pool_addresses"); err != nil {
 		t.Error(err)
@@ -187,8 +190,8 @@ func TestSourceFuncAndHalves(t *testing.T) {
 	})
 	col := metrics.New(src, nil)
 	// No counters, no dataplane states: only the source's fixed series.
-	if n := testutil.CollectAndCount(col); n != 9 {
-		t.Errorf("series = %d, want 9", n)
+	if n := testutil.CollectAndCount(col); n != 10 {
+		t.Errorf("series = %d, want 10", n)
 	}
 	// A standby knows no pool: info and leader only.
 	standby := metrics.New(metrics.SourceFunc(func() metrics.Snapshot { return metrics.Snapshot{Version: "v1"} }), nil)

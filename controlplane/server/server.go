@@ -376,6 +376,7 @@ func poolToPB(info controller.PoolInfo) *pb.Pool {
 		Dns:        addrStrings(info.DNS[:]),
 
 		FreeRemembered: info.FreeRemembered,
+		ReservedInUse:  info.ReservedInUse,
 	}
 }
 
@@ -575,10 +576,14 @@ func clip(s string) string {
 
 func (s *ControllerServer) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
 	st := s.c.Status()
-	return &pb.GetStatusResponse{Status: &pb.ControllerStatus{
+	out := &pb.ControllerStatus{
 		ControllerId: st.ID, Version: st.Version, Store: st.Store,
 		Leader: st.Leader, LeaderId: st.LeaderID, StartedAt: timeToPB(st.StartedAt),
-	}}, nil
+	}
+	if st.StoreErr != nil {
+		out.StoreError = st.StoreErr.Error()
+	}
+	return &pb.GetStatusResponse{Status: out}, nil
 }
 
 func (s *ControllerServer) WatchClients(req *pb.WatchClientsRequest, stream grpc.ServerStreamingServer[pb.WatchClientsResponse]) error {

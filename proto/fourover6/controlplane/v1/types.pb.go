@@ -472,9 +472,13 @@ type Pool struct {
 	RangeFirst string `protobuf:"bytes,3,opt,name=range_first,json=rangeFirst,proto3" json:"range_first,omitempty"`
 	RangeLast  string `protobuf:"bytes,4,opt,name=range_last,json=rangeLast,proto3" json:"range_last,omitempty"`
 	// Number of client addresses in the range.
-	Size     uint32 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
-	Leased   uint32 `protobuf:"varint,6,opt,name=leased,proto3" json:"leased,omitempty"`
-	Free     uint32 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
+	Size   uint32 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	Leased uint32 `protobuf:"varint,6,opt,name=leased,proto3" json:"leased,omitempty"`
+	// Addresses neither leased nor reserved: what a client without a
+	// reservation can get.
+	Free uint32 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
+	// Reservations whose address is in the range, in use or not (the
+	// reservations list, less those outside the range).
 	Reserved uint32 `protobuf:"varint,8,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// The route and DNS servers sent in every 101.
 	Route string   `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
@@ -483,8 +487,12 @@ type Pool struct {
 	// client gets its address back when it returns. The others (free minus
 	// this) were never used, or their holder is forgotten.
 	FreeRemembered uint32 `protobuf:"varint,11,opt,name=free_remembered,json=freeRemembered,proto3" json:"free_remembered,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Of reserved (every reservation whose address is in the range), those
+	// whose address is leased right now. Size = leased + free + reserved -
+	// reserved_in_use.
+	ReservedInUse uint32 `protobuf:"varint,12,opt,name=reserved_in_use,json=reservedInUse,proto3" json:"reserved_in_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -594,6 +602,13 @@ func (x *Pool) GetFreeRemembered() uint32 {
 	return 0
 }
 
+func (x *Pool) GetReservedInUse() uint32 {
+	if x != nil {
+		return x.ReservedInUse
+	}
+	return 0
+}
+
 var File_fourover6_controlplane_v1_types_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
@@ -632,7 +647,7 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x11bytes_from_client\x18\x01 \x01(\x01R\x0fbytesFromClient\x12.\n" +
 	"\x13packets_from_client\x18\x02 \x01(\x01R\x11packetsFromClient\x12&\n" +
 	"\x0fbytes_to_client\x18\x03 \x01(\x01R\rbytesToClient\x12*\n" +
-	"\x11packets_to_client\x18\x04 \x01(\x01R\x0fpacketsToClient\"\xa5\x02\n" +
+	"\x11packets_to_client\x18\x04 \x01(\x01R\x0fpacketsToClient\"\xcd\x02\n" +
 	"\x04Pool\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1f\n" +
@@ -647,7 +662,8 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
 	" \x03(\tR\x03dns\x12'\n" +
-	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered*\x9d\x01\n" +
+	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered\x12&\n" +
+	"\x0freserved_in_use\x18\f \x01(\rR\rreservedInUse*\x9d\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
