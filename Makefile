@@ -9,7 +9,10 @@ BIN     := bin
 TOOLS   := $(CURDIR)/.tools/bin
 CMDS    := 4over6-controller 4over6-dataplane 4over6ctl 4over6-client
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/fourover6/fourover6/cmd/internal/version.Version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+VERSIONPKG := github.com/fourover6/fourover6/cmd/internal/version
+LDFLAGS := -X $(VERSIONPKG).Version=$(VERSION) -X $(VERSIONPKG).Commit=$(COMMIT) -X $(VERSIONPKG).Date=$(BUILD_DATE)
 GOFILES  = $(shell find bench cmd controlplane dataplane proto test -name '*.go')
 
 BUF_VERSION                := v1.75.0
@@ -99,6 +102,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzCheckIPv4 -fuzztime $(FUZZTIME) ./dataplane/packet
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime $(FUZZTIME) ./dataplane/policy
 	$(GO) test -run '^$$' -fuzz FuzzRanges -fuzztime $(FUZZTIME) ./dataplane/policy
+	$(GO) test -run '^$$' -fuzz FuzzPercentFlag -fuzztime $(FUZZTIME) ./cmd/4over6ctl
+	$(GO) test -run '^$$' -fuzz FuzzParseClientAddr -fuzztime $(FUZZTIME) ./cmd/4over6ctl
 
 ## install: the four binaries to $(BINDIR), the systemd units to $(UNITDIR)
 ## (4over6-client@.service is a template: instance NAME reads

@@ -92,7 +92,7 @@ func runBench(parent context.Context, o *options, log *slog.Logger) (*Report, er
 	defer cancel()
 	start := time.Now()
 	rep := &Report{Schema: SchemaVersion, Label: o.label, StartedAt: start.Truncate(time.Second), Quick: o.quick,
-		Throughput: []Through{}, RTT: []RTT{}, Fairness: []Fairness{}, Scale: []Scale{}, Micro: []Micro{}, Errors: []RunError{}, Skipped: []Skip{}}
+		Throughput: []Through{}, RTT: []RTT{}, Fairness: []Fairness{}, Capture: []CaptureRun{}, Scale: []Scale{}, Micro: []Micro{}, Errors: []RunError{}, Skipped: []Skip{}}
 	rep.Config = RunConfig{
 		TunBackends: o.backends, IperfSeconds: o.iperfSeconds, IperfOmitSeconds: o.iperfOmit, IperfRepeat: o.repeat,
 		PingCount: o.pingCount, PingIntervalS: pingInterval, References: o.refs,
@@ -118,7 +118,7 @@ func runBench(parent context.Context, o *options, log *slog.Logger) (*Report, er
 	}
 	log.Info("bench starting", "sections", o.sections, "backends", o.backends, "quick", o.quick, "commit", rep.Machine.GitCommit)
 
-	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) || o.has(secStorm) || o.has(secScale) || o.has(secAlloc) {
+	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) || o.has(secCapture) || o.has(secStorm) || o.has(secScale) || o.has(secAlloc) {
 		if err := runLab(ctx, o, log, rep); err != nil {
 			return nil, err
 		}
@@ -162,6 +162,9 @@ func runLab(ctx context.Context, o *options, log *slog.Logger, rep *Report) erro
 	if o.has(secFairness) && ctx.Err() == nil {
 		l.runFairness(ctx, rep)
 	}
+	if o.has(secCapture) && ctx.Err() == nil {
+		l.runCapture(ctx, rep)
+	}
 	needLoadgen := func(section string) bool {
 		if l.loadgen != "" {
 			return true
@@ -203,7 +206,7 @@ func preflight(o *options) error {
 		}
 	}
 	tools := []string{"ip", "ping"}
-	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) {
+	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) || o.has(secCapture) {
 		tools = append(tools, "iperf3")
 	}
 	for _, tool := range tools {

@@ -18,13 +18,14 @@ const (
 	secThroughput = "throughput"
 	secRTT        = "rtt"
 	secFairness   = "fairness"
+	secCapture    = "capture"
 	secStorm      = "storm"
 	secScale      = "scale"
 	secAlloc      = "alloc"
 	secMicro      = "micro"
 )
 
-var allSections = []string{secThroughput, secRTT, secFairness, secStorm, secScale, secAlloc, secMicro}
+var allSections = []string{secThroughput, secRTT, secFairness, secCapture, secStorm, secScale, secAlloc, secMicro}
 
 // backendDefault stands for "no --tun-backend flag at all": whatever the
 // binaries default to, so the row follows a change of the product's default.

@@ -94,6 +94,9 @@ func tables(rep *Report) []table {
 	if len(rep.Fairness) > 0 {
 		ts = append(ts, fairnessTable(rep))
 	}
+	if len(rep.Capture) > 0 {
+		ts = append(ts, captureTable(rep))
+	}
 	if rep.Storm != nil {
 		ts = append(ts, stormTable(rep.Storm))
 	}

@@ -9,26 +9,27 @@ const SchemaVersion = 1
 // Report is one benchmark run: the JSON file is this struct. Field names
 // are stable (see bench/results/README.md).
 type Report struct {
-	Schema      int        `json:"schema"`
-	Label       string     `json:"label,omitempty"`
-	StartedAt   time.Time  `json:"started_at"`
-	DurationS   float64    `json:"duration_s"`
-	Quick       bool       `json:"quick"`
-	Machine     Machine    `json:"machine"`
-	Config      RunConfig  `json:"config"`
-	Throughput  []Through  `json:"throughput"`
-	RTT         []RTT      `json:"rtt"`
-	Fairness    []Fairness `json:"fairness"`
-	Storm       *Storm     `json:"storm,omitempty"`
-	Scale       []Scale    `json:"scale"`
-	Alloc       *Alloc     `json:"alloc,omitempty"`
-	Micro       []Micro    `json:"micro"`
-	Targets     []Target   `json:"targets"`
-	Errors      []RunError `json:"errors"`
-	Skipped     []Skip     `json:"skipped"`
-	Interrupted bool       `json:"interrupted,omitempty"`
-	Baseline    *Baseline  `json:"baseline,omitempty"`   // the run compared with
-	Comparison  []Delta    `json:"comparison,omitempty"` // headline numbers, baseline vs now
+	Schema      int          `json:"schema"`
+	Label       string       `json:"label,omitempty"`
+	StartedAt   time.Time    `json:"started_at"`
+	DurationS   float64      `json:"duration_s"`
+	Quick       bool         `json:"quick"`
+	Machine     Machine      `json:"machine"`
+	Config      RunConfig    `json:"config"`
+	Throughput  []Through    `json:"throughput"`
+	RTT         []RTT        `json:"rtt"`
+	Fairness    []Fairness   `json:"fairness"`
+	Capture     []CaptureRun `json:"capture"`
+	Storm       *Storm       `json:"storm,omitempty"`
+	Scale       []Scale      `json:"scale"`
+	Alloc       *Alloc       `json:"alloc,omitempty"`
+	Micro       []Micro      `json:"micro"`
+	Targets     []Target     `json:"targets"`
+	Errors      []RunError   `json:"errors"`
+	Skipped     []Skip       `json:"skipped"`
+	Interrupted bool         `json:"interrupted,omitempty"`
+	Baseline    *Baseline    `json:"baseline,omitempty"`   // the run compared with
+	Comparison  []Delta      `json:"comparison,omitempty"` // headline numbers, baseline vs now
 }
 
 // Machine describes where and what was measured.

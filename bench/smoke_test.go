@@ -19,7 +19,7 @@ import (
 
 // TestSmoke runs the whole harness in -quick mode, end to end: namespaces,
 // every daemon, iperf3, ping, the reference tunnels (where their tools are
-// installed), the fairness runs, the reconnect storm, the load generator,
+// installed), the fairness runs, the capture runs, the reconnect storm, the load generator,
 // the controller benchmark and the micro-benchmarks, then checks that every
 // section produced its numbers and its files. It asserts that things were
 // measured, never how fast they were.
@@ -45,7 +45,7 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("go build %v: %v\n%s", pkgs, err, b)
 		}
 	}
-	build(src, bin+"/", "./cmd/4over6-controller", "./cmd/4over6-dataplane", "./cmd/4over6-client")
+	build(src, bin+"/", "./cmd/4over6-controller", "./cmd/4over6-dataplane", "./cmd/4over6-client", "./cmd/4over6ctl")
 	build(filepath.Join(src, "bench"), filepath.Join(bin, "4over6-loadgen"), "./loadgen")
 
 	out := t.TempDir()
@@ -76,6 +76,7 @@ func TestSmoke(t *testing.T) {
 
 	checkPaths(t, rep)
 	checkFairness(t, rep)
+	checkCapture(t, rep)
 	checkStorm(t, rep)
 	if len(rep.Scale) != 1 {
 		t.Fatalf("%d scale rows, want 1", len(rep.Scale))
@@ -258,3 +259,17 @@ func checkStorm(t *testing.T, rep *Report) {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// checkCapture: both directions measured without and with a capture, and
+// the capture's summary read.
+func checkCapture(t *testing.T, rep *Report) {
+	t.Helper()
+	if len(rep.Capture) != 2 {
+		t.Fatalf("%d capture runs, want upload and download", len(rep.Capture))
+	}
+	for _, r := range rep.Capture {
+		if r.Error != "" || r.GbpsNoCapture <= 0 || r.GbpsCapture <= 0 || r.Ratio <= 0 || !r.CaptureSummaryOK || r.CapturedPackets == 0 {
+			t.Errorf("capture run %+v", r)
+		}
+	}
+}

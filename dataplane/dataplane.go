@@ -62,6 +62,20 @@ type Config struct {
 	// the controller assigned. Nil: the built-in rules, without the host's
 	// addresses beyond the gateway (Policy.WatchHost reads them).
 	Policy *policy.Policy
+	// Routes, when set, is told of every client address this data plane
+	// starts and stops holding (the BGP speaker, which announces a /32 for
+	// each to the routers); nil: addresses are not announced.
+	Routes Routes
+}
+
+// Routes announces where client addresses are. Announce comes once the
+// 101 is queued, Withdraw at the release; both must return at once (they
+// run on the lease path, under a session's lock for Announce). For one
+// address the calls come in the order the data plane's route table
+// changed, so the last call always says whether the address is here.
+type Routes interface {
+	Announce(addr netip.Addr) error
+	Withdraw(addr netip.Addr) error
 }
 
 // retryCap bounds the data plane's waits between attempts to reach the
@@ -108,13 +122,17 @@ func (c *Config) setDefaults() {
 
 // Dataplane serves clients. Create it with New, run it with Run.
 type Dataplane struct {
-	cfg     Config
-	scfg    session.Config
-	log     *slog.Logger
-	drops   session.Drops
-	routes  route.Table[session.Session]
-	sweeper *session.Sweeper
-	queue   *releaseQueue
+	cfg    Config
+	scfg   session.Config
+	log    *slog.Logger
+	drops  session.Drops
+	routes route.Table[session.Session]
+	// routesMu orders route table changes with their Announce/Withdraw
+	// (only with Config.Routes): a withdrawal of an address's old session
+	// cannot overtake the announcement of its new one.
+	routesMu sync.Mutex
+	sweeper  *session.Sweeper
+	queue    *releaseQueue
 
 	mu       sync.Mutex
 	sessions map[*session.Session]func() // value: the limiter's release
@@ -135,7 +153,9 @@ type Dataplane struct {
 	ctrlOK     atomic.Bool
 	registered atomic.Bool
 	stopping   atomic.Bool
+	handedOff  atomic.Bool  // a successor took the sessions over
 	heartbeat  atomic.Int64 // the interval in force, in nanoseconds
+	beatAt     atomic.Int64 // when the heartbeat loop last went round (Unix ns; 0 before it runs)
 	started    time.Time
 
 	reregister chan struct{} // asks the heartbeat loop to register again
@@ -517,7 +537,7 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 		d.mu.Lock()
 		d.sessions[s] = release
 		d.mu.Unlock()
-		d.log.Debug("client connected", "session", s.ID(), "client", s.Remote())
+		d.log.Debug("connection accepted", "session", s.ID(), "client", s.Remote())
 		d.conns.Add(1)
 		go func() {
 			defer d.conns.Done()
@@ -725,6 +745,7 @@ func (d *Dataplane) heartbeatLoop(ctx context.Context) error {
 	t := time.NewTimer(d.heartbeatInterval())
 	defer t.Stop()
 	for {
+		d.beatAt.Store(time.Now().UnixNano())
 		again := false
 		select {
 		case <-ctx.Done():
@@ -893,6 +914,10 @@ func (d *Dataplane) report(ctx context.Context) {
 func (d *Dataplane) setControllerOK(err error) {
 	// A controller asking us to wait (IDPendingError) answered: it is reachable.
 	var pending *IDPendingError
+	if errors.Is(err, context.Canceled) {
+		// Our own shutdown cut the call short: it says nothing of the controller.
+		return
+	}
 	ok := err == nil || !errors.Is(err, ErrControllerUnavailable) || errors.As(err, &pending)
 	if d.ctrlOK.Swap(ok) != ok {
 		if ok {
@@ -997,7 +1022,15 @@ func (h *host) Lease(ctx context.Context, s *session.Session) (wire.AddrResponse
 func (h *host) Leased(s *session.Session) {
 	d := h.dp()
 	addr := s.Addr()
-	if prev := d.routes.Insert(packet.Addr4(addr), s); prev != nil && prev != s {
+	if d.cfg.Routes != nil {
+		d.routesMu.Lock()
+	}
+	prev := d.routes.Insert(packet.Addr4(addr), s)
+	if d.cfg.Routes != nil {
+		d.announceRoute(addr, true)
+		d.routesMu.Unlock()
+	}
+	if prev != nil && prev != s {
 		// The controller leased one address twice, or a release was lost.
 		// The newer lease wins; the older session cannot be trusted.
 		d.log.Error("address conflict: address was still routed to another session; closing it",
@@ -1011,9 +1044,35 @@ func (h *host) Leased(s *session.Session) {
 // delivers it, batched with others, however long the controller is away.
 func (h *host) Release(s *session.Session, addr netip.Addr, why session.Reason) {
 	d := h.dp()
-	d.routes.Remove(packet.Addr4(addr), s)
+	if d.cfg.Routes == nil {
+		d.routes.Remove(packet.Addr4(addr), s)
+	} else {
+		d.routesMu.Lock()
+		if d.routes.Remove(packet.Addr4(addr), s) {
+			d.announceRoute(addr, false)
+		}
+		d.routesMu.Unlock()
+	}
 	// The controller keeps free text: the reason as a person reads it.
 	d.queue.Add(ReleaseRequest{SessionID: s.ID(), Addr: addr, Reason: why.String()})
+}
+
+// announceRoute tells Routes that addr is here (on) or gone; a failure is
+// logged, it never holds up the client.
+func (d *Dataplane) announceRoute(addr netip.Addr, on bool) {
+	var err error
+	if on {
+		err = d.cfg.Routes.Announce(addr)
+	} else {
+		err = d.cfg.Routes.Withdraw(addr)
+	}
+	switch {
+	case err == nil:
+	case d.stopping.Load():
+		// The speaker stops with the data plane and takes every route.
+	default:
+		d.log.Warn("route announcement failed", "addr", addr, "announce", on, "err", err)
+	}
 }
 
 func (h *host) Closed(s *session.Session, why session.Reason) {

@@ -40,6 +40,7 @@ const (
 
 // benchEnv is a data plane on a real TUN with one leased client.
 type benchEnv struct {
+	dp     *dataplane.Dataplane
 	ns     netns.NsHandle
 	netDev *os.File // /proc/net/dev of ns, read without allocating
 	buf    []byte
@@ -98,6 +99,7 @@ func startBench(b *testing.B, backend tun.Backend) *benchEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
+	env.dp = dp
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { dp.Run(ctx); close(done) }()

@@ -186,6 +186,7 @@ func (f *Frozen) Thaw(resume bool) {
 				s.Thaw(true)
 			}
 		} else {
+			d.handedOff.Store(true)
 			d.mu.Lock()
 			for _, s := range f.sessions {
 				if release := d.sessions[s]; release != nil {
@@ -259,6 +260,15 @@ func Restore(cfg Config, state *HandoffState, conns []net.Conn) (*Dataplane, err
 		}
 	}
 	d.queue.load(state.Releases)
+	if d.cfg.Routes != nil {
+		// A successor's BGP speaker announces every client before it
+		// starts, so the routers' stale routes are confirmed, not dropped.
+		for s := range d.sessions {
+			if a := s.Addr(); a.IsValid() {
+				d.announceRoute(a, true)
+			}
+		}
+	}
 	return d, nil
 }
 

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
@@ -107,6 +108,30 @@ func (d *Dataplane) Ready() error {
 		return errors.New("draining")
 	case !d.ctrlOK.Load():
 		return errors.New("controller unreachable")
+	}
+	return nil
+}
+
+// Stuck says whether the data plane's control loop is stuck: running, and
+// no heartbeat went out (successful or not: each call has its timeout)
+// for six heartbeat intervals plus a registration's and a report's
+// timeouts, at least 30 s. It takes the data plane's
+// lock too, so a deadlock there blocks the caller: a watchdog built on it
+// stops either way. Before registration it is nil: waiting for the
+// controller is not being stuck.
+func (d *Dataplane) Stuck() error {
+	d.mu.Lock()
+	//lint:ignore SA2001 taking the lock is the check
+	d.mu.Unlock()
+	at := d.beatAt.Load()
+	if at == 0 {
+		return nil
+	}
+	// One round is at most a heartbeat's wait and timeout, a registration
+	// and a report, each bounded by its own timeout.
+	limit := max(6*d.heartbeatInterval()+d.cfg.RegisterTimeout+d.cfg.ReportInterval, 30*time.Second)
+	if age := time.Since(time.Unix(0, at)); age > limit {
+		return fmt.Errorf("the heartbeat loop last went round %s ago", age.Round(time.Millisecond))
 	}
 	return nil
 }

@@ -7,9 +7,9 @@
 #         tun module
 #   test  (make test; the default) all of the demo's, and gcc (go test -race
 #         needs cgo), iperf3 (the bench smoke test measures throughput with
-#         it) and etcd-server (the store conformance suite, the etcd
+#         it), etcd-server (the store conformance suite, the etcd
 #         benchmarks and the two-controller end-to-end test start their own
-#         etcd on loopback)
+#         etcd on loopback) and tcpdump (reads what clients capture wrote)
 #   bench (make bench, with test) all of the demo's, iperf3, and the
 #         reference tunnels the bench measures beside ours: wireguard-tools
 #         (wg configures the wireguard-go the bench builds itself) and
@@ -32,6 +32,7 @@ if [ "$what" = test ]; then
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
   command -v iperf3 >/dev/null || need+=(iperf3)
   command -v etcd >/dev/null || need+=(etcd-server)
+  { command -v tcpdump || [ -x /usr/bin/tcpdump ]; } >/dev/null || need+=(tcpdump) # reads the files of clients capture
   { command -v bird || [ -x /usr/sbin/bird ]; } >/dev/null || need+=(bird2) # BIRD 2, the router of the BGP tests (test/bird)
 fi
 if [ "$what" = bench ]; then

@@ -135,7 +135,7 @@ func (c *client) run(parent context.Context) (err error) {
 			msg = "connect failed"
 		}
 		c.log.Log(context.Background(), level, msg, "reason", err.Error(), "leased", leased,
-			"duration", time.Since(start).Round(time.Millisecond).String(),
+			"duration", time.Since(start).Round(time.Millisecond),
 			"up_packets", c.stats.up.Load(), "down_packets", c.stats.down.Load(),
 			"up_dropped", c.stats.upDropped.Load(), "down_dropped", c.stats.downDropped.Load())
 		if ctx.Err() != nil {
@@ -165,7 +165,7 @@ func (c *client) run(parent context.Context) (err error) {
 		} else {
 			d = c.backoff.next()
 		}
-		c.log.Info("reconnecting", "delay", d.String(), "routes_held", !c.held.IsZero())
+		c.log.Info("reconnecting", "delay", d, "routes_held", !c.held.IsZero())
 		if !c.wait(ctx, d) {
 			return nil
 		}
@@ -206,7 +206,7 @@ func (c *client) holdTimer() (<-chan time.Time, func() bool) {
 // than --route-hold (the TUN and its address stay).
 func (c *client) releaseRoutes() {
 	c.log.Warn("still reconnecting: giving the host its routes back", "down_for",
-		time.Since(c.held).Round(time.Millisecond).String(), "route_hold", c.cfg.routeHold.String())
+		time.Since(c.held).Round(time.Millisecond), "route_hold", c.cfg.routeHold)
 	if err := c.ns.withdraw(); err != nil {
 		c.log.Warn("remove routes", "err", err)
 	}

@@ -147,13 +147,14 @@ func newCommand(start func(*cobra.Command, config) error) *cobra.Command {
 			return start(cmd, c)
 		},
 	}
-	cmd.SetVersionTemplate(name + " {{.Version}}\n")
+	version.SetCommand(cmd) // --version: version, commit, build date, Go version
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	o.register(cmd.Flags())
 	for flag, values := range map[string][]string{
-		"tun-backend": backendNames(),
-		"log-level":   {"debug", "info", "warn", "error"},
-		"log-format":  {"text", "json"},
+		"tun-backend":        backendNames(),
+		"log-level":          {"debug", "info", "warn", "error"},
+		"log-format":         {"text", "json"},
+		logging.PriorityFlag: logging.PriorityValues,
 	} {
 		cmd.RegisterFlagCompletionFunc(flag, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
 	}
@@ -182,6 +183,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.once, "once", false, "exit instead of reconnecting (non-zero exit status when the session failed)")
 	fs.StringVar(&c.log.Level, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.log.Format, "log-format", "text", "text or json")
+	fs.StringVar(&c.log.Priority, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	o.configFile = cfgpkg.AddFlag(fs, "")
 	o.checks = cfgpkg.AddCheckFlags(fs)
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this `address`, for debugging")

@@ -21,7 +21,7 @@ import (
 	"github.com/fourover6/fourover6/controlplane/store"
 )
 
-// Defaults. The flag names and these values are contracts (issue 2).
+// Defaults. The flag names and these values are contracts: scripts and units rely on them.
 const (
 	defaultPool       = "13.8.0.0/24"
 	defaultResolvConf = "/etc/resolv.conf"
@@ -53,6 +53,7 @@ type flags struct {
 	prefixLen  int
 	logLevel   string
 	logFormat  string
+	logPrefix  string
 	metrics    string
 	tls        tlsconf.Files
 	configFile *string
@@ -83,6 +84,7 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.DurationVar(&f.electTTL, "election-ttl", 5*time.Second, "etcd only: session TTL of the leader election; a dead leader is replaced within about this long (whole seconds, at least 1s)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logPrefix, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (host:port or unix:///path; empty: off)")
 	fs.StringVar(&f.tls.Cert, "tls-cert", "", "certificate (PEM) of the gRPC API; with --tls-key and --tls-ca it requires client certificates (mutual TLS)")
 	fs.StringVar(&f.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
@@ -226,7 +228,7 @@ func (f *flags) config() (config, error) {
 		c.limits = pool.Limits{PerIP: f.perIP.value(size, autoPerIP), PerPrefix: f.perPrefix.value(size, autoPerPrefix), PrefixLen: f.prefixLen}
 	}
 
-	c.log = logging.Options{Level: f.logLevel, Format: f.logFormat}
+	c.log = logging.Options{Level: f.logLevel, Format: f.logFormat, Priority: f.logPrefix}
 	if _, _, err := logging.New(nil, c.log); err != nil {
 		add(err) // logging names the flag itself
 	}

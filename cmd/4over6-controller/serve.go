@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/controller"
@@ -46,7 +48,8 @@ type daemon struct {
 	flags   *pflag.FlagSet
 	log     *slog.Logger
 	level   *slog.LevelVar
-	dns     [dns.Count]netip.Addr
+	dns     [dns.Count]netip.Addr // configured (flag, file or resolv.conf)
+	dnsRes  dns.Result            // how dns was chosen
 	store   *store.Monitor
 	etcd    *store.Etcd // nil with bbolt
 	elector leader.Elector
@@ -57,6 +60,7 @@ type daemon struct {
 	health  *health.Server
 	gm      *metrics.GRPC // counts and times the gRPC requests
 	guard   *authz.Guard  // access and audit of the gRPC API
+	notify  *sdnotify.Notifier
 	// leading is what readiness reads: set when this controller starts and
 	// stops leading.
 	leading atomic.Bool
@@ -94,9 +98,11 @@ func (d *daemon) open(ctx context.Context, logw io.Writer) error {
 	if d.log, d.level, err = logging.New(logw, d.cfg.log); err != nil {
 		return usageError{err}
 	}
-	if d.dns, err = pickDNS(d.cfg, d.log); err != nil {
+	d.notify = sdnotify.New(d.log)
+	if d.dnsRes, err = pickDNS(d.cfg, d.log); err != nil {
 		return usageError{fmt.Errorf("--dns: %v", err)}
 	}
+	d.dns = d.dnsRes.Servers
 	d.guard = authz.New(d.log, &pb.ControllerService_ServiceDesc, &pb.LeaseService_ServiceDesc, &healthpb.Health_ServiceDesc)
 	for _, step := range []func(context.Context) error{d.openStore, d.restore, d.newController, d.startMetrics, d.listen, d.newServer} {
 		if err := step(ctx); err != nil {
@@ -213,13 +219,71 @@ func (d *daemon) newController(context.Context) error {
 		GracePeriod:       cfg.grace,
 		ReuseCooldown:     cfg.cooldown,
 		Limits:            cfg.limits,
+		DNSFrom:           d.dnsFrom(),
+		RangeFrom:         d.origin("pool-range"),
 	})
 	if err != nil {
 		return d.stateProblem(err)
 	}
 	d.ctl = ctl
 	d.leading.Store(cfg.etcd == nil) // bbolt: New loaded the state, this controller leads
+	d.warnPublicDNS()
 	return nil
+}
+
+// origin is where the value of a flag came from: "default", "flag" or
+// "file PATH:LINE".
+func (d *daemon) origin(flag string) string {
+	if d.flags == nil {
+		return cfgpkg.Origin{}.String()
+	}
+	return cfgpkg.OriginOf(d.flags, flag).String()
+}
+
+// dnsFrom is where the configured DNS servers came from: --dns (flag or
+// file), else resolv.conf and/or the public fallbacks.
+func (d *daemon) dnsFrom() string {
+	if len(d.cfg.dns) > 0 {
+		return d.origin("dns")
+	}
+	var from []string
+	for _, s := range d.dnsRes.Sources {
+		switch s {
+		case dns.FromResolvConf:
+			from = append(from, "resolv.conf "+d.cfg.resolvConf)
+		default:
+			from = append(from, string(s))
+		}
+	}
+	return strings.Join(from, " + ")
+}
+
+// warnPublicDNS says, loudly, that clients are told to use public DNS
+// servers because neither --dns nor resolv.conf gave three: an operator
+// whose clients must use their own resolvers wants to know at once. A DNS
+// list set at run time, in effect instead, silences it.
+func (d *daemon) warnPublicDNS() {
+	if !slices.Contains(d.dnsRes.Sources, dns.FromFallbacks) {
+		return
+	}
+	if set, err := d.ctl.Settings(); err == nil && set.DNSStored {
+		return
+	}
+	var public []netip.Addr
+	for _, a := range d.dns {
+		if slices.Contains(dns.DefaultFallbacks(), a) && !slices.Contains(public, a) {
+			public = append(public, a)
+		}
+	}
+	attrs := []any{"dns", joinAddrs(d.dns[:]), "public", joinAddrs(public), "resolv_conf", d.cfg.resolvConf}
+	if err := d.dnsRes.ResolvConfErr; err != nil {
+		attrs = append(attrs, "resolv_conf_error", err)
+	}
+	why := "--dns is not set and --resolv-conf has fewer than three usable nameservers"
+	if len(d.cfg.dns) > 0 {
+		why = "--dns gives fewer than three servers"
+	}
+	d.log.Warn("handing out public DNS servers: "+why+"; give three with --dns (or 4over6ctl dns set)", attrs...)
 }
 
 func (d *daemon) startMetrics(context.Context) error {
@@ -314,9 +378,11 @@ func (d *daemon) run(ctx context.Context) error {
 	if d.metrics != nil {
 		bg.Go(func() error { return d.watchMetrics(bgctx) })
 	}
+	bg.Go(func() error { d.notify.Watchdog(bgctx, d.ctl.Stuck); return nil })
 	g.Go(d.serveGRPC)
 	g.Go(func() error {
 		<-bgctx.Done()
+		d.notify.Stopping("shutting down")
 		d.log.Info("shutting down", "grace", shutdownGrace)
 		if d.metrics != nil {
 			d.metrics.NotReady("shutting down")
@@ -331,7 +397,25 @@ func (d *daemon) run(ctx context.Context) error {
 		return err
 	})
 	d.logStarted()
+	// The listener was opened by start: connections made from here on are
+	// accepted (queued until Serve takes them).
+	d.notify.Ready(d.statusLine())
 	return g.Wait()
+}
+
+// statusLine is what `systemctl status` shows.
+func (d *daemon) statusLine() string {
+	if d.leading.Load() {
+		return "leading; serving on " + d.cfg.listen.String()
+	}
+	return "standby (leader: " + orUnknown(d.ctl.Status().LeaderID) + "); serving on " + d.cfg.listen.String()
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // serveGRPC serves until the server is stopped; a listener that fails is
@@ -379,14 +463,19 @@ func (d *daemon) elect(ctx context.Context) error {
 			}
 			d.leading.Store(true)
 			d.setHealth(true)
+			d.notify.Status(d.statusLine())
 			return nil
 		},
 		Lost: func(id string) {
 			d.leading.Store(false)
 			d.setHealth(false)
 			d.ctl.Deactivate(id)
+			d.notify.Status(d.statusLine())
 		},
-		Leader: d.ctl.SetLeader,
+		Leader: func(id string) {
+			d.ctl.SetLeader(id)
+			d.notify.Status(d.statusLine())
+		},
 	})
 	if unusable != nil {
 		return d.stateProblem(unusable)
@@ -412,8 +501,24 @@ func (d *daemon) watchMetrics(ctx context.Context) error {
 	}
 }
 
+// logStarted says what the controller runs with: the values in effect and
+// where each came from (default, flag, file PATH:LINE, or stored: set at
+// run time with dns set, pool set-range or apply, which wins over both).
+// A standby does not have the store's settings yet: it shows the
+// configured ones, and the state loaded line of its election the rest.
 func (d *daemon) logStarted() {
 	cfg := d.cfg
+	dnsNow, dnsFrom, rangeFrom := d.dns, d.dnsFrom(), d.origin("pool-range")
+	if set, err := d.ctl.Settings(); err == nil {
+		dnsNow = set.DNS
+		if set.DNSStored {
+			dnsFrom = fromStored
+		}
+		if set.RangeStored {
+			rangeFrom = fromStored
+		}
+	}
+	o := d.origin
 	d.log.Info("controller started",
 		"version", version.String(),
 		"id", cfg.id,
@@ -424,14 +529,24 @@ func (d *daemon) logStarted() {
 		"range", rangeString(d.ctl, cfg),
 		"gateway", gatewayOf(cfg.pool.Prefix),
 		"route", cfg.route,
-		"dns", joinAddrs(d.dns[:]),
+		"dns", joinAddrs(dnsNow[:]),
 		"grace_period", cfg.grace,
 		"dataplane_timeout", cfg.dpTimeout,
 		"reuse_cooldown", cfg.cooldown,
 		"max_leases_per_ip", limitText(cfg.limits.PerIP),
 		"max_leases_per_prefix", limitText(cfg.limits.PerPrefix),
-		"lease_prefix_length", cfg.limits.PrefixLen)
+		"lease_prefix_length", cfg.limits.PrefixLen,
+		slog.Group("from",
+			"id", o("controller-id"), "listen", o("listen"), "store", o("store"), "pool", o("pool"),
+			"range", rangeFrom, "route", o("route"), "dns", dnsFrom,
+			"grace_period", o("grace-period"), "dataplane_timeout", o("dataplane-timeout"),
+			"reuse_cooldown", o("reuse-cooldown"), "max_leases_per_ip", o("max-leases-per-ip"),
+			"max_leases_per_prefix", o("max-leases-per-prefix"), "lease_prefix_length", o("lease-prefix-length")))
 }
+
+// fromStored is the origin of a value set at run time and kept in the
+// store.
+const fromStored = "stored"
 
 // stateProblem marks an unusable state (exit code 3) and says what the
 // operator can do about it; other errors pass as they are.
@@ -472,19 +587,18 @@ func limitText(n int) string {
 	return fmt.Sprint(n)
 }
 
-// pickDNS chooses the three DNS servers and logs where they came from.
-func pickDNS(cfg config, log *slog.Logger) ([dns.Count]netip.Addr, error) {
+// pickDNS chooses the three DNS servers of the configuration; the public
+// fallbacks, if it had to use them, are warned about once the store's
+// settings are known (warnPublicDNS).
+func pickDNS(cfg config, log *slog.Logger) (dns.Result, error) {
 	res, err := dns.Servers(cfg.dns, cfg.resolvConf, nil)
 	if err != nil {
-		return res.Servers, err
+		return res, err
 	}
-	if res.ResolvConfErr != nil {
-		lvl := slog.LevelWarn
-		if errors.Is(res.ResolvConfErr, fs.ErrNotExist) {
-			lvl = slog.LevelInfo // normal in containers and tests
-		}
-		log.Log(context.Background(), lvl, "cannot read resolv.conf; using fallback DNS servers",
-			"path", cfg.resolvConf, "error", res.ResolvConfErr)
+	if res.ResolvConfErr != nil && !errors.Is(res.ResolvConfErr, fs.ErrNotExist) {
+		// A missing file is normal in containers and tests: the warning
+		// about the fallbacks says it.
+		log.Warn("cannot read resolv.conf", "path", cfg.resolvConf, "error", res.ResolvConfErr)
 	}
 	if len(res.Ignored) > 0 {
 		log.Info("ignoring resolv.conf nameservers that only work on this host",
@@ -495,7 +609,7 @@ func pickDNS(cfg config, log *slog.Logger) ([dns.Count]netip.Addr, error) {
 		sources[i] = string(s)
 	}
 	log.Debug("DNS servers chosen", "dns", joinAddrs(res.Servers[:]), "from", strings.Join(sources, "+"))
-	return res.Servers, nil
+	return res, nil
 }
 
 func joinAddrs(as []netip.Addr) string {
@@ -512,7 +626,7 @@ func metricsSource(ctl *controller.Controller) ctlmetrics.Source {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		st := ctl.Status()
-		s := ctlmetrics.Snapshot{Version: st.Version, Leader: st.Leader}
+		s := ctlmetrics.Snapshot{ID: st.ID, Version: st.Version, Leader: st.Leader}
 		if pi, err := ctl.PoolInfo(ctx); err == nil {
 			p := ctlmetrics.FromPool(pi.Stats)
 			s.Pool = &p
@@ -524,6 +638,8 @@ func metricsSource(ctl *controller.Controller) ctlmetrics.Source {
 			s.Dataplanes = map[string]int{}
 			for _, d := range dps {
 				s.Dataplanes[strings.ToLower(d.State.String())]++
+				up := d.State == controller.StateUp || d.State == controller.StateDraining
+				s.DataplaneList = append(s.DataplaneList, ctlmetrics.Dataplane{ID: d.ID, Up: up, LastHeartbeat: d.LastContact})
 			}
 		}
 		return s

@@ -44,6 +44,7 @@ type options struct {
 	prefixAcceptBurst int
 	logLevel          string
 	logFormat         string
+	logPrefix         string
 	tls               tlsconf.Files
 	pprof             string
 	metrics           string
@@ -53,6 +54,7 @@ type options struct {
 	clientToClient    bool
 	handoffTimeout    time.Duration
 	pidFile           string
+	bgp               bgpOptions
 	configFile        *string
 	checks            *config.Checks
 	args              []string // the command line, read again on SIGHUP
@@ -123,18 +125,21 @@ Exit codes:
 	f.StringVar(&o.tls.CA, "tls-ca", "", "CA (PEM) that signs the peers' certificates")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.logPrefix, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	f.StringVar(&o.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port or unix:///path; empty: off)")
 	f.BoolVar(&o.nat, "nat", false, "enable IPv4 forwarding and masquerade the pool out of the uplinks (nftables table \"ip fourover6\", removed on exit)")
 	f.StringSliceVar(&o.natInterfaces, "nat-interface", nil, "with --nat: masquerade only out of these interfaces (default: every interface but the TUN)")
 	f.StringSliceVar(&o.allow, "allow", nil, "let clients reach `CIDR` (or an address; comma separated, repeatable) although a built-in rule refuses it; the most specific prefix wins (reloaded on SIGHUP)")
 	f.StringSliceVar(&o.deny, "deny", nil, "refuse clients every destination in `CIDR` (or an address; comma separated, repeatable); the most specific prefix wins (reloaded on SIGHUP)")
 	f.BoolVar(&o.clientToClient, "allow-client-to-client", false, "let clients reach each other's addresses through the tunnel (the host must forward IPv4; reloaded on SIGHUP)")
-	f.DurationVar(&o.handoffTimeout, "handoff-timeout", 15*time.Second, "on SIGUSR2 or `4over6ctl dataplane upgrade`: how long the new process may take to become ready before this one gives up and serves on")
+	f.DurationVar(&o.handoffTimeout, "handoff-timeout", 15*time.Second, "on SIGUSR2 or 4over6ctl dataplane upgrade: how long the new process may take to become ready before this one gives up and serves on")
 	f.StringVar(&o.pidFile, "pid-file", "", "write the serving process's id to this file (rewritten by the new process after a hand-off); for service managers that follow a PID file")
+	o.bgp.addFlags(f)
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
 	f.MarkHidden("pprof")
+	version.SetCommand(cmd) // --version: version, commit, build date, Go version
 	return cmd
 }
 
@@ -210,7 +215,7 @@ func (o *options) validate() error {
 	if !valid {
 		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
 	}
-	if _, _, err := logging.New(io.Discard, logging.Options{Level: o.logLevel, Format: o.logFormat}); err != nil {
+	if _, _, err := logging.New(io.Discard, o.logOptions()); err != nil {
 		return err
 	}
 	if o.metrics != "" {
@@ -222,6 +227,9 @@ func (o *options) validate() error {
 		return errors.New("--nat-interface needs --nat")
 	}
 	if _, err := o.policyRules(); err != nil {
+		return err
+	}
+	if _, _, err := o.bgp.config(); err != nil {
 		return err
 	}
 	return nil
@@ -266,4 +274,9 @@ func listenNetwork(addr string) string {
 		return "tcp6"
 	}
 	return "tcp"
+}
+
+// logOptions are the logging flags.
+func (o *options) logOptions() logging.Options {
+	return logging.Options{Level: o.logLevel, Format: o.logFormat, Priority: o.logPrefix}
 }

@@ -12,8 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	sd "github.com/coreos/go-systemd/v22/daemon"
-
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
@@ -39,14 +38,15 @@ type inheritedFiles struct {
 	Pool       string // for the successor's log
 }
 
-// bgpHandoff is where a BGP speaker (package dataplane/bgp) joins the
-// hand-off once it is wired into the daemon. commit runs after the new
-// process said it is ready and before this one commits: it calls
-// Speaker.Handoff (sessions closed without NOTIFICATION, so the routers
-// keep the routes, stale, for the restart time); an error abandons the
-// hand-off. rollback runs when the hand-off is abandoned after commit ran:
-// it starts the speaker again. The new process starts its speaker with
-// bgp.Config.Restarting when takeOver returns. Both nil: no speaker.
+// bgpHandoff is the BGP speaker's (package dataplane/bgp) part in a
+// hand-off. commit runs once the commit is sent, when the successor owns
+// the sessions: it calls Speaker.Handoff (sessions closed without
+// NOTIFICATION and without withdrawing, so the routers keep the routes,
+// stale, for the restart time, until the successor's speaker, started with
+// bgp.Config.Restarting and every taken-over client announced, sends them
+// again). Nothing touches the speaker before that point, so a hand-off
+// abandoned earlier leaves it serving as it was: rollback only says so.
+// Both nil: no speaker.
 type bgpHandoff struct {
 	commit   func() error
 	rollback func()
@@ -128,7 +128,7 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, d.o.handoffTimeout,
 		fmt.Errorf("the new process was not ready within --handoff-timeout %s", d.o.handoffTimeout))
 	defer cancel()
-	child, err := handoff.Start(path, append([]string{os.Args[0]}, d.o.args...), os.Environ())
+	child, err := handoff.Start(path, append([]string{os.Args[0]}, d.o.args...), sdnotify.ChildEnv(os.Environ()))
 	if err != nil {
 		return r, err
 	}
@@ -191,17 +191,13 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 	if _, err := child.Recv(ctx, handoff.KindReady, nil); err != nil {
 		return r, fail("new process taking the sessions", err)
 	}
-	if h := d.bgp; h.commit != nil {
-		if err := h.commit(); err != nil {
-			return r, fail("BGP graceful restart", err)
-		}
-		if h.rollback != nil {
-			defer func() {
-				if !committed {
-					h.rollback()
-				}
-			}()
-		}
+	bh := d.bgpHandoff
+	if bh.rollback != nil {
+		defer func() {
+			if !committed {
+				bh.rollback()
+			}
+		}()
 	}
 	if err := child.Send(handoff.KindCommit, struct{}{}, nil); err != nil {
 		return r, fail("commit", err)
@@ -209,12 +205,17 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 	committed = true
 	frozen.Thaw(false)
 	r.Paused = time.Since(pause)
-	r.Took = time.Since(start)
 	d.handedOver.Store(true)
-	// The service manager follows the new process from now on.
-	if _, err := sd.SdNotify(false, "MAINPID="+strconv.Itoa(r.NewPID)); err != nil {
-		d.log.Warn("could not tell systemd the new main PID", "err", err)
+	// The service manager follows the new process from now on; this one
+	// tells it nothing more (no STOPPING=1, no watchdog pings).
+	d.notify.HandedOver(r.NewPID)
+	if bh.commit != nil {
+		// The successor serves the clients now; it announces them itself.
+		if err := bh.commit(); err != nil {
+			d.log.Error("BGP: handing the sessions over failed; the new process announces the clients again", "err", err)
+		}
 	}
+	r.Took = time.Since(start)
 	return r, nil
 }
 
@@ -335,6 +336,11 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 	if err := d.newPolicy(); err != nil {
 		return err
 	}
+	// Not started before the commit: until then the predecessor's speaker
+	// holds the sessions to the routers.
+	if err := d.newSpeaker(true); err != nil {
+		return err
+	}
 	if err := c.Send(handoff.KindPrepared, struct{}{}, nil); err != nil {
 		return err
 	}
@@ -375,6 +381,7 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 		return fmt.Errorf("the predecessor did not commit; not serving: %w", err)
 	}
 	committed = true
+	d.tookOver = true
 	d.log.Info("hand-off: took over from the predecessor", "predecessor_version", st.Version,
 		"sessions", len(st.Sessions), "pool", meta.Pool, "handoffs", st.Handoffs)
 	return d.openMetrics()
@@ -388,9 +395,11 @@ func (d *daemon) notifyReady() {
 			d.log.Error("--pid-file", "err", err)
 		}
 	}
-	if _, err := sd.SdNotify(false, "MAINPID="+strconv.Itoa(os.Getpid())+"\nREADY=1"); err != nil {
-		d.log.Warn("could not tell systemd this process is ready", "err", err)
+	if d.tookOver {
+		d.notify.ReadyAfterHandoff(d.statusLine())
+		return
 	}
+	d.notify.Ready(d.statusLine())
 }
 
 // writePIDFile writes the pid atomically (a rename), so a reader never

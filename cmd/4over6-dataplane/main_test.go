@@ -90,6 +90,26 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--deny", "metadata"}, `--deny: "metadata" is neither a prefix nor an address`},
 		{[]string{"--allow", "198.51.100.0/24", "--deny", "203.0.113.0/24,198.51.100.0/24"}, "--allow and --deny: 198.51.100.0/24 is both allowed and denied"},
 		{[]string{"--allow-client-to-client=maybe"}, "--allow-client-to-client"},
+		{[]string{"--bgp-peer", "198.51.100.2@65001"}, "--bgp-peer needs --bgp-asn"},
+		{[]string{"--bgp-aggregate"}, "--bgp-aggregate needs --bgp-asn"},
+		{[]string{"--bgp-announce-pool"}, "--bgp-aggregate needs --bgp-asn"},
+		{[]string{"--bgp-listen-port", "179"}, "--bgp-listen-port needs --bgp-asn"},
+		{[]string{"--bgp-asn", "65000"}, "--bgp-asn needs at least one --bgp-peer"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2"}, "--bgp-peer: BGP peer \"198.51.100.2\": want ADDR[:PORT]@ASN"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@0"}, "ASN 0 is reserved"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "fe80::1@65001"}, "link-local peers are not supported"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001,198.51.100.2:1179@65002"}, "given twice"},
+		{[]string{"--bgp-asn", "23456", "--bgp-peer", "198.51.100.2@65001"}, "local ASN 23456 is reserved"},
+		{[]string{"--bgp-asn", "-1"}, "--bgp-asn"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-router-id", "2001:db8::1"}, "--bgp-router-id \"2001:db8::1\": want an IPv4 address"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-router-id", "0.0.0.0"}, "BGP router id 0.0.0.0"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-next-hop", "here"}, "--bgp-next-hop \"here\""},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-next-hop", "127.0.0.1"}, "BGP next hop 127.0.0.1"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-communities", "65000:100,70000:1"}, "--bgp-communities: BGP community \"70000:1\""},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-hold-time", "2s"}, "--bgp-hold-time 2s: want 3s to 65535s"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-hold-time", "3500ms"}, "--bgp-hold-time 3.5s: want whole seconds"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-graceful-restart", "2h"}, "--bgp-graceful-restart 2h0m0s: at most 4095s"},
+		{[]string{"--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-connect-retry", "0s"}, "--bgp-connect-retry 0s: want 1s or more"},
 	}
 	for _, c := range cases {
 		ctx, cancel := context.WithTimeout(t.Context(), failAfter)
@@ -102,6 +122,44 @@ func TestBadFlags(t *testing.T) {
 		if !strings.Contains(errb.String(), c.want) {
 			t.Errorf("%v: stderr %q does not mention %q", c.args, errb.String(), c.want)
 		}
+	}
+}
+
+// The BGP flags pass --check-config and show in --print-config, from the
+// command line and from a config file; the defaults hold.
+func TestBGPConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dp.yaml")
+	if err := os.WriteFile(file, []byte("bgp-asn: 65000\nbgp-peer: [198.51.100.2@65001, \"[2001:db8::2]:1179@65002\"]\nbgp-communities: [65000:100, no-export]\nbgp-aggregate: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--controller", "unix://" + filepath.Join(dir, "none.sock"), "--api", "unix://" + filepath.Join(dir, "api.sock"),
+		"--bgp-router-id", "192.0.2.7"}
+	var out, errb lockedBuffer
+	if code := run(t.Context(), append(base, "--config", file, "--check-config"), &out, &errb); code != exitOK || out.String() != "" {
+		t.Fatalf("--check-config: exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	out.b.Reset()
+	if code := run(t.Context(), append(base, "--config", file, "--print-config", "--bgp-hold-time", "9s"), &out, &errb); code != exitOK {
+		t.Fatalf("--print-config: exit %d, stderr %q", code, errb.String())
+	}
+	for _, want := range []string{"bgp-asn: 65000", "198.51.100.2@65001", "[2001:db8::2]:1179@65002", "bgp-router-id: 192.0.2.7",
+		"bgp-hold-time: 9s", "bgp-graceful-restart: 30s", "bgp-connect-retry: 5s", "bgp-aggregate: true", "bgp-listen-port: 0", "no-export"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, out.String())
+		}
+	}
+	var o options
+	cmd := newCommand(&o)
+	if err := cmd.ParseFlags(append(base, "--bgp-asn", "65000", "--bgp-peer", "198.51.100.2@65001", "--bgp-hold-time", "0")); err != nil {
+		t.Fatal(err)
+	}
+	cfg, on, err := o.bgp.config()
+	if err != nil || !on {
+		t.Fatalf("config: %v %v", on, err)
+	}
+	if cfg.HoldTime >= 0 || cfg.RestartTime != 30*time.Second || len(cfg.Peers) != 1 || cfg.Peers[0].ASN != 65001 || cfg.RouterID != netip.MustParseAddr("192.0.2.7") {
+		t.Errorf("config %+v: want no hold time (negative), graceful restart 30s, one peer", cfg)
 	}
 }
 

@@ -26,11 +26,13 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
+	"github.com/fourover6/fourover6/dataplane/bgp"
 	"github.com/fourover6/fourover6/dataplane/ctlink"
 	"github.com/fourover6/fourover6/dataplane/handoff"
 	"github.com/fourover6/fourover6/dataplane/limit"
@@ -55,6 +57,7 @@ type daemon struct {
 	gs     *grpc.Server
 	health *health.Server
 	ms     *metrics.Server // nil without --metrics
+	notify *sdnotify.Notifier
 
 	grpcMetrics *metrics.GRPC
 	guard       *authz.Guard
@@ -66,8 +69,13 @@ type daemon struct {
 	ln         net.Listener // clients'
 	metricsLn  net.Listener // --metrics, handed over by a predecessor
 	upgrades   *upgrader
-	bgp        bgpHandoff  // the BGP speaker's part in a hand-off, once there is one
+	bgpHandoff bgpHandoff  // the BGP speaker's part in a hand-off
 	handedOver atomic.Bool // a successor serves: leave what it uses alone
+	tookOver   bool        // this process took over from a predecessor
+	// bgp announces the clients' addresses (nil without --bgp-asn). It is
+	// stopped after the data plane, or handed off (Handoff) to a successor
+	// process that keeps the routes.
+	bgp *bgp.Speaker
 }
 
 // serve runs the data plane until SIGINT or SIGTERM. The order matters:
@@ -78,13 +86,13 @@ type daemon struct {
 // registration's answer and serves. Errors an operator must fix are
 // usageErrors (exit 2, which the unit does not restart).
 func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer) error {
-	log, level, err := logging.New(stderr, logging.Options{Level: o.logLevel, Format: o.logFormat})
+	log, level, err := logging.New(stderr, o.logOptions())
 	if err != nil {
 		return usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{o: o, log: log, level: level}
+	d := &daemon{o: o, log: log, level: level, notify: sdnotify.New(log)}
 	d.upgrades = newUpgrader(d)
 	defer d.close()
 	parent, err := handoff.Inherited()
@@ -140,6 +148,9 @@ func (d *daemon) open() error {
 	if err := d.newPolicy(); err != nil {
 		return err
 	}
+	if err := d.newSpeaker(false); err != nil {
+		return err
+	}
 	if d.dp, err = dataplane.New(d.config(ln)); err != nil {
 		return err
 	}
@@ -172,7 +183,7 @@ func (d *daemon) dial() error {
 func (d *daemon) config(ln net.Listener) dataplane.Config {
 	o := d.o
 	d.apiEP, _ = endpoint.Parse(o.api) // validated
-	return dataplane.Config{
+	cfg := dataplane.Config{
 		ID: o.id, InstanceID: newInstanceID(), Version: version.String(), APIAddress: d.apiEP.String(),
 		Listener: ln, TUN: d.dev, MTU: o.mtu, Configure: d.configure,
 		ControlPlane: d.link, ControllerAddr: d.link.String(), Logger: d.log, Policy: d.pol,
@@ -185,6 +196,10 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 			PrefixAcceptRate: o.prefixAcceptRate, PrefixAcceptBurst: o.prefixAcceptBurst,
 		},
 	}
+	if d.bgp != nil { // a nil *Speaker in the interface would not be nil
+		cfg.Routes = d.bgp
+	}
+	return cfg
 }
 
 // buildAPI builds the gRPC server (served by run).
@@ -202,6 +217,9 @@ func (d *daemon) buildAPI() error {
 	as.SetUpgrader(func(ctx context.Context) (api.UpgradeResult, error) {
 		return d.upgrades.Upgrade(context.WithoutCancel(ctx))
 	})
+	if d.bgp != nil {
+		as.SetBGP(d.bgp)
+	}
 	as.Register(d.gs)
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.gs, d.health)
@@ -234,6 +252,9 @@ func (d *daemon) openMetrics() error {
 	}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(dpmetrics.New(d.dp), d.grpcMetrics, dpmetrics.NewAudit(d.guard))
+	if d.bgp != nil {
+		reg.MustRegister(dpmetrics.NewBGP(d.bgp))
+	}
 	cfg := metrics.Config{Addr: d.o.metrics, Registry: reg, Logger: d.log,
 		Ready: func(context.Context) error { return d.dp.Ready() }}
 	var ms *metrics.Server
@@ -286,11 +307,16 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		return nil
 	})
 	g.Go(func() error { d.upgrades.watch(gctx); return nil })
+	g.Go(func() error { d.notify.Watchdog(gctx, d.dp.Stuck); return nil })
+	g.Go(func() error { d.showStatus(gctx); return nil })
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
-		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat,
+		"api", d.apiEP.String(), "controller", d.link.String(), "metrics", d.o.metrics, "nat", d.o.nat, "bgp", d.bgp != nil,
 		"keepalive_interval", d.o.keepaliveInterval, "keepalive_timeout", d.o.keepaliveTimeout)
+	// Every listener is open (open, or taken over): connections are
+	// accepted from here on, and served once the controller answered the
+	// registration.
 	d.notifyReady()
 	err := classify(d.dp.Run(gctx))
 	if errors.Is(err, dataplane.ErrHandedOver) {
@@ -300,6 +326,7 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 			ul.SetUnlinkOnClose(false) // the socket is the new process's now
 		}
 	} else {
+		d.stopBGP() // the clients are gone: so are their routes
 		d.log.Info("data plane stopped")
 	}
 	cancel() // the rest stops with it
@@ -308,6 +335,34 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		err = gerr
 	}
 	return err
+}
+
+// showStatus keeps the status systemd shows up to date until ctx ends,
+// and says STOPPING=1 then.
+func (d *daemon) showStatus(ctx context.Context) {
+	if !d.notify.Enabled() {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.notify.Stopping("shutting down")
+			return
+		case <-t.C:
+			d.notify.Status(d.statusLine())
+		}
+	}
+}
+
+// statusLine is what `systemctl status` shows.
+func (d *daemon) statusLine() string {
+	if err := d.dp.Ready(); err != nil {
+		return "not ready: " + err.Error() + "; controller " + d.link.String()
+	}
+	return "serving clients on " + d.o.listen + "; controller " + d.link.String()
 }
 
 // stopServing ends the API (gracefully, within 5 s) once the data plane
@@ -346,7 +401,7 @@ func classify(err error) error {
 }
 
 // configure is the data plane's Configure: the TUN's address from the
-// registration, then NAT.
+// registration, then NAT, then BGP.
 func (d *daemon) configure(a dataplane.Assignment) error {
 	if a.HandedOver {
 		// The predecessor configured the TUN; it stays as it is.
@@ -359,10 +414,12 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 	if err := d.watchHost(); err != nil {
 		return err
 	}
-	if !d.o.nat {
-		return nil
+	if d.o.nat {
+		if err := d.enableNAT(a); err != nil {
+			return err
+		}
 	}
-	return d.enableNAT(a)
+	return d.startBGP(a)
 }
 
 // configureAfterHandoff takes charge of what the predecessor configured:
@@ -372,12 +429,20 @@ func (d *daemon) configureAfterHandoff(a dataplane.Assignment) error {
 	if err := d.watchHost(); err != nil {
 		return err
 	}
-	if !d.o.nat {
-		return nil
+	if d.o.nat {
+		if err := d.enableNAT(a); err != nil {
+			return err
+		}
 	}
-	return d.enableNAT(a)
+	// The sessions are this process's already: a speaker that cannot start
+	// must not cost the clients their connections.
+	if err := d.startBGP(a); err != nil {
+		d.log.Error("BGP: the speaker did not start after the hand-off; the clients are not announced from this process", "err", err)
+	}
+	return nil
 }
 
+// enableNAT masquerades the pool (--nat) until the daemon closes.
 func (d *daemon) enableNAT(a dataplane.Assignment) error {
 	undoNAT, err := nat.Enable(nat.Config{Pool: a.Pool, TUN: d.dev.Name(), Interfaces: d.o.natInterfaces, Logger: d.log})
 	if err != nil {

@@ -259,7 +259,7 @@ func TestDataplanesListAndDrain(t *testing.T) {
 		t.Errorf("remove of an up data plane: %q", r.stderr)
 	}
 	r = c("dataplane", "remove", "dp1", "-o", "json").expect(t, 1)
-	if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 1 || !strings.Contains(e.Error, "failedprecondition: data plane dp1 is up") {
+	if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != 1 || !strings.Contains(e.Error, "controller at "+addr+": refused: data plane dp1 is up") {
 		t.Errorf("remove error as JSON: %q", r.stderr)
 	}
 	r = c("dataplane", "remove", "dp2", "-o", "json").expect(t, 0)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -122,8 +123,9 @@ func deref(n *yaml.Node) *yaml.Node {
 	return n
 }
 
-// mapping walks a mapping node, rejecting duplicate and unknown keys.
-func (p specParser) mapping(n *yaml.Node, where string, known []string, f func(key string, k, v *yaml.Node) error) error {
+// mapping walks a mapping node, rejecting duplicate and unknown keys; the
+// ignored keys are skipped (f is not called for them).
+func (p specParser) mapping(n *yaml.Node, where string, known []string, f func(key string, k, v *yaml.Node) error, ignored ...string) error {
 	n = deref(n)
 	if n.Kind != yaml.MappingNode {
 		return p.errorf(n, "%s: want a mapping with the keys %s", where, strings.Join(known, ", "))
@@ -136,11 +138,10 @@ func (p specParser) mapping(n *yaml.Node, where string, known []string, f func(k
 			return p.errorf(k, "%s: key %q given twice", where, key)
 		}
 		seen[key] = true
-		ok := false
-		for _, kn := range known {
-			ok = ok || kn == key
+		if slices.Contains(ignored, key) {
+			continue
 		}
-		if !ok {
+		if !slices.Contains(known, key) {
 			return p.errorf(k, "unknown key %q in %s (known keys: %s)", key, where, strings.Join(known, ", "))
 		}
 		if err := f(key, k, v); err != nil {
@@ -224,6 +225,8 @@ func parseApplyFile(file string, data []byte) (*applySpec, error) {
 			for _, item := range v.Content {
 				item = deref(item)
 				var r Reservation
+				// in_use and holder are what "reservations list" adds: its
+				// output applies as it is, and they are ignored.
 				err := p.mapping(item, "a reservation", []string{"client", "ipv4"}, func(key string, _, v *yaml.Node) error {
 					s, err := p.scalar(v, key)
 					if err != nil {
@@ -240,7 +243,7 @@ func parseApplyFile(file string, data []byte) (*applySpec, error) {
 						return p.errorf(v, "%s: %v", key, err)
 					}
 					return nil
-				})
+				}, "in_use", "holder")
 				if err != nil {
 					return err
 				}

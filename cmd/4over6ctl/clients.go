@@ -21,42 +21,41 @@ func (a *app) clientsCommand() *cobra.Command {
 		a.clientsGetCommand(),
 		a.clientsKickCommand(),
 		a.clientsWatchCommand(),
+		a.clientsCaptureCommand(),
+		a.clientsTopCommand(),
 	)
 }
 
 // clientFilter is the filter of clients list and clients watch.
 type clientFilter struct {
-	dataplane   string // --dataplane: shadows the global address flag
-	dataplaneID string // --dataplane-id: the same, older name
+	dataplaneID string // --dataplane-id
 	v6Prefix    string
 }
 
-const dataplaneFilterNote = `--dataplane is a data plane id here (as --dataplane-id); a value that is an
-address (unix:///path or host:port) is the global data plane address and is
-ignored: this command talks to the controller only.`
+const dataplaneFilterNote = `--dataplane-id ID keeps the clients of one data plane. --dataplane is the
+data plane's address, as on every command (this one does not use it); an id
+given to --dataplane is still taken as the filter, with a deprecation note on
+standard error.`
 
 func (f *clientFilter) addFlags(cmd *cobra.Command) {
-	// A local --dataplane shadows the persistent one of the root: on this
-	// command, wherever it is written, it is the filter.
-	cmd.Flags().StringVar(&f.dataplane, "dataplane", "", "only clients on the data plane with this id (a filter here, not an address)")
-	cmd.Flags().StringVar(&f.dataplaneID, "dataplane-id", "", "the same as --dataplane")
+	cmd.Flags().StringVar(&f.dataplaneID, "dataplane-id", "", "only clients on the data plane with this id")
 	cmd.Flags().StringVar(&f.v6Prefix, "v6-prefix", "", "only clients whose IPv6 address is inside this prefix, e.g. fd00:46::/64 (an address means /128)")
 }
 
 // values checks the filter and returns the data plane id and the IPv6 prefix
 // to send ("" when unset).
-func (f *clientFilter) values(cmd *cobra.Command) (string, string, error) {
+func (a *app) filterValues(cmd *cobra.Command, f *clientFilter) (string, string, error) {
 	id := f.dataplaneID
-	if cmd.Flags().Changed("dataplane") {
-		// An address here is the global --dataplane flag written before
-		// the command (scripts set both daemons' addresses up front): this
-		// command does not talk to the data plane, so it is ignored.
-		if !looksLikeAddress(f.dataplane) {
-			if id != "" && id != f.dataplane {
-				return "", "", usageErrorf("--dataplane %q and --dataplane-id %q disagree: give one", f.dataplane, id)
-			}
-			id = f.dataplane
+	// --dataplane was this command's id filter once. An address there is
+	// the data plane's address (scripts set both daemons' addresses up
+	// front), which this command does not need; an id is the old filter.
+	if fl := cmd.Flag("dataplane"); fl != nil && fl.Changed && !looksLikeAddress(a.dataplane.flagValue) {
+		old := a.dataplane.flagValue
+		if id != "" && id != old {
+			return "", "", usageErrorf("--dataplane %q (the deprecated spelling of --dataplane-id) and --dataplane-id %q disagree: give --dataplane-id only", old, id)
 		}
+		id = old
+		fmt.Fprintf(a.stderr, "4over6ctl: warning: --dataplane %s as a filter is deprecated: use --dataplane-id %s (--dataplane is the data plane's address)\n", old, old)
 	}
 	prefix := ""
 	if cmd.Flags().Changed("v6-prefix") {
@@ -102,21 +101,29 @@ func parseIPv6Prefix(s string) (netip.Prefix, error) {
 
 func (a *app) clientsListCommand() *cobra.Command {
 	var f clientFilter
+	var by string
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the clients holding an address",
 		Long: `List every client holding an address, sorted by IPv4 address, optionally only
-those on one data plane (--dataplane ID) or from one IPv6 prefix (--v6-prefix).
-With -o json: a JSON array of client objects ([] when there are none).
+those on one data plane (--dataplane-id ID) or from one IPv6 prefix
+(--v6-prefix). --sort rate puts the busiest first (bytes per second, both
+ways, over the data planes' last two reports). With -o json: a JSON array of
+client objects ([] when there are none).
 
 ` + dataplaneFilterNote,
 		Example: `  4over6ctl clients list
-  4over6ctl clients list --dataplane dp1 --v6-prefix fd00:46::/64
-  4over6ctl clients list -o json | jq -r '.[] | "\(.ipv4) \(.ipv6)"'`,
+  4over6ctl clients list --dataplane-id dp1 --v6-prefix fd00:46::/64
+  4over6ctl clients list -o json | jq -r '.[] | "\(.ipv4) \(.ipv6)"'
+  4over6ctl clients list --sort rate`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			id, prefix, err := f.values(cmd)
+			id, prefix, err := a.filterValues(cmd, &f)
+			if err != nil {
+				return err
+			}
+			sortBy, err := parseSort(by)
 			if err != nil {
 				return err
 			}
@@ -124,10 +131,12 @@ With -o json: a JSON array of client objects ([] when there are none).
 			if err != nil {
 				return err
 			}
+			sortBy(clients)
 			return a.emit(clients, func(w io.Writer) { a.clientsTable(w, clients) })
 		},
 	}
 	f.addFlags(cmd)
+	cmd.Flags().StringVar(&by, "sort", "address", "order: address (IPv4 address) or rate (bytes per second both ways, busiest first)")
 	return needs(cmd, needController)
 }
 
@@ -155,6 +164,26 @@ func (a *app) listClients(cmd *cobra.Command, req *cpv1.ListClientsRequest) ([]C
 	return clients, nil
 }
 
+// parseSort checks --sort and returns the sort it names.
+func parseSort(by string) (func([]Client), error) {
+	switch strings.ToLower(strings.TrimSpace(by)) {
+	case "address", "addr", "ipv4", "":
+		return sortClients, nil
+	case "rate":
+		return sortByRate, nil
+	}
+	return nil, usageErrorf("invalid --sort %q: want address or rate", by)
+}
+
+// sortByRate puts the busiest clients first (bytes per second, both ways),
+// then by address.
+func sortByRate(clients []Client) {
+	sortClients(clients)
+	sort.SliceStable(clients, func(i, j int) bool { return clients[i].Rates.total() > clients[j].Rates.total() })
+}
+
+func (r Rates) total() float64 { return r.BytesFromClientPerSecond + r.BytesToClientPerSecond }
+
 func sortClients(clients []Client) {
 	sort.SliceStable(clients, func(i, j int) bool { return addrLess(clients[i].IPv4, clients[j].IPv4) })
 }
@@ -162,27 +191,80 @@ func sortClients(clients []Client) {
 func (a *app) clientsGetCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get ADDR",
-		Short: "Show the client holding one IPv4 address",
-		Long: `Show the client holding the IPv4 address ADDR.
-Exits 4 when no client holds it. With -o json: one client object.`,
-		Example: `  4over6ctl clients get 13.8.0.2 -o json`,
-		Args:    ipv4Arg,
+		Short: "Show the client holding an IPv4 address, or connected from an IPv6 address",
+		Long: `Show the client holding the IPv4 address ADDR, or the one connected from the
+IPv6 address ADDR (the client's outer address, as in "clients list").
+Exits 4 when no client matches. An IPv6 address connected several times (it
+holds several IPv4 addresses) is an error (exit 1) that lists them: give one
+of their IPv4 addresses, or see them all with "clients list --v6-prefix ADDR".
+With -o json: one client object.`,
+		Example: `  4over6ctl clients get 13.8.0.2 -o json
+  4over6ctl clients get fd00:46::2`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := exactArgs("ADDR")(cmd, args); err != nil {
+				return err
+			}
+			_, err := parseClientAddr(args[0])
+			return err
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			addr, _ := parseIPv4(args[0])
-			ctx, cancel := a.callContext(cmd)
-			defer cancel()
-			resp, err := a.ctrl().GetClient(ctx, &cpv1.GetClientRequest{Address: addr.String()})
-			if err != nil {
-				return notFound(a.rpcError(a.controller, err), "no client holds %s", addr)
+			addr, _ := parseClientAddr(args[0])
+			var cl Client
+			if addr.Is6() {
+				c, err := a.clientByIPv6(cmd, addr)
+				if err != nil {
+					return err
+				}
+				cl = c
+			} else {
+				ctx, cancel := a.callContext(cmd)
+				defer cancel()
+				resp, err := a.ctrl().GetClient(ctx, &cpv1.GetClientRequest{Address: addr.String()})
+				if err != nil {
+					return notFound(a.rpcError(a.controller, err), "no client holds %s", addr)
+				}
+				if resp.GetClient() == nil {
+					return &cliError{code: exitNotFound, msg: fmt.Sprintf("no client holds %s", addr)}
+				}
+				cl = clientFromProto(resp.GetClient())
 			}
-			if resp.GetClient() == nil {
-				return &cliError{code: exitNotFound, msg: fmt.Sprintf("no client holds %s", addr)}
-			}
-			cl := clientFromProto(resp.GetClient())
 			return a.emit(cl, func(w io.Writer) { a.clientDetail(w, cl) })
 		},
 	}
 	return needs(cmd, needController)
+}
+
+// clientByIPv6 finds the one client connected from addr.
+func (a *app) clientByIPv6(cmd *cobra.Command, addr netip.Addr) (Client, error) {
+	clients, err := a.listClients(cmd, &cpv1.ListClientsRequest{Ipv6Prefix: netip.PrefixFrom(addr, 128).String()})
+	if err != nil {
+		return Client{}, err
+	}
+	switch len(clients) {
+	case 0:
+		return Client{}, &cliError{code: exitNotFound, msg: fmt.Sprintf("no client is connected from %s", addr)}
+	case 1:
+		return clients[0], nil
+	}
+	held := make([]string, len(clients))
+	for i, c := range clients {
+		held[i] = fmt.Sprintf("%s (port %d, data plane %s, session %s)", c.IPv4, c.Port, orDash(c.Dataplane), orDash(c.Session))
+	}
+	return Client{}, &cliError{code: exitError, msg: fmt.Sprintf("%s is connected %d times, holding %s: give one of these IPv4 addresses, or list them all with \"4over6ctl clients list --v6-prefix %s\"",
+		addr, len(clients), strings.Join(held, ", "), addr)}
+}
+
+// parseClientAddr accepts a client's IPv4 address or its (outer) IPv6
+// address.
+func parseClientAddr(s string) (netip.Addr, error) {
+	addr, err := netip.ParseAddr(strings.TrimSpace(s))
+	switch {
+	case err == nil && addr.Is4():
+		return addr, nil
+	case err == nil && addr.Is6() && !addr.Is4In6() && addr.Zone() == "":
+		return addr, nil
+	}
+	return netip.Addr{}, usageErrorf("invalid ADDR %q: want a client's IPv4 address such as 13.8.0.2 or its IPv6 address such as fd00:46::2", s)
 }
 
 // ipv4Arg checks a command's single IPv4 ADDR argument.
@@ -244,6 +326,12 @@ func clientFromProto(c *cpv1.Client) Client {
 			PacketsToClient:   k.GetPacketsToClient(),
 		},
 		Sticky: c.GetSticky(),
+		Rates: Rates{
+			BytesFromClientPerSecond:   c.GetRates().GetBytesFromClient(),
+			PacketsFromClientPerSecond: c.GetRates().GetPacketsFromClient(),
+			BytesToClientPerSecond:     c.GetRates().GetBytesToClient(),
+			PacketsToClientPerSecond:   c.GetRates().GetPacketsToClient(),
+		},
 	}
 }
 
@@ -252,12 +340,13 @@ func (a *app) clientsTable(w io.Writer, clients []Client) {
 		fmt.Fprintln(w, "No clients connected.")
 		return
 	}
-	fmt.Fprintln(w, "IPV4\tIPV6\tPORT\tDATAPLANE\tCONNECTED\tLAST HEARD\tFROM CLIENT\tTO CLIENT")
+	fmt.Fprintln(w, "IPV4\tIPV6\tPORT\tDATAPLANE\tCONNECTED\tLAST HEARD\tFROM CLIENT\tTO CLIENT\tFROM CLIENT/S\tTO CLIENT/S")
 	for _, c := range clients {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			c.IPv4, orDash(c.IPv6), c.Port, orDash(c.Dataplane),
 			a.ago(c.ConnectedSince), a.ago(c.LastHeard),
-			traffic(c.BytesFromClient, c.PacketsFromClient), traffic(c.BytesToClient, c.PacketsToClient))
+			traffic(c.BytesFromClient, c.PacketsFromClient), traffic(c.BytesToClient, c.PacketsToClient),
+			rate(c.BytesFromClientPerSecond, c.PacketsFromClientPerSecond), rate(c.BytesToClientPerSecond, c.PacketsToClientPerSecond))
 	}
 }
 
@@ -275,6 +364,8 @@ func (a *app) clientDetail(w io.Writer, c Client) {
 	fmt.Fprintf(w, "Last heard:\t%s\n", a.when(c.LastHeard))
 	fmt.Fprintf(w, "From client:\t%s\n", traffic(c.BytesFromClient, c.PacketsFromClient))
 	fmt.Fprintf(w, "To client:\t%s\n", traffic(c.BytesToClient, c.PacketsToClient))
+	fmt.Fprintf(w, "Rate from client:\t%s\n", rate(c.BytesFromClientPerSecond, c.PacketsFromClientPerSecond))
+	fmt.Fprintf(w, "Rate to client:\t%s\n", rate(c.BytesToClientPerSecond, c.PacketsToClientPerSecond))
 }
 
 func (a *app) clientsKickCommand() *cobra.Command {

@@ -13,13 +13,17 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
 )
 
-// On clients list and watch, --dataplane is the data plane id filter,
-// wherever it is written; elsewhere it stays the data plane's address.
+// On clients list and watch, the data plane id filter is --dataplane-id;
+// --dataplane is the data plane's address there too. An id given to
+// --dataplane (its old meaning there) still filters, with a deprecation
+// note on stderr.
 func TestDataplaneFilterVersusAddress(t *testing.T) {
 	t.Parallel()
 	ctrl := newController()
@@ -28,12 +32,17 @@ func TestDataplaneFilterVersusAddress(t *testing.T) {
 	// The environment's data plane address is irrelevant to clients list.
 	env := map[string]string{"FOUROVER6_DATAPLANE": "garbage"}
 
-	for _, args := range [][]string{
-		{"--controller", caddr, "clients", "list", "--dataplane", "dp2", "-o", "json"},
-		{"--controller", caddr, "--dataplane", "dp2", "clients", "list", "-o", "json"},
-		{"--controller", caddr, "clients", "list", "--dataplane=dp2", "--dataplane-id", "dp2", "-o", "json"},
-		{"--controller", caddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"},
+	for _, c := range []struct {
+		args       []string
+		deprecated bool
+	}{
+		{[]string{"--controller", caddr, "clients", "list", "--dataplane", "dp2", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "--dataplane", "dp2", "clients", "list", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "clients", "list", "--dataplane=dp2", "--dataplane-id", "dp2", "-o", "json"}, true},
+		{[]string{"--controller", caddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"}, false},
+		{[]string{"--controller", caddr, "--dataplane", daddr, "clients", "ls", "--dataplane-id", "dp2", "-o", "json"}, false},
 	} {
+		args := c.args
 		r := ctl(t, env, args...).expect(t, 0)
 		var cs []Client
 		if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 1 || cs[0].Dataplane != "dp2" {
@@ -44,6 +53,9 @@ func TestDataplaneFilterVersusAddress(t *testing.T) {
 			t.Errorf("%v: filter sent %q", args, ctrl.lastFilter)
 		}
 		ctrl.mu.Unlock()
+		if got := strings.Contains(r.stderr, "deprecated: use --dataplane-id dp2"); got != c.deprecated {
+			t.Errorf("%v: deprecation note %v, want %v: %q", args, got, c.deprecated, r.stderr)
+		}
 	}
 
 	// Two different ids: exit 2, nothing asked.
@@ -328,18 +340,6 @@ func TestClientsWatchErrors(t *testing.T) {
 	}
 	ctl(t, nil, "--controller", missing, "clients", "watch", "extra").expect(t, 2)
 
-	// Several addresses: a watch that was running when leadership moved
-	// ends with exit 1 and says so (it is not replayed: its events were
-	// printed already).
-	moved := newController()
-	moved.events, moved.watchEnd = []*cpv1.ClientEvent{}, notLeaderError("ctl-c")
-	maddr := serve(t, moved, nil)
-	r = ctl(t, nil, "--controller", maddr+","+missing, "clients", "watch", "-o", "json").expect(t, 1)
-	want := "controller at " + maddr + " stopped leading (the leader is ctl-c); run the command again"
-	if !strings.Contains(r.stdout, `"synced"`) || !strings.Contains(r.stderr, want) || moved.count("WatchClients") != 1 {
-		t.Errorf("leadership moved mid-watch: %q %q (want %q)", r.stdout, r.stderr, want)
-	}
-
 	// A listener that never speaks gRPC: --timeout bounds the wait for the
 	// first event, so the watch does not hang (exit 3: never connected).
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -375,4 +375,121 @@ func TestClientsWatchErrors(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("took %v", d)
 	}
+}
+
+// watchUntil runs clients watch until its stdout holds want lines, then
+// stops it (Ctrl-C) and returns its exit code and output.
+func watchUntil(t *testing.T, want int, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- runContext(ctx, append(args, "clients", "watch", "-o", "json"), &out, &errb, func(string) string { return "" })
+	}()
+	deadline := time.After(20 * time.Second)
+	for strings.Count(out.String(), "\n") < want {
+		select {
+		case code := <-done:
+			return code, out.String(), errb.String()
+		case <-deadline:
+			t.Fatalf("watch printed only:\n%s\nstderr:\n%s", out.String(), errb.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	return <-done, out.String(), errb.String()
+}
+
+// A watch whose stream is lost (leadership moved, the controller went)
+// reconnects and resumes: what changed meanwhile comes as events, the
+// current set is not printed again, and nothing says "not the leader".
+func TestClientsWatchReconnects(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	ctrl.events, ctrl.watchEnd = []*cpv1.ClientEvent{}, notLeaderError("ctl-c")
+	ctrl.beforeWatch = func(call int) {
+		switch call {
+		case 2: // the controller answers, then fails, then comes back
+			ctrl.watchEnd = status.Error(codes.Unavailable, "error reading from server: EOF")
+		case 3:
+			ctrl.fail = map[string]error{"WatchClients": status.Error(codes.Unavailable, "shutting down")}
+		case 4:
+			ctrl.fail = nil
+			// Meanwhile 13.8.0.2 went and 13.8.0.7 came.
+			ctrl.clients = []*cpv1.Client{ctrl.clients[0], {Address: "13.8.0.7", ClientIpv6: "fd00:46::7", ClientPort: 7,
+				DataplaneId: "dp1", SessionId: "s-7", ConnectedAt: timestamppb.New(t1)}}
+			ctrl.events = nil // the stream stays open
+		}
+	}
+	addr := serve(t, ctrl, nil)
+	code, out, errOut := watchUntil(t, 5, "--controller", addr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev ClientEvent
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		s := ev.Type
+		if ev.Client != nil {
+			s += " " + ev.Client.IPv4
+		}
+		if ev.Reason != "" {
+			s += " (" + ev.Reason + ")"
+		}
+		got = append(got, s)
+	}
+	want := []string{"existing 13.8.0.10", "existing 13.8.0.2", "synced", "disconnected 13.8.0.2 (while the watch was reconnecting)", "connected 13.8.0.7"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("events:\n got %q\nwant %q", got, want)
+	}
+	for _, w := range []string{"watch: lost the stream from the controller at " + addr + ": it stopped leading (the leader is ctl-c); reconnecting for up to 5m0s",
+		"watch: resumed at " + addr + " (0 changes meanwhile)", "watch: resumed at " + addr + " (2 changes meanwhile)"} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, errOut)
+		}
+	}
+	if strings.Contains(errOut, "not the leader") || strings.Contains(errOut, "run the command again") {
+		t.Errorf("misleading stderr:\n%s", errOut)
+	}
+}
+
+// A watch that cannot get its stream back gives up after --reconnect-for,
+// always with exit 3; one that never had a stream fails at once, as before.
+func TestClientsWatchGivesUp(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	ctrl.events, ctrl.watchEnd = []*cpv1.ClientEvent{}, status.Error(codes.Unavailable, "error reading from server: EOF")
+	ctrl.beforeWatch = func(call int) {
+		if call == 2 {
+			ctrl.fail = map[string]error{"WatchClients": notLeaderError("")}
+		}
+	}
+	addr := serve(t, ctrl, nil)
+	start := time.Now()
+	r := ctl(t, nil, "--controller", addr, "clients", "watch", "--reconnect-for", "700ms", "-o", "json").expect(t, exitUnreachable)
+	if !strings.Contains(r.stderr, `gave up watching after 700ms without a stream from the controller: it stopped leading (no leader is elected right now)","code":3`) {
+		t.Errorf("gave up: %q", r.stderr)
+	}
+	if strings.Count(r.stdout, "\n") != 3 || ctrl.count("WatchClients") < 3 {
+		t.Errorf("stdout %q after %d calls", r.stdout, ctrl.count("WatchClients"))
+	}
+	if d := time.Since(start); d < 700*time.Millisecond {
+		t.Errorf("gave up after %v", d)
+	}
+	ctl(t, nil, "--controller", addr, "clients", "watch", "--reconnect-for", "-1s").expect(t, exitUsage)
+	// A permanent refusal after the stream was lost ends the watch with its
+	// own code.
+	denied := newController()
+	denied.events, denied.watchEnd = []*cpv1.ClientEvent{}, status.Error(codes.Unavailable, "gone")
+	denied.beforeWatch = func(call int) {
+		if call == 2 {
+			denied.fail = map[string]error{"WatchClients": status.Error(codes.PermissionDenied, "not you")}
+		}
+	}
+	ctl(t, nil, "--controller", serve(t, denied, nil), "clients", "watch").expect(t, exitDenied)
 }

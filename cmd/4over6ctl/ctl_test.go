@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	cpv1 "github.com/fourover6/fourover6/proto/fourover6/controlplane/v1"
+	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 )
 
 // ---- tests ----
@@ -47,6 +52,10 @@ func TestClientsList(t *testing.T) {
 	}
 	if cs[1].IPv4 != "13.8.0.10" {
 		t.Errorf("second client %q, want 13.8.0.10", cs[1].IPv4)
+	}
+	wantRates := Rates{BytesFromClientPerSecond: 2048, PacketsFromClientPerSecond: 4, BytesToClientPerSecond: 1536000, PacketsToClientPerSecond: 1000.5}
+	if cs[1].Rates != wantRates {
+		t.Errorf("rates of 13.8.0.10 = %+v, want %+v", cs[1].Rates, wantRates)
 	}
 
 	r = ctl(t, nil, "--controller", addr, "clients", "list", "-o", "yaml").expect(t, 0)
@@ -136,11 +145,40 @@ func TestClientsGet(t *testing.T) {
 		t.Errorf("json error %q: %v", r.stderr, err)
 	}
 
+	// The client's IPv6 address: the same object.
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::2", "-o", "json").expect(t, 0)
+	var byV6 Client
+	if err := json.Unmarshal([]byte(r.stdout), &byV6); err != nil || byV6.IPv4 != "13.8.0.2" || byV6.Session != "s-2" {
+		t.Errorf("clients get IPV6: %v %+v", err, byV6)
+	}
+	ctrl.mu.Lock()
+	if ctrl.lastPrefix != "fd00:46::2/128" {
+		t.Errorf("clients get IPV6 asked for prefix %q", ctrl.lastPrefix)
+	}
+	ctrl.mu.Unlock()
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::77").expect(t, 4)
+	if !strings.Contains(r.stderr, "no client is connected from fd00:46::77") {
+		t.Errorf("IPv6 not found: %q", r.stderr)
+	}
+	// Connected twice from one IPv6 address: an error naming both, exit 1.
+	ctrl.mu.Lock()
+	ctrl.clients = append(ctrl.clients, &cpv1.Client{Address: "13.8.0.7", ClientIpv6: "fd00:46::2", ClientPort: 51235, DataplaneId: "dp2", SessionId: "s-7"})
+	ctrl.mu.Unlock()
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "fd00:46::2").expect(t, 1)
+	for _, want := range []string{"fd00:46::2 is connected 2 times", "13.8.0.2 (port 51234, data plane dp1, session s-2)", "13.8.0.7 (port 51235, data plane dp2, session s-7)", "clients list --v6-prefix fd00:46::2"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("IPv6 held twice: stderr lacks %q: %q", want, r.stderr)
+		}
+	}
+	if r.stdout != "" {
+		t.Errorf("IPv6 held twice printed %q", r.stdout)
+	}
+
 	// Bad ADDR: exit 2 without asking the controller.
 	ctrl.mu.Lock()
 	before := ctrl.getCalls
 	ctrl.mu.Unlock()
-	for _, bad := range [][]string{{"fd00:46::2"}, {"13.8.0"}, {"banana"}, {}, {"13.8.0.2", "13.8.0.3"}} {
+	for _, bad := range [][]string{{"fe80::1%eth0"}, {"::ffff:13.8.0.2"}, {"fd00::/64"}, {"13.8.0"}, {"banana"}, {}, {"13.8.0.2", "13.8.0.3"}} {
 		r = ctl(t, nil, append([]string{"--controller", addr, "clients", "get"}, bad...)...).expect(t, 2)
 		if !strings.Contains(r.stderr, "clients get") && !strings.Contains(r.stderr, "invalid ADDR") {
 			t.Errorf("%v: stderr %q", bad, r.stderr)
@@ -162,7 +200,7 @@ func TestPoolShow(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := sorted("prefix", "gateway", "range_first", "range_last", "size", "leased", "free", "reserved", "route", "dns",
-		"free_remembered", "free_unremembered")
+		"free_remembered", "free_unremembered", "reserved_in_use")
 	if !reflect.DeepEqual(keysOf(raw), want) {
 		t.Errorf("pool keys %v", keysOf(raw))
 	}
@@ -199,8 +237,9 @@ func TestDataplaneStatus(t *testing.T) {
 		"controller_connected", "started_at", "sessions", "leased_sessions", "accepted_total", "closed_total",
 		"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "drops",
 		"keepalive_interval", "keepalive_timeout",
-		// added with issue 5
+		// added after the first release
 		"draining", "instance_id", "goroutines", "open_fds", "refused", "limits",
+		"bgp",
 		// the serving process (a live hand-off changes it)
 		"pid", "process_started_at", "handoffs_total")
 	if !reflect.DeepEqual(keysOf(raw), want) {
@@ -219,6 +258,14 @@ func TestDataplaneStatus(t *testing.T) {
 		s.Limits != (Limits{MaxClients: 1000, MaxConnsPerIP: 4, MaxConnsPerPrefix: 16, PrefixLength: 64, AcceptRate: 50, AcceptBurst: 100}) {
 		t.Errorf("status %+v", s)
 	}
+	bgpKeys := sorted("enabled", "asn", "router_id", "next_hop", "hold_time", "graceful_restart", "announced",
+		"aggregate", "pending", "failed_total", "sessions")
+	if got := keysOf(raw["bgp"].(map[string]any)); !reflect.DeepEqual(got, bgpKeys) {
+		t.Errorf("bgp keys %v", got)
+	}
+	if !strings.Contains(r.stdout, `"sessions": []`) || raw["bgp"].(map[string]any)["enabled"] != false {
+		t.Errorf("bgp off: %s", r.stdout)
+	}
 	r = ctl(t, nil, "--dataplane", addr, "dataplane", "status", "-o", "yaml").expect(t, 0)
 	var ys Status
 	if err := yaml.Unmarshal([]byte(r.stdout), &ys); err != nil || !reflect.DeepEqual(ys, s) {
@@ -232,6 +279,10 @@ func TestDataplaneStatus(t *testing.T) {
 		}
 	}
 
+	if !regexp.MustCompile(`(?m)^BGP:\s+off$`).MatchString(r.stdout) {
+		t.Errorf("status table lacks the BGP line:\n%s", r.stdout)
+	}
+
 	// No drops: {} rather than null.
 	dp := newDataplane("dp2")
 	dp.status.Drops, dp.status.Refused, dp.status.Draining = nil, nil, true
@@ -239,6 +290,60 @@ func TestDataplaneStatus(t *testing.T) {
 	r = ctl(t, nil, "--dataplane", addr2, "dp", "status", "-o", "json").expect(t, 0)
 	if !strings.Contains(r.stdout, `"drops": {}`) || !strings.Contains(r.stdout, `"refused": {}`) || !strings.Contains(r.stdout, `"draining": true`) {
 		t.Errorf("empty drops: %s", r.stdout)
+	}
+}
+
+// The BGP speaker's sessions, in JSON and in the table.
+func TestDataplaneStatusBGP(t *testing.T) {
+	t.Parallel()
+	dp := newDataplane("dp1")
+	dp.status.Bgp = &dpv1.Bgp{Asn: 65000, RouterId: "198.51.100.1", HoldTimeMs: 90_000, GracefulRestartMs: 30_000,
+		Announced: 2, Aggregate: "13.8.0.0/24", Sessions: []*dpv1.BgpSession{
+			{PeerAddress: "198.51.100.2", PeerPort: 179, PeerAsn: 65001, State: "established", EstablishedAt: timestamppb.New(t0),
+				UptimeMs: 3_725_000, LocalAddress: "198.51.100.1", RouterId: "198.51.100.2", PrefixesSent: 3, GracefulRestart: true},
+			{PeerAddress: "2001:db8::2", PeerPort: 1179, PeerAsn: 65002, State: "active", Flaps: 1, LastError: "hold timer expired"},
+		}}
+	addr := serve(t, nil, dp)
+	r := ctl(t, nil, "--dataplane", addr, "dataplane", "status", "-o", "json").expect(t, 0)
+	var raw struct {
+		BGP map[string]any `json:"bgp"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
+		t.Fatal(err)
+	}
+	sess := raw.BGP["sessions"].([]any)
+	if len(sess) != 2 {
+		t.Fatalf("bgp sessions: %s", r.stdout)
+	}
+	wantKeys := sorted("peer", "peer_port", "peer_asn", "state", "established_since", "uptime", "prefixes_sent",
+		"prefixes_received", "local_address", "router_id", "flaps", "graceful_restart", "last_error")
+	if got := keysOf(sess[0].(map[string]any)); !reflect.DeepEqual(got, wantKeys) {
+		t.Errorf("bgp session keys %v\nwant %v", got, wantKeys)
+	}
+	var s Status
+	_ = json.Unmarshal([]byte(r.stdout), &s)
+	b := s.BGP
+	if !b.Enabled || b.ASN != 65000 || b.HoldTime != "1m30s" || b.GracefulRestart != "30s" || b.Announced != 2 || b.Aggregate != "13.8.0.0/24" {
+		t.Errorf("bgp %+v", b)
+	}
+	if p := b.Sessions[0]; p.Peer != "198.51.100.2" || p.PeerASN != 65001 || p.State != "established" || p.Uptime != "1h2m5s" ||
+		p.EstablishedSince != "2025-03-01T10:00:00Z" || p.PrefixesSent != 3 || !p.GracefulRestart {
+		t.Errorf("bgp session %+v", p)
+	}
+	if p := b.Sessions[1]; p.State != "active" || p.EstablishedSince != "" || p.Uptime != "0s" || p.LastError != "hold timer expired" || p.PeerPort != 1179 {
+		t.Errorf("bgp session %+v", p)
+	}
+	r = ctl(t, nil, "--dataplane", addr, "dataplane", "status").expect(t, 0)
+	for _, want := range []string{"AS 65000", "router id 198.51.100.1", "2 client routes and the pool 13.8.0.0/24 announced",
+		"198.51.100.2 AS 65001: established for 1h2m", "3 prefixes sent", "[2001:db8::2]:1179 AS 65002: active (last down: hold timer expired)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status table lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// The system's status has the gist.
+	r = ctl(t, nil, "--controller", serve(t, newController(), nil), "--dataplane", addr, "status").expect(t, 0)
+	if want := "1 of 2 sessions established, 2 client routes announced"; !strings.Contains(r.stdout, want) {
+		t.Errorf("status lacks %q:\n%s", want, r.stdout)
 	}
 }
 
@@ -293,6 +398,17 @@ func TestVersion(t *testing.T) {
 	}
 	if _, ok := v["controller_error"]; ok {
 		t.Errorf("controller_error present on success: %v", v)
+	}
+	build, _ := v["build"].(map[string]any)
+	if !reflect.DeepEqual(keysOf(build), sorted("version", "commit", "go_version", "build_date", "platform")) ||
+		!strings.HasPrefix(build["go_version"].(string), "go") || build["version"] != v["client"] {
+		t.Errorf("version build %v", build)
+	}
+	r = ctl(t, nil, "--controller", addr, "version").expect(t, 0)
+	for _, want := range []string{"Client:", "commit:", "built:", "go version:  go", "v1.2.3-test ("} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("version table lacks %q:\n%s", want, r.stdout)
+		}
 	}
 
 	// The controller down is not an error for version.
@@ -458,7 +574,7 @@ func TestHelp(t *testing.T) {
 	r := ctl(t, nil, "--help").expect(t, 0)
 	for _, s := range []string{"Exit codes", "3  daemon unreachable", "4  not found", "5  permission denied", "pki", "--controller", "FOUROVER6_DATAPLANE",
 		"clients", "pool", "status", "sessions", "version", "reservations", "dns", "dataplane", "apply", "log-level",
-		"several comma-separated", "a data plane id filter"} {
+		"several comma-separated", "6  check found", "check", "export"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("help lacks %q", s)
 		}
@@ -601,4 +717,57 @@ func TestConnectTimeout(t *testing.T) {
 	if !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("stderr %q, want prefix %q", r.stderr, want)
 	}
+}
+
+func TestClientsSortByRateAndTop(t *testing.T) {
+	t.Parallel()
+	ctrl := newController()
+	addr := serve(t, ctrl, nil)
+
+	r := ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "rate", "-o", "json").expect(t, 0)
+	var cs []Client
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 2 {
+		t.Fatalf("json: %v\n%s", err, r.stdout)
+	}
+	if cs[0].IPv4 != "13.8.0.10" || cs[1].IPv4 != "13.8.0.2" {
+		t.Errorf("--sort rate: %s, %s; want the busy 13.8.0.10 first", cs[0].IPv4, cs[1].IPv4)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "rate").expect(t, 0)
+	for _, s := range []string{"FROM CLIENT/S", "TO CLIENT/S", "2.0 KiB/s (4.0 pkt/s)", "1.5 MiB/s (1000 pkt/s)", "0 B/s (0 pkt/s)"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("table lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	if strings.Index(r.stdout, "13.8.0.10") > strings.Index(r.stdout, "13.8.0.2 ") {
+		t.Errorf("table not sorted by rate:\n%s", r.stdout)
+	}
+	ctl(t, nil, "--controller", addr, "clients", "list", "--sort", "speed").expect(t, 2)
+
+	r = ctl(t, nil, "--controller", addr, "clients", "get", "13.8.0.10").expect(t, 0)
+	if !strings.Contains(r.stdout, "Rate to client:") || !strings.Contains(r.stdout, "1.5 MiB/s") {
+		t.Errorf("clients get lacks the rates:\n%s", r.stdout)
+	}
+
+	// top --once: one screen, no control sequences off a terminal.
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once").expect(t, 0)
+	if strings.Contains(r.stdout, "\x1b") {
+		t.Errorf("top off a terminal wrote control sequences: %q", r.stdout)
+	}
+	for _, s := range []string{"2 clients", "IPV4", "FROM CLIENT/S", "1.5 MiB/s"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("top --once lacks %q:\n%s", s, r.stdout)
+		}
+	}
+	if i, j := strings.Index(r.stdout, "13.8.0.10"), strings.Index(r.stdout, "13.8.0.2 "); i < 0 || j < 0 || i > j {
+		t.Errorf("top not sorted busiest first:\n%s", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once", "-n", "1").expect(t, 0)
+	if strings.Contains(r.stdout, "13.8.0.2 ") || !strings.Contains(r.stdout, "and 1 more") {
+		t.Errorf("top -n 1:\n%s", r.stdout)
+	}
+	r = ctl(t, nil, "--controller", addr, "clients", "top", "--once", "-o", "json").expect(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &cs); err != nil || len(cs) != 2 || cs[0].IPv4 != "13.8.0.10" {
+		t.Errorf("top --once -o json: %v\n%s", err, r.stdout)
+	}
+	ctl(t, nil, "--controller", addr, "clients", "top", "--interval", "0s").expect(t, 2)
 }

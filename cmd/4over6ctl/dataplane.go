@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -21,7 +22,8 @@ func (a *app) dataplaneStatusCommand() *cobra.Command {
 		Short: "Show the local data plane's settings, health and counters",
 		Long: `Show the status of the data plane at --dataplane (not through the controller):
 its settings, whether it reaches the controller, whether it is draining, its
-sessions, traffic totals, drops by reason, limits and refused connections.
+sessions, traffic totals, drops by reason, limits and refused connections,
+and, with BGP on, each BGP session (state, uptime, prefixes sent).
 This is what "4over6ctl status" printed before it showed the whole system.`,
 		Example: `  4over6ctl dataplane status
   4over6ctl --dataplane '[2001:db8::1]:5679' dataplane status -o json`,
@@ -213,7 +215,29 @@ func statusFromProto(s *dpv1.Status) Status {
 			AcceptRate:        l.GetAcceptRate(),
 			AcceptBurst:       l.GetAcceptBurst(),
 		},
+		BGP: bgpFromProto(s.GetBgp()),
 	}
+}
+
+func bgpFromProto(b *dpv1.Bgp) BGP {
+	out := BGP{Sessions: []BGPSession{}, HoldTime: "0s", GracefulRestart: "0s"} // never null in JSON
+	if b == nil {
+		return out
+	}
+	out.Enabled = true
+	out.ASN, out.RouterID, out.NextHop = b.GetAsn(), b.GetRouterId(), b.GetNextHop()
+	out.HoldTime, out.GracefulRestart = msDuration(b.GetHoldTimeMs()), msDuration(b.GetGracefulRestartMs())
+	out.Announced, out.Aggregate, out.Pending, out.FailedTotal = b.GetAnnounced(), b.GetAggregate(), b.GetPending(), b.GetFailedTotal()
+	for _, p := range b.GetSessions() {
+		out.Sessions = append(out.Sessions, BGPSession{
+			Peer: p.GetPeerAddress(), PeerPort: p.GetPeerPort(), PeerASN: p.GetPeerAsn(), State: p.GetState(),
+			EstablishedSince: timestamp(p.GetEstablishedAt()), Uptime: msDuration(p.GetUptimeMs()),
+			PrefixesSent: p.GetPrefixesSent(), PrefixesReceived: p.GetPrefixesReceived(),
+			LocalAddress: p.GetLocalAddress(), RouterID: p.GetRouterId(), Flaps: p.GetFlaps(),
+			GracefulRestart: p.GetGracefulRestart(), LastError: p.GetLastError(),
+		})
+	}
+	return out
 }
 
 func msDuration(ms uint64) string {
@@ -252,6 +276,56 @@ func (a *app) statusTable(w io.Writer, s Status) {
 	}
 	if s.Goroutines > 0 || s.OpenFDs > 0 {
 		fmt.Fprintf(w, "Resources:\t%d goroutines, %d open files\n", s.Goroutines, s.OpenFDs)
+	}
+	bgpTable(w, s.BGP)
+}
+
+// bgpTable prints the speaker on one line and each session on its own.
+func bgpTable(w io.Writer, b BGP) {
+	if !b.Enabled {
+		fmt.Fprintf(w, "BGP:\toff\n")
+		return
+	}
+	nh := b.NextHop
+	if nh == "" {
+		nh = "each session's local address"
+	}
+	gr := "off"
+	if b.GracefulRestart != "0s" && b.GracefulRestart != "" {
+		gr = b.GracefulRestart
+	}
+	routes := fmt.Sprintf("%d client routes", b.Announced)
+	if b.Aggregate != "" {
+		routes += " and the pool " + b.Aggregate
+	}
+	fmt.Fprintf(w, "BGP:\tAS %d, router id %s, next hop %s, hold time %s, graceful restart %s; %s announced",
+		b.ASN, orDash(b.RouterID), nh, b.HoldTime, gr, routes)
+	if b.Pending > 0 {
+		fmt.Fprintf(w, ", %d changes pending", b.Pending)
+	}
+	if b.FailedTotal > 0 {
+		fmt.Fprintf(w, ", %d changes failed", b.FailedTotal)
+	}
+	fmt.Fprintln(w)
+	for _, p := range b.Sessions {
+		peer := p.Peer
+		if p.PeerPort != 0 && p.PeerPort != 179 {
+			peer = net.JoinHostPort(p.Peer, fmt.Sprint(p.PeerPort))
+		}
+		line := fmt.Sprintf("%s AS %d: %s", peer, p.PeerASN, p.State)
+		if p.State == "established" {
+			up := p.Uptime
+			if d, err := time.ParseDuration(p.Uptime); err == nil {
+				up = shortDuration(d)
+			}
+			line += fmt.Sprintf(" for %s, %d prefixes sent, local address %s", up, p.PrefixesSent, orDash(p.LocalAddress))
+			if p.GracefulRestart {
+				line += ", graceful restart"
+			}
+		} else if p.LastError != "" {
+			line += " (last down: " + p.LastError + ")"
+		}
+		fmt.Fprintf(w, "BGP peer:\t%s\n", line)
 	}
 }
 

@@ -5,7 +5,9 @@
 // # Commands
 //
 //	status                                  controller, pool, data planes and the local data plane
-//	clients list|get ADDR|kick ADDR|watch   the client table (list/watch: --dataplane ID, --v6-prefix P)
+//	check [--pool-warn P]                   health check: exit 0, or 6 with one line per problem
+//	clients list|get ADDR|kick ADDR|watch   the client table (list/watch: --dataplane-id ID, --v6-prefix P;
+//	                                        get: IPv4 or IPv6; watch reconnects and resumes)
 //	pool show|set-range A-B                 the address pool
 //	reservations list|set CLIENT ADDR|delete CLIENT
 //	dns show|set a,b,c
@@ -13,6 +15,7 @@
 //	dataplane status|log-level LEVEL        (the data plane at --dataplane)
 //	sessions list|kick ADDR|SESSION         (the data plane at --dataplane)
 //	apply -f FILE [--dry-run]               declarative pool range, DNS, reservations
+//	export                                  what apply -f takes, as the controller has it
 //	log-level LEVEL, version, completion SHELL
 //	pki init DIR | issue ROLE NAME          certificates for mutual TLS (no daemon needed)
 //	docs DIR                                (hidden) the Markdown reference, for make docs
@@ -25,9 +28,9 @@
 // unix:///path/to.sock or host:port. The controller may be several
 // comma-separated addresses: the leader is preferred, and a follower's "not
 // the leader" moves a request to the next address (conn.go). A command
-// connects only to the daemons it needs. On clients list and clients watch a
-// local --dataplane flag shadows the global one: there it is a data plane id
-// filter.
+// connects only to the daemons it needs. --dataplane is an address on every
+// command; the id filter of clients list/watch is --dataplane-id (an id given
+// to --dataplane there still filters, with a deprecation note).
 //
 // An address off loopback needs --tls-cert, --tls-key and --tls-ca (or
 // $FOUROVER6_TLS_*): plaintext there is refused as a usage error, before
@@ -42,6 +45,11 @@
 //	3  daemon unreachable (status: neither daemon answered)
 //	4  not found (gRPC NOT_FOUND; clients get/kick, reservations delete, dataplane drain/remove)
 //	5  permission denied (gRPC PERMISSION_DENIED: this caller's role may not do that)
+//	6  check found a problem
+//
+// Messages never show gRPC code names or its wrapping (errors.go), and add
+// a hint for TLS on one side only and for a socket that needs root or its
+// group.
 //
 // # JSON output
 //

@@ -44,6 +44,7 @@ type fakeController struct {
 	// notLeader (leadership moved, and it learnt so).
 	stale       bool
 	statusDelay time.Duration // GetStatus answers this late
+	storeError  string        // GetStatus's store_error
 	clients     []*cpv1.Client
 	pool        *cpv1.Pool
 	hang        bool // GetPool waits for the caller to give up
@@ -53,8 +54,12 @@ type fakeController struct {
 	// until the client goes.
 	events     []*cpv1.ClientEvent
 	watchDelay time.Duration
-	watchEnd   error            // how the stream ends after the events (nil: OK)
-	fail       map[string]error // method -> error to answer with
+	watchEnd   error // how the stream ends after the events (nil: OK)
+	// beforeWatch, when set, is called (with mu held) at the start of each
+	// WatchClients call, numbered from 1: it may change the fake.
+	beforeWatch func(call int)
+	watchCalls  int
+	fail        map[string]error // method -> error to answer with
 
 	mu           sync.Mutex
 	calls        map[string]int // method -> count
@@ -179,7 +184,14 @@ func (f *fakeController) GetPool(ctx context.Context, _ *cpv1.GetPoolRequest) (*
 	}
 	p := proto.Clone(f.pool).(*cpv1.Pool)
 	p.Dns = slices.Clone(f.dnsLocked())
-	p.Reserved = uint32(len(f.reservations))
+	p.Reserved, p.ReservedInUse = uint32(len(f.reservations)), 0
+	for _, ip := range f.reservations {
+		for _, c := range f.clients {
+			if c.GetAddress() == ip {
+				p.ReservedInUse++
+			}
+		}
+	}
 	return &cpv1.GetPoolResponse{Pool: p}, nil
 }
 
@@ -207,16 +219,24 @@ func (f *fakeController) GetStatus(ctx context.Context, _ *cpv1.GetStatusRequest
 		leaderID = f.id
 	}
 	return &cpv1.GetStatusResponse{Status: &cpv1.ControllerStatus{ControllerId: f.id, Version: f.version,
-		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: leads, LeaderId: leaderID, StartedAt: timestamppb.New(t0)}}, nil
+		Store: "bbolt:/var/lib/fourover6/controller.db", Leader: leads, LeaderId: leaderID, StartedAt: timestamppb.New(t0),
+		StoreError: f.storeError}}, nil
 }
 
 func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc.ServerStreamingServer[cpv1.WatchClientsResponse]) error {
+	f.mu.Lock()
+	f.watchCalls++
+	if f.beforeWatch != nil {
+		f.beforeWatch(f.watchCalls)
+	}
+	f.mu.Unlock()
 	if err := f.enter("WatchClients"); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	f.lastFilter, f.lastPrefix = req.GetDataplaneId(), req.GetIpv6Prefix()
 	clients := f.matching(req.GetDataplaneId(), req.GetIpv6Prefix())
+	events, watchEnd := f.events, f.watchEnd
 	f.mu.Unlock()
 	send := func(e *cpv1.ClientEvent) error { return stream.Send(&cpv1.WatchClientsResponse{Event: e}) }
 	for _, c := range clients {
@@ -227,7 +247,7 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 	if err := send(&cpv1.ClientEvent{Type: cpv1.ClientEvent_TYPE_SYNCED, Time: timestamppb.New(t0)}); err != nil {
 		return err
 	}
-	if f.events == nil {
+	if events == nil {
 		<-stream.Context().Done()
 		return stream.Context().Err()
 	}
@@ -236,12 +256,12 @@ func (f *fakeController) WatchClients(req *cpv1.WatchClientsRequest, stream grpc
 	case <-stream.Context().Done():
 		return stream.Context().Err()
 	}
-	for _, e := range f.events {
+	for _, e := range events {
 		if err := send(e); err != nil {
 			return err
 		}
 	}
-	return f.watchEnd
+	return watchEnd
 }
 
 func (f *fakeController) KickClient(_ context.Context, req *cpv1.KickClientRequest) (*cpv1.KickClientResponse, error) {
@@ -534,7 +554,8 @@ func newController() *fakeController {
 		clients: []*cpv1.Client{
 			// Out of order on purpose: the CLI sorts numerically (.10 after .2).
 			{Address: "13.8.0.10", ClientIpv6: "fd00:47::10", ClientPort: 40000, DataplaneId: "dp2", SessionId: "s-10",
-				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1)},
+				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
+				Rates: &cpv1.Rates{BytesFromClient: 2048, PacketsFromClient: 4, BytesToClient: 1536000, PacketsToClient: 1000.5}},
 			{Address: "13.8.0.2", ClientIpv6: "fd00:46::2", ClientPort: 51234, DataplaneId: "dp1", SessionId: "s-2",
 				ConnectedAt: timestamppb.New(t0), LastHeard: timestamppb.New(t1),
 				Counters: &cpv1.Counters{BytesFromClient: 3 << 20, PacketsFromClient: 2500, BytesToClient: 1234, PacketsToClient: 7},
@@ -672,4 +693,5 @@ func keysOf(m map[string]any) []string {
 func sorted(s ...string) []string { sort.Strings(s); return s }
 
 var clientKeys = sorted("ipv4", "ipv6", "port", "dataplane", "session", "connected_since", "last_heard",
-	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "sticky")
+	"bytes_from_client", "packets_from_client", "bytes_to_client", "packets_to_client", "sticky",
+	"bytes_from_client_per_second", "packets_from_client_per_second", "bytes_to_client_per_second", "packets_to_client_per_second")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -70,6 +71,9 @@ type errorOutput struct {
 // one line, YAML, or "4over6ctl: message" for table. When -o itself is
 // invalid, it falls back to plain text.
 func (a *app) printError(cmd *cobra.Command, args []string, err *cliError) {
+	if err.silent {
+		return
+	}
 	f := formatTable
 	if ff, perr := parseFormat(outputArg(args, a.output)); perr == nil {
 		f = ff
@@ -187,4 +191,19 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// rate renders bytes and packets per second in one direction:
+// "1.5 KiB/s (12 pkt/s)".
+func rate(bytes, packets float64) string {
+	b := humanBytes(uint64(bytes + 0.5))
+	return fmt.Sprintf("%s/s (%s pkt/s)", b, strconv.FormatFloat(packets, 'f', precision(packets), 64))
+}
+
+// precision keeps small rates readable ("0.2") and large ones whole.
+func precision(v float64) int {
+	if v != 0 && v < 10 {
+		return 1
+	}
+	return 0
 }

@@ -163,9 +163,16 @@ func poolFromProto(p *cpv1.Pool) Pool {
 		Route:      p.GetRoute(),
 		DNS:        dns,
 
+		ReservedInUse:    p.GetReservedInUse(),
 		FreeRemembered:   p.GetFreeRemembered(),
 		FreeUnremembered: p.GetFree() - min(p.GetFreeRemembered(), p.GetFree()),
 	}
+}
+
+// reservedText is the reserved count as the tables print it: "3 reserved
+// (1 in use)". One definition everywhere: every reservation in the range.
+func reservedText(p Pool) string {
+	return fmt.Sprintf("%d reserved (%d in use)", p.Reserved, p.ReservedInUse)
 }
 
 func poolTable(w io.Writer, p Pool) {
@@ -176,7 +183,7 @@ func poolTable(w io.Writer, p Pool) {
 	if p.Size > 0 {
 		usage = fmt.Sprintf(" (%.1f%% leased)", 100*float64(p.Leased)/float64(p.Size))
 	}
-	fmt.Fprintf(w, "In use:\t%d leased, %d reserved, %d free%s\n", p.Leased, p.Reserved, p.Free, usage)
+	fmt.Fprintf(w, "In use:\t%d leased, %s, %d free%s\n", p.Leased, reservedText(p), p.Free, usage)
 	fmt.Fprintf(w, "Free:\t%d remembered for their last holder, %d never used or forgotten\n", p.FreeRemembered, p.FreeUnremembered)
 	route := orDash(p.Route)
 	if p.Route == "0.0.0.0" {

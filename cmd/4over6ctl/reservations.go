@@ -19,9 +19,11 @@ func (a *app) reservationsCommand() *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the reservations",
-		Long: `List every reservation: a client IPv6 address or prefix and the IPv4 address
-it always gets, sorted by IPv4 address. With -o json: a JSON array ([] when
-there are none).`,
+		Long: `List every reservation: a client IPv6 address or prefix, the IPv4 address
+it always gets, and whether that address is in use now (by which client: IPv6
+address, port, data plane), sorted by IPv4 address. With -o json: a JSON array
+([] when there are none); in_use and holder are what "apply -f" ignores, so
+the output can be applied as it is.`,
 		Example: `  4over6ctl reservations list
   4over6ctl reservations list -o json`,
 		Args: noArgs,
@@ -32,7 +34,12 @@ there are none).`,
 			if err != nil {
 				return err
 			}
-			return a.emit(rs, func(w io.Writer) { reservationsTable(w, rs) })
+			clients, err := a.listClients(cmd, &cpv1.ListClientsRequest{})
+			if err != nil {
+				return err
+			}
+			out := reservationsInUse(rs, clients)
+			return a.emit(out, func(w io.Writer) { reservationsTable(w, out) })
 		},
 	}
 	set := &cobra.Command{
@@ -176,13 +183,35 @@ func (a *app) deleteReservation(ctx context.Context, client string) error {
 	return nil
 }
 
-func reservationsTable(w io.Writer, rs []Reservation) {
+// reservationsInUse says of each reservation whether a client holds its
+// address now, and which.
+func reservationsInUse(rs []Reservation, clients []Client) []ReservationStatus {
+	byAddr := make(map[string]Client, len(clients))
+	for _, c := range clients {
+		byAddr[c.IPv4] = c
+	}
+	out := make([]ReservationStatus, len(rs))
+	for i, r := range rs {
+		out[i] = ReservationStatus{Reservation: r}
+		if c, ok := byAddr[r.IPv4]; ok {
+			out[i].InUse = true
+			out[i].Holder = &ReservationHolder{IPv6: c.IPv6, Port: c.Port, Dataplane: c.Dataplane, Session: c.Session}
+		}
+	}
+	return out
+}
+
+func reservationsTable(w io.Writer, rs []ReservationStatus) {
 	if len(rs) == 0 {
 		fmt.Fprintln(w, "No reservations.")
 		return
 	}
-	fmt.Fprintln(w, "CLIENT\tIPV4")
+	fmt.Fprintln(w, "CLIENT\tIPV4\tIN USE BY")
 	for _, r := range rs {
-		fmt.Fprintf(w, "%s\t%s\n", r.Client, r.IPv4)
+		by := "- (idle)"
+		if h := r.Holder; h != nil {
+			by = fmt.Sprintf("%s port %d on %s", orDash(h.IPv6), h.Port, orDash(h.Dataplane))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", r.Client, r.IPv4, by)
 	}
 }

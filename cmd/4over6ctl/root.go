@@ -34,6 +34,7 @@ const (
 	exitUnreachable = 3 // a daemon could not be reached
 	exitNotFound    = 4 // the daemon answered NOT_FOUND
 	exitDenied      = 5 // the daemon answered PERMISSION_DENIED
+	exitCheckFailed = 6 // check found a problem
 )
 
 const exitCodesHelp = `Exit codes:
@@ -44,7 +45,8 @@ const exitCodesHelp = `Exit codes:
   4  not found (clients get/kick of an address nobody holds, reservations delete
      of a client without one, dataplane drain or remove of an unknown id)
   5  permission denied (this caller's role may not do that: a viewer changing
-     something, a certificate without a role; the message names both roles)`
+     something, a certificate without a role; the message names both roles)
+  6  check found at least one problem (one line each)`
 
 // Annotation key naming the daemons a command talks to (comma separated).
 // The root's PersistentPreRunE dials exactly these and nothing else.
@@ -133,17 +135,13 @@ The controller may be given as several comma-separated addresses
 to the leader (when none leads, to the first that answers), following it
 when it changes. A command connects only to the daemons it needs.
 
-On "clients list" and "clients watch", --dataplane is a FILTER (a data plane
-id); an address given there is the global flag's and is ignored, as those
-commands do not talk to a data plane.
-
 Output: -o table (default, for people), -o json or -o yaml (stable, for
 scripts; see the README's "JSON output"). Errors go to stderr in the same
 format: {"error":"...","code":N}.
 
 ` + exitCodesHelp,
 		Example: `  4over6ctl status                             # health of the whole system
-  4over6ctl clients list --dataplane dp1 -o json
+  4over6ctl clients list --dataplane-id dp1 -o json
   4over6ctl --controller unix:///run/a.sock,10.0.0.2:7000 pool show
   4over6ctl apply -f fourover6.yaml --dry-run`,
 		SilenceErrors:     true,
@@ -162,18 +160,19 @@ format: {"error":"...","code":N}.
 	pf.StringVar(&a.controller.flagValue, "controller", "",
 		"controller address(es), unix:///path or host:port, several comma-separated (default $FOUROVER6_CONTROLLER, else "+a.controller.def+")")
 	pf.StringVar(&a.dataplane.flagValue, "dataplane", "",
-		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+"); on clients list/watch: a data plane id filter")
+		"data plane address, unix:///path or host:port (default $FOUROVER6_DATAPLANE, else "+a.dataplane.def+")")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.StringVar(&a.tls.Cert, "tls-cert", "", "client certificate (PEM) for daemons that require mutual TLS (default $FOUROVER6_TLS_CERT)")
 	pf.StringVar(&a.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert (default $FOUROVER6_TLS_KEY)")
 	pf.StringVar(&a.tls.CA, "tls-ca", "", "CA (PEM) that signs the daemons' certificates (default $FOUROVER6_TLS_CA)")
-	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: connecting only)")
+	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time limit for each command's requests (0: none; clients watch: the wait for the first event of each connection)")
 	_ = root.RegisterFlagCompletionFunc("output", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return formatNames, cobra.ShellCompDirectiveNoFileComp
 	})
 
 	root.AddCommand(
 		a.statusCommand(),
+		a.checkCommand(),
 		a.clientsCommand(),
 		a.poolCommand(),
 		a.reservationsCommand(),
@@ -181,6 +180,7 @@ format: {"error":"...","code":N}.
 		a.dataplaneCommand(),
 		a.sessionsCommand(),
 		a.applyCommand(),
+		a.exportCommand(),
 		a.backupCommand(),
 		a.logLevelCommand(),
 		a.pkiCommand(),
@@ -385,6 +385,9 @@ type cliError struct {
 	code  int
 	msg   string
 	usage bool // print a hint to --help in table mode
+	// silent: the command printed what went wrong itself (check): only
+	// the exit code is left to give.
+	silent bool
 }
 
 func (e *cliError) Error() string { return e.msg }
@@ -447,7 +450,13 @@ func (a *app) rpcError(d *daemon, err error) error {
 	// turns a connection that never came up into a *ctlclient.Error).
 	switch st.Code() {
 	case codes.Unavailable:
-		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: unavailable: %s", d.name, addr, st.Message())}
+		msg := cleanTransport(st.Message())
+		if c := d.current(); c != nil {
+			if ep, ok := c.Current(); ok {
+				msg = withHint(msg, a.connectionHint(ep, err, msg))
+			}
+		}
+		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s is unavailable: %s", d.name, addr, msg)}
 	case codes.DeadlineExceeded:
 		return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s did not answer within %v", d.name, addr, a.timeout)}
 	case codes.NotFound:
@@ -461,7 +470,7 @@ func (a *app) rpcError(d *daemon, err error) error {
 	case codes.Canceled:
 		return &cliError{code: exitError, msg: "interrupted"}
 	}
-	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, addr, strings.ToLower(st.Code().String()), st.Message())}
+	return &cliError{code: exitError, msg: fmt.Sprintf("%s at %s: %s: %s", d.name, addr, codeText(st.Code()), st.Message())}
 }
 
 // noneAnswered explains a request no address could take: unreachable
@@ -493,12 +502,14 @@ func (a *app) noneAnswered(d *daemon, e *ctlclient.Error) error {
 // reason is why one address was given up on; a call's own deadline is
 // --timeout.
 func (a *app) reason(ee *ctlclient.EndpointError) string {
+	r := ee.Reason()
 	if errors.Is(ee.Err, context.DeadlineExceeded) && ee.Within == 0 && a.timeout > 0 {
 		e := *ee
 		e.Within = a.timeout
-		return e.Reason()
+		r = e.Reason()
 	}
-	return ee.Reason()
+	r = cleanTransport(r)
+	return withHint(r, a.connectionHint(ee.Endpoint, ee.Err, r))
 }
 
 func (a *app) unreachable(d *daemon, addr, reason string) error {

@@ -67,7 +67,8 @@ func (a *app) systemStatus(cmd *cobra.Command) (SystemStatus, error) {
 		} else {
 			st := resp.GetStatus()
 			s.Controller = &ControllerStatus{Address: a.controller.addressText(), ID: st.GetControllerId(), Version: st.GetVersion(),
-				Store: st.GetStore(), Leader: st.GetLeader(), LeaderID: st.GetLeaderId(), StartedAt: timestamp(st.GetStartedAt())}
+				Store: st.GetStore(), Leader: st.GetLeader(), LeaderID: st.GetLeaderId(), StartedAt: timestamp(st.GetStartedAt()),
+				StoreError: st.GetStoreError()}
 		}
 		ctlReach = true
 		if p, err := a.getPool(ctx); err != nil {
@@ -114,7 +115,11 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 			}
 		}
 		fmt.Fprintf(w, "Controller:\t%s (%s), version %s, at %s\n", orDash(c.ID), role, orDash(c.Version), c.Address)
-		fmt.Fprintf(w, "Store:\t%s\n", orDash(c.Store))
+		store := orDash(c.Store)
+		if c.StoreError != "" {
+			store += " (FAILING: " + c.StoreError + ")"
+		}
+		fmt.Fprintf(w, "Store:\t%s\n", store)
 		up := "-"
 		if t, err := time.Parse(time.RFC3339, c.StartedAt); err == nil {
 			up = t.UTC().Format("2006-01-02 15:04:05 UTC") + " (up " + shortDuration(a.now().Sub(t)) + ")"
@@ -129,7 +134,7 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 		if p.Size > 0 {
 			usage = fmt.Sprintf(" (%.1f%% leased)", 100*float64(p.Leased)/float64(p.Size))
 		}
-		fmt.Fprintf(w, "Addresses:\t%d leased, %d reserved, %d free of %d%s\n", p.Leased, p.Reserved, p.Free, p.Size, usage)
+		fmt.Fprintf(w, "Addresses:\t%d leased, %s, %d free of %d%s\n", p.Leased, reservedText(*p), p.Free, p.Size, usage)
 		fmt.Fprintf(w, "DNS:\t%s\n", orDash(strings.Join(p.DNS, ", ")))
 	} else {
 		fmt.Fprintf(w, "Pool:\tunknown\n")
@@ -160,6 +165,15 @@ func (a *app) systemStatusTable(w io.Writer, s SystemStatus) {
 		fmt.Fprintf(w, "Traffic:\tfrom clients %s, to clients %s\n",
 			traffic(d.BytesFromClient, d.PacketsFromClient), traffic(d.BytesToClient, d.PacketsToClient))
 		fmt.Fprintf(w, "Drops:\t%s\n", countsText(d.Drops))
+		if b := d.BGP; b.Enabled {
+			up := 0
+			for _, p := range b.Sessions {
+				if p.State == "established" {
+					up++
+				}
+			}
+			fmt.Fprintf(w, "BGP:\t%d of %d sessions established, %d client routes announced\n", up, len(b.Sessions), b.Announced)
+		}
 	} else {
 		fmt.Fprintf(w, "Local data plane:\tnone answered\n")
 	}

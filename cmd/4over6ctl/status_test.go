@@ -26,7 +26,7 @@ func TestSystemStatus(t *testing.T) {
 		t.Errorf("status keys %v", got)
 	}
 	if got := keysOf(raw["controller"].(map[string]any)); !reflect.DeepEqual(got,
-		sorted("address", "id", "version", "store", "leader", "leader_id", "started_at")) {
+		sorted("address", "id", "version", "store", "leader", "leader_id", "started_at", "store_error")) {
 		t.Errorf("controller keys %v", got)
 	}
 	if e, ok := raw["errors"].([]any); !ok || len(e) != 0 {
@@ -54,14 +54,21 @@ func TestSystemStatus(t *testing.T) {
 		t.Errorf("yaml status %+v %v", ys, err)
 	}
 	r = ctl(t, nil, "--controller", caddr, "--dataplane", daddr, "status").expect(t, 0)
-	for _, want := range []string{"ctl-a (leader), version v1.2.3-test", "bbolt:", "2 leased, 1 reserved, 124 free of 127",
+	for _, want := range []string{"ctl-a (leader), version v1.2.3-test", "bbolt:", "2 leased, 1 reserved (0 in use), 124 free of 127",
 		"LAST HEARTBEAT", "dp2", "DOWN", "Local data plane:", "3 open, 2 leased", "spoofed_source 5"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status table lacks %q:\n%s", want, r.stdout)
 		}
 	}
-	if strings.Contains(r.stdout, "Problems") {
+	if strings.Contains(r.stdout, "Problems") || strings.Contains(r.stdout, "FAILING") {
 		t.Errorf("problems reported when all is well:\n%s", r.stdout)
+	}
+	// A failing store shows on the Store line.
+	failing := newController()
+	failing.storeError = "disk full"
+	r = ctl(t, nil, "--controller", serve(t, failing, nil), "--dataplane", daddr, "status").expect(t, 0)
+	if !strings.Contains(r.stdout, "bbolt:/var/lib/fourover6/controller.db (FAILING: disk full)") {
+		t.Errorf("status with a failing store:\n%s", r.stdout)
 	}
 }
 

@@ -123,6 +123,8 @@ var rules = map[string]Class{
 	dpv1.DataplaneService_SetDraining_FullMethodName:  Change,
 	dpv1.DataplaneService_SetLogLevel_FullMethodName:  Change,
 	dpv1.DataplaneService_Upgrade_FullMethodName:      Change,
+	// A capture hands out a client's traffic: operators only, audited.
+	dpv1.DataplaneService_CaptureClient_FullMethodName: Change,
 
 	// Both daemons serve gRPC health.
 	healthpb.Health_Check_FullMethodName: Status,

@@ -21,16 +21,26 @@ type Status struct {
 	Leader    bool
 	LeaderID  string
 	StartedAt time.Time
+	// StoreErr is why the store is failing (its last write failed), when
+	// the store reports that (store.Monitor does); nil otherwise.
+	StoreErr error
 }
+
+// storeHealth is a store that knows whether its last write succeeded.
+type storeHealth interface{ LastWriteErr() error }
 
 // Status works on standbys too.
 func (c *Controller) Status() Status {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return Status{
+	st := Status{
 		ID: c.id, Version: c.version, Store: c.store.String(),
 		Leader: c.term != nil, LeaderID: c.leaderID, StartedAt: c.started,
 	}
+	if h, ok := c.store.(storeHealth); ok {
+		st.StoreErr = h.LastWriteErr()
+	}
+	return st
 }
 
 // Reservation binds a client IPv6 address (a /128) or prefix to an IPv4
@@ -152,6 +162,7 @@ func (c *Controller) SetDNS(ctx context.Context, servers []netip.Addr) ([dns.Cou
 		return out, false, c.storeErr("set DNS", err)
 	}
 	t.settings = set
+	t.dnsStored = res.Servers != c.flagDNS
 	t.dns.Store(&res.Servers)
 	c.log.Info("DNS servers set", "dns", joinAddrs(res.Servers[:]))
 	return res.Servers, true, nil
@@ -191,6 +202,7 @@ func (c *Controller) UpdatePool(ctx context.Context, r pool.Range) (PoolInfo, bo
 		}
 		t.settings = set
 	}
+	t.rangeStored = r != c.poolCfg.Range
 	if changed {
 		c.log.Info("pool range changed", "from", old.String(), "to", t.idx.Range().String())
 	}

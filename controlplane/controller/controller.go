@@ -185,6 +185,10 @@ type Config struct {
 	// Limits bound the leases one client IPv6 address, and one prefix,
 	// may hold across all data planes (zero fields: unlimited).
 	Limits pool.Limits
+	// DNSFrom and RangeFrom say where DNS and Pool.Range were configured
+	// ("flag", "file PATH:LINE", "default", ...): the warning that a value
+	// set at run time overrides them names it. Empty: "configuration".
+	DNSFrom, RangeFrom string
 }
 
 // Lease is what a 101 message carries, plus who holds it since when.
@@ -242,6 +246,10 @@ type Controller struct {
 	// limitLog throttles the log lines of refused allocations, per kind.
 	limitLog throttles
 
+	// ranAt is when Run last finished a Reconcile (wall clock, Unix ns;
+	// 0 before Run): what Stuck reads.
+	ranAt atomic.Int64
+
 	mu       sync.RWMutex
 	term     *term // nil while standby
 	leaderID string
@@ -259,8 +267,11 @@ type term struct {
 	// settings change's store write.
 	dns atomic.Pointer[[dns.Count]netip.Addr]
 
-	smu      sync.Mutex // serializes setting changes; guards settings
+	smu      sync.Mutex // serializes setting changes; guards settings and the two below
 	settings store.Settings
+	// dnsStored and rangeStored: the DNS servers and the client range in
+	// effect are the store's (set at run time), not the configuration's.
+	dnsStored, rangeStored bool
 
 	// regMu serializes the changes of the registry that are written to
 	// the store (registrations, stops, drains, removals), so that the
@@ -431,23 +442,30 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	}
 	servers := c.flagDNS
 	set := st.Settings
+	cfgR := c.poolCfg.Range
 	switch {
 	case set.RangeFirst.IsValid() && set.RangeLast.IsValid():
 		r := pool.Range{First: set.RangeFirst, Last: set.RangeLast}
 		if err := idx.RestoreRange(r); err != nil {
 			c.log.Error("ignoring the stored pool range: it does not fit --pool", "range", r, "error", err)
-		} else if cfgR := c.poolCfg.Range; cfgR != r {
-			c.log.Info("using the pool range set at run time, not the flag", "range", r, "flag", cfgR.String())
+		} else if r != cfgR {
+			t.rangeStored = true
+			c.log.Warn("the pool range set at run time (pool set-range, apply) overrides the configured one",
+				"range", r.String(), "configured", rangeText(cfgR), "configured_from", c.from(c.cfg.RangeFrom))
 		}
 	case set.WholePrefix:
-		if err := idx.RestoreRange(pool.Range{}); err == nil && !c.poolCfg.Range.IsZero() {
-			c.log.Info("using the whole prefix as set at run time, not --pool-range", "flag", c.poolCfg.Range.String())
+		if err := idx.RestoreRange(pool.Range{}); err == nil && !cfgR.IsZero() {
+			t.rangeStored = true
+			c.log.Warn("the whole prefix, as set at run time (pool set-range, apply), overrides the configured pool range",
+				"configured", rangeText(cfgR), "configured_from", c.from(c.cfg.RangeFrom))
 		}
 	}
 	if len(set.DNS) == dns.Count {
 		copy(servers[:], set.DNS)
 		if servers != c.flagDNS {
-			c.log.Info("using the DNS servers set at run time, not the flags", "dns", joinAddrs(servers[:]))
+			t.dnsStored = true
+			c.log.Warn("the DNS servers set at run time (dns set, apply) override the configured ones",
+				"dns", joinAddrs(servers[:]), "configured", joinAddrs(c.flagDNS[:]), "configured_from", c.from(c.cfg.DNSFrom))
 		}
 	}
 	t.dns.Store(&servers)
@@ -488,7 +506,7 @@ func (c *Controller) load(ctx context.Context) (*term, error) {
 	info := idx.Stats()
 	c.log.Info("state loaded", "store", c.store.String(), "leases", idx.Len(),
 		"reservations", len(st.Reservations), "dataplanes", len(st.Dataplanes),
-		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "free", info.Free,
+		"range", fmt.Sprintf("%s-%s", info.First, info.Last), "dns", joinAddrs(servers[:]), "free", info.Free,
 		"free_remembered", info.FreeRemembered)
 	return t, nil
 }

@@ -27,14 +27,35 @@ func (c *Controller) ReconcileInterval() time.Duration { return c.tick }
 func (c *Controller) Run(ctx context.Context) {
 	tk := time.NewTicker(c.tick)
 	defer tk.Stop()
+	c.ranAt.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
 			c.Reconcile(ctx)
+			c.ranAt.Store(time.Now().UnixNano())
 		}
 	}
+}
+
+// Stuck says whether Run is stuck: started, and no Reconcile finished for
+// longer than ten ticks (at least 10 s, so a slow store call does not
+// count). It takes the controller's lock too, so a deadlock there blocks
+// the caller: a watchdog built on it stops either way. It is nil before
+// Run starts.
+func (c *Controller) Stuck() error {
+	c.mu.RLock()
+	//lint:ignore SA2001 taking the lock is the check
+	c.mu.RUnlock()
+	ran := c.ranAt.Load()
+	if ran == 0 {
+		return nil
+	}
+	if age := time.Since(time.Unix(0, ran)); age > max(10*c.tick, 10*time.Second) {
+		return fmt.Errorf("the reconcile loop last finished %s ago", age.Round(time.Millisecond))
+	}
+	return nil
 }
 
 // Reconcile advances the liveness clock, marks the data planes not heard

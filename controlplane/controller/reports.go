@@ -122,6 +122,11 @@ func (r *ReportStream) Add(ctx context.Context, reports []SessionReport) error {
 	}
 	r.sessions += len(reports)
 	now := c.now()
+	for i := range reports {
+		if reports[i].ReceivedAt.IsZero() {
+			reports[i].ReceivedAt = now // rates are growth over the time between reports
+		}
+	}
 	outcomes := make([]pool.Outcome, len(reports))
 	grew := t.idx.ApplyReports(r.dp, reports, outcomes)
 	if r.vouch {

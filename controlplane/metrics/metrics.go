@@ -13,13 +13,16 @@
 //
 // Series:
 //
-//	fourover6_controller_info{version}                           gauge, always 1
+//	fourover6_controller_info{id,version}                        gauge, always 1
 //	fourover6_controller_leader                                  gauge: 1 on the leader, 0 on a standby
 //	fourover6_controller_pool_info{prefix,gateway,first,last}    gauge, always 1
 //	fourover6_controller_pool_size                               gauge: client addresses in the pool
-//	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (they sum to the size)
+//	fourover6_controller_pool_addresses{state}                   gauge: leased, free, reserved (reserved: every reservation in the range, in use or not)
+//	fourover6_controller_pool_reserved_in_use                    gauge: reserved addresses leased right now (leased + free + reserved - this = size)
 //	fourover6_controller_reservations                            gauge: reservation entries
 //	fourover6_controller_dataplanes{state}                       gauge: data planes known, by state (up, draining, down, stopped)
+//	fourover6_controller_dataplane_up{dataplane_id}              gauge: 1 while the data plane is up (draining counts), 0 down or stopped
+//	fourover6_controller_dataplane_last_heartbeat_timestamp_seconds{dataplane_id}  gauge: when its registered instance last called (heartbeat, report, lease), Unix seconds
 //	fourover6_controller_allocations_total                       counter: fresh leases
 //	fourover6_controller_allocations_repeated_total              counter: retries answered with the same lease
 //	fourover6_controller_allocation_choices_total{choice}        counter: fresh leases by address chosen: sticky (the client's remembered one), reserved, new (they sum to allocations_total)
@@ -42,6 +45,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -57,7 +61,9 @@ type PoolStats struct {
 	Size        uint32
 	Leased      uint32
 	Free        uint32
-	Reserved    uint32
+	Reserved    uint32 // every reservation in the range, in use or not
+	// ReservedInUse: of Reserved, those leased.
+	ReservedInUse uint32
 	// FreeRemembered: of Free, those whose last holder is remembered.
 	FreeRemembered uint32
 }
@@ -65,11 +71,13 @@ type PoolStats struct {
 // FromPool converts the pool package's snapshot.
 func FromPool(s pool.Stats) PoolStats {
 	return PoolStats{Prefix: s.Prefix, Gateway: s.Gateway, First: s.First, Last: s.Last,
-		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved, FreeRemembered: s.FreeRemembered}
+		Size: s.Size, Leased: s.Leased, Free: s.Free, Reserved: s.Reserved, ReservedInUse: s.ReservedInUse, FreeRemembered: s.FreeRemembered}
 }
 
 // Snapshot is what the collector reads from the controller at each scrape.
 type Snapshot struct {
+	// ID is the controller's --controller-id.
+	ID      string
 	Version string
 	// Leader is true on the controller that serves (always, without
 	// leader election).
@@ -82,6 +90,20 @@ type Snapshot struct {
 	// Dataplanes counts the known data planes by state ("up", "draining",
 	// "down", "stopped"). Nil omits the series.
 	Dataplanes map[string]int
+	// DataplaneList is each known data plane (its up and last heartbeat
+	// series); a standby knows none.
+	DataplaneList []Dataplane
+}
+
+// Dataplane is one data plane as the controller sees it.
+type Dataplane struct {
+	ID string
+	// Up: heard from within --dataplane-timeout and not stopped (a
+	// draining data plane is up).
+	Up bool
+	// LastHeartbeat is when its registered instance last called; zero
+	// when it has not since this controller started leading.
+	LastHeartbeat time.Time
 }
 
 // Source gives the controller's state at scrape time. It is called from
@@ -103,13 +125,16 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descInfo       = desc("info", "Controller identity: always 1, labeled with its version.", "version")
+	descInfo       = desc("info", "Controller identity: always 1, labeled with its --controller-id and version.", "id", "version")
 	descLeader     = desc("leader", "1 while this controller is the leader (serves leases), 0 while it is a standby.")
 	descPoolInfo   = desc("pool_info", "The address pool: always 1, labeled with its prefix, gateway and client range.", "prefix", "gateway", "first", "last")
 	descPoolSize   = desc("pool_size", "Client addresses in the pool (the gateway excluded).")
-	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).", "state")
+	descPoolAddrs  = desc("pool_addresses", "Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).", "state")
+	descResvInUse  = desc("pool_reserved_in_use", "Reserved addresses leased right now (of pool_addresses{state=\"reserved\"}); leased + free + reserved - this = pool_size.")
 	descResv       = desc("reservations", "Reservations configured (IPv6 address or prefix to IPv4 address).")
 	descDataplanes = desc("dataplanes", "Data planes the controller knows, by state.", "state")
+	descDPUp       = desc("dataplane_up", "1 while the data plane is up (heard from within --dataplane-timeout; draining counts), 0 while it is down or stopped.", "dataplane_id")
+	descDPBeat     = desc("dataplane_last_heartbeat_timestamp_seconds", "When the data plane's registered instance last called the controller (heartbeat, report or lease), in Unix seconds.", "dataplane_id")
 	descRemembered = desc("pool_free_remembered", "Free addresses whose last holder (client IPv6 address) is remembered: that client gets its address back when it returns. The other free addresses were never used or their holder is forgotten.")
 
 	descAllocs    = desc("allocations_total", "Addresses leased to client sessions (fresh leases; repeats of a lease are counted apart).")
@@ -147,7 +172,7 @@ var counterDescs = []*prometheus.Desc{descAllocs, descRepeated, descChoices, des
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.src != nil {
-		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descRemembered, descResv, descDataplanes} {
+		for _, d := range []*prometheus.Desc{descInfo, descLeader, descPoolInfo, descPoolSize, descPoolAddrs, descResvInUse, descRemembered, descResv, descDataplanes, descDPUp, descDPBeat} {
 			ch <- d
 		}
 	}
@@ -165,7 +190,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 		}
-		gauge(descInfo, 1, s.Version)
+		gauge(descInfo, 1, s.ID, s.Version)
 		leader := 0.0
 		if s.Leader {
 			leader = 1
@@ -177,11 +202,22 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descPoolAddrs, float64(p.Leased), "leased")
 			gauge(descPoolAddrs, float64(p.Free), "free")
 			gauge(descPoolAddrs, float64(p.Reserved), "reserved")
+			gauge(descResvInUse, float64(p.ReservedInUse))
 			gauge(descRemembered, float64(p.FreeRemembered))
 			gauge(descResv, float64(s.Reservations))
 		}
 		for _, state := range slices.Sorted(maps.Keys(s.Dataplanes)) {
 			gauge(descDataplanes, float64(s.Dataplanes[state]), state)
+		}
+		for _, d := range s.DataplaneList {
+			up := 0.0
+			if d.Up {
+				up = 1
+			}
+			gauge(descDPUp, up, d.ID)
+			if !d.LastHeartbeat.IsZero() {
+				gauge(descDPBeat, float64(d.LastHeartbeat.UnixNano())/1e9, d.ID)
+			}
 		}
 	}
 	if c.counts != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -31,14 +32,20 @@ func TestCollector(t *testing.T) {
 	stats := metrics.FromPool(pool.Stats{
 		Prefix: netip.MustParsePrefix("13.8.0.0/24"), Gateway: netip.MustParseAddr("13.8.0.1"),
 		First: netip.MustParseAddr("13.8.0.2"), Last: netip.MustParseAddr("13.8.0.11"),
-		Size: 10, Leased: 3, Free: 5, Reserved: 2, FreeRemembered: 4,
+		Size: 10, Leased: 3, Free: 5, Reserved: 3, ReservedInUse: 1, FreeRemembered: 4,
 	})
 	src := &fakeSource{snap: metrics.Snapshot{
+		ID:           "ctl1",
 		Version:      "v9",
 		Leader:       true,
 		Pool:         &stats,
 		Reservations: 2,
 		Dataplanes:   map[string]int{"up": 2, "down": 1, "stopped": 1},
+		DataplaneList: []metrics.Dataplane{
+			{ID: "dp1", Up: true, LastHeartbeat: time.Unix(1767225600, 500e6)},
+			{ID: "dp2", Up: false, LastHeartbeat: time.Unix(1767225500, 0)},
+			{ID: "dp3"}, // not heard from in this term
+		},
 	}}
 	counts := controller.ActivityCounts{
 		Allocated: 3, Repeated: 1, AllocatedSticky: 2, AllocatedReserved: 0, AllocatedNew: 1, Released: 1, ReleaseIgnored: 2, Reclaimed: 4,
@@ -56,9 +63,18 @@ func TestCollector(t *testing.T) {
 	reg.MustRegister(metrics.New(src, func() controller.ActivityCounts { return counts }))
 
 	want := `
-# HELP fourover6_controller_info Controller identity: always 1, labeled with its version.
+# HELP fourover6_controller_info Controller identity: always 1, labeled with its --controller-id and version.
 # TYPE fourover6_controller_info gauge
-fourover6_controller_info{version="v9"} 1
+fourover6_controller_info{id="ctl1",version="v9"} 1
+# HELP fourover6_controller_dataplane_up 1 while the data plane is up (heard from within --dataplane-timeout; draining counts), 0 while it is down or stopped.
+# TYPE fourover6_controller_dataplane_up gauge
+fourover6_controller_dataplane_up{dataplane_id="dp1"} 1
+fourover6_controller_dataplane_up{dataplane_id="dp2"} 0
+fourover6_controller_dataplane_up{dataplane_id="dp3"} 0
+# HELP fourover6_controller_dataplane_last_heartbeat_timestamp_seconds When the data plane's registered instance last called the controller (heartbeat, report or lease), in Unix seconds.
+# TYPE fourover6_controller_dataplane_last_heartbeat_timestamp_seconds gauge
+fourover6_controller_dataplane_last_heartbeat_timestamp_seconds{dataplane_id="dp1"} 1.7672256005e+09
+fourover6_controller_dataplane_last_heartbeat_timestamp_seconds{dataplane_id="dp2"} 1.7672255e+09
 # HELP fourover6_controller_leader 1 while this controller is the leader (serves leases), 0 while it is a standby.
 # TYPE fourover6_controller_leader gauge
 fourover6_controller_leader 1
@@ -68,11 +84,14 @@ fourover6_controller_pool_info{first="13.8.0.2",gateway="13.8.0.1",last="13.8.0.
 # HELP fourover6_controller_pool_size Client addresses in the pool (the gateway excluded).
 # TYPE fourover6_controller_pool_size gauge
 fourover6_controller_pool_size 10
-# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).
+# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).
 # TYPE fourover6_controller_pool_addresses gauge
 fourover6_controller_pool_addresses{state="free"} 5
 fourover6_controller_pool_addresses{state="leased"} 3
-fourover6_controller_pool_addresses{state="reserved"} 2
+fourover6_controller_pool_addresses{state="reserved"} 3
+# HELP fourover6_controller_pool_reserved_in_use Reserved addresses leased right now (of pool_addresses{state="reserved"}); leased + free + reserved - this = pool_size.
+# TYPE fourover6_controller_pool_reserved_in_use gauge
+fourover6_controller_pool_reserved_in_use 1
 # HELP fourover6_controller_pool_free_remembered Free addresses whose last holder (client IPv6 address) is remembered: that client gets its address back when it returns. The other free addresses were never used or their holder is forgotten.
 # TYPE fourover6_controller_pool_free_remembered gauge
 fourover6_controller_pool_free_remembered 4
@@ -152,11 +171,11 @@ fourover6_controller_packets_total{direction="to_client"} 20
 	src.snap.Pool.Free--
 	src.mu.Unlock()
 	want2 := `
-# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free or reserved (they sum to pool_size).
+# HELP fourover6_controller_pool_addresses Client addresses of the pool by state: leased, free (neither leased nor reserved) or reserved (every reservation in the client range, in use or not: a reserved address in use counts as leased too, see pool_reserved_in_use).
 # TYPE fourover6_controller_pool_addresses gauge
 fourover6_controller_pool_addresses{state="free"} 4
 fourover6_controller_pool_addresses{state="leased"} 4
-fourover6_controller_pool_addresses{state="reserved"} 2
+fourover6_controller_pool_addresses{state="reserved"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want2), "fourover6_controller_pool_addresses"); err != nil {
 		t.Error(err)
@@ -171,8 +190,8 @@ func TestSourceFuncAndHalves(t *testing.T) {
 	})
 	col := metrics.New(src, nil)
 	// No counters, no dataplane states: only the source's fixed series.
-	if n := testutil.CollectAndCount(col); n != 9 {
-		t.Errorf("series = %d, want 9", n)
+	if n := testutil.CollectAndCount(col); n != 10 {
+		t.Errorf("series = %d, want 10", n)
 	}
 	// A standby knows no pool: info and leader only.
 	standby := metrics.New(metrics.SourceFunc(func() metrics.Snapshot { return metrics.Snapshot{Version: "v1"} }), nil)

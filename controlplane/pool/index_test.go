@@ -631,7 +631,7 @@ func TestConcurrentStress(t *testing.T) {
 	}
 	mustCheck(t, x)
 	st := x.Stats()
-	if int(st.Leased) != len(shadow) || st.Size != st.Leased+st.Free+st.Reserved {
+	if int(st.Leased) != len(shadow) || st.Size != st.Leased+st.Free+st.Reserved-st.ReservedInUse {
 		t.Fatalf("stats %+v, %d held", st, len(shadow))
 	}
 	for a, o := range shadow {

@@ -141,16 +141,20 @@ type Config struct {
 // DefaultPrefix is the lab's pool.
 var DefaultPrefix = netip.MustParsePrefix("13.8.0.0/24")
 
-// Stats is a snapshot of the pool's use. Size = Leased + Free + Reserved,
-// all counted within the client range.
+// Stats is a snapshot of the pool's use, all counted within the client
+// range. Reserved counts every reservation there, in use or not, and
+// ReservedInUse those of them leased right now, so a reserved address in
+// use counts in both Leased and Reserved: Size = Leased + Free + Reserved -
+// ReservedInUse.
 type Stats struct {
-	Prefix      netip.Prefix
-	Gateway     netip.Addr
-	First, Last netip.Addr
-	Size        uint32
-	Leased      uint32
-	Free        uint32
-	Reserved    uint32 // reserved addresses not leased right now
+	Prefix        netip.Prefix
+	Gateway       netip.Addr
+	First, Last   netip.Addr
+	Size          uint32
+	Leased        uint32
+	Free          uint32 // neither leased nor reserved: for clients without a reservation
+	Reserved      uint32 // reserved addresses, leased or not
+	ReservedInUse uint32 // of Reserved, those leased
 	// FreeRemembered: free addresses whose last holder is remembered (a
 	// returning client gets its own back). Free - FreeRemembered were
 	// never used, or their holder is forgotten.
@@ -280,23 +284,28 @@ func (x *Index) statsLocked() Stats {
 			}
 		}
 	}
+	var inUse uint32
 	for v := range x.reserved {
-		if _, h := x.byAddr[v]; !h && x.inRange(v) {
-			reserved++
-			if _, ok := x.holders[v]; ok {
-				remembered--
-			}
+		if !x.inRange(v) {
+			continue
+		}
+		reserved++
+		if _, h := x.byAddr[v]; h {
+			inUse++
+		} else if _, ok := x.holders[v]; ok {
+			remembered--
 		}
 	}
 	return Stats{
-		Prefix:   x.prefix,
-		Gateway:  x.gateway,
-		First:    addr(x.first),
-		Last:     addr(x.last),
-		Size:     size,
-		Leased:   leased,
-		Reserved: reserved,
-		Free:     size - leased - reserved,
+		Prefix:        x.prefix,
+		Gateway:       x.gateway,
+		First:         addr(x.first),
+		Last:          addr(x.last),
+		Size:          size,
+		Leased:        leased,
+		Reserved:      reserved,
+		ReservedInUse: inUse,
+		Free:          size - leased - (reserved - inUse),
 
 		FreeRemembered: uint32(remembered),
 	}
@@ -307,7 +316,7 @@ func (x *Index) exhaustedLocked() error {
 	return &ExhaustedError{
 		Prefix: x.prefix, First: addr(x.first), Last: addr(x.last),
 		Narrowed: x.first != x.defFirst || x.last != x.defLast,
-		Leased:   st.Leased + st.Reserved, Size: st.Size,
+		Leased:   st.Size - st.Free, Size: st.Size,
 	}
 }
 

@@ -113,6 +113,11 @@ func TestReservationsInPool(t *testing.T) {
 	if g, err := p.Acquire(ow("mine"), netip.MustParseAddr("fd00::7"), time.Now()); err != nil || g.Addr != r64.Addr || !g.Reserved {
 		t.Fatalf("reserved client: %+v %v", g, err)
 	}
+	// A reservation in use still counts as reserved (and as leased): one
+	// definition whether its client is connected or not.
+	if st := p.Stats(); st.Reserved != 2 || st.ReservedInUse != 1 || st.Free != 0 || st.Size != st.Leased+st.Free+st.Reserved-st.ReservedInUse {
+		t.Fatalf("stats with a reservation in use: %+v", st)
+	}
 	// Range changes may not leave out leases or reservations.
 	if _, err := p.SetRange(Range{First: netip.MustParseAddr("10.0.0.20"), Last: netip.MustParseAddr("10.0.0.30")}); err == nil {
 		t.Fatal("range leaving out leases accepted")

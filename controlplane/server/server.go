@@ -376,6 +376,7 @@ func poolToPB(info controller.PoolInfo) *pb.Pool {
 		Dns:        addrStrings(info.DNS[:]),
 
 		FreeRemembered: info.FreeRemembered,
+		ReservedInUse:  info.ReservedInUse,
 	}
 }
 
@@ -555,6 +556,12 @@ func clientToPB(r controller.Client) *pb.Client {
 			PacketsToClient:   r.Traffic.PacketsToClient,
 		},
 		Sticky: r.Sticky,
+		Rates: &pb.Rates{
+			BytesFromClient:   r.Rates.BytesFromClient,
+			PacketsFromClient: r.Rates.PacketsFromClient,
+			BytesToClient:     r.Rates.BytesToClient,
+			PacketsToClient:   r.Rates.PacketsToClient,
+		},
 	}
 }
 
@@ -569,10 +576,14 @@ func clip(s string) string {
 
 func (s *ControllerServer) GetStatus(ctx context.Context, _ *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
 	st := s.c.Status()
-	return &pb.GetStatusResponse{Status: &pb.ControllerStatus{
+	out := &pb.ControllerStatus{
 		ControllerId: st.ID, Version: st.Version, Store: st.Store,
 		Leader: st.Leader, LeaderId: st.LeaderID, StartedAt: timeToPB(st.StartedAt),
-	}}, nil
+	}
+	if st.StoreErr != nil {
+		out.StoreError = st.StoreErr.Error()
+	}
+	return &pb.GetStatusResponse{Status: out}, nil
 }
 
 func (s *ControllerServer) WatchClients(req *pb.WatchClientsRequest, stream grpc.ServerStreamingServer[pb.WatchClientsResponse]) error {

@@ -31,6 +31,18 @@ func (t Traffic) Add(u Traffic) Traffic {
 	}
 }
 
+// Rates are traffic per second, each way: the growth of a session's
+// counters between two reports, over the time between them.
+type Rates struct {
+	BytesFromClient   float64
+	PacketsFromClient float64
+	BytesToClient     float64
+	PacketsToClient   float64
+}
+
+// Total is bytes per second both ways: what "the busiest client" means.
+func (r Rates) Total() float64 { return r.BytesFromClient + r.BytesToClient }
+
 // Row is one client.
 type Row struct {
 	Addr        netip.Addr
@@ -45,6 +57,7 @@ type Row struct {
 	ConnectedAt time.Time // when the client connected, per its data plane
 	LastHeard   time.Time // last message from the client, per its data plane
 	Traffic     Traffic
+	Rates       Rates // over the last two reports; zero until there are two
 }
 
 // Report is a data plane's view of one of its sessions. Zero fields were
@@ -60,6 +73,10 @@ type Report struct {
 	ConnectedAt time.Time
 	LastHeard   time.Time
 	Traffic     Traffic
+	// ReceivedAt is when the controller received the report: rates are
+	// the counters' growth over the time between two reports. Zero: no
+	// rate is computed from this report.
+	ReceivedAt time.Time
 }
 
 // Filter selects rows. The zero Filter selects all.
@@ -90,6 +107,8 @@ type Session struct {
 	ConnectedAt time.Time
 	LastHeard   time.Time
 	Traffic     Traffic
+	Rates       Rates
+	reportedAt  time.Time // ReceivedAt of the report Traffic is from
 
 	// counted: Traffic is a baseline that deltas may be taken from. A
 	// session rebuilt after a restart learns its baseline from the first
@@ -128,6 +147,25 @@ func (r *Session) Apply(u Report) Traffic {
 			PacketsToClient:   growth(r.Traffic.PacketsToClient, u.Traffic.PacketsToClient),
 		}
 	}
+	if dt := u.ReceivedAt.Sub(r.reportedAt); !r.reportedAt.IsZero() && dt > 0 {
+		// The growth over this interval, whether or not it counts in the
+		// totals (a rebuilt session's first delta does not, its rate does).
+		g := Traffic{
+			BytesFromClient:   growth(r.Traffic.BytesFromClient, u.Traffic.BytesFromClient),
+			PacketsFromClient: growth(r.Traffic.PacketsFromClient, u.Traffic.PacketsFromClient),
+			BytesToClient:     growth(r.Traffic.BytesToClient, u.Traffic.BytesToClient),
+			PacketsToClient:   growth(r.Traffic.PacketsToClient, u.Traffic.PacketsToClient),
+		}
+		sec := dt.Seconds()
+		r.Rates = Rates{
+			BytesFromClient:   float64(g.BytesFromClient) / sec,
+			PacketsFromClient: float64(g.PacketsFromClient) / sec,
+			BytesToClient:     float64(g.BytesToClient) / sec,
+			PacketsToClient:   float64(g.PacketsToClient) / sec,
+		}
+	}
+	// An untimed report's counters are no base for the next rate.
+	r.reportedAt = u.ReceivedAt
 	r.counted = true
 	r.Traffic = u.Traffic
 	return delta
@@ -150,6 +188,7 @@ func (r Session) Fill(row *Row) {
 		row.LastHeard = r.LastHeard
 	}
 	row.Traffic = r.Traffic
+	row.Rates = r.Rates
 }
 
 func growth(old, cur uint64) uint64 {

@@ -101,3 +101,52 @@ func TestFilter(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionRates(t *testing.T) {
+	s := NewSession()
+	s.Apply(Report{ReceivedAt: t0, Traffic: Traffic{BytesFromClient: 1000, PacketsFromClient: 10}})
+	if s.Rates != (Rates{}) {
+		t.Errorf("rates after one report = %+v, want zero", s.Rates)
+	}
+	s.Apply(Report{ReceivedAt: t0.Add(5 * time.Second), Traffic: Traffic{
+		BytesFromClient: 6000, PacketsFromClient: 20, BytesToClient: 50000, PacketsToClient: 50,
+	}})
+	want := Rates{BytesFromClient: 1000, PacketsFromClient: 2, BytesToClient: 10000, PacketsToClient: 10}
+	if s.Rates != want {
+		t.Errorf("rates = %+v, want %+v", s.Rates, want)
+	}
+	if s.Rates.Total() != 11000 {
+		t.Errorf("total = %v, want 11000", s.Rates.Total())
+	}
+	// A report without a time (or not later) leaves the rates as they are.
+	s.Apply(Report{Traffic: Traffic{BytesFromClient: 7000}})
+	if s.Rates != want {
+		t.Errorf("rates after an untimed report = %+v, want %+v", s.Rates, want)
+	}
+	// ... and is no base for the next: that one sets the base again.
+	s.Apply(Report{ReceivedAt: t0.Add(9 * time.Second), Traffic: Traffic{BytesFromClient: 7000, PacketsFromClient: 20, BytesToClient: 50000, PacketsToClient: 50}})
+	if s.Rates != want {
+		t.Errorf("rates after a report following an untimed one = %+v, want %+v", s.Rates, want)
+	}
+	// Idle: the rate falls to zero.
+	s.Apply(Report{ReceivedAt: t0.Add(10 * time.Second), Traffic: Traffic{BytesFromClient: 7000, PacketsFromClient: 20, BytesToClient: 50000, PacketsToClient: 50}})
+	if s.Rates != (Rates{}) {
+		t.Errorf("rates of an idle session = %+v, want zero", s.Rates)
+	}
+	var row Row
+	s.Fill(&row)
+	if row.Rates != s.Rates {
+		t.Errorf("Fill: row rates %+v, want %+v", row.Rates, s.Rates)
+	}
+
+	// A rebuilt session's first report sets no totals' delta; its second
+	// has a rate.
+	var r Session
+	if d := r.Apply(Report{ReceivedAt: t0, Traffic: Traffic{BytesToClient: 1 << 20}}); d != (Traffic{}) {
+		t.Errorf("first delta of a rebuilt session = %+v", d)
+	}
+	r.Apply(Report{ReceivedAt: t0.Add(2 * time.Second), Traffic: Traffic{BytesToClient: 1<<20 + 2000}})
+	if r.Rates.BytesToClient != 1000 {
+		t.Errorf("rebuilt session's rate = %+v, want 1000 B/s to the client", r.Rates)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fourover6/fourover6/controlplane/loglevel"
 	"github.com/fourover6/fourover6/dataplane"
+	"github.com/fourover6/fourover6/dataplane/bgp"
 	"github.com/fourover6/fourover6/dataplane/session"
 	dpv1 "github.com/fourover6/fourover6/proto/fourover6/dataplane/v1"
 	"google.golang.org/grpc"
@@ -27,6 +28,7 @@ type Server struct {
 	level    *slog.LevelVar
 	log      *slog.Logger
 	upgrader Upgrader
+	bgp      BGPSource // nil: BGP is off
 }
 
 // Upgrader hands the data plane over to a new process (the daemon's
@@ -59,6 +61,16 @@ func (s *Server) Upgrade(ctx context.Context, _ *dpv1.UpgradeRequest) (*dpv1.Upg
 		Sessions: uint32(r.Sessions), TookMs: uint64(r.Took.Milliseconds()), PausedMs: uint64(r.Paused.Milliseconds()),
 	}, nil
 }
+
+// BGPSource is the data plane's BGP speaker, as the status shows it
+// (*bgp.Speaker is one).
+type BGPSource interface {
+	Status() bgp.Status
+	Config() bgp.Config
+}
+
+// SetBGP makes GetStatus show the BGP speaker src. Call it before serving.
+func (s *Server) SetBGP(src BGPSource) { s.bgp = src }
 
 // New returns the API over dp. level, when not nil, is the daemon's log
 // level, changed by SetLogLevel.
@@ -110,7 +122,50 @@ func (s *Server) GetStatus(context.Context, *dpv1.GetStatusRequest) (*dpv1.GetSt
 			AcceptRate:        st.Limits.AcceptRate,
 			AcceptBurst:       uint32(st.Limits.AcceptBurst),
 		},
+		Bgp: s.bgpStatus(),
 	}}, nil
+}
+
+func (s *Server) bgpStatus() *dpv1.Bgp {
+	if s.bgp == nil {
+		return nil
+	}
+	st, cfg := s.bgp.Status(), s.bgp.Config()
+	out := &dpv1.Bgp{
+		Asn:               st.ASN,
+		RouterId:          addrString(st.RouterID.String(), st.RouterID.IsValid()),
+		NextHop:           addrString(st.NextHop.String(), st.NextHop.IsValid()),
+		HoldTimeMs:        uint64(max(cfg.HoldTime, 0).Milliseconds()),
+		GracefulRestartMs: uint64(st.RestartTime.Milliseconds()),
+		Announced:         uint32(st.Announced),
+		Aggregate:         addrString(st.Aggregate.String(), st.Aggregate.IsValid()),
+		Pending:           uint32(st.Pending),
+		FailedTotal:       st.Failed,
+	}
+	for _, p := range st.Peers {
+		ps := &dpv1.BgpSession{
+			PeerAddress:      p.Addr.String(),
+			PeerPort:         uint32(p.Port),
+			PeerAsn:          p.ASN,
+			State:            p.State,
+			UptimeMs:         uint64(p.Uptime.Milliseconds()),
+			LocalAddress:     addrString(p.LocalAddress.String(), p.LocalAddress.IsValid()),
+			RouterId:         addrString(p.RouterID.String(), p.RouterID.IsValid()),
+			PrefixesSent:     p.PrefixesSent,
+			PrefixesReceived: p.PrefixesReceived,
+			Flaps:            p.Flaps,
+			GracefulRestart:  p.GracefulRestart,
+			LastError:        p.LastError,
+		}
+		if ps.PeerPort == 0 {
+			ps.PeerPort = bgp.BGPPort
+		}
+		if !p.Since.IsZero() {
+			ps.EstablishedAt = timestamppb.New(p.Since)
+		}
+		out.Sessions = append(out.Sessions, ps)
+	}
+	return out
 }
 
 // KickSession implements dpv1.DataplaneServiceServer.

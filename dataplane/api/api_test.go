@@ -15,6 +15,7 @@ import (
 
 	"github.com/fourover6/fourover6/dataplane"
 	"github.com/fourover6/fourover6/dataplane/api"
+	"github.com/fourover6/fourover6/dataplane/bgp"
 	"github.com/fourover6/fourover6/dataplane/dataplanetest"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -33,6 +34,12 @@ type env struct {
 // its API on a unix socket.
 func start(t *testing.T) *env {
 	t.Helper()
+	return startBGP(t, nil)
+}
+
+// startBGP is start with a BGP speaker (nil: none).
+func startBGP(t *testing.T, src api.BGPSource) *env {
+	t.Helper()
 	h := dataplanetest.Start(t, dataplanetest.NewMemTUN(1), func(c *dataplane.Config) {
 		c.ID, c.Version, c.ControllerAddr = "dp-api", "v-test", "unix:///run/test/controller.sock"
 		c.KeepaliveInterval, c.KeepaliveTimeout = 7*time.Second, 21*time.Second
@@ -43,7 +50,11 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	api.New(h.DP, nil, nil).Register(gs)
+	srv := api.New(h.DP, nil, nil)
+	if src != nil {
+		srv.SetBGP(src)
+	}
+	srv.Register(gs)
 	go gs.Serve(apiLn)
 	t.Cleanup(gs.Stop)
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -218,5 +229,44 @@ func TestStatusAndSessions(t *testing.T) {
 	wantCounters("status after the disconnect", st.GetCounters())
 	if ss := e.sessions(); len(ss) != 1 || ss[0].GetClientPort() != port(c2) {
 		t.Errorf("sessions after the disconnect = %v, want only the second client", ss)
+	}
+}
+
+type fakeBGP struct {
+	st  bgp.Status
+	cfg bgp.Config
+}
+
+func (f fakeBGP) Status() bgp.Status { return f.st }
+func (f fakeBGP) Config() bgp.Config { return f.cfg }
+
+// The status carries the BGP speaker when there is one, and nothing
+// (not an empty speaker) when BGP is off.
+func TestStatusBGP(t *testing.T) {
+	if b := start(t).status().GetBgp(); b != nil {
+		t.Fatalf("bgp without a speaker: %v", b)
+	}
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	src := fakeBGP{cfg: bgp.Config{HoldTime: 9 * time.Second}, st: bgp.Status{
+		ASN: 65000, RouterID: netip.MustParseAddr("198.51.100.1"), RestartTime: 30 * time.Second, Announced: 2,
+		Aggregate: netip.MustParsePrefix("13.8.0.0/24"), Peers: []bgp.PeerStatus{
+			{Peer: bgp.Peer{Addr: netip.MustParseAddr("198.51.100.2"), ASN: 65001}, State: "established", Since: since,
+				Uptime: time.Minute, LocalAddress: netip.MustParseAddr("198.51.100.1"), PrefixesSent: 3, GracefulRestart: true},
+			{Peer: bgp.Peer{Addr: netip.MustParseAddr("2001:db8::2"), Port: 1179, ASN: 65002}, State: "idle", LastError: "hold timer expired"},
+		}}}
+	b := startBGP(t, src).status().GetBgp()
+	if b.GetAsn() != 65000 || b.GetRouterId() != "198.51.100.1" || b.GetNextHop() != "" || b.GetHoldTimeMs() != 9000 ||
+		b.GetGracefulRestartMs() != 30000 || b.GetAnnounced() != 2 || b.GetAggregate() != "13.8.0.0/24" || len(b.GetSessions()) != 2 {
+		t.Fatalf("bgp %v", b)
+	}
+	p := b.GetSessions()[0]
+	if p.GetPeerAddress() != "198.51.100.2" || p.GetPeerPort() != 179 || p.GetPeerAsn() != 65001 || p.GetState() != "established" ||
+		!p.GetEstablishedAt().AsTime().Equal(since) || p.GetUptimeMs() != 60000 || p.GetLocalAddress() != "198.51.100.1" ||
+		p.GetRouterId() != "" || p.GetPrefixesSent() != 3 || !p.GetGracefulRestart() {
+		t.Fatalf("session %v", p)
+	}
+	p = b.GetSessions()[1]
+	if p.GetPeerPort() != 1179 || p.GetEstablishedAt() != nil || p.GetLastError() != "hold timer expired" {
+		t.Fatalf("session %v", p)
 	}
 }

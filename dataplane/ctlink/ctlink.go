@@ -387,7 +387,7 @@ func mapErr(op string, err error) error {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w: %v", op, dataplane.ErrControllerUnavailable, err)
+		return fmt.Errorf("%s: %w: %w", op, dataplane.ErrControllerUnavailable, err)
 	}
 	st, _ := status.FromError(err)
 	reason, md := errorInfo(st)
@@ -410,7 +410,10 @@ func mapErr(op string, err error) error {
 	switch st.Code() {
 	case codes.ResourceExhausted:
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrPoolExhausted, st.Message())
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.Canceled:
+	case codes.Canceled:
+		// Our side gave up (its context ended), as gRPC reports it.
+		return fmt.Errorf("%s: %w: %s: %w", op, dataplane.ErrControllerUnavailable, st.Message(), context.Canceled)
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return fmt.Errorf("%s: %w: %s", op, dataplane.ErrControllerUnavailable, st.Message())
 	}
 	return fmt.Errorf("%s: controller said %s: %s", op, st.Code(), st.Message())

@@ -618,3 +618,21 @@ func TestIDInUse(t *testing.T) {
 		t.Fatalf("stop: %d released, %v", n, err)
 	}
 }
+
+// TestMapErrCanceled: a call our own context ended is "unavailable" to the
+// retry logic and recognisably ours (context.Canceled), so a shutdown is
+// not reported as the controller going away.
+func TestMapErrCanceled(t *testing.T) {
+	for name, err := range map[string]error{
+		"context": context.Canceled,
+		"grpc":    status.Error(codes.Canceled, "context canceled"),
+	} {
+		got := ctlink.MapErr("release", err)
+		if !errors.Is(got, dataplane.ErrControllerUnavailable) || !errors.Is(got, context.Canceled) {
+			t.Errorf("%s: mapErr = %v: want ErrControllerUnavailable and context.Canceled", name, got)
+		}
+	}
+	if got := ctlink.MapErr("release", status.Error(codes.Unavailable, "down")); errors.Is(got, context.Canceled) {
+		t.Errorf("Unavailable mapped to %v, which claims our context ended", got)
+	}
+}

@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,7 +209,7 @@ func (c *Client) ExpectClosed() {
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncated) || strings.Contains(err.Error(), "reset") {
+		if errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncated) || errors.Is(err, syscall.ECONNRESET) {
 			return
 		}
 		c.t.Fatalf("connection not closed by server: %v", err)

@@ -3,7 +3,7 @@
 // The Collector reads the data plane when scraped (Dataplane.Status): the
 // hot path is not touched, and nothing is counted twice. Series:
 //
-//	fourover6_dataplane_info{id,version,instance}               gauge, always 1
+//	fourover6_dataplane_info{id,version,instance_id}            gauge, always 1
 //	fourover6_dataplane_start_time_seconds                      gauge, Unix time
 //	fourover6_dataplane_sessions                                gauge: open client connections
 //	fourover6_dataplane_sessions_leased                         gauge: of those, holding an address
@@ -24,6 +24,16 @@
 //	fourover6_dataplane_handoff_failures_total                  counter: hand-offs this process attempted that did not happen
 //	fourover6_dataplane_handoff_pause_seconds                   gauge: how long the last hand-off into this process froze traffic
 //	fourover6_dataplane_audit_total{method,result}              counter: state-changing API calls (AuditCollector)
+//
+// With BGP on (BGPCollector), per configured peer and for the speaker:
+//
+//	fourover6_dataplane_bgp_session_up{peer,peer_asn}             gauge: 1 while established
+//	fourover6_dataplane_bgp_session_uptime_seconds{peer,peer_asn} gauge
+//	fourover6_dataplane_bgp_prefixes_sent{peer,peer_asn}          gauge: routes the peer has from us
+//	fourover6_dataplane_bgp_session_flaps_total{peer,peer_asn}    counter
+//	fourover6_dataplane_bgp_routes_announced                      gauge: client /32s in the speaker's table
+//	fourover6_dataplane_bgp_route_changes_pending                 gauge
+//	fourover6_dataplane_bgp_route_changes_failed_total            counter
 //
 // Byte and packet counters include the sessions already closed, so they only
 // grow for the life of the process.
@@ -74,7 +84,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descInfo      = desc("info", "Data plane identity: always 1, labeled with id, version and instance (random per process start).", "id", "version", "instance")
+	descInfo      = desc("info", "Data plane identity: always 1, labeled with its id, version and instance_id (random per process start).", "id", "version", "instance_id")
 	descStart     = desc("start_time_seconds", "When this data plane started, in Unix seconds.")
 	descSessions  = desc("sessions", "Open client connections (leased or not yet).")
 	descLeased    = desc("sessions_leased", "Open client connections holding an address.")

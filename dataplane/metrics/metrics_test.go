@@ -94,9 +94,9 @@ fourover6_dataplane_sessions_accepted_total 1
 # HELP fourover6_dataplane_sessions_closed_total Client connections closed, for any reason.
 # TYPE fourover6_dataplane_sessions_closed_total counter
 fourover6_dataplane_sessions_closed_total 0
-# HELP fourover6_dataplane_info Data plane identity: always 1, labeled with id, version and instance (random per process start).
+# HELP fourover6_dataplane_info Data plane identity: always 1, labeled with its id, version and instance_id (random per process start).
 # TYPE fourover6_dataplane_info gauge
-fourover6_dataplane_info{id="dp-metrics",instance="inst-1",version="v1.2.3"} 1
+fourover6_dataplane_info{id="dp-metrics",instance_id="inst-1",version="v1.2.3"} 1
 # HELP fourover6_dataplane_controller_reachable 1 while the controller answers, 0 while it is unreachable.
 # TYPE fourover6_dataplane_controller_reachable gauge
 fourover6_dataplane_controller_reachable 1

@@ -96,7 +96,10 @@ func TestDataplaneDefaultPolicy(t *testing.T) {
 		"policy_host": 2, "policy_client": 1, "policy_broadcast": 2, "policy_link_local": 1,
 		"policy_multicast": 1, "policy_loopback": 1, "policy_unspecified": 1, "policy_reserved": 1,
 	})
-	// Traffic counts only what was forwarded: the sync echo, the two, the marker.
+	// Traffic counts only what was forwarded: the sync echo, the two, the
+	// marker. The reader counts the marker once its TUN write returned,
+	// which may be after the test saw it on the TUN.
+	dataplanetest.Eventually(t, "the marker to be counted", func() bool { return h.DP.Status().Traffic.PacketsFromClient >= 4 })
 	if tr := h.DP.Status().Traffic; tr.PacketsFromClient != 4 {
 		t.Errorf("packets from client = %d, want 4", tr.PacketsFromClient)
 	}

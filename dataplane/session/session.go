@@ -31,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fourover6/fourover6/dataplane/capture"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/policy"
 	"github.com/fourover6/fourover6/dataplane/sendq"
@@ -175,6 +176,11 @@ type Session struct {
 	gwDNS atomic.Bool
 
 	tunw tun.Writer // reader goroutine: 102s on their way to the TUN; nil when none
+
+	// tap is where captures of this client attach; taps is the reader's
+	// copy of it, loaded once per read (nil when nobody captures).
+	tap  capture.Point
+	taps *capture.Set
 }
 
 // New wraps an accepted connection (one that gives access to its socket,
@@ -291,6 +297,9 @@ func (s *Session) SendData(bs []*sendq.Buf) int {
 	for _, b := range bs {
 		b.Kind = sendq.Data
 	}
+	if taps := s.tap.Load(); taps != nil {
+		return s.sendDataCaptured(taps, bs)
+	}
 	n, err := s.out.Send(bs)
 	if errors.Is(err, sendq.ErrFull) {
 		for range len(bs) - n {
@@ -299,6 +308,35 @@ func (s *Session) SendData(bs []*sendq.Buf) int {
 	}
 	return n
 }
+
+// sendDataCaptured is SendData while someone captures the client: the
+// packets are copied before the queue takes them (it may write and recycle
+// them at once), and marked with what became of them.
+func (s *Session) sendDataCaptured(taps *capture.Set, bs []*sendq.Buf) int {
+	batch := taps.Begin(capture.ToClient)
+	for i, b := range bs {
+		batch.Stage(i, b.B[wire.HeaderLen:b.N])
+	}
+	n, err := s.out.Send(bs)
+	switch {
+	case errors.Is(err, sendq.ErrFull):
+		for range len(bs) - n {
+			s.drop(DropSendQueueFull, nil)
+		}
+		batch.MarkFrom(n, DropSendQueueFull.String())
+	case n < len(bs):
+		batch.MarkFrom(n, CaptureSessionClosed)
+	}
+	batch.Publish()
+	return n
+}
+
+// CaptureSessionClosed marks captured 103s that the session did not take
+// because it was closing.
+const CaptureSessionClosed = "session_closed"
+
+// Capture is where captures of the client attach (see package capture).
+func (s *Session) Capture() *capture.Point { return &s.tap }
 
 // writeFailed is the send queue's OnFail: a write to the client failed.
 func (s *Session) writeFailed(err error) {
@@ -412,11 +450,16 @@ func (s *Session) readLoop() {
 	s.dec = dec
 	defer s.flushTUN()
 	for {
-		if s.tunw != nil && !dec.Ready() {
+		fresh := !dec.Ready()
+		if fresh {
 			// Next would block: hand what the last read carried to the TUN.
 			s.flushTUN()
 		}
 		m, err := dec.Next()
+		if fresh {
+			// A read: are its packets captured? One atomic load per read.
+			s.taps = s.tap.Load()
+		}
 		if err != nil {
 			if parked, thaw, frozen := s.freezing(); frozen {
 				s.flushTUN()
@@ -611,6 +654,27 @@ func (s *Session) send101(lease wire.AddrResponse) {
 
 // netRequest checks a 102 and writes its packet to the TUN.
 func (s *Session) netRequest(p []byte) {
+	r, n := s.forward(p)
+	if s.taps != nil {
+		drop := ""
+		if r != dropNone {
+			drop = r.String()
+		}
+		s.taps.Add(capture.FromClient, drop, p)
+	}
+	if n > 0 { // forwarded (a TUN write error included: the kernel saw it)
+		s.c.bytesFrom.Add(uint64(n))
+		s.c.pktsFrom.Add(1)
+	}
+}
+
+// dropNone is forward's "not dropped".
+const dropNone = NumDrops
+
+// forward checks a 102's packet and writes it to the TUN; it returns
+// dropNone or why it was dropped (counted), and the length of the packet
+// handed to the TUN (0 when none was).
+func (s *Session) forward(p []byte) (Drop, int) {
 	addr := s.src4.Load()
 	if addr != 0 && s.addr4.Load() == 0 {
 		// The 101 is out, the route not in yet: wait for it.
@@ -618,29 +682,31 @@ func (s *Session) netRequest(p []byte) {
 	}
 	if addr == 0 {
 		s.drop(DropBeforeLease, nil)
-		return
+		return DropBeforeLease, 0
 	}
 	n, prob := packet.CheckIPv4(p)
 	if prob != packet.OK {
-		s.drop(dropFor(prob), nil)
-		return
+		r := dropFor(prob)
+		s.drop(r, nil)
+		return r, 0
 	}
 	if packet.Src4(p) != addr {
 		s.drop(DropSpoofedSource, []any{"src", packet.Src(p)})
-		return
+		return DropSpoofedSource, 0
 	}
 	if r := s.cfg.Policy.Check(p[:n], s.gwDNS.Load()); r != policy.Allow {
-		s.drop(policyDrops[r], []any{"dst", packet.Dst(p)})
-		return
+		d := policyDrops[r]
+		s.drop(d, []any{"dst", packet.Dst(p)})
+		return d, 0
 	}
 	if s.tunw == nil {
 		s.tunw = s.cfg.getTUNWriter()
 	}
 	if err := s.tunw.WritePacket(p[:n]); err != nil {
 		s.drop(DropTUNWriteError, []any{"err", err})
+		return DropTUNWriteError, n
 	}
-	s.c.bytesFrom.Add(uint64(n))
-	s.c.pktsFrom.Add(1)
+	return dropNone, n
 }
 
 // flushTUN writes the 102 packets the TUN writer holds and gives it back.

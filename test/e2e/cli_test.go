@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,6 +58,11 @@ func TestCLIAgainstRealDaemons(t *testing.T) {
 	e.ctlJSON(&got, "clients", "get", me)
 	if got.IPv4 != me || got.IPv6 != clientV6 || got.Dataplane != "dp1" {
 		t.Fatalf("clients get: %+v", got)
+	}
+	var byV6 ctlClient
+	e.ctlJSON(&byV6, "clients", "get", clientV6) // the address an operator knows
+	if byV6 != got {
+		t.Fatalf("clients get %s: %+v, want %+v", clientV6, byV6, got)
 	}
 	var y []map[string]any
 	out, _, _ := e.ctl("clients", "list", "-o", "yaml")
@@ -108,8 +115,14 @@ func TestCLIAgainstRealDaemons(t *testing.T) {
 	}
 	// A new client gets the new DNS servers in its 101.
 	c2 := e.dialLab()
-	if r := c2.lease(); r.DNS[0].String() != "192.0.2.1" {
-		t.Fatalf("101 after dns set: %+v", r)
+	r2 := c2.lease()
+	if r2.DNS[0].String() != "192.0.2.1" {
+		t.Fatalf("101 after dns set: %+v", r2)
+	}
+	// Now that IPv6 address is connected twice: both are named.
+	if _, errOut, code := e.ctl("clients", "get", clientV6); code != 1 || !strings.Contains(errOut, clientV6+" is connected 2 times") ||
+		!strings.Contains(errOut, me+" (port") || !strings.Contains(errOut, r2.Addr.String()+" (port") {
+		t.Fatalf("clients get %s connected twice: exit %d: %s", clientV6, code, errOut)
 	}
 
 	// Drain and undrain.
@@ -221,4 +234,94 @@ func TestKickAndWatch(t *testing.T) {
 	if _, _, code := e.ctl("clients", "get", secondAddr); code != 0 {
 		t.Error("the other client was disturbed")
 	}
+}
+
+// TestWatchSurvivesControllerRestart: clients watch keeps running through a
+// restart of the controller and goes on printing events from the new one.
+func TestWatchSurvivesControllerRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	first := e.dialLab()
+	firstAddr := first.lease().Addr.String()
+
+	watch := exec.Command(filepath.Join(binDir, "4over6ctl"), "--controller", "unix://"+e.ctlSock, "clients", "watch", "-o", "json")
+	stdout, _ := watch.StdoutPipe()
+	var stderr syncBuffer
+	watch.Stderr = &stderr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- watch.Wait() }()
+	defer watch.Process.Kill()
+	events := make(chan map[string]any, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev map[string]any
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				events <- ev
+			}
+		}
+		close(events)
+	}()
+	ipv4 := func(ev map[string]any) string {
+		c, _ := ev["client"].(map[string]any)
+		s, _ := c["ipv4"].(string)
+		return s
+	}
+	next := func(want, addr string) {
+		t.Helper()
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("watch ended while waiting for %q %s; stderr:\n%s", want, addr, stderr.String())
+				}
+				if ev["type"] == want && (addr == "" || ipv4(ev) == addr) {
+					return
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no %q event for %s; stderr:\n%s", want, addr, stderr.String())
+			}
+		}
+	}
+	next("existing", firstAddr)
+	next("synced", "")
+
+	if err := e.stop(e.procs[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.start(e.srv, "4over6-controller", e.controllerArgs()...)
+	second := e.dialLab()
+	secondAddr := second.lease().Addr.String()
+	next("connected", secondAddr)
+	select {
+	case err := <-exited:
+		t.Fatalf("watch exited: %v; stderr:\n%s", err, stderr.String())
+	default:
+	}
+	// stderr is copied by another goroutine: it may lag behind stdout.
+	e.waitFor("the resumed note", func() bool { return strings.Contains(stderr.String(), "watch: resumed at unix://"+e.ctlSock) })
+	if s := stderr.String(); !strings.Contains(s, "reconnecting") || strings.Contains(s, "not the leader") {
+		t.Errorf("watch stderr:\n%s", s)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -122,14 +122,14 @@ func TestDuplicateIDExitsTwo(t *testing.T) {
 		t.Fatalf("the second data plane with --id dp1 exited %d, want 2:\n%s", code, logOf(t, dup))
 	}
 	out := logOf(t, dup)
-	for _, want := range []string{"another data plane with --id dp1 is running", "give this one a different --id", live.Instance, "level=ERROR"} {
+	for _, want := range []string{"another data plane with --id dp1 is running", "give this one a different --id", live.Instance, "level=error"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the refused data plane's output does not say %q:\n%s", want, out)
 		}
 	}
 	e.waitFor("the live data plane to log the conflict", func() bool {
 		l := logOf(t, e.procs[1])
-		return strings.Contains(l, "level=ERROR") && strings.Contains(l, "DATA PLANE ID IN USE") && strings.Contains(l, filepath.Join(e.dir, "dp1.sock"))
+		return strings.Contains(l, "level=error") && strings.Contains(l, "DATA PLANE ID IN USE") && strings.Contains(l, filepath.Join(e.dir, "dp1.sock"))
 	})
 	time.Sleep(500 * time.Millisecond) // echoes after the attempt too
 	ping.finish(t)

@@ -74,12 +74,25 @@ type envOptions struct {
 	// noReturnRoute leaves the IPv4 host without a route to the pool, as
 	// on the internet: only NAT on the data plane gets answers back.
 	noReturnRoute bool
+	// beforeDataplane runs once the namespaces and the controller are up,
+	// before the data plane starts (to start what it talks to first).
+	beforeDataplane func(e *env)
+	// controllerEnv and dataplaneEnv are added to the daemons'
+	// environment (KEY=VALUE).
+	controllerEnv, dataplaneEnv []string
+	// dir is the test's directory (sockets, state, logs); empty: a new
+	// one. A test that must know the socket paths before the daemons
+	// start gives its own.
+	dir string
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	netnstest.RequireRoot(t)
-	e := &env{t: t, dir: t.TempDir()}
+	e := &env{t: t, dir: o.dir}
+	if e.dir == "" {
+		e.dir = t.TempDir()
+	}
 	e.ctlSock = filepath.Join(e.dir, "controller.sock")
 	e.dpSock = filepath.Join(e.dir, "dataplane.sock")
 	must := func(err error) {
@@ -111,13 +124,20 @@ func newEnv(t *testing.T, o envOptions) *env {
 	must(e.srv.Sysctl("net.ipv4.ip_forward", "1"))
 	t.Cleanup(e.stopAll)
 
-	e.start(e.srv, "4over6-controller", append(e.controllerArgs(), o.controllerArgs...)...)
+	e.startEnv(e.srv, o.controllerEnv, "4over6-controller", append(e.controllerArgs(), o.controllerArgs...)...)
 	e.waitFor("controller socket", func() bool { _, err := os.Stat(e.ctlSock); return err == nil })
+	if o.beforeDataplane != nil {
+		o.beforeDataplane(e)
+	}
 	dpArgs := append([]string{"--id", "dp1", "--controller", "unix://" + e.ctlSock, "--api", "unix://" + e.dpSock}, o.dataplaneArgs...)
 	if o.dataplaneBin != "" {
-		e.launch("4over6-dataplane", exec.Command("ip", append([]string{"netns", "exec", e.srv.Name, o.dataplaneBin}, dpArgs...)...))
+		cmd := exec.Command("ip", append([]string{"netns", "exec", e.srv.Name, o.dataplaneBin}, dpArgs...)...)
+		if len(o.dataplaneEnv) > 0 {
+			cmd.Env = append(os.Environ(), o.dataplaneEnv...)
+		}
+		e.launch("4over6-dataplane", cmd)
 	} else {
-		e.start(e.srv, "4over6-dataplane", dpArgs...)
+		e.startEnv(e.srv, o.dataplaneEnv, "4over6-dataplane", dpArgs...)
 	}
 	e.waitFor("data plane API", func() bool {
 		_, err := os.Stat(e.dpSock)
@@ -146,7 +166,17 @@ type proc struct {
 // start runs a binary in a namespace, logging to a file shown on failure.
 func (e *env) start(ns *topo.NS, bin string, args ...string) *proc {
 	e.t.Helper()
-	return e.launch(bin, exec.Command("ip", append([]string{"netns", "exec", ns.Name, filepath.Join(binDir, bin)}, args...)...))
+	return e.startEnv(ns, nil, bin, args...)
+}
+
+// startEnv is start with env added to the binary's environment.
+func (e *env) startEnv(ns *topo.NS, env []string, bin string, args ...string) *proc {
+	e.t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, filepath.Join(binDir, bin)}, args...)...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	return e.launch(bin, cmd)
 }
 
 // launch starts cmd with its output in a log file shown on failure.

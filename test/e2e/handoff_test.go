@@ -63,11 +63,18 @@ type handoffEnv struct {
 }
 
 func newHandoffEnv(t *testing.T, extra ...string) *handoffEnv {
+	return newHandoffEnvWith(t, envOptions{dataplaneArgs: extra})
+}
+
+// newHandoffEnvWith is newHandoffEnv with more of the env's options (o's
+// dataplaneArgs come after the hand-off's own).
+func newHandoffEnvWith(t *testing.T, o envOptions) *handoffEnv {
 	dir := t.TempDir()
 	h := &handoffEnv{bin: filepath.Join(dir, "4over6-dataplane"), pidFile: filepath.Join(dir, "dataplane.pid")}
 	installBinary(t, filepath.Join(binDir, "4over6-dataplane"), h.bin)
-	h.env = newEnv(t, envOptions{dataplaneBin: h.bin, dataplaneArgs: append([]string{
-		"--report-interval", "200ms", "--pid-file", h.pidFile, "--handoff-timeout", "10s"}, extra...)})
+	o.dataplaneBin = h.bin
+	o.dataplaneArgs = append([]string{"--report-interval", "200ms", "--pid-file", h.pidFile, "--handoff-timeout", "10s"}, o.dataplaneArgs...)
+	h.env = newEnv(t, o)
 	h.first = h.env.procs[len(h.env.procs)-1].cmd.Process.Pid
 	h.waitFor("pid file", func() bool { return h.pid() == h.first })
 	// The processes that took over are not children of the test: stop the
@@ -163,14 +170,21 @@ func (h *handoffEnv) handOff() (newPID int) {
 
 // hoPinger pings from the client namespace every 20 ms until stopped.
 type hoPinger struct {
-	cmd *exec.Cmd
-	out strings.Builder
-	mu  sync.Mutex
+	cmd  *exec.Cmd
+	out  strings.Builder
+	mu   sync.Mutex
+	read chan struct{} // closed once stdout is read to its end
 }
 
 func (e *env) startPing(dst string) *hoPinger {
 	e.t.Helper()
-	p := &hoPinger{cmd: exec.Command("ip", "netns", "exec", e.cli.Name, "ping", "-n", "-i", "0.02", "-W", "2", dst)}
+	return e.startPingFrom(e.cli.Name, dst)
+}
+
+// startPingFrom pings dst from the namespace ns every 20 ms until stopped.
+func (e *env) startPingFrom(ns, dst string) *hoPinger {
+	e.t.Helper()
+	p := &hoPinger{cmd: exec.Command("ip", "netns", "exec", ns, "ping", "-n", "-i", "0.02", "-W", "2", dst), read: make(chan struct{})}
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		e.t.Fatal(err)
@@ -179,6 +193,7 @@ func (e *env) startPing(dst string) *hoPinger {
 		e.t.Fatal(err)
 	}
 	go func() {
+		defer close(p.read)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			p.mu.Lock()
@@ -195,8 +210,12 @@ var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 func (p *hoPinger) stop(t *testing.T) (sent, received int) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGINT)
+	// Wait closes the pipe: read the statistics to the end first.
+	select {
+	case <-p.read:
+	case <-time.After(10 * time.Second):
+	}
 	p.cmd.Wait()
-	time.Sleep(50 * time.Millisecond) // the scanner's last lines
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := pingStats.FindStringSubmatch(p.out.String())

@@ -322,9 +322,11 @@ func TestSlowReader(t *testing.T) {
 				n++
 			}
 			// Fast enough to fill the queue and the socket buffers within a
-			// second, slow enough that the shared TUN never overflows (which
-			// would drop the good client's replies too).
-			if n%8 == 0 {
+			// second (about 2.8 MB/s), slow enough that the shared TUN never
+			// overflows, even when a loaded machine holds the data plane's
+			// reader off for a while (an overflow would drop the good
+			// client's replies too: that is the TUN's, not a slow reader's).
+			if n%2 == 0 {
 				time.Sleep(time.Millisecond)
 			}
 		}

@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -188,4 +190,99 @@ func TestMultiController(t *testing.T) {
 		t.Fatalf("link follows %q", link.Leader())
 	}
 	t.Logf("%d allocations acknowledged, %d before the kill", len(acked), atKill)
+}
+
+// TestWatchFollowsLeader: clients watch given both controllers' addresses
+// keeps running when the leader is killed with -9, and prints the clients
+// the new leader leases, never "not the leader".
+func TestWatchFollowsLeader(t *testing.T) {
+	t.Parallel()
+	netnstest.RequireRoot(t)
+	e := &env{t: t, dir: t.TempDir()}
+	t.Cleanup(e.stopAll)
+	etcd := etcdtest.Start(t)
+	storeURL := "etcd://" + etcd.Endpoint[len("http://"):] + "/watch"
+	socks := []string{filepath.Join(e.dir, "c1.sock"), filepath.Join(e.dir, "c2.sock")}
+	ctlArgs := func(id, sock string) []string {
+		return []string{"--controller-id", id, "--listen", "unix://" + sock, "--store", storeURL,
+			"--election-ttl", "2s", "--dns", "192.0.2.53", "--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"}
+	}
+	c1 := e.startHost("4over6-controller", ctlArgs("c1", socks[0])...)
+	e.waitFor("c1 leads", func() bool { st, err := controllerStatus(socks[0]); return err == nil && st.GetLeader() })
+	e.startHost("4over6-controller", ctlArgs("c2", socks[1])...)
+	e.waitFor("c2 stands by", func() bool { st, err := controllerStatus(socks[1]); return err == nil && st.GetLeaderId() == "c1" })
+
+	link, err := ctlink.Dial([]endpoint.Endpoint{{Network: "unix", Address: socks[0]}, {Network: "unix", Address: socks[1]}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	if _, err := link.Register(t.Context(), dataplane.Registration{DataplaneID: "dpA", InstanceID: "i1"}); err != nil {
+		t.Fatal(err)
+	}
+	allocate := func(sess string, port uint16) string {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			l, err := link.Allocate(ctx, dataplane.AllocateRequest{DataplaneID: "dpA", SessionID: sess,
+				Client: netip.AddrPortFrom(netip.MustParseAddr("fd00:46::2"), port)})
+			cancel()
+			if err == nil {
+				return l.Addr.String()
+			}
+			if !errors.Is(err, dataplane.ErrControllerUnavailable) || time.Now().After(deadline) {
+				t.Fatalf("allocate %s: %v", sess, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	first := allocate("s1", 1001)
+
+	watch := exec.Command(filepath.Join(binDir, "4over6ctl"), "--controller", "unix://"+socks[0]+",unix://"+socks[1], "clients", "watch", "-o", "json")
+	stdout, _ := watch.StdoutPipe()
+	var stderr syncBuffer
+	watch.Stderr = &stderr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Process.Kill()
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("watch ended while waiting for %s; stderr:\n%s", want, stderr.String())
+				}
+				if strings.Contains(l, want) {
+					return
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no line with %s; stderr:\n%s", want, stderr.String())
+			}
+		}
+	}
+	next(`"ipv4":"` + first + `"`)
+	next(`"type":"synced"`)
+
+	if err := c1.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c1.done
+	second := allocate("s2", 1002) // through c2, once it leads
+	next(`"ipv4":"` + second + `"`)
+	// stderr is copied by another goroutine: it may lag behind stdout.
+	e.waitFor("the resumed note", func() bool { return strings.Contains(stderr.String(), "watch: resumed at unix://"+socks[1]) })
+	if s := stderr.String(); strings.Contains(s, "not the leader") {
+		t.Errorf("watch stderr:\n%s", s)
+	}
 }

@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/fourover6/fourover6/test/netnstest"
@@ -147,5 +151,132 @@ func TestCheckAndPrintConfig(t *testing.T) {
 	}
 	if n := len(strings.Split(strings.TrimSpace(links), "\n")); n != 1 || !strings.Contains(links, "lo:") {
 		t.Errorf("a check created an interface:\n%s", links)
+	}
+}
+
+// TestCtlCheck runs "4over6ctl check" against real daemons: exit 0 and an
+// OK line while everything runs, exit 6 with a line naming the data plane
+// once it is killed, and one naming the controller once that is gone too.
+// On the way, "export" prints what "apply -f" takes back without a change.
+func TestCtlCheck(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	var out, errOut string
+	code := -1
+	e.waitFor("check to pass", func() bool {
+		out, errOut, code = e.ctl("check")
+		return code == 0
+	})
+	if !strings.HasPrefix(out, "OK: controller ") || !strings.Contains(out, "1 of 1 data plane up") || errOut != "" {
+		t.Fatalf("healthy check: %q %q", out, errOut)
+	}
+
+	// export -> apply --dry-run: no changes, with settings changed at run time.
+	file := filepath.Join(e.dir, "settings.yaml")
+	if err := os.WriteFile(file, []byte("pool:\n  range: 13.8.0.2-13.8.0.100\ndns: [192.0.2.1, 192.0.2.2]\nreservations:\n  - client: fd00:46::2\n    ipv4: 13.8.0.50\n  - client: fd00:47::/64\n    ipv4: 13.8.0.51\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := e.ctl("apply", "-f", file); code != 0 {
+		t.Fatalf("apply: exit %d: %s", code, errOut)
+	}
+	exported, errOut, code := e.ctl("export")
+	if code != 0 || !strings.Contains(exported, "range: 13.8.0.2-13.8.0.100") || !strings.Contains(exported, "client: fd00:47::/64") {
+		t.Fatalf("export: exit %d: %s\n%s", code, errOut, exported)
+	}
+	if err := os.WriteFile(file, []byte(exported), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := e.ctl("apply", "-f", file, "--dry-run"); code != 0 || strings.TrimSpace(out) != "no changes" {
+		t.Fatalf("apply --dry-run of the export: exit %d: %q %s", code, out, errOut)
+	}
+
+	// The data plane dies without a word: check says so.
+	dp := e.procs[1]
+	if dp.name != "4over6-dataplane" {
+		t.Fatalf("process 1 is %s", dp.name)
+	}
+	if err := dp.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-dp.done
+	e.waitFor("check to fail", func() bool {
+		out, errOut, code = e.ctl("check")
+		return code != 0
+	})
+	if code != 6 || !strings.Contains(out, "PROBLEM dataplane: data plane dp1 is down") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("check with the data plane killed: exit %d: %q %q", code, out, errOut)
+	}
+
+	if err := e.stop(e.procs[0]); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = e.ctl("check", "-o", "json")
+	if code != 6 || !strings.Contains(out, `"check": "controller"`) || !strings.Contains(out, "cannot reach controller") {
+		t.Fatalf("check with the controller stopped: exit %d: %q %q", code, out, errOut)
+	}
+}
+
+// TestCtlPermissionHint runs 4over6ctl as an unprivileged user against a
+// controller socket it may not open: exit 3, and the message says to run
+// as root or join the socket's group, by name.
+func TestCtlPermissionHint(t *testing.T) {
+	t.Parallel()
+	netnstest.RequireRoot(t)
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("this test runs 4over6ctl as the user nobody: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	// A group nobody is not in, for the socket.
+	group, err := user.LookupGroup("adm")
+	if err != nil {
+		group = &user.Group{Gid: "0", Name: "root"}
+	}
+	sgid, _ := strconv.Atoi(group.Gid)
+
+	dir, err := os.MkdirTemp("", "fo6-perm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "4over6ctl") // binDir is root's alone
+	data, err := os.ReadFile(filepath.Join(binDir, "4over6ctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "controller.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if err := os.Chown(sock, 0, sgid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o660); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(bin, "--controller", "unix://"+sock, "pool", "show")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 3 {
+		t.Fatalf("as nobody: %v, stdout %q stderr %q", err, out.String(), errb.String())
+	}
+	want := "cannot reach controller at unix://" + sock + ": permission denied; run as root, or join the socket's group " + group.Name
+	if !strings.Contains(errb.String(), want) {
+		t.Fatalf("as nobody:\n got %q\nwant %q...", errb.String(), want)
 	}
 }

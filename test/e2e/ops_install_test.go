@@ -71,10 +71,17 @@ func TestMakeInstall(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("%s lacks %q", unit, want)
 		}
-		for _, must := range []string{"RuntimeDirectory=fourover6\n", "NoNewPrivileges=yes\n", "ExecReload=", "DynamicUser=yes\n"} {
+		for _, must := range []string{"RuntimeDirectory=fourover6\n", "NoNewPrivileges=yes\n", "ExecReload=", "DynamicUser=yes\n",
+			"Type=notify\n", "WatchdogSec=30s\n"} {
 			if !strings.Contains(string(b), must) {
 				t.Errorf("%s lacks %q", unit, must)
 			}
+		}
+		// The data plane's successor after a live hand-off speaks before
+		// it is the main process.
+		access := map[string]string{"controller": "NotifyAccess=main\n", "dataplane": "NotifyAccess=all\n"}[d]
+		if !strings.Contains(string(b), access) {
+			t.Errorf("%s lacks %q", unit, access)
 		}
 		conf := filepath.Join(stage, "etc/fourover6", d+".yaml")
 		got, err := os.ReadFile(conf)

@@ -472,6 +472,8 @@ func TestAuditEveryChange(t *testing.T) {
 			map[string]any{"request.address": a1, "request.reason": "audit test"}, "ok"}}},
 		{[]string{"clients", "kick", "13.8.0.199"}, ctlProc, []want{{"KickClient",
 			map[string]any{"request.address": "13.8.0.199"}, "not_found"}}},
+		{[]string{"clients", "capture", a2, "--duration", "200ms", "-w", filepath.Join(e.dir, "audit.pcapng")}, dpProc, []want{{"CaptureClient",
+			map[string]any{"request.address": a2, "request.duration_ms": "200"}, "ok"}}},
 		{[]string{"sessions", "kick", a2}, dpProc, []want{{"KickSession", map[string]any{"request.address": a2}, "ok"}}},
 		{[]string{"apply", "-f", applyFile}, ctlProc, []want{
 			{"UpdatePool", map[string]any{"request.range_last": "13.8.0.220"}, "ok"},
@@ -507,7 +509,7 @@ func TestAuditEveryChange(t *testing.T) {
 				t.Errorf("%v: no audit line for %s in %v", c.args, w.method, lines)
 				continue
 			}
-			if l["level"] != "INFO" || l["result"] != w.result {
+			if l["level"] != "info" || l["result"] != w.result {
 				t.Errorf("%v: audit line %v, want level INFO and result %s", c.args, l, w.result)
 			}
 			for path, v := range map[string]any{"who.role": "operator", "who.via": "unix", "who.uid": float64(0), "who.gid": float64(0)} {

@@ -390,7 +390,7 @@ func TestStoreFullReadiness(t *testing.T) {
 		t.Fatalf("write after recovery: %d %s", code, out)
 	}
 	log, _ := os.ReadFile(e.procs[0].log)
-	for _, want := range []string{`level=ERROR msg="store call failed"`, "op=put_reservation", `msg="store writes succeed again"`} {
+	for _, want := range []string{`level=error msg="store call failed"`, "op=put_reservation", `msg="store writes succeed again"`} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}

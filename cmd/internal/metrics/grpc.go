@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,6 +15,16 @@ import (
 // GRPC counts and times the requests a gRPC server handles. It is a
 // prometheus.Collector: register it, and install its interceptors with
 // ServerOptions (or UnaryServerInterceptor / StreamServerInterceptor).
+//
+// Its series are the standard ones of go-grpc-middleware's Prometheus
+// provider, which stock gRPC dashboards and alerts expect:
+//
+//	grpc_server_started_total{grpc_type,grpc_service,grpc_method}              counter
+//	grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}    counter
+//	grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}           histogram
+//	grpc_server_msg_received_total, grpc_server_msg_sent_total{...}            counter
+//
+// and, for one more release, the older names (deprecated):
 //
 //	fourover6_grpc_requests_total{service,method,code}           counter
 //	fourover6_grpc_request_duration_seconds{service,method}      histogram
@@ -25,6 +36,7 @@ import (
 // duration is its whole life: long-lived watch streams land in the top
 // buckets.
 type GRPC struct {
+	std      *grpcprom.ServerMetrics
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inFlight *prometheus.GaugeVec
@@ -37,24 +49,26 @@ var DurationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // NewGRPC returns the gRPC server metrics.
 func NewGRPC() *GRPC {
 	return &GRPC{
+		std: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(DurationBuckets))),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "grpc", Name: "requests_total",
-			Help: "gRPC requests handled, by service, method and status code (a stream counts when it ends).",
+			Help: "Deprecated, use grpc_server_handled_total: gRPC requests handled, by service, method and status code (a stream counts when it ends).",
 		}, []string{"service", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Subsystem: "grpc", Name: "request_duration_seconds",
-			Help:    "Time to handle a gRPC request, or the whole life of a stream, in seconds.",
+			Help:    "Deprecated, use grpc_server_handling_seconds: time to handle a gRPC request, or the whole life of a stream, in seconds.",
 			Buckets: DurationBuckets,
 		}, []string{"service", "method"}),
 		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "grpc", Name: "requests_in_flight",
-			Help: "gRPC requests and streams being handled now.",
+			Help: "gRPC requests and streams being handled now (grpc_server_started_total minus grpc_server_handled_total, as a gauge).",
 		}, []string{"service", "method"}),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (m *GRPC) Describe(ch chan<- *prometheus.Desc) {
+	m.std.Describe(ch)
 	m.requests.Describe(ch)
 	m.duration.Describe(ch)
 	m.inFlight.Describe(ch)
@@ -62,6 +76,7 @@ func (m *GRPC) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (m *GRPC) Collect(ch chan<- prometheus.Metric) {
+	m.std.Collect(ch)
 	m.requests.Collect(ch)
 	m.duration.Collect(ch)
 	m.inFlight.Collect(ch)
@@ -72,12 +87,13 @@ func (m *GRPC) Collect(ch chan<- prometheus.Metric) {
 // time spent in the others is measured too.
 func (m *GRPC) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(m.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(m.std.UnaryServerInterceptor(), m.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(m.std.StreamServerInterceptor(), m.StreamServerInterceptor()),
 	}
 }
 
-// UnaryServerInterceptor counts and times unary calls.
+// UnaryServerInterceptor counts and times unary calls in the deprecated
+// series (ServerOptions installs the standard ones too).
 func (m *GRPC) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		done := m.begin(info.FullMethod)
@@ -87,7 +103,8 @@ func (m *GRPC) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// StreamServerInterceptor counts and times streams.
+// StreamServerInterceptor counts and times streams in the deprecated
+// series.
 func (m *GRPC) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		done := m.begin(info.FullMethod)
@@ -113,6 +130,7 @@ func (m *GRPC) begin(fullMethod string) func(error) {
 // with code OK at zero, so rates and "absent" alerts work before the first
 // call. Call it after registering the services.
 func (m *GRPC) InitializeMethods(gs *grpc.Server) {
+	m.std.InitializeMetrics(gs)
 	for service, info := range gs.GetServiceInfo() {
 		for _, mi := range info.Methods {
 			m.requests.WithLabelValues(service, mi.Name, codes.OK.String())

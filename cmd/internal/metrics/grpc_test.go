@@ -78,14 +78,14 @@ func TestGRPCInterceptors(t *testing.T) {
 	waitFor(t, func() bool { return testutil.ToFloat64(m.Requests("grpc.health.v1.Health", "Watch", "Canceled")) == 1 })
 
 	want := `
-# HELP fourover6_grpc_requests_total gRPC requests handled, by service, method and status code (a stream counts when it ends).
+# HELP fourover6_grpc_requests_total Deprecated, use grpc_server_handled_total: gRPC requests handled, by service, method and status code (a stream counts when it ends).
 # TYPE fourover6_grpc_requests_total counter
 fourover6_grpc_requests_total{code="Canceled",method="Watch",service="grpc.health.v1.Health"} 1
 fourover6_grpc_requests_total{code="NotFound",method="Check",service="grpc.health.v1.Health"} 2
 fourover6_grpc_requests_total{code="OK",method="Check",service="grpc.health.v1.Health"} 3
 fourover6_grpc_requests_total{code="OK",method="List",service="grpc.health.v1.Health"} 0
 fourover6_grpc_requests_total{code="OK",method="Watch",service="grpc.health.v1.Health"} 0
-# HELP fourover6_grpc_requests_in_flight gRPC requests and streams being handled now.
+# HELP fourover6_grpc_requests_in_flight gRPC requests and streams being handled now (grpc_server_started_total minus grpc_server_handled_total, as a gauge).
 # TYPE fourover6_grpc_requests_in_flight gauge
 fourover6_grpc_requests_in_flight{method="Check",service="grpc.health.v1.Health"} 0
 fourover6_grpc_requests_in_flight{method="List",service="grpc.health.v1.Health"} 0
@@ -95,27 +95,72 @@ fourover6_grpc_requests_in_flight{method="Watch",service="grpc.health.v1.Health"
 		t.Error(err)
 	}
 	// Every call was timed.
-	n, err := histogramCount(reg, "Check")
+	n, err := histogramCount(reg, "fourover6_grpc_request_duration_seconds", "method", "Check")
 	if err != nil || n != 5 {
 		t.Errorf("duration count for Check = %d, %v; want 5", n, err)
+	}
+
+	// The standard series, as stock dashboards query them; every code of
+	// every method exists from the start.
+	std := map[[3]string]float64{
+		{"unary", "Check", "OK"}: 3, {"unary", "Check", "NotFound"}: 2, {"server_stream", "Watch", "Canceled"}: 1,
+		{"unary", "Check", "Unavailable"}: 0, {"unary", "List", "OK"}: 0,
+	}
+	handled := series(t, reg, "grpc_server_handled_total")
+	for k, want := range std {
+		key := fmt.Sprintf("grpc_code=%s,grpc_method=%s,grpc_service=grpc.health.v1.Health,grpc_type=%s", k[2], k[1], k[0])
+		if got, ok := handled[key]; !ok || got != want {
+			t.Errorf("grpc_server_handled_total{%s} = %v (present %v), want %v", key, got, ok, want)
+		}
+	}
+	if n, err := histogramCount(reg, "grpc_server_handling_seconds", "grpc_method", "Check"); err != nil || n != 5 {
+		t.Errorf("grpc_server_handling_seconds count for Check = %d, %v; want 5", n, err)
+	}
+	if got := series(t, reg, "grpc_server_started_total")["grpc_method=Check,grpc_service=grpc.health.v1.Health,grpc_type=unary"]; got != 5 {
+		t.Errorf("grpc_server_started_total for Check = %v, want 5", got)
 	}
 	if probs, err := testutil.GatherAndLint(reg); err != nil || len(probs) > 0 {
 		t.Errorf("lint: %v %v", probs, err)
 	}
 }
 
-func histogramCount(reg prometheus.Gatherer, method string) (uint64, error) {
+// series maps "label=value,..." (sorted by label) to the value of each
+// counter or gauge series of the family name.
+func series(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+"="+l.GetValue())
+			}
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			out[strings.Join(ls, ",")] = v
+		}
+	}
+	return out
+}
+
+func histogramCount(reg prometheus.Gatherer, family, label, method string) (uint64, error) {
 	mfs, err := reg.Gather()
 	if err != nil {
 		return 0, err
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "fourover6_grpc_request_duration_seconds" {
+		if mf.GetName() != family {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "method" && l.GetValue() == method {
+				if l.GetName() == label && l.GetValue() == method {
 					return m.GetHistogram().GetSampleCount(), nil
 				}
 			}

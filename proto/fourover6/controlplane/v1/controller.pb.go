@@ -575,9 +575,12 @@ type ControllerStatus struct {
 	// "etcd://10.0.0.1:2379".
 	Store string `protobuf:"bytes,3,opt,name=store,proto3" json:"store,omitempty"`
 	// Whether this controller is the active one, and who is.
-	Leader        bool                   `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
-	LeaderId      string                 `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	Leader    bool                   `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	LeaderId  string                 `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Why the store is failing: the error of its last write; empty while
+	// its writes succeed.
+	StoreError    string `protobuf:"bytes,7,opt,name=store_error,json=storeError,proto3" json:"store_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -652,6 +655,13 @@ func (x *ControllerStatus) GetStartedAt() *timestamppb.Timestamp {
 		return x.StartedAt
 	}
 	return nil
+}
+
+func (x *ControllerStatus) GetStoreError() string {
+	if x != nil {
+		return x.StoreError
+	}
+	return ""
 }
 
 type WatchClientsRequest struct {
@@ -2122,7 +2132,7 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\tR\aversion\"\x12\n" +
 	"\x10GetStatusRequest\"X\n" +
 	"\x11GetStatusResponse\x12C\n" +
-	"\x06status\x18\x01 \x01(\v2+.fourover6.controlplane.v1.ControllerStatusR\x06status\"\xd7\x01\n" +
+	"\x06status\x18\x01 \x01(\v2+.fourover6.controlplane.v1.ControllerStatusR\x06status\"\xf8\x01\n" +
 	"\x10ControllerStatus\x12#\n" +
 	"\rcontroller_id\x18\x01 \x01(\tR\fcontrollerId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
@@ -2130,7 +2140,9 @@ const file_fourover6_controlplane_v1_controller_proto_rawDesc = "" +
 	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1b\n" +
 	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x129\n" +
 	"\n" +
-	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"Y\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1f\n" +
+	"\vstore_error\x18\a \x01(\tR\n" +
+	"storeError\"Y\n" +
 	"\x13WatchClientsRequest\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1f\n" +
 	"\vipv6_prefix\x18\x02 \x01(\tR\n" +

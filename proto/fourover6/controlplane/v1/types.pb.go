@@ -283,7 +283,11 @@ type Client struct {
 	Counters    *Counters              `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
 	// The address is the one this client (its IPv6 address) held last,
 	// given back to it when it returned.
-	Sticky        bool `protobuf:"varint,9,opt,name=sticky,proto3" json:"sticky,omitempty"`
+	Sticky bool `protobuf:"varint,9,opt,name=sticky,proto3" json:"sticky,omitempty"`
+	// Current traffic: the growth of the counters between the data plane's
+	// last two reports of the session, per second (zero until two reports
+	// arrived).
+	Rates         *Rates `protobuf:"bytes,10,opt,name=rates,proto3" json:"rates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,6 +385,82 @@ func (x *Client) GetSticky() bool {
 	return false
 }
 
+func (x *Client) GetRates() *Rates {
+	if x != nil {
+		return x.Rates
+	}
+	return nil
+}
+
+// Rates are traffic per second, each way ("from client" is 102 traffic).
+type Rates struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	BytesFromClient   float64                `protobuf:"fixed64,1,opt,name=bytes_from_client,json=bytesFromClient,proto3" json:"bytes_from_client,omitempty"`
+	PacketsFromClient float64                `protobuf:"fixed64,2,opt,name=packets_from_client,json=packetsFromClient,proto3" json:"packets_from_client,omitempty"`
+	BytesToClient     float64                `protobuf:"fixed64,3,opt,name=bytes_to_client,json=bytesToClient,proto3" json:"bytes_to_client,omitempty"`
+	PacketsToClient   float64                `protobuf:"fixed64,4,opt,name=packets_to_client,json=packetsToClient,proto3" json:"packets_to_client,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Rates) Reset() {
+	*x = Rates{}
+	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rates) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rates) ProtoMessage() {}
+
+func (x *Rates) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rates.ProtoReflect.Descriptor instead.
+func (*Rates) Descriptor() ([]byte, []int) {
+	return file_fourover6_controlplane_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Rates) GetBytesFromClient() float64 {
+	if x != nil {
+		return x.BytesFromClient
+	}
+	return 0
+}
+
+func (x *Rates) GetPacketsFromClient() float64 {
+	if x != nil {
+		return x.PacketsFromClient
+	}
+	return 0
+}
+
+func (x *Rates) GetBytesToClient() float64 {
+	if x != nil {
+		return x.BytesToClient
+	}
+	return 0
+}
+
+func (x *Rates) GetPacketsToClient() float64 {
+	if x != nil {
+		return x.PacketsToClient
+	}
+	return 0
+}
+
 // Pool describes the address pool and its use.
 type Pool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -392,9 +472,13 @@ type Pool struct {
 	RangeFirst string `protobuf:"bytes,3,opt,name=range_first,json=rangeFirst,proto3" json:"range_first,omitempty"`
 	RangeLast  string `protobuf:"bytes,4,opt,name=range_last,json=rangeLast,proto3" json:"range_last,omitempty"`
 	// Number of client addresses in the range.
-	Size     uint32 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
-	Leased   uint32 `protobuf:"varint,6,opt,name=leased,proto3" json:"leased,omitempty"`
-	Free     uint32 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
+	Size   uint32 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	Leased uint32 `protobuf:"varint,6,opt,name=leased,proto3" json:"leased,omitempty"`
+	// Addresses neither leased nor reserved: what a client without a
+	// reservation can get.
+	Free uint32 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
+	// Reservations whose address is in the range, in use or not (the
+	// reservations list, less those outside the range).
 	Reserved uint32 `protobuf:"varint,8,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// The route and DNS servers sent in every 101.
 	Route string   `protobuf:"bytes,9,opt,name=route,proto3" json:"route,omitempty"`
@@ -403,13 +487,17 @@ type Pool struct {
 	// client gets its address back when it returns. The others (free minus
 	// this) were never used, or their holder is forgotten.
 	FreeRemembered uint32 `protobuf:"varint,11,opt,name=free_remembered,json=freeRemembered,proto3" json:"free_remembered,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Of reserved (every reservation whose address is in the range), those
+	// whose address is leased right now. Size = leased + free + reserved -
+	// reserved_in_use.
+	ReservedInUse uint32 `protobuf:"varint,12,opt,name=reserved_in_use,json=reservedInUse,proto3" json:"reserved_in_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
 	*x = Pool{}
-	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[3]
+	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +509,7 @@ func (x *Pool) String() string {
 func (*Pool) ProtoMessage() {}
 
 func (x *Pool) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[3]
+	mi := &file_fourover6_controlplane_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +522,7 @@ func (x *Pool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pool.ProtoReflect.Descriptor instead.
 func (*Pool) Descriptor() ([]byte, []int) {
-	return file_fourover6_controlplane_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_fourover6_controlplane_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Pool) GetPrefix() string {
@@ -514,6 +602,13 @@ func (x *Pool) GetFreeRemembered() uint32 {
 	return 0
 }
 
+func (x *Pool) GetReservedInUse() uint32 {
+	if x != nil {
+		return x.ReservedInUse
+	}
+	return 0
+}
+
 var File_fourover6_controlplane_v1_types_proto protoreflect.FileDescriptor
 
 const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
@@ -531,7 +626,7 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x11bytes_from_client\x18\x01 \x01(\x04R\x0fbytesFromClient\x12.\n" +
 	"\x13packets_from_client\x18\x02 \x01(\x04R\x11packetsFromClient\x12&\n" +
 	"\x0fbytes_to_client\x18\x03 \x01(\x04R\rbytesToClient\x12*\n" +
-	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\xf9\x02\n" +
+	"\x11packets_to_client\x18\x04 \x01(\x04R\x0fpacketsToClient\"\xb1\x03\n" +
 	"\x06Client\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vclient_ipv6\x18\x02 \x01(\tR\n" +
@@ -545,7 +640,14 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"last_heard\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12?\n" +
 	"\bcounters\x18\b \x01(\v2#.fourover6.controlplane.v1.CountersR\bcounters\x12\x16\n" +
-	"\x06sticky\x18\t \x01(\bR\x06sticky\"\xa5\x02\n" +
+	"\x06sticky\x18\t \x01(\bR\x06sticky\x126\n" +
+	"\x05rates\x18\n" +
+	" \x01(\v2 .fourover6.controlplane.v1.RatesR\x05rates\"\xb7\x01\n" +
+	"\x05Rates\x12*\n" +
+	"\x11bytes_from_client\x18\x01 \x01(\x01R\x0fbytesFromClient\x12.\n" +
+	"\x13packets_from_client\x18\x02 \x01(\x01R\x11packetsFromClient\x12&\n" +
+	"\x0fbytes_to_client\x18\x03 \x01(\x01R\rbytesToClient\x12*\n" +
+	"\x11packets_to_client\x18\x04 \x01(\x01R\x0fpacketsToClient\"\xcd\x02\n" +
 	"\x04Pool\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1f\n" +
@@ -560,7 +662,8 @@ const file_fourover6_controlplane_v1_types_proto_rawDesc = "" +
 	"\x05route\x18\t \x01(\tR\x05route\x12\x10\n" +
 	"\x03dns\x18\n" +
 	" \x03(\tR\x03dns\x12'\n" +
-	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered*\x9d\x01\n" +
+	"\x0ffree_remembered\x18\v \x01(\rR\x0efreeRemembered\x12&\n" +
+	"\x0freserved_in_use\x18\f \x01(\rR\rreservedInUse*\x9d\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -583,25 +686,27 @@ func file_fourover6_controlplane_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_fourover6_controlplane_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_controlplane_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_fourover6_controlplane_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_fourover6_controlplane_v1_types_proto_goTypes = []any{
 	(ErrorReason)(0),              // 0: fourover6.controlplane.v1.ErrorReason
 	(*Lease)(nil),                 // 1: fourover6.controlplane.v1.Lease
 	(*Counters)(nil),              // 2: fourover6.controlplane.v1.Counters
 	(*Client)(nil),                // 3: fourover6.controlplane.v1.Client
-	(*Pool)(nil),                  // 4: fourover6.controlplane.v1.Pool
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*Rates)(nil),                 // 4: fourover6.controlplane.v1.Rates
+	(*Pool)(nil),                  // 5: fourover6.controlplane.v1.Pool
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_fourover6_controlplane_v1_types_proto_depIdxs = []int32{
-	5, // 0: fourover6.controlplane.v1.Lease.leased_at:type_name -> google.protobuf.Timestamp
-	5, // 1: fourover6.controlplane.v1.Client.connected_at:type_name -> google.protobuf.Timestamp
-	5, // 2: fourover6.controlplane.v1.Client.last_heard:type_name -> google.protobuf.Timestamp
+	6, // 0: fourover6.controlplane.v1.Lease.leased_at:type_name -> google.protobuf.Timestamp
+	6, // 1: fourover6.controlplane.v1.Client.connected_at:type_name -> google.protobuf.Timestamp
+	6, // 2: fourover6.controlplane.v1.Client.last_heard:type_name -> google.protobuf.Timestamp
 	2, // 3: fourover6.controlplane.v1.Client.counters:type_name -> fourover6.controlplane.v1.Counters
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 4: fourover6.controlplane.v1.Client.rates:type_name -> fourover6.controlplane.v1.Rates
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_controlplane_v1_types_proto_init() }
@@ -615,7 +720,7 @@ func file_fourover6_controlplane_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_controlplane_v1_types_proto_rawDesc), len(file_fourover6_controlplane_v1_types_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

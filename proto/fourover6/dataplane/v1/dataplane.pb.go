@@ -77,6 +77,57 @@ func (SessionState) EnumDescriptor() ([]byte, []int) {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{0}
 }
 
+type CaptureDirection int32
+
+const (
+	CaptureDirection_CAPTURE_DIRECTION_UNSPECIFIED CaptureDirection = 0
+	// A 102's packet: from the client, towards the IPv4 side.
+	CaptureDirection_CAPTURE_DIRECTION_FROM_CLIENT CaptureDirection = 1
+	// A 103's packet: from the IPv4 side, to the client.
+	CaptureDirection_CAPTURE_DIRECTION_TO_CLIENT CaptureDirection = 2
+)
+
+// Enum value maps for CaptureDirection.
+var (
+	CaptureDirection_name = map[int32]string{
+		0: "CAPTURE_DIRECTION_UNSPECIFIED",
+		1: "CAPTURE_DIRECTION_FROM_CLIENT",
+		2: "CAPTURE_DIRECTION_TO_CLIENT",
+	}
+	CaptureDirection_value = map[string]int32{
+		"CAPTURE_DIRECTION_UNSPECIFIED": 0,
+		"CAPTURE_DIRECTION_FROM_CLIENT": 1,
+		"CAPTURE_DIRECTION_TO_CLIENT":   2,
+	}
+)
+
+func (x CaptureDirection) Enum() *CaptureDirection {
+	p := new(CaptureDirection)
+	*p = x
+	return p
+}
+
+func (x CaptureDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CaptureDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_fourover6_dataplane_v1_dataplane_proto_enumTypes[1].Descriptor()
+}
+
+func (CaptureDirection) Type() protoreflect.EnumType {
+	return &file_fourover6_dataplane_v1_dataplane_proto_enumTypes[1]
+}
+
+func (x CaptureDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CaptureDirection.Descriptor instead.
+func (CaptureDirection) EnumDescriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{1}
+}
+
 type UpgradeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -690,11 +741,14 @@ type Status struct {
 	// Connections refused by a limit, by limit name.
 	Refused map[string]uint64 `protobuf:"bytes,23,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	Limits  *Limits           `protobuf:"bytes,24,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The BGP speaker that announces the clients' addresses; absent when
+	// BGP is off.
+	Bgp *Bgp `protobuf:"bytes,25,opt,name=bgp,proto3" json:"bgp,omitempty"`
 	// The process serving now (a hand-off changes it, not the instance).
-	Pid              uint32                 `protobuf:"varint,25,opt,name=pid,proto3" json:"pid,omitempty"`
-	ProcessStartedAt *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=process_started_at,json=processStartedAt,proto3" json:"process_started_at,omitempty"`
+	Pid              uint32                 `protobuf:"varint,26,opt,name=pid,proto3" json:"pid,omitempty"`
+	ProcessStartedAt *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=process_started_at,json=processStartedAt,proto3" json:"process_started_at,omitempty"`
 	// Hand-offs in this instance's life.
-	HandoffsTotal uint64 `protobuf:"varint,27,opt,name=handoffs_total,json=handoffsTotal,proto3" json:"handoffs_total,omitempty"`
+	HandoffsTotal uint64 `protobuf:"varint,28,opt,name=handoffs_total,json=handoffsTotal,proto3" json:"handoffs_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -897,6 +951,13 @@ func (x *Status) GetLimits() *Limits {
 	return nil
 }
 
+func (x *Status) GetBgp() *Bgp {
+	if x != nil {
+		return x.Bgp
+	}
+	return nil
+}
+
 func (x *Status) GetPid() uint32 {
 	if x != nil {
 		return x.Pid
@@ -918,6 +979,276 @@ func (x *Status) GetHandoffsTotal() uint64 {
 	return 0
 }
 
+// Bgp is the data plane's BGP speaker: a /32 per client it holds, and
+// optionally the pool, announced to every established session.
+type Bgp struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Asn      uint32                 `protobuf:"varint,1,opt,name=asn,proto3" json:"asn,omitempty"`
+	RouterId string                 `protobuf:"bytes,2,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	// The next hop of every route; empty: each session's local address.
+	NextHop string `protobuf:"bytes,3,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	// Proposed hold time and graceful restart time (0: off), in milliseconds.
+	HoldTimeMs        uint64 `protobuf:"varint,4,opt,name=hold_time_ms,json=holdTimeMs,proto3" json:"hold_time_ms,omitempty"`
+	GracefulRestartMs uint64 `protobuf:"varint,5,opt,name=graceful_restart_ms,json=gracefulRestartMs,proto3" json:"graceful_restart_ms,omitempty"`
+	// Client /32s in the speaker's table.
+	Announced uint32 `protobuf:"varint,6,opt,name=announced,proto3" json:"announced,omitempty"`
+	// The pool announced as an aggregate; empty when not.
+	Aggregate string `protobuf:"bytes,7,opt,name=aggregate,proto3" json:"aggregate,omitempty"`
+	// Route changes asked for and not yet in the table; changes GoBGP refused.
+	Pending     uint32 `protobuf:"varint,8,opt,name=pending,proto3" json:"pending,omitempty"`
+	FailedTotal uint64 `protobuf:"varint,9,opt,name=failed_total,json=failedTotal,proto3" json:"failed_total,omitempty"`
+	// One per configured peer, in configuration order.
+	Sessions      []*BgpSession `protobuf:"bytes,10,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bgp) Reset() {
+	*x = Bgp{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bgp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bgp) ProtoMessage() {}
+
+func (x *Bgp) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bgp.ProtoReflect.Descriptor instead.
+func (*Bgp) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Bgp) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *Bgp) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *Bgp) GetNextHop() string {
+	if x != nil {
+		return x.NextHop
+	}
+	return ""
+}
+
+func (x *Bgp) GetHoldTimeMs() uint64 {
+	if x != nil {
+		return x.HoldTimeMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetGracefulRestartMs() uint64 {
+	if x != nil {
+		return x.GracefulRestartMs
+	}
+	return 0
+}
+
+func (x *Bgp) GetAnnounced() uint32 {
+	if x != nil {
+		return x.Announced
+	}
+	return 0
+}
+
+func (x *Bgp) GetAggregate() string {
+	if x != nil {
+		return x.Aggregate
+	}
+	return ""
+}
+
+func (x *Bgp) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *Bgp) GetFailedTotal() uint64 {
+	if x != nil {
+		return x.FailedTotal
+	}
+	return 0
+}
+
+func (x *Bgp) GetSessions() []*BgpSession {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// BgpSession is one configured BGP peer and its session.
+type BgpSession struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PeerAddress string                 `protobuf:"bytes,1,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	PeerPort    uint32                 `protobuf:"varint,2,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	PeerAsn     uint32                 `protobuf:"varint,3,opt,name=peer_asn,json=peerAsn,proto3" json:"peer_asn,omitempty"`
+	// idle, connect, active, opensent, openconfirm, established.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Set while established.
+	EstablishedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=established_at,json=establishedAt,proto3" json:"established_at,omitempty"`
+	UptimeMs      uint64                 `protobuf:"varint,6,opt,name=uptime_ms,json=uptimeMs,proto3" json:"uptime_ms,omitempty"`
+	// Our end of the session (the default next hop) and the peer's router id.
+	LocalAddress     string `protobuf:"bytes,7,opt,name=local_address,json=localAddress,proto3" json:"local_address,omitempty"`
+	RouterId         string `protobuf:"bytes,8,opt,name=router_id,json=routerId,proto3" json:"router_id,omitempty"`
+	PrefixesSent     uint64 `protobuf:"varint,9,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
+	PrefixesReceived uint64 `protobuf:"varint,10,opt,name=prefixes_received,json=prefixesReceived,proto3" json:"prefixes_received,omitempty"`
+	Flaps            uint32 `protobuf:"varint,11,opt,name=flaps,proto3" json:"flaps,omitempty"`
+	// Both sides announced graceful restart.
+	GracefulRestart bool `protobuf:"varint,12,opt,name=graceful_restart,json=gracefulRestart,proto3" json:"graceful_restart,omitempty"`
+	// Why the session last went down, if it did.
+	LastError     string `protobuf:"bytes,13,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BgpSession) Reset() {
+	*x = BgpSession{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BgpSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BgpSession) ProtoMessage() {}
+
+func (x *BgpSession) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BgpSession.ProtoReflect.Descriptor instead.
+func (*BgpSession) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BgpSession) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPeerPort() uint32 {
+	if x != nil {
+		return x.PeerPort
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPeerAsn() uint32 {
+	if x != nil {
+		return x.PeerAsn
+	}
+	return 0
+}
+
+func (x *BgpSession) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BgpSession) GetEstablishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EstablishedAt
+	}
+	return nil
+}
+
+func (x *BgpSession) GetUptimeMs() uint64 {
+	if x != nil {
+		return x.UptimeMs
+	}
+	return 0
+}
+
+func (x *BgpSession) GetLocalAddress() string {
+	if x != nil {
+		return x.LocalAddress
+	}
+	return ""
+}
+
+func (x *BgpSession) GetRouterId() string {
+	if x != nil {
+		return x.RouterId
+	}
+	return ""
+}
+
+func (x *BgpSession) GetPrefixesSent() uint64 {
+	if x != nil {
+		return x.PrefixesSent
+	}
+	return 0
+}
+
+func (x *BgpSession) GetPrefixesReceived() uint64 {
+	if x != nil {
+		return x.PrefixesReceived
+	}
+	return 0
+}
+
+func (x *BgpSession) GetFlaps() uint32 {
+	if x != nil {
+		return x.Flaps
+	}
+	return 0
+}
+
+func (x *BgpSession) GetGracefulRestart() bool {
+	if x != nil {
+		return x.GracefulRestart
+	}
+	return false
+}
+
+func (x *BgpSession) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // Limits protect the data plane from floods; 0 means unlimited.
 type Limits struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -933,7 +1264,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1276,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[13]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1289,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{13}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Limits) GetMaxClients() uint32 {
@@ -1017,7 +1348,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1360,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[14]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1373,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{14}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Counters) GetBytesFromClient() uint64 {
@@ -1095,7 +1426,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1438,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[15]
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1451,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{15}
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Session) GetSessionId() string {
@@ -1193,6 +1524,399 @@ func (x *Session) GetDataplaneId() string {
 	return ""
 }
 
+type CaptureClientRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's IPv4 address.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Bytes kept of each packet; 0: all of it.
+	Snaplen uint32 `protobuf:"varint,2,opt,name=snaplen,proto3" json:"snaplen,omitempty"`
+	// End after this many packets; 0: no limit.
+	Count uint64 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// End after this long, in milliseconds; 0: no limit.
+	DurationMs    uint64 `protobuf:"varint,4,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureClientRequest) Reset() {
+	*x = CaptureClientRequest{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureClientRequest) ProtoMessage() {}
+
+func (x *CaptureClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureClientRequest.ProtoReflect.Descriptor instead.
+func (*CaptureClientRequest) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CaptureClientRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CaptureClientRequest) GetSnaplen() uint32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+func (x *CaptureClientRequest) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *CaptureClientRequest) GetDurationMs() uint64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+// CaptureClientResponse is one message of a capture: the first carries
+// start, the last end, any may carry packets (in the order captured, per
+// direction).
+type CaptureClientResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         *CaptureStart          `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Packets       []*CapturedPacket      `protobuf:"bytes,2,rep,name=packets,proto3" json:"packets,omitempty"`
+	End           *CaptureEnd            `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureClientResponse) Reset() {
+	*x = CaptureClientResponse{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureClientResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureClientResponse) ProtoMessage() {}
+
+func (x *CaptureClientResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureClientResponse.ProtoReflect.Descriptor instead.
+func (*CaptureClientResponse) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CaptureClientResponse) GetStart() *CaptureStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *CaptureClientResponse) GetPackets() []*CapturedPacket {
+	if x != nil {
+		return x.Packets
+	}
+	return nil
+}
+
+func (x *CaptureClientResponse) GetEnd() *CaptureEnd {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+// CaptureStart says what is captured.
+type CaptureStart struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DataplaneId string                 `protobuf:"bytes,1,opt,name=dataplane_id,json=dataplaneId,proto3" json:"dataplane_id,omitempty"`
+	SessionId   string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Address     string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	ClientIpv6  string                 `protobuf:"bytes,4,opt,name=client_ipv6,json=clientIpv6,proto3" json:"client_ipv6,omitempty"`
+	ClientPort  uint32                 `protobuf:"varint,5,opt,name=client_port,json=clientPort,proto3" json:"client_port,omitempty"`
+	// Bytes kept of each packet.
+	Snaplen       uint32                 `protobuf:"varint,6,opt,name=snaplen,proto3" json:"snaplen,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureStart) Reset() {
+	*x = CaptureStart{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureStart) ProtoMessage() {}
+
+func (x *CaptureStart) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureStart.ProtoReflect.Descriptor instead.
+func (*CaptureStart) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CaptureStart) GetDataplaneId() string {
+	if x != nil {
+		return x.DataplaneId
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetClientIpv6() string {
+	if x != nil {
+		return x.ClientIpv6
+	}
+	return ""
+}
+
+func (x *CaptureStart) GetClientPort() uint32 {
+	if x != nil {
+		return x.ClientPort
+	}
+	return 0
+}
+
+func (x *CaptureStart) GetSnaplen() uint32 {
+	if x != nil {
+		return x.Snaplen
+	}
+	return 0
+}
+
+func (x *CaptureStart) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+// CapturedPacket is one IPv4 packet.
+type CapturedPacket struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	Direction CaptureDirection       `protobuf:"varint,2,opt,name=direction,proto3,enum=fourover6.dataplane.v1.CaptureDirection" json:"direction,omitempty"`
+	// Why the data plane dropped it (a drop reason of the data plane's
+	// status, e.g. "spoofed_source", "policy_host", "send_queue_full"); empty
+	// when it was forwarded.
+	DropReason string `protobuf:"bytes,3,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`
+	// The packet's length; data holds its first snaplen bytes.
+	Length uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Data   []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// Packets this capture lost before this one (the reader was too slow).
+	Lost          uint64 `protobuf:"varint,6,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CapturedPacket) Reset() {
+	*x = CapturedPacket{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CapturedPacket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CapturedPacket) ProtoMessage() {}
+
+func (x *CapturedPacket) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CapturedPacket.ProtoReflect.Descriptor instead.
+func (*CapturedPacket) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CapturedPacket) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *CapturedPacket) GetDirection() CaptureDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return CaptureDirection_CAPTURE_DIRECTION_UNSPECIFIED
+}
+
+func (x *CapturedPacket) GetDropReason() string {
+	if x != nil {
+		return x.DropReason
+	}
+	return ""
+}
+
+func (x *CapturedPacket) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *CapturedPacket) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CapturedPacket) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+// CaptureEnd says how the capture ended.
+type CaptureEnd struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "count" (the count was reached), "duration", "disconnected" (the
+	// client's session closed), "shutdown" (the data plane stops),
+	// "handoff" (the session went on in a new process: capture it there).
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Packets sent to the caller, and packets lost (the reader was too
+	// slow), over the whole capture.
+	Captured      uint64                 `protobuf:"varint,2,opt,name=captured,proto3" json:"captured,omitempty"`
+	Lost          uint64                 `protobuf:"varint,3,opt,name=lost,proto3" json:"lost,omitempty"`
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureEnd) Reset() {
+	*x = CaptureEnd{}
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureEnd) ProtoMessage() {}
+
+func (x *CaptureEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_fourover6_dataplane_v1_dataplane_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureEnd.ProtoReflect.Descriptor instead.
+func (*CaptureEnd) Descriptor() ([]byte, []int) {
+	return file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CaptureEnd) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CaptureEnd) GetCaptured() uint64 {
+	if x != nil {
+		return x.Captured
+	}
+	return 0
+}
+
+func (x *CaptureEnd) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+func (x *CaptureEnd) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
 var File_fourover6_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
@@ -1229,7 +1953,7 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1e.fourover6.dataplane.v1.StatusR\x06status\"\x15\n" +
 	"\x13ListSessionsRequest\"Q\n" +
 	"\x14ListSessionsResponse\x129\n" +
-	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xae\t\n" +
+	"\asession\x18\x01 \x01(\v2\x1f.fourover6.dataplane.v1.SessionR\asession\"\xdd\t\n" +
 	"\x06Status\x12!\n" +
 	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12#\n" +
@@ -1261,17 +1985,48 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"goroutines\x12\x19\n" +
 	"\bopen_fds\x18\x16 \x01(\rR\aopenFds\x12E\n" +
 	"\arefused\x18\x17 \x03(\v2+.fourover6.dataplane.v1.Status.RefusedEntryR\arefused\x126\n" +
-	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x12\x10\n" +
-	"\x03pid\x18\x19 \x01(\rR\x03pid\x12H\n" +
-	"\x12process_started_at\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\x10processStartedAt\x12%\n" +
-	"\x0ehandoffs_total\x18\x1b \x01(\x04R\rhandoffsTotal\x1a8\n" +
+	"\x06limits\x18\x18 \x01(\v2\x1e.fourover6.dataplane.v1.LimitsR\x06limits\x12-\n" +
+	"\x03bgp\x18\x19 \x01(\v2\x1b.fourover6.dataplane.v1.BgpR\x03bgp\x12\x10\n" +
+	"\x03pid\x18\x1a \x01(\rR\x03pid\x12H\n" +
+	"\x12process_started_at\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x10processStartedAt\x12%\n" +
+	"\x0ehandoffs_total\x18\x1c \x01(\x04R\rhandoffsTotal\x1a8\n" +
 	"\n" +
 	"DropsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a:\n" +
 	"\fRefusedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xec\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xda\x02\n" +
+	"\x03Bgp\x12\x10\n" +
+	"\x03asn\x18\x01 \x01(\rR\x03asn\x12\x1b\n" +
+	"\trouter_id\x18\x02 \x01(\tR\brouterId\x12\x19\n" +
+	"\bnext_hop\x18\x03 \x01(\tR\anextHop\x12 \n" +
+	"\fhold_time_ms\x18\x04 \x01(\x04R\n" +
+	"holdTimeMs\x12.\n" +
+	"\x13graceful_restart_ms\x18\x05 \x01(\x04R\x11gracefulRestartMs\x12\x1c\n" +
+	"\tannounced\x18\x06 \x01(\rR\tannounced\x12\x1c\n" +
+	"\taggregate\x18\a \x01(\tR\taggregate\x12\x18\n" +
+	"\apending\x18\b \x01(\rR\apending\x12!\n" +
+	"\ffailed_total\x18\t \x01(\x04R\vfailedTotal\x12>\n" +
+	"\bsessions\x18\n" +
+	" \x03(\v2\".fourover6.dataplane.v1.BgpSessionR\bsessions\"\xd1\x03\n" +
+	"\n" +
+	"BgpSession\x12!\n" +
+	"\fpeer_address\x18\x01 \x01(\tR\vpeerAddress\x12\x1b\n" +
+	"\tpeer_port\x18\x02 \x01(\rR\bpeerPort\x12\x19\n" +
+	"\bpeer_asn\x18\x03 \x01(\rR\apeerAsn\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12A\n" +
+	"\x0eestablished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\restablishedAt\x12\x1b\n" +
+	"\tuptime_ms\x18\x06 \x01(\x04R\buptimeMs\x12#\n" +
+	"\rlocal_address\x18\a \x01(\tR\flocalAddress\x12\x1b\n" +
+	"\trouter_id\x18\b \x01(\tR\brouterId\x12#\n" +
+	"\rprefixes_sent\x18\t \x01(\x04R\fprefixesSent\x12+\n" +
+	"\x11prefixes_received\x18\n" +
+	" \x01(\x04R\x10prefixesReceived\x12\x14\n" +
+	"\x05flaps\x18\v \x01(\rR\x05flaps\x12)\n" +
+	"\x10graceful_restart\x18\f \x01(\bR\x0fgracefulRestart\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\r \x01(\tR\tlastError\"\xec\x01\n" +
 	"\x06Limits\x12\x1f\n" +
 	"\vmax_clients\x18\x01 \x01(\rR\n" +
 	"maxClients\x12'\n" +
@@ -1302,19 +2057,60 @@ const file_fourover6_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\n" +
 	"send_queue\x18\t \x01(\rR\tsendQueue\x12!\n" +
 	"\fdataplane_id\x18\n" +
-	" \x01(\tR\vdataplaneId*~\n" +
+	" \x01(\tR\vdataplaneId\"\x81\x01\n" +
+	"\x14CaptureClientRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
+	"\asnaplen\x18\x02 \x01(\rR\asnaplen\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\x12\x1f\n" +
+	"\vduration_ms\x18\x04 \x01(\x04R\n" +
+	"durationMs\"\xcb\x01\n" +
+	"\x15CaptureClientResponse\x12:\n" +
+	"\x05start\x18\x01 \x01(\v2$.fourover6.dataplane.v1.CaptureStartR\x05start\x12@\n" +
+	"\apackets\x18\x02 \x03(\v2&.fourover6.dataplane.v1.CapturedPacketR\apackets\x124\n" +
+	"\x03end\x18\x03 \x01(\v2\".fourover6.dataplane.v1.CaptureEndR\x03end\"\x81\x02\n" +
+	"\fCaptureStart\x12!\n" +
+	"\fdataplane_id\x18\x01 \x01(\tR\vdataplaneId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vclient_ipv6\x18\x04 \x01(\tR\n" +
+	"clientIpv6\x12\x1f\n" +
+	"\vclient_port\x18\x05 \x01(\rR\n" +
+	"clientPort\x12\x18\n" +
+	"\asnaplen\x18\x06 \x01(\rR\asnaplen\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"\xe9\x01\n" +
+	"\x0eCapturedPacket\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12F\n" +
+	"\tdirection\x18\x02 \x01(\x0e2(.fourover6.dataplane.v1.CaptureDirectionR\tdirection\x12\x1f\n" +
+	"\vdrop_reason\x18\x03 \x01(\tR\n" +
+	"dropReason\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x12\n" +
+	"\x04lost\x18\x06 \x01(\x04R\x04lost\"\x8b\x01\n" +
+	"\n" +
+	"CaptureEnd\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bcaptured\x18\x02 \x01(\x04R\bcaptured\x12\x12\n" +
+	"\x04lost\x18\x03 \x01(\x04R\x04lost\x125\n" +
+	"\bended_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt*~\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SESSION_STATE_ACCEPTED\x10\x01\x12\x18\n" +
 	"\x14SESSION_STATE_LEASED\x10\x02\x12\x19\n" +
-	"\x15SESSION_STATE_CLOSING\x10\x032\xf5\x04\n" +
+	"\x15SESSION_STATE_CLOSING\x10\x03*y\n" +
+	"\x10CaptureDirection\x12!\n" +
+	"\x1dCAPTURE_DIRECTION_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dCAPTURE_DIRECTION_FROM_CLIENT\x10\x01\x12\x1f\n" +
+	"\x1bCAPTURE_DIRECTION_TO_CLIENT\x10\x022\xe5\x05\n" +
 	"\x10DataplaneService\x12`\n" +
 	"\tGetStatus\x12(.fourover6.dataplane.v1.GetStatusRequest\x1a).fourover6.dataplane.v1.GetStatusResponse\x12k\n" +
 	"\fListSessions\x12+.fourover6.dataplane.v1.ListSessionsRequest\x1a,.fourover6.dataplane.v1.ListSessionsResponse0\x01\x12f\n" +
 	"\vKickSession\x12*.fourover6.dataplane.v1.KickSessionRequest\x1a+.fourover6.dataplane.v1.KickSessionResponse\x12f\n" +
 	"\vSetDraining\x12*.fourover6.dataplane.v1.SetDrainingRequest\x1a+.fourover6.dataplane.v1.SetDrainingResponse\x12f\n" +
 	"\vSetLogLevel\x12*.fourover6.dataplane.v1.SetLogLevelRequest\x1a+.fourover6.dataplane.v1.SetLogLevelResponse\x12Z\n" +
-	"\aUpgrade\x12&.fourover6.dataplane.v1.UpgradeRequest\x1a'.fourover6.dataplane.v1.UpgradeResponseBIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
+	"\aUpgrade\x12&.fourover6.dataplane.v1.UpgradeRequest\x1a'.fourover6.dataplane.v1.UpgradeResponse\x12n\n" +
+	"\rCaptureClient\x12,.fourover6.dataplane.v1.CaptureClientRequest\x1a-.fourover6.dataplane.v1.CaptureClientResponse0\x01BIZGgithub.com/fourover6/fourover6/proto/fourover6/dataplane/v1;dataplanev1b\x06proto3"
 
 var (
 	file_fourover6_dataplane_v1_dataplane_proto_rawDescOnce sync.Once
@@ -1328,60 +2124,80 @@ func file_fourover6_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 	return file_fourover6_dataplane_v1_dataplane_proto_rawDescData
 }
 
-var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_fourover6_dataplane_v1_dataplane_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_fourover6_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_fourover6_dataplane_v1_dataplane_proto_goTypes = []any{
 	(SessionState)(0),             // 0: fourover6.dataplane.v1.SessionState
-	(*UpgradeRequest)(nil),        // 1: fourover6.dataplane.v1.UpgradeRequest
-	(*UpgradeResponse)(nil),       // 2: fourover6.dataplane.v1.UpgradeResponse
-	(*GetStatusRequest)(nil),      // 3: fourover6.dataplane.v1.GetStatusRequest
-	(*KickSessionRequest)(nil),    // 4: fourover6.dataplane.v1.KickSessionRequest
-	(*KickSessionResponse)(nil),   // 5: fourover6.dataplane.v1.KickSessionResponse
-	(*SetDrainingRequest)(nil),    // 6: fourover6.dataplane.v1.SetDrainingRequest
-	(*SetDrainingResponse)(nil),   // 7: fourover6.dataplane.v1.SetDrainingResponse
-	(*SetLogLevelRequest)(nil),    // 8: fourover6.dataplane.v1.SetLogLevelRequest
-	(*SetLogLevelResponse)(nil),   // 9: fourover6.dataplane.v1.SetLogLevelResponse
-	(*GetStatusResponse)(nil),     // 10: fourover6.dataplane.v1.GetStatusResponse
-	(*ListSessionsRequest)(nil),   // 11: fourover6.dataplane.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 12: fourover6.dataplane.v1.ListSessionsResponse
-	(*Status)(nil),                // 13: fourover6.dataplane.v1.Status
-	(*Limits)(nil),                // 14: fourover6.dataplane.v1.Limits
-	(*Counters)(nil),              // 15: fourover6.dataplane.v1.Counters
-	(*Session)(nil),               // 16: fourover6.dataplane.v1.Session
-	nil,                           // 17: fourover6.dataplane.v1.Status.DropsEntry
-	nil,                           // 18: fourover6.dataplane.v1.Status.RefusedEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(CaptureDirection)(0),         // 1: fourover6.dataplane.v1.CaptureDirection
+	(*UpgradeRequest)(nil),        // 2: fourover6.dataplane.v1.UpgradeRequest
+	(*UpgradeResponse)(nil),       // 3: fourover6.dataplane.v1.UpgradeResponse
+	(*GetStatusRequest)(nil),      // 4: fourover6.dataplane.v1.GetStatusRequest
+	(*KickSessionRequest)(nil),    // 5: fourover6.dataplane.v1.KickSessionRequest
+	(*KickSessionResponse)(nil),   // 6: fourover6.dataplane.v1.KickSessionResponse
+	(*SetDrainingRequest)(nil),    // 7: fourover6.dataplane.v1.SetDrainingRequest
+	(*SetDrainingResponse)(nil),   // 8: fourover6.dataplane.v1.SetDrainingResponse
+	(*SetLogLevelRequest)(nil),    // 9: fourover6.dataplane.v1.SetLogLevelRequest
+	(*SetLogLevelResponse)(nil),   // 10: fourover6.dataplane.v1.SetLogLevelResponse
+	(*GetStatusResponse)(nil),     // 11: fourover6.dataplane.v1.GetStatusResponse
+	(*ListSessionsRequest)(nil),   // 12: fourover6.dataplane.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 13: fourover6.dataplane.v1.ListSessionsResponse
+	(*Status)(nil),                // 14: fourover6.dataplane.v1.Status
+	(*Bgp)(nil),                   // 15: fourover6.dataplane.v1.Bgp
+	(*BgpSession)(nil),            // 16: fourover6.dataplane.v1.BgpSession
+	(*Limits)(nil),                // 17: fourover6.dataplane.v1.Limits
+	(*Counters)(nil),              // 18: fourover6.dataplane.v1.Counters
+	(*Session)(nil),               // 19: fourover6.dataplane.v1.Session
+	(*CaptureClientRequest)(nil),  // 20: fourover6.dataplane.v1.CaptureClientRequest
+	(*CaptureClientResponse)(nil), // 21: fourover6.dataplane.v1.CaptureClientResponse
+	(*CaptureStart)(nil),          // 22: fourover6.dataplane.v1.CaptureStart
+	(*CapturedPacket)(nil),        // 23: fourover6.dataplane.v1.CapturedPacket
+	(*CaptureEnd)(nil),            // 24: fourover6.dataplane.v1.CaptureEnd
+	nil,                           // 25: fourover6.dataplane.v1.Status.DropsEntry
+	nil,                           // 26: fourover6.dataplane.v1.Status.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
 }
 var file_fourover6_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	13, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
-	16, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
-	19, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
-	15, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
-	17, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
-	18, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
-	14, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
-	19, // 7: fourover6.dataplane.v1.Status.process_started_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
-	19, // 9: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
-	19, // 10: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
-	15, // 11: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
-	3,  // 12: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
-	11, // 13: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
-	4,  // 14: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
-	6,  // 15: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
-	8,  // 16: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
-	1,  // 17: fourover6.dataplane.v1.DataplaneService.Upgrade:input_type -> fourover6.dataplane.v1.UpgradeRequest
-	10, // 18: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
-	12, // 19: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
-	5,  // 20: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
-	7,  // 21: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
-	9,  // 22: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
-	2,  // 23: fourover6.dataplane.v1.DataplaneService.Upgrade:output_type -> fourover6.dataplane.v1.UpgradeResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 0: fourover6.dataplane.v1.GetStatusResponse.status:type_name -> fourover6.dataplane.v1.Status
+	19, // 1: fourover6.dataplane.v1.ListSessionsResponse.session:type_name -> fourover6.dataplane.v1.Session
+	27, // 2: fourover6.dataplane.v1.Status.started_at:type_name -> google.protobuf.Timestamp
+	18, // 3: fourover6.dataplane.v1.Status.counters:type_name -> fourover6.dataplane.v1.Counters
+	25, // 4: fourover6.dataplane.v1.Status.drops:type_name -> fourover6.dataplane.v1.Status.DropsEntry
+	26, // 5: fourover6.dataplane.v1.Status.refused:type_name -> fourover6.dataplane.v1.Status.RefusedEntry
+	17, // 6: fourover6.dataplane.v1.Status.limits:type_name -> fourover6.dataplane.v1.Limits
+	15, // 7: fourover6.dataplane.v1.Status.bgp:type_name -> fourover6.dataplane.v1.Bgp
+	27, // 8: fourover6.dataplane.v1.Status.process_started_at:type_name -> google.protobuf.Timestamp
+	16, // 9: fourover6.dataplane.v1.Bgp.sessions:type_name -> fourover6.dataplane.v1.BgpSession
+	27, // 10: fourover6.dataplane.v1.BgpSession.established_at:type_name -> google.protobuf.Timestamp
+	0,  // 11: fourover6.dataplane.v1.Session.state:type_name -> fourover6.dataplane.v1.SessionState
+	27, // 12: fourover6.dataplane.v1.Session.connected_at:type_name -> google.protobuf.Timestamp
+	27, // 13: fourover6.dataplane.v1.Session.last_heard:type_name -> google.protobuf.Timestamp
+	18, // 14: fourover6.dataplane.v1.Session.counters:type_name -> fourover6.dataplane.v1.Counters
+	22, // 15: fourover6.dataplane.v1.CaptureClientResponse.start:type_name -> fourover6.dataplane.v1.CaptureStart
+	23, // 16: fourover6.dataplane.v1.CaptureClientResponse.packets:type_name -> fourover6.dataplane.v1.CapturedPacket
+	24, // 17: fourover6.dataplane.v1.CaptureClientResponse.end:type_name -> fourover6.dataplane.v1.CaptureEnd
+	27, // 18: fourover6.dataplane.v1.CaptureStart.started_at:type_name -> google.protobuf.Timestamp
+	27, // 19: fourover6.dataplane.v1.CapturedPacket.time:type_name -> google.protobuf.Timestamp
+	1,  // 20: fourover6.dataplane.v1.CapturedPacket.direction:type_name -> fourover6.dataplane.v1.CaptureDirection
+	27, // 21: fourover6.dataplane.v1.CaptureEnd.ended_at:type_name -> google.protobuf.Timestamp
+	4,  // 22: fourover6.dataplane.v1.DataplaneService.GetStatus:input_type -> fourover6.dataplane.v1.GetStatusRequest
+	12, // 23: fourover6.dataplane.v1.DataplaneService.ListSessions:input_type -> fourover6.dataplane.v1.ListSessionsRequest
+	5,  // 24: fourover6.dataplane.v1.DataplaneService.KickSession:input_type -> fourover6.dataplane.v1.KickSessionRequest
+	7,  // 25: fourover6.dataplane.v1.DataplaneService.SetDraining:input_type -> fourover6.dataplane.v1.SetDrainingRequest
+	9,  // 26: fourover6.dataplane.v1.DataplaneService.SetLogLevel:input_type -> fourover6.dataplane.v1.SetLogLevelRequest
+	2,  // 27: fourover6.dataplane.v1.DataplaneService.Upgrade:input_type -> fourover6.dataplane.v1.UpgradeRequest
+	20, // 28: fourover6.dataplane.v1.DataplaneService.CaptureClient:input_type -> fourover6.dataplane.v1.CaptureClientRequest
+	11, // 29: fourover6.dataplane.v1.DataplaneService.GetStatus:output_type -> fourover6.dataplane.v1.GetStatusResponse
+	13, // 30: fourover6.dataplane.v1.DataplaneService.ListSessions:output_type -> fourover6.dataplane.v1.ListSessionsResponse
+	6,  // 31: fourover6.dataplane.v1.DataplaneService.KickSession:output_type -> fourover6.dataplane.v1.KickSessionResponse
+	8,  // 32: fourover6.dataplane.v1.DataplaneService.SetDraining:output_type -> fourover6.dataplane.v1.SetDrainingResponse
+	10, // 33: fourover6.dataplane.v1.DataplaneService.SetLogLevel:output_type -> fourover6.dataplane.v1.SetLogLevelResponse
+	3,  // 34: fourover6.dataplane.v1.DataplaneService.Upgrade:output_type -> fourover6.dataplane.v1.UpgradeResponse
+	21, // 35: fourover6.dataplane.v1.DataplaneService.CaptureClient:output_type -> fourover6.dataplane.v1.CaptureClientResponse
+	29, // [29:36] is the sub-list for method output_type
+	22, // [22:29] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_fourover6_dataplane_v1_dataplane_proto_init() }
@@ -1394,8 +2210,8 @@ func file_fourover6_dataplane_v1_dataplane_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fourover6_dataplane_v1_dataplane_proto_rawDesc), len(file_fourover6_dataplane_v1_dataplane_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   18,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

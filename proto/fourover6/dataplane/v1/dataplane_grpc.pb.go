@@ -19,12 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DataplaneService_GetStatus_FullMethodName    = "/fourover6.dataplane.v1.DataplaneService/GetStatus"
-	DataplaneService_ListSessions_FullMethodName = "/fourover6.dataplane.v1.DataplaneService/ListSessions"
-	DataplaneService_KickSession_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/KickSession"
-	DataplaneService_SetDraining_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
-	DataplaneService_SetLogLevel_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
-	DataplaneService_Upgrade_FullMethodName      = "/fourover6.dataplane.v1.DataplaneService/Upgrade"
+	DataplaneService_GetStatus_FullMethodName     = "/fourover6.dataplane.v1.DataplaneService/GetStatus"
+	DataplaneService_ListSessions_FullMethodName  = "/fourover6.dataplane.v1.DataplaneService/ListSessions"
+	DataplaneService_KickSession_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/KickSession"
+	DataplaneService_SetDraining_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/SetDraining"
+	DataplaneService_SetLogLevel_FullMethodName   = "/fourover6.dataplane.v1.DataplaneService/SetLogLevel"
+	DataplaneService_Upgrade_FullMethodName       = "/fourover6.dataplane.v1.DataplaneService/Upgrade"
+	DataplaneService_CaptureClient_FullMethodName = "/fourover6.dataplane.v1.DataplaneService/CaptureClient"
 )
 
 // DataplaneServiceClient is the client API for DataplaneService service.
@@ -50,6 +51,14 @@ type DataplaneServiceClient interface {
 	// It answers once the hand-off is done (the new process serves, this one
 	// exits) or failed (this one serves on; the error says why).
 	Upgrade(ctx context.Context, in *UpgradeRequest, opts ...grpc.CallOption) (*UpgradeResponse, error)
+	// CaptureClient streams copies of one client's IPv4 packets, both ways,
+	// dropped ones included (marked with why), until the client disconnects,
+	// the request's count or duration is reached, or the caller cancels. The
+	// first message says which session is captured, the last how the capture
+	// ended and how many packets it lost (a slow reader loses packets: the
+	// capture never slows forwarding). Operators only: it shows a client's
+	// traffic.
+	CaptureClient(ctx context.Context, in *CaptureClientRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureClientResponse], error)
 }
 
 type dataplaneServiceClient struct {
@@ -129,6 +138,25 @@ func (c *dataplaneServiceClient) Upgrade(ctx context.Context, in *UpgradeRequest
 	return out, nil
 }
 
+func (c *dataplaneServiceClient) CaptureClient(ctx context.Context, in *CaptureClientRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CaptureClientResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &DataplaneService_ServiceDesc.Streams[1], DataplaneService_CaptureClient_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CaptureClientRequest, CaptureClientResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DataplaneService_CaptureClientClient = grpc.ServerStreamingClient[CaptureClientResponse]
+
 // DataplaneServiceServer is the server API for DataplaneService service.
 // All implementations must embed UnimplementedDataplaneServiceServer
 // for forward compatibility.
@@ -152,6 +180,14 @@ type DataplaneServiceServer interface {
 	// It answers once the hand-off is done (the new process serves, this one
 	// exits) or failed (this one serves on; the error says why).
 	Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error)
+	// CaptureClient streams copies of one client's IPv4 packets, both ways,
+	// dropped ones included (marked with why), until the client disconnects,
+	// the request's count or duration is reached, or the caller cancels. The
+	// first message says which session is captured, the last how the capture
+	// ended and how many packets it lost (a slow reader loses packets: the
+	// capture never slows forwarding). Operators only: it shows a client's
+	// traffic.
+	CaptureClient(*CaptureClientRequest, grpc.ServerStreamingServer[CaptureClientResponse]) error
 	mustEmbedUnimplementedDataplaneServiceServer()
 }
 
@@ -179,6 +215,9 @@ func (UnimplementedDataplaneServiceServer) SetLogLevel(context.Context, *SetLogL
 }
 func (UnimplementedDataplaneServiceServer) Upgrade(context.Context, *UpgradeRequest) (*UpgradeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Upgrade not implemented")
+}
+func (UnimplementedDataplaneServiceServer) CaptureClient(*CaptureClientRequest, grpc.ServerStreamingServer[CaptureClientResponse]) error {
+	return status.Error(codes.Unimplemented, "method CaptureClient not implemented")
 }
 func (UnimplementedDataplaneServiceServer) mustEmbedUnimplementedDataplaneServiceServer() {}
 func (UnimplementedDataplaneServiceServer) testEmbeddedByValue()                          {}
@@ -302,6 +341,17 @@ func _DataplaneService_Upgrade_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DataplaneService_CaptureClient_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CaptureClientRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DataplaneServiceServer).CaptureClient(m, &grpc.GenericServerStream[CaptureClientRequest, CaptureClientResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type DataplaneService_CaptureClientServer = grpc.ServerStreamingServer[CaptureClientResponse]
+
 // DataplaneService_ServiceDesc is the grpc.ServiceDesc for DataplaneService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -334,6 +384,11 @@ var DataplaneService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ListSessions",
 			Handler:       _DataplaneService_ListSessions_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "CaptureClient",
+			Handler:       _DataplaneService_CaptureClient_Handler,
 			ServerStreams: true,
 		},
 	},

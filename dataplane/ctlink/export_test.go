@@ -1,0 +1,4 @@
+package ctlink
+
+// MapErr is mapErr, for the external tests.
+var MapErr = mapErr
