@@ -93,10 +93,11 @@ func (c *client) now() int64 { return int64(time.Since(c.epoch)) }
 // configure (any thread, in a normal process): every netlink call happens on
 // this goroutine.
 func (c *client) run(parent context.Context) (err error) {
-	dev, err := tun.Open(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend, MTU: c.cfg.mtu})
+	dev, opened, err := tun.OpenReport(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend, MTU: c.cfg.mtu})
 	if err != nil {
 		return err
 	}
+	c.log.Info("TUN opened", "tun", dev.Name(), "backend", string(opened.Backend), "asked", string(c.cfg.tunBackend), "why", opened.Reason)
 	c.dev = dev
 	c.ns.ifName = dev.Name()
 

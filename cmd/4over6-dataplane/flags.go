@@ -92,7 +92,7 @@ Exit codes:
 	f.StringVar(&o.controller, "controller", "unix:///run/fourover6/controller.sock", "controller gRPC address(es): unix:///path or host:port; several, comma separated, for controllers sharing etcd (the leader is followed)")
 	f.StringVar(&o.listen, "listen", "[::]:5678", "address clients connect to (TCP over IPv6)")
 	f.StringVar(&o.tunName, "tun", "4o6", "name of the TUN interface")
-	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendWater), fmt.Sprintf("TUN implementation %v", tun.Backends()))
+	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendAuto), fmt.Sprintf("TUN implementation %v: auto takes offload (TSO, several times faster) where the kernel supports it, else water (one packet per system call)", tun.Choices()))
 	f.IntVar(&o.mtu, "mtu", 1500, "TUN MTU; keeps every message within 2053 bytes as lab clients need")
 	f.StringVar(&o.api, "api", "unix:///run/fourover6/dataplane.sock", "this data plane's gRPC API: unix:///path or host:port")
 	f.DurationVar(&o.keepaliveInterval, "keepalive-interval", 20*time.Second, "send a 104 to every client this often")
@@ -190,11 +190,11 @@ func (o *options) validate() error {
 		return fmt.Errorf("--accept-rate-per-prefix %g: must be 0 (unlimited) or more", o.prefixAcceptRate)
 	}
 	valid := false
-	for _, b := range tun.Backends() {
+	for _, b := range tun.Choices() {
 		valid = valid || string(b) == o.tunBackend
 	}
 	if !valid {
-		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
+		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Choices())
 	}
 	if _, _, err := logging.New(io.Discard, logging.Options{Level: o.logLevel, Format: o.logFormat}); err != nil {
 		return err

@@ -106,10 +106,11 @@ func (d *daemon) open() error {
 	if err := d.dial(); err != nil {
 		return err
 	}
-	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
+	dev, opened, err := tun.OpenReport(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
 	if err != nil {
 		return fmt.Errorf("--tun %s: %w", o.tunName, err)
 	}
+	d.log.Info("TUN opened", "tun", dev.Name(), "backend", string(opened.Backend), "asked", o.tunBackend, "why", opened.Reason)
 	d.dev = dev
 	d.onClose(func() { dev.Close() }) // Run closes it too; closing twice is harmless
 	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
