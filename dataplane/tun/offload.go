@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"os"
 
-	wgtun "golang.zx2c4.com/wireguard/tun"
 	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // offloadDevice wraps wireguard-go's Linux TUN: IFF_VNET_HDR with TSO4/6 and
