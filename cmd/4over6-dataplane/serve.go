@@ -160,6 +160,7 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
+		SendQueueBytes: o.sendQueueBytes, SendQueueDelay: o.sendQueueDelay,
 		Limits: limit.Config{
 			MaxClients: o.maxClients, MaxConnsPerIP: o.maxConnsPerIP, MaxConnsPerPrefix: o.maxConnsPerPrefix,
 			PrefixLen: o.prefixLen, AcceptRate: o.acceptRate, AcceptBurst: o.acceptBurst,

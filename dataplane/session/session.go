@@ -93,6 +93,9 @@ type Config struct {
 	KeepaliveInterval time.Duration // 104 every interval once leased
 	KeepaliveTimeout  time.Duration // silence (or no 100) longer than this closes
 	SendQueueLen      int           // messages waiting per client; more are dropped
+	SendQueueBytes    int           // message bytes waiting per client (0: sendq's default)
+	SendQueueDelay    time.Duration // longest wait of a 103 in the queue (0: sendq's default)
+	SendQueueTarget   time.Duration // the queue's CoDel target (0: sendq's default)
 	WriteTimeout      time.Duration // a client that does not read for this long is cut
 	ReadBufferSize    int           // decoder buffer per client, to start with
 	MaxReadBufferSize int           // ... growing up to this for busy clients
@@ -179,7 +182,10 @@ func New(cfg *Config, id string, conn net.Conn) (*Session, error) {
 		done: make(chan struct{}),
 	}
 	var err error
-	s.out, err = sendq.New(conn, sendq.Config{Limit: cfg.SendQueueLen, WriteTimeout: cfg.WriteTimeout, OnFail: s.writeFailed})
+	s.out, err = sendq.New(conn, sendq.Config{
+		Limit: cfg.SendQueueLen, MaxBytes: cfg.SendQueueBytes, MaxDelay: cfg.SendQueueDelay, Target: cfg.SendQueueTarget,
+		WriteTimeout: cfg.WriteTimeout, OnFail: s.writeFailed, OnDrop: s.queueDropped,
+	})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -289,6 +295,16 @@ func (s *Session) SendData(bs []*sendq.Buf) int {
 		}
 	}
 	return n
+}
+
+// queueDropped is the send queue's OnDrop: 103s it took and then dropped.
+func (s *Session) queueDropped(full, late int) {
+	for range full {
+		s.drop(DropSendQueueFull, nil)
+	}
+	for range late {
+		s.drop(DropSendQueueDelay, nil)
+	}
 }
 
 // writeFailed is the send queue's OnFail: a write to the client failed.
