@@ -306,7 +306,7 @@ func classify(err error) error {
 // configure is the data plane's Configure: the TUN's address from the
 // registration, then NAT.
 func (d *daemon) configure(a dataplane.Assignment) error {
-	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
+	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits()), TUNQueue: true}); err != nil {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
 	}
 	d.log.Info("TUN configured", "tun", d.dev.Name(), "gateway", a.Gateway, "pool", a.Pool)
