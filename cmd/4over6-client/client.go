@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/rcvwin"
 	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -439,7 +440,9 @@ func (s *session) write(b *sendq.Buf) error {
 // 104 and anything else only prove the server is alive.
 func (c *client) readLoop(s *session) {
 	defer s.wg.Done()
-	dec := wire.NewDecoder(s.conn, 0)
+	// The receive window follows what the connection carries: 103s wait
+	// unread in the socket for as little as the path allows (rcvwin).
+	dec := wire.NewDecoder(rcvwin.NewReader(s.conn), 0)
 	tw := c.dev.NewWriter() // with offloads, the 103s of one read merge into few writes
 	defer c.flushDown(tw)
 	gotLease := false

@@ -33,6 +33,7 @@ import (
 
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/policy"
+	"github.com/fourover6/fourover6/dataplane/rcvwin"
 	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -402,7 +403,9 @@ func (s *Session) Tick(now int64) (next int64) {
 }
 
 func (s *Session) readLoop() {
-	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
+	// The receive window follows what the connection carries: 102s wait
+	// unread in the socket for as little as the path allows (rcvwin).
+	dec := wire.NewDecoder(rcvwin.NewReader(s.conn), s.cfg.ReadBufferSize)
 	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
 	defer s.flushTUN()
 	for {

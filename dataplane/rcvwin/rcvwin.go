@@ -1,0 +1,119 @@
+// Package rcvwin keeps a tunnel connection's TCP receive window near twice
+// its bandwidth-delay product.
+//
+// Whatever a tunnel end reads from its connection it writes to its TUN;
+// when that is the slower part (a busy host, a CPU shared with the
+// traffic's own endpoints), the bytes the peer has sent wait unread in the
+// socket's receive queue, one FIFO for every flow of the client, as long
+// as the window lets the peer send: Linux autotunes it to megabytes, which
+// is milliseconds of delay for every ping inside the tunnel. Clamping the
+// window (TCP_WINDOW_CLAMP) to twice what the connection carries in one
+// round trip keeps that queue at about one round trip's worth while still
+// letting the window double each period when it is what limits the rate:
+// a long path still gets its full window, a short one a short queue. The
+// peer's send queue, where packets wait by flow, takes the rest.
+package rcvwin
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bounds of the clamp, and how often it is reconsidered.
+const (
+	MinWindow = 64 << 10
+	MaxWindow = 16 << 20
+	Period    = 10 * time.Millisecond
+)
+
+// Reader reads from a TCP connection and resizes its receive window every
+// Period, from what was read meanwhile and the connection's round-trip
+// time. For one goroutine (the connection's reader). A connection without
+// a socket is read as it is.
+type Reader struct {
+	r     io.Reader
+	raw   syscall.RawConn // nil: no socket, nothing is resized
+	start time.Time       // of the current period
+	n     int             // bytes read in it
+	win   int             // the clamp in force; 0 before the first
+	fn    func(uintptr)   // w.resize, bound once
+	prev  int             // scratch for fn: the period's rate
+	info  unix.TCPInfo    // scratch for fn: read in place, no allocation
+}
+
+// NewReader wraps conn.
+func NewReader(conn net.Conn) *Reader {
+	r := &Reader{r: conn, start: time.Now()}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			r.raw = raw
+		}
+	}
+	r.fn = r.resize
+	return r
+}
+
+// Read reads from the connection.
+func (r *Reader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n += n
+	if r.raw != nil {
+		if now := time.Now(); now.Sub(r.start) >= Period {
+			r.update(now)
+		}
+	}
+	return n, err
+}
+
+// Window is the clamp in force (0: none set yet).
+func (r *Reader) Window() int { return r.win }
+
+func (r *Reader) update(now time.Time) {
+	elapsed := now.Sub(r.start)
+	rate := float64(r.n) / elapsed.Seconds() // bytes per second
+	r.start, r.n = now, 0
+	r.prev = int(rate)
+	r.raw.Control(r.fn)
+}
+
+// resize runs with the socket: it reads the round-trip time and sets the
+// clamp. Errors leave the window as it is.
+func (r *Reader) resize(fd uintptr) {
+	// unix.GetsockoptTCPInfo allocates its result; this reads into r.
+	size := uint32(unsafe.Sizeof(r.info))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&r.info)), uintptr(unsafe.Pointer(&size)), 0); e != 0 {
+		return
+	}
+	info := &r.info
+	rtt := time.Duration(info.Rcv_rtt) * time.Microsecond
+	if rtt <= 0 {
+		rtt = time.Duration(info.Rtt) * time.Microsecond
+	}
+	w := Target(float64(r.prev), rtt, r.win)
+	if w == r.win {
+		return
+	}
+	if unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, w) == nil {
+		r.win = w
+	}
+}
+
+// Target is the clamp for a connection that carried rate bytes per second
+// over the last period with round-trip time rtt, the clamp having been
+// prev (0: none): twice the bandwidth-delay product, shrinking at most by
+// half a period (so a lull does not starve the next burst), within
+// MinWindow..MaxWindow.
+func Target(rate float64, rtt time.Duration, prev int) int {
+	if rtt <= 0 {
+		rtt = time.Millisecond
+	}
+	w := int(2 * rate * rtt.Seconds())
+	w = max(w, prev/2, MinWindow)
+	return min(w, MaxWindow)
+}
