@@ -1,4 +1,4 @@
-// Package rcvwin keeps a tunnel connection's TCP receive window near twice
+// Package rcvwin keeps a tunnel connection's TCP receive window near a few
 // its bandwidth-delay product.
 //
 // Whatever a tunnel end reads from its connection it writes to its TUN;
@@ -7,11 +7,13 @@
 // socket's receive queue, one FIFO for every flow of the client, as long
 // as the window lets the peer send: Linux autotunes it to megabytes, which
 // is milliseconds of delay for every ping inside the tunnel. Clamping the
-// window (TCP_WINDOW_CLAMP) to twice what the connection carries in one
-// round trip keeps that queue at about one round trip's worth while still
-// letting the window double each period when it is what limits the rate:
-// a long path still gets its full window, a short one a short queue. The
-// peer's send queue, where packets wait by flow, takes the rest.
+// window (TCP_WINDOW_CLAMP) to a few times what the connection carries in
+// one round trip keeps that queue at a few round trips' worth (and at least
+// MinWindow, which a busy host's reader needs to ride out being descheduled
+// without cutting the rate) while still letting the window grow each
+// period when it is what limits the rate: a long path still gets its full
+// window, a short one a short queue. The peer's send queue, where packets
+// wait by flow, takes the rest.
 package rcvwin
 
 import (
@@ -26,7 +28,7 @@ import (
 
 // Bounds of the clamp, and how often it is reconsidered.
 const (
-	MinWindow = 64 << 10
+	MinWindow = 256 << 10
 	MaxWindow = 16 << 20
 	Period    = 10 * time.Millisecond
 )
@@ -106,14 +108,14 @@ func (r *Reader) resize(fd uintptr) {
 
 // Target is the clamp for a connection that carried rate bytes per second
 // over the last period with round-trip time rtt, the clamp having been
-// prev (0: none): twice the bandwidth-delay product, shrinking at most by
-// half a period (so a lull does not starve the next burst), within
-// MinWindow..MaxWindow.
+// prev (0: none): four times the bandwidth-delay product, shrinking at most
+// by a quarter a period (so a lull, or a reader descheduled for a while,
+// does not starve what follows), within MinWindow..MaxWindow.
 func Target(rate float64, rtt time.Duration, prev int) int {
 	if rtt <= 0 {
 		rtt = time.Millisecond
 	}
-	w := int(2 * rate * rtt.Seconds())
-	w = max(w, prev/2, MinWindow)
+	w := int(4 * rate * rtt.Seconds())
+	w = max(w, prev-prev/4, MinWindow)
 	return min(w, MaxWindow)
 }

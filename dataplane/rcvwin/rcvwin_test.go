@@ -18,8 +18,8 @@ func TestTarget(t *testing.T) {
 		want int
 	}{
 		{0, 0, 0, MinWindow},                            // idle: the floor
-		{1e9, 100 * time.Microsecond, 0, 200_000},       // 2 x 1 GB/s x 100 µs
-		{1e9, 100 * time.Microsecond, 1 << 20, 1 << 19}, // shrinks by half at most
+		{1e9, 100 * time.Microsecond, 0, 400_000},       // 4 x 1 GB/s x 100 µs
+		{1e9, 100 * time.Microsecond, 4 << 20, 3 << 20}, // shrinks by a quarter at most
 		{1e9, 50 * time.Millisecond, 0, MaxWindow},      // a long fat path: the ceiling
 		{1e6, 0, 0, MinWindow},                          // no RTT known: 1 ms assumed
 	}
@@ -28,15 +28,15 @@ func TestTarget(t *testing.T) {
 			t.Errorf("Target(%g, %v, %d) = %d, want %d", c.rate, c.rtt, c.prev, got, c.want)
 		}
 	}
-	// Limited by its own window, a connection's next one is twice it: the
-	// clamp never keeps a path below its rate for long.
+	// Limited by its own window, a connection's next one is four times
+	// it: the clamp never keeps a path below its rate for long.
 	rtt := 20 * time.Millisecond
 	w := MinWindow
 	for range 20 {
 		rate := float64(w) / rtt.Seconds()
 		next := Target(rate, rtt, w)
-		if next < min(2*w, MaxWindow) {
-			t.Fatalf("window-limited at %d: next %d, want it doubled", w, next)
+		if next < min(4*w, MaxWindow) {
+			t.Fatalf("window-limited at %d: next %d, want it four times as large", w, next)
 		}
 		w = next
 	}
