@@ -1,5 +1,5 @@
 // Package rcvwin keeps a tunnel connection's TCP receive window near a few
-// its bandwidth-delay product.
+// times its bandwidth-delay product.
 //
 // Whatever a tunnel end reads from its connection it writes to its TUN;
 // when that is the slower part (a busy host, a CPU shared with the
