@@ -194,14 +194,9 @@ func (l *lab) startDataplaneBin(ctx context.Context, bin, id, backend string, ex
 	return p, nil
 }
 
-// startClient starts 4over6-client and waits until the gateway answers a
-// ping through the tunnel.
-func (l *lab) startClient(ctx context.Context, backend string) (*proc, error) {
-	return l.startClientIn(ctx, l.o.bin, l.cli, "client-"+backend, serverV6, backend)
-}
-
 // startClientIn starts 4over6-client from the directory bin in ns,
-// connecting to server (an IPv6 address of the server namespace).
+// connecting to server (an IPv6 address of the server namespace), and waits
+// until the gateway answers a ping through the tunnel.
 func (l *lab) startClientIn(ctx context.Context, bin string, ns *topo.NS, name, server, backend string) (*proc, error) {
 	p, err := l.start(ns, name, filepath.Join(bin, "4over6-client"),
 		append([]string{"--server", "[" + server + "]:" + clientPort, "--tun", "4o6c"}, backendFlag(backend)...)...)
