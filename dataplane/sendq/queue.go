@@ -67,8 +67,7 @@ type Config struct {
 // competes with the goroutine, and there is at most one writer goroutine.
 //
 // Deadline. Only the writer goroutine sets a write deadline: now +
-// WriteTimeout at the start of each turn (a writev of up to 1024
-// messages), so a client that reads, however slowly, is not cut, and one
+// WriteTimeout at the start of each turn (at most turnBytes), so a client that reads, however slowly, is not cut, and one
 // that takes nothing for WriteTimeout is. It clears the deadline before it
 // gives up the role: no inline write ever meets a deadline.
 //
@@ -92,10 +91,9 @@ type Config struct {
 // that flow: then it is refused, and Send returns ErrFull with it and the
 // rest, which stay the caller's. Control messages do not count against
 // MaxBytes (they are a few bytes, every few seconds) and are refused past
-// Limit, never at the cost of Data.
-// The one excess: an inline write's remainder goes back whatever the bounds
-// (the queue took it already), at most one Send's batch. Control messages
-// are never dropped once taken.
+// Limit, never at the cost of Data; once taken they are never dropped. The
+// one excess: an inline write's remainder goes back whatever the bounds
+// (the queue took it already), at most one Send's batch.
 //
 // Delay. Each flow runs CoDel (Target, Interval) over the time its Data
 // messages waited, from Send to their turn, and drops any that waited past
