@@ -92,18 +92,27 @@ func (r *Reader) resize(fd uintptr) {
 		uintptr(unsafe.Pointer(&r.info)), uintptr(unsafe.Pointer(&size)), 0); e != 0 {
 		return
 	}
-	info := &r.info
-	rtt := time.Duration(info.Rcv_rtt) * time.Microsecond
-	if rtt <= 0 {
-		rtt = time.Duration(info.Rtt) * time.Microsecond
-	}
-	w := Target(float64(r.prev), rtt, r.win)
+	w := Target(float64(r.prev), pathRTT(&r.info), r.win)
 	if w == r.win {
 		return
 	}
 	if unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, w) == nil {
 		r.win = w
 	}
+}
+
+// pathRTT is the round trip of the path itself: the smallest the kernel
+// knows of. The receiver's estimate (rcv_rtt) and the smoothed RTT include
+// the very queue the clamp is to bound, which would widen the window it
+// measures; min_rtt (from what this end sends) does not, when there is one.
+func pathRTT(info *unix.TCPInfo) time.Duration {
+	rtt := time.Duration(0)
+	for _, us := range []uint32{info.Min_rtt, info.Rcv_rtt, info.Rtt} {
+		if d := time.Duration(us) * time.Microsecond; d > 0 && (rtt == 0 || d < rtt) {
+			rtt = d
+		}
+	}
+	return rtt
 }
 
 // Target is the clamp for a connection that carried rate bytes per second

@@ -45,6 +45,22 @@ func TestTarget(t *testing.T) {
 	}
 }
 
+func TestPathRTT(t *testing.T) {
+	for _, c := range []struct {
+		min, rcv, srtt uint32
+		want           time.Duration
+	}{
+		{50, 900, 1200, 50 * time.Microsecond}, // the queue inflates the others
+		{0, 900, 1200, 900 * time.Microsecond}, // nothing sent yet: no min_rtt
+		{0, 0, 0, 0},
+	} {
+		info := unix.TCPInfo{Min_rtt: c.min, Rcv_rtt: c.rcv, Rtt: c.srtt}
+		if got := pathRTT(&info); got != c.want {
+			t.Errorf("pathRTT(min %d, rcv %d, srtt %d) = %v, want %v", c.min, c.rcv, c.srtt, got, c.want)
+		}
+	}
+}
+
 // TestReaderSetsClamp: over a real TCP connection the bytes pass through
 // unchanged and, once a period has passed, the clamp is set on the socket.
 func TestReaderSetsClamp(t *testing.T) {
