@@ -23,6 +23,7 @@ var pathColors = map[string]color.RGBA{
 	"raw":           {R: 120, G: 120, B: 120, A: 255},
 	"kernel":        {R: 190, G: 190, B: 190, A: 255},
 	"ours-default":  {R: 200, G: 40, B: 60, A: 255},
+	baselinePath:    {R: 230, G: 150, B: 160, A: 255},
 	"ours-water":    {R: 230, G: 140, B: 30, A: 255},
 	"ours-offload":  {R: 40, G: 110, B: 200, A: 255},
 	"wireguard-go":  {R: 120, G: 90, B: 170, A: 255},

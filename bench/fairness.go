@@ -133,7 +133,7 @@ func (l *lab) fairClient(ctx context.Context, i int, bulk bool) (*fairClient, er
 			return c, err
 		}
 	}
-	if c.proc, err = l.startClientIn(ctx, ns, fmt.Sprintf("fair-client-%d", i), srvAddr, backendDefault); err != nil {
+	if c.proc, err = l.startClientIn(ctx, l.o.bin, ns, fmt.Sprintf("fair-client-%d", i), srvAddr, backendDefault); err != nil {
 		return c, err
 	}
 	if bulk {

@@ -159,6 +159,12 @@ func backendFlag(backend string) []string {
 // startDataplane starts a data plane with the given TUN backend and waits
 // until its TUN carries the gateway address.
 func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...string) (*proc, error) {
+	return l.startDataplaneBin(ctx, l.o.bin, id, backend, extra...)
+}
+
+// startDataplaneBin is startDataplane with the binary from the directory
+// bin.
+func (l *lab) startDataplaneBin(ctx context.Context, bin, id, backend string, extra ...string) (*proc, error) {
 	api := filepath.Join(l.dir, id+".sock")
 	os.Remove(api)
 	// The measured iperf3 server listens on the gateway, on the data
@@ -167,7 +173,7 @@ func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...s
 	args := append([]string{"--id", id, "--controller", "unix://" + l.ctlSock, "--api", "unix://" + api,
 		"--listen", "[::]:" + clientPort, "--tun", "4o6", "--allow", gateway + "/32"}, backendFlag(backend)...)
 	args = append(args, extra...)
-	p, err := l.start(l.srv, "dataplane-"+id, l.bin("4over6-dataplane"), args...)
+	p, err := l.start(l.srv, "dataplane-"+id, filepath.Join(bin, "4over6-dataplane"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -188,16 +194,11 @@ func (l *lab) startDataplane(ctx context.Context, id, backend string, extra ...s
 	return p, nil
 }
 
-// startClient starts 4over6-client and waits until the gateway answers a
-// ping through the tunnel.
-func (l *lab) startClient(ctx context.Context, backend string) (*proc, error) {
-	return l.startClientIn(ctx, l.cli, "client-"+backend, serverV6, backend)
-}
-
-// startClientIn starts 4over6-client in ns, connecting to server (an IPv6
-// address of the server namespace).
-func (l *lab) startClientIn(ctx context.Context, ns *topo.NS, name, server, backend string) (*proc, error) {
-	p, err := l.start(ns, name, l.bin("4over6-client"),
+// startClientIn starts 4over6-client from the directory bin in ns,
+// connecting to server (an IPv6 address of the server namespace), and waits
+// until the gateway answers a ping through the tunnel.
+func (l *lab) startClientIn(ctx context.Context, bin string, ns *topo.NS, name, server, backend string) (*proc, error) {
+	p, err := l.start(ns, name, filepath.Join(bin, "4over6-client"),
 		append([]string{"--server", "[" + server + "]:" + clientPort, "--tun", "4o6c"}, backendFlag(backend)...)...)
 	if err != nil {
 		return nil, err

@@ -205,6 +205,16 @@ func preflight(o *options) error {
 			return fmt.Errorf("%s missing in -bin %s: run make build first", b, o.bin)
 		}
 	}
+	if o.baselineBin != "" {
+		if o.baselineBin, err = filepath.Abs(o.baselineBin); err != nil {
+			return err
+		}
+		for _, b := range []string{"4over6-dataplane", "4over6-client"} {
+			if _, err := os.Stat(filepath.Join(o.baselineBin, b)); err != nil {
+				return fmt.Errorf("%s missing in -baseline-bin %s", b, o.baselineBin)
+			}
+		}
+	}
 	tools := []string{"ip", "ping"}
 	if o.has(secThroughput) || o.has(secRTT) || o.has(secFairness) || o.has(secCapture) {
 		tools = append(tools, "iperf3")

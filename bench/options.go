@@ -31,6 +31,9 @@ var allSections = []string{secThroughput, secRTT, secFairness, secCapture, secSt
 // binaries default to, so the row follows a change of the product's default.
 const backendDefault = "default"
 
+// baselinePath is the row of -baseline-bin.
+const baselinePath = "baseline-default"
+
 // Reference tunnels measured beside ours (-refs).
 const (
 	refWireguardGo = "wireguard-go"
@@ -55,6 +58,7 @@ type options struct {
 	scaleN         []int
 	scaleBackend   string
 	refs           []string
+	baselineBin    string
 	cacheDir       string
 	fairClients    int
 	floodSize      int
@@ -84,6 +88,7 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.out, "out", "bench/results", "directory for <timestamp>.{json,md,png} and latest.*")
 	fs.StringVar(&o.src, "src", ".", "module root: micro-benchmarks run there (go test), and the load generator is built from it when -bin lacks it")
 	fs.StringVar(&backends, "tun-backend", "", "TUN backends of our data plane and client, one row each, comma-separated: default (no --tun-backend flag: the binaries' own default), offload, water; all = default,offload,water (the default; quick: default,offload); both = water,offload")
+	fs.StringVar(&o.baselineBin, "baseline-bin", "", "binaries of another build (say, the main branch's) measured on default flags as one more row, "+baselinePath+", in the same run: before/after without run-to-run noise")
 	fs.StringVar(&refs, "refs", "", "reference tunnels measured beside ours, comma-separated: wireguard-go, openvpn (the default: both), or none")
 	fs.StringVar(&o.cacheDir, "cache", "", "where wireguard-go is built and kept between runs (default: the user cache directory's fourover6-bench)")
 	fs.IntVar(&o.fairClients, "fairness-clients", 8, "bulk clients of the fairness runs (each its own 4over6-client, TUN and namespace), plus one that pings")

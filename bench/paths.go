@@ -18,6 +18,7 @@ type path struct {
 	kind    string
 	backend string // ours only: default (no flag), offload, water
 	ref     string // reference only: refWireguardGo, refOpenVPN
+	bin     string // ours only: where the binaries are (empty: -bin)
 	target  string // server address: iperf3 binds to it, the client dials it
 	port    int    // iperf3 port: one per path, so a slow teardown never collides
 }
@@ -35,6 +36,9 @@ func (l *lab) paths() []path {
 	}
 	for i, b := range l.o.backends {
 		ps = append(ps, path{name: "ours-" + b, kind: KindOurs, backend: b, target: gateway, port: 5203 + i})
+	}
+	if l.o.baselineBin != "" {
+		ps = append(ps, path{name: baselinePath, kind: KindOurs, backend: backendDefault, bin: l.o.baselineBin, target: gateway, port: 5209})
 	}
 	for i, r := range l.o.refs {
 		ps = append(ps, path{name: refPath(r), kind: KindRef, ref: r, target: refServerV4(r), port: 5210 + i})
@@ -153,11 +157,12 @@ func (l *lab) setupPath(ctx context.Context, p path, rep *Report) (func(), error
 			return nil, err
 		}
 	}
-	dp, err := l.startDataplane(ctx, "bench-"+p.backend, p.backend)
+	bin := cmp.Or(p.bin, l.o.bin)
+	dp, err := l.startDataplaneBin(ctx, bin, "bench-"+p.backend, p.backend)
 	if err != nil {
 		return nil, err
 	}
-	cl, err := l.startClient(ctx, p.backend)
+	cl, err := l.startClientIn(ctx, bin, l.cli, "client-"+p.backend, serverV6, p.backend)
 	if err != nil {
 		dp.stop(10 * time.Second)
 		return nil, err

@@ -55,6 +55,9 @@ type Config struct {
 	StopTimeout       time.Duration // how long a stop waits for the controller; default 2s
 	HeartbeatInterval time.Duration // default: what the controller said at registration, else 5s
 	SendQueueLen      int           // default 256 messages
+	SendQueueBytes    int           // message bytes per client's send queue; default sendq.DefaultMaxBytes
+	SendQueueDelay    time.Duration // longest wait of a 103 in it; default sendq.DefaultMaxDelay
+	SendQueueTarget   time.Duration // its CoDel target; default sendq.DefaultTarget
 	ReadBufferSize    int           // first decoder buffer per client; default 512 bytes
 	MaxReadBufferSize int           // busy clients' buffers grow up to this; default 256 KiB
 	Limits            limit.Config  // zero values: unlimited
@@ -222,6 +225,9 @@ func New(cfg Config) (*Dataplane, error) {
 		KeepaliveInterval: cfg.KeepaliveInterval,
 		KeepaliveTimeout:  cfg.KeepaliveTimeout,
 		SendQueueLen:      cfg.SendQueueLen,
+		SendQueueBytes:    cfg.SendQueueBytes,
+		SendQueueDelay:    cfg.SendQueueDelay,
+		SendQueueTarget:   cfg.SendQueueTarget,
 		WriteTimeout:      cfg.WriteTimeout,
 		ReadBufferSize:    cfg.ReadBufferSize,
 		MaxReadBufferSize: cfg.MaxReadBufferSize,
@@ -522,6 +528,11 @@ func (d *Dataplane) acceptLoop(ctx context.Context) error {
 		d.accepted.Add(1)
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
+			// What waits for the client waits in its send queue, by flow,
+			// not in the kernel's FIFO.
+			if err := sendq.SetNotSentLowat(tc, sendq.NotSentLowat); err != nil {
+				d.log.Debug("cannot shorten the send buffer", "client", c.RemoteAddr().String(), "err", err)
+			}
 		}
 		s, err := session.New(&d.scfg, d.idPrefix+strconv.FormatUint(d.seq.Add(1), 10), c)
 		if err != nil {

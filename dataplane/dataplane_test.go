@@ -447,6 +447,9 @@ func TestLateReaderGetsEveryMessageInOrder(t *testing.T) {
 	h := start(t, func(c *dataplane.Config) {
 		c.SendQueueLen = 4096
 		c.WriteTimeout = time.Minute
+		// Large enough in bytes and time, too: nothing is dropped.
+		c.SendQueueBytes = 64 << 20
+		c.SendQueueDelay, c.SendQueueTarget = time.Minute, time.Minute
 	})
 	c := h.Dial()
 	c.Conn.(*net.TCPConn).SetReadBuffer(65536)
@@ -474,7 +477,7 @@ func TestLateReaderGetsEveryMessageInOrder(t *testing.T) {
 			t.Fatalf("message %d carries sequence %d: order lost", i, seq)
 		}
 	}
-	if d := h.DP.Drops()["send_queue_full"]; d != 0 {
+	if d := h.DP.Drops()["send_queue_full"] + h.DP.Drops()["send_queue_delay"]; d != 0 {
 		t.Fatalf("%d drops with a queue large enough", d)
 	}
 }

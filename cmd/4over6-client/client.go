@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane/packet"
+	"github.com/fourover6/fourover6/dataplane/rcvwin"
+	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
@@ -60,8 +62,7 @@ type client struct {
 	backoff *backoff
 
 	// Used by tunLoop only: reused for every batch.
-	out [][]byte
-	nb  net.Buffers
+	out []*sendq.Buf
 }
 
 // stats are cumulative over the client's life.
@@ -93,10 +94,11 @@ func (c *client) now() int64 { return int64(time.Since(c.epoch)) }
 // configure (any thread, in a normal process): every netlink call happens on
 // this goroutine.
 func (c *client) run(parent context.Context) (err error) {
-	dev, err := tun.Open(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend, MTU: c.cfg.mtu})
+	dev, opened, err := tun.OpenReport(tun.Config{Name: c.cfg.tunName, Backend: c.cfg.tunBackend, MTU: c.cfg.mtu})
 	if err != nil {
 		return err
 	}
+	c.log.Info("TUN opened", "tun", dev.Name(), "backend", string(opened.Backend), "asked", string(c.cfg.tunBackend), "why", opened.Reason)
 	c.dev = dev
 	c.ns.ifName = dev.Name()
 
@@ -237,10 +239,19 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		// Go sets it by default; say it anyway: each message must leave at once.
 		_ = tc.SetNoDelay(true)
+		// What waits for the server waits in the session's queue, by flow,
+		// not in the kernel's FIFO.
+		if err := sendq.SetNotSentLowat(tc, sendq.NotSentLowat); err != nil {
+			c.log.Debug("cannot shorten the send buffer", "err", err)
+		}
 	}
 	c.log.Info("connected", "server", c.cfg.server, "local", conn.LocalAddr().String(), "remote", conn.RemoteAddr().String())
 
-	s := newSession(conn)
+	s, err := newSession(conn, &c.stats)
+	if err != nil {
+		conn.Close()
+		return false, err
+	}
 	s.heard.Store(c.now())
 	s.wg.Add(1)
 	go c.readLoop(s)
@@ -249,10 +260,12 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 		c.cur.CompareAndSwap(s, nil)
 		s.close(errStopping)
 		s.wg.Wait()
+		s.q.Close()
+		s.q.Wait()
 	}()
 
 	timeout := c.cfg.keepaliveTimeout
-	_ = s.write(wire.AddrRequest[:]) // a failure closes s: seen below
+	_ = s.write(addrRequest) // a failure closes s: seen below
 	hello := time.NewTicker(c.cfg.helloResend)
 	defer hello.Stop()
 	giveUp := time.NewTimer(timeout)
@@ -278,7 +291,7 @@ func (c *client) session(ctx context.Context) (leased bool, err error) {
 			return leased, s.reason
 
 		case <-helloC:
-			_ = s.write(wire.AddrRequest[:])
+			_ = s.write(addrRequest)
 
 		case <-giveUpC:
 			s.close(fmt.Errorf("no 101 (address response) within %s", timeout))
@@ -364,9 +377,11 @@ type session struct {
 	conn   net.Conn
 	leases chan lease // 101s, from readLoop to the control loop
 
-	// wmu makes each message one uninterrupted write: 102s from tunLoop and
-	// 104s from keepaliveLoop must never interleave on the stream.
-	wmu sync.Mutex
+	// q is what goes to the server: 102s from tunLoop, 100s and 104s. One
+	// writer at a time keeps every message whole on the stream; it waits
+	// by flow (a ping never behind a bulk upload), bounded in bytes and
+	// time (sendq.Queue).
+	q *sendq.Queue
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -378,8 +393,29 @@ type session struct {
 	wg sync.WaitGroup // readLoop and keepaliveLoop
 }
 
-func newSession(conn net.Conn) *session {
-	return &session{conn: conn, leases: make(chan lease, 1), done: make(chan struct{})}
+// Control messages, shared by every session (the queue copies one it must
+// keep).
+var (
+	addrRequest = sendq.Static(wire.AddrRequest[:])
+	keepalive   = sendq.Static(wire.Keepalive[:])
+)
+
+// upQueueLen bounds the messages waiting for the server (each holds a
+// pooled buffer); sendq's defaults bound their bytes and waiting time.
+const upQueueLen = 256
+
+func newSession(conn net.Conn, st *stats) (*session, error) {
+	s := &session{conn: conn, leases: make(chan lease, 1), done: make(chan struct{})}
+	q, err := sendq.New(conn, sendq.Config{
+		Limit:  upQueueLen,
+		OnFail: func(err error) { s.close(fmt.Errorf("write: %w", err)) },
+		OnDrop: func(full, late int) { st.upDropped.Add(uint64(full + late)) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.q = q
+	return s, nil
 }
 
 // close ends the session once, recording the first reason. Closing the
@@ -392,30 +428,11 @@ func (s *session) close(reason error) {
 	})
 }
 
-// write sends whole messages with one write.
-func (s *session) write(b []byte) error {
-	s.wmu.Lock()
-	_, err := s.conn.Write(b)
-	s.wmu.Unlock()
-	if err != nil {
-		s.close(fmt.Errorf("write: %w", err))
-	}
-	return err
-}
-
-// writeBatch sends several framed messages with one writev. nb is scratch
-// space owned by the caller, so no allocation happens here.
-func (s *session) writeBatch(msgs [][]byte, nb *net.Buffers) error {
-	if len(msgs) == 1 {
-		return s.write(msgs[0])
-	}
-	*nb = msgs
-	s.wmu.Lock()
-	_, err := nb.WriteTo(s.conn)
-	s.wmu.Unlock()
-	if err != nil {
-		s.close(fmt.Errorf("write: %w", err))
-	}
+// write queues a control message (a 100 or 104); a write that fails
+// closes the session.
+func (s *session) write(b *sendq.Buf) error {
+	one := [1]*sendq.Buf{b}
+	_, err := s.q.Send(one[:])
 	return err
 }
 
@@ -423,7 +440,9 @@ func (s *session) writeBatch(msgs [][]byte, nb *net.Buffers) error {
 // 104 and anything else only prove the server is alive.
 func (c *client) readLoop(s *session) {
 	defer s.wg.Done()
-	dec := wire.NewDecoder(s.conn, 0)
+	// The receive window follows what the connection carries: 103s wait
+	// unread in the socket for as little as the path allows (rcvwin).
+	dec := wire.NewDecoder(rcvwin.NewReader(s.conn), 0)
 	tw := c.dev.NewWriter() // with offloads, the 103s of one read merge into few writes
 	defer c.flushDown(tw)
 	gotLease := false
@@ -497,7 +516,8 @@ func (c *client) flushDown(tw tun.Writer) {
 }
 
 // keepaliveLoop sends a 104 every --keepalive-interval. If the server stops
-// reading, the write blocks until the watchdog closes the connection.
+// reading, the queue's writer waits until the watchdog closes the
+// connection.
 func (c *client) keepaliveLoop(s *session) {
 	defer s.wg.Done()
 	t := time.NewTicker(c.cfg.keepaliveInterval)
@@ -507,7 +527,7 @@ func (c *client) keepaliveLoop(s *session) {
 		case <-s.done:
 			return
 		case <-t.C:
-			if s.write(wire.Keepalive[:]) != nil {
+			if errors.Is(s.write(keepalive), sendq.ErrClosed) {
 				return
 			}
 		}
@@ -515,54 +535,39 @@ func (c *client) keepaliveLoop(s *session) {
 }
 
 // tunLoop reads packets from the TUN for the client's lifetime and sends
-// them as 102 on the current session. Each buffer keeps wire.HeaderLen bytes
-// of headroom, so the header is written in place and the message goes out in
-// one write with no copy. It returns nil when the TUN is closed.
+// them as 102 on the current session. Each packet is read into a pooled
+// send-queue buffer at wire.HeaderLen, so the header is written in place
+// and the message goes out with no copy; the queue writes at once while
+// the server keeps up and otherwise keeps the packets by flow, so this
+// loop never waits for the server and the TUN's own queue stays short. It
+// returns nil when the TUN is closed.
 func (c *client) tunLoop() error {
 	bs := max(c.dev.BatchSize(), 1)
-	if bs == 1 {
-		// One packet per read (water): nothing to overlap.
-		return c.tunLoopSerial(bs)
-	}
-	// With offloads a read brings a whole super-packet: reading the next
-	// one while the last is written to the server keeps both busy.
-	type batch struct {
-		bufs  [][]byte
-		sizes []int
-		n     int
-	}
-	const depth = 3
-	free, full := make(chan *batch, depth), make(chan *batch, depth)
-	for range depth {
-		b := &batch{bufs: make([][]byte, bs), sizes: make([]int, bs)}
-		for i := range b.bufs {
-			b.bufs[i] = make([]byte, wire.HeaderLen+maxMTU)
-		}
-		free <- b
-	}
-	c.out = make([][]byte, 0, bs)
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		for b := range full {
-			c.up(b.bufs[:b.n], b.sizes[:b.n])
-			free <- b
+	bufs := make([]*sendq.Buf, bs)
+	vecs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	c.out = make([]*sendq.Buf, 0, bs)
+	defer func() {
+		for _, b := range bufs {
+			sendq.Put(b)
 		}
 	}()
-	defer func() { close(full); <-sent }()
 	var r tunReader
 	for {
-		b := <-free
-		n, err := r.read(c, b.bufs, b.sizes)
+		for i := range bufs {
+			if bufs[i] == nil {
+				bufs[i] = sendq.Get()
+			}
+			vecs[i] = bufs[i].B
+		}
+		n, err := r.read(c, vecs, sizes)
 		if n == 0 {
-			free <- b
 			if err != nil || r.closed {
 				return err
 			}
 			continue
 		}
-		b.n = n
-		full <- b
+		c.up(bufs[:n], sizes[:n])
 	}
 }
 
@@ -592,32 +597,14 @@ func (r *tunReader) read(c *client, bufs [][]byte, sizes []int) (int, error) {
 	return 0, nil
 }
 
-func (c *client) tunLoopSerial(bs int) error {
-	bufs := make([][]byte, bs)
-	for i := range bufs {
-		bufs[i] = make([]byte, wire.HeaderLen+maxMTU)
-	}
-	sizes := make([]int, bs)
-	c.out = make([][]byte, 0, bs)
-	var r tunReader
-	for {
-		n, err := r.read(c, bufs, sizes)
-		if n == 0 {
-			if err != nil || r.closed {
-				return err
-			}
-			continue
-		}
-		c.up(bufs[:n], sizes[:n])
-	}
-}
-
-// up frames a batch read from the TUN as 102s and sends it.
-func (c *client) up(bufs [][]byte, sizes []int) {
+// up frames a batch read from the TUN as 102s and hands it to the
+// session's queue, which takes the buffers it keeps (their slots in bufs
+// are then nil: refilled before the next read).
+func (c *client) up(bufs []*sendq.Buf, sizes []int) {
 	s := c.cur.Load()
 	out := c.out[:0]
 	for i, b := range bufs {
-		p := b[wire.HeaderLen : wire.HeaderLen+sizes[i]]
+		p := b.B[wire.HeaderLen : wire.HeaderLen+sizes[i]]
 		total, prob := packet.CheckIPv4(p)
 		if s == nil || prob != packet.OK {
 			// No session (reconnecting), or not IPv4 (IPv6 is disabled on
@@ -625,16 +612,23 @@ func (c *client) up(bufs [][]byte, sizes []int) {
 			c.stats.upDropped.Add(1)
 			continue
 		}
-		wire.PutHeader(b, wire.TypeNetRequest, total)
-		out = append(out, b[:wire.HeaderLen+total])
+		wire.PutHeader(b.B, wire.TypeNetRequest, total)
+		b.N = wire.HeaderLen + total
+		b.Kind = sendq.Data
+		out = append(out, b)
+		bufs[i] = nil
 	}
+	if len(out) > 0 {
+		n, _ := s.q.Send(out)
+		c.stats.up.Add(uint64(n))
+		if rest := out[n:]; len(rest) > 0 {
+			// Refused (full), or the session closed: dropped.
+			c.stats.upDropped.Add(uint64(len(rest)))
+			for _, b := range rest {
+				sendq.Put(b)
+			}
+		}
+	}
+	clear(out)
 	c.out = out[:0]
-	if len(out) == 0 {
-		return
-	}
-	if err := s.writeBatch(out, &c.nb); err != nil {
-		c.stats.upDropped.Add(uint64(len(out)))
-		return
-	}
-	c.stats.up.Add(uint64(len(out)))
 }

@@ -169,7 +169,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	c := &o.c
 	fs.StringVar(&c.server, "server", "", "4over6 server `host:port`, e.g. [fd00:46::1]:5678 (required; reached over IPv6)")
 	fs.StringVar(&c.tunName, "tun", "4o6c", "TUN interface `name`")
-	fs.StringVar(&o.backend, "tun-backend", string(tun.BackendWater), fmt.Sprintf("TUN backend %v", tun.Backends()))
+	fs.StringVar(&o.backend, "tun-backend", string(tun.BackendAuto), fmt.Sprintf("TUN backend %v: auto takes offload (TSO, several times faster) where the kernel supports it, else water (one packet per system call)", tun.Choices()))
 	fs.IntVar(&c.mtu, "mtu", 1500, fmt.Sprintf("TUN MTU (%d..%d: messages stay within 2053 bytes on the wire)", minMTU, maxMTU))
 	fs.BoolVar(&c.keepDefaultRoute, "keep-default-route", false, "keep the existing IPv4 default route; route only --pool (and --route) through the tunnel")
 	fs.StringVar(&o.pool, "pool", "", "`CIDR` routed through the tunnel when the default route is not taken (default: the /24 holding the leased address)")
@@ -192,7 +192,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 
 func backendNames() []string {
 	var s []string
-	for _, b := range tun.Backends() {
+	for _, b := range tun.Choices() {
 		s = append(s, string(b))
 	}
 	return s
@@ -211,8 +211,8 @@ func (o *options) config() (config, error) {
 	if c.tunName == "" || len(c.tunName) > 15 || strings.ContainsAny(c.tunName, "/ \t\n:") || c.tunName == "." || c.tunName == ".." {
 		return c, flagErr("tun", "%q: want an interface name of 1..15 characters without '/', ':' or spaces", c.tunName)
 	}
-	if !slices.Contains(tun.Backends(), c.tunBackend) {
-		return c, flagErr("tun-backend", "%q: want one of %v", c.tunBackend, tun.Backends())
+	if !slices.Contains(tun.Choices(), c.tunBackend) {
+		return c, flagErr("tun-backend", "%q: want one of %v", c.tunBackend, tun.Choices())
 	}
 	if c.mtu < minMTU || c.mtu > maxMTU {
 		return c, flagErr("mtu", "%d: want %d..%d (larger messages exceed 2053 bytes on the wire)", c.mtu, minMTU, maxMTU)

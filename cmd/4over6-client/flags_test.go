@@ -49,7 +49,7 @@ func writeFile(t *testing.T, body string) string {
 
 func TestParseFlagsDefaults(t *testing.T) {
 	c := mustParse(t, "--server", "[fd00:46::1]:5678")
-	if c.server != "[fd00:46::1]:5678" || c.tunName != "4o6c" || c.tunBackend != "water" || c.mtu != 1500 ||
+	if c.server != "[fd00:46::1]:5678" || c.tunName != "4o6c" || c.tunBackend != "auto" || c.mtu != 1500 ||
 		c.keepDefaultRoute || c.pool.IsValid() || len(c.routes) != 0 || c.resolvConf != "" ||
 		c.keepaliveInterval != 20*time.Second || c.keepaliveTimeout != 60*time.Second ||
 		c.reconnectMin != time.Second || c.reconnectMax != 30*time.Second || c.once ||

@@ -43,7 +43,7 @@ type netState struct {
 // netcfg.Configure replaces any older IPv4 address, which also makes the
 // kernel drop routes using that address as source: callers reinstall routes.
 func (n *netState) configure(addr netip.Addr) error {
-	if err := netcfg.Configure(netcfg.LinkConfig{Name: n.ifName, MTU: n.mtu, Addr: netip.PrefixFrom(addr, 32)}); err != nil {
+	if err := netcfg.Configure(netcfg.LinkConfig{Name: n.ifName, MTU: n.mtu, Addr: netip.PrefixFrom(addr, 32), TUNQueue: true}); err != nil {
 		return err
 	}
 	n.addr = addr

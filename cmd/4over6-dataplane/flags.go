@@ -16,6 +16,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
 	"github.com/fourover6/fourover6/dataplane/policy"
+	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/spf13/cobra"
 )
@@ -34,6 +35,8 @@ type options struct {
 	reportInterval    time.Duration
 	allocateTimeout   time.Duration
 	sendQueue         int
+	sendQueueBytes    int
+	sendQueueDelay    time.Duration
 	maxClients        int
 	maxConnsPerIP     int
 	maxConnsPerPrefix int
@@ -103,7 +106,7 @@ Exit codes:
 	f.StringVar(&o.controller, "controller", "unix:///run/fourover6/controller.sock", "controller gRPC address(es): unix:///path or host:port; several, comma separated, for controllers sharing etcd (the leader is followed)")
 	f.StringVar(&o.listen, "listen", "[::]:5678", "address clients connect to (TCP over IPv6)")
 	f.StringVar(&o.tunName, "tun", "4o6", "name of the TUN interface")
-	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendWater), fmt.Sprintf("TUN implementation %v", tun.Backends()))
+	f.StringVar(&o.tunBackend, "tun-backend", string(tun.BackendAuto), fmt.Sprintf("TUN implementation %v: auto takes offload (TSO, several times faster) where the kernel supports it, else water (one packet per system call)", tun.Choices()))
 	f.IntVar(&o.mtu, "mtu", 1500, "TUN MTU; keeps every message within 2053 bytes as lab clients need")
 	f.StringVar(&o.api, "api", "unix:///run/fourover6/dataplane.sock", "this data plane's gRPC API: unix:///path or host:port")
 	f.DurationVar(&o.keepaliveInterval, "keepalive-interval", 20*time.Second, "send a 104 to every client this often")
@@ -112,6 +115,8 @@ Exit codes:
 	f.DurationVar(&o.reportInterval, "report-interval", 5*time.Second, "how often sessions' liveness and counters are reported to the controller")
 	f.DurationVar(&o.allocateTimeout, "allocate-timeout", 5*time.Second, "how long a 100 waits for an unreachable controller before the connection is closed")
 	f.IntVar(&o.sendQueue, "send-queue", 256, "messages queued per client before drops")
+	f.IntVar(&o.sendQueueBytes, "send-queue-bytes", sendq.DefaultMaxBytes, "message bytes queued per client: past it the client's flow holding the most loses its oldest")
+	f.DurationVar(&o.sendQueueDelay, "send-queue-delay", sendq.DefaultMaxDelay, "a packet that waited this long in a client's send queue is dropped (CoDel drops earlier from a standing queue)")
 	f.IntVar(&o.maxClients, "max-clients", 20000, "most client connections at once (0: unlimited)")
 	f.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", 256, "most connections from one client IPv6 address (0: unlimited)")
 	f.IntVar(&o.maxConnsPerPrefix, "max-conns-per-prefix", 1024, "most connections from one client prefix of --prefix-length bits (0: unlimited)")
@@ -194,6 +199,12 @@ func (o *options) validate() error {
 	if o.sendQueue < 1 || o.sendQueue > 65536 {
 		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)
 	}
+	if o.sendQueueBytes < 4096 || o.sendQueueBytes > 64<<20 {
+		return fmt.Errorf("--send-queue-bytes %d: want 4096..%d", o.sendQueueBytes, 64<<20)
+	}
+	if o.sendQueueDelay < time.Millisecond || o.sendQueueDelay > time.Minute {
+		return fmt.Errorf("--send-queue-delay %s: want 1ms..1m", o.sendQueueDelay)
+	}
 	for name, v := range map[string]int{"--max-clients": o.maxClients, "--max-conns-per-ip": o.maxConnsPerIP, "--max-conns-per-prefix": o.maxConnsPerPrefix, "--accept-burst": o.acceptBurst, "--accept-burst-per-prefix": o.prefixAcceptBurst} {
 		if v < 0 {
 			return fmt.Errorf("%s %d: must be 0 (unlimited) or more", name, v)
@@ -209,11 +220,11 @@ func (o *options) validate() error {
 		return fmt.Errorf("--accept-rate-per-prefix %g: must be 0 (unlimited) or more", o.prefixAcceptRate)
 	}
 	valid := false
-	for _, b := range tun.Backends() {
+	for _, b := range tun.Choices() {
 		valid = valid || string(b) == o.tunBackend
 	}
 	if !valid {
-		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Backends())
+		return fmt.Errorf("--tun-backend %q: want one of %v", o.tunBackend, tun.Choices())
 	}
 	if _, _, err := logging.New(io.Discard, o.logOptions()); err != nil {
 		return err

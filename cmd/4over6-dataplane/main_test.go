@@ -80,6 +80,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--report-interval", "-1s"}, "--report-interval"},
 		{[]string{"--allocate-timeout", "0s"}, "--allocate-timeout"},
 		{[]string{"--send-queue", "0"}, "--send-queue"},
+		{[]string{"--send-queue-bytes", "100"}, "--send-queue-bytes"},
+		{[]string{"--send-queue-delay", "0s"}, "--send-queue-delay"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--bogus"}, "--bogus"},

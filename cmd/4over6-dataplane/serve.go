@@ -133,10 +133,11 @@ func (d *daemon) open() error {
 	if err := d.dial(); err != nil {
 		return err
 	}
-	dev, err := tun.Open(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
+	dev, opened, err := tun.OpenReport(tun.Config{Name: o.tunName, Backend: tun.Backend(o.tunBackend), MTU: o.mtu})
 	if err != nil {
 		return fmt.Errorf("--tun %s: %w", o.tunName, err)
 	}
+	d.log.Info("TUN opened", "tun", dev.Name(), "backend", string(opened.Backend), "asked", o.tunBackend, "why", opened.Reason)
 	d.dev = dev
 	d.onClose(func() { dev.Close() }) // Run closes it too; closing twice is harmless
 	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
@@ -190,6 +191,7 @@ func (d *daemon) config(ln net.Listener) dataplane.Config {
 		KeepaliveInterval: o.keepaliveInterval, KeepaliveTimeout: o.keepaliveTimeout,
 		WriteTimeout: o.writeTimeout, ReportInterval: o.reportInterval,
 		AllocateTimeout: o.allocateTimeout, SendQueueLen: o.sendQueue,
+		SendQueueBytes: o.sendQueueBytes, SendQueueDelay: o.sendQueueDelay,
 		Limits: limit.Config{
 			MaxClients: o.maxClients, MaxConnsPerIP: o.maxConnsPerIP, MaxConnsPerPrefix: o.maxConnsPerPrefix,
 			PrefixLen: o.prefixLen, AcceptRate: o.acceptRate, AcceptBurst: o.acceptBurst,
@@ -407,7 +409,7 @@ func (d *daemon) configure(a dataplane.Assignment) error {
 		// The predecessor configured the TUN; it stays as it is.
 		return d.configureAfterHandoff(a)
 	}
-	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits())}); err != nil {
+	if err := netcfg.Configure(netcfg.LinkConfig{Name: d.dev.Name(), MTU: d.o.mtu, Addr: netip.PrefixFrom(a.Gateway, a.Pool.Bits()), TUNQueue: true}); err != nil {
 		return fmt.Errorf("configure TUN %s: %w", d.dev.Name(), err)
 	}
 	d.log.Info("TUN configured", "tun", d.dev.Name(), "gateway", a.Gateway, "pool", a.Pool)

@@ -21,7 +21,24 @@ type LinkConfig struct {
 	// Addr is the interface address with its prefix length, e.g.
 	// 13.8.0.1/24 (a route for the prefix follows from it).
 	Addr netip.Prefix
+	// TUNQueue sets the queue of a TUN the way its reader wants it (see
+	// TUNTxQueueLen).
+	TUNQueue bool
 }
+
+// TUNTxQueueLen is the transmit queue of the TUNs, set with TUNQueue. A
+// TUN never stops its queue: a packet the kernel sends to it goes straight
+// into a ring of txqueuelen packets (GSO super-packets with offloads) that
+// its reader empties, and is dropped when that is full. So a qdisc never
+// holds anything and only costs a lock per packet: the TUNs get noqueue.
+// The ring is the one FIFO left: the readers (the data plane's TUN loop,
+// the client's) empty it into per-flow queues as fast as they run, without
+// waiting for a socket, so it fills only while a reader is not scheduled;
+// then a longer ring would hold what comes meanwhile, adding no delay that
+// the stall has not added already, and a shorter one would drop bursts
+// (and cut the inner TCP's rate) after every hiccup of a busy host. The
+// kernel's default, 500, is kept on purpose.
+const TUNTxQueueLen = 500
 
 // Configure sets the MTU, replaces the IPv4 addresses of the interface with
 // c.Addr, disables IPv6 on it (the tunnel carries IPv4 only; this keeps
@@ -37,6 +54,11 @@ func Configure(c LinkConfig) error {
 		}
 	}
 	disableIPv6(c.Name)
+	if c.TUNQueue {
+		if err := setTUNQueue(link); err != nil {
+			return fmt.Errorf("queue of %q: %w", c.Name, err)
+		}
+	}
 	if c.Addr.IsValid() {
 		if err := SetAddr(link, c.Addr); err != nil {
 			return err
@@ -44,6 +66,23 @@ func Configure(c LinkConfig) error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %q up: %w", c.Name, err)
+	}
+	return nil
+}
+
+// setTUNQueue: txqueuelen TUNTxQueueLen, root qdisc noqueue.
+func setTUNQueue(link netlink.Link) error {
+	if link.Attrs().TxQLen != TUNTxQueueLen {
+		if err := netlink.LinkSetTxQLen(link, TUNTxQueueLen); err != nil {
+			return fmt.Errorf("set txqueuelen %d: %w", TUNTxQueueLen, err)
+		}
+	}
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_ROOT},
+		QdiscType:  "noqueue",
+	}
+	if err := netlink.QdiscReplace(q); err != nil {
+		return fmt.Errorf("set qdisc noqueue: %w", err)
 	}
 	return nil
 }

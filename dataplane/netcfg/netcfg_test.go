@@ -307,3 +307,48 @@ func TestDefaultRoute4(t *testing.T) {
 		return nil
 	})
 }
+
+// TestTUNQueue: TUNQueue leaves the link with txqueuelen TUNTxQueueLen and
+// the noqueue qdisc, again and again.
+func TestTUNQueue(t *testing.T) {
+	const name = "cfgq0"
+	inNS(t, func() error {
+		link, err := newLink(t, name)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetTxQLen(link, 77); err != nil {
+			return err
+		}
+		// Start from a queueing qdisc, as a TUN has.
+		if err := netlink.QdiscReplace(&netlink.GenericQdisc{
+			QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_ROOT},
+			QdiscType:  "pfifo_fast",
+		}); err != nil {
+			return err
+		}
+		if qs, _ := netlink.QdiscList(link); len(qs) != 1 || qs[0].Type() != "pfifo_fast" {
+			return fmt.Errorf("qdiscs %v before, want pfifo_fast", qs)
+		}
+		for range 2 {
+			if err := netcfg.Configure(netcfg.LinkConfig{Name: name, TUNQueue: true}); err != nil {
+				return fmt.Errorf("Configure: %w", err)
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			if l.Attrs().TxQLen != netcfg.TUNTxQueueLen {
+				t.Errorf("txqueuelen %d, want %d", l.Attrs().TxQLen, netcfg.TUNTxQueueLen)
+			}
+			qs, err := netlink.QdiscList(l)
+			if err != nil {
+				return err
+			}
+			if len(qs) != 1 || qs[0].Type() != "noqueue" {
+				t.Errorf("qdiscs %v, want noqueue", qs)
+			}
+		}
+		return nil
+	})
+}

@@ -36,8 +36,10 @@ type Buf struct {
 	N    int    // message bytes in B[:N]
 	Kind Kind   // set by whoever queues it; Control when taken from the pool
 
-	off    int  // bytes of the message already written (the queue's)
-	static bool // shared, read-only message (a keepalive): never pooled, never written to
+	off    int   // bytes of the message already written (the queue's)
+	static bool  // shared, read-only message (a keepalive): never pooled, never written to, never queued itself
+	at     int64 // when it was sent (the queue's clock)
+	next   *Buf  // in its flow (the queue's)
 }
 
 var pool = sync.Pool{New: func() any { return &Buf{B: make([]byte, BufSize)} }}
@@ -50,7 +52,7 @@ func Put(b *Buf) {
 	if b == nil || b.static {
 		return
 	}
-	b.N, b.off, b.Kind = 0, 0, Control
+	b.N, b.off, b.Kind, b.at, b.next = 0, 0, Control, 0, nil
 	pool.Put(b)
 }
 

@@ -5,6 +5,7 @@ package sendq
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -22,10 +23,19 @@ var (
 	ErrClosed = errors.New("send queue closed")
 )
 
-// Config sets a queue's bound and timeout.
+// Config sets a queue's bounds and timeout.
 type Config struct {
-	// Limit is how many messages may wait; Send refuses more. At least 1.
+	// Limit is how many messages may wait (each holds a BufSize buffer:
+	// this bounds memory). At least 1.
 	Limit int
+	// MaxBytes bounds the message bytes waiting; DefaultMaxBytes when 0.
+	MaxBytes int
+	// MaxDelay: a Data message that waited longer is dropped when its turn
+	// comes; DefaultMaxDelay when 0.
+	MaxDelay time.Duration
+	// Target and Interval are CoDel's, per flow; DefaultTarget and
+	// DefaultInterval when 0.
+	Target, Interval time.Duration
 	// WriteTimeout bounds how long a write may wait for room in the
 	// socket: a client that takes nothing for this long is cut. 0: no
 	// bound (the write waits until the connection is closed).
@@ -36,6 +46,10 @@ type Config struct {
 	// queue closed and gave up the writer role, with no lock of the queue
 	// held: it may call Close. Required.
 	OnFail func(error)
+	// OnDrop, when set, is told of Data messages the queue took and then
+	// dropped: full to make room for another flow's message, late by
+	// CoDel or MaxDelay. Called with no lock of the queue held.
+	OnDrop func(full, late int)
 }
 
 // Queue is one client's output: framed messages on their way to the
@@ -54,22 +68,38 @@ type Config struct {
 // competes with the goroutine, and there is at most one writer goroutine.
 //
 // Deadline. Only the writer goroutine sets a write deadline: now +
-// WriteTimeout at the start of each turn (a writev of up to 1024
-// messages), so a client that reads, however slowly, is not cut, and one
+// WriteTimeout at the start of each turn (at most turnBytes), so a client that reads, however slowly, is not cut, and one
 // that takes nothing for WriteTimeout is. It clears the deadline before it
 // gives up the role: no inline write ever meets a deadline.
 //
-// Order. Messages go out whole, never interleaved, in the order their
-// Sends took mu: an inline write's remainder goes back ahead of anything
-// queued meanwhile. So a message queued before any other can be queued (a
-// session's 101, sent before it routes 103s or sends 104s) is the first
-// the client gets.
+// Order. Messages go out whole, never interleaved; those of one flow in
+// the order their Sends took mu: an inline write's remainder goes back
+// ahead of anything queued meanwhile (a message it wrote in part first of
+// all). A flow that becomes active is served after those active already,
+// so a message queued before any other can be queued (a session's 101,
+// sent before it routes 103s or sends 104s) is the first the client gets.
 //
-// Bound. At most Limit messages wait; Send takes what fits and returns
-// ErrFull with the rest, which stays the caller's (counted as dropped by
-// it). A client whose socket and queue are both full is cut after
-// WriteTimeout. The one excess: an inline write's remainder goes back
-// whatever the bound (the queue took it already), at most one Send's batch.
+// Flows. Waiting messages are kept per flow (flows.go): the IPv4 5-tuple
+// of a Data message's packet, hashed; control messages in a flow of their
+// own. The writer takes them by deficit round robin, flows that just became
+// active first, at most turnBytes per turn: a message of a flow with
+// nothing waiting goes out after at most one turn, however much another
+// flow has queued.
+//
+// Bound. At most Limit messages and MaxBytes message bytes wait. A Data
+// message past a bound makes room by dropping from the head of the flow
+// holding the most bytes (counted to OnDrop as full), unless it belongs to
+// that flow: then it is refused, and Send returns ErrFull with it and the
+// rest, which stay the caller's. Control messages do not count against
+// MaxBytes (they are a few bytes, every few seconds) and are refused past
+// Limit, never at the cost of Data; once taken they are never dropped. The
+// one excess: an inline write's remainder goes back whatever the bounds
+// (the queue took it already), at most one Send's batch.
+//
+// Delay. Each flow runs CoDel (Target, Interval) over the time its Data
+// messages waited, from Send to their turn, and drops any that waited past
+// MaxDelay: a standing queue shrinks until the inner TCP slows down. Drops
+// are counted to OnDrop as late.
 //
 // Failure. A failed write closes the queue at once: what waits is dropped,
 // later Sends get ErrClosed, and OnFail learns why.
@@ -86,24 +116,33 @@ type Config struct {
 // message that was dropped or only partly written.
 //
 // Shape. The waiting messages are touched in three places only: Send
-// appends within the bound, writeNow puts a remainder back in front,
-// writeLoop takes a turn from the front; a scheduler over several flows,
-// bounded in bytes or waiting time, would replace msgs there and nowhere
-// else. finish is where every written message ends (what looks at
-// messages as sent belongs there), and taking the role as Close does is
-// what stopping the writer without dropping anything would take.
+// enqueues within the bounds, writeNow puts a remainder back in front,
+// writeLoop takes a turn through next. finish is where every written
+// message ends (what looks at messages as sent belongs there), and taking
+// the role as Close does is what stopping the writer without dropping
+// anything would take.
 type Queue struct {
-	raw    syscall.RawConn
-	conn   net.Conn // for its write deadline
-	limit  int
-	wto    time.Duration
-	onFail func(error)
+	raw      syscall.RawConn
+	conn     net.Conn // for its write deadline
+	limit    int
+	maxBytes int
+	wto      time.Duration
+	onFail   func(error)
+	onDrop   func(full, late int)
+	salt     uint32 // of the flow hash
+
+	maxDelay, target, interval int64 // nanoseconds
 
 	bytes, packets atomic.Uint64 // Data messages written, see Sent
 
 	mu       sync.Mutex
 	free     sync.Cond // broadcast when the writer role is given up
-	msgs     []*Buf    // waiting, oldest first
+	fl       *flows    // waiting messages by flow; nil when none wait
+	newFlows flowList  // active flows not yet served a quantum
+	oldFlows flowList  // the other active flows
+	partial  *Buf      // an inline write's message written in part: first to go
+	waiting  int       // messages waiting, partial included
+	inFlows  int       // bytes of the messages in the flows
 	writing  bool      // the writer role is taken
 	closed   bool
 	paused   bool           // Pause holds the writer role: messages wait, nothing is written
@@ -126,7 +165,21 @@ func New(conn net.Conn, c Config) (*Queue, error) {
 	if c.OnFail == nil {
 		return nil, errors.New("send queue: no OnFail")
 	}
-	q := &Queue{raw: raw, conn: conn, limit: max(c.Limit, 1), wto: c.WriteTimeout, onFail: c.OnFail}
+	q := &Queue{raw: raw, conn: conn, limit: max(c.Limit, 1), maxBytes: c.MaxBytes, wto: c.WriteTimeout,
+		onFail: c.OnFail, onDrop: c.OnDrop, salt: rand.Uint32(),
+		maxDelay: int64(c.MaxDelay), target: int64(c.Target), interval: int64(c.Interval)}
+	if q.maxBytes <= 0 {
+		q.maxBytes = DefaultMaxBytes
+	}
+	if q.maxDelay <= 0 {
+		q.maxDelay = int64(DefaultMaxDelay)
+	}
+	if q.target <= 0 {
+		q.target = int64(DefaultTarget)
+	}
+	if q.interval <= 0 {
+		q.interval = int64(DefaultInterval)
+	}
 	q.free.L = &q.mu
 	return q, nil
 }
@@ -134,7 +187,8 @@ func New(conn net.Conn, c Config) (*Queue, error) {
 // Send takes bs (oldest first) for the client. It returns how many it took,
 // a prefix of bs that the queue now owns, and ErrFull (the rest did not fit)
 // or ErrClosed (nothing taken). The caller must not touch the taken
-// buffers again; the slice bs stays the caller's.
+// buffers again; the slice bs stays the caller's. A static buffer is
+// queued as a private copy.
 //
 // When the writer role is free, Send writes at once without blocking, on
 // the caller's goroutine; a write that fails is reported to OnFail before
@@ -143,15 +197,29 @@ func (q *Queue) Send(bs []*Buf) (int, error) {
 	if len(bs) == 0 {
 		return 0, nil
 	}
+	t := now()
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return 0, ErrClosed
 	}
 	if q.writing {
-		n := max(0, min(len(bs), q.limit-len(q.msgs)))
-		q.msgs = append(q.msgs, bs[:n]...)
+		var d drops
+		n := 0
+		for _, b := range bs {
+			idx := q.flowOf(b)
+			if !q.admit(idx, size(b), &d) {
+				break
+			}
+			if b.static {
+				b = privateCopy(b, 0)
+			}
+			b.at = t
+			q.enqueue(b, idx, false)
+			n++
+		}
 		q.mu.Unlock()
+		q.reportDrops(d)
 		if n < len(bs) {
 			return n, ErrFull
 		}
@@ -159,12 +227,27 @@ func (q *Queue) Send(bs []*Buf) (int, error) {
 	}
 	q.writing = true // the role is ours until writeNow gives it up or passes it on
 	q.mu.Unlock()
-	q.writeNow(bs)
+	q.writeNow(bs, t)
 	return len(bs), nil
 }
 
-// writeNow is the inline writer: it holds the role on entry.
-func (q *Queue) writeNow(bs []*Buf) {
+// privateCopy is a pooled copy of b's bytes from off on.
+func privateCopy(b *Buf, off int) *Buf {
+	c := Get()
+	c.Kind = b.Kind
+	c.N = copy(c.B, b.Message()[off:])
+	return c
+}
+
+func (q *Queue) reportDrops(d drops) {
+	if q.onDrop != nil && (d.full > 0 || d.late > 0) {
+		q.onDrop(d.full, d.late)
+	}
+}
+
+// writeNow is the inline writer: it holds the role on entry. t is when
+// bs were sent.
+func (q *Queue) writeNow(bs []*Buf, t int64) {
 	w := getWriter()
 	defer putWriter(w)
 	// The writer works on its own copy of the slice: bs stays the
@@ -173,6 +256,7 @@ func (q *Queue) writeNow(bs []*Buf) {
 	done, err := w.write(q.raw, w.bufs, false)
 	q.count(w)
 	rest := w.bufs[done:]
+	partial := w.partial
 	defer clear(w.bufs)
 	if err != nil {
 		q.fail(rest, err)
@@ -189,13 +273,24 @@ func (q *Queue) writeNow(bs []*Buf) {
 		return
 	}
 	if len(rest) > 0 {
-		// Ahead of whatever was queued meanwhile, so order is kept.
-		old := len(q.msgs)
-		q.msgs = append(q.msgs, rest...) // grow
-		copy(q.msgs[len(rest):], q.msgs[:old])
-		copy(q.msgs, rest)
+		// Ahead of whatever was queued meanwhile, so order is kept: the
+		// message written in part before anything, the others at the
+		// front of their flows.
+		if partial {
+			q.partial = rest[0]
+			q.waiting++
+			rest = rest[1:]
+		}
+		for i := len(rest) - 1; i >= 0; i-- {
+			b := rest[i]
+			if b.static {
+				b = privateCopy(b, 0)
+			}
+			b.at = t
+			q.enqueue(b, q.flowOf(b), true)
+		}
 	}
-	if len(q.msgs) == 0 {
+	if q.waiting == 0 {
 		q.release()
 		q.mu.Unlock()
 		return
@@ -214,8 +309,15 @@ func (q *Queue) writeLoop() {
 	w := getWriter()
 	defer putWriter(w)
 	for {
+		t := now()
+		var d drops
+		w.bufs = w.bufs[:0]
 		q.mu.Lock()
-		if q.closed || len(q.msgs) == 0 {
+		if !q.closed && !q.pausing {
+			// (Pausing: the role goes to Pause, nothing taken.)
+			q.turn(w, t, &d)
+		}
+		if len(w.bufs) == 0 {
 			if q.wto > 0 {
 				// Before the role is free: the next holder writes
 				// without blocking and must not meet our deadline.
@@ -223,18 +325,17 @@ func (q *Queue) writeLoop() {
 			}
 			q.release()
 			q.mu.Unlock()
+			q.reportDrops(d)
 			return
 		}
-		k := min(len(q.msgs), maxIOV)
-		w.bufs = append(w.bufs[:0], q.msgs[:k]...)
-		n := copy(q.msgs, q.msgs[k:])
-		clear(q.msgs[n:])
-		q.msgs = q.msgs[:n]
-		q.mu.Unlock()
-
 		if q.wto > 0 {
+			// Under mu: a Pause coming after sets its deadline (in the
+			// past) over this one, never the other way round.
 			q.conn.SetWriteDeadline(time.Now().Add(q.wto))
 		}
+		q.mu.Unlock()
+		q.reportDrops(d)
+
 		done, err := w.write(q.raw, w.bufs, true)
 		q.count(w)
 		if err != nil && q.yield(w.bufs[done:], err) {
@@ -262,10 +363,17 @@ func (q *Queue) yield(rest []*Buf, err error) bool {
 	if !q.pausing || q.closed {
 		return false
 	}
-	old := len(q.msgs)
-	q.msgs = append(q.msgs, rest...)
-	copy(q.msgs[len(rest):], q.msgs[:old])
-	copy(q.msgs, rest)
+	// Back in front, in order: a message written in part before anything
+	// (turn took the queue's partial one first, so there is none), the
+	// others at the front of their flows.
+	if len(rest) > 0 && rest[0].off > 0 {
+		q.partial = rest[0]
+		q.waiting++
+		rest = rest[1:]
+	}
+	for i := len(rest) - 1; i >= 0; i-- {
+		q.enqueue(rest[i], q.flowOf(rest[i]), true)
+	}
 	q.conn.SetWriteDeadline(time.Time{})
 	q.release()
 	return true
@@ -302,18 +410,29 @@ func (q *Queue) Pause() bool {
 }
 
 // Pending returns the bytes that wait for the client while paused, message
-// by message in order (the first may be the rest of a partly written one),
-// with their kinds. The slices are copies.
+// by message (the first may be the rest of a partly written one), with
+// their kinds: the partly written message, then flow by flow in the order
+// the writer serves them, each flow's in order. The slices are copies.
 func (q *Queue) Pending() (msgs [][]byte, kinds []Kind) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, b := range q.msgs {
+	add := func(b *Buf) {
 		msgs = append(msgs, append([]byte(nil), b.Message()...))
 		k := b.Kind
 		if b.off > 0 {
 			k = Control // the rest of a message: not a whole packet to count
 		}
 		kinds = append(kinds, k)
+	}
+	if q.partial != nil {
+		add(q.partial)
+	}
+	for _, l := range []*flowList{&q.newFlows, &q.oldFlows} {
+		for f := l.head; f != nil; f = f.next {
+			for b := f.head; b != nil; b = b.next {
+				add(b)
+			}
+		}
 	}
 	return msgs, kinds
 }
@@ -331,7 +450,7 @@ func (q *Queue) Resume() {
 		q.release()
 		return
 	}
-	if len(q.msgs) == 0 {
+	if q.waiting == 0 {
 		q.release()
 		return
 	}
@@ -347,6 +466,7 @@ func (q *Queue) Resume() {
 func (q *Queue) Preload(msgs [][]byte, kinds []Kind) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	t := now()
 	for i, m := range msgs {
 		if len(m) == 0 || len(m) > BufSize {
 			continue
@@ -356,9 +476,17 @@ func (q *Queue) Preload(msgs [][]byte, kinds []Kind) {
 		if i < len(kinds) {
 			b.Kind = kinds[i]
 		}
-		q.msgs = append(q.msgs, b)
+		b.at = t
+		if i == 0 && q.partial == nil {
+			// It may be the rest of a message written in part: it goes
+			// before anything, as the queue's own partial message.
+			q.partial = b
+			q.waiting++
+			continue
+		}
+		q.enqueue(b, q.flowOf(b), false)
 	}
-	if len(q.msgs) > 0 && !q.writing && !q.closed {
+	if q.waiting > 0 && !q.writing && !q.closed {
 		q.writing = true
 		q.running.Add(1)
 		go q.writeLoop()
@@ -372,12 +500,31 @@ func (q *Queue) AddSent(bytes, packets uint64) {
 	q.packets.Add(packets)
 }
 
+// turn takes the writer goroutine's next turn into w.bufs: the message
+// written in part, then by flow up to turnBytes. Under mu.
+func (q *Queue) turn(w *writer, t int64, d *drops) {
+	w.bufs = w.bufs[:0]
+	budget := turnBytes
+	if b := q.partial; b != nil {
+		q.partial = nil
+		q.waiting--
+		w.bufs = append(w.bufs, b)
+		budget -= size(b)
+	}
+	for budget > 0 && len(w.bufs) < maxIOV {
+		b := q.next(t, d)
+		if b == nil {
+			break
+		}
+		w.bufs = append(w.bufs, b)
+		budget -= size(b)
+	}
+}
+
 // release gives up the writer role. Under mu.
 func (q *Queue) release() {
 	q.writing = false
-	if len(q.msgs) == 0 && cap(q.msgs) > 64 {
-		q.msgs = nil // a burst is over: give its memory back
-	}
+	q.releaseFlows() // a burst is over: give its memory back
 	q.free.Broadcast()
 }
 
@@ -402,11 +549,19 @@ func (q *Queue) fail(rest []*Buf, err error) {
 
 // dropAll frees the waiting messages. Under mu.
 func (q *Queue) dropAll() {
-	for _, b := range q.msgs {
-		Put(b)
+	if q.partial != nil {
+		Put(q.partial)
+		q.partial = nil
+		q.waiting--
 	}
-	clear(q.msgs)
-	q.msgs = nil
+	if q.fl != nil {
+		for i := range q.fl {
+			for b := q.pop(&q.fl[i]); b != nil; b = q.pop(&q.fl[i]) {
+				Put(b)
+			}
+		}
+	}
+	q.releaseFlows()
 }
 
 // count adds what w finished to the totals.
@@ -441,7 +596,7 @@ func (q *Queue) Wait() { q.running.Wait() }
 func (q *Queue) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.msgs)
+	return q.waiting
 }
 
 // Sent returns the IPv4 bytes (without the 5-byte headers) and the packets

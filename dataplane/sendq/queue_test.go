@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fourover6/fourover6/dataplane/wire"
+	"golang.org/x/sys/unix"
 )
 
 // failAfter turns a hang into a failure; no assertion depends on timing.
@@ -65,6 +66,11 @@ func newPair(t *testing.T, c Config, mode clientMode) *pair {
 		client.(*net.TCPConn).SetReadBuffer(4096)
 	}
 	p := &pair{t: t, server: server, client: client, failed: make(chan error, 2)}
+	if c.Target == 0 {
+		// Lossless unless a test asks for the delay bounds: these tests
+		// are about order, hand-overs and failures, on a busy machine.
+		c.Target, c.MaxDelay = failAfter, failAfter
+	}
 	c.OnFail = func(err error) { t.Logf("OnFail: %v", err); p.failed <- err }
 	if p.q, err = New(server, c); err != nil {
 		t.Fatal(err)
@@ -129,7 +135,7 @@ func (p *pair) waitIdle() {
 	deadline := time.Now().Add(failAfter)
 	for {
 		p.q.mu.Lock()
-		idle := !p.q.writing && len(p.q.msgs) == 0
+		idle := !p.q.writing && p.q.waiting == 0
 		p.q.mu.Unlock()
 		if idle {
 			return
@@ -575,6 +581,27 @@ func TestInlineDoesNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per Send", allocs)
+	}
+}
+
+// TestNotSentLowat: the option is set on a TCP socket, refused elsewhere.
+func TestNotSentLowat(t *testing.T) {
+	p := newPair(t, Config{Limit: 1}, roomy)
+	if err := SetNotSentLowat(p.server, NotSentLowat); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := p.server.(*net.TCPConn).SyscallConn()
+	var got int
+	var gerr error
+	raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT) })
+	if gerr != nil || got != NotSentLowat {
+		t.Fatalf("TCP_NOTSENT_LOWAT = %d, %v; want %d", got, gerr, NotSentLowat)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if err := SetNotSentLowat(a, 1); err == nil {
+		t.Fatal("set on a pipe")
 	}
 }
 

@@ -23,14 +23,17 @@ const maxIOV = 1024
 // callback: the callback returns at EAGAIN, telling the netpoller to wait
 // for room (the writer goroutine) or giving up (inline). Nothing allocates.
 type writer struct {
-	bufs []*Buf             // the writer goroutine's turn
-	msgs []*Buf             // the messages of the write under way
-	iov  []unix.Iovec       // iov[k] is what is left of msgs[k]
-	i    int                // msgs[:i] are written and finished
-	part int                // bytes of msgs[i] written
-	wait bool               // wait for room instead of returning at EAGAIN
-	err  error              // the write's error
-	fn   func(uintptr) bool // w.writev, bound once: passing it allocates nothing
+	bufs []*Buf       // the writer goroutine's turn
+	msgs []*Buf       // the messages of the write under way
+	iov  []unix.Iovec // iov[k] is what is left of msgs[k]
+	i    int          // msgs[:i] are written and finished
+	part int          // bytes of msgs[i] written
+	wait bool         // wait for room instead of returning at EAGAIN
+	err  error        // the write's error
+	// partial: the write ended inside msgs[done] (whose rest is now what
+	// is left of it).
+	partial bool
+	fn      func(uintptr) bool // w.writev, bound once: passing it allocates nothing
 
 	bytes, packets uint64 // Data finished by this writer since the queue's last count
 }
@@ -74,15 +77,14 @@ func (w *writer) write(raw syscall.RawConn, msgs []*Buf, wait bool) (done int, e
 // on the message itself, or, for a static one, by putting a private copy of
 // its rest in its place (in the caller's slice).
 func (w *writer) keepRest() {
+	w.partial = false
 	if w.i == len(w.msgs) || w.part == 0 {
 		return
 	}
+	w.partial = true
 	b := w.msgs[w.i]
 	if b.static {
-		c := Get()
-		c.Kind = b.Kind
-		c.N = copy(c.B, b.Message()[w.part:])
-		w.msgs[w.i] = c
+		w.msgs[w.i] = privateCopy(b, w.part)
 	} else {
 		b.off += w.part
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/fourover6/fourover6/dataplane/capture"
 	"github.com/fourover6/fourover6/dataplane/packet"
 	"github.com/fourover6/fourover6/dataplane/policy"
+	"github.com/fourover6/fourover6/dataplane/rcvwin"
 	"github.com/fourover6/fourover6/dataplane/sendq"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -94,6 +95,9 @@ type Config struct {
 	KeepaliveInterval time.Duration // 104 every interval once leased
 	KeepaliveTimeout  time.Duration // silence (or no 100) longer than this closes
 	SendQueueLen      int           // messages waiting per client; more are dropped
+	SendQueueBytes    int           // message bytes waiting per client (0: sendq's default)
+	SendQueueDelay    time.Duration // longest wait of a 103 in the queue (0: sendq's default)
+	SendQueueTarget   time.Duration // the queue's CoDel target (0: sendq's default)
 	WriteTimeout      time.Duration // a client that does not read for this long is cut
 	ReadBufferSize    int           // decoder buffer per client, to start with
 	MaxReadBufferSize int           // ... growing up to this for busy clients
@@ -194,7 +198,10 @@ func New(cfg *Config, id string, conn net.Conn) (*Session, error) {
 		done: make(chan struct{}),
 	}
 	var err error
-	s.out, err = sendq.New(conn, sendq.Config{Limit: cfg.SendQueueLen, WriteTimeout: cfg.WriteTimeout, OnFail: s.writeFailed})
+	s.out, err = sendq.New(conn, sendq.Config{
+		Limit: cfg.SendQueueLen, MaxBytes: cfg.SendQueueBytes, MaxDelay: cfg.SendQueueDelay, Target: cfg.SendQueueTarget,
+		WriteTimeout: cfg.WriteTimeout, OnFail: s.writeFailed, OnDrop: s.queueDropped,
+	})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -338,6 +345,16 @@ const CaptureSessionClosed = "session_closed"
 // Capture is where captures of the client attach (see package capture).
 func (s *Session) Capture() *capture.Point { return &s.tap }
 
+// queueDropped is the send queue's OnDrop: 103s it took and then dropped.
+func (s *Session) queueDropped(full, late int) {
+	for range full {
+		s.drop(DropSendQueueFull, nil)
+	}
+	for range late {
+		s.drop(DropSendQueueDelay, nil)
+	}
+}
+
 // writeFailed is the send queue's OnFail: a write to the client failed.
 func (s *Session) writeFailed(err error) {
 	s.Close(writeErrReason(err, s.cfg.WriteTimeout))
@@ -443,7 +460,9 @@ func (s *Session) Tick(now int64) (next int64) {
 }
 
 func (s *Session) readLoop() {
-	dec := wire.NewDecoder(s.conn, s.cfg.ReadBufferSize)
+	// The receive window follows what the connection carries: 102s wait
+	// unread in the socket for as little as the path allows (rcvwin).
+	dec := wire.NewDecoder(rcvwin.NewReader(s.conn), s.cfg.ReadBufferSize)
 	dec.SetMaxSize(s.cfg.MaxReadBufferSize)
 	dec.Prime(s.inbuf)
 	s.inbuf = nil

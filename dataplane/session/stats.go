@@ -22,10 +22,11 @@ const (
 	DropIPv4BadVersion
 	DropIPv4BadHeaderLen
 	DropIPv4BadTotalLen
-	DropSendQueueFull // 103 or 104 for a client whose send queue is full
-	DropNoRoute       // packet from the TUN for an address no session holds
-	DropTUNNotIPv4    // packet from the TUN that is not IPv4
-	DropTUNWriteError // the kernel refused a 102's packet
+	DropSendQueueFull  // 103 or 104 for a client whose send queue is full
+	DropSendQueueDelay // 103 that waited too long in the client's send queue (CoDel, or past its delay bound)
+	DropNoRoute        // packet from the TUN for an address no session holds
+	DropTUNNotIPv4     // packet from the TUN that is not IPv4
+	DropTUNWriteError  // the kernel refused a 102's packet
 
 	// A 102 whose destination the policy refuses (see package policy).
 	DropPolicyHost        // the data-plane host's own addresses
@@ -51,6 +52,7 @@ var dropNames = [NumDrops]string{
 	DropIPv4BadHeaderLen: "ipv4_bad_header_len",
 	DropIPv4BadTotalLen:  "ipv4_bad_total_len",
 	DropSendQueueFull:    "send_queue_full",
+	DropSendQueueDelay:   "send_queue_delay",
 	DropNoRoute:          "no_route",
 	DropTUNNotIPv4:       "tun_not_ipv4",
 	DropTUNWriteError:    "tun_write_error",

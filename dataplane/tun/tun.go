@@ -2,7 +2,7 @@
 // reads in the shape of wireguard-go's tun.Device, and a Writer each backend
 // makes its own), so the forwarding loops do not care which backend moves
 // the packets. water is the plain backend named by the design; faster ones
-// can sit beside it.
+// can sit beside it; auto picks offload where the kernel supports it.
 package tun
 
 import (
@@ -75,6 +75,9 @@ type Backend string
 
 // Backends.
 const (
+	// BackendAuto: offload where the kernel supports it (IFF_VNET_HDR and
+	// TUNSETOFFLOAD succeed), water otherwise. Open reports which.
+	BackendAuto Backend = "auto"
 	// BackendWater: github.com/songgao/water, one packet per system call.
 	BackendWater Backend = "water"
 	// BackendOffload: IFF_VNET_HDR with TSO/checksum offload through
@@ -84,30 +87,85 @@ const (
 	BackendOffload Backend = "offload"
 )
 
-// Backends lists the backends Open knows, for flag help and validation.
+// Backends lists the implementations Open can use (what auto picks from).
 func Backends() []Backend { return []Backend{BackendWater, BackendOffload} }
+
+// Choices lists the names Open takes, for flag help and validation: auto
+// and every backend.
+func Choices() []Backend { return []Backend{BackendAuto, BackendWater, BackendOffload} }
 
 // Config describes the interface to create.
 type Config struct {
 	// Name of the interface; the kernel picks one when empty.
 	Name string
-	// Backend to use; water when empty.
+	// Backend to use; water when empty (the daemons' flags default to
+	// auto).
 	Backend Backend
 	// MTU, set by backends that configure it themselves (offload); others
 	// leave it to netcfg.
 	MTU int
 }
 
+// Opened says which backend Open used, and why, for the log.
+type Opened struct {
+	Backend Backend
+	Reason  string
+}
+
 // Open creates (or attaches to) the TUN interface.
 func Open(c Config) (Device, error) {
+	dev, _, err := OpenReport(c)
+	return dev, err
+}
+
+// openOffloadFn is openOffload; tests stand in a kernel without offloads.
+var openOffloadFn = openOffload
+
+// OpenReport is Open that also says which backend it used and why: with
+// auto, offload when the kernel takes IFF_VNET_HDR and TUNSETOFFLOAD, water
+// (one packet per system call, several times slower) when it does not.
+func OpenReport(c Config) (Device, Opened, error) {
 	switch c.Backend {
 	case "", BackendWater:
-		return openWater(c)
+		dev, err := openWater(c)
+		return dev, Opened{BackendWater, "chosen by name"}, err
 	case BackendOffload:
-		return openOffload(c)
+		dev, err := openOffloadFn(c)
+		return dev, Opened{BackendOffload, "chosen by name"}, err
+	case BackendAuto:
+		dev, err := openOffloadFn(c)
+		if err == nil {
+			return dev, Opened{BackendOffload, "auto: the kernel takes IFF_VNET_HDR and TUNSETOFFLOAD (TSO, checksum offload)"}, nil
+		}
+		var nk *noOffloadError
+		if !errors.As(err, &nk) {
+			// Not about offloads (no /dev/net/tun, the name busy, no
+			// permission): water would fail the same way.
+			return nil, Opened{BackendAuto, ""}, err
+		}
+		dev, werr := openWater(c)
+		if werr != nil {
+			return nil, Opened{BackendWater, ""}, fmt.Errorf("%w (offload was tried first: %v)", werr, err)
+		}
+		return dev, Opened{BackendWater, "auto: offload unavailable (" + nk.Error() + "); water moves one packet per system call"}, nil
 	}
-	return nil, fmt.Errorf("unknown TUN backend %q (known: %v)", c.Backend, Backends())
+	return nil, Opened{}, fmt.Errorf("unknown TUN backend %q (known: %v)", c.Backend, Choices())
 }
+
+// noOffloadError: the kernel refused what the offload backend needs.
+type noOffloadError struct {
+	what string
+	err  error
+}
+
+func (e *noOffloadError) Error() string {
+	if e.err == nil {
+		return e.what
+	}
+	return e.what + ": " + e.err.Error()
+}
+
+func (e *noOffloadError) Unwrap() error { return e.err }
 
 // IsClosed reports whether err means the device was closed.
 func IsClosed(err error) bool { return errors.Is(err, os.ErrClosed) }

@@ -202,7 +202,7 @@ func TestDisconnectReleasesAtOnce(t *testing.T) {
 // HTTP between the IPv6-only client namespace and an IPv4 host beyond the
 // server, checking SHA-256 sums; then the client table shows the client.
 func TestTunnelHTTP(t *testing.T) {
-	for _, backend := range []string{"water", "offload"} {
+	for _, backend := range []string{"water", "offload", "auto"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			testTunnelHTTP(t, backend)

@@ -126,6 +126,9 @@ func TestSystemdNotify(t *testing.T) {
 
 	c := e.dialLab()
 	c.lease()
+	// The 101 goes out just before the session counts as leased: a client
+	// gone at once is "closed before lease", with no "client connected".
+	e.waitFor("the session leased", func() bool { return e.dpStatus().LeasedSessions == 1 })
 	c.conn.Close()
 	e.waitFor("the release", func() bool { return e.pool().Leased == 0 })
 

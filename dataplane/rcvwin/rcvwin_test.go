@@ -1,0 +1,141 @@
+package rcvwin
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestTarget(t *testing.T) {
+	cases := []struct {
+		rate float64
+		rtt  time.Duration
+		prev int
+		want int
+	}{
+		{0, 0, 0, MinWindow},                            // idle: the floor
+		{1e9, 100 * time.Microsecond, 0, 400_000},       // 4 x 1 GB/s x 100 µs
+		{1e9, 100 * time.Microsecond, 4 << 20, 3 << 20}, // shrinks by a quarter at most
+		{1e9, 50 * time.Millisecond, 0, MaxWindow},      // a long fat path: the ceiling
+		{1e6, 0, 0, MinWindow},                          // no RTT known: 1 ms assumed
+	}
+	for _, c := range cases {
+		if got := Target(c.rate, c.rtt, c.prev); got != c.want {
+			t.Errorf("Target(%g, %v, %d) = %d, want %d", c.rate, c.rtt, c.prev, got, c.want)
+		}
+	}
+	// Limited by its own window, a connection's next one is four times
+	// it: the clamp never keeps a path below its rate for long.
+	rtt := 20 * time.Millisecond
+	w := MinWindow
+	for range 20 {
+		rate := float64(w) / rtt.Seconds()
+		next := Target(rate, rtt, w)
+		if next < min(4*w, MaxWindow) {
+			t.Fatalf("window-limited at %d: next %d, want it four times as large", w, next)
+		}
+		w = next
+	}
+	if w != MaxWindow {
+		t.Fatalf("grew to %d, want %d", w, MaxWindow)
+	}
+}
+
+func TestPathRTT(t *testing.T) {
+	for _, c := range []struct {
+		min, rcv, srtt uint32
+		want           time.Duration
+	}{
+		{50, 900, 1200, 50 * time.Microsecond}, // the queue inflates the others
+		{0, 900, 1200, 900 * time.Microsecond}, // nothing sent yet: no min_rtt
+		{0, 0, 0, 0},
+	} {
+		info := unix.TCPInfo{Min_rtt: c.min, Rcv_rtt: c.rcv, Rtt: c.srtt}
+		if got := pathRTT(&info); got != c.want {
+			t.Errorf("pathRTT(min %d, rcv %d, srtt %d) = %v, want %v", c.min, c.rcv, c.srtt, got, c.want)
+		}
+	}
+}
+
+// TestReaderSetsClamp: over a real TCP connection the bytes pass through
+// unchanged and, once a period has passed, the clamp is set on the socket.
+func TestReaderSetsClamp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	payload := bytes.Repeat([]byte("4over6"), 1<<16)
+	go func() {
+		for range 4 {
+			c.Write(payload)
+			time.Sleep(Period)
+		}
+		c.Close()
+	}()
+	r := NewReader(s)
+	got, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4*len(payload) || !bytes.Equal(got[:len(payload)], payload) {
+		t.Fatalf("read %d bytes, want %d", len(got), 4*len(payload))
+	}
+	if r.Window() < MinWindow {
+		t.Fatalf("no clamp set after %d periods", 4)
+	}
+	raw, _ := s.(*net.TCPConn).SyscallConn()
+	var clamp int
+	raw.Control(func(fd uintptr) { clamp, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP) })
+	if clamp < r.Window()/2 {
+		// The kernel may round the clamp down (to at least half the
+		// minimum receive buffer); never far from what was set.
+		t.Fatalf("TCP_WINDOW_CLAMP %d, Reader says %d", clamp, r.Window())
+	}
+}
+
+// TestResizeDoesNotAllocate: a period's work is done without an allocation.
+func TestResizeDoesNotAllocate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := NewReader(c)
+	now := time.Now()
+	if a := testing.AllocsPerRun(100, func() { now = now.Add(Period); r.update(now) }); a != 0 {
+		t.Fatalf("%v allocations per period", a)
+	}
+	if r.Window() != MinWindow {
+		t.Fatalf("idle connection's clamp %d, want %d", r.Window(), MinWindow)
+	}
+}
+
+// TestReaderWithoutSocket: a connection that is no socket is only read.
+func TestReaderWithoutSocket(t *testing.T) {
+	a, b := net.Pipe()
+	go func() { a.Write([]byte("hello")); a.Close() }()
+	got, err := io.ReadAll(NewReader(b))
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("%q %v", got, err)
+	}
+}
