@@ -221,7 +221,7 @@ func (d *daemon) handOff(ctx context.Context) (upgradeResult, error) {
 
 // handOffFiles returns the descriptors of KindFiles, the TUN's last.
 func (d *daemon) handOffFiles() ([]*os.File, inheritedFiles, error) {
-	meta := inheritedFiles{TUNName: d.dev.Name(), TUNBackend: d.o.tunBackend, Pool: d.dp.Assignment().Pool.String()}
+	meta := inheritedFiles{TUNName: d.dev.Name(), TUNBackend: d.tunBackend, Pool: d.dp.Assignment().Pool.String()}
 	var files []*os.File
 	closeAll := func() {
 		for _, f := range files {
@@ -323,13 +323,14 @@ func (d *daemon) takeOver(c *handoff.Conn) (err error) {
 	if d.dev, err = tun.FromFile(files[2], meta.TUNName, tun.Backend(meta.TUNBackend), o.mtu); err != nil {
 		return err
 	}
+	d.tunBackend = meta.TUNBackend
 	d.onClose(func() { d.dev.Close() })
 	if meta.Metrics {
 		if d.metricsLn, err = take(files[3], "--metrics"); err != nil {
 			return err
 		}
 	}
-	if meta.TUNName != o.tunName || meta.TUNBackend != o.tunBackend {
+	if meta.TUNName != o.tunName || (meta.TUNBackend != o.tunBackend && o.tunBackend != string(tun.BackendAuto)) {
 		d.log.Warn("hand-off: the TUN goes on as the predecessor opened it; --tun and --tun-backend take effect on a restart",
 			"tun", meta.TUNName, "tun_backend", meta.TUNBackend)
 	}

@@ -72,6 +72,7 @@ type daemon struct {
 	bgpHandoff bgpHandoff  // the BGP speaker's part in a hand-off
 	handedOver atomic.Bool // a successor serves: leave what it uses alone
 	tookOver   bool        // this process took over from a predecessor
+	tunBackend string      // the TUN's backend as opened (never "auto")
 	// bgp announces the clients' addresses (nil without --bgp-asn). It is
 	// stopped after the data plane, or handed off (Handoff) to a successor
 	// process that keeps the routes.
@@ -138,7 +139,7 @@ func (d *daemon) open() error {
 		return fmt.Errorf("--tun %s: %w", o.tunName, err)
 	}
 	d.log.Info("TUN opened", "tun", dev.Name(), "backend", string(opened.Backend), "asked", o.tunBackend, "why", opened.Reason)
-	d.dev = dev
+	d.dev, d.tunBackend = dev, string(opened.Backend)
 	d.onClose(func() { dev.Close() }) // Run closes it too; closing twice is harmless
 	ln, err := net.Listen(listenNetwork(o.listen), o.listen)
 	if err != nil {
