@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -496,5 +497,45 @@ func TestConnectionBlip(t *testing.T) {
 	log := e.logOf(client)
 	if !strings.Contains(log, "lease unchanged") {
 		t.Errorf("the client did not keep its address and routes across the reconnect:\n%s", log)
+	}
+}
+
+// TestSystemdHandoff: a data plane run as its Type=notify unit runs it
+// (NOTIFY_SOCKET, a watchdog) hands over on SIGUSR2. The old process names
+// its successor the main PID and then says nothing (no STOPPING=1, which
+// would stop the service, and no more pings); the successor says READY=1
+// with its own MAINPID and pings the watchdog from then on.
+func TestSystemdHandoff(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	f := newFakeSystemd(t, dir, "dp-notify", func() error { return nil })
+	h := newHandoffEnvWith(t, envOptions{dataplaneEnv: f.env()})
+	old := h.first
+	h.waitFor("the first process's pings", func() bool { return slices.Contains(f.from(old), "WATCHDOG=1") })
+	newPID := h.handOff()
+	h.waitFor("the successor's pings", func() bool {
+		n := 0
+		for _, m := range f.from(newPID) {
+			if m == "WATCHDOG=1" {
+				n++
+			}
+		}
+		return n >= 3
+	})
+	oldMsgs := f.from(old)
+	if len(oldMsgs) == 0 || oldMsgs[len(oldMsgs)-1] != "MAINPID="+strconv.Itoa(newPID) {
+		t.Errorf("the old process's last message is not MAINPID=%d: %q", newPID, oldMsgs)
+	}
+	for _, m := range oldMsgs {
+		if strings.Contains(m, "STOPPING=1") {
+			t.Errorf("the old process said %q after handing over", m)
+		}
+	}
+	newMsgs := f.from(newPID)
+	if len(newMsgs) == 0 || !strings.HasPrefix(newMsgs[0], "READY=1\n") || !strings.Contains(newMsgs[0], "MAINPID="+strconv.Itoa(newPID)) {
+		t.Errorf("the successor's first message is not READY=1 with its MAINPID: %q", newMsgs)
+	}
+	if slices.Contains(f.from(0), "WATCHDOG=1") {
+		t.Errorf("messages without a sender: %s", f)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type fakeSystemd struct {
 	path string
 	mu   sync.Mutex
 	msgs []string
+	pids []int // msgs[i]'s sender (SO_PASSCRED), 0 when unknown
 	// readyErr is onReady's verdict, sent once.
 	readyErr chan error
 }
@@ -35,16 +37,30 @@ func newFakeSystemd(t *testing.T, dir, name string, onReady func() error) *fakeS
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// The kernel says who sent each message, as systemd learns it.
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
+	}
 	go func() {
 		buf := make([]byte, 4096)
+		oob := make([]byte, 1024)
 		for {
-			n, err := c.Read(buf)
+			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 			if err != nil {
 				return
 			}
 			m := string(buf[:n])
+			pid := 0
+			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, cm := range cms {
+					if cred, err := syscall.ParseUnixCredentials(&cm); err == nil {
+						pid = int(cred.Pid)
+					}
+				}
+			}
 			f.mu.Lock()
 			f.msgs = append(f.msgs, m)
+			f.pids = append(f.pids, pid)
 			f.mu.Unlock()
 			if strings.Contains(m, "READY=1") {
 				select {
@@ -72,6 +88,19 @@ func (f *fakeSystemd) count(prefix string) int {
 		}
 	}
 	return n
+}
+
+// from returns the messages pid sent, in order.
+func (f *fakeSystemd) from(pid int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for i, m := range f.msgs {
+		if f.pids[i] == pid {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func (f *fakeSystemd) String() string {
