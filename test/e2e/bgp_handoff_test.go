@@ -3,8 +3,10 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 // before its start: the client's /32 never leaves BIRD's table (polled all
 // along; stale for a moment is fine), an IPv4 host behind the router keeps
 // reaching the client, and the route is fresh again from the new process.
+// A hand-off that fails first leaves the speaker's session untouched.
 func TestBGPHandoff(t *testing.T) {
 	t.Parallel()
 	must := func(err error) {
@@ -107,6 +110,33 @@ func TestBGPHandoff(t *testing.T) {
 	}()
 	ping := e.startPingFrom(host.Name, addr.String())
 	time.Sleep(300 * time.Millisecond)
+
+	// A hand-off that fails (the new binary dies at start) leaves the
+	// speaker as it was: the session stays up, nothing flaps.
+	good, err := os.ReadFile(h.bin)
+	must(err)
+	must(os.WriteFile(h.bin+".new", []byte("#!/bin/sh\necho 'this build fails at start' >&2\nexit 1\n"), 0o755))
+	must(os.Rename(h.bin+".new", h.bin))
+	dpLog := e.procs[1]
+	syscall.Kill(h.first, syscall.SIGUSR2)
+	h.waitFor("the hand-off to fail", func() bool { return countLines(e.logOf(dpLog), "hand-off failed") == 1 })
+	must(os.WriteFile(h.bin+".new", good, 0o755))
+	must(os.Rename(h.bin+".new", h.bin))
+	var st struct {
+		BGP struct {
+			Sessions []struct {
+				State string `json:"state"`
+				Flaps int    `json:"flaps"`
+			} `json:"sessions"`
+		} `json:"bgp"`
+	}
+	e.ctlJSON(&st, "dataplane", "status")
+	if s := st.BGP.Sessions; len(s) != 1 || s[0].State != "established" || s[0].Flaps != 0 {
+		t.Errorf("BGP after the failed hand-off: %+v, want the session established, no flap", s)
+	}
+	if p, err := router.Protocol("dp1"); err != nil || !p.Established() {
+		t.Errorf("BIRD's session after the failed hand-off: %+v %v", p, err)
+	}
 
 	old := h.pid()
 	newPID := h.handOff()
