@@ -46,6 +46,9 @@ func (a *app) connectionHint(ep endpoint.Endpoint, err error, reason string) str
 	case strings.Contains(reason, "first record does not look like a TLS handshake"):
 		return "the server does not speak TLS: drop " + tlsFlagsHint + " for it, or turn TLS on at the server"
 	case strings.Contains(reason, "error reading server preface: EOF"),
+		// A TLS server that reads our plaintext preface may reset rather
+		// than close, depending on timing.
+		strings.Contains(reason, "error reading server preface") && strings.Contains(reason, "connection reset by peer"),
 		strings.Contains(reason, "connection closed before server preface received"):
 		if tlsOn {
 			return "the server closed the connection without a word: is it a fourover6 daemon at this address? is its TLS configured?"

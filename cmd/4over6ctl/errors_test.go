@@ -52,7 +52,7 @@ func TestTLSHints(t *testing.T) {
 		addr string
 		want []string
 	}{
-		{"plaintext to a TLS server", nil, tlsAddr, []string{"error reading server preface: EOF; the server closed the connection without a word: is it using TLS? try --tls-cert, --tls-key and --tls-ca"}},
+		{"plaintext to a TLS server", nil, tlsAddr, []string{"error reading server preface: ", "; the server closed the connection without a word: is it using TLS? try --tls-cert, --tls-key and --tls-ca"}},
 		{"TLS to a plaintext server", env(files(dir, "op")), plainAddr, []string{"authentication handshake failed: tls: first record does not look like a TLS handshake; the server does not speak TLS: drop --tls-cert"}},
 		{"another CA", env(files(rogue, "op")), tlsAddr, []string{"certificate signed by unknown authority", "the server's certificate is not signed by --tls-ca " + filepath.Join(rogue, "ca.pem")}},
 	} {
