@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -157,10 +158,11 @@ func (e *env) controllerArgs() []string {
 }
 
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan error
+	name   string
+	cmd    *exec.Cmd
+	log    string
+	done   chan error  // Wait's result, sent once
+	exited atomic.Bool // set before done is sent
 }
 
 // start runs a binary in a namespace, logging to a file shown on failure.
@@ -193,7 +195,11 @@ func (e *env) launch(bin string, cmd *exec.Cmd) *proc {
 	}
 	f.Close()
 	p := &proc{name: bin, cmd: cmd, log: logPath, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		p.exited.Store(true)
+		p.done <- err
+	}()
 	e.procs = append(e.procs, p)
 	return p
 }
@@ -201,7 +207,8 @@ func (e *env) launch(bin string, cmd *exec.Cmd) *proc {
 // stop sends SIGTERM and waits; it fails the test if the process does not
 // exit cleanly in time.
 func (e *env) stop(p *proc) error {
-	if p.cmd.ProcessState != nil {
+	if p.exited.Load() {
+		// Gone already (ProcessState is Wait's to write: not read here).
 		return nil
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
