@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"context"
+	"bytes"
 	"encoding/json"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,7 +10,6 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -182,17 +179,8 @@ func TestDashboardShape(t *testing.T) {
 // scrapeFamilies parses a daemon's /metrics.
 func scrapeFamilies(t *testing.T, sock string) map[string]*dto.MetricFamily {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}, Timeout: 10 * time.Second}
-	resp, err := hc.Get("http://metrics/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(metricsPage(t, sock)))
 	if err != nil {
 		t.Fatalf("parse %s: %v", sock, err)
 	}
@@ -205,18 +193,7 @@ func scrapeFamilies(t *testing.T, sock string) map[string]*dto.MetricFamily {
 func TestDashboardQueriesExist(t *testing.T) {
 	t.Parallel()
 	d := readDashboard(t)
-	dpSock := filepath.Join(t.TempDir(), "dp-metrics.sock")
-	ctlSock := filepath.Join(t.TempDir(), "ctl-metrics.sock")
-	e := newEnv(t, envOptions{
-		dataplaneArgs:  []string{"--metrics", "unix://" + dpSock},
-		controllerArgs: []string{"--metrics", "unix://" + ctlSock},
-	})
-	e.waitFor("metrics endpoints", func() bool { return len(scrape(t, dpSock)) > 0 && len(scrape(t, ctlSock)) > 0 })
-	c := e.dialLab()
-	c.lease()
-	c.conn.Close()
-	e.waitFor("the release", func() bool { return e.pool().Leased == 0 })
-	e.dpStatus()
+	_, dpSock, ctlSock := metricsEnv(t)
 
 	mfs := scrapeFamilies(t, dpSock)
 	for n, mf := range scrapeFamilies(t, ctlSock) {

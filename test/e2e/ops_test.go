@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -16,9 +15,8 @@ import (
 	"github.com/fourover6/fourover6/dataplane/wire"
 )
 
-// scrape fetches a Prometheus text page over a unix socket and returns the
-// value of every series, keyed by "name{labels}".
-func scrape(t *testing.T, sock string) map[string]float64 {
+// metricsPage fetches a daemon's /metrics over its unix socket.
+func metricsPage(t *testing.T, sock string) []byte {
 	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -29,11 +27,20 @@ func scrape(t *testing.T, sock string) map[string]float64 {
 		t.Fatalf("scrape: %v", err)
 	}
 	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", sock, err)
+	}
+	return b
+}
+
+// scrape fetches a Prometheus text page over a unix socket and returns the
+// value of every series, keyed by "name{labels}".
+func scrape(t *testing.T, sock string) map[string]float64 {
+	t.Helper()
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	for line := range strings.Lines(string(metricsPage(t, sock))) {
+		line = strings.TrimSuffix(line, "\n")
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}

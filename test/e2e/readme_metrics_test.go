@@ -2,16 +2,12 @@ package e2e
 
 import (
 	"bufio"
-	"context"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // readmeMetrics returns the metric names of the README's metrics table,
@@ -56,25 +52,34 @@ func readmeMetrics(t *testing.T) (all, conditional []string) {
 // "# TYPE" lines).
 func families(t *testing.T, sock string) map[string]bool {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}, Timeout: 10 * time.Second}
-	resp, err := hc.Get("http://metrics/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
 	out := map[string]bool{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "# TYPE "); ok {
+	for line := range strings.Lines(string(metricsPage(t, sock))) {
+		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
 			name, _, _ := strings.Cut(rest, " ")
 			out[name] = true
 		}
 	}
 	return out
+}
+
+// metricsEnv starts a controller and a data plane with their metrics on
+// unix sockets, and passes a client through (a lease and a release), so
+// that the series that only exist once used (gRPC's) are there too.
+func metricsEnv(t *testing.T) (e *env, dpSock, ctlSock string) {
+	t.Helper()
+	dpSock = filepath.Join(t.TempDir(), "dp-metrics.sock")
+	ctlSock = filepath.Join(t.TempDir(), "ctl-metrics.sock")
+	e = newEnv(t, envOptions{
+		dataplaneArgs:  []string{"--metrics", "unix://" + dpSock},
+		controllerArgs: []string{"--metrics", "unix://" + ctlSock},
+	})
+	e.waitFor("metrics endpoints", func() bool { return len(scrape(t, dpSock)) > 0 && len(scrape(t, ctlSock)) > 0 })
+	c := e.dialLab()
+	c.lease()
+	c.conn.Close()
+	e.waitFor("the release", func() bool { return e.pool().Leased == 0 })
+	e.dpStatus()
+	return e, dpSock, ctlSock
 }
 
 // ours reports whether a metric family is one the README documents: the
@@ -89,19 +94,7 @@ func ours(name string) bool {
 // a series appears only with some flag).
 func TestREADMEMetricsTable(t *testing.T) {
 	t.Parallel()
-	dpSock := filepath.Join(t.TempDir(), "dp-metrics.sock")
-	ctlSock := filepath.Join(t.TempDir(), "ctl-metrics.sock")
-	e := newEnv(t, envOptions{
-		dataplaneArgs:  []string{"--metrics", "unix://" + dpSock},
-		controllerArgs: []string{"--metrics", "unix://" + ctlSock},
-	})
-	e.waitFor("metrics endpoints", func() bool { return len(scrape(t, dpSock)) > 0 && len(scrape(t, ctlSock)) > 0 })
-	// A lease and a release, so the gRPC series of both daemons exist.
-	c := e.dialLab()
-	c.lease()
-	c.conn.Close()
-	e.waitFor("the release", func() bool { return e.pool().Leased == 0 })
-	e.dpStatus()
+	_, dpSock, ctlSock := metricsEnv(t)
 
 	exported := families(t, dpSock)
 	for n := range families(t, ctlSock) {
