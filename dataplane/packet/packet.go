@@ -123,6 +123,27 @@ func Checksum(b []byte) uint16 {
 	return ^uint16(sum)
 }
 
+// BuildUDP builds an IPv4 UDP datagram from src:srcPort to dst:dstPort
+// carrying payload, without a UDP checksum (0: none, as UDP over IPv4
+// allows). Used by tests and tools; not on the forwarding path.
+func BuildUDP(src, dst netip.Addr, srcPort, dstPort uint16, payload []byte) []byte {
+	total := MinHeaderLen + 8 + len(payload)
+	p := make([]byte, total)
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(total))
+	p[8], p[9] = 64, ProtoUDP
+	s, d := src.As4(), dst.As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	binary.BigEndian.PutUint16(p[10:], Checksum(p[:MinHeaderLen]))
+	udp := p[MinHeaderLen:]
+	binary.BigEndian.PutUint16(udp[0:], srcPort)
+	binary.BigEndian.PutUint16(udp[2:], dstPort)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	return p
+}
+
 // BuildICMPEcho builds an IPv4 ICMP echo request (or reply when reply is
 // true) from src to dst with the given id, sequence and payload. Used by
 // tests, tools and health checks; not on the forwarding path.

@@ -1,6 +1,7 @@
 package packet
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 )
@@ -112,5 +113,21 @@ func TestTransportAccessors(t *testing.T) {
 	df[6] = 0x40 // don't fragment
 	if LaterFragment(df) {
 		t.Fatal("DF taken for an offset")
+	}
+}
+
+func TestBuildUDP(t *testing.T) {
+	src, dst := netip.MustParseAddr("13.8.0.2"), netip.MustParseAddr("192.0.2.1")
+	p := BuildUDP(src, dst, 40000, 53, []byte("query"))
+	if n, prob := CheckIPv4(p); prob != OK || n != len(p) {
+		t.Fatalf("CheckIPv4 = %d, %v; want %d, OK", n, prob, len(p))
+	}
+	if Src(p) != src || Dst(p) != dst || Protocol(p) != ProtoUDP {
+		t.Errorf("addresses or protocol: %v > %v proto %d", Src(p), Dst(p), Protocol(p))
+	}
+	u := p[MinHeaderLen:]
+	if binary.BigEndian.Uint16(u[0:]) != 40000 || binary.BigEndian.Uint16(u[2:]) != 53 ||
+		int(binary.BigEndian.Uint16(u[4:])) != 8+len("query") || string(u[8:]) != "query" {
+		t.Errorf("UDP header or payload: % x", u)
 	}
 }

@@ -2,7 +2,6 @@ package policy_test
 
 import (
 	"context"
-	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -17,18 +16,7 @@ var gw = dataplanetest.Pool.Gateway
 
 // udpTo is a UDP packet from src to dst:port.
 func udpTo(src, dst netip.Addr, port uint16) []byte {
-	p := make([]byte, 28+4)
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-	p[8], p[9] = 64, packet.ProtoUDP
-	s, d := src.As4(), dst.As4()
-	copy(p[12:], s[:])
-	copy(p[16:], d[:])
-	binary.BigEndian.PutUint16(p[10:], packet.Checksum(p[:20]))
-	binary.BigEndian.PutUint16(p[20:], 40000)
-	binary.BigEndian.PutUint16(p[22:], port)
-	binary.BigEndian.PutUint16(p[24:], 12)
-	return p
+	return packet.BuildUDP(src, dst, 40000, port, make([]byte, 4))
 }
 
 // send writes each packet as a 102, then a marker that passes, and returns

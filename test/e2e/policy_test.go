@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -129,19 +128,7 @@ func (e *env) waitDrops(before map[string]uint64, want map[string]uint64) {
 
 // udpPacket is a UDP datagram from src to dst:port carrying payload.
 func udpPacket(src, dst netip.Addr, port uint16, payload string) []byte {
-	p := make([]byte, 28+len(payload))
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-	p[8], p[9] = 64, packet.ProtoUDP
-	s, d := src.As4(), dst.As4()
-	copy(p[12:], s[:])
-	copy(p[16:], d[:])
-	binary.BigEndian.PutUint16(p[10:], packet.Checksum(p[:20]))
-	binary.BigEndian.PutUint16(p[20:], 40000)
-	binary.BigEndian.PutUint16(p[22:], port)
-	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
-	copy(p[28:], payload) // checksum 0: none, as UDP over IPv4 allows
-	return p
+	return packet.BuildUDP(src, dst, 40000, port, []byte(payload))
 }
 
 // udpSink listens for UDP in ns and collects the payloads it receives.
