@@ -370,15 +370,20 @@ func (d *daemon) setHealth(leading bool) {
 // loop; the election, which resigns), then the gRPC server (gracefully,
 // within shutdownGrace). It returns the first failure.
 func (d *daemon) run(ctx context.Context) error {
+	d.logStarted()
+	// The listener was opened by start: connections made from here on are
+	// accepted (queued until Serve takes them). READY=1 is the first thing
+	// systemd hears, before any watchdog ping.
+	d.notify.Ready(d.statusLine())
 	g, gctx := errgroup.WithContext(ctx)
 	bg, bgctx := errgroup.WithContext(gctx)
 	bg.Go(func() error { d.ctl.Run(bgctx); return nil })
+	bg.Go(func() error { d.notify.Watchdog(bgctx, d.ctl.Stuck); return nil })
 	bg.Go(func() error { return d.elect(bgctx) })
 	bg.Go(func() error { cfgpkg.ReloadOnHUP(bgctx, d.flags, d.cfg.configFile, d.level, d.log); return nil })
 	if d.metrics != nil {
 		bg.Go(func() error { return d.watchMetrics(bgctx) })
 	}
-	bg.Go(func() error { d.notify.Watchdog(bgctx, d.ctl.Stuck); return nil })
 	g.Go(d.serveGRPC)
 	g.Go(func() error {
 		<-bgctx.Done()
@@ -396,10 +401,6 @@ func (d *daemon) run(ctx context.Context) error {
 		d.stopGRPC()
 		return err
 	})
-	d.logStarted()
-	// The listener was opened by start: connections made from here on are
-	// accepted (queued until Serve takes them).
-	d.notify.Ready(d.statusLine())
 	return g.Wait()
 }
 

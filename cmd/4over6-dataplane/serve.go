@@ -310,8 +310,6 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 		return nil
 	})
 	g.Go(func() error { d.upgrades.watch(gctx); return nil })
-	g.Go(func() error { d.notify.Watchdog(gctx, d.dp.Stuck); return nil })
-	g.Go(func() error { d.showStatus(gctx); return nil })
 	d.log.Info("data plane starting",
 		"id", d.o.id, "version", version.String(), "listen", d.o.listen,
 		"tun", d.dev.Name(), "tun_backend", d.o.tunBackend, "mtu", d.o.mtu,
@@ -321,6 +319,11 @@ func (d *daemon) run(ctx context.Context, fs *pflag.FlagSet) error {
 	// accepted from here on, and served once the controller answered the
 	// registration.
 	d.notifyReady()
+	// READY=1 is the first thing systemd hears from this process: a
+	// successor's watchdog ping before its READY would reach a manager that
+	// still takes the old process for the main one.
+	g.Go(func() error { d.notify.Watchdog(gctx, d.dp.Stuck); return nil })
+	g.Go(func() error { d.showStatus(gctx); return nil })
 	err := classify(d.dp.Run(gctx))
 	if errors.Is(err, dataplane.ErrHandedOver) {
 		err = nil

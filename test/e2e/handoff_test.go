@@ -564,6 +564,9 @@ func TestSystemdHandoff(t *testing.T) {
 		return n >= 3
 	})
 	oldMsgs := f.from(old)
+	if len(oldMsgs) == 0 || !strings.HasPrefix(oldMsgs[0], "READY=1\n") {
+		t.Errorf("the first process's first message is not READY=1: %q", oldMsgs)
+	}
 	if len(oldMsgs) == 0 || oldMsgs[len(oldMsgs)-1] != "MAINPID="+strconv.Itoa(newPID) {
 		t.Errorf("the old process's last message is not MAINPID=%d: %q", newPID, oldMsgs)
 	}
