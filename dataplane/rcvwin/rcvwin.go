@@ -93,9 +93,10 @@ func (r *Reader) resize(fd uintptr) {
 		return
 	}
 	w := Target(float64(r.prev), pathRTT(&r.info), r.win)
-	if w == r.win {
-		return
-	}
+	// Set every period, even unchanged: the kernel's receive-buffer
+	// autotuning raises the clamp with each buffer it grows
+	// (tcp_rcv_space_adjust), undoing ours within a period. Setting the
+	// clamp in force is a no-op in the kernel: one cheap syscall.
 	if unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, w) == nil {
 		r.win = w
 	}

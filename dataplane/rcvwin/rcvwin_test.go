@@ -139,3 +139,65 @@ func TestReaderWithoutSocket(t *testing.T) {
 		t.Fatalf("%q %v", got, err)
 	}
 }
+
+// TestClampOutlivesAutotuning: the kernel's receive-buffer autotuning
+// raises the window clamp with each buffer it grows, on a connection that
+// starts slow (the clamp set while its buffer is small) and then carries a
+// lot; the Reader's next period puts its own clamp back.
+func TestClampOutlivesAutotuning(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw, _ := s.(*net.TCPConn).SyscallConn()
+	clamp := func() (v int) {
+		raw.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP) })
+		return v
+	}
+	const trickle, chunk, flood = 5, 1 << 20, 256 << 20
+	go func() {
+		for range trickle {
+			c.Write([]byte("4over6"))
+			time.Sleep(2 * Period)
+		}
+		buf := make([]byte, chunk)
+		for sent := 0; sent < flood; sent += chunk {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	r := NewReader(s)
+	buf := make([]byte, 64<<10)
+	raised := 0 // reads that found the kernel's clamp above the Reader's
+	for got := 0; got < trickle*6+flood; {
+		n, err := r.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += n
+		if r.Window() > 0 && clamp() > r.Window() {
+			raised++
+		}
+	}
+	if r.Window() == 0 {
+		t.Fatal("no clamp set during the trickle")
+	}
+	before := clamp()
+	r.update(r.start.Add(Period))
+	if got := clamp(); got > r.Window() {
+		t.Fatalf("TCP_WINDOW_CLAMP %d a period after the flood (autotuning had it at %d), the Reader's %d", got, before, r.Window())
+	}
+	t.Logf("reads that found the clamp raised by autotuning: %d; at the end %d, the Reader's %d", raised, before, r.Window())
+}
