@@ -19,6 +19,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/clidoc"
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/nice"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/dataplane/tun"
 	"github.com/fourover6/fourover6/dataplane/wire"
@@ -55,6 +56,7 @@ type config struct {
 	once              bool
 	log               logging.Options
 	pprof             string // debugging: net/http/pprof address
+	nice              int
 	configFile        string // --config, re-read on SIGHUP
 }
 
@@ -186,6 +188,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.log.Priority, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	o.configFile = cfgpkg.AddFlag(fs, "")
 	o.checks = cfgpkg.AddCheckFlags(fs)
+	fs.IntVar(&c.nice, "nice", nice.Default, "nice `value` of this process (-20..19): below 0 lets a packet's wake-up come before the host's bulk work; 0 keeps the inherited priority")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this `address`, for debugging")
 	fs.MarkHidden("pprof")
 }
@@ -213,6 +216,9 @@ func (o *options) config() (config, error) {
 	}
 	if !slices.Contains(tun.Choices(), c.tunBackend) {
 		return c, flagErr("tun-backend", "%q: want one of %v", c.tunBackend, tun.Choices())
+	}
+	if err := nice.Validate("--nice", c.nice); err != nil {
+		return c, usageError{err}
 	}
 	if c.mtu < minMTU || c.mtu > maxMTU {
 		return c, flagErr("mtu", "%d: want %d..%d (larger messages exceed 2053 bytes on the wire)", c.mtu, minMTU, maxMTU)

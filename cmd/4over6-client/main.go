@@ -52,6 +52,7 @@ import (
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/nice"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 )
 
@@ -107,6 +108,7 @@ func start(cmd *cobra.Command, cfg config, stderr io.Writer) error {
 	if err != nil { // validated already
 		return usageError{err}
 	}
+	nice.Apply(log, cfg.nice) // early: threads made later take it from their creators
 	if err := debug.ServePprof(cfg.pprof, log); err != nil {
 		return usageError{fmt.Errorf("--pprof: %v", err)}
 	}

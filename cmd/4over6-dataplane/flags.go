@@ -12,6 +12,7 @@ import (
 
 	"github.com/fourover6/fourover6/cmd/internal/config"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
+	"github.com/fourover6/fourover6/cmd/internal/nice"
 	"github.com/fourover6/fourover6/cmd/internal/tlsconf"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/endpoint"
@@ -50,6 +51,7 @@ type options struct {
 	logPrefix         string
 	tls               tlsconf.Files
 	pprof             string
+	nice              int
 	metrics           string
 	nat               bool
 	natInterfaces     []string
@@ -142,6 +144,7 @@ Exit codes:
 	o.bgp.addFlags(f)
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
+	f.IntVar(&o.nice, "nice", nice.Default, "nice value of this process (-20..19): below 0 lets a packet's wake-up come before bulk work on a busy host; 0 keeps the inherited priority")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
 	f.MarkHidden("pprof")
 	version.SetCommand(cmd) // --version: version, commit, build date, Go version
@@ -195,6 +198,9 @@ func (o *options) validate() error {
 	}
 	if o.handoffTimeout <= 0 {
 		return fmt.Errorf("--handoff-timeout %s: must be positive", o.handoffTimeout)
+	}
+	if err := nice.Validate("--nice", o.nice); err != nil {
+		return err
 	}
 	if o.sendQueue < 1 || o.sendQueue > 65536 {
 		return fmt.Errorf("--send-queue %d: want 1..65536", o.sendQueue)

@@ -82,6 +82,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--send-queue", "0"}, "--send-queue"},
 		{[]string{"--send-queue-bytes", "100"}, "--send-queue-bytes"},
 		{[]string{"--send-queue-delay", "0s"}, "--send-queue-delay"},
+		{[]string{"--nice", "-21"}, "--nice -21: want -20..19"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--bogus"}, "--bogus"},

@@ -26,6 +26,7 @@ import (
 	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
+	"github.com/fourover6/fourover6/cmd/internal/nice"
 	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
 	"github.com/fourover6/fourover6/cmd/internal/version"
 	"github.com/fourover6/fourover6/controlplane/authz"
@@ -93,6 +94,7 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	nice.Apply(log, o.nice) // early: threads made later take it from their creators
 	d := &daemon{o: o, log: log, level: level, notify: sdnotify.New(log)}
 	d.upgrades = newUpgrader(d)
 	defer d.close()

@@ -1,0 +1,107 @@
+// Package nice sets the scheduling priority of every thread of the
+// process: a tunnel end is its clients' network path, and on a host whose
+// CPUs are busy (with the very applications whose traffic it carries) a
+// packet waits mostly for the tunnel's threads to be scheduled, not in any
+// queue. A negative nice value lets those wake-ups come first, as the
+// kernel's own network processing does.
+package nice
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Default is the nice value the daemons take unless told otherwise.
+const Default = -10
+
+// Min and Max bound a nice value.
+const (
+	Min = -20
+	Max = 19
+)
+
+// Validate says what is wrong with n as a nice value, naming flag.
+func Validate(flag string, n int) error {
+	if n < Min || n > Max {
+		return fmt.Errorf("%s %d: want %d..%d (0 keeps the priority the process was started with)", flag, n, Min, Max)
+	}
+	return nil
+}
+
+// Set gives every thread of the process nice value n; 0 leaves them as
+// they are. Linux keeps the value per thread, and a new thread takes its
+// creator's: called early in main, before the Go runtime has made more
+// than a few, it holds for the threads made later as well. Threads made
+// while it runs are caught by a second pass. The error says what to do
+// when the value was refused (raising a priority needs CAP_SYS_NICE).
+func Set(n int) error {
+	if n == 0 {
+		return nil
+	}
+	done := map[int]bool{}
+	for pass := 0; pass < 2; pass++ {
+		tids, err := threads()
+		if err != nil {
+			return fmt.Errorf("nice %d: %w", n, err)
+		}
+		for _, tid := range tids {
+			if done[tid] {
+				continue
+			}
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue // the thread ended meanwhile
+				}
+				if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+					return fmt.Errorf("nice %d: %w (a priority above the inherited one needs root or CAP_SYS_NICE; --nice 0 keeps it)", n, err)
+				}
+				return fmt.Errorf("nice %d: thread %d: %w", n, tid, err)
+			}
+			done[tid] = true
+		}
+	}
+	return nil
+}
+
+// Of is the nice value of thread tid, from /proc.
+func Of(tid int) (int, error) {
+	// getpriority(2)'s raw system call returns 20-nice; x/sys/unix hands
+	// that on as it is.
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return 0, err
+	}
+	return 20 - p, nil
+}
+
+func threads() ([]int, error) {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	return tids, nil
+}
+
+// Apply is Set with its outcome logged: a refusal is a warning, never a
+// failure, since the tunnel works at any priority.
+func Apply(log *slog.Logger, n int) {
+	if n == 0 {
+		return
+	}
+	if err := Set(n); err != nil {
+		log.Warn("keeping the inherited scheduling priority: packets wait longer for this process on a busy host", "err", err)
+		return
+	}
+	log.Info("scheduling priority set", "nice", n)
+}

@@ -1,0 +1,93 @@
+package nice
+
+import (
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("FOUROVER6_REQUIRE_ROOT") != "" {
+			t.Fatal("needs root (FOUROVER6_REQUIRE_ROOT is set)")
+		}
+		t.Skip("needs root")
+	}
+}
+
+// TestSetEveryThread: every thread has the value afterwards, threads the
+// runtime makes later too (they take their creator's).
+func TestSetEveryThread(t *testing.T) {
+	requireRoot(t)
+	t.Cleanup(func() {
+		tids, _ := threads()
+		for _, tid := range tids {
+			unix.Setpriority(unix.PRIO_PROCESS, tid, 0)
+		}
+	})
+	if err := Set(-3); err != nil {
+		t.Fatal(err)
+	}
+	// Goroutines that hold their threads make the runtime start new ones.
+	var started, release sync.WaitGroup
+	release.Add(1)
+	for range 4 {
+		started.Add(1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			started.Done()
+			release.Wait()
+		}()
+	}
+	started.Wait()
+	defer release.Done()
+	tids, err := threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tids) < 5 {
+		t.Fatalf("%d threads, want more than the 4 held", len(tids))
+	}
+	for _, tid := range tids {
+		n, err := Of(tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != -3 {
+			t.Errorf("thread %d: nice %d, want -3", tid, n)
+		}
+	}
+}
+
+// TestZeroLeavesAlone: 0 changes nothing.
+func TestZeroLeavesAlone(t *testing.T) {
+	before, err := Of(unix.Gettid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Set(0); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := Of(unix.Gettid()); after != before {
+		t.Errorf("nice %d after Set(0), was %d", after, before)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, n := range []int{-20, -10, 0, 19} {
+		if err := Validate("--nice", n); err != nil {
+			t.Errorf("%d: %v", n, err)
+		}
+	}
+	for _, n := range []int{-21, 20, 100} {
+		if err := Validate("--nice", n); err == nil || !strings.Contains(err.Error(), "--nice") {
+			t.Errorf("%d: %v", n, err)
+		}
+	}
+}
