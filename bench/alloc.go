@@ -64,6 +64,8 @@ func (l *lab) allocOnce(ctx context.Context, callers int) (a AllocRun) {
 		return a
 	}
 
+	ctlPid := l.ctl.cmd.Process.Pid
+	ticks0, ticksErr := cpuTicks(ctlPid)
 	var count, failures atomic.Int64
 	var firstFail atomic.Value
 	lat := make([][]time.Duration, a.Callers)
@@ -95,6 +97,9 @@ func (l *lab) allocOnce(ctx context.Context, callers int) (a AllocRun) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	if ticks1, err := cpuTicks(ctlPid); err == nil && ticksErr == nil && count.Load() > 0 {
+		a.ControllerCPUUsPerAlloc = round1(float64(ticks1-ticks0) * 1e6 / clockTicks / float64(count.Load()))
+	}
 	a.DurationS = round3(elapsed.Seconds())
 	a.Allocations = count.Load()
 	a.Failures = failures.Load()
@@ -113,6 +118,6 @@ func (l *lab) allocOnce(ctx context.Context, callers int) (a AllocRun) {
 	if a.Allocations == 0 {
 		a.Error = "no allocation succeeded: " + a.FirstFailure
 	}
-	l.log.Info("controller allocations done", "callers", a.Callers, "allocs_per_s", a.AllocsPerS, "p50_us", a.AllocP50Us, "failures", a.Failures)
+	l.log.Info("controller allocations done", "callers", a.Callers, "allocs_per_s", a.AllocsPerS, "p50_us", a.AllocP50Us, "controller_cpu_us_per_alloc", a.ControllerCPUUsPerAlloc, "failures", a.Failures)
 	return a
 }
