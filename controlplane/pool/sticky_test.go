@@ -328,12 +328,22 @@ func TestStickyManyOfOneClient(t *testing.T) {
 		}
 		return best, best.IsValid()
 	}
+	holder := map[netip.Addr]string{} // every address granted from here on, and to whom
+	take := func(g Grant, who string) {
+		if prev, dup := holder[g.Addr]; dup {
+			t.Fatalf("%s granted to %s while %s holds it", g.Addr, who, prev)
+		}
+		holder[g.Addr] = who
+	}
 	for i := 0; ; i++ {
 		if i%7 == 3 {
-			grant(t, x, ow(fmt.Sprint("newcomer", i)), client(1000+i), sec(n)) // takes the oldest
+			who := fmt.Sprint("newcomer", i)
+			take(grant(t, x, ow(who), client(1000+i), sec(n)), who) // takes the oldest
 		}
 		w, ok := want()
-		g := grant(t, x, ow(fmt.Sprint("back", i)), client(1), sec(n))
+		who := fmt.Sprint("back", i)
+		g := grant(t, x, ow(who), client(1), sec(n))
+		take(g, who)
 		if !ok {
 			if g.Sticky {
 				t.Fatalf("return %d: sticky %s, but none of its addresses is free", i, g.Addr)
