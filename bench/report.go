@@ -282,7 +282,11 @@ type Alloc struct {
 // AllocRun is the allocation loop with one number of concurrent callers,
 // each against a fresh controller (durable store: bbolt, its default).
 type AllocRun struct {
-	Callers      int     `json:"callers"`
+	Callers int `json:"callers"`
+	// Releases: "per-call" (ReleaseAddress after each allocation; also
+	// when empty, in reports from before) or "batched" (ReleaseAddresses
+	// of everyone's, as a data plane's release queue sends them).
+	Releases     string  `json:"releases,omitempty"`
 	DurationS    float64 `json:"duration_s"`
 	Allocations  int64   `json:"allocations"`
 	AllocsPerS   float64 `json:"allocs_per_s"`
