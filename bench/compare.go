@@ -111,7 +111,13 @@ func compare(before, now *Report) []Delta {
 		add("controller allocations (gRPC)", "allocs/s", before.Alloc.AllocsPerS, now.Alloc.AllocsPerS)
 		for _, r := range now.Alloc.Runs {
 			for _, o := range before.Alloc.Runs {
-				if o.Callers == r.Callers && r.Callers != now.Alloc.Callers && o.Allocations > 0 && r.Allocations > 0 {
+				if o.Callers != r.Callers || releasesOf(o) != releasesOf(r) || o.Allocations == 0 || r.Allocations == 0 {
+					continue
+				}
+				switch {
+				case releasesOf(r) == releasesBatched:
+					add(fmt.Sprintf("controller allocations (gRPC, %d callers, releases batched)", r.Callers), "allocs/s", o.AllocsPerS, r.AllocsPerS)
+				case r.Callers != now.Alloc.Callers:
 					add(fmt.Sprintf("controller allocations (gRPC, %d callers)", r.Callers), "allocs/s", o.AllocsPerS, r.AllocsPerS)
 				}
 			}

@@ -297,9 +297,18 @@ func scaleTable(rep *Report) table {
 	return t
 }
 
+// releasesOf names a run's releases; reports from before the batched runs
+// made per-call ones only.
+func releasesOf(r AllocRun) string {
+	if r.Releases == "" {
+		return releasesPerCall
+	}
+	return r.Releases
+}
+
 func allocTable(a *Alloc) table {
 	t := table{title: "Controller allocations",
-		header: []string{"method", "callers", "allocs/s", "alloc p50 µs", "alloc p99 µs", "allocations", "failures"}}
+		header: []string{"method", "callers", "releases", "allocs/s", "alloc p50 µs", "alloc p99 µs", "controller CPU µs/alloc", "allocations", "failures"}}
 	runs := a.Runs
 	if len(runs) == 0 { // a report from before runs existed
 		runs = []AllocRun{{Callers: a.Callers, Allocations: a.Allocations, AllocsPerS: a.AllocsPerS, AllocP50Us: a.AllocP50Us,
@@ -307,19 +316,24 @@ func allocTable(a *Alloc) table {
 	}
 	for _, r := range runs {
 		if r.Error != "" && r.Allocations == 0 {
-			t.rows = append(t.rows, []string{a.Method, fmt.Sprint(r.Callers), "ERR", "", "", "", ""})
+			t.rows = append(t.rows, []string{a.Method, fmt.Sprint(r.Callers), releasesOf(r), "ERR", "", "", "", "", ""})
 			continue
 		}
-		t.rows = append(t.rows, []string{a.Method, fmt.Sprint(r.Callers), f1(r.AllocsPerS), f1(r.AllocP50Us), f1(r.AllocP99Us), fmt.Sprint(r.Allocations), fmt.Sprint(r.Failures)})
+		cpu := "-"
+		if r.ControllerCPUUsPerAlloc > 0 {
+			cpu = f1(r.ControllerCPUUsPerAlloc)
+		}
+		t.rows = append(t.rows, []string{a.Method, fmt.Sprint(r.Callers), releasesOf(r), f1(r.AllocsPerS), f1(r.AllocP50Us), f1(r.AllocP99Us), cpu, fmt.Sprint(r.Allocations), fmt.Sprint(r.Failures)})
 	}
 	for _, m := range a.GoBenchmarks {
 		ops := "-"
 		if m.NsPerOp > 0 {
 			ops = f1(1e9 / m.NsPerOp)
 		}
-		t.rows = append(t.rows, []string{"go test " + m.Name, "-", ops, "", "", fmt.Sprint(m.Iterations), "-"})
+		t.rows = append(t.rows, []string{"go test " + m.Name, "-", "-", ops, "", "", "", fmt.Sprint(m.Iterations), "-"})
 	}
-	t.notes = []string{"grpc-unix: AllocateAddress + ReleaseAddress of a fresh session per iteration, against a fresh controller binary (durable bbolt store) on its unix socket"}
+	t.notes = []string{"grpc-unix: AllocateAddress of a fresh session per iteration, against a fresh controller binary (durable bbolt store) on its unix socket; releases per-call: the caller's ReleaseAddress after each; batched: everyone's in ReleaseAddresses calls, one at a time, as a data plane's release queue sends them",
+		"controller CPU: its user+system time over the loop per allocation (and its release), from /proc: less disturbed by a busy machine than the rate"}
 	if len(a.GoBenchmarks) > 0 {
 		t.notes = append(t.notes, "go test rows: the controller's own benchmarks, allocs/s = 1e9 / ns/op")
 	}

@@ -87,15 +87,15 @@ func TestSmoke(t *testing.T) {
 	if rep.Alloc == nil || rep.Alloc.Allocations == 0 || rep.Alloc.AllocsPerS <= 0 {
 		t.Errorf("alloc: %+v", rep.Alloc)
 	} else {
-		var callers []int
+		var runs []string
 		for _, r := range rep.Alloc.Runs {
-			callers = append(callers, r.Callers)
+			runs = append(runs, fmt.Sprintf("%d/%s", r.Callers, r.Releases))
 			if r.Allocations == 0 || r.AllocsPerS <= 0 || r.AllocP99Us < r.AllocP50Us {
 				t.Errorf("alloc run with %d callers: %+v", r.Callers, r)
 			}
 		}
-		if fmt.Sprint(callers) != "[8 32]" {
-			t.Errorf("alloc runs with %v callers, want [8 32]", callers)
+		if fmt.Sprint(runs) != "[8/per-call 8/batched 32/per-call 32/batched]" {
+			t.Errorf("alloc runs (callers/releases) %v, want [8/per-call 8/batched 32/per-call 32/batched]", runs)
 		}
 	}
 	if len(rep.Micro) == 0 {

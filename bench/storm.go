@@ -22,7 +22,7 @@ const (
 // stormLimitsOff are the data plane flags of the storm, as in the scale
 // runs: every load-generator client comes from one IPv6 address, which the
 // per-address and accept-rate limits exist to stop.
-var stormLimitsOff = []string{"--max-clients", "0", "--max-conns-per-ip", "0", "--max-conns-per-prefix", "0", "--accept-rate", "0"}
+var stormLimitsOff = []string{"--max-clients", "0", "--max-conns-per-ip", "0", "--max-conns-per-prefix", "0", "--accept-rate", "0", "--accept-rate-per-prefix", "0"}
 
 // runStorm connects -storm-n load-generator clients to a fresh data plane,
 // kills it with SIGKILL once all have their 101, starts it again (same id,

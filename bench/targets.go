@@ -134,7 +134,11 @@ func evaluateTargets(rep *Report) []Target {
 			if r.Allocations == 0 {
 				continue
 			}
-			add(fmt.Sprintf("controller allocations, %d callers", r.Callers), fmt.Sprintf(">= %d durable allocations/s", goalAllocsPerS),
+			name := fmt.Sprintf("controller allocations, %d callers", r.Callers)
+			if r.Releases == releasesBatched {
+				name += ", releases batched"
+			}
+			add(name, fmt.Sprintf(">= %d durable allocations/s", goalAllocsPerS),
 				fmt.Sprintf("%.0f/s", r.AllocsPerS), ptr(r.AllocsPerS >= goalAllocsPerS))
 		}
 	}

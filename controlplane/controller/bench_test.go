@@ -3,8 +3,10 @@ package controller
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/fourover6/fourover6/controlplane/pool"
 	"github.com/fourover6/fourover6/controlplane/store"
@@ -83,4 +85,45 @@ func BenchmarkReport10k(b *testing.B) {
 			b.Fatal(u, err)
 		}
 	}
+}
+
+// BenchmarkReconnectStorm: 10,000 sessions of one IPv6 address (a load
+// generator, a big NAT) on one data plane, whose instance stops; a new
+// instance registers and all 10,000 come back at once, 64 at a time. An
+// op is one such storm; leases/s is its rate of allocations.
+func BenchmarkReconnectStorm(b *testing.B) {
+	c := benchController(b)
+	const n, callers = 10000, 64
+	var took time.Duration
+	storm := func(inst string) {
+		if _, err := c.RegisterDataplane(ctx, Registration{DataplaneID: "dp1", InstanceID: inst}); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				for k := next.Add(1); k <= n; k = next.Add(1) {
+					if _, err := c.AllocateFor(ctx, AllocateRequest{DataplaneID: "dp1", InstanceID: inst,
+						SessionID: fmt.Sprint(inst, "-", k), ClientIPv6: client1, ClientPort: uint16(k)}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		took += time.Since(start)
+		if _, err := c.StopDataplane(ctx, "dp1", inst, "bench"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	storm("first") // the addresses to come back to
+	took = 0
+	b.ResetTimer()
+	for i := range b.N {
+		storm(fmt.Sprint("i", i))
+	}
+	b.ReportMetric(float64(n*b.N)/took.Seconds(), "leases/s")
 }

@@ -56,3 +56,49 @@ func BenchmarkChurn(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStormOneClient: a data plane restarted under 10,000 sessions
+// of one IPv6 address (a load generator, a big NAT): all their addresses
+// are remembered for that one client, which comes back session by session.
+// Each op is one return (its latest free address) and, to keep the state
+// the same, its release.
+func BenchmarkStormOneClient(b *testing.B) {
+	x, err := New(Config{Prefix: netip.MustParsePrefix("10.0.0.0/18")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := netip.MustParseAddr("fd00:46::2")
+	now := t0
+	cycle := func(o store.Owner) {
+		g, err := x.Acquire(o, c, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		x.Commit(store.Lease{Addr: g.Addr, Owner: o, ClientIPv6: c}, now, now, true)
+		if _, _, ok := x.BeginRelease(o, g.Addr); !ok {
+			b.Fatal("release refused")
+		}
+		x.EndRelease(o, g.Addr, now, "bench")
+		now = now.Add(time.Microsecond)
+	}
+	const n = 10000
+	owners := make([]store.Owner, n)
+	for i := range owners {
+		owners[i] = store.Owner{Dataplane: "dp", Session: fmt.Sprint("s", i)}
+		g, err := x.Acquire(owners[i], c, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		x.Commit(store.Lease{Addr: g.Addr, Owner: owners[i], ClientIPv6: c}, now, now, true)
+	}
+	for _, o := range owners {
+		e := x.byOwner[o]
+		x.BeginRelease(o, addr(e.v))
+		x.EndRelease(o, addr(e.v), now, "bench")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		cycle(store.Owner{Dataplane: "dp", Session: fmt.Sprint("back", i%1024)})
+	}
+}

@@ -1,9 +1,9 @@
 package pool
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
-	"time"
 )
 
 // The index remembers the last holder of each free address: the client
@@ -27,17 +27,50 @@ import (
 // holderKey is the form a client address is remembered under.
 func holderKey(a netip.Addr) netip.Addr { return a.WithZone("") }
 
+// remembered is one free address filed under its last holder, with its
+// release time (its key in the free order when it was remembered;
+// neverUsed if it had none).
+type remembered struct {
+	at int64
+	v  uint32
+}
+
+func rememberedLess(a, b remembered) int {
+	switch {
+	case a.at != b.at:
+		return cmp.Compare(a.at, b.at)
+	default:
+		return cmp.Compare(a.v, b.v)
+	}
+}
+
 // rememberLocked records client as v's last holder; a client that is not
 // an IPv6 address (unset, IPv4, IPv4-mapped) forgets v's, as the store
-// does.
+// does. A client's addresses are filed in release order, so that the one
+// it gets back (the latest free one) is found from the end, not by a scan
+// of all of them: one IPv6 address may have held thousands (a load
+// generator, a big NAT), and a scan per allocation under the index lock
+// made a reconnect storm quadratic.
 func (x *Index) rememberLocked(v uint32, client netip.Addr) {
 	x.forgetLocked(v)
 	if !client.Is6() || client.Is4In6() {
 		return
 	}
 	k := holderKey(client)
+	r := remembered{at: neverUsed, v: v}
+	if at, ok := x.free.at[v]; ok {
+		r.at = at
+	}
 	x.holders[v] = k
-	x.holdersOf[k] = append(x.holdersOf[k], v)
+	x.holderAt[v] = r.at
+	vs := x.holdersOf[k]
+	// Releases come in time order: the end is nearly always the place.
+	if n := len(vs); n == 0 || rememberedLess(vs[n-1], r) < 0 {
+		x.holdersOf[k] = append(vs, r)
+	} else {
+		i, _ := slices.BinarySearchFunc(vs, r, rememberedLess)
+		x.holdersOf[k] = slices.Insert(vs, i, r)
+	}
 	if x.inRange(v) {
 		x.holdersIn++
 	}
@@ -49,11 +82,12 @@ func (x *Index) forgetLocked(v uint32) {
 	if !ok {
 		return
 	}
+	r := remembered{at: x.holderAt[v], v: v}
 	delete(x.holders, v)
+	delete(x.holderAt, v)
 	vs := x.holdersOf[k]
-	if i := slices.Index(vs, v); i >= 0 {
-		vs[i] = vs[len(vs)-1]
-		vs = vs[:len(vs)-1]
+	if i, found := slices.BinarySearchFunc(vs, r, rememberedLess); found {
+		vs = slices.Delete(vs, i, i+1)
 	}
 	if len(vs) == 0 {
 		delete(x.holdersOf, k)
@@ -63,6 +97,19 @@ func (x *Index) forgetLocked(v uint32) {
 	if x.inRange(v) {
 		x.holdersIn--
 	}
+}
+
+// refileLocked files v again under its last holder after its release time
+// in the free order changed (a claim aborted, a reservation dropped).
+func (x *Index) refileLocked(v uint32) {
+	c, ok := x.holders[v]
+	if !ok {
+		return
+	}
+	if at, slotted := x.free.at[v]; slotted && at == x.holderAt[v] {
+		return
+	}
+	x.rememberLocked(v, c)
 }
 
 // recountHoldersLocked recounts holdersIn after a range change.
@@ -83,14 +130,11 @@ func (x *Index) stickyLocked(client netip.Addr) (v uint32, key int64, queued, ok
 	if !client.IsValid() || len(x.holdersOf) == 0 {
 		return 0, 0, false, false
 	}
-	var best time.Time
-	for _, c := range x.holdersOf[holderKey(client)] {
-		if !x.isFreeLocked(c) {
-			continue
-		}
-		at, _ := x.free.releasedAt(c)
-		if !ok || at.After(best) {
-			v, best, ok = c, at, true
+	vs := x.holdersOf[holderKey(client)]
+	for i := len(vs) - 1; i >= 0; i-- {
+		if x.isFreeLocked(vs[i].v) {
+			v, ok = vs[i].v, true
+			break
 		}
 	}
 	if !ok {

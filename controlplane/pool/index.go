@@ -87,9 +87,10 @@ type Index struct {
 	mu          sync.Mutex
 	first, last uint32 // client range, inclusive
 	free        freeOrder
-	holders     map[uint32]netip.Addr   // last holder of a free address
-	holdersOf   map[netip.Addr][]uint32 // the same by client
-	holdersIn   int                     // holders within the client range
+	holders     map[uint32]netip.Addr       // last holder of a free address
+	holderAt    map[uint32]int64            // its release time, as filed in holdersOf
+	holdersOf   map[netip.Addr][]remembered // the same by client, in release order
+	holdersIn   int                         // holders within the client range
 	byAddr      map[uint32]*entry
 	byOwner     map[store.Owner]*entry
 	byDataplane map[string]map[uint32]*entry
@@ -183,7 +184,8 @@ func New(cfg Config, opts ...Options) (*Index, error) {
 		defLast:     broadcast - 1,
 		free:        newFreeOrder(),
 		holders:     make(map[uint32]netip.Addr),
-		holdersOf:   make(map[netip.Addr][]uint32),
+		holderAt:    make(map[uint32]int64),
+		holdersOf:   make(map[netip.Addr][]remembered),
 		byAddr:      make(map[uint32]*entry),
 		byOwner:     make(map[store.Owner]*entry),
 		byDataplane: make(map[string]map[uint32]*entry),
@@ -463,6 +465,7 @@ func (x *Index) Abort(owner store.Owner, a netip.Addr, now time.Time) {
 		case !x.free.has(e.v):
 			x.free.pushBack(e.v, now)
 		}
+		x.refileLocked(e.v)
 	}
 	e.wakeLocked()
 }

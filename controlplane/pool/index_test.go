@@ -97,9 +97,19 @@ func (x *Index) checkFreeLocked() error {
 		if len(vs) == 0 {
 			return fmt.Errorf("client %s filed with no remembered addresses", c)
 		}
-		for _, v := range vs {
+		if !slices.IsSortedFunc(vs, rememberedLess) {
+			return fmt.Errorf("client %s: remembered addresses out of release order: %v", c, vs)
+		}
+		for _, r := range vs {
+			v := r.v
 			if x.holders[v] != c {
 				return fmt.Errorf("%s filed under %s, remembered for %s", addr(v), c, x.holders[v])
+			}
+			if x.holderAt[v] != r.at {
+				return fmt.Errorf("%s filed at %d, its holder's time is %d", addr(v), r.at, x.holderAt[v])
+			}
+			if at, ok := x.free.at[v]; ok && at != r.at {
+				return fmt.Errorf("%s filed under %s at %d, released at %d in the free order", addr(v), c, r.at, at)
 			}
 			n++
 		}
@@ -112,7 +122,7 @@ func (x *Index) checkFreeLocked() error {
 			in++
 		}
 	}
-	if n != len(x.holders) || in != x.holdersIn {
+	if n != len(x.holders) || len(x.holderAt) != len(x.holders) || in != x.holdersIn {
 		return fmt.Errorf("%d holders, %d filed by client; %d in range, counted %d", len(x.holders), n, x.holdersIn, in)
 	}
 	if x.free.tree.Len() != len(x.free.at) {

@@ -113,6 +113,7 @@ func (x *Index) unreserveLocked(v uint32, now time.Time) {
 	delete(x.byClient, c)
 	if _, h := x.byAddr[v]; !h {
 		x.free.pushBack(v, now)
+		x.refileLocked(v)
 	}
 }
 

@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -286,5 +287,71 @@ func TestReleaseWithoutClient(t *testing.T) {
 	}
 	if st := x.Stats(); st.FreeRemembered != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// One client that held many addresses (a load generator, a big NAT) gets
+// back, session by session, the latest released of those still free,
+// however the releases were ordered in time and whatever newcomers took
+// meanwhile: the brute-force choice over all its remembered addresses.
+func TestStickyManyOfOneClient(t *testing.T) {
+	x := mustNew(t, "10.0.0.0/22", "")
+	const n = 300
+	rng := rand.New(rand.NewPCG(1, 2))
+	gs := make([]Grant, n)
+	for i := range gs {
+		gs[i] = grant(t, x, ow(fmt.Sprint("s", i)), client(1), sec(0))
+	}
+	// Released out of time order (a batch of many, then stragglers),
+	// some at the same moment.
+	for _, i := range rng.Perm(n) {
+		mustRelease(t, x, gs[i].Addr, ow(fmt.Sprint("s", i)), sec(1+rng.IntN(n/3)))
+	}
+	want := func() (netip.Addr, bool) {
+		var best netip.Addr
+		var bestAt time.Time
+		for _, g := range gs {
+			h, ok := x.LastHolder(g.Addr)
+			if !ok || h != client(1) {
+				continue
+			}
+			x.mu.Lock()
+			free := x.isFreeLocked(u32(g.Addr))
+			at, _ := x.free.releasedAt(u32(g.Addr))
+			x.mu.Unlock()
+			if !free {
+				continue
+			}
+			if !best.IsValid() || at.After(bestAt) || (at.Equal(bestAt) && !g.Addr.Less(best)) {
+				best, bestAt = g.Addr, at
+			}
+		}
+		return best, best.IsValid()
+	}
+	holder := map[netip.Addr]string{} // every address granted from here on, and to whom
+	take := func(g Grant, who string) {
+		if prev, dup := holder[g.Addr]; dup {
+			t.Fatalf("%s granted to %s while %s holds it", g.Addr, who, prev)
+		}
+		holder[g.Addr] = who
+	}
+	for i := 0; ; i++ {
+		if i%7 == 3 {
+			who := fmt.Sprint("newcomer", i)
+			take(grant(t, x, ow(who), client(1000+i), sec(n)), who) // takes the oldest
+		}
+		w, ok := want()
+		who := fmt.Sprint("back", i)
+		g := grant(t, x, ow(who), client(1), sec(n))
+		take(g, who)
+		if !ok {
+			if g.Sticky {
+				t.Fatalf("return %d: sticky %s, but none of its addresses is free", i, g.Addr)
+			}
+			break
+		}
+		if !g.Sticky || g.Addr != w {
+			t.Fatalf("return %d: got %s (sticky %v), want %s", i, g.Addr, g.Sticky, w)
+		}
 	}
 }
