@@ -338,6 +338,10 @@ func TestCaptureDropsDisconnectAndRoles(t *testing.T) {
 	spoofed := packet.BuildICMPEcho(netip.MustParseAddr("13.8.0.99"), gw, 9, 2, []byte("spoofed"), false)
 	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, good))
 	c.nextOf(wire.TypeNetResponse) // the gateway's echo reply
+	// A 103 is published to the capture once the queue has taken it, which
+	// may be after the client read it: the spoofed 102 goes once the
+	// reply is in the capture, for the order below.
+	e.waitFor("the reply in the capture", func() bool { return len(readCapture(file)) >= 2 })
 	c.write(wire.AppendMsg(nil, wire.TypeNetRequest, spoofed))
 	e.waitFor("three packets in the capture", func() bool { return len(readCapture(file)) >= 3 })
 	// The client leaves: the capture ends by itself, exit 0.
