@@ -64,21 +64,7 @@ func TestPathRTT(t *testing.T) {
 // TestReaderSetsClamp: over a real TCP connection the bytes pass through
 // unchanged and, once a period has passed, the clamp is set on the socket.
 func TestReaderSetsClamp(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s := loopback(t)
 	payload := bytes.Repeat([]byte("4over6"), 1<<16)
 	go func() {
 		for range 4 {
@@ -110,16 +96,7 @@ func TestReaderSetsClamp(t *testing.T) {
 
 // TestResizeDoesNotAllocate: a period's work is done without an allocation.
 func TestResizeDoesNotAllocate(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := loopback(t)
 	r := NewReader(c)
 	now := time.Now()
 	if a := testing.AllocsPerRun(100, func() { now = now.Add(Period); r.update(now) }); a != 0 {
@@ -145,21 +122,7 @@ func TestReaderWithoutSocket(t *testing.T) {
 // starts slow (the clamp set while its buffer is small) and then carries a
 // lot; the Reader's next period puts its own clamp back.
 func TestClampOutlivesAutotuning(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, s := loopback(t)
 	raw, _ := s.(*net.TCPConn).SyscallConn()
 	clamp := func() (v int) {
 		raw.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP) })
@@ -200,4 +163,26 @@ func TestClampOutlivesAutotuning(t *testing.T) {
 		t.Fatalf("TCP_WINDOW_CLAMP %d a period after the flood (autotuning had it at %d), the Reader's %d", got, before, r.Window())
 	}
 	t.Logf("reads that found the clamp raised by autotuning: %d; at the end %d, the Reader's %d", raised, before, r.Window())
+}
+
+// loopback is a TCP connection over 127.0.0.1: the dialled end and the
+// accepted one, closed when the test ends.
+func loopback(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
 }

@@ -68,17 +68,6 @@ func Set(n int) error {
 	return nil
 }
 
-// Of is the nice value of thread tid, from /proc.
-func Of(tid int) (int, error) {
-	// getpriority(2)'s raw system call returns 20-nice; x/sys/unix hands
-	// that on as it is.
-	p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	if err != nil {
-		return 0, err
-	}
-	return 20 - p, nil
-}
-
 func threads() ([]int, error) {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
