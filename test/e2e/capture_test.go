@@ -96,29 +96,7 @@ type capture struct {
 // data plane logged the capture's start (the tap is attached then).
 func (e *env) startCapture(dpLog string, args ...string) *capture {
 	e.t.Helper()
-	before := strings.Count(readFile(dpLog), "capture started")
-	c := &capture{done: make(chan error, 1)}
-	c.cmd = exec.Command(filepath.Join(binDir, "4over6ctl"), append([]string{"--controller", "unix://" + e.ctlSock, "clients", "capture"}, args...)...)
-	c.cmd.Stderr = &c.stderr
-	if err := c.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { c.done <- c.cmd.Wait() }()
-	e.t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			<-c.done
-		}
-	})
-	e.waitFor("the capture to start", func() bool {
-		select {
-		case err := <-c.done:
-			e.t.Fatalf("capture exited before it started: %v: %s", err, c.stderr.String())
-		default:
-		}
-		return strings.Count(readFile(dpLog), "capture started") > before
-	})
-	return c
+	return e.startCaptureTo(dpLog, nil, args...)
 }
 
 // wait waits for the capture to end by itself and returns its stderr.
@@ -299,7 +277,8 @@ type ctlRatedClient struct {
 	PacketsToClientPerSecond   float64 `json:"packets_to_client_per_second"`
 }
 
-// startCaptureTo is startCapture with the capture on standard output.
+// startCaptureTo is startCapture with the CLI's standard output to out
+// (nil: discarded).
 func (e *env) startCaptureTo(dpLog string, out io.Writer, args ...string) *capture {
 	e.t.Helper()
 	before := strings.Count(readFile(dpLog), "capture started")
@@ -316,7 +295,14 @@ func (e *env) startCaptureTo(dpLog string, out io.Writer, args ...string) *captu
 			<-c.done
 		}
 	})
-	e.waitFor("the capture to start", func() bool { return strings.Count(readFile(dpLog), "capture started") > before })
+	e.waitFor("the capture to start", func() bool {
+		select {
+		case err := <-c.done:
+			e.t.Fatalf("capture exited before it started: %v: %s", err, c.stderr.String())
+		default:
+		}
+		return strings.Count(readFile(dpLog), "capture started") > before
+	})
 	return c
 }
 

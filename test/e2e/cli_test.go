@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,17 +164,7 @@ func TestKickAndWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer watch.Process.Kill()
-	events := make(chan map[string]any, 64)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var ev map[string]any
-			if json.Unmarshal(sc.Bytes(), &ev) == nil {
-				events <- ev
-			}
-		}
-		close(events)
-	}()
+	events := jsonLines(stdout)
 	next := func(want string) map[string]any {
 		t.Helper()
 		for {
@@ -254,17 +245,7 @@ func TestWatchSurvivesControllerRestart(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- watch.Wait() }()
 	defer watch.Process.Kill()
-	events := make(chan map[string]any, 64)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var ev map[string]any
-			if json.Unmarshal(sc.Bytes(), &ev) == nil {
-				events <- ev
-			}
-		}
-		close(events)
-	}()
+	events := jsonLines(stdout)
 	ipv4 := func(ev map[string]any) string {
 		c, _ := ev["client"].(map[string]any)
 		s, _ := c["ipv4"].(string)
@@ -306,6 +287,23 @@ func TestWatchSurvivesControllerRestart(t *testing.T) {
 	if s := stderr.String(); !strings.Contains(s, "reconnecting") || strings.Contains(s, "not the leader") {
 		t.Errorf("watch stderr:\n%s", s)
 	}
+}
+
+// jsonLines decodes the JSON objects r holds one a line (a watch's
+// events), until r ends; then the channel closes.
+func jsonLines(r io.Reader) <-chan map[string]any {
+	events := make(chan map[string]any, 64)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			var ev map[string]any
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				events <- ev
+			}
+		}
+		close(events)
+	}()
+	return events
 }
 
 // syncBuffer is a bytes.Buffer safe to read while a process writes to it.

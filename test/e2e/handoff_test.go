@@ -262,6 +262,20 @@ func (e *env) startSlowHTTP() *http.Server {
 	return srv
 }
 
+// waitDownload waits for a download to end and fails the test with what
+// went wrong.
+func waitDownload(t *testing.T, dl <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-dl:
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("%s did not finish", what)
+	}
+}
+
 // download fetches /slow through the tunnel and checks its checksum; the
 // result arrives on the channel.
 func (e *env) download(n int) <-chan error {
@@ -372,14 +386,7 @@ func TestLiveHandoff(t *testing.T) {
 	h.waitFor("the old process to exit", func() bool { return !alive(pid2) })
 	t.Logf("dataplane upgrade: %+v", up)
 
-	select {
-	case err := <-dl:
-		if err != nil {
-			t.Errorf("inner TCP download across three hand-offs: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("download did not finish")
-	}
+	waitDownload(t, dl, "inner TCP download across three hand-offs")
 	sent, received := ping.stop(t)
 	t.Logf("ping: %d sent, %d received across three hand-offs", sent, received)
 	if sent < 100 || sent-received > 2 {
@@ -527,14 +534,7 @@ func TestConnectionBlip(t *testing.T) {
 	if after[0].IPv4 != before.IPv4 {
 		t.Errorf("after the blip the client has %s, before %s", after[0].IPv4, before.IPv4)
 	}
-	select {
-	case err := <-dl:
-		if err != nil {
-			t.Errorf("inner download across the blip: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("download did not finish")
-	}
+	waitDownload(t, dl, "inner download across the blip")
 	log := e.logOf(client)
 	if !strings.Contains(log, "lease unchanged") {
 		t.Errorf("the client did not keep its address and routes across the reconnect:\n%s", log)

@@ -55,20 +55,8 @@ func TestMultiController(t *testing.T) {
 	e := &env{t: t, dir: t.TempDir()}
 	t.Cleanup(e.stopAll)
 	etcd := etcdtest.Start(t)
-	storeURL := "etcd://" + etcd.Endpoint[len("http://"):] + "/e2e"
-	socks := []string{filepath.Join(e.dir, "c1.sock"), filepath.Join(e.dir, "c2.sock")}
-	ctlArgs := func(id, sock string) []string {
-		return []string{"--controller-id", id, "--listen", "unix://" + sock, "--store", storeURL,
-			"--election-ttl", "2s", "--dns", "192.0.2.53", "--log-level", "debug",
-			"--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"} // every allocation comes from one client address
-	}
-	c1 := e.startHost("4over6-controller", ctlArgs("c1", socks[0])...)
-	e.waitFor("c1 leads", func() bool { st, err := controllerStatus(socks[0]); return err == nil && st.GetLeader() })
-	e.startHost("4over6-controller", ctlArgs("c2", socks[1])...)
-	e.waitFor("c2 stands by", func() bool {
-		st, err := controllerStatus(socks[1])
-		return err == nil && !st.GetLeader() && st.GetLeaderId() == "c1"
-	})
+	// Every allocation comes from one client address: no per-client limit.
+	c1, socks := e.startControllerPair(etcd, "/e2e", "--log-level", "debug")
 	if st, _ := controllerStatus(socks[1]); st.GetStore() != "etcd://"+etcd.Endpoint[len("http://"):]+"/e2e" {
 		t.Fatalf("status store %q", st.GetStore())
 	}
@@ -201,16 +189,7 @@ func TestWatchFollowsLeader(t *testing.T) {
 	e := &env{t: t, dir: t.TempDir()}
 	t.Cleanup(e.stopAll)
 	etcd := etcdtest.Start(t)
-	storeURL := "etcd://" + etcd.Endpoint[len("http://"):] + "/watch"
-	socks := []string{filepath.Join(e.dir, "c1.sock"), filepath.Join(e.dir, "c2.sock")}
-	ctlArgs := func(id, sock string) []string {
-		return []string{"--controller-id", id, "--listen", "unix://" + sock, "--store", storeURL,
-			"--election-ttl", "2s", "--dns", "192.0.2.53", "--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"}
-	}
-	c1 := e.startHost("4over6-controller", ctlArgs("c1", socks[0])...)
-	e.waitFor("c1 leads", func() bool { st, err := controllerStatus(socks[0]); return err == nil && st.GetLeader() })
-	e.startHost("4over6-controller", ctlArgs("c2", socks[1])...)
-	e.waitFor("c2 stands by", func() bool { st, err := controllerStatus(socks[1]); return err == nil && st.GetLeaderId() == "c1" })
+	c1, socks := e.startControllerPair(etcd, "/watch")
 
 	link, err := ctlink.Dial([]endpoint.Endpoint{{Network: "unix", Address: socks[0]}, {Network: "unix", Address: socks[1]}}, nil)
 	if err != nil {
@@ -285,4 +264,25 @@ func TestWatchFollowsLeader(t *testing.T) {
 	if s := stderr.String(); strings.Contains(s, "not the leader") {
 		t.Errorf("watch stderr:\n%s", s)
 	}
+}
+
+// startControllerPair starts controllers c1 and c2 sharing etcd under
+// prefix, with no per-client lease limits, and returns once c1 leads and c2
+// stands by naming it: c1's process and the two sockets.
+func (e *env) startControllerPair(etcd *etcdtest.Server, prefix string, extra ...string) (*proc, []string) {
+	e.t.Helper()
+	storeURL := "etcd://" + etcd.Endpoint[len("http://"):] + prefix
+	socks := []string{filepath.Join(e.dir, "c1.sock"), filepath.Join(e.dir, "c2.sock")}
+	args := func(id, sock string) []string {
+		return append([]string{"--controller-id", id, "--listen", "unix://" + sock, "--store", storeURL,
+			"--election-ttl", "2s", "--dns", "192.0.2.53", "--max-leases-per-ip", "0", "--max-leases-per-prefix", "0"}, extra...)
+	}
+	c1 := e.startHost("4over6-controller", args("c1", socks[0])...)
+	e.waitFor("c1 leads", func() bool { st, err := controllerStatus(socks[0]); return err == nil && st.GetLeader() })
+	e.startHost("4over6-controller", args("c2", socks[1])...)
+	e.waitFor("c2 stands by", func() bool {
+		st, err := controllerStatus(socks[1])
+		return err == nil && !st.GetLeader() && st.GetLeaderId() == "c1"
+	})
+	return c1, socks
 }
