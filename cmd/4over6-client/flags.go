@@ -57,6 +57,7 @@ type config struct {
 	log               logging.Options
 	pprof             string // debugging: net/http/pprof address
 	nice              int
+	rtPriority        int
 	configFile        string // --config, re-read on SIGHUP
 }
 
@@ -189,6 +190,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	o.configFile = cfgpkg.AddFlag(fs, "")
 	o.checks = cfgpkg.AddCheckFlags(fs)
 	fs.IntVar(&c.nice, "nice", nice.Default, "nice `value` of this process (-20..19): below 0 lets a packet's wake-up come before the host's bulk work; 0 keeps the inherited priority")
+	fs.IntVar(&c.rtPriority, "rt-priority", nice.DefaultRealtime, "real-time (SCHED_RR) `priority` of this process (1..99) so that a packet's wake-up does not wait for the host's bulk work at all; 0 keeps the time-sharing scheduler")
 	fs.StringVar(&c.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this `address`, for debugging")
 	fs.MarkHidden("pprof")
 }
@@ -218,6 +220,9 @@ func (o *options) config() (config, error) {
 		return c, flagErr("tun-backend", "%q: want one of %v", c.tunBackend, tun.Choices())
 	}
 	if err := nice.Validate("--nice", c.nice); err != nil {
+		return c, usageError{err}
+	}
+	if err := nice.ValidateRealtime("--rt-priority", c.rtPriority); err != nil {
 		return c, usageError{err}
 	}
 	if c.mtu < minMTU || c.mtu > maxMTU {

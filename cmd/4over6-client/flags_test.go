@@ -141,6 +141,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{append(ok, "--mtu", "2049"), "--mtu"},
 		{append(ok, "--mtu", "67"), "--mtu"},
 		{append(ok, "--nice", "20"), "--nice 20: want -20..19"},
+		{append(ok, "--rt-priority", "100"), "--rt-priority 100: want 1..99"},
 		{append(ok, "--mtu", "big"), "--mtu"},
 		{append(ok, "--pool", "13.8.0.0/33"), "--pool"},
 		{append(ok, "--pool", "fd00::/64"), "--pool"},

@@ -108,7 +108,7 @@ func start(cmd *cobra.Command, cfg config, stderr io.Writer) error {
 	if err != nil { // validated already
 		return usageError{err}
 	}
-	nice.Apply(log, cfg.nice) // early: threads made later take it from their creators
+	nice.Apply(log, cfg.nice, cfg.rtPriority) // early: threads made later take it from their creators
 	if err := debug.ServePprof(cfg.pprof, log); err != nil {
 		return usageError{fmt.Errorf("--pprof: %v", err)}
 	}

@@ -52,6 +52,7 @@ type options struct {
 	tls               tlsconf.Files
 	pprof             string
 	nice              int
+	rtPriority        int
 	metrics           string
 	nat               bool
 	natInterfaces     []string
@@ -145,6 +146,7 @@ Exit codes:
 	o.configFile = config.AddFlag(f, "")
 	o.checks = config.AddCheckFlags(f)
 	f.IntVar(&o.nice, "nice", nice.Default, "nice value of this process (-20..19): below 0 lets a packet's wake-up come before bulk work on a busy host; 0 keeps the inherited priority")
+	f.IntVar(&o.rtPriority, "rt-priority", nice.DefaultRealtime, "real-time (SCHED_RR) priority of this process (1..99) so that a packet's wake-up does not wait for bulk work on a busy host at all; 0 keeps the time-sharing scheduler")
 	f.StringVar(&o.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this address, for debugging")
 	f.MarkHidden("pprof")
 	version.SetCommand(cmd) // --version: version, commit, build date, Go version
@@ -200,6 +202,9 @@ func (o *options) validate() error {
 		return fmt.Errorf("--handoff-timeout %s: must be positive", o.handoffTimeout)
 	}
 	if err := nice.Validate("--nice", o.nice); err != nil {
+		return err
+	}
+	if err := nice.ValidateRealtime("--rt-priority", o.rtPriority); err != nil {
 		return err
 	}
 	if o.sendQueue < 1 || o.sendQueue > 65536 {

@@ -83,6 +83,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--send-queue-bytes", "100"}, "--send-queue-bytes"},
 		{[]string{"--send-queue-delay", "0s"}, "--send-queue-delay"},
 		{[]string{"--nice", "-21"}, "--nice -21: want -20..19"},
+		{[]string{"--rt-priority", "-1"}, "--rt-priority -1: want 1..99"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--bogus"}, "--bogus"},

@@ -94,7 +94,7 @@ func serve(ctx context.Context, o *options, fs *pflag.FlagSet, stderr io.Writer)
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	nice.Apply(log, o.nice) // early: threads made later take it from their creators
+	nice.Apply(log, o.nice, o.rtPriority) // early: threads made later take it from their creators
 	d := &daemon{o: o, log: log, level: level, notify: sdnotify.New(log)}
 	d.upgrades = newUpgrader(d)
 	defer d.close()

@@ -9,8 +9,9 @@ import (
 )
 
 // TestNiceDefault: on default flags the data plane and the client run every
-// thread at nice -10 (threads made after the start take it from their
-// creators), and say so; the controller keeps the priority it was given.
+// thread at nice -10 and under SCHED_RR at real-time priority 1 (threads
+// made after the start take both from their creators), and say so; the
+// controller keeps the scheduling it was given.
 func TestNiceDefault(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -25,30 +26,49 @@ func TestNiceDefault(t *testing.T) {
 		if p.name == "4over6-controller" {
 			want = 0
 		}
-		nices := threadNices(t, p.cmd.Process.Pid)
-		if len(nices) == 0 {
+		wantPolicy, wantRT := schedRR, 1
+		if p.name == "4over6-controller" {
+			wantPolicy, wantRT = schedOther, 0
+		}
+		threads := threadScheds(t, p.cmd.Process.Pid)
+		if len(threads) == 0 {
 			t.Fatalf("%s: no threads read", p.name)
 		}
-		for tid, n := range nices {
-			if n != want {
-				t.Errorf("%s thread %d: nice %d, want %d", p.name, tid, n, want)
+		for tid, s := range threads {
+			if s.nice != want {
+				t.Errorf("%s thread %d: nice %d, want %d", p.name, tid, s.nice, want)
+			}
+			if s.policy != wantPolicy || s.rtPriority != wantRT {
+				t.Errorf("%s thread %d: policy %d at real-time priority %d, want %d at %d", p.name, tid, s.policy, s.rtPriority, wantPolicy, wantRT)
 			}
 		}
 	}
-	if !strings.Contains(e.logOf(client), `msg="scheduling priority set" nice=-10`) {
-		t.Errorf("the client does not log its priority:\n%s", e.logOf(client))
+	for _, want := range []string{`msg="scheduling priority set" nice=-10`, `msg="real-time scheduling set" policy=SCHED_RR rt_priority=1`} {
+		if !strings.Contains(e.logOf(client), want) {
+			t.Errorf("the client does not log %s:\n%s", want, e.logOf(client))
+		}
 	}
 }
 
-// threadNices reads each thread's nice value (field 19 of its stat).
-func threadNices(t *testing.T, pid int) map[int]int {
+// Scheduling policies as /proc/PID/stat gives them.
+const (
+	schedOther = 0
+	schedRR    = 2
+)
+
+// sched is how one thread is scheduled.
+type sched struct{ nice, rtPriority, policy int }
+
+// threadScheds reads each thread's nice value, real-time priority and
+// policy (fields 19, 40 and 41 of its stat).
+func threadScheds(t *testing.T, pid int) map[int]sched {
 	t.Helper()
 	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[int]int{}
+	out := map[int]sched{}
 	for _, ent := range ents {
 		b, err := os.ReadFile(filepath.Join(dir, ent.Name(), "stat"))
 		if err != nil {
@@ -58,12 +78,16 @@ func threadNices(t *testing.T, pid int) map[int]int {
 		// spaces: count from after its closing one.
 		s := string(b)
 		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		n, err := strconv.Atoi(fields[16]) // field 19 overall
-		if err != nil {
-			t.Fatalf("%s: %v", ent.Name(), err)
+		var v [3]int
+		for i, f := range []int{19, 40, 41} {
+			n, err := strconv.Atoi(fields[f-3]) // fields counts from field 3
+			if err != nil {
+				t.Fatalf("%s field %d: %v", ent.Name(), f, err)
+			}
+			v[i] = n
 		}
 		tid, _ := strconv.Atoi(ent.Name())
-		out[tid] = n
+		out[tid] = sched{nice: v[0], rtPriority: v[1], policy: v[2]}
 	}
 	return out
 }

@@ -1,9 +1,10 @@
-// Package nice sets the scheduling priority of every thread of the
-// process: a tunnel end is its clients' network path, and on a host whose
-// CPUs are busy (with the very applications whose traffic it carries) a
-// packet waits mostly for the tunnel's threads to be scheduled, not in any
-// queue. A negative nice value lets those wake-ups come first, as the
-// kernel's own network processing does.
+// Package nice sets how every thread of the process is scheduled: its
+// nice value and, where allowed, a real-time policy. A tunnel end is its
+// clients' network path, and on a host whose CPUs are busy (with the very
+// applications whose traffic it carries) a packet waits mostly for the
+// tunnel's threads to be scheduled, not in any queue. A negative nice
+// value, and more so the real-time policy, lets those wake-ups come first,
+// as the kernel's own network processing does.
 package nice
 
 import (
@@ -43,24 +44,38 @@ func Set(n int) error {
 	if n == 0 {
 		return nil
 	}
+	err := eachThread(func(tid int) error {
+		err := unix.Setpriority(unix.PRIO_PROCESS, tid, n)
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("a priority above the inherited one needs root or CAP_SYS_NICE; --nice 0 keeps it: %w", err)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("nice %d: %w", n, err)
+	}
+	return nil
+}
+
+// eachThread calls set once for every thread of the process, twice over
+// the thread list so that threads made while it runs are caught too. A
+// thread that ended meanwhile is skipped.
+func eachThread(set func(tid int) error) error {
 	done := map[int]bool{}
 	for pass := 0; pass < 2; pass++ {
 		tids, err := threads()
 		if err != nil {
-			return fmt.Errorf("nice %d: %w", n, err)
+			return err
 		}
 		for _, tid := range tids {
 			if done[tid] {
 				continue
 			}
-			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
+			if err := set(tid); err != nil {
 				if errors.Is(err, unix.ESRCH) {
 					continue // the thread ended meanwhile
 				}
-				if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-					return fmt.Errorf("nice %d: %w (a priority above the inherited one needs root or CAP_SYS_NICE; --nice 0 keeps it)", n, err)
-				}
-				return fmt.Errorf("nice %d: thread %d: %w", n, tid, err)
+				return fmt.Errorf("thread %d: %w", tid, err)
 			}
 			done[tid] = true
 		}
@@ -82,15 +97,23 @@ func threads() ([]int, error) {
 	return tids, nil
 }
 
-// Apply is Set with its outcome logged: a refusal is a warning, never a
-// failure, since the tunnel works at any priority.
-func Apply(log *slog.Logger, n int) {
-	if n == 0 {
-		return
+// Apply is Set and SetRealtime with their outcome logged: a refusal is a
+// warning, never a failure, since the tunnel works at any priority. The
+// nice value is set first so that it holds should the real-time policy be
+// refused (and for the time-shared threads should it ever be dropped).
+func Apply(log *slog.Logger, n, realtime int) {
+	if n != 0 {
+		if err := Set(n); err != nil {
+			log.Warn("keeping the inherited nice value: packets wait longer for this process on a busy host", "err", err)
+		} else {
+			log.Info("scheduling priority set", "nice", n)
+		}
 	}
-	if err := Set(n); err != nil {
-		log.Warn("keeping the inherited scheduling priority: packets wait longer for this process on a busy host", "err", err)
-		return
+	if realtime != 0 {
+		if err := SetRealtime(realtime); err != nil {
+			log.Warn("keeping the time-sharing scheduler: packets wait longer for this process on a busy host", "err", err)
+			return
+		}
+		log.Info("real-time scheduling set", "policy", "SCHED_RR", "rt_priority", realtime)
 	}
-	log.Info("scheduling priority set", "nice", n)
 }
