@@ -55,6 +55,7 @@ type flags struct {
 	logFormat  string
 	logPrefix  string
 	metrics    string
+	pprof      string
 	tls        tlsconf.Files
 	configFile *string
 	checks     *cfgpkg.Checks
@@ -86,6 +87,8 @@ func (f *flags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logPrefix, logging.PriorityFlag, logging.PriorityAuto, logging.PriorityUsage)
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (host:port or unix:///path; empty: off)")
+	fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on this `address`, for debugging")
+	fs.MarkHidden("pprof")
 	fs.StringVar(&f.tls.Cert, "tls-cert", "", "certificate (PEM) of the gRPC API; with --tls-key and --tls-ca it requires client certificates (mutual TLS)")
 	fs.StringVar(&f.tls.Key, "tls-key", "", "private key (PEM) of --tls-cert")
 	fs.StringVar(&f.tls.CA, "tls-ca", "", "CA (PEM) that signs the clients' certificates")
@@ -112,6 +115,7 @@ type config struct {
 	limits     pool.Limits
 	log        logging.Options
 	metrics    string
+	pprof      string
 	tls        tlsconf.Files
 	configFile string
 }
@@ -174,6 +178,7 @@ func (f *flags) config() (config, error) {
 		}
 	}
 	c.metrics = f.metrics
+	c.pprof = f.pprof
 	if f.configFile != nil {
 		c.configFile = *f.configFile
 	}

@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	cfgpkg "github.com/fourover6/fourover6/cmd/internal/config"
+	"github.com/fourover6/fourover6/cmd/internal/debug"
 	"github.com/fourover6/fourover6/cmd/internal/logging"
 	"github.com/fourover6/fourover6/cmd/internal/metrics"
 	"github.com/fourover6/fourover6/cmd/internal/sdnotify"
@@ -287,6 +288,9 @@ func (d *daemon) warnPublicDNS() {
 }
 
 func (d *daemon) startMetrics(context.Context) error {
+	if err := debug.ServePprof(d.cfg.pprof, d.log); err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
 	if d.cfg.metrics == "" {
 		return nil
 	}

@@ -321,8 +321,9 @@ func TestExampleConfigsListEveryFlag(t *testing.T) {
 	// Keys the examples document although --help does not list them:
 	// hidden flags.
 	notInHelp := map[string][]string{
-		"dataplane": {"pprof"}, // hidden, for debugging
-		"client":    {"pprof"},
+		"controller": {"pprof"}, // hidden, for debugging
+		"dataplane":  {"pprof"},
+		"client":     {"pprof"},
 	}
 	for _, d := range append(slices.Clone(daemons), "client") {
 		keys := exampleKeys(t, filepath.Join(repoRoot(t), "cmd/4over6-"+d, "dist", d+".yaml"))
