@@ -115,5 +115,8 @@ func Apply(log *slog.Logger, n, realtime int) {
 			return
 		}
 		log.Info("real-time scheduling set", "policy", "SCHED_RR", "rt_priority", realtime)
+		if !throttled(rtRuntimeFile) {
+			log.Warn("real-time throttling is off (kernel.sched_rt_runtime_us = -1): should a thread of this process ever spin, nothing keeps a share of its CPU for the rest of the host; --rt-priority 0 avoids that")
+		}
 	}
 }

@@ -3,6 +3,8 @@ package nice
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +24,7 @@ import (
 // in the kernel whenever there is nothing to forward, so they take the
 // CPU only for packets; the kernel's real-time throttling
 // (kernel.sched_rt_runtime_us, 95% by default) keeps a share for the rest
-// should they ever spin.
+// should they ever spin (Apply warns when that throttling is off).
 const DefaultRealtime = 1
 
 // MaxRealtime bounds a real-time priority (Linux's SCHED_RR range is 1..99).
@@ -66,4 +68,16 @@ func policyOf(tid int) (policy, prio uint32, err error) {
 		return 0, 0, err
 	}
 	return a.Policy, a.Priority, nil
+}
+
+// rtRuntimeFile holds the kernel's real-time throttling: the microseconds
+// per period real-time tasks may take of a CPU, -1 for all of them.
+const rtRuntimeFile = "/proc/sys/kernel/sched_rt_runtime_us"
+
+// throttled says whether the kernel keeps a share of each CPU for
+// time-shared tasks whatever real-time ones do. Unknown counts as yes: the
+// file is missing only on kernels without real-time group accounting.
+func throttled(path string) bool {
+	b, err := os.ReadFile(path)
+	return err != nil || strings.TrimSpace(string(b)) != "-1"
 }

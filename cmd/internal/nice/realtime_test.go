@@ -2,6 +2,7 @@ package nice
 
 import (
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -126,5 +127,24 @@ func TestValidateRealtime(t *testing.T) {
 		if err := ValidateRealtime("--rt-priority", p); err == nil || !strings.Contains(err.Error(), "--rt-priority") {
 			t.Errorf("%d: %v", p, err)
 		}
+	}
+}
+
+func TestThrottled(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		content string
+		want    bool
+	}{{"950000\n", true}, {"-1\n", false}, {"0\n", true}} {
+		p := dir + "/rt"
+		if err := os.WriteFile(p, []byte(c.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := throttled(p); got != c.want {
+			t.Errorf("%q: throttled %v, want %v", c.content, got, c.want)
+		}
+	}
+	if !throttled(dir + "/missing") {
+		t.Error("a missing file counts as throttled")
 	}
 }
