@@ -33,27 +33,7 @@ func TestSetEveryThread(t *testing.T) {
 	if err := Set(-3); err != nil {
 		t.Fatal(err)
 	}
-	// Goroutines that hold their threads make the runtime start new ones.
-	var started, release sync.WaitGroup
-	release.Add(1)
-	for range 4 {
-		started.Add(1)
-		go func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			started.Done()
-			release.Wait()
-		}()
-	}
-	started.Wait()
-	defer release.Done()
-	tids, err := threads()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(tids) < 5 {
-		t.Fatalf("%d threads, want more than the 4 held", len(tids))
-	}
+	tids := newThreads(t, 4)
 	for _, tid := range tids {
 		n, err := niceOf(tid)
 		if err != nil {
@@ -90,6 +70,33 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%d: %v", n, err)
 		}
 	}
+}
+
+// newThreads makes the runtime start n more threads (goroutines that hold
+// theirs until the test ends) and returns every thread of the process.
+func newThreads(t *testing.T, n int) []int {
+	t.Helper()
+	var started, release sync.WaitGroup
+	release.Add(1)
+	t.Cleanup(release.Done)
+	for range n {
+		started.Add(1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			started.Done()
+			release.Wait()
+		}()
+	}
+	started.Wait()
+	tids, err := threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tids) <= n {
+		t.Fatalf("%d threads, want more than the %d held", len(tids), n)
+	}
+	return tids
 }
 
 // niceOf is the nice value of thread tid.

@@ -44,9 +44,8 @@ func ValidateRealtime(flag string, p int) error {
 // their creator's policy, so it must not use SCHED_RESET_ON_FORK (that
 // would give the Go runtime's later threads the time-sharing policy back);
 // the only child a daemon starts is its successor on a hand-off, which
-// wants the same. Round robin
-// rather than FIFO: at equal priority no thread of ours can hold a CPU
-// from another for longer than a slice.
+// wants the same. Round robin rather than FIFO: at equal priority no
+// thread of ours can hold a CPU from another for longer than a slice.
 func SetRealtime(p int) error {
 	if p == 0 {
 		return nil
@@ -59,15 +58,6 @@ func SetRealtime(p int) error {
 		}
 		return err
 	})
-}
-
-// policyOf is a thread's scheduling policy and real-time priority.
-func policyOf(tid int) (policy, prio uint32, err error) {
-	a, err := unix.SchedGetAttr(tid, 0)
-	if err != nil {
-		return 0, 0, err
-	}
-	return a.Policy, a.Priority, nil
 }
 
 // rtRuntimeFile holds the kernel's real-time throttling: the microseconds

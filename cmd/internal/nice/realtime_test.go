@@ -5,7 +5,6 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -29,26 +28,7 @@ func TestRealtimeEveryThread(t *testing.T) {
 	if err := SetRealtime(3); err != nil {
 		t.Fatal(err)
 	}
-	var started, release sync.WaitGroup
-	release.Add(1)
-	for range 4 {
-		started.Add(1)
-		go func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			started.Done()
-			release.Wait()
-		}()
-	}
-	started.Wait()
-	defer release.Done()
-	tids, err := threads()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(tids) < 5 {
-		t.Fatalf("%d threads, want more than the 4 held", len(tids))
-	}
+	tids := newThreads(t, 4)
 	for _, tid := range tids {
 		policy, prio, err := policyOf(tid)
 		if err != nil {
@@ -106,6 +86,15 @@ func TestRealtimeRefusedSaysWhy(t *testing.T) {
 	if policy, _, _ := policyOf(unix.Gettid()); policy != unix.SCHED_NORMAL {
 		t.Errorf("policy %d after a refusal, want SCHED_NORMAL", policy)
 	}
+}
+
+// policyOf is a thread's scheduling policy and real-time priority.
+func policyOf(tid int) (policy, prio uint32, err error) {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	return a.Policy, a.Priority, nil
 }
 
 func TestRealtimeZeroLeavesAlone(t *testing.T) {
